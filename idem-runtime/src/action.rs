@@ -1,0 +1,213 @@
+//! An action: what one idempotent function is, and the policy its calls follow.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::call::Call;
+use crate::key::{Fingerprint, Key, KeyArg, KeyDeriver};
+use crate::Error;
+
+/// What a caller does when it finds its key held by another caller with a live lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnConflict {
+    /// Wait up to this long for the holder to finish, then replay its result (or take over if
+    /// the holder's lease expires first). Past the limit: [`Error::InProgress`].
+    Wait(Duration),
+    /// Return [`Error::InProgress`] at once.
+    Fail,
+}
+
+/// What the next caller does with a key whose owner died inside the body (its lease expired
+/// with no result recorded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStale {
+    /// Run the body again under a new fencing token: at-least-once for that window. The body
+    /// can tell with [`CallContext::resumed`](crate::CallContext::resumed) and should pass
+    /// [`current_key`](crate::current_key) downstream so that the service deduplicates.
+    TakeOver,
+    /// Park the key as NEEDS_REVIEW for an operator: right when running the side effect twice
+    /// is worse than not at all (payments).
+    Review,
+}
+
+/// One idempotent action: its name, namespace and version (which form every key) and the
+/// policy of its calls. `#[idempotent]` makes one `static` of these per function; it can also
+/// be built by hand to use the runtime without the macro.
+///
+/// ```
+/// use std::time::Duration;
+/// use idem_runtime::{Action, OnConflict};
+///
+/// static SEND_INVOICE: Action = Action::new("send_invoice")
+///     .namespace("billing")
+///     .ttl(Duration::from_secs(24 * 3600))
+///     .on_conflict(OnConflict::Fail);
+///
+/// let key = SEND_INVOICE.key(&("customer-42", 7)).unwrap();
+/// assert_eq!(key, SEND_INVOICE.key(&("customer-42", 7)).unwrap());
+/// assert_ne!(key, SEND_INVOICE.key(&("customer-42", 8)).unwrap());
+/// ```
+#[derive(Debug)]
+pub struct Action {
+    name: &'static str,
+    namespace: &'static str,
+    version: u32,
+    ttl: Duration,
+    lease: Duration,
+    on_conflict: OnConflict,
+    on_stale: OnStale,
+    deriver: OnceLock<KeyDeriver>,
+}
+
+impl Action {
+    /// How long a result is kept and replayed by default: one day.
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+    /// How long a claim holds without a heartbeat by default. Heartbeats renew it every third
+    /// of that while the body runs, so it bounds how soon a dead owner's key is free again.
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+    /// How long a duplicate waits for the caller that holds the key, by default.
+    pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+    /// The namespace of actions that name none.
+    pub const DEFAULT_NAMESPACE: &'static str = "default";
+
+    /// An action with this name and the defaults: namespace `default`, version 1, ttl 24h,
+    /// lease 10s, `on_conflict = wait(30s)`, `on_stale = takeover`.
+    pub const fn new(name: &'static str) -> Self {
+        Action {
+            name,
+            namespace: Self::DEFAULT_NAMESPACE,
+            version: 1,
+            ttl: Self::DEFAULT_TTL,
+            lease: Self::DEFAULT_LEASE,
+            on_conflict: OnConflict::Wait(Self::DEFAULT_WAIT),
+            on_stale: OnStale::TakeOver,
+            deriver: OnceLock::new(),
+        }
+    }
+
+    /// Keys of different namespaces never meet, even for actions of the same name.
+    pub const fn namespace(mut self, namespace: &'static str) -> Self {
+        self.namespace = namespace;
+        self
+    }
+
+    /// A new version gives every call a new key: the way to retire old results on purpose.
+    pub const fn version(mut self, version: u32) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// How long a completed result is kept and replayed.
+    pub const fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How long a claim holds without a heartbeat (clamped to at least 1 ms).
+    pub const fn lease(mut self, lease: Duration) -> Self {
+        self.lease = if lease.is_zero() {
+            Duration::from_millis(1)
+        } else {
+            lease
+        };
+        self
+    }
+
+    /// What a duplicate does while another caller holds the key.
+    pub const fn on_conflict(mut self, on_conflict: OnConflict) -> Self {
+        self.on_conflict = on_conflict;
+        self
+    }
+
+    /// What the next caller does with a key whose owner died inside the body.
+    pub const fn on_stale(mut self, on_stale: OnStale) -> Self {
+        self.on_stale = on_stale;
+        self
+    }
+
+    /// The action's name (part of every key).
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The action's namespace (part of every key).
+    pub const fn namespace_name(&self) -> &'static str {
+        self.namespace
+    }
+
+    /// The action's version (part of every key).
+    pub const fn version_number(&self) -> u32 {
+        self.version
+    }
+
+    /// How long a completed result is kept.
+    pub const fn ttl_duration(&self) -> Duration {
+        self.ttl
+    }
+
+    /// How long a claim holds without a heartbeat.
+    pub const fn lease_duration(&self) -> Duration {
+        self.lease
+    }
+
+    /// What a duplicate does while another caller holds the key.
+    pub const fn conflict_policy(&self) -> OnConflict {
+        self.on_conflict
+    }
+
+    /// What the next caller does with a key whose owner died.
+    pub const fn stale_policy(&self) -> OnStale {
+        self.on_stale
+    }
+
+    /// The key of a call whose identifying arguments are `key_args` (a tuple or an array, in a
+    /// fixed order).
+    pub fn key<A: Serialize + ?Sized>(&self, key_args: &A) -> Result<Key, Error> {
+        self.digest(key_args, "the key arguments")
+            .map(Key::from_bytes)
+    }
+
+    /// The fingerprint of a call's whole payload: every argument that is not skipped.
+    pub fn fingerprint<A: Serialize + ?Sized>(&self, payload: &A) -> Result<Fingerprint, Error> {
+        self.digest(payload, "the arguments")
+            .map(Fingerprint::from_bytes)
+    }
+
+    fn digest<A: Serialize + ?Sized>(
+        &self,
+        args: &A,
+        what: &'static str,
+    ) -> Result<[u8; 32], Error> {
+        self.deriver()
+            .digest(args)
+            .map_err(|e| Error::codec(what, None, e))
+    }
+
+    /// The call made by `#[idempotent]`: key and payload as lists of arguments.
+    pub(crate) fn call_with_args(
+        &self,
+        key_args: &[KeyArg<'_>],
+        payload: Option<&[KeyArg<'_>]>,
+    ) -> Result<Call<'_>, Error> {
+        let deriver = self.deriver();
+        let key = deriver
+            .digest_args(key_args)
+            .map(Key::from_bytes)
+            .map_err(|e| Error::codec("the key arguments", None, e))?;
+        let fingerprint = match payload {
+            None => Fingerprint::from(key),
+            Some(payload) => deriver
+                .digest_args(payload)
+                .map(Fingerprint::from_bytes)
+                .map_err(|e| Error::codec("the arguments", Some(&key), e))?,
+        };
+        Ok(Call::new(self, key, fingerprint))
+    }
+
+    fn deriver(&self) -> &KeyDeriver {
+        self.deriver
+            .get_or_init(|| KeyDeriver::new(self.namespace, self.name, self.version))
+    }
+}

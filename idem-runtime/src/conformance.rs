@@ -1,0 +1,722 @@
+//! The conformance suite: the rules of the [`Store`] trait as tests, for every store.
+//!
+//! Each check is an `async fn` taking a fresh, empty store. A store's test file runs them all
+//! with one line:
+//!
+//! ```ignore
+//! idem_runtime::conformance_tests!(memory, async { idem_runtime::store::MemoryStore::new() });
+//! ```
+//!
+//! which expands to one `#[tokio::test]` per check in a module named `memory`. The checks
+//! panic with a message on the first broken rule. They use short leases (tens of
+//! milliseconds) and wait past them, so a store's clock must keep roughly in step with the
+//! test process's (true of a local file or a server on the same machine).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Barrier;
+
+use crate::action::{Action, OnConflict, OnStale};
+use crate::key::{Fingerprint, Key};
+use crate::outcome::{Disposition, Outcome};
+use crate::store::{Claim, ClaimRequest, FencingToken, Ownership, Status, Store, StoredOutcome};
+use crate::{current_call, observe, Error};
+
+/// A lease short enough for tests to wait out.
+const SHORT: Duration = Duration::from_millis(60);
+/// A lease no test outlives.
+const LONG: Duration = Duration::from_secs(60);
+
+/// Generates one `#[tokio::test]` per conformance check, in a module named `$name`, each on a
+/// fresh store made by `$make_store` (an expression giving a future of the store).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($name:ident, $make_store:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::conformance_tests!(@each $make_store;
+                claim_complete_replay,
+                second_claim_sees_in_progress,
+                payload_mismatch_is_refused,
+                release_frees_the_key,
+                body_error_releases_the_key,
+                fencing_refuses_a_stale_owner,
+                expired_lease_is_taken_over,
+                stale_lease_with_other_payload_is_not_taken_over,
+                stale_lease_parks_for_review,
+                heartbeat_extends_the_lease,
+                ttl_expiry_frees_the_key,
+                tokens_grow_across_release_and_expiry,
+                cached_errors_are_replayed,
+                wait_returns_when_the_key_is_released,
+                purge_removes_only_expired_results,
+                get_shows_the_record,
+                race_of_64_claims_has_one_winner,
+                race_of_64_calls_runs_the_body_once,
+                paused_owner_loses_to_the_caller_that_took_over,
+                interrupted_call_waits_for_review,
+            );
+        }
+    };
+    (@each $make_store:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let store = $make_store.await;
+                $crate::conformance::$check(&store).await;
+            }
+        )*
+    };
+}
+
+static ACTION: Action = Action::new("conformance");
+
+fn key(n: u32) -> Key {
+    ACTION.key(&(n,)).expect("a u32 has a canonical form")
+}
+
+fn fingerprint(n: u32) -> Fingerprint {
+    ACTION
+        .fingerprint(&("payload", n))
+        .expect("a u32 has a canonical form")
+}
+
+fn request<'a>(
+    key: &'a Key,
+    fingerprint: &'a Fingerprint,
+    lease: Duration,
+    on_stale: OnStale,
+) -> ClaimRequest<'a> {
+    ClaimRequest {
+        key,
+        fingerprint,
+        action: "conformance",
+        lease,
+        on_stale,
+    }
+}
+
+async fn claim(store: &dyn Store, key: &Key, lease: Duration) -> Claim {
+    let fp = Fingerprint::from(*key);
+    store
+        .claim(&request(key, &fp, lease, OnStale::TakeOver))
+        .await
+        .expect("claim")
+}
+
+fn acquired(claim: Claim) -> (FencingToken, bool) {
+    match claim {
+        Claim::Acquired { token, resumed } => (token, resumed),
+        other => panic!("expected the claim to be acquired, got {other:?}"),
+    }
+}
+
+async fn claim_token(store: &dyn Store, key: &Key, lease: Duration) -> FencingToken {
+    acquired(claim(store, key, lease).await).0
+}
+
+async fn complete_ok(store: &dyn Store, key: &Key, token: FencingToken, bytes: &[u8]) -> Ownership {
+    store
+        .complete(key, token, StoredOutcome::Ok(bytes.to_vec()), LONG)
+        .await
+        .expect("complete")
+}
+
+async fn past(duration: Duration) {
+    tokio::time::sleep(duration + Duration::from_millis(40)).await;
+}
+
+/// A claim of a free key is acquired; once completed, claims are answered with the result.
+pub async fn claim_complete_replay(store: &dyn Store) {
+    let k = key(1);
+    let token = claim_token(store, &k, LONG).await;
+    assert_eq!(
+        complete_ok(store, &k, token, b"\"receipt\"").await,
+        Ownership::Held
+    );
+    for _ in 0..2 {
+        match claim(store, &k, LONG).await {
+            Claim::Completed {
+                fingerprint,
+                outcome,
+            } => {
+                assert_eq!(fingerprint, Fingerprint::from(k));
+                assert_eq!(outcome, StoredOutcome::Ok(b"\"receipt\"".to_vec()));
+            }
+            other => panic!("expected the recorded result, got {other:?}"),
+        }
+    }
+}
+
+/// While a lease is live, a second claim reports the owner and its remaining lease.
+pub async fn second_claim_sees_in_progress(store: &dyn Store) {
+    let k = key(2);
+    let token = claim_token(store, &k, LONG).await;
+    match claim(store, &k, LONG).await {
+        Claim::InProgress {
+            token: owner,
+            lease_remaining,
+            fingerprint,
+        } => {
+            assert_eq!(owner, token);
+            assert_eq!(fingerprint, Fingerprint::from(k));
+            assert!(
+                lease_remaining > Duration::from_secs(50),
+                "lease_remaining = {lease_remaining:?}"
+            );
+        }
+        other => panic!("expected in progress, got {other:?}"),
+    }
+}
+
+/// The same key with another payload is refused, both while in progress and once completed.
+pub async fn payload_mismatch_is_refused(store: &dyn Store) {
+    static SEND: Action = Action::new("send").on_conflict(OnConflict::Fail);
+    let call = |amount: u32| {
+        SEND.call(&("order-7",))
+            .and_then(|c| c.with_payload(&("order-7", amount)))
+    };
+
+    let (release_body, body_released) = tokio::sync::oneshot::channel::<()>();
+    let (started, body_started) = tokio::sync::oneshot::channel::<()>();
+    let first = async {
+        call(100)
+            .expect("call")
+            .run::<_, Error, _>(store, async {
+                let _ = started.send(());
+                let _ = body_released.await;
+                Ok(100)
+            })
+            .await
+    };
+    let second_while_running = async {
+        let _ = body_started.await;
+        let refused = call(200)
+            .expect("call")
+            .run::<u32, Error, _>(store, async { Ok(200) })
+            .await;
+        let _ = release_body.send(());
+        refused
+    };
+    let (first, refused) = tokio::join!(first, second_while_running);
+    assert_eq!(first.expect("first call").into_inner(), 100);
+    assert!(
+        matches!(refused, Err(Error::PayloadMismatch { .. })),
+        "in progress: {refused:?}"
+    );
+
+    let after = call(200)
+        .expect("call")
+        .run::<u32, Error, _>(store, async { Ok(200) })
+        .await;
+    assert!(
+        matches!(after, Err(Error::PayloadMismatch { .. })),
+        "completed: {after:?}"
+    );
+    let same = call(100)
+        .expect("call")
+        .run::<u32, Error, _>(store, async { Ok(999) })
+        .await;
+    assert_eq!(same.expect("same payload").into_inner(), 100);
+}
+
+/// A released key can be claimed again, under a larger token.
+pub async fn release_frees_the_key(store: &dyn Store) {
+    let k = key(3);
+    let first = claim_token(store, &k, LONG).await;
+    assert_eq!(
+        store.release(&k, first).await.expect("release"),
+        Ownership::Held
+    );
+    assert_eq!(store.get(&k).await.expect("get"), None);
+    let (second, resumed) = acquired(claim(store, &k, LONG).await);
+    assert!(second > first, "token {second} after {first}");
+    assert!(!resumed);
+}
+
+/// An error of the body (not declared final) releases the key: the next call runs again.
+pub async fn body_error_releases_the_key(store: &dyn Store) {
+    static FLAKY: Action = Action::new("flaky");
+    let runs = AtomicUsize::new(0);
+    let attempt = |fail: bool| {
+        let runs = &runs;
+        async move {
+            FLAKY
+                .call(&("job",))?
+                .run::<_, Error, _>(store, async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    if fail {
+                        Err(Error::codec("a test failure", None, "the body failed"))
+                    } else {
+                        Ok("done".to_string())
+                    }
+                })
+                .await
+        }
+    };
+    assert!(attempt(true).await.is_err());
+    assert_eq!(attempt(false).await.expect("retry").into_inner(), "done");
+    assert!(attempt(false).await.expect("replay").is_replayed());
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+/// Once a key is taken over, the old token can neither complete, release nor heartbeat.
+pub async fn fencing_refuses_a_stale_owner(store: &dyn Store) {
+    let k = key(4);
+    let stale = claim_token(store, &k, SHORT).await;
+    past(SHORT).await;
+    let (current, resumed) = acquired(claim(store, &k, LONG).await);
+    assert!(resumed, "a takeover is a resumed call");
+    assert!(current > stale);
+    assert_eq!(complete_ok(store, &k, stale, b"1").await, Ownership::Lost);
+    assert_eq!(
+        store.release(&k, stale).await.expect("release"),
+        Ownership::Lost
+    );
+    assert_eq!(
+        store.heartbeat(&k, stale, LONG).await.expect("heartbeat"),
+        Ownership::Lost
+    );
+    // The current owner is untouched by all of that.
+    assert_eq!(complete_ok(store, &k, current, b"2").await, Ownership::Held);
+    match claim(store, &k, LONG).await {
+        Claim::Completed { outcome, .. } => assert_eq!(outcome, StoredOutcome::Ok(b"2".to_vec())),
+        other => panic!("expected the current owner's result, got {other:?}"),
+    }
+}
+
+/// A live lease is not taken over; an expired one is, by the next claim.
+pub async fn expired_lease_is_taken_over(store: &dyn Store) {
+    let k = key(5);
+    let first = claim_token(store, &k, SHORT).await;
+    assert!(matches!(
+        claim(store, &k, SHORT).await,
+        Claim::InProgress { .. }
+    ));
+    past(SHORT).await;
+    let (second, resumed) = acquired(claim(store, &k, LONG).await);
+    assert!(resumed && second > first);
+}
+
+/// An expired lease of a call with another payload is not the caller's to resume.
+pub async fn stale_lease_with_other_payload_is_not_taken_over(store: &dyn Store) {
+    let k = key(6);
+    let (a, b) = (fingerprint(1), fingerprint(2));
+    let first = store
+        .claim(&request(&k, &a, SHORT, OnStale::TakeOver))
+        .await
+        .expect("claim");
+    acquired(first);
+    past(SHORT).await;
+    match store
+        .claim(&request(&k, &b, LONG, OnStale::TakeOver))
+        .await
+        .expect("claim")
+    {
+        Claim::InProgress { fingerprint, .. } => assert_eq!(fingerprint, a),
+        other => panic!("expected the dead owner's record, got {other:?}"),
+    }
+}
+
+/// With `OnStale::Review`, an expired lease parks the key as NEEDS_REVIEW.
+pub async fn stale_lease_parks_for_review(store: &dyn Store) {
+    let k = key(7);
+    let fp = Fingerprint::from(k);
+    let stale = acquired(
+        store
+            .claim(&request(&k, &fp, SHORT, OnStale::Review))
+            .await
+            .expect("claim"),
+    )
+    .0;
+    past(SHORT).await;
+    for _ in 0..2 {
+        match store
+            .claim(&request(&k, &fp, LONG, OnStale::Review))
+            .await
+            .expect("claim")
+        {
+            Claim::NeedsReview { fingerprint } => assert_eq!(fingerprint, fp),
+            other => panic!("expected needs review, got {other:?}"),
+        }
+    }
+    let record = store.get(&k).await.expect("get").expect("a record");
+    assert_eq!(record.status, Status::NeedsReview);
+    assert_eq!(record.expires_at, None);
+    assert_eq!(
+        complete_ok(store, &k, stale, b"late").await,
+        Ownership::Lost
+    );
+}
+
+/// A heartbeat renews the lease from the moment it is made.
+pub async fn heartbeat_extends_the_lease(store: &dyn Store) {
+    let k = key(8);
+    let token = claim_token(store, &k, SHORT).await;
+    assert_eq!(
+        store.heartbeat(&k, token, LONG).await.expect("heartbeat"),
+        Ownership::Held
+    );
+    past(SHORT).await;
+    assert!(
+        matches!(claim(store, &k, LONG).await, Claim::InProgress { token: t, .. } if t == token)
+    );
+}
+
+/// A result whose TTL ran out is gone: the key runs afresh (not as a resumed call).
+pub async fn ttl_expiry_frees_the_key(store: &dyn Store) {
+    let k = key(9);
+    let first = claim_token(store, &k, LONG).await;
+    let done = store
+        .complete(&k, first, StoredOutcome::Ok(b"1".to_vec()), SHORT)
+        .await
+        .expect("complete");
+    assert_eq!(done, Ownership::Held);
+    assert!(matches!(
+        claim(store, &k, LONG).await,
+        Claim::Completed { .. }
+    ));
+    past(SHORT).await;
+    let (second, resumed) = acquired(claim(store, &k, LONG).await);
+    assert!(second > first && !resumed);
+}
+
+/// Tokens keep growing when a key's record is deleted and made again, so that an owner from
+/// before can never match a later owner's token.
+pub async fn tokens_grow_across_release_and_expiry(store: &dyn Store) {
+    let k = key(10);
+    let mut last = 0;
+    for _ in 0..3 {
+        let token = claim_token(store, &k, LONG).await;
+        assert!(token > last, "token {token} after {last}");
+        assert_eq!(
+            store.release(&k, token).await.expect("release"),
+            Ownership::Held
+        );
+        last = token;
+    }
+    let token = claim_token(store, &k, LONG).await;
+    let done = store
+        .complete(&k, token, StoredOutcome::Ok(b"1".to_vec()), SHORT)
+        .await
+        .expect("complete");
+    assert_eq!(done, Ownership::Held);
+    past(SHORT).await;
+    let again = claim_token(store, &k, LONG).await;
+    assert!(again > token, "token {again} after {token}");
+}
+
+/// An error the action declares final is recorded and replayed without running the body.
+pub async fn cached_errors_are_replayed(store: &dyn Store) {
+    static CHARGE: Action = Action::new("charge");
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    enum PayError {
+        Declined,
+        Timeout,
+        Idem(String),
+    }
+    impl From<Error> for PayError {
+        fn from(e: Error) -> Self {
+            PayError::Idem(e.to_string())
+        }
+    }
+    let runs = AtomicUsize::new(0);
+    let charge = |card: &'static str, error: PayError| {
+        let runs = &runs;
+        async move {
+            let call = CHARGE.call(&(card,)).map_err(PayError::from)?;
+            call.run_caching_errors::<u32, _, _>(store, |e| *e == PayError::Declined, async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Err(error)
+            })
+            .await
+        }
+    };
+    assert_eq!(
+        charge("card-1", PayError::Declined).await,
+        Err(PayError::Declined)
+    );
+    assert_eq!(
+        charge("card-1", PayError::Timeout).await,
+        Err(PayError::Declined)
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "a final error is replayed");
+    assert_eq!(
+        charge("card-2", PayError::Timeout).await,
+        Err(PayError::Timeout)
+    );
+    assert_eq!(
+        charge("card-2", PayError::Timeout).await,
+        Err(PayError::Timeout)
+    );
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        3,
+        "a transient error is not recorded"
+    );
+
+    let record = store
+        .get(&CHARGE.key(&("card-1",)).expect("key"))
+        .await
+        .expect("get")
+        .expect("a record");
+    assert_eq!(
+        record.outcome,
+        Some(StoredOutcome::Err(b"\"Declined\"".to_vec()))
+    );
+}
+
+/// `wait` returns once the key is no longer held: at once when it is already free, and soon
+/// after a release while it waits.
+pub async fn wait_returns_when_the_key_is_released(store: &dyn Store) {
+    let k = key(11);
+    let token = claim_token(store, &k, LONG).await;
+    let waiting = store.wait(&k, token, LONG);
+    let releasing = async {
+        tokio::task::yield_now().await;
+        store.release(&k, token).await.expect("release")
+    };
+    let bounded = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(waiting, releasing)
+    });
+    let (waited, released) = bounded
+        .await
+        .expect("wait must return once the key is released");
+    waited.expect("wait");
+    assert_eq!(released, Ownership::Held);
+    let again = tokio::time::timeout(Duration::from_secs(20), store.wait(&k, token, LONG)).await;
+    again
+        .expect("wait on a free key returns at once")
+        .expect("wait");
+}
+
+/// Purging removes the results whose TTL ran out and nothing else.
+pub async fn purge_removes_only_expired_results(store: &dyn Store) {
+    let (expiring, kept, running) = (key(12), key(13), key(14));
+    let t = claim_token(store, &expiring, LONG).await;
+    let done = store
+        .complete(&expiring, t, StoredOutcome::Ok(b"1".to_vec()), SHORT)
+        .await
+        .expect("complete");
+    assert_eq!(done, Ownership::Held);
+    let t = claim_token(store, &kept, LONG).await;
+    assert_eq!(complete_ok(store, &kept, t, b"2").await, Ownership::Held);
+    claim_token(store, &running, SHORT).await;
+    past(SHORT).await;
+    assert_eq!(store.purge_expired().await.expect("purge"), 1);
+    assert_eq!(store.get(&expiring).await.expect("get"), None);
+    assert!(store.get(&kept).await.expect("get").is_some());
+    assert!(
+        store.get(&running).await.expect("get").is_some(),
+        "a dead owner's claim stays for takeover"
+    );
+}
+
+/// `get` shows what operators need: action, status, token, fingerprint, result, times.
+pub async fn get_shows_the_record(store: &dyn Store) {
+    let k = key(15);
+    assert_eq!(store.get(&k).await.expect("get"), None);
+    let token = claim_token(store, &k, LONG).await;
+    let record = store.get(&k).await.expect("get").expect("a record");
+    assert_eq!(
+        (record.key, record.status, record.token),
+        (k, Status::InProgress, token)
+    );
+    assert_eq!(record.action, "conformance");
+    assert_eq!(record.fingerprint, Fingerprint::from(k));
+    assert_eq!(record.outcome, None);
+    assert!(record.expires_at.is_some_and(|at| at > record.created_at));
+    assert_eq!(complete_ok(store, &k, token, b"{}").await, Ownership::Held);
+    let record = store.get(&k).await.expect("get").expect("a record");
+    assert_eq!(record.status, Status::Completed);
+    assert_eq!(record.outcome, Some(StoredOutcome::Ok(b"{}".to_vec())));
+}
+
+/// 64 claims of one key at the same moment: exactly one is acquired.
+pub async fn race_of_64_claims_has_one_winner(store: &dyn Store) {
+    let k = key(16);
+    let start = Barrier::new(64);
+    let claims = (0..64).map(|_| async {
+        start.wait().await;
+        claim(store, &k, LONG).await
+    });
+    let claims = futures_join_all(claims).await;
+    let winners = claims
+        .iter()
+        .filter(|c| matches!(c, Claim::Acquired { .. }))
+        .count();
+    assert_eq!(winners, 1, "claims: {claims:?}");
+    assert!(claims
+        .iter()
+        .all(|c| matches!(c, Claim::Acquired { .. } | Claim::InProgress { .. })));
+}
+
+/// 64 calls of one key at once, through the whole protocol: the body runs once and every
+/// caller gets its result.
+pub async fn race_of_64_calls_runs_the_body_once(store: &dyn Store) {
+    static CHARGE: Action =
+        Action::new("charge_card").on_conflict(OnConflict::Wait(Duration::from_secs(30)));
+    let runs = AtomicUsize::new(0);
+    let start = Barrier::new(64);
+    let calls = (0..64).map(|_| async {
+        start.wait().await;
+        let call = CHARGE.call(&("customer-42", 1999)).expect("call");
+        call.run::<_, Error, _>(store, async {
+            let run = runs.fetch_add(1, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            Ok(format!("charge-{run}"))
+        })
+        .await
+    });
+    let outcomes = futures_join_all(calls).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    let executed = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(Outcome::Executed(_))))
+        .count();
+    assert_eq!(executed, 1);
+    for outcome in outcomes {
+        assert_eq!(
+            outcome.expect("every caller gets the result").into_inner(),
+            "charge-0"
+        );
+    }
+}
+
+/// An owner that stalls past its lease (no heartbeat can run) is taken over; when it wakes,
+/// its result is refused with `LostOwnership` and the new owner's result stands.
+pub async fn paused_owner_loses_to_the_caller_that_took_over(store: &dyn Store) {
+    static SEND: Action = Action::new("send_email")
+        .lease(SHORT)
+        .on_conflict(OnConflict::Wait(LONG));
+    let (owns, owner_started) = std::sync::mpsc::channel::<()>();
+    let (took_over, resume_owner) = std::sync::mpsc::channel::<()>();
+    let paused = async move {
+        SEND.call(&("quote-7",))?
+            .run::<_, Error, _>(store, async move {
+                let _ = owns.send(());
+                // A stop-the-world pause: the thread blocks, so no heartbeat runs either.
+                let _ = resume_owner.recv_timeout(LONG);
+                Ok("from the paused owner".to_string())
+            })
+            .await
+    };
+    let next = async move {
+        let _ = owner_started.recv_timeout(LONG);
+        observe(async {
+            SEND.call(&("quote-7",))?
+                .run::<_, Error, _>(store, async {
+                    let resumed = current_call().is_some_and(|c| c.resumed());
+                    let _ = took_over.send(());
+                    Ok(format!("from the new owner, resumed: {resumed}"))
+                })
+                .await
+        })
+        .await
+    };
+    let (paused, (next, how)) = on_two_threads(paused, next);
+    assert!(
+        matches!(paused, Err(Error::LostOwnership { .. })),
+        "paused owner: {paused:?}"
+    );
+    assert_eq!(
+        next.expect("next caller").into_inner(),
+        "from the new owner, resumed: true"
+    );
+    assert_eq!(how, Some(Disposition::TookOver));
+    let replay = SEND
+        .call(&("quote-7",))
+        .expect("call")
+        .run::<String, Error, _>(store, async { Ok("x".into()) })
+        .await;
+    assert_eq!(
+        replay.expect("replay").into_inner(),
+        "from the new owner, resumed: true"
+    );
+}
+
+/// With `on_stale = review`, the caller after an interrupted call gets `NeedsReview`, and
+/// so does every later one.
+pub async fn interrupted_call_waits_for_review(store: &dyn Store) {
+    static PAY: Action = Action::new("pay")
+        .lease(SHORT)
+        .on_stale(OnStale::Review)
+        .on_conflict(OnConflict::Wait(LONG));
+    let k = PAY.key(&("order-9",)).expect("key");
+    // An owner that died: its claim is there, nobody will complete or heartbeat it.
+    let dead = store
+        .claim(&request(&k, &Fingerprint::from(k), SHORT, OnStale::Review))
+        .await
+        .expect("claim");
+    acquired(dead);
+    let runs = AtomicUsize::new(0);
+    for _ in 0..2 {
+        let result = PAY
+            .call(&("order-9",))
+            .expect("call")
+            .run::<u32, Error, _>(store, async {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok(1)
+            })
+            .await;
+        assert!(
+            matches!(result, Err(Error::NeedsReview { .. })),
+            "{result:?}"
+        );
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+}
+
+/// Runs two futures to completion on two threads of their own, so that either can block its
+/// thread (a stalled process) while the other goes on.
+fn on_two_threads<A, B>(a: A, b: B) -> (A::Output, B::Output)
+where
+    A: std::future::Future + Send,
+    A::Output: Send,
+    B: std::future::Future + Send,
+    B::Output: Send,
+{
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let a = scope.spawn(|| runtime.block_on(a));
+            let b = scope.spawn(|| runtime.block_on(b));
+            (
+                a.join().expect("the first thread panicked"),
+                b.join().expect("the second thread panicked"),
+            )
+        })
+    })
+}
+
+/// Awaits every future, concurrently, in order.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let tasks: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = tasks.iter().map(|_| None).collect();
+    let mut tasks: Vec<_> = tasks.into_iter().map(Some).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (task, output) in tasks.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(future) = task {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => {
+                        *output = Some(value);
+                        *task = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}

@@ -1,0 +1,185 @@
+//! The one error type for everything idem adds to a call.
+
+use std::fmt;
+
+use crate::key::Key;
+
+/// A boxed error from a store's driver (SQLite, Redis, PostgreSQL, I/O…).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What can go wrong in idem itself, as opposed to in the body of a call.
+///
+/// The error type of an `#[idempotent]` function must implement `From<idem::Error>`, so that
+/// these reach the caller through the function's own `Result`:
+///
+/// ```
+/// #[derive(Debug)]
+/// enum EmailError {
+///     Smtp(String),
+///     Idem(idem_runtime::Error),
+/// }
+///
+/// impl From<idem_runtime::Error> for EmailError {
+///     fn from(e: idem_runtime::Error) -> Self {
+///         EmailError::Idem(e)
+///     }
+/// }
+/// # let _ = EmailError::Smtp(String::new());
+/// ```
+///
+/// Every variant that concerns one call names its key (a hash: never the arguments).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// Another caller holds the key and its lease is live: returned at once with
+    /// `on_conflict = fail`, or when `on_conflict = wait(…)` ran out of time.
+    InProgress {
+        /// The key of the call.
+        key: Key,
+        /// The action's name.
+        action: &'static str,
+    },
+    /// The key was first used with other arguments: idem will not hand one caller's result to
+    /// a call that asked for something else.
+    PayloadMismatch {
+        /// The key of the call.
+        key: Key,
+        /// The action's name.
+        action: &'static str,
+    },
+    /// This caller's lease was taken over (it was paused or cut off for longer than the lease)
+    /// or the record was settled by an operator: its result was not recorded.
+    LostOwnership {
+        /// The key of the call.
+        key: Key,
+        /// The action's name.
+        action: &'static str,
+    },
+    /// An earlier owner died inside the body and the action says `on_stale = review`: an
+    /// operator must decide whether the side effect happened before the key can be used again.
+    NeedsReview {
+        /// The key of the call.
+        key: Key,
+        /// The action's name.
+        action: &'static str,
+    },
+    /// The store could not be reached or failed; nothing was run on this call's behalf
+    /// unless the error says the result could not be recorded.
+    Store {
+        /// Which store (`"memory"`, `"sqlite"`, …).
+        store: &'static str,
+        /// The key concerned, when there is one.
+        key: Option<Key>,
+        /// What the store said.
+        source: BoxError,
+    },
+    /// A value could not be encoded or decoded: arguments with no canonical JSON form, a
+    /// result that does not serialize, or a stored record that is corrupt or of another shape.
+    Codec {
+        /// The key concerned, when there is one.
+        key: Option<Key>,
+        /// What was being encoded or decoded.
+        what: &'static str,
+        /// Why it failed.
+        source: BoxError,
+    },
+    /// No store was given (`store = …`) and none was set with `idem::set_default_store`.
+    NoStore {
+        /// The action's name.
+        action: &'static str,
+    },
+}
+
+impl Error {
+    /// The key of the call this error concerns, if any.
+    pub fn key(&self) -> Option<&Key> {
+        match self {
+            Error::InProgress { key, .. }
+            | Error::PayloadMismatch { key, .. }
+            | Error::LostOwnership { key, .. }
+            | Error::NeedsReview { key, .. } => Some(key),
+            Error::Store { key, .. } | Error::Codec { key, .. } => key.as_ref(),
+            Error::NoStore { .. } => None,
+        }
+    }
+
+    /// Whether retrying the same call later may succeed: the key is busy or the store
+    /// failed. `PayloadMismatch`, `NeedsReview` and codec errors need a different call or a
+    /// person.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::InProgress { .. } | Error::Store { .. })
+    }
+
+    /// A store error, for store implementations.
+    pub fn store(store: &'static str, key: Option<&Key>, source: impl Into<BoxError>) -> Self {
+        Error::Store {
+            store,
+            key: key.copied(),
+            source: source.into(),
+        }
+    }
+
+    /// A codec error, for store implementations and the runtime.
+    pub fn codec(what: &'static str, key: Option<&Key>, source: impl Into<BoxError>) -> Self {
+        Error::Codec {
+            key: key.copied(),
+            what,
+            source: source.into(),
+        }
+    }
+
+    /// The same error with `key` filled in where it was missing.
+    pub(crate) fn with_key(mut self, call_key: &Key) -> Self {
+        if let Error::Store { key, .. } | Error::Codec { key, .. } = &mut self {
+            key.get_or_insert(*call_key);
+        }
+        self
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InProgress { key, action } => write!(
+                f,
+                "`{action}` with key {key} is in progress in another caller"
+            ),
+            Error::PayloadMismatch { key, action } => write!(
+                f,
+                "`{action}` with key {key} was first called with different arguments; \
+                 its result is not replayed to this call"
+            ),
+            Error::LostOwnership { key, action } => write!(
+                f,
+                "`{action}` with key {key}: this caller's lease was taken over, \
+                 its result was not recorded"
+            ),
+            Error::NeedsReview { key, action } => write!(
+                f,
+                "`{action}` with key {key} was interrupted inside its body and waits for \
+                 an operator's review"
+            ),
+            Error::Store { store, key, source } => match key {
+                Some(key) => write!(f, "{store} store failed for key {key}: {source}"),
+                None => write!(f, "{store} store failed: {source}"),
+            },
+            Error::Codec { key, what, source } => match key {
+                Some(key) => write!(f, "cannot encode or decode {what} for key {key}: {source}"),
+                None => write!(f, "cannot encode or decode {what}: {source}"),
+            },
+            Error::NoStore { action } => write!(
+                f,
+                "`{action}` has no store: pass `store = …` or call idem::set_default_store at start-up"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Store { source, .. } | Error::Codec { source, .. } => Some(&**source),
+            _ => None,
+        }
+    }
+}

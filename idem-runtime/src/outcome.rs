@@ -1,0 +1,66 @@
+//! How a call was answered: by running its body, or from the record of an earlier run.
+
+/// The value of a call, and whether the body ran for it.
+///
+/// Returned by [`Call::run`](crate::Call::run); an `#[idempotent]` function keeps its own
+/// signature, and its callers learn the same with [`observe`](crate::observe).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome<T> {
+    /// The body ran on this call and its result was recorded.
+    Executed(T),
+    /// An earlier call's recorded result was returned; the body did not run.
+    Replayed(T),
+}
+
+impl<T> Outcome<T> {
+    /// The value, however it was obtained.
+    pub fn into_inner(self) -> T {
+        match self {
+            Outcome::Executed(value) | Outcome::Replayed(value) => value,
+        }
+    }
+
+    /// The value, by reference.
+    pub fn value(&self) -> &T {
+        match self {
+            Outcome::Executed(value) | Outcome::Replayed(value) => value,
+        }
+    }
+
+    /// Whether the value came from the record of an earlier call.
+    pub fn is_replayed(&self) -> bool {
+        matches!(self, Outcome::Replayed(_))
+    }
+}
+
+/// How one call was answered, in more detail than [`Outcome`]: what the `tracing` event of the
+/// call reports and what [`observe`](crate::observe) returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Disposition {
+    /// The key was free: the body ran.
+    Executed,
+    /// The previous owner died inside the body (its lease ran out): the body ran again.
+    TookOver,
+    /// A recorded result was returned at once.
+    Replayed,
+    /// The call waited for another caller holding the key, then returned its result.
+    WaitedThenReplayed,
+}
+
+impl Disposition {
+    /// Whether the body ran on this call.
+    pub fn executed(self) -> bool {
+        matches!(self, Disposition::Executed | Disposition::TookOver)
+    }
+
+    /// The word used in the `outcome` field of the call's `tracing` event.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disposition::Executed => "executed",
+            Disposition::TookOver => "taken_over",
+            Disposition::Replayed => "replayed",
+            Disposition::WaitedThenReplayed => "waited",
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! `MemoryStore`: records in a map, for tests and for agents that run in one process.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+
+use crate::key::{Fingerprint, Key};
+use crate::store::{
+    decide, millis, remaining, Claim, ClaimRequest, FencingToken, Found, Ownership, Record, Status,
+    Store, StoredOutcome, Verdict, Waiters, Write,
+};
+use crate::Error;
+
+/// A store in this process's memory: fast, and gone when the process ends.
+///
+/// Right for tests and for agents that run as one process and accept losing their records
+/// with it. A duplicate that waits for a running call is woken the moment the call finishes
+/// (no polling). Clones share the same records.
+///
+/// ```
+/// use idem_runtime::{store::MemoryStore, Action};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// static GREET: Action = Action::new("greet");
+/// let store = MemoryStore::new();
+/// let mut runs = 0;
+/// for _ in 0..3 {
+///     let outcome = GREET
+///         .call(&("ada",))?
+///         .run::<_, idem_runtime::Error, _>(&store, async {
+///             runs += 1;
+///             Ok(String::from("hello, ada"))
+///         })
+///         .await?;
+///     assert_eq!(outcome.into_inner(), "hello, ada");
+/// }
+/// assert_eq!(runs, 1);
+/// # Ok::<(), idem_runtime::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: Mutex<State>,
+    waiters: Waiters,
+    /// The clock's zero: leases are measured on the monotonic clock.
+    epoch: Instant,
+    epoch_wall: SystemTime,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner {
+            state: Mutex::default(),
+            waiters: Waiters::default(),
+            epoch: Instant::now(),
+            epoch_wall: SystemTime::now(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    records: HashMap<Key, Entry>,
+    last_token: FencingToken,
+    /// Inserts since the last sweep of expired results, so memory stays bounded.
+    inserts: usize,
+}
+
+#[derive(Debug)]
+struct Entry {
+    action: Box<str>,
+    status: Status,
+    token: FencingToken,
+    fingerprint: Fingerprint,
+    outcome: Option<StoredOutcome>,
+    created_ms: i64,
+    expires_at_ms: Option<i64>,
+}
+
+impl Entry {
+    fn found(&self) -> Found {
+        Found {
+            status: self.status,
+            fingerprint: self.fingerprint,
+            expires_at_ms: self.expires_at_ms,
+        }
+    }
+
+    fn report(&self, now_ms: i64) -> Claim {
+        match (self.status, &self.outcome) {
+            (Status::Completed, Some(outcome)) => Claim::Completed {
+                fingerprint: self.fingerprint,
+                outcome: outcome.clone(),
+            },
+            (Status::NeedsReview, _) => Claim::NeedsReview {
+                fingerprint: self.fingerprint,
+            },
+            _ => Claim::InProgress {
+                fingerprint: self.fingerprint,
+                token: self.token,
+                lease_remaining: remaining(self.expires_at_ms, now_ms),
+            },
+        }
+    }
+
+    /// Whether `token` owns this record now.
+    fn owned_by(&self, token: FencingToken) -> bool {
+        self.status == Status::InProgress && self.token == token
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many records the store holds, expired ones included until they are purged.
+    pub fn len(&self) -> usize {
+        self.inner.state().records.len()
+    }
+
+    /// Whether the store holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while the lock was held cannot leave a record half-written: every change
+        // below is a single assignment or insert.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn now_ms(&self) -> i64 {
+        millis(self.epoch.elapsed())
+    }
+
+    fn wall(&self, ms: i64) -> SystemTime {
+        self.epoch_wall + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+    }
+
+    /// Apply `write` to the record if `token` owns it; wake the waiters when `wake`.
+    fn fenced(
+        &self,
+        key: &Key,
+        token: FencingToken,
+        write: impl FnOnce(&mut State, i64),
+    ) -> Ownership {
+        let now = self.now_ms();
+        let mut state = self.state();
+        if !state.records.get(key).is_some_and(|e| e.owned_by(token)) {
+            return Ownership::Lost;
+        }
+        write(&mut state, now);
+        drop(state);
+        self.waiters.wake(key);
+        Ownership::Held
+    }
+}
+
+impl State {
+    fn sweep_if_due(&mut self, now_ms: i64) {
+        self.inserts += 1;
+        if self.inserts < 1024 || self.inserts < self.records.len() {
+            return;
+        }
+        self.inserts = 0;
+        self.records.retain(|_, e| !is_expired_result(e, now_ms));
+    }
+}
+
+fn is_expired_result(entry: &Entry, now_ms: i64) -> bool {
+    entry.status == Status::Completed && entry.expires_at_ms.is_some_and(|at| at <= now_ms)
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
+        let inner = &self.inner;
+        let now = inner.now_ms();
+        let lease_end = Some(now.saturating_add(millis(request.lease)));
+        let mut state = inner.state();
+        let write = match state.records.get(request.key) {
+            None => Write::Insert,
+            Some(entry) => match decide(&entry.found(), request, now) {
+                Verdict::Report => return Ok(entry.report(now)),
+                Verdict::Write(write) => write,
+            },
+        };
+        let claim = match write {
+            Write::Insert => {
+                state.last_token += 1;
+                let token = state.last_token;
+                state.records.insert(
+                    *request.key,
+                    Entry {
+                        action: request.action.into(),
+                        status: Status::InProgress,
+                        token,
+                        fingerprint: *request.fingerprint,
+                        outcome: None,
+                        created_ms: now,
+                        expires_at_ms: lease_end,
+                    },
+                );
+                state.sweep_if_due(now);
+                Claim::Acquired {
+                    token,
+                    resumed: false,
+                }
+            }
+            Write::TakeOver => {
+                state.last_token += 1;
+                let token = state.last_token;
+                if let Some(entry) = state.records.get_mut(request.key) {
+                    entry.token = token;
+                    entry.expires_at_ms = lease_end;
+                }
+                Claim::Acquired {
+                    token,
+                    resumed: true,
+                }
+            }
+            Write::Park => {
+                if let Some(entry) = state.records.get_mut(request.key) {
+                    entry.status = Status::NeedsReview;
+                    entry.expires_at_ms = None;
+                }
+                Claim::NeedsReview {
+                    fingerprint: *request.fingerprint,
+                }
+            }
+        };
+        Ok(claim)
+    }
+
+    async fn complete(
+        &self,
+        key: &Key,
+        token: FencingToken,
+        outcome: StoredOutcome,
+        ttl: Duration,
+    ) -> Result<Ownership, Error> {
+        Ok(self.inner.fenced(key, token, |state, now| {
+            if let Some(entry) = state.records.get_mut(key) {
+                entry.status = Status::Completed;
+                entry.outcome = Some(outcome);
+                entry.expires_at_ms = Some(now.saturating_add(millis(ttl)));
+            }
+        }))
+    }
+
+    async fn release(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
+        Ok(self.inner.fenced(key, token, |state, _| {
+            state.records.remove(key);
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        key: &Key,
+        token: FencingToken,
+        lease: Duration,
+    ) -> Result<Ownership, Error> {
+        let now = self.inner.now_ms();
+        let mut state = self.inner.state();
+        match state.records.get_mut(key) {
+            Some(entry) if entry.owned_by(token) => {
+                entry.expires_at_ms = Some(now.saturating_add(millis(lease)));
+                Ok(Ownership::Held)
+            }
+            _ => Ok(Ownership::Lost),
+        }
+    }
+
+    async fn wait(&self, key: &Key, token: FencingToken, at_most: Duration) -> Result<(), Error> {
+        let inner = &self.inner;
+        let lease_end = inner
+            .state()
+            .records
+            .get(key)
+            .filter(|e| e.owned_by(token))
+            .and_then(|e| e.expires_at_ms);
+        let Some(lease_end) = lease_end else {
+            return Ok(());
+        };
+        // Wake at the end of the lease too: its owner may be dead, and then nobody calls wake.
+        let until_lease_end = remaining(Some(lease_end), inner.now_ms());
+        let still_held = async {
+            inner.state().records.get(key).is_some_and(|e| {
+                e.owned_by(token) && e.expires_at_ms.is_some_and(|at| at > inner.now_ms())
+            })
+        };
+        inner
+            .waiters
+            .wait(key, at_most.min(until_lease_end), still_held)
+            .await;
+        Ok(())
+    }
+
+    async fn get(&self, key: &Key) -> Result<Option<Record>, Error> {
+        let inner = &self.inner;
+        let state = inner.state();
+        Ok(state.records.get(key).map(|e| Record {
+            key: *key,
+            action: e.action.to_string(),
+            status: e.status,
+            token: e.token,
+            fingerprint: e.fingerprint,
+            outcome: e.outcome.clone(),
+            created_at: inner.wall(e.created_ms),
+            expires_at: e.expires_at_ms.map(|ms| inner.wall(ms)),
+        }))
+    }
+
+    async fn purge_expired(&self) -> Result<u64, Error> {
+        let now = self.inner.now_ms();
+        let mut state = self.inner.state();
+        let before = state.records.len();
+        state.records.retain(|_, e| !is_expired_result(e, now));
+        Ok(u64::try_from(before - state.records.len()).unwrap_or(u64::MAX))
+    }
+}

@@ -1,0 +1,229 @@
+//! The `Store` trait, the vocabulary of the claim protocol, and the stores.
+//!
+//! ```text
+//!             claim                    complete(token)
+//!   (none) ─────────▶ IN_PROGRESS ─────────────────────▶ COMPLETED ──(ttl)──▶ (none)
+//!                      │    ▲  release(token): back to (none)
+//!                      │    └── heartbeat(token) extends the lease while the body runs
+//!                      └── lease expired ──▶ claimable again under a new token
+//!                                            (or NEEDS_REVIEW with on_stale = review)
+//! ```
+//!
+//! A store keeps one record per key. [`Store::claim`] is its one atomic step; every other
+//! write names the fencing token the claim handed out and does nothing once that token is no
+//! longer the record's. Leases and TTLs are given as durations: the store adds them to its own
+//! clock, so the clocks of callers on other machines do not matter.
+
+mod memory;
+mod rules;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+mod waiters;
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+
+pub use memory::MemoryStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
+
+pub(crate) use rules::{decide, millis, remaining, Found, Verdict, Write};
+pub(crate) use waiters::Waiters;
+
+use crate::action::OnStale;
+use crate::key::{Fingerprint, Key};
+use crate::Error;
+
+/// The number a claim hands out. Each successful claim of a key gets a larger one than any
+/// before it, so a store can refuse the writes of an owner that was taken over.
+pub type FencingToken = u64;
+
+/// One call's request to own its key.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest<'a> {
+    /// The key to claim.
+    pub key: &'a Key,
+    /// The fingerprint of the caller's payload, recorded with the claim.
+    pub fingerprint: &'a Fingerprint,
+    /// The action's name, recorded for operators.
+    pub action: &'a str,
+    /// How long the claim holds without a heartbeat.
+    pub lease: Duration,
+    /// What to do with a record whose owner's lease expired.
+    pub on_stale: OnStale,
+}
+
+/// A recorded result: the serialized `Ok` value, or a serialized error that the action
+/// declared final (`cache_err`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredOutcome {
+    /// The body returned `Ok`; these are its value's bytes.
+    Ok(Vec<u8>),
+    /// The body returned a final `Err`; these are the error's bytes.
+    Err(Vec<u8>),
+}
+
+/// What [`Store::claim`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Claim {
+    /// The caller owns the key and must run the body.
+    Acquired {
+        /// The fencing token of this ownership.
+        token: FencingToken,
+        /// The previous owner died inside the body: this is a retry of an interrupted call.
+        resumed: bool,
+    },
+    /// The key has a recorded result.
+    Completed {
+        /// The fingerprint of the payload that produced it.
+        fingerprint: Fingerprint,
+        /// The result.
+        outcome: StoredOutcome,
+    },
+    /// Another caller owns the key. A record whose lease has run out but which was not taken
+    /// over (its payload differs from the request's) is reported here too, with a zero
+    /// `lease_remaining`.
+    InProgress {
+        /// The fingerprint of the owner's payload.
+        fingerprint: Fingerprint,
+        /// The owner's fencing token.
+        token: FencingToken,
+        /// How long the owner's lease still runs.
+        lease_remaining: Duration,
+    },
+    /// The key is parked for an operator (see [`OnStale::Review`]).
+    NeedsReview {
+        /// The fingerprint of the interrupted call's payload.
+        fingerprint: Fingerprint,
+    },
+}
+
+/// Whether a write made with a fencing token took effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Ownership {
+    /// The token still owned the key: the write was made.
+    Held,
+    /// The token no longer owns the key (taken over, settled, expired and purged): nothing
+    /// was written.
+    Lost,
+}
+
+/// Where a record is in the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Claimed; the body is running (or its owner died and the lease will run out).
+    InProgress,
+    /// The result is recorded and replayed until the TTL runs out.
+    Completed,
+    /// Parked for an operator: the owner died inside the body of an `on_stale = review` action.
+    NeedsReview,
+}
+
+impl Status {
+    /// The name stores write and operators read: `in_progress`, `completed`, `needs_review`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Status::InProgress => "in_progress",
+            Status::Completed => "completed",
+            Status::NeedsReview => "needs_review",
+        }
+    }
+
+    /// The status named by [`Status::as_str`].
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "in_progress" => Some(Status::InProgress),
+            "completed" => Some(Status::Completed),
+            "needs_review" => Some(Status::NeedsReview),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A record as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Record {
+    /// The key.
+    pub key: Key,
+    /// The action's name.
+    pub action: String,
+    /// Where the record is in the protocol.
+    pub status: Status,
+    /// The fencing token of the last claim.
+    pub token: FencingToken,
+    /// The fingerprint of the payload the key was claimed with.
+    pub fingerprint: Fingerprint,
+    /// The recorded result, once completed.
+    pub outcome: Option<StoredOutcome>,
+    /// When the key was first claimed.
+    pub created_at: SystemTime,
+    /// When the lease (in progress) or the TTL (completed) runs out; `None` for records that
+    /// wait for an operator.
+    pub expires_at: Option<SystemTime>,
+}
+
+/// Where idem keeps its records: one trait for every backend, with the atomic [`claim`] at its
+/// heart. Stores are cheap handles (`Clone`), shared by every task that calls through them.
+///
+/// Every implementation must pass the conformance suite in `idem_runtime::conformance`
+/// (feature `conformance`), which holds the rules below as tests.
+///
+/// [`claim`]: Store::claim
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug {
+    /// A short name for errors and logs: `"memory"`, `"sqlite"`, …
+    fn name(&self) -> &'static str;
+
+    /// Atomically: if the key has no record (or only one whose TTL ran out), or an in-progress
+    /// record of the same fingerprint whose lease ran out and `on_stale` is `TakeOver`, make
+    /// the caller its owner under a new, larger fencing token and a lease of `lease`. An
+    /// expired in-progress record with `OnStale::Review` becomes NEEDS_REVIEW. Otherwise
+    /// report what is there.
+    async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error>;
+
+    /// Record the result and keep it for `ttl`, if `token` still owns the key.
+    async fn complete(
+        &self,
+        key: &Key,
+        token: FencingToken,
+        outcome: StoredOutcome,
+        ttl: Duration,
+    ) -> Result<Ownership, Error>;
+
+    /// Remove the record, if `token` still owns the key, so that the next call runs the body.
+    async fn release(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error>;
+
+    /// Extend the lease to `lease` from now, if `token` still owns the key.
+    async fn heartbeat(
+        &self,
+        key: &Key,
+        token: FencingToken,
+        lease: Duration,
+    ) -> Result<Ownership, Error>;
+
+    /// Return once the key is no longer held under `token` (completed, released, taken over)
+    /// or after `at_most`, whichever is first; the caller then claims again. The default
+    /// sleeps a short while (a poll); stores that can be told of changes wait for them.
+    async fn wait(&self, key: &Key, token: FencingToken, at_most: Duration) -> Result<(), Error> {
+        let _ = (key, token);
+        tokio::time::sleep(at_most.min(Duration::from_millis(20))).await;
+        Ok(())
+    }
+
+    /// The record of a key, if there is one (expired or not).
+    async fn get(&self, key: &Key) -> Result<Option<Record>, Error>;
+
+    /// Delete the completed records whose TTL ran out; returns how many.
+    async fn purge_expired(&self) -> Result<u64, Error>;
+}

@@ -1,0 +1,65 @@
+//! The claim rule, in one place for the stores that run it in Rust.
+//!
+//! Stores that run the rule inside a server (a Lua script, one SQL statement) implement the
+//! same table; the conformance suite checks that they agree.
+
+use crate::action::OnStale;
+use crate::key::Fingerprint;
+use crate::store::{ClaimRequest, Status};
+
+/// What a claim finds, in a store's own clock (milliseconds of any epoch).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Found {
+    pub(crate) status: Status,
+    pub(crate) fingerprint: Fingerprint,
+    pub(crate) expires_at_ms: Option<i64>,
+}
+
+/// What a claim must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Change the record.
+    Write(Write),
+    /// Report the record as it is.
+    Report,
+}
+
+/// How a claim changes the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Write {
+    /// No live record: create one (replacing an expired result) under a new token.
+    Insert,
+    /// The owner's lease ran out: the caller becomes owner under a new token.
+    TakeOver,
+    /// The owner's lease ran out and the action wants a person to look: NEEDS_REVIEW.
+    Park,
+}
+
+/// The claim rule for a key that has a record, `found`, at `now_ms`. (A key with no record is
+/// always [`Write::Insert`].)
+pub(crate) fn decide(found: &Found, request: &ClaimRequest<'_>, now_ms: i64) -> Verdict {
+    let expired = found.expires_at_ms.is_some_and(|at| at <= now_ms);
+    match found.status {
+        Status::Completed if expired => Verdict::Write(Write::Insert),
+        Status::Completed | Status::NeedsReview => Verdict::Report,
+        Status::InProgress if !expired => Verdict::Report,
+        // A key whose dead owner had another payload is not this caller's to resume.
+        Status::InProgress if found.fingerprint != *request.fingerprint => Verdict::Report,
+        Status::InProgress => match request.on_stale {
+            OnStale::TakeOver => Verdict::Write(Write::TakeOver),
+            OnStale::Review => Verdict::Write(Write::Park),
+        },
+    }
+}
+
+/// How long the lease of a record still runs at `now_ms`.
+pub(crate) fn remaining(expires_at_ms: Option<i64>, now_ms: i64) -> std::time::Duration {
+    let left = expires_at_ms.map_or(0, |at| at.saturating_sub(now_ms).max(0));
+    std::time::Duration::from_millis(u64::try_from(left).unwrap_or(0))
+}
+
+/// A duration in whole milliseconds, rounded up so that a lease never ends early.
+pub(crate) fn millis(duration: std::time::Duration) -> i64 {
+    let ms = duration.as_nanos().div_ceil(1_000_000);
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}

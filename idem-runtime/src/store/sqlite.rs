@@ -1,0 +1,530 @@
+//! `SqliteStore`: the embedded durable store, one SQLite file in WAL mode.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use crate::key::{Fingerprint, Key};
+use crate::store::{
+    decide, millis, remaining, Claim, ClaimRequest, FencingToken, Found, Ownership, Record, Status,
+    Store, StoredOutcome, Verdict, Waiters, Write,
+};
+use crate::Error;
+
+/// The schema this version writes; a file with a larger `user_version` is refused.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS idem_records (
+    key           TEXT    PRIMARY KEY,  -- 64 hex digits: a hash, never the arguments
+    action        TEXT    NOT NULL,
+    status        TEXT    NOT NULL,     -- in_progress | completed | needs_review
+    token         INTEGER NOT NULL,     -- fencing token of the last claim
+    fingerprint   BLOB    NOT NULL,     -- 32 bytes
+    outcome       TEXT,                 -- ok | err, once completed
+    result        BLOB,                 -- the recorded value or error, as JSON
+    created_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER               -- lease end, or result expiry; NULL: waits for review
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idem_records_expiry ON idem_records (expires_at_ms);
+CREATE TABLE IF NOT EXISTS idem_meta (
+    name  TEXT    PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO idem_meta (name, value) VALUES ('fencing_token', 0);
+";
+
+const COLUMNS: &str =
+    "status, token, fingerprint, outcome, result, created_at_ms, expires_at_ms, action";
+
+/// How often a waiting caller looks at the file for changes made by other processes.
+/// Callers of the same process are woken at once.
+const POLL: Duration = Duration::from_millis(25);
+
+/// After how many recorded results expired ones are purged.
+const PURGE_EVERY: u64 = 1024;
+
+/// The embedded durable store: one SQLite file (WAL mode, synchronous writes), safe for many
+/// tasks and for several processes on the same file.
+///
+/// Claims run in `BEGIN IMMEDIATE` transactions, so two processes never own one key; SQLite
+/// serialises them and each waits up to 10 s for the file's write lock. Expired results are
+/// purged when the store opens, every 1024 recorded results, and by
+/// [`purge_expired`](Store::purge_expired).
+///
+/// ```no_run
+/// use idem_runtime::{set_default_store, store::SqliteStore};
+///
+/// # async fn start() -> Result<(), idem_runtime::Error> {
+/// set_default_store(SqliteStore::open("idem.db").await?);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    connection: Mutex<Connection>,
+    waiters: Waiters,
+    recorded: AtomicU64,
+}
+
+/// A record as read from the file.
+struct Row {
+    found: Found,
+    token: FencingToken,
+    outcome: Option<StoredOutcome>,
+    created_at_ms: i64,
+    action: String,
+}
+
+impl Row {
+    fn report(self, now_ms: i64) -> Claim {
+        match (self.found.status, self.outcome) {
+            (Status::Completed, Some(outcome)) => Claim::Completed {
+                fingerprint: self.found.fingerprint,
+                outcome,
+            },
+            (Status::NeedsReview, _) => Claim::NeedsReview {
+                fingerprint: self.found.fingerprint,
+            },
+            _ => Claim::InProgress {
+                fingerprint: self.found.fingerprint,
+                token: self.token,
+                lease_remaining: remaining(self.found.expires_at_ms, now_ms),
+            },
+        }
+    }
+
+    fn is_live_result(&self, now_ms: i64) -> bool {
+        self.found.status == Status::Completed
+            && self.found.expires_at_ms.is_some_and(|at| at > now_ms)
+    }
+
+    fn held_by(&self, token: FencingToken, now_ms: i64) -> bool {
+        self.found.status == Status::InProgress
+            && self.token == token
+            && self.found.expires_at_ms.is_some_and(|at| at > now_ms)
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating it if needed) the store in the file at `path`, and purges expired
+    /// results.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref().to_path_buf();
+        let opened = path.clone();
+        let connection = tokio::task::spawn_blocking(move || open_file(&opened))
+            .await
+            .map_err(|e| Error::store("sqlite", None, e))??;
+        let store = SqliteStore {
+            inner: Arc::new(Inner {
+                path,
+                connection: Mutex::new(connection),
+                waiters: Waiters::default(),
+                recorded: AtomicU64::new(0),
+            }),
+        };
+        store.purge_expired().await?;
+        Ok(store)
+    }
+
+    /// The file the store lives in.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `work` on the connection, on a thread where blocking is allowed.
+    async fn with_connection<R, W>(&self, key: Option<&Key>, work: W) -> Result<R, Error>
+    where
+        R: Send + 'static,
+        W: FnOnce(&mut Connection) -> Result<R, Error> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        let done = tokio::task::spawn_blocking(move || {
+            let mut connection = inner
+                .connection
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            work(&mut connection)
+        })
+        .await;
+        match done {
+            Ok(result) => result.map_err(|e| match key {
+                Some(key) => e.with_key(key),
+                None => e,
+            }),
+            Err(join) => Err(Error::store("sqlite", key, join)),
+        }
+    }
+}
+
+fn open_file(path: &Path) -> Result<Connection, Error> {
+    let failed = |e: rusqlite::Error| {
+        Error::store(
+            "sqlite",
+            None,
+            format!("cannot open {}: {e}", path.display()),
+        )
+    };
+    let connection = Connection::open(path).map_err(failed)?;
+    connection
+        .busy_timeout(Duration::from_secs(10))
+        .map_err(failed)?;
+    // WAL lets readers and the writer work at once; FULL makes each commit durable, because
+    // a lost claim would let a second caller run a side effect that already happened.
+    connection
+        .pragma_update(None, "journal_mode", "WAL")
+        .map_err(failed)?;
+    connection
+        .pragma_update(None, "synchronous", "FULL")
+        .map_err(failed)?;
+    let version: i64 = connection
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(failed)?;
+    if version > SCHEMA_VERSION {
+        return Err(Error::store(
+            "sqlite",
+            None,
+            format!(
+                "{} has schema version {version}, made by a newer idem; this one knows {SCHEMA_VERSION}",
+                path.display()
+            ),
+        ));
+    }
+    connection.execute_batch(SCHEMA).map_err(failed)?;
+    connection
+        .pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(failed)?;
+    Ok(connection)
+}
+
+fn db(error: rusqlite::Error) -> Error {
+    Error::store("sqlite", None, error)
+}
+
+fn now_ms() -> i64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    millis(since_epoch)
+}
+
+fn to_wall(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+/// Reads the record of `key`, checking every field: a corrupt or foreign row is an error that
+/// names the key, never a panic.
+fn read(connection: &Connection, key: &Key) -> Result<Option<Row>, Error> {
+    let mut statement = connection
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM idem_records WHERE key = ?1"
+        ))
+        .map_err(db)?;
+    let raw = statement
+        .query_row([key.to_string()], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, Vec<u8>>(2)?,
+                row.get::<_, Option<String>>(3)?,
+                row.get::<_, Option<Vec<u8>>>(4)?,
+                row.get::<_, i64>(5)?,
+                row.get::<_, Option<i64>>(6)?,
+                row.get::<_, String>(7)?,
+            ))
+        })
+        .optional()
+        .map_err(|e| Error::codec("a record", Some(key), e))?;
+    let Some((status, token, fingerprint, outcome, result, created_at_ms, expires_at_ms, action)) =
+        raw
+    else {
+        return Ok(None);
+    };
+    let corrupt =
+        |what: &str| Error::codec("a record", Some(key), format!("corrupt record: {what}"));
+    let status = Status::parse(&status).ok_or_else(|| corrupt("unknown status"))?;
+    let fingerprint: [u8; 32] = fingerprint
+        .try_into()
+        .map_err(|_| corrupt("the fingerprint is not 32 bytes"))?;
+    let outcome = match (outcome.as_deref(), result) {
+        (None, _) => None,
+        (Some("ok"), Some(bytes)) => Some(StoredOutcome::Ok(bytes)),
+        (Some("err"), Some(bytes)) => Some(StoredOutcome::Err(bytes)),
+        _ => return Err(corrupt("unknown outcome")),
+    };
+    if status == Status::Completed && outcome.is_none() {
+        return Err(corrupt("completed without a result"));
+    }
+    Ok(Some(Row {
+        found: Found {
+            status,
+            fingerprint: Fingerprint::from_bytes(fingerprint),
+            expires_at_ms,
+        },
+        token: FencingToken::try_from(token).map_err(|_| corrupt("negative token"))?,
+        outcome,
+        created_at_ms,
+        action,
+    }))
+}
+
+fn next_token(connection: &Connection) -> Result<FencingToken, Error> {
+    let token: i64 = connection
+        .prepare_cached(
+            "UPDATE idem_meta SET value = value + 1 WHERE name = 'fencing_token' RETURNING value",
+        )
+        .map_err(db)?
+        .query_row([], |row| row.get(0))
+        .map_err(db)?;
+    FencingToken::try_from(token)
+        .map_err(|_| db(rusqlite::Error::IntegralValueOutOfRange(0, token)))
+}
+
+/// What a claim needs, owned, to move to the blocking thread.
+struct OwnedClaim {
+    key: Key,
+    fingerprint: Fingerprint,
+    action: String,
+    lease: Duration,
+    on_stale: crate::action::OnStale,
+}
+
+fn claim(connection: &mut Connection, request: &OwnedClaim) -> Result<Claim, Error> {
+    let key = &request.key;
+    let borrowed = ClaimRequest {
+        key,
+        fingerprint: &request.fingerprint,
+        action: &request.action,
+        lease: request.lease,
+        on_stale: request.on_stale,
+    };
+    // A live result is stable until it expires: answer a replay with one read, without the
+    // file's write lock.
+    let now = now_ms();
+    if let Some(row) = read(connection, key)? {
+        if row.is_live_result(now) {
+            return Ok(row.report(now));
+        }
+    }
+
+    let transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db)?;
+    let now = now_ms();
+    let write = match read(&transaction, key)? {
+        None => Write::Insert,
+        Some(row) => match decide(&row.found, &borrowed, now) {
+            Verdict::Report => return Ok(row.report(now)),
+            Verdict::Write(write) => write,
+        },
+    };
+    let lease_end = now.saturating_add(millis(request.lease));
+    let hex = key.to_string();
+    let claim = match write {
+        Write::Insert => {
+            let token = next_token(&transaction)?;
+            transaction
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO idem_records
+                       (key, action, status, token, fingerprint, outcome, result, created_at_ms, expires_at_ms)
+                     VALUES (?1, ?2, 'in_progress', ?3, ?4, NULL, NULL, ?5, ?6)",
+                )
+                .map_err(db)?
+                .execute(params![hex, request.action, token as i64, &request.fingerprint.as_bytes()[..], now, lease_end])
+                .map_err(db)?;
+            Claim::Acquired {
+                token,
+                resumed: false,
+            }
+        }
+        Write::TakeOver => {
+            let token = next_token(&transaction)?;
+            transaction
+                .prepare_cached(
+                    "UPDATE idem_records SET token = ?2, expires_at_ms = ?3 WHERE key = ?1",
+                )
+                .map_err(db)?
+                .execute(params![hex, token as i64, lease_end])
+                .map_err(db)?;
+            Claim::Acquired {
+                token,
+                resumed: true,
+            }
+        }
+        Write::Park => {
+            transaction
+                .prepare_cached("UPDATE idem_records SET status = 'needs_review', expires_at_ms = NULL WHERE key = ?1")
+                .map_err(db)?
+                .execute([hex])
+                .map_err(db)?;
+            Claim::NeedsReview {
+                fingerprint: request.fingerprint,
+            }
+        }
+    };
+    transaction.commit().map_err(db)?;
+    Ok(claim)
+}
+
+/// Runs a write that only applies while `token` owns `key`.
+fn fenced(
+    connection: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Ownership, Error> {
+    let changed = connection
+        .prepare_cached(sql)
+        .map_err(db)?
+        .execute(params)
+        .map_err(db)?;
+    Ok(if changed == 1 {
+        Ownership::Held
+    } else {
+        Ownership::Lost
+    })
+}
+
+fn purge(connection: &Connection) -> Result<u64, Error> {
+    let purged = connection
+        .prepare_cached(
+            "DELETE FROM idem_records WHERE status = 'completed' AND expires_at_ms <= ?1",
+        )
+        .map_err(db)?
+        .execute([now_ms()])
+        .map_err(db)?;
+    Ok(u64::try_from(purged).unwrap_or(u64::MAX))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
+        let owned = OwnedClaim {
+            key: *request.key,
+            fingerprint: *request.fingerprint,
+            action: request.action.to_owned(),
+            lease: request.lease,
+            on_stale: request.on_stale,
+        };
+        self.with_connection(Some(request.key), move |connection| {
+            claim(connection, &owned)
+        })
+        .await
+    }
+
+    async fn complete(
+        &self,
+        key: &Key,
+        token: FencingToken,
+        outcome: StoredOutcome,
+        ttl: Duration,
+    ) -> Result<Ownership, Error> {
+        let hex = key.to_string();
+        let inner = Arc::clone(&self.inner);
+        let ownership = self
+            .with_connection(Some(key), move |connection| {
+                let (kind, bytes) = match outcome {
+                    StoredOutcome::Ok(bytes) => ("ok", bytes),
+                    StoredOutcome::Err(bytes) => ("err", bytes),
+                };
+                let expires = now_ms().saturating_add(millis(ttl));
+                let ownership = fenced(
+                    connection,
+                    "UPDATE idem_records SET status = 'completed', outcome = ?3, result = ?4, expires_at_ms = ?5
+                     WHERE key = ?1 AND status = 'in_progress' AND token = ?2",
+                    params![hex, token as i64, kind, bytes, expires],
+                )?;
+                if inner.recorded.fetch_add(1, Ordering::Relaxed) % PURGE_EVERY == PURGE_EVERY - 1 {
+                    purge(connection)?;
+                }
+                Ok(ownership)
+            })
+            .await?;
+        self.inner.waiters.wake(key);
+        Ok(ownership)
+    }
+
+    async fn release(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
+        let hex = key.to_string();
+        let ownership = self
+            .with_connection(Some(key), move |connection| {
+                fenced(
+                    connection,
+                    "DELETE FROM idem_records WHERE key = ?1 AND status = 'in_progress' AND token = ?2",
+                    params![hex, token as i64],
+                )
+            })
+            .await?;
+        self.inner.waiters.wake(key);
+        Ok(ownership)
+    }
+
+    async fn heartbeat(
+        &self,
+        key: &Key,
+        token: FencingToken,
+        lease: Duration,
+    ) -> Result<Ownership, Error> {
+        let hex = key.to_string();
+        self.with_connection(Some(key), move |connection| {
+            fenced(
+                connection,
+                "UPDATE idem_records SET expires_at_ms = ?3 WHERE key = ?1 AND status = 'in_progress' AND token = ?2",
+                params![hex, token as i64, now_ms().saturating_add(millis(lease))],
+            )
+        })
+        .await
+    }
+
+    async fn wait(&self, key: &Key, token: FencingToken, at_most: Duration) -> Result<(), Error> {
+        let owned_key = *key;
+        let still_held = async {
+            self.with_connection(Some(key), move |connection| {
+                Ok(read(connection, &owned_key)?.is_some_and(|row| row.held_by(token, now_ms())))
+            })
+            .await
+            // Cannot look: wait the poll interval, then the caller's claim says what is wrong.
+            .unwrap_or(true)
+        };
+        self.inner
+            .waiters
+            .wait(key, at_most.min(POLL), still_held)
+            .await;
+        Ok(())
+    }
+
+    async fn get(&self, key: &Key) -> Result<Option<Record>, Error> {
+        let owned_key = *key;
+        let row = self
+            .with_connection(Some(key), move |connection| read(connection, &owned_key))
+            .await?;
+        Ok(row.map(|row| Record {
+            key: *key,
+            action: row.action,
+            status: row.found.status,
+            token: row.token,
+            fingerprint: row.found.fingerprint,
+            outcome: row.outcome,
+            created_at: to_wall(row.created_at_ms),
+            expires_at: row.found.expires_at_ms.map(to_wall),
+        }))
+    }
+
+    async fn purge_expired(&self) -> Result<u64, Error> {
+        self.with_connection(None, |connection| purge(connection))
+            .await
+    }
+}

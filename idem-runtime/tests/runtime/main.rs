@@ -1,0 +1,4 @@
+//! The runtime's integration tests: one binary, so the crate is linked once.
+
+mod canonical_python;
+mod stores;
