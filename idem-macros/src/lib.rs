@@ -1,1 +1,29 @@
-//! placeholder
+//! The attributes of [idem](https://docs.rs/idem). Use them through the `idem` crate, which
+//! documents them: this crate only parses and rewrites; the generated code calls the runtime
+//! through `::idem::__private`.
+//!
+//! The pipeline: [`args`] parses the attribute's options, [`function`] reads the function and
+//! checks the options against it, [`expand`] writes the new body. Every error is collected
+//! and spanned on the offending tokens; on error, the function is emitted unchanged next to
+//! the `compile_error!`s, so one mistake gives one error.
+#![warn(
+    missing_docs,
+    unreachable_pub,
+    rust_2018_idioms,
+    missing_debug_implementations
+)]
+#![forbid(unsafe_code)]
+
+mod args;
+mod duration;
+mod errors;
+mod expand;
+mod function;
+
+use proc_macro::TokenStream;
+
+/// Makes an async function idempotent. Documented on the re-export, `idem::idempotent`.
+#[proc_macro_attribute]
+pub fn idempotent(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand::idempotent(attr.into(), item.into()).into()
+}

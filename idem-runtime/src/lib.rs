@@ -54,7 +54,7 @@ pub mod conformance;
 pub mod private;
 
 pub use action::{Action, OnConflict, OnStale};
-pub use call::{Call, Codec};
+pub use call::Call;
 pub use context::{current_call, current_key, observe, CallContext};
 pub use default_store::{default_store, set_default_store, set_default_store_shared};
 pub use error::{BoxError, Error};

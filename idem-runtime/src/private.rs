@@ -146,3 +146,8 @@ where
             .map_err(|failed| failed.into_error(&codec)),
     )
 }
+
+/// The function's return value for an error of idem's before the body ran.
+pub fn fail<R, T, E>(codec: &Codec<R, T, E>, error: Error) -> R {
+    (codec.from_result)(Err((codec.from_error)(error)))
+}

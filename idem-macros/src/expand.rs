@@ -1,0 +1,212 @@
+//! The rewrite of an `#[idempotent]` function.
+//!
+//! ```text
+//! async fn send(customer: &str, mailer: &Mailer) -> Result<Receipt, E> { body }
+//! ```
+//! becomes, with `skip = [mailer]`,
+//! ```text
+//! async fn send(customer: &str, mailer: &Mailer) -> Result<Receipt, E> {
+//!     static ACTION: Action = Action::new("send")…;           // the options, as constants
+//!     let codec = codec::<Result<Receipt, E>>();               // type errors land here
+//!     let call = call(&ACTION, &[key_arg(&customer)], None)?;  // key: hashes, nothing kept
+//!     let store = default_store()?;                            // or `store = …`
+//!     run(call, store, codec, async move { body }).await       // the protocol, in the runtime
+//! }
+//! ```
+//! For a method that `#[async_trait]` already rewrote, the same goes inside its
+//! `Box::pin(async move { … })`.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{quote, quote_spanned, ToTokens};
+use syn::spanned::Spanned;
+use syn::{Ident, ItemFn, LitStr};
+
+use crate::args::{Args, Millis, OnConflict, OnStale};
+use crate::errors::with_errors;
+use crate::function::{async_trait_body, output_span, Function, Shape};
+
+/// `#[idempotent(attr)] item`.
+pub(crate) fn idempotent(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let function = match syn::parse2::<ItemFn>(item.clone()) {
+        Ok(function) => function,
+        Err(_) => {
+            let error = syn::Error::new(
+                Span::call_site(),
+                "#[idempotent] goes on an `async fn` (a free function or a method)",
+            );
+            return with_errors(item, &error);
+        }
+    };
+    let args = match Args::parse(attr) {
+        Ok(args) => args,
+        Err(error) => return with_errors(item, &error),
+    };
+    match Function::read(function, &args) {
+        Ok(function) => rewrite(&function, &args),
+        Err(error) => with_errors(item, &error),
+    }
+}
+
+/// An identifier the user's code cannot see or shadow.
+fn internal(name: &str) -> Ident {
+    Ident::new(name, Span::mixed_site())
+}
+
+fn rewrite(function: &Function, args: &Args) -> TokenStream {
+    let krate = match &args.krate {
+        Some(path) => path.to_token_stream(),
+        None => quote!(::idem),
+    };
+    let private = quote!(#krate::__private);
+    let prelude = prelude(function, args, &private);
+    let (call, store, codec) = (
+        internal("__idem_call"),
+        internal("__idem_store"),
+        internal("__idem_codec"),
+    );
+    let run = |body: &dyn ToTokens| {
+        quote! {
+            #prelude
+            #private::run(#call, #store, #codec, #body).await
+        }
+    };
+
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = &function.item;
+    let new_body = match (&function.shape, async_trait_body(block)) {
+        (Shape::AsyncTrait { .. }, Some(inner)) => {
+            let syn::Stmt::Expr(syn::Expr::Call(boxing), _) = &block.stmts[0] else {
+                unreachable!("async_trait_body matched this statement")
+            };
+            let boxing = &boxing.func;
+            let wrapped = run(inner);
+            quote!({ #boxing(async move { #wrapped }) })
+        }
+        _ => {
+            let wrapped = run(&quote!(async move #block));
+            quote!({ #wrapped })
+        }
+    };
+    quote! {
+        #(#attrs)*
+        #vis #sig #new_body
+    }
+}
+
+/// The statements before the body runs: the action, the codec, the key, the store.
+fn prelude(function: &Function, args: &Args, private: &TokenStream) -> TokenStream {
+    let (action, call, store, codec) = (
+        internal("__IDEM_ACTION"),
+        internal("__idem_call"),
+        internal("__idem_store"),
+        internal("__idem_codec"),
+    );
+    let (error, handle) = (internal("__idem_error"), internal("__idem_store_handle"));
+    let fail = quote! {
+        return #private::fail(&#codec, #error)
+    };
+
+    let builder = action_builder(function, args, private);
+
+    let output = match function.output() {
+        Some(ty) => ty.to_token_stream(),
+        None => quote!(()),
+    };
+    let codec_value = quote_spanned!(output_span(function)=> #private::codec::<#output>());
+    let cache_err = args.cache_err.as_ref().map(|predicate| {
+        quote_spanned!(predicate.span()=> let #codec = #codec.caching_errors(#predicate);)
+    });
+
+    let payload: Vec<TokenStream> = function
+        .arguments
+        .iter()
+        .filter(|a| !a.skipped)
+        .map(|a| {
+            let name = &a.name;
+            quote_spanned!(a.span=> #private::key_arg(&#name))
+        })
+        .collect();
+    let (key_parts, payload_parts) = match &args.key {
+        None => (payload, quote!(::core::option::Option::None)),
+        Some(parts) => {
+            let parts = parts
+                .iter()
+                .map(|part| quote_spanned!(part.span()=> #private::key_arg(&(#part))))
+                .collect();
+            (
+                parts,
+                quote!(::core::option::Option::Some(&[#(#payload),*])),
+            )
+        }
+    };
+
+    let store_value = match &args.store {
+        Some(expr) => quote_spanned! {expr.span()=>
+            let #handle = &(#expr);
+            let #store = #private::store_ref(#handle);
+        },
+        None => quote! {
+            let #handle = match #private::default_store(&#action) {
+                ::core::result::Result::Ok(store) => store,
+                ::core::result::Result::Err(#error) => #fail,
+            };
+            let #store = #private::store_ref(&#handle);
+        },
+    };
+
+    quote! {
+        static #action: #private::Action = #builder;
+        let #codec = #codec_value;
+        #cache_err
+        let #call = match #private::call(&#action, &[#(#key_parts),*], #payload_parts) {
+            ::core::result::Result::Ok(call) => call,
+            ::core::result::Result::Err(#error) => #fail,
+        };
+        #store_value
+    }
+}
+
+/// `Action::new("name").namespace(…)…`, with only the options the user gave.
+fn action_builder(function: &Function, args: &Args, private: &TokenStream) -> TokenStream {
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| LitStr::new(&function.item.sig.ident.to_string(), Span::call_site()));
+    let duration = |m: &Millis| {
+        let millis = m.millis;
+        quote_spanned!(m.span=> #private::Duration::from_millis(#millis))
+    };
+    let mut builder = quote!(#private::Action::new(#name));
+    if let Some(namespace) = &args.namespace {
+        builder.extend(quote!(.namespace(#namespace)));
+    }
+    if let Some(version) = &args.version {
+        builder.extend(quote!(.version(#version)));
+    }
+    if let Some(ttl) = &args.ttl {
+        let ttl = duration(ttl);
+        builder.extend(quote!(.ttl(#ttl)));
+    }
+    if let Some(lease) = &args.lease {
+        let lease = duration(lease);
+        builder.extend(quote!(.lease(#lease)));
+    }
+    match &args.on_conflict {
+        Some(OnConflict::Wait(limit)) => {
+            let limit = duration(limit);
+            builder.extend(quote!(.on_conflict(#private::OnConflict::Wait(#limit))));
+        }
+        Some(OnConflict::Fail) => builder.extend(quote!(.on_conflict(#private::OnConflict::Fail))),
+        None => {}
+    }
+    match &args.on_stale {
+        Some(OnStale::TakeOver) => builder.extend(quote!(.on_stale(#private::OnStale::TakeOver))),
+        Some(OnStale::Review) => builder.extend(quote!(.on_stale(#private::OnStale::Review))),
+        None => {}
+    }
+    builder
+}

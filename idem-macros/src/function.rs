@@ -1,0 +1,228 @@
+//! The function under `#[idempotent]`: its shape, its arguments, and the options checked
+//! against them.
+
+use syn::spanned::Spanned;
+use syn::{
+    Block, Expr, FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Stmt, Type,
+    TypeParamBound,
+};
+
+use crate::args::Args;
+use crate::errors::Errors;
+
+/// One argument of the function, other than the receiver.
+pub(crate) struct Argument {
+    pub(crate) name: Ident,
+    /// Where the argument is written, for errors about it.
+    pub(crate) span: proc_macro2::Span,
+    /// Left out of key and payload (`skip = […]`).
+    pub(crate) skipped: bool,
+}
+
+/// Where the body to wrap lives.
+pub(crate) enum Shape {
+    /// `async fn … -> R { body }`: the function's block.
+    Async,
+    /// What `#[async_trait]` makes of an `async fn` in a trait impl:
+    /// `fn … -> Pin<Box<dyn Future<Output = R> + Send + 'async_trait>> { Box::pin(async move { body }) }`.
+    /// The wrapped body is the inner `async move` block.
+    AsyncTrait { output: Box<Type> },
+}
+
+/// The function, read and checked.
+pub(crate) struct Function {
+    pub(crate) item: ItemFn,
+    pub(crate) shape: Shape,
+    pub(crate) arguments: Vec<Argument>,
+}
+
+impl Function {
+    pub(crate) fn read(item: ItemFn, args: &Args) -> Result<Function, syn::Error> {
+        let mut errors = Errors::default();
+        let shape = shape(&item).unwrap_or_else(|| {
+            let at = item.sig.fn_token;
+            errors.at(
+                at,
+                "#[idempotent] works on `async fn` only: the claim must be held while the body awaits its side effect",
+            );
+            Shape::Async
+        });
+        let mut arguments = Vec::new();
+        for input in &item.sig.inputs {
+            let FnArg::Typed(typed) = input else {
+                continue; // `self`, `&self`, `&mut self`: the tool's handle, never part of the key.
+            };
+            match &*typed.pat {
+                Pat::Ident(pat) if pat.subpat.is_none() => arguments.push(Argument {
+                    name: pat.ident.clone(),
+                    span: typed.ty.span(),
+                    skipped: args.skip.contains(&pat.ident),
+                }),
+                other => errors.at(
+                    other,
+                    "#[idempotent] needs a plain name for each argument, to put it in the key or `skip` it",
+                ),
+            }
+        }
+        let function = Function {
+            item,
+            shape,
+            arguments,
+        };
+        function.check_names(args, &mut errors);
+        errors.finish(function)
+    }
+
+    /// The type the function's future returns.
+    pub(crate) fn output(&self) -> Option<&Type> {
+        match &self.shape {
+            Shape::AsyncTrait { output } => Some(&**output),
+            Shape::Async => match &self.item.sig.output {
+                ReturnType::Type(_, ty) => Some(ty),
+                ReturnType::Default => None,
+            },
+        }
+    }
+
+    fn is_argument(&self, name: &Ident) -> bool {
+        self.arguments.iter().any(|a| a.name == *name)
+    }
+
+    /// `skip` and `key` may only name arguments of this function.
+    fn check_names(&self, args: &Args, errors: &mut Errors) {
+        let function = &self.item.sig.ident;
+        for skipped in &args.skip {
+            if skipped == "self" {
+                errors.at(
+                    skipped,
+                    "`self` is always left out of the key; no need to skip it",
+                );
+            } else if !self.is_argument(skipped) {
+                errors.at(
+                    skipped,
+                    format!("`{function}` has no argument named `{skipped}`"),
+                );
+            }
+        }
+        for part in args.key.iter().flatten() {
+            match root_name(part) {
+                Some(root) if root != "self" && !self.is_argument(root) => {
+                    errors.at(root, format!("`{function}` has no argument named `{root}`"))
+                }
+                _ => {}
+            }
+        }
+        if args.key.as_ref().is_some_and(Vec::is_empty) {
+            errors.at(
+                function,
+                "`key = []` makes every call the same action: name at least one argument",
+            );
+        }
+    }
+}
+
+/// The variable an expression such as `order.id`, `&customer`, `order.lines[0].sku` or
+/// `customer.id()` starts from, if it starts from one.
+fn root_name(expr: &Expr) -> Option<&Ident> {
+    match expr {
+        Expr::Path(path) if path.qself.is_none() => path.path.get_ident(),
+        Expr::Field(field) => root_name(&field.base),
+        Expr::MethodCall(call) => root_name(&call.receiver),
+        Expr::Index(index) => root_name(&index.expr),
+        Expr::Reference(reference) => root_name(&reference.expr),
+        Expr::Paren(paren) => root_name(&paren.expr),
+        Expr::Unary(unary) => root_name(&unary.expr),
+        _ => None,
+    }
+}
+
+fn shape(item: &ItemFn) -> Option<Shape> {
+    if item.sig.asyncness.is_some() {
+        return Some(Shape::Async);
+    }
+    let output = boxed_future_output(&item.sig.output)?;
+    async_trait_body(&item.block)?;
+    Some(Shape::AsyncTrait {
+        output: Box::new(output.clone()),
+    })
+}
+
+/// `R` in `Pin<Box<dyn Future<Output = R> + …>>`.
+fn boxed_future_output(output: &ReturnType) -> Option<&Type> {
+    let ReturnType::Type(_, ty) = output else {
+        return None;
+    };
+    let pinned = last_generic_type(ty, "Pin")?;
+    let Type::TraitObject(object) = last_generic_type(pinned, "Box")? else {
+        return None;
+    };
+    object.bounds.iter().find_map(|bound| {
+        let TypeParamBound::Trait(bound) = bound else {
+            return None;
+        };
+        let future = bound.path.segments.last()?;
+        if future.ident != "Future" {
+            return None;
+        }
+        let PathArguments::AngleBracketed(args) = &future.arguments else {
+            return None;
+        };
+        args.args.iter().find_map(|arg| match arg {
+            GenericArgument::AssocType(assoc) if assoc.ident == "Output" => Some(&assoc.ty),
+            _ => None,
+        })
+    })
+}
+
+/// `T` in `…::Name<T>`.
+fn last_generic_type<'a>(ty: &'a Type, name: &str) -> Option<&'a Type> {
+    let Type::Path(path) = ty else {
+        return None;
+    };
+    let segment = path.path.segments.last()?;
+    if segment.ident != name {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &segment.arguments else {
+        return None;
+    };
+    args.args.iter().find_map(|arg| match arg {
+        GenericArgument::Type(ty) => Some(ty),
+        _ => None,
+    })
+}
+
+/// The `async move { … }` block in a body that is just `Box::pin(async move { … })`.
+pub(crate) fn async_trait_body(block: &Block) -> Option<&syn::ExprAsync> {
+    let [Stmt::Expr(Expr::Call(call), None)] = block.stmts.as_slice() else {
+        return None;
+    };
+    let Expr::Path(callee) = &*call.func else {
+        return None;
+    };
+    let is_box_pin = callee.path.segments.len() >= 2
+        && callee
+            .path
+            .segments
+            .iter()
+            .rev()
+            .nth(1)
+            .is_some_and(|s| s.ident == "Box")
+        && callee
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "pin");
+    match call.args.first() {
+        Some(Expr::Async(body)) if is_box_pin && call.args.len() == 1 => Some(body),
+        _ => None,
+    }
+}
+
+/// Where to point an error about the function's return type.
+pub(crate) fn output_span(function: &Function) -> proc_macro2::Span {
+    match function.output() {
+        Some(ty) => ty.span(),
+        None => function.item.sig.ident.span(),
+    }
+}
