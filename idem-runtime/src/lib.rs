@@ -1,5 +1,5 @@
 //! The runtime of [idem](https://docs.rs/idem): key derivation, the claim protocol, the
-//! [`Store`](store::Store) trait and its stores.
+//! [`Store`] trait and its stores.
 //!
 //! Most users depend on the `idem` crate, which re-exports all of this next to the
 //! `#[idempotent]` attribute. This crate is for store implementations and for code that wants

@@ -1,32 +1,4 @@
 //! Keys: what identifies one action, derived from its arguments.
-//!
-//! A key is SHA-256 over one JSON text, the array
-//!
-//! ```text
-//! ["idem",1,<namespace>,<action name>,<version>,␠␠␠…␠[<argument>,…]]
-//! ```
-//!
-//! in which every value is in its canonical form (RFC 8785, see [`canonical_json`]) and the
-//! spaces (JSON whitespace, which changes no value) pad the header to a whole number of
-//! 64-byte SHA-256 blocks. The padding lets an action absorb its constant header once and clone
-//! that hasher state for each call, so a call hashes only its own arguments. Every string in
-//! the text is JSON-escaped, so no two different calls share a text: `("a:b", "")` and
-//! `("a", "b")` give different keys.
-//!
-//! The payload fingerprint is the same digest over all the arguments that are not skipped;
-//! when the key is made of all of them, key and fingerprint are one and the same.
-//!
-//! # Test vectors
-//!
-//! Namespace `default`, version 1 (the header is `["idem",1,"default","<name>",1,` padded):
-//!
-//! | action | arguments | canonical arguments | key |
-//! |---|---|---|---|
-#![doc = include_str!("vectors.md")]
-//!
-//! The vectors are checked by a test against Python's `hashlib` and the `rfc8785` package.
-//!
-//! [`canonical_json`]: crate::canonical_json
 
 mod canonical;
 
@@ -42,6 +14,38 @@ pub use canonical::{canonical_json, CanonicalError};
 /// The identity of one action: SHA-256 over its canonical call text, kept whole (256 bits).
 ///
 /// Displayed as 64 lowercase hex digits; it holds a hash only, never the arguments.
+///
+/// # Definition
+///
+/// A key is SHA-256 over one JSON text, the array
+///
+/// ```text
+/// ["idem",1,<namespace>,<action name>,<version>,␠␠␠…␠[<argument>,…]]
+/// ```
+///
+/// in which every value is in its canonical form (RFC 8785, see [`canonical_json`](crate::canonical_json)) and the
+/// spaces (JSON whitespace, which changes no value) pad the header to a whole number of
+/// 64-byte SHA-256 blocks. The padding lets an action absorb its constant header once and clone
+/// that hasher state for each call, so a call hashes only its own arguments. Every string in
+/// the text is JSON-escaped, so no two different calls share a text: `("a:b", "")` and
+/// `("a", "b")` give different keys.
+///
+/// The payload fingerprint is the same digest over all the arguments that are not skipped;
+/// when the key is made of all of them, key and fingerprint are one and the same.
+///
+/// # Test vectors
+///
+/// Each row is one call: its namespace, action name, version and arguments (as JSON; the
+/// key is the same whatever the order of an object's members), and its key.
+///
+/// | namespace | action | version | arguments | key |
+/// |---|---|---|---|---|
+#[doc = include_str!("vectors.md")]
+///
+/// A test checks that idem computes these keys, and that Python computes them too from the
+/// definition above, with its own `hashlib` and the `rfc8785` package (Trail of Bits).
+///
+/// # Parsing
 ///
 /// ```
 /// let key: idem_runtime::Key =

@@ -6,10 +6,9 @@
 //! it agrees with JCS; under `CI=true` a missing Python or package is a failure,
 //! so the check cannot silently stop running there.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use serde_json::{json, Value};
+
+use crate::python::{required_under_ci, run_python};
 
 /// Loads the JSON array in `argv[1]` and prints one line per element: a header
 /// line naming the encoder, then each element's canonical form. Canonical JSON
@@ -178,76 +177,10 @@ fn stdlib_agrees(value: &Value) -> bool {
     }
 }
 
-fn under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// Fails under CI, where the full check must run.
-fn required_under_ci(reason: &str) {
-    assert!(
-        !under_ci(),
-        "{reason}: CI must install Python 3 and the rfc8785 package (pip install rfc8785), \
-         or point IDEM_PYTHON at an interpreter that has it"
-    );
-}
-
-/// A file removed when the test ends, however it ends.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn write_table(values: &[Value]) -> TempFile {
-    let unique = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let path = std::env::temp_dir().join(format!(
-        "idem-canonical-{}-{unique}.json",
-        std::process::id()
-    ));
-    let file = TempFile(path);
-    std::fs::write(
-        &file.0,
-        serde_json::to_vec(values).expect("the table is plain JSON"),
-    )
-    .expect("cannot write the table to the temp directory");
-    file
-}
-
-/// Runs the script; `None` when there is no interpreter to run.
-fn run_python(python: &str, table: &Path) -> Option<String> {
-    let output = match Command::new(python)
-        .arg("-c")
-        .arg(SCRIPT)
-        .arg(table)
-        .output()
-    {
-        Ok(output) => output,
-        Err(error) => {
-            let reason = format!("cannot run {python}: {error}");
-            required_under_ci(&reason);
-            eprintln!("skipping the RFC 8785 cross-check: {reason}");
-            return None;
-        }
-    };
-    assert!(
-        output.status.success(),
-        "{python} failed ({}):\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Some(String::from_utf8(output.stdout).expect("Python printed invalid UTF-8"))
-}
-
 #[test]
 fn canonical_json_matches_python_rfc8785() {
     let values = table();
-    let table_file = write_table(&values);
-    let python = std::env::var("IDEM_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let Some(stdout) = run_python(&python, &table_file.0) else {
+    let Some((python, stdout)) = run_python(SCRIPT, &values) else {
         return;
     };
     let mut lines = stdout.lines();

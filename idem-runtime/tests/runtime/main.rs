@@ -1,4 +1,6 @@
 //! The runtime's integration tests: one binary, so the crate is linked once.
 
 mod canonical_python;
+mod key_vectors;
+mod python;
 mod stores;
