@@ -3,9 +3,10 @@
 use std::collections::BTreeSet;
 
 use proc_macro2::{Span, TokenStream};
-use syn::parse::{ParseStream, Parser};
+use syn::ext::IdentExt;
+use syn::parse::{Parse, ParseStream, Parser};
 use syn::punctuated::Punctuated;
-use syn::{bracketed, parenthesized, Expr, Ident, LitInt, LitStr, Path, Token};
+use syn::{bracketed, parenthesized, Expr, ExprLit, Ident, Lit, LitStr, Path, Token};
 
 use crate::duration::parse_millis;
 use crate::errors::Errors;
@@ -54,7 +55,7 @@ pub(crate) struct Args {
     pub(crate) skip: Vec<Ident>,
     pub(crate) name: Option<LitStr>,
     pub(crate) namespace: Option<LitStr>,
-    pub(crate) version: Option<LitInt>,
+    pub(crate) version: Option<u32>,
     pub(crate) ttl: Option<Millis>,
     pub(crate) lease: Option<Millis>,
     pub(crate) on_conflict: Option<OnConflict>,
@@ -74,6 +75,14 @@ impl Args {
             while !input.is_empty() {
                 let name = parse_option_name(input)?;
                 let label = name.to_string();
+                if !input.peek(Token![=]) {
+                    let message = if OPTIONS.contains(&label.as_str()) {
+                        format!("expected `{label} = …`: options are written `name = value`")
+                    } else {
+                        unknown_option(&label)
+                    };
+                    return Err(syn::Error::new(name.span(), message));
+                }
                 input.parse::<Token![=]>()?;
                 if !seen.insert(label.clone()) {
                     errors.at(&name, format!("duplicate option `{label}`"));
@@ -98,19 +107,39 @@ impl Args {
         errors: &mut Errors,
     ) -> syn::Result<()> {
         match label {
-            "key" => self.key = Some(parse_list::<Expr>(input, "key = [customer_id, order.id]")?),
-            "skip" => self.skip = parse_list::<Ident>(input, "skip = [mailer, ctx]")?,
-            "name" => self.name = Some(non_empty(input.parse()?, errors)),
-            "namespace" => self.namespace = Some(non_empty(input.parse()?, errors)),
-            "version" => {
-                let version: LitInt = input.parse()?;
-                if let Err(e) = version.base10_parse::<u32>() {
+            "key" => {
+                let parts = parse_list(input, "key = [customer_id, order.id]", Expr::parse)?;
+                if parts.is_empty() {
                     errors.at(
-                        &version,
-                        format!("`version` is a whole number from 0 to {}: {e}", u32::MAX),
+                        name,
+                        "`key = []` makes every call the same action: name at least one argument",
                     );
                 }
-                self.version = Some(version);
+                self.key = Some(parts);
+            }
+            // `parse_any`: `skip = [self]` is read, to be answered that it is not needed.
+            "skip" => self.skip = parse_list(input, "skip = [mailer, ctx]", Ident::parse_any)?,
+            "name" => self.name = Some(non_empty(label, input.parse()?, errors)),
+            "namespace" => self.namespace = Some(non_empty(label, input.parse()?, errors)),
+            "version" => {
+                // An expression, so that `-1` is refused as a whole, not at its `-`.
+                let version: Expr = input.parse()?;
+                self.version = match &version {
+                    Expr::Lit(ExprLit {
+                        lit: Lit::Int(number),
+                        ..
+                    }) => number.base10_parse().ok(),
+                    _ => None,
+                };
+                if self.version.is_none() {
+                    errors.at(
+                        &version,
+                        format!(
+                            "`version` is a whole number from 0 to {}, as in `version = 2`",
+                            u32::MAX
+                        ),
+                    );
+                }
             }
             "ttl" => self.ttl = Some(parse_duration(input, errors)?),
             "lease" => self.lease = Some(parse_duration(input, errors)?),
@@ -120,13 +149,7 @@ impl Args {
             "store" => self.store = Some(input.parse()?),
             "crate" => self.krate = Some(input.call(Path::parse_mod_style)?),
             _ => {
-                errors.at(
-                    name,
-                    format!(
-                        "unknown option `{label}`: expected one of {}",
-                        expected_options()
-                    ),
-                );
+                errors.at(name, unknown_option(label));
                 // Skip the value so that the options after it are still read.
                 input.parse::<Expr>()?;
             }
@@ -144,9 +167,19 @@ fn parse_option_name(input: ParseStream<'_>) -> syn::Result<Ident> {
     input.parse::<Ident>().map_err(|e| {
         syn::Error::new(
             e.span(),
-            format!("expected an option: one of {}", expected_options()),
+            format!(
+                "expected an option, as in `ttl = \"24h\"`: one of {}",
+                expected_options()
+            ),
         )
     })
+}
+
+fn unknown_option(label: &str) -> String {
+    format!(
+        "unknown option `{label}`: expected one of {}",
+        expected_options()
+    )
 }
 
 fn expected_options() -> String {
@@ -154,19 +187,23 @@ fn expected_options() -> String {
     quoted.join(", ")
 }
 
-fn parse_list<T: syn::parse::Parse>(input: ParseStream<'_>, example: &str) -> syn::Result<Vec<T>> {
+fn parse_list<T>(
+    input: ParseStream<'_>,
+    example: &str,
+    item: fn(ParseStream<'_>) -> syn::Result<T>,
+) -> syn::Result<Vec<T>> {
     if !input.peek(syn::token::Bracket) {
         return Err(input.error(format!("expected a list in brackets, as in `{example}`")));
     }
     let content;
     bracketed!(content in input);
-    let items = Punctuated::<T, Token![,]>::parse_terminated(&content)?;
+    let items = Punctuated::<T, Token![,]>::parse_terminated_with(&content, item)?;
     Ok(items.into_iter().collect())
 }
 
-fn non_empty(text: LitStr, errors: &mut Errors) -> LitStr {
+fn non_empty(label: &str, text: LitStr, errors: &mut Errors) -> LitStr {
     if text.value().is_empty() {
-        errors.at(&text, "must not be empty");
+        errors.at(&text, format!("`{label}` must not be empty"));
     }
     text
 }
@@ -203,7 +240,7 @@ fn parse_on_conflict(input: ParseStream<'_>, errors: &mut Errors) -> syn::Result
         }
         _ => Err(syn::Error::new_spanned(
             word,
-            "expected `wait(\"10s\")` or `fail`",
+            "expected `wait(\"10s\")` (wait at most that long for the running call's result) or `fail` (refuse at once)",
         )),
     }
 }
@@ -215,7 +252,7 @@ fn parse_on_stale(input: ParseStream<'_>) -> syn::Result<OnStale> {
         "review" => Ok(OnStale::Review),
         _ => Err(syn::Error::new_spanned(
             word,
-            "expected `takeover` or `review`",
+            "expected `takeover` (run the body again) or `review` (park the key for an operator)",
         )),
     }
 }

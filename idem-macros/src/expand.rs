@@ -7,7 +7,7 @@
 //! ```text
 //! async fn send(customer: &str, mailer: &Mailer) -> Result<Receipt, E> {
 //!     static ACTION: Action = Action::new("send")…;           // the options, as constants
-//!     let codec = codec::<Result<Receipt, E>>();               // type errors land here
+//!     let codec = codec::<Result<Receipt, E>, _, _>();         // type errors land here
 //!     let call = call(&ACTION, &[key_arg(&customer)], None)?;  // key: hashes, nothing kept
 //!     let store = default_store()?;                            // or `store = …`
 //!     run(call, store, codec, async move { body }).await       // the protocol, in the runtime
@@ -23,16 +23,17 @@ use syn::{Ident, ItemFn, LitStr};
 
 use crate::args::{Args, Millis, OnConflict, OnStale};
 use crate::errors::with_errors;
-use crate::function::{async_trait_body, output_span, Function, Shape};
+use crate::function::{async_trait_body, result_types, Function, Shape};
 
 /// `#[idempotent(attr)] item`.
 pub(crate) fn idempotent(attr: TokenStream, item: TokenStream) -> TokenStream {
     let function = match syn::parse2::<ItemFn>(item.clone()) {
         Ok(function) => function,
-        Err(_) => {
+        Err(not_a_function) => {
+            // Spanned where the item stops looking like a function: `struct`, `impl`, `;`.
             let error = syn::Error::new(
-                Span::call_site(),
-                "#[idempotent] goes on an `async fn` (a free function or a method)",
+                not_a_function.span(),
+                "#[idempotent] goes on an `async fn` with a body (a free function or a method)",
             );
             return with_errors(item, &error);
         }
@@ -50,6 +51,36 @@ pub(crate) fn idempotent(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// An identifier the user's code cannot see or shadow.
 fn internal(name: &str) -> Ident {
     Ident::new(name, Span::mixed_site())
+}
+
+/// A span that shows `user`'s tokens in errors but still reads as generated code to lints
+/// (`unused_qualifications`, clippy) and to name resolution.
+fn located(user: Span) -> Span {
+    Span::call_site().located_at(user)
+}
+
+/// Where `written` starts and ends. rustc shows an expression from its first token to its
+/// last, so generated code that starts at `first` and ends at `last` is reported on all of
+/// `written` (`Span::join` is not stable).
+fn first_and_last(written: &dyn ToTokens) -> (Span, Span) {
+    let mut spans = written.to_token_stream().into_iter().map(|t| t.span());
+    let first = spans.next().map_or_else(Span::call_site, located);
+    let last = spans.last().map_or(first, located);
+    (first, last)
+}
+
+/// `tokens` (a path such as `::idem::__private`) shown at `user`, each token keeping its own
+/// hygiene: an error about a call through it then points at the user's code, not at the
+/// attribute.
+fn respan(tokens: &TokenStream, user: Span) -> TokenStream {
+    tokens
+        .clone()
+        .into_iter()
+        .map(|mut token| {
+            token.set_span(token.span().located_at(user));
+            token
+        })
+        .collect()
 }
 
 fn rewrite(function: &Function, args: &Args) -> TokenStream {
@@ -112,31 +143,43 @@ fn prelude(function: &Function, args: &Args, private: &TokenStream) -> TokenStre
 
     let builder = action_builder(function, args, private);
 
-    let output = match function.output() {
-        Some(ty) => ty.to_token_stream(),
-        None => quote!(()),
+    // `codec::<R, _, _>()`: the holes are spanned on `T` and `E` of `Result<T, E>` when the
+    // return type is written out, so that a wrong `Ok` or `Err` type is reported on itself.
+    let output = function.output().expect("checked by Function::read");
+    let whole = output.span();
+    let (ok, err) = result_types(output).map_or((whole, whole), |(t, e)| (t.span(), e.span()));
+    let (ok, err) = (
+        quote_spanned!(located(ok)=> _),
+        quote_spanned!(located(err)=> _),
+    );
+    let at = located(whole);
+    let codec_value = {
+        let private = respan(private, at);
+        quote_spanned!(at=> #private::codec::<#output, #ok, #err>())
     };
-    let codec_value = quote_spanned!(output_span(function)=> #private::codec::<#output>());
     let cache_err = args.cache_err.as_ref().map(|predicate| {
-        quote_spanned!(predicate.span()=> let #codec = #codec.caching_errors(#predicate);)
+        let at = located(predicate.span());
+        let private = respan(private, at);
+        quote_spanned!(at=> let #codec = #private::caching_errors(#codec, #predicate);)
     });
 
+    // `key_arg(&(value))`, shown on `customer_id: &str` or `order.id`.
+    let key_arg = |value: &dyn ToTokens, written: &dyn ToTokens| {
+        let (first, last) = first_and_last(written);
+        let private = respan(private, first);
+        let value = quote_spanned!(last=> (#value));
+        quote_spanned!(first=> #private::key_arg(&#value))
+    };
     let payload: Vec<TokenStream> = function
         .arguments
         .iter()
         .filter(|a| !a.skipped)
-        .map(|a| {
-            let name = &a.name;
-            quote_spanned!(a.span=> #private::key_arg(&#name))
-        })
+        .map(|a| key_arg(&a.name, &a.written))
         .collect();
     let (key_parts, payload_parts) = match &args.key {
         None => (payload, quote!(::core::option::Option::None)),
         Some(parts) => {
-            let parts = parts
-                .iter()
-                .map(|part| quote_spanned!(part.span()=> #private::key_arg(&(#part))))
-                .collect();
+            let parts = parts.iter().map(|part| key_arg(part, part)).collect();
             (
                 parts,
                 quote!(::core::option::Option::Some(&[#(#payload),*])),
@@ -145,10 +188,17 @@ fn prelude(function: &Function, args: &Args, private: &TokenStream) -> TokenStre
     };
 
     let store_value = match &args.store {
-        Some(expr) => quote_spanned! {expr.span()=>
-            let #handle = &(#expr);
-            let #store = #private::store_ref(#handle);
-        },
+        Some(expr) => {
+            // `store_ref(&*(handle))` rather than `store_ref(handle)`: two tokens, so that the
+            // argument, and an error about it, can be shown on all of `expr`.
+            let (first, last) = first_and_last(expr);
+            let private = respan(private, first);
+            let shown = quote_spanned!(last=> (#handle));
+            quote_spanned! {first=>
+                let #handle = &(#expr);
+                let #store = #private::store_ref(&*#shown);
+            }
+        }
         None => quote! {
             let #handle = match #private::default_store(&#action) {
                 ::core::result::Result::Ok(store) => store,

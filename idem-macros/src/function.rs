@@ -1,7 +1,7 @@
 //! The function under `#[idempotent]`: its shape, its arguments, and the options checked
 //! against them.
 
-use syn::spanned::Spanned;
+use quote::ToTokens;
 use syn::{
     Block, Expr, FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Stmt, Type,
     TypeParamBound,
@@ -13,8 +13,8 @@ use crate::errors::Errors;
 /// One argument of the function, other than the receiver.
 pub(crate) struct Argument {
     pub(crate) name: Ident,
-    /// Where the argument is written, for errors about it.
-    pub(crate) span: proc_macro2::Span,
+    /// `name: Type` as written, for errors about the argument.
+    pub(crate) written: proc_macro2::TokenStream,
     /// Left out of key and payload (`skip = […]`).
     pub(crate) skipped: bool,
 }
@@ -39,14 +39,13 @@ pub(crate) struct Function {
 impl Function {
     pub(crate) fn read(item: ItemFn, args: &Args) -> Result<Function, syn::Error> {
         let mut errors = Errors::default();
-        let shape = shape(&item).unwrap_or_else(|| {
-            let at = item.sig.fn_token;
+        let found = shape(&item);
+        if found.is_none() {
             errors.at(
-                at,
+                item.sig.fn_token,
                 "#[idempotent] works on `async fn` only: the claim must be held while the body awaits its side effect",
             );
-            Shape::Async
-        });
+        }
         let mut arguments = Vec::new();
         for input in &item.sig.inputs {
             let FnArg::Typed(typed) = input else {
@@ -55,7 +54,7 @@ impl Function {
             match &*typed.pat {
                 Pat::Ident(pat) if pat.subpat.is_none() => arguments.push(Argument {
                     name: pat.ident.clone(),
-                    span: typed.ty.span(),
+                    written: typed.to_token_stream(),
                     skipped: args.skip.contains(&pat.ident),
                 }),
                 other => errors.at(
@@ -64,13 +63,35 @@ impl Function {
                 ),
             }
         }
+        let is_async = found.is_some();
         let function = Function {
             item,
-            shape,
+            shape: found.unwrap_or(Shape::Async),
             arguments,
         };
+        if is_async {
+            function.check_output(&mut errors);
+        }
         function.check_names(args, &mut errors);
         errors.finish(function)
+    }
+
+    /// What the types cannot say well: a missing return type, a borrowed `Ok` type (rustc
+    /// would only say that `Deserialize` "is not general enough").
+    fn check_output(&self, errors: &mut Errors) {
+        let Some(output) = self.output() else {
+            errors.at(
+                &self.item.sig,
+                "an `#[idempotent]` function returns `Result<T, E>`: add the return type (`E: From<idem::Error>` carries idem's own errors)",
+            );
+            return;
+        };
+        if let Some((ok @ Type::Reference(_), _)) = result_types(output) {
+            errors.at(
+                ok,
+                "the `Ok` type of an `#[idempotent]` function cannot borrow: the result is recorded and replayed from the store, so return an owned type (`String` for `&str`, `Vec<T>` for `&[T]`)",
+            );
+        }
     }
 
     /// The type the function's future returns.
@@ -109,14 +130,12 @@ impl Function {
                 Some(root) if root != "self" && !self.is_argument(root) => {
                     errors.at(root, format!("`{function}` has no argument named `{root}`"))
                 }
+                Some(root) if args.skip.contains(root) => errors.at(
+                    root,
+                    format!("`{root}` is skipped, so it cannot be part of the key: remove it from `key` or from `skip`"),
+                ),
                 _ => {}
             }
-        }
-        if args.key.as_ref().is_some_and(Vec::is_empty) {
-            errors.at(
-                function,
-                "`key = []` makes every call the same action: name at least one argument",
-            );
         }
     }
 }
@@ -174,6 +193,25 @@ fn boxed_future_output(output: &ReturnType) -> Option<&Type> {
     })
 }
 
+/// `T` and `E` in `…Result<T, E>`, when the return type is written out (not an alias).
+pub(crate) fn result_types(ty: &Type) -> Option<(&Type, &Type)> {
+    let Type::Path(path) = ty else {
+        return None;
+    };
+    let segment = path.path.segments.last()?;
+    let PathArguments::AngleBracketed(args) = &segment.arguments else {
+        return None;
+    };
+    let mut types = args.args.iter().filter_map(|arg| match arg {
+        GenericArgument::Type(ty) => Some(ty),
+        _ => None,
+    });
+    match (types.next(), types.next(), types.next()) {
+        (Some(ok), Some(err), None) if segment.ident == "Result" => Some((ok, err)),
+        _ => None,
+    }
+}
+
 /// `T` in `…::Name<T>`.
 fn last_generic_type<'a>(ty: &'a Type, name: &str) -> Option<&'a Type> {
     let Type::Path(path) = ty else {
@@ -216,13 +254,5 @@ pub(crate) fn async_trait_body(block: &Block) -> Option<&syn::ExprAsync> {
     match call.args.first() {
         Some(Expr::Async(body)) if is_box_pin && call.args.len() == 1 => Some(body),
         _ => None,
-    }
-}
-
-/// Where to point an error about the function's return type.
-pub(crate) fn output_span(function: &Function) -> proc_macro2::Span {
-    match function.output() {
-        Some(ty) => ty.span(),
-        None => function.item.sig.ident.span(),
     }
 }

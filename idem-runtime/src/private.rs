@@ -23,6 +23,9 @@ use crate::Error;
     note = "derive or implement `serde::Serialize` for it, or leave it out of the key with `skip = [name]` (clients, contexts and other handles)"
 )]
 pub trait KeyArgument: Serialize {}
+// `do_not_recommend` on this and the other blanket impls below: rustc then reports the
+// unmet trait itself, with its message, rather than the serde bound inside the impl.
+#[diagnostic::do_not_recommend]
 impl<T: Serialize> KeyArgument for T {}
 
 /// `value` as an argument of the key or the payload.
@@ -34,7 +37,7 @@ pub fn key_arg<T: KeyArgument>(value: &T) -> KeyArg<'_> {
 #[diagnostic::on_unimplemented(
     message = "an `#[idempotent]` function must return a `Result`, not `{Self}`",
     label = "not a `Result`",
-    note = "the error type carries idem's own errors (`From<idem::Error>`), and errors of the body release the key"
+    note = "return `Result<T, E>`: `T` (`Serialize + DeserializeOwned`) is recorded and replayed, `E` (`From<idem::Error>`) also carries idem's own errors"
 )]
 pub trait IdemReturn: Sized {
     /// The `Ok` type.
@@ -67,6 +70,7 @@ impl<T, E> IdemReturn for Result<T, E> {
     note = "derive `serde::Serialize` and `serde::Deserialize` for it; borrowed types such as `&str` cannot be replayed, return owned ones (`String`)"
 )]
 pub trait StoredValue: Serialize + DeserializeOwned {}
+#[diagnostic::do_not_recommend]
 impl<T: Serialize + DeserializeOwned> StoredValue for T {}
 
 /// The error type of an `#[idempotent]` function carries idem's errors.
@@ -76,16 +80,38 @@ impl<T: Serialize + DeserializeOwned> StoredValue for T {}
     note = "add `impl From<idem::Error> for {Self}`, or with thiserror a variant `#[error(transparent)] Idem(#[from] idem::Error)`"
 )]
 pub trait IdemError: From<Error> {}
+#[diagnostic::do_not_recommend]
 impl<E: From<Error>> IdemError for E {}
 
 /// The codec of a function returning `R`; its bounds are where type errors are reported.
-pub fn codec<R>() -> Codec<R, R::Ok, R::Err>
+///
+/// The macro writes `codec::<R, _, _>()`, the holes spanned on the `Ok` and `Err` types
+/// where it can see them, so that rustc points at the type that is wrong.
+pub fn codec<R, T, E>() -> Codec<R, T, E>
 where
-    R: IdemReturn,
-    R::Ok: StoredValue,
-    R::Err: IdemError,
+    R: IdemReturn<Ok = T, Err = E>,
+    T: StoredValue,
+    E: IdemError,
 {
     Codec::new()
+}
+
+/// With `cache_err`, the errors it marks final are recorded and replayed like results.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be recorded and replayed: with `cache_err`, the error type must implement `Serialize` and `DeserializeOwned`",
+    label = "`cache_err` records the errors it marks final, so their type must be `Serialize + DeserializeOwned`",
+    note = "derive `serde::Serialize` and `serde::Deserialize` for the error type (idem's own error can be kept as text: `Idem(String)`), or remove `cache_err`"
+)]
+pub trait StoredError: Serialize + DeserializeOwned {}
+#[diagnostic::do_not_recommend]
+impl<E: Serialize + DeserializeOwned> StoredError for E {}
+
+/// `codec`, recording the errors for which `is_final` is true (`cache_err = is_final`).
+pub fn caching_errors<R, T, E: StoredError>(
+    codec: Codec<R, T, E>,
+    is_final: fn(&E) -> bool,
+) -> Codec<R, T, E> {
+    codec.caching_errors(is_final)
 }
 
 /// The call of `action` with these key arguments and, when the key is not all of them, this
@@ -98,27 +124,29 @@ pub fn call<'a>(
     action.call_with_args(key, payload)
 }
 
-/// A value that can be used as a store: a store, or an `Arc` of one.
+/// A value that can be used as a store: a store, a reference to one, an `Arc` or a `Box` of one
+/// (those are stores too), or `dyn Store`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an idem store",
+    label = "`store = …` takes a store: a value whose type implements `idem::store::Store`",
+    note = "use `MemoryStore`, `SqliteStore` or your own `impl Store`, a reference to one, or an `Arc` or `Box` of one"
+)]
 pub trait AsDynStore {
     /// The store as a trait object.
     fn as_dyn_store(&self) -> &dyn Store;
 }
 
+#[diagnostic::do_not_recommend]
 impl<S: Store> AsDynStore for S {
     fn as_dyn_store(&self) -> &dyn Store {
         self
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl AsDynStore for dyn Store {
     fn as_dyn_store(&self) -> &dyn Store {
         self
-    }
-}
-
-impl<S: AsDynStore + ?Sized> AsDynStore for Arc<S> {
-    fn as_dyn_store(&self) -> &dyn Store {
-        (**self).as_dyn_store()
     }
 }
 

@@ -1,0 +1,29 @@
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+enum ChargeError {
+    Declined,
+    Idem(String),
+}
+
+impl From<idem::Error> for ChargeError {
+    fn from(e: idem::Error) -> Self {
+        ChargeError::Idem(e.to_string())
+    }
+}
+
+fn is_final(error: &str) -> bool {
+    error == "declined"
+}
+
+#[idem::idempotent(cache_err = is_final)]
+async fn charge(order_id: u64) -> Result<u64, ChargeError> {
+    if order_id == 0 {
+        return Err(ChargeError::Declined);
+    }
+    Ok(order_id)
+}
+
+fn main() {
+    let _ = charge(7);
+}
