@@ -14,6 +14,7 @@
 //! longer the record's. Leases and TTLs are given as durations: the store adds them to its own
 //! clock, so the clocks of callers on other machines do not matter.
 
+mod forward;
 mod memory;
 mod rules;
 #[cfg(feature = "sqlite")]

@@ -1,0 +1,63 @@
+//! A reference to a store and a shared store are stores too, so that `store = &store` and
+//! `store = Arc<dyn Store>` work wherever a store does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::key::Key;
+use crate::store::{Claim, ClaimRequest, FencingToken, Ownership, Record, Store, StoredOutcome};
+use crate::Error;
+
+macro_rules! forward_store {
+    ($($pointer:ty),*) => {$(
+        #[async_trait]
+        impl<S: Store + ?Sized> Store for $pointer {
+            fn name(&self) -> &'static str {
+                (**self).name()
+            }
+
+            async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
+                (**self).claim(request).await
+            }
+
+            async fn complete(
+                &self,
+                key: &Key,
+                token: FencingToken,
+                outcome: StoredOutcome,
+                ttl: Duration,
+            ) -> Result<Ownership, Error> {
+                (**self).complete(key, token, outcome, ttl).await
+            }
+
+            async fn release(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
+                (**self).release(key, token).await
+            }
+
+            async fn heartbeat(
+                &self,
+                key: &Key,
+                token: FencingToken,
+                lease: Duration,
+            ) -> Result<Ownership, Error> {
+                (**self).heartbeat(key, token, lease).await
+            }
+
+            async fn wait(&self, key: &Key, token: FencingToken, at_most: Duration) -> Result<(), Error> {
+                (**self).wait(key, token, at_most).await
+            }
+
+            async fn get(&self, key: &Key) -> Result<Option<Record>, Error> {
+                (**self).get(key).await
+            }
+
+            async fn purge_expired(&self) -> Result<u64, Error> {
+                (**self).purge_expired().await
+            }
+        }
+    )*};
+}
+
+forward_store!(&S, Arc<S>, Box<S>);

@@ -1,0 +1,31 @@
+//! The store set with `idem::set_default_store`. The only test in this binary that sets it,
+//! since it is one per process.
+
+use idem::idempotent;
+use idem::store::MemoryStore;
+
+use crate::support::{Ledger, ToolError};
+
+static LEDGER: Ledger = Ledger::new();
+
+#[idempotent(ttl = "24h")]
+async fn send_quote_email(customer_id: &str, quote_id: &str) -> Result<usize, ToolError> {
+    Ok(LEDGER.record())
+}
+
+#[tokio::test]
+async fn without_a_store_a_call_says_so_and_with_one_it_runs_once() {
+    match send_quote_email("customer-42", "quote-7").await {
+        Err(ToolError::Idem(message)) => {
+            assert!(message.contains("set_default_store"), "{message}")
+        }
+        other => panic!("expected NoStore, got {other:?}"),
+    }
+    assert_eq!(LEDGER.count(), 0);
+
+    idem::set_default_store(MemoryStore::new());
+    for _ in 0..3 {
+        assert_eq!(send_quote_email("customer-42", "quote-7").await, Ok(1));
+    }
+    assert_eq!(LEDGER.count(), 1);
+}

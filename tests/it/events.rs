@@ -1,0 +1,82 @@
+//! Each call emits one `tracing` event: action, key (a hash), outcome, time taken.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use idem::idempotent;
+use idem::store::MemoryStore;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::Layer;
+
+use crate::support::ToolError;
+
+/// Collects the fields of the events of target `idem`.
+#[derive(Clone, Default)]
+struct Events(Arc<Mutex<Vec<BTreeMap<String, String>>>>);
+
+struct Fields<'a>(&'a mut BTreeMap<String, String>);
+
+impl Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for Events {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        if event.metadata().target() == "idem" {
+            let mut fields = BTreeMap::new();
+            event.record(&mut Fields(&mut fields));
+            self.0.lock().unwrap().push(fields);
+        }
+    }
+}
+
+#[idempotent(skip = [store], store = store)]
+async fn send_sms(store: &MemoryStore, to: &str, text: &str) -> Result<u32, ToolError> {
+    Ok(1)
+}
+
+#[test]
+fn one_event_per_call_with_action_key_outcome_and_time() {
+    let events = Events::default();
+    let subscriber = tracing_subscriber::registry().with(events.clone());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tracing::subscriber::with_default(subscriber, || {
+        runtime.block_on(async {
+            let store = MemoryStore::new();
+            send_sms(&store, "+15550100", "your code is 123456")
+                .await
+                .unwrap();
+            send_sms(&store, "+15550100", "your code is 123456")
+                .await
+                .unwrap();
+        })
+    });
+    let events = events.0.lock().unwrap();
+    assert_eq!(events.len(), 2, "{events:?}");
+    let key = idem::Action::new("send_sms")
+        .key(&("+15550100", "your code is 123456"))
+        .unwrap()
+        .to_string();
+    for (event, outcome) in events.iter().zip(["executed", "replayed"]) {
+        assert_eq!(event["action"], "send_sms");
+        assert_eq!(event["key"], key);
+        assert_eq!(event["outcome"], outcome);
+        assert_eq!(event["failed"], "false");
+        assert!(event["elapsed_us"].parse::<u64>().is_ok(), "{event:?}");
+        let text = format!("{event:?}");
+        assert!(
+            !text.contains("123456") && !text.contains("+1555"),
+            "no argument may leak into an event: {text}"
+        );
+    }
+}
