@@ -151,7 +151,7 @@ where
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let quote = Quote {
         id: "Q-2026-0042".into(),
-        total_cents: 1_249_00,
+        total_cents: 124_900,
         currency: "EUR".into(),
     };
     let customer = "ada@example.com";

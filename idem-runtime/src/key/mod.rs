@@ -2,13 +2,16 @@
 
 mod canonical;
 
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::str::FromStr;
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
+use sha2::block_api::compress256;
 
 pub(crate) use canonical::write_canonical;
+use canonical::Sink;
 pub use canonical::{canonical_json, CanonicalError};
 
 /// The identity of one action: SHA-256 over its canonical call text, kept whole (256 bits).
@@ -98,6 +101,52 @@ impl From<Key> for Fingerprint {
     }
 }
 
+/// A map keyed by [`Key`]s, hashed by [`KeyHashing`].
+pub(crate) type KeyMap<V> = HashMap<Key, V, KeyHashing>;
+
+/// The hashing of in-process maps keyed by [`Key`]: a key is a SHA-256 digest, already uniform,
+/// so hashing it again with SipHash (the default) costs more than the rest of a lookup. Its
+/// words are folded into a random per-map seed instead, so that the bucket of a key still
+/// cannot be predicted from outside the process.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyHashing {
+    seed: u64,
+}
+
+impl Default for KeyHashing {
+    fn default() -> Self {
+        KeyHashing {
+            seed: RandomState::new().hash_one(0x1de3_u64),
+        }
+    }
+}
+
+impl BuildHasher for KeyHashing {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(self.seed)
+    }
+}
+
+/// See [`KeyHashing`].
+#[derive(Debug)]
+pub(crate) struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0 ^ u64::from_le_bytes(word)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+}
+
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 impl fmt::Display for Key {
@@ -152,11 +201,17 @@ impl FromStr for Key {
     }
 }
 
-/// The hasher state of one action after its constant header: each call clones it and hashes
+/// The SHA-256 state of one action after its constant header: each call copies it and hashes
 /// only its arguments.
+///
+/// The header fills whole blocks, so that state is just the 8 words of the compression
+/// function. A call's arguments are gathered into blocks and padded here (FIPS 180-4 §5.1.1)
+/// and each block goes to sha2's `compress256`: no buffered hasher to clone, no bookkeeping
+/// per piece of JSON. For a few small arguments that is one compression per key.
 #[derive(Clone)]
 pub(crate) struct KeyDeriver {
-    after_header: Sha256,
+    after_header: [u32; 8],
+    header_blocks: u64,
 }
 
 impl fmt::Debug for KeyDeriver {
@@ -165,11 +220,31 @@ impl fmt::Debug for KeyDeriver {
     }
 }
 
+/// SHA-256's initial hash value (FIPS 180-4 §5.3.3).
+const SHA256_INITIAL: [u32; 8] = [
+    0x6a09_e667,
+    0xbb67_ae85,
+    0x3c6e_f372,
+    0xa54f_f53a,
+    0x510e_527f,
+    0x9b05_688c,
+    0x1f83_d9ab,
+    0x5be0_cd19,
+];
+
 impl KeyDeriver {
     pub(crate) fn new(namespace: &str, name: &str, version: u32) -> Self {
-        let mut after_header = Sha256::new();
-        after_header.update(header(namespace, name, version));
-        KeyDeriver { after_header }
+        let mut sink = BlockSink::new(SHA256_INITIAL, 0);
+        sink.put(&header(namespace, name, version));
+        debug_assert_eq!(sink.len, 0, "the header fills whole blocks");
+        KeyDeriver {
+            after_header: sink.state,
+            header_blocks: sink.blocks,
+        }
+    }
+
+    fn sink(&self) -> BlockSink {
+        BlockSink::new(self.after_header, self.header_blocks)
     }
 
     /// The digest of the call text whose arguments are `args` (a tuple or an array).
@@ -177,10 +252,79 @@ impl KeyDeriver {
         &self,
         args: &A,
     ) -> Result<[u8; 32], CanonicalError> {
-        let mut hasher = self.after_header.clone();
-        write_canonical(&mut hasher, args)?;
-        hasher.update(b"]");
-        Ok(hasher.finalize().into())
+        let mut sink = self.sink();
+        write_canonical(&mut sink, args)?;
+        Ok(sink.finish(b"]"))
+    }
+}
+
+/// SHA-256 fed block by block. Canonical JSON arrives in many small pieces (a quote, a string,
+/// a comma); they are gathered into one 64-byte block, which is compressed when it is full.
+struct BlockSink {
+    state: [u32; 8],
+    /// Blocks compressed so far, the header's included.
+    blocks: u64,
+    block: [u8; 64],
+    /// Bytes in `block`: always fewer than 64.
+    len: usize,
+}
+
+impl BlockSink {
+    fn new(state: [u32; 8], blocks: u64) -> Self {
+        BlockSink {
+            state,
+            blocks,
+            block: [0; 64],
+            len: 0,
+        }
+    }
+
+    fn compress(&mut self) {
+        compress256(&mut self.state, &[self.block]);
+        self.blocks += 1;
+    }
+
+    /// Appends `tail`, pads the message, and returns the digest of everything written.
+    fn finish(mut self, tail: &[u8]) -> [u8; 32] {
+        self.put(tail);
+        let bits = (self.blocks * 64 + self.len as u64) * 8;
+        self.block[self.len] = 0x80;
+        self.block[self.len + 1..].fill(0);
+        if self.len >= 56 {
+            // No room for the length: it goes in a block of its own.
+            self.compress();
+            self.block = [0; 64];
+        }
+        self.block[56..].copy_from_slice(&bits.to_be_bytes());
+        self.compress();
+        let mut digest = [0u8; 32];
+        for (out, word) in digest.chunks_exact_mut(4).zip(self.state) {
+            out.copy_from_slice(&word.to_be_bytes());
+        }
+        digest
+    }
+}
+
+impl Sink for BlockSink {
+    #[inline]
+    fn put(&mut self, mut bytes: &[u8]) {
+        loop {
+            let room = 64 - self.len;
+            if bytes.len() < room {
+                // Most pieces are one byte (a quote, a comma): no call to `memcpy` for those.
+                match bytes {
+                    [byte] => self.block[self.len] = *byte,
+                    _ => self.block[self.len..self.len + bytes.len()].copy_from_slice(bytes),
+                }
+                self.len += bytes.len();
+                return;
+            }
+            let (head, rest) = bytes.split_at(room);
+            self.block[self.len..].copy_from_slice(head);
+            self.len = 0;
+            self.compress();
+            bytes = rest;
+        }
     }
 }
 
@@ -221,27 +365,58 @@ impl<'a> KeyArg<'a> {
 /// Writes a value's canonical JSON into a hasher: `Serialize` made object-safe for the one
 /// serializer keys need.
 trait AbsorbCanonical {
-    fn absorb(&self, hasher: &mut Sha256) -> Result<(), CanonicalError>;
+    fn absorb(&self, sink: &mut BlockSink) -> Result<(), CanonicalError>;
 }
 
 impl<T: Serialize> AbsorbCanonical for T {
-    fn absorb(&self, hasher: &mut Sha256) -> Result<(), CanonicalError> {
-        write_canonical(hasher, self)
+    fn absorb(&self, sink: &mut BlockSink) -> Result<(), CanonicalError> {
+        write_canonical(sink, self)
     }
 }
 
 impl KeyDeriver {
     /// The same digest as [`KeyDeriver::digest`] of the tuple of `args`.
     pub(crate) fn digest_args(&self, args: &[KeyArg<'_>]) -> Result<[u8; 32], CanonicalError> {
-        let mut hasher = self.after_header.clone();
-        hasher.update(b"[");
+        let mut sink = self.sink();
+        sink.put(b"[");
         for (i, arg) in args.iter().enumerate() {
             if i > 0 {
-                hasher.update(b",");
+                sink.put(b",");
             }
-            arg.0.absorb(&mut hasher)?;
+            arg.0.absorb(&mut sink)?;
         }
-        hasher.update(b"]]");
-        Ok(hasher.finalize().into())
+        Ok(sink.finish(b"]]"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+
+    /// A key is SHA-256 of the call text defined in the docs of `Key`, whatever the lengths of
+    /// header and arguments: every padding case (the length fits in the last block of the
+    /// arguments, or needs a block of its own) and argument texts longer than a block.
+    #[test]
+    fn keys_are_sha256_of_the_call_text() {
+        let long_name = "n".repeat(60);
+        for name in ["a", "send_quote", long_name.as_str()] {
+            let deriver = KeyDeriver::new("default", name, 3);
+            let header = header("default", name, 3);
+            for len in 0..300 {
+                let arg = "x".repeat(len);
+                let args = canonical_json(&(&arg, 7)).unwrap();
+                let text = [header.as_slice(), args.as_bytes(), b"]"].concat();
+                let expected: [u8; 32] = Sha256::digest(&text).into();
+                assert_eq!(
+                    deriver.digest(&(&arg, 7)).unwrap(),
+                    expected,
+                    "{name}, {len}"
+                );
+                let by_args = deriver.digest_args(&[KeyArg::new(&arg), KeyArg::new(&7)]);
+                assert_eq!(by_args.unwrap(), expected, "{name}, {len}");
+            }
+        }
     }
 }

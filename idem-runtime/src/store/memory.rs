@@ -1,12 +1,12 @@
 //! `MemoryStore`: records in a map, for tests and for agents that run in one process.
 
-use std::collections::HashMap;
+use std::collections::hash_map;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 
-use crate::key::{Fingerprint, Key};
+use crate::key::{Fingerprint, Key, KeyMap};
 use crate::store::{
     decide, millis, remaining, Claim, ClaimRequest, FencingToken, Found, Ownership, Record, Status,
     Store, StoredOutcome, Verdict, Waiters, Write,
@@ -67,15 +67,19 @@ impl Default for Inner {
 
 #[derive(Debug, Default)]
 struct State {
-    records: HashMap<Key, Entry>,
+    records: KeyMap<Entry>,
     last_token: FencingToken,
     /// Inserts since the last sweep of expired results, so memory stays bounded.
     inserts: usize,
+    /// How many records the last sweep kept.
+    kept: usize,
+    /// The action name of the last claim, shared by the records of that action.
+    last_action: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
 struct Entry {
-    action: Box<str>,
+    action: Arc<str>,
     status: Status,
     token: FencingToken,
     fingerprint: Fingerprint,
@@ -85,6 +89,24 @@ struct Entry {
 }
 
 impl Entry {
+    /// A new claim of `request`'s key under `token`.
+    fn claimed(
+        action: Arc<str>,
+        request: &ClaimRequest<'_>,
+        token: FencingToken,
+        now_ms: i64,
+    ) -> Self {
+        Entry {
+            action,
+            status: Status::InProgress,
+            token,
+            fingerprint: *request.fingerprint,
+            outcome: None,
+            created_ms: now_ms,
+            expires_at_ms: Some(now_ms.saturating_add(millis(request.lease))),
+        }
+    }
+
     fn found(&self) -> Found {
         Found {
             status: self.status,
@@ -148,33 +170,45 @@ impl Inner {
         self.epoch_wall + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
     }
 
-    /// Apply `write` to the record if `token` owns it; wake the waiters when `wake`.
+    /// Apply `write` to the record if `token` owns it, then wake the key's waiters.
     fn fenced(
         &self,
         key: &Key,
         token: FencingToken,
-        write: impl FnOnce(&mut State, i64),
+        write: impl FnOnce(hash_map::OccupiedEntry<'_, Key, Entry>, i64),
     ) -> Ownership {
         let now = self.now_ms();
         let mut state = self.state();
-        if !state.records.get(key).is_some_and(|e| e.owned_by(token)) {
-            return Ownership::Lost;
+        match state.records.entry(*key) {
+            hash_map::Entry::Occupied(record) if record.get().owned_by(token) => write(record, now),
+            _ => return Ownership::Lost,
         }
-        write(&mut state, now);
         drop(state);
         self.waiters.wake(key);
         Ownership::Held
     }
 }
 
+/// `name`, shared with the records of the `last` action claimed when it is the same.
+fn shared_name(last: &mut Option<Arc<str>>, name: &str) -> Arc<str> {
+    match last {
+        Some(last) if **last == *name => Arc::clone(last),
+        _ => Arc::clone(last.insert(Arc::from(name))),
+    }
+}
+
 impl State {
+    /// Sweeps once the inserts since the last sweep outnumber the records it kept (and 1024):
+    /// each sweep walks at most twice the inserts that paid for it, and the map holds at most
+    /// about twice its live records.
     fn sweep_if_due(&mut self, now_ms: i64) {
         self.inserts += 1;
-        if self.inserts < 1024 || self.inserts < self.records.len() {
+        if self.inserts < 1024 || self.inserts < self.kept {
             return;
         }
         self.inserts = 0;
         self.records.retain(|_, e| !is_expired_result(e, now_ms));
+        self.kept = self.records.len();
     }
 }
 
@@ -191,54 +225,47 @@ impl Store for MemoryStore {
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
         let inner = &self.inner;
         let now = inner.now_ms();
-        let lease_end = Some(now.saturating_add(millis(request.lease)));
-        let mut state = inner.state();
-        let write = match state.records.get(request.key) {
-            None => Write::Insert,
-            Some(entry) => match decide(&entry.found(), request, now) {
-                Verdict::Report => return Ok(entry.report(now)),
-                Verdict::Write(write) => write,
-            },
-        };
-        let claim = match write {
-            Write::Insert => {
+        let mut guard = inner.state();
+        let state = &mut *guard;
+        let entry = match state.records.entry(*request.key) {
+            hash_map::Entry::Vacant(vacant) => {
                 state.last_token += 1;
                 let token = state.last_token;
-                state.records.insert(
-                    *request.key,
-                    Entry {
-                        action: request.action.into(),
-                        status: Status::InProgress,
-                        token,
-                        fingerprint: *request.fingerprint,
-                        outcome: None,
-                        created_ms: now,
-                        expires_at_ms: lease_end,
-                    },
-                );
+                let action = shared_name(&mut state.last_action, request.action);
+                vacant.insert(Entry::claimed(action, request, token, now));
+                state.sweep_if_due(now);
+                return Ok(Claim::Acquired {
+                    token,
+                    resumed: false,
+                });
+            }
+            hash_map::Entry::Occupied(occupied) => occupied.into_mut(),
+        };
+        let claim = match decide(&entry.found(), request, now) {
+            Verdict::Report => entry.report(now),
+            Verdict::Write(Write::Insert) => {
+                state.last_token += 1;
+                let token = state.last_token;
+                let action = shared_name(&mut state.last_action, request.action);
+                *entry = Entry::claimed(action, request, token, now);
                 state.sweep_if_due(now);
                 Claim::Acquired {
                     token,
                     resumed: false,
                 }
             }
-            Write::TakeOver => {
+            Verdict::Write(Write::TakeOver) => {
                 state.last_token += 1;
-                let token = state.last_token;
-                if let Some(entry) = state.records.get_mut(request.key) {
-                    entry.token = token;
-                    entry.expires_at_ms = lease_end;
-                }
+                entry.token = state.last_token;
+                entry.expires_at_ms = Some(now.saturating_add(millis(request.lease)));
                 Claim::Acquired {
-                    token,
+                    token: entry.token,
                     resumed: true,
                 }
             }
-            Write::Park => {
-                if let Some(entry) = state.records.get_mut(request.key) {
-                    entry.status = Status::NeedsReview;
-                    entry.expires_at_ms = None;
-                }
+            Verdict::Write(Write::Park) => {
+                entry.status = Status::NeedsReview;
+                entry.expires_at_ms = None;
                 Claim::NeedsReview {
                     fingerprint: *request.fingerprint,
                 }
@@ -254,18 +281,17 @@ impl Store for MemoryStore {
         outcome: StoredOutcome,
         ttl: Duration,
     ) -> Result<Ownership, Error> {
-        Ok(self.inner.fenced(key, token, |state, now| {
-            if let Some(entry) = state.records.get_mut(key) {
-                entry.status = Status::Completed;
-                entry.outcome = Some(outcome);
-                entry.expires_at_ms = Some(now.saturating_add(millis(ttl)));
-            }
+        Ok(self.inner.fenced(key, token, |record, now| {
+            let entry = record.into_mut();
+            entry.status = Status::Completed;
+            entry.outcome = Some(outcome);
+            entry.expires_at_ms = Some(now.saturating_add(millis(ttl)));
         }))
     }
 
     async fn release(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
-        Ok(self.inner.fenced(key, token, |state, _| {
-            state.records.remove(key);
+        Ok(self.inner.fenced(key, token, |record, _| {
+            record.remove();
         }))
     }
 
@@ -332,5 +358,48 @@ impl Store for MemoryStore {
         let before = state.records.len();
         state.records.retain(|_, e| !is_expired_result(e, now));
         Ok(u64::try_from(before - state.records.len()).unwrap_or(u64::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::action::OnStale;
+
+    async fn acquire(store: &MemoryStore, key: &Key, lease: Duration) -> FencingToken {
+        let request = ClaimRequest {
+            key,
+            fingerprint: &Fingerprint::from(*key),
+            action: "sweep",
+            lease,
+            on_stale: OnStale::TakeOver,
+        };
+        match store.claim(&request).await.unwrap() {
+            Claim::Acquired { token, .. } => token,
+            other => panic!("a fresh key is acquired, not {other:?}"),
+        }
+    }
+
+    /// Expired results are swept as new keys come in, also when records outlive each sweep
+    /// (here one claim with a long lease), so the map stays near its live records.
+    #[tokio::test]
+    async fn expired_results_are_swept_while_others_live() {
+        let store = MemoryStore::new();
+        acquire(
+            &store,
+            &Key::from_bytes([0xff; 32]),
+            Duration::from_secs(60),
+        )
+        .await;
+        for i in 0..10_000u32 {
+            let mut bytes = [0u8; 32];
+            bytes[..4].copy_from_slice(&i.to_le_bytes());
+            let key = Key::from_bytes(bytes);
+            let token = acquire(&store, &key, Duration::from_secs(60)).await;
+            let outcome = StoredOutcome::Ok(b"1".to_vec());
+            let done = store.complete(&key, token, outcome, Duration::ZERO).await;
+            assert_eq!(done.unwrap(), Ownership::Held);
+        }
+        assert!(store.len() <= 2048, "{} records are kept", store.len());
     }
 }

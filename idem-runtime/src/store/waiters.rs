@@ -1,18 +1,42 @@
 //! Wake-ups for callers waiting on a key held by another caller of the same process.
 
-use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::key::Key;
+use crate::key::{Key, KeyMap};
 
 /// One `Notify` per key that somebody waits on.
 #[derive(Debug, Default)]
 pub(crate) struct Waiters {
-    by_key: Mutex<HashMap<Key, Arc<Notify>>>,
+    by_key: Mutex<KeyMap<Arc<Notify>>>,
+    /// How many callers are inside [`Waiters::wait`], so that [`Waiters::wake`] (called on
+    /// every complete and release) can skip the lock and the lookup when nobody waits.
+    ///
+    /// No wake-up is lost to this: a waiter counts itself before it registers and before
+    /// `still_held` reads the record, and a store calls `wake` after its write. Both the read
+    /// and the write go through the store's own synchronisation (its lock), so either the
+    /// read comes after the write (and sees it: the waiter does not sleep), or it comes before,
+    /// and then the count, raised before the read, is visible to `wake` after the write.
+    waiting: AtomicUsize,
+}
+
+/// A caller inside [`Waiters::wait`]. However it leaves (woken, timed out, cancelled), it
+/// drops its `Notify` from the map if nobody else uses it, then counts itself out.
+struct Registered<'a> {
+    waiters: &'a Waiters,
+    key: Key,
+    notify: Arc<Notify>,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.waiters.forget_if_unused(&self.key, &self.notify);
+        self.waiters.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Waiters {
@@ -25,21 +49,28 @@ impl Waiters {
         at_most: Duration,
         still_held: impl Future<Output = bool>,
     ) {
-        let notify = {
-            let mut by_key = self.by_key.lock().unwrap_or_else(PoisonError::into_inner);
-            Arc::clone(by_key.entry(*key).or_default())
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let registered = Registered {
+            waiters: self,
+            key: *key,
+            notify: {
+                let mut by_key = self.by_key.lock().unwrap_or_else(PoisonError::into_inner);
+                Arc::clone(by_key.entry(*key).or_default())
+            },
         };
-        let notified = notify.notified();
+        let notified = registered.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         if still_held.await {
             let _ = tokio::time::timeout(at_most, notified).await;
         }
-        self.forget_if_unused(key, &notify);
     }
 
     /// Wake every caller waiting on `key`.
     pub(crate) fn wake(&self, key: &Key) {
+        if self.waiting.load(Ordering::SeqCst) == 0 {
+            return;
+        }
         let notify = self
             .by_key
             .lock()
@@ -58,5 +89,40 @@ impl Waiters {
         {
             by_key.remove(key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A waiter that is woken returns at once; one that is cancelled leaves nothing behind,
+    /// and `wake` with nobody waiting has nothing to do.
+    #[tokio::test]
+    async fn woken_and_cancelled_waiters() {
+        let waiters = Arc::new(Waiters::default());
+        let key = Key::from_bytes([7; 32]);
+
+        let waiting = {
+            let waiters = Arc::clone(&waiters);
+            tokio::spawn(async move {
+                waiters
+                    .wait(&key, Duration::from_secs(60), async { true })
+                    .await;
+            })
+        };
+        while waiters.waiting.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        waiters.wake(&key);
+        tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the waiter is woken")
+            .unwrap();
+
+        let cancelled = waiters.wait(&key, Duration::from_secs(60), async { true });
+        let _ = tokio::time::timeout(Duration::from_millis(10), cancelled).await;
+        assert_eq!(waiters.waiting.load(Ordering::SeqCst), 0);
+        assert!(waiters.by_key.lock().unwrap().is_empty());
     }
 }
