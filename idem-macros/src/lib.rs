@@ -2,8 +2,8 @@
 //! documents them: this crate only parses and rewrites; the generated code calls the runtime
 //! through `::idem::__private`.
 //!
-//! The pipeline: [`args`] parses the attribute's options, [`function`] reads the function and
-//! checks the options against it, [`expand`] writes the new body. Every error is collected
+//! The pipeline: `args` parses the attribute's options, `function` reads the function and
+//! checks the options against it, `expand` writes the new body. Every error is collected
 //! and spanned on the offending tokens; on error, the function is emitted unchanged next to
 //! the `compile_error!`s, so one mistake gives one error.
 #![warn(

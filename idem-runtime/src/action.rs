@@ -10,6 +10,17 @@ use crate::key::{Fingerprint, Key, KeyArg, KeyDeriver};
 use crate::Error;
 
 /// What a caller does when it finds its key held by another caller with a live lease.
+///
+/// ```
+/// use std::time::Duration;
+/// use idem_runtime::{Action, OnConflict};
+///
+/// // A chat reply can wait a little for a duplicate; a batch job should not wait at all.
+/// static REPLY: Action = Action::new("reply").on_conflict(OnConflict::Wait(Duration::from_secs(5)));
+/// static EXPORT: Action = Action::new("export").on_conflict(OnConflict::Fail);
+/// assert_eq!(EXPORT.conflict_policy(), OnConflict::Fail);
+/// # let _ = &REPLY;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnConflict {
     /// Wait up to this long for the holder to finish, then replay its result (or take over if
@@ -21,6 +32,14 @@ pub enum OnConflict {
 
 /// What the next caller does with a key whose owner died inside the body (its lease expired
 /// with no result recorded).
+///
+/// ```
+/// use idem_runtime::{Action, OnStale};
+///
+/// // Charging twice is worse than asking a person: park interrupted payments for review.
+/// static CHARGE: Action = Action::new("charge_card").on_stale(OnStale::Review);
+/// assert_eq!(CHARGE.stale_policy(), OnStale::Review);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnStale {
     /// Run the body again under a new fencing token: at-least-once for that window. The body

@@ -14,6 +14,27 @@ tokio::task_local! {
 
 /// The call whose body is running: its key, its fencing token, and whether it resumes a call
 /// whose owner died. Read it with [`current_call`].
+///
+/// ```
+/// use idem_runtime::{current_call, store::MemoryStore, Action, Error};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// static CHARGE: Action = Action::new("charge_card");
+/// let header = CHARGE
+///     .call(&("customer-42", 1999))?
+///     .run::<_, Error, _>(&MemoryStore::new(), async {
+///         let call = current_call().expect("inside the body");
+///         if call.resumed() {
+///             // An earlier owner died in here: the payment API deduplicates by key.
+///         }
+///         Ok(format!("Idempotency-Key: {}", call.key()))
+///     })
+///     .await?
+///     .into_inner();
+/// assert!(header.starts_with("Idempotency-Key: "));
+/// # Ok::<(), Error>(())
+/// # }).unwrap();
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallContext {
     action: &'static str,

@@ -106,6 +106,13 @@ impl Error {
     /// Whether retrying the same call later may succeed: the key is busy or the store
     /// failed. `PayloadMismatch`, `NeedsReview` and codec errors need a different call or a
     /// person.
+    ///
+    /// ```
+    /// let key = idem_runtime::Action::new("send").key(&("ada",)).unwrap();
+    /// let busy = idem_runtime::Error::InProgress { key, action: "send" };
+    /// assert!(busy.is_transient());
+    /// assert_eq!(busy.key(), Some(&key));
+    /// ```
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::InProgress { .. } | Error::Store { .. })
     }

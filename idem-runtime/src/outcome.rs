@@ -4,6 +4,23 @@
 ///
 /// Returned by [`Call::run`](crate::Call::run); an `#[idempotent]` function keeps its own
 /// signature, and its callers learn the same with [`observe`](crate::observe).
+///
+/// ```
+/// use idem_runtime::{store::MemoryStore, Action, Error, Outcome};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// static REFUND: Action = Action::new("refund");
+/// let store = MemoryStore::new();
+/// let refund = || async {
+///     REFUND.call(&("charge-9",))?.run::<_, Error, _>(&store, async { Ok(1999u64) }).await
+/// };
+/// assert_eq!(refund().await?, Outcome::Executed(1999));
+/// let again = refund().await?;
+/// assert!(again.is_replayed());
+/// assert_eq!(*again.value(), 1999);
+/// # Ok::<(), Error>(())
+/// # }).unwrap();
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome<T> {
     /// The body ran on this call and its result was recorded.
@@ -34,7 +51,15 @@ impl<T> Outcome<T> {
 }
 
 /// How one call was answered, in more detail than [`Outcome`]: what the `tracing` event of the
-/// call reports and what [`observe`](crate::observe) returns.
+/// call reports and what [`observe`](crate::observe) returns (see its example).
+///
+/// ```
+/// use idem_runtime::Disposition;
+///
+/// assert!(Disposition::TookOver.executed());
+/// assert!(!Disposition::WaitedThenReplayed.executed());
+/// assert_eq!(Disposition::WaitedThenReplayed.as_str(), "waited");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Disposition {

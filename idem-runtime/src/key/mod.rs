@@ -60,6 +60,17 @@ pub struct Key([u8; 32]);
 
 /// The digest of all the non-skipped arguments of a call: a key used again with another
 /// payload is refused ([`Error::PayloadMismatch`](crate::Error::PayloadMismatch)).
+///
+/// ```
+/// use idem_runtime::{Action, Fingerprint};
+///
+/// let invoice = Action::new("send_invoice");
+/// let key = invoice.key(&("customer-42", 7)).unwrap();
+/// let payload = invoice.fingerprint(&("customer-42", 7, 1999)).unwrap();
+/// // The payload holds the amount too, so it is not the key's own fingerprint (which is what
+/// // a call keyed by all of its arguments uses).
+/// assert_ne!(Fingerprint::from(key), payload);
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct Fingerprint([u8; 32]);
 

@@ -39,9 +39,13 @@ use crate::Error;
 
 /// The number a claim hands out. Each successful claim of a key gets a larger one than any
 /// before it, so a store can refuse the writes of an owner that was taken over.
+///
+/// See the example on [`Store`] for how the protocol uses it.
 pub type FencingToken = u64;
 
 /// One call's request to own its key.
+///
+/// See the example on [`Store`] for how the protocol uses it.
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimRequest<'a> {
     /// The key to claim.
@@ -58,6 +62,8 @@ pub struct ClaimRequest<'a> {
 
 /// A recorded result: the serialized `Ok` value, or a serialized error that the action
 /// declared final (`cache_err`).
+///
+/// See the example on [`Store`] for how the protocol uses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoredOutcome {
     /// The body returned `Ok`; these are its value's bytes.
@@ -67,6 +73,8 @@ pub enum StoredOutcome {
 }
 
 /// What [`Store::claim`] found.
+///
+/// See the example on [`Store`] for how the protocol uses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Claim {
@@ -103,6 +111,8 @@ pub enum Claim {
 }
 
 /// Whether a write made with a fencing token took effect.
+///
+/// See the example on [`Store`] for how the protocol uses it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
 pub enum Ownership {
@@ -114,6 +124,8 @@ pub enum Ownership {
 }
 
 /// Where a record is in the protocol.
+///
+/// See the example on [`Store`] for how the protocol uses it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Status {
     /// Claimed; the body is running (or its owner died and the lease will run out).
@@ -152,6 +164,8 @@ impl fmt::Display for Status {
 }
 
 /// A record as an operator sees it.
+///
+/// See the example on [`Store`] for how the protocol uses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Record {
@@ -179,6 +193,46 @@ pub struct Record {
 ///
 /// Every implementation must pass the conformance suite in `idem_runtime::conformance`
 /// (feature `conformance`), which holds the rules below as tests.
+///
+/// The protocol by hand, as the runtime drives it for each call:
+///
+/// ```
+/// use std::time::Duration;
+/// use idem_runtime::store::{Claim, ClaimRequest, MemoryStore, Ownership, Status, Store, StoredOutcome};
+/// use idem_runtime::{Action, Fingerprint, OnStale};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let store = MemoryStore::new();
+/// let key = Action::new("send_email").key(&("ada@example.com", "quote-7"))?;
+/// let fingerprint = Fingerprint::from(key);
+/// let request = ClaimRequest {
+///     key: &key,
+///     fingerprint: &fingerprint,
+///     action: "send_email",
+///     lease: Duration::from_secs(10),
+///     on_stale: OnStale::TakeOver,
+/// };
+///
+/// // The first caller owns the key …
+/// let Claim::Acquired { token, resumed: false } = store.claim(&request).await? else {
+///     panic!("a free key is acquired");
+/// };
+/// // … a duplicate sees it in progress …
+/// assert!(matches!(store.claim(&request).await?, Claim::InProgress { token: t, .. } if t == token));
+/// // … the owner records its result under its token …
+/// let recorded = store
+///     .complete(&key, token, StoredOutcome::Ok(br#"{"id":"msg-1"}"#.to_vec()), Duration::from_secs(3600))
+///     .await?;
+/// assert_eq!(recorded, Ownership::Held);
+/// // … and every later claim is answered with it.
+/// match store.claim(&request).await? {
+///     Claim::Completed { outcome, .. } => assert_eq!(outcome, StoredOutcome::Ok(br#"{"id":"msg-1"}"#.to_vec())),
+///     other => panic!("expected the result, got {other:?}"),
+/// }
+/// assert_eq!(store.get(&key).await?.map(|record| record.status), Some(Status::Completed));
+/// # Ok::<(), idem_runtime::Error>(())
+/// # }).unwrap();
+/// ```
 ///
 /// [`claim`]: Store::claim
 #[async_trait]
