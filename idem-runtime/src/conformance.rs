@@ -55,6 +55,7 @@ macro_rules! conformance_tests {
                 get_shows_the_record,
                 race_of_64_claims_has_one_winner,
                 race_of_64_calls_runs_the_body_once,
+                heartbeats_keep_a_long_body_owned,
                 paused_owner_loses_to_the_caller_that_took_over,
                 interrupted_call_waits_for_review,
             );
@@ -583,6 +584,51 @@ pub async fn race_of_64_calls_runs_the_body_once(store: &dyn Store) {
             "charge-0"
         );
     }
+}
+
+/// A body that runs for several leases keeps its key: heartbeats renew the lease, so a
+/// duplicate that comes after the first lease would have run out still finds it in progress.
+pub async fn heartbeats_keep_a_long_body_owned(store: &dyn Store) {
+    const LEASE: Duration = Duration::from_millis(300);
+    static REPORT: Action = Action::new("long_report")
+        .lease(LEASE)
+        .on_conflict(OnConflict::Fail);
+    let runs = AtomicUsize::new(0);
+    let (started, body_started) = tokio::sync::oneshot::channel::<()>();
+    let (finish, body_may_finish) = tokio::sync::oneshot::channel::<()>();
+    let owner = async {
+        REPORT
+            .call(&("q3",))?
+            .run::<_, Error, _>(store, async {
+                runs.fetch_add(1, Ordering::SeqCst);
+                let _ = started.send(());
+                let _ = body_may_finish.await;
+                Ok("report".to_string())
+            })
+            .await
+    };
+    let duplicate = async {
+        let _ = body_started.await;
+        // Past three leases: without heartbeats the claim would have expired long ago.
+        past(LEASE * 3).await;
+        let refused = REPORT
+            .call(&("q3",))
+            .expect("call")
+            .run::<String, Error, _>(store, async {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok("duplicate".to_string())
+            })
+            .await;
+        let _ = finish.send(());
+        refused
+    };
+    let (owner, refused) = tokio::join!(owner, duplicate);
+    assert_eq!(owner.expect("the owner finishes").into_inner(), "report");
+    assert!(
+        matches!(refused, Err(Error::InProgress { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
 /// An owner that stalls past its lease (no heartbeat can run) is taken over; when it wakes,

@@ -402,4 +402,25 @@ mod tests {
         }
         assert!(store.len() <= 2048, "{} records are kept", store.len());
     }
+
+    /// A caller waiting on a key is woken by the release itself: the memory store never
+    /// polls, so a wait bounded by a minute that returns at all was woken.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiter_is_woken_by_a_notification_not_a_poll() {
+        let store = MemoryStore::new();
+        let key = Key::from_bytes([7; 32]);
+        let token = acquire(&store, &key, Duration::from_secs(600)).await;
+        let waiter = {
+            let store = store.clone();
+            tokio::spawn(async move { store.wait(&key, token, Duration::from_secs(60)).await })
+        };
+        // The waiter may register before or after the release: either way it must return.
+        tokio::task::yield_now().await;
+        assert_eq!(store.release(&key, token).await.unwrap(), Ownership::Held);
+        let woken = tokio::time::timeout(Duration::from_secs(30), waiter).await;
+        woken
+            .expect("the waiter returns long before its minute is up")
+            .expect("the waiter task")
+            .expect("wait");
+    }
 }
