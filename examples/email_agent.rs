@@ -102,7 +102,7 @@ async fn send_quote_email(
     quote: &Quote,
 ) -> Result<Receipt, EmailError> {
     let subject = format!("Your quote {}", quote.id);
-    let message_id = idem::current_key().map(|key| format!("<{}@quotes.example.com>", key.short()));
+    let message_id = idem::current_key().map(|key| format!("<{key}@quotes.example.com>"));
     Ok(mail.send(customer, &subject, message_id).await)
 }
 

@@ -3,7 +3,7 @@
 //! Agents retry on timeouts, re-ask when an answer is ambiguous, run as several copies on one
 //! task, and are killed and restarted mid-task. Each of those turns one email into three and
 //! one charge into two. `#[idempotent]` fixes that where the side effect lives: the body runs
-//! at most once per key, its result is recorded, and every duplicate gets that result.
+//! once per key, its result is recorded, and every duplicate gets that result.
 //!
 //! ```
 //! use idem::{idempotent, store::MemoryStore};
@@ -60,8 +60,8 @@
 )]
 #![forbid(unsafe_code)]
 
-/// Makes an `async fn` idempotent: its body runs at most once per key, and every duplicate
-/// call returns the recorded result.
+/// Makes an `async fn` idempotent: its body runs once per key, and every duplicate call
+/// returns the recorded result.
 ///
 /// ```
 /// # use serde::{Deserialize, Serialize};
@@ -86,6 +86,22 @@
 /// unless `cache_err` says the error is final. An owner that dies inside the body leaves its
 /// claim to expire; the next caller then takes over (told so by
 /// [`CallContext::resumed`]) or the key waits for review (`on_stale = review`).
+///
+/// # Crashes, cancellation, and what "once" means
+///
+/// A result is recorded once and replayed to every duplicate, whatever the concurrency. The
+/// one window where a body can run twice is an owner that stops inside the body, after its
+/// side effect and before its result is recorded: a killed process, or a call whose future
+/// is dropped (a `tokio::time::timeout` around it, an agent that gives up). Its claim then
+/// stays until the lease runs out (no heartbeat renews it), and the next caller either runs
+/// the body again, told so by [`CallContext::resumed`] (`on_stale = takeover`, the default:
+/// at-least-once for that window), or gets [`Error::NeedsReview`] and leaves the key to an
+/// operator (`on_stale = review`: at-most-once). Passing [`current_key`] downstream as an
+/// idempotency key closes the window where the downstream service deduplicates.
+///
+/// Heartbeats run in the call's own task: a body that blocks its thread (a synchronous
+/// client, a long computation without `.await`) starves them, and a lease shorter than the
+/// block lets another caller take over. Move blocking work to `spawn_blocking`.
 ///
 /// # Requirements
 ///

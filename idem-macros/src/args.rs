@@ -95,7 +95,10 @@ impl Args {
             }
             Ok(())
         };
-        parser.parse2(tokens)?;
+        // A syntax error stops the reading; the mistakes found before it are reported too.
+        if let Err(error) = parser.parse2(tokens) {
+            errors.push(error);
+        }
         errors.finish(args)
     }
 

@@ -18,6 +18,7 @@
 
 use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned, ToTokens};
+use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{Ident, ItemFn, LitStr};
 
@@ -222,10 +223,12 @@ fn prelude(function: &Function, args: &Args, private: &TokenStream) -> TokenStre
 
 /// `Action::new("name").namespace(…)…`, with only the options the user gave.
 fn action_builder(function: &Function, args: &Args, private: &TokenStream) -> TokenStream {
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| LitStr::new(&function.item.sig.ident.to_string(), Span::call_site()));
+    let name = args.name.clone().unwrap_or_else(|| {
+        LitStr::new(
+            &function.item.sig.ident.unraw().to_string(),
+            Span::call_site(),
+        )
+    });
     let duration = |m: &Millis| {
         let millis = m.millis;
         quote_spanned!(m.span=> #private::Duration::from_millis(#millis))

@@ -1,7 +1,7 @@
 //! One call of an action: the claim protocol around its body.
 
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -82,7 +82,7 @@ impl<'a> Call<'a> {
         self.action
     }
 
-    /// Runs `body` at most once for this key in `store`, and returns its result, or the
+    /// Runs `body` once for this key in `store`, and returns its result, or the
     /// result recorded by an earlier call. Errors of the body release the key so that a
     /// retry runs it again.
     pub async fn run<T, E, F>(self, store: &dyn Store, body: F) -> Result<Outcome<T>, E>
@@ -320,8 +320,9 @@ where
                 let OnConflict::Wait(limit) = action.conflict_policy() else {
                     return Err(in_progress());
                 };
-                let deadline = *deadline.get_or_insert_with(|| Instant::now() + limit);
-                let left = deadline.saturating_duration_since(Instant::now());
+                // A limit too large for the clock (`Duration::MAX`) means no limit.
+                let deadline = *deadline.get_or_insert_with(|| Instant::now().checked_add(limit));
+                let left = deadline.map_or(limit, |d| d.saturating_duration_since(Instant::now()));
                 if left.is_zero() {
                     return Err(in_progress());
                 }
@@ -354,14 +355,13 @@ where
     };
     match (codec.into_result)(output) {
         Ok(value) => match (codec.encode)(&value) {
-            Ok(bytes) => owner
-                .record(StoredOutcome::Ok(bytes))
-                .await
-                .map(|()| (value, how)),
-            Err(error) => {
-                owner.release().await;
-                Err(idem(Error::codec("the result", Some(&key), error)))
-            }
+            Ok(bytes) => match owner.record(StoredOutcome::Ok(bytes)).await? {
+                Recorded::Yes => Ok((value, how)),
+                Recorded::No => Ok((value, Disposition::ExecutedUnrecorded)),
+            },
+            // The side effect happened: releasing the key would invite every retry to run it
+            // again. The claim is left to run out and then follows `on_stale`.
+            Err(error) => Err(idem(Error::codec("the result", Some(&key), error))),
         },
         Err(error) => {
             let record = codec
@@ -370,7 +370,9 @@ where
                 .filter(|errors| (errors.is_final)(&error))
                 .map(|errors| (errors.encode)(&error));
             match record {
-                Some(Ok(bytes)) => owner.record(StoredOutcome::Err(bytes)).await?,
+                Some(Ok(bytes)) => {
+                    owner.record(StoredOutcome::Err(bytes)).await?;
+                }
                 Some(Err(codec_error)) => {
                     tracing::warn!(target: "idem", key = %key, error = %codec_error, "a final error could not be encoded; the key is released instead");
                     owner.release().await;
@@ -415,25 +417,54 @@ struct Owner<'a> {
     action: &'a Action,
 }
 
+/// Whether an outcome reached the store.
+enum Recorded {
+    Yes,
+    /// The store kept failing: the side effect happened but nothing says so.
+    No,
+}
+
+/// How often, and after what pauses, recording a result is tried again when the store fails.
+const RECORD_RETRIES: [Duration; 3] = [
+    Duration::from_millis(10),
+    Duration::from_millis(50),
+    Duration::from_millis(250),
+];
+
 impl Owner<'_> {
-    /// Record the outcome. If the store fails here the side effect has happened but is not
-    /// recorded: the value still goes to the caller, and the key stays claimed until its lease
-    /// runs out (then the next caller resumes it, or it waits for review).
-    async fn record<E>(&self, outcome: StoredOutcome) -> Result<(), Failed<E>> {
+    /// Record the outcome, trying again a few times while the lease still runs (a busy file,
+    /// a dropped connection). If the store still fails, the side effect has happened but is
+    /// not recorded: the value still goes to the caller, with
+    /// [`Disposition::ExecutedUnrecorded`] and an error event, and the key stays claimed until
+    /// its lease runs out (then the next caller resumes it, or it waits for review).
+    async fn record<E>(&self, outcome: StoredOutcome) -> Result<Recorded, Failed<E>> {
         let ttl = self.action.ttl_duration();
-        match self
-            .store
-            .complete(&self.key, self.token, outcome, ttl)
-            .await
-        {
-            Ok(Ownership::Held) => Ok(()),
-            Ok(Ownership::Lost) => Err(Failed::Idem(Error::LostOwnership {
-                key: self.key,
-                action: self.action.name(),
-            })),
-            Err(error) => {
-                tracing::error!(target: "idem", key = %self.key, %error, "the result could not be recorded; the key stays claimed until its lease runs out");
-                Ok(())
+        let budget = self.action.lease_duration() / 2;
+        let started = Instant::now();
+        let mut pauses = RECORD_RETRIES.iter();
+        loop {
+            let attempt = self
+                .store
+                .complete(&self.key, self.token, outcome.clone(), ttl)
+                .await;
+            match attempt {
+                Ok(Ownership::Held) => return Ok(Recorded::Yes),
+                Ok(Ownership::Lost) => {
+                    return Err(Failed::Idem(Error::LostOwnership {
+                        key: self.key,
+                        action: self.action.name(),
+                    }))
+                }
+                Err(error) => match pauses.next() {
+                    Some(pause) if started.elapsed() + *pause < budget => {
+                        tracing::warn!(target: "idem", key = %self.key, %error, "recording the result failed; trying again");
+                        tokio::time::sleep(*pause).await;
+                    }
+                    _ => {
+                        tracing::error!(target: "idem", key = %self.key, %error, "the result could not be recorded; the key stays claimed until its lease runs out");
+                        return Ok(Recorded::No);
+                    }
+                },
             }
         }
     }

@@ -21,6 +21,14 @@ pub fn set_default_store<S: Store + 'static>(store: S) {
 }
 
 /// As [`set_default_store`], for a store already shared behind an `Arc`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use idem_runtime::{set_default_store_shared, store::{MemoryStore, Store}};
+///
+/// let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+/// set_default_store_shared(Arc::clone(&store)); // the tools and the agent share one store
+/// ```
 pub fn set_default_store_shared(store: Arc<dyn Store>) {
     *DEFAULT_STORE
         .write()

@@ -63,8 +63,9 @@ pub enum Error {
         /// The action's name.
         action: &'static str,
     },
-    /// The store could not be reached or failed; nothing was run on this call's behalf
-    /// unless the error says the result could not be recorded.
+    /// The store could not be reached or failed before the body ran: nothing was run on
+    /// this call's behalf. (When only recording a result fails, the value is still returned;
+    /// see [`Disposition::ExecutedUnrecorded`](crate::Disposition::ExecutedUnrecorded).)
     Store {
         /// Which store (`"memory"`, `"sqlite"`, …).
         store: &'static str,

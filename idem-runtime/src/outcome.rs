@@ -67,6 +67,10 @@ pub enum Disposition {
     Executed,
     /// The previous owner died inside the body (its lease ran out): the body ran again.
     TookOver,
+    /// The body ran, but the store failed to record its result (after a few tries): the
+    /// value was returned, and a later duplicate may run the body again once the claim runs
+    /// out. An error event says so too.
+    ExecutedUnrecorded,
     /// A recorded result was returned at once.
     Replayed,
     /// The call waited for another caller holding the key, then returned its result.
@@ -76,7 +80,10 @@ pub enum Disposition {
 impl Disposition {
     /// Whether the body ran on this call.
     pub fn executed(self) -> bool {
-        matches!(self, Disposition::Executed | Disposition::TookOver)
+        matches!(
+            self,
+            Disposition::Executed | Disposition::TookOver | Disposition::ExecutedUnrecorded
+        )
     }
 
     /// The word used in the `outcome` field of the call's `tracing` event.
@@ -84,6 +91,7 @@ impl Disposition {
         match self {
             Disposition::Executed => "executed",
             Disposition::TookOver => "taken_over",
+            Disposition::ExecutedUnrecorded => "unrecorded",
             Disposition::Replayed => "replayed",
             Disposition::WaitedThenReplayed => "waited",
         }

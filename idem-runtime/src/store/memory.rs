@@ -110,31 +110,18 @@ impl Entry {
     fn found(&self) -> Found {
         Found {
             status: self.status,
+            token: self.token,
             fingerprint: self.fingerprint,
             expires_at_ms: self.expires_at_ms,
         }
     }
 
     fn report(&self, now_ms: i64) -> Claim {
-        match (self.status, &self.outcome) {
-            (Status::Completed, Some(outcome)) => Claim::Completed {
-                fingerprint: self.fingerprint,
-                outcome: outcome.clone(),
-            },
-            (Status::NeedsReview, _) => Claim::NeedsReview {
-                fingerprint: self.fingerprint,
-            },
-            _ => Claim::InProgress {
-                fingerprint: self.fingerprint,
-                token: self.token,
-                lease_remaining: remaining(self.expires_at_ms, now_ms),
-            },
-        }
-    }
-
-    /// Whether `token` owns this record now.
-    fn owned_by(&self, token: FencingToken) -> bool {
-        self.status == Status::InProgress && self.token == token
+        let outcome = match self.status {
+            Status::Completed => self.outcome.clone(),
+            _ => None,
+        };
+        self.found().report(outcome, now_ms)
     }
 }
 
@@ -170,7 +157,7 @@ impl Inner {
         self.epoch_wall + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
     }
 
-    /// Apply `write` to the record if `token` owns it, then wake the key's waiters.
+    /// Apply `write` to the record if `token` may settle it, then wake the key's waiters.
     fn fenced(
         &self,
         key: &Key,
@@ -180,7 +167,9 @@ impl Inner {
         let now = self.now_ms();
         let mut state = self.state();
         match state.records.entry(*key) {
-            hash_map::Entry::Occupied(record) if record.get().owned_by(token) => write(record, now),
+            hash_map::Entry::Occupied(record) if record.get().found().settled_by(token) => {
+                write(record, now)
+            }
             _ => return Ownership::Lost,
         }
         drop(state);
@@ -213,7 +202,7 @@ impl State {
 }
 
 fn is_expired_result(entry: &Entry, now_ms: i64) -> bool {
-    entry.status == Status::Completed && entry.expires_at_ms.is_some_and(|at| at <= now_ms)
+    entry.found().is_expired_result(now_ms)
 }
 
 #[async_trait]
@@ -304,7 +293,7 @@ impl Store for MemoryStore {
         let now = self.inner.now_ms();
         let mut state = self.inner.state();
         match state.records.get_mut(key) {
-            Some(entry) if entry.owned_by(token) => {
+            Some(entry) if entry.found().renewed_by(token) => {
                 entry.expires_at_ms = Some(now.saturating_add(millis(lease)));
                 Ok(Ownership::Held)
             }
@@ -318,7 +307,7 @@ impl Store for MemoryStore {
             .state()
             .records
             .get(key)
-            .filter(|e| e.owned_by(token))
+            .filter(|e| e.found().renewed_by(token))
             .and_then(|e| e.expires_at_ms);
         let Some(lease_end) = lease_end else {
             return Ok(());
@@ -326,9 +315,12 @@ impl Store for MemoryStore {
         // Wake at the end of the lease too: its owner may be dead, and then nobody calls wake.
         let until_lease_end = remaining(Some(lease_end), inner.now_ms());
         let still_held = async {
-            inner.state().records.get(key).is_some_and(|e| {
-                e.owned_by(token) && e.expires_at_ms.is_some_and(|at| at > inner.now_ms())
-            })
+            let now = inner.now_ms();
+            inner
+                .state()
+                .records
+                .get(key)
+                .is_some_and(|e| e.found().held_by(token, now))
         };
         inner
             .waiters

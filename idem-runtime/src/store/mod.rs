@@ -279,6 +279,8 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// The record of a key, if there is one (expired or not).
     async fn get(&self, key: &Key) -> Result<Option<Record>, Error>;
 
-    /// Delete the completed records whose TTL ran out; returns how many.
+    /// Delete the completed records whose TTL ran out; returns how many. Claims whose owner
+    /// died are kept (the next caller of the same payload resumes them) and so are records
+    /// parked for review: those are for an operator to settle.
     async fn purge_expired(&self) -> Result<u64, Error>;
 }

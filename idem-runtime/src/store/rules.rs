@@ -5,14 +5,66 @@
 
 use crate::action::OnStale;
 use crate::key::Fingerprint;
-use crate::store::{ClaimRequest, Status};
+use crate::store::{Claim, ClaimRequest, FencingToken, Status, StoredOutcome};
 
-/// What a claim finds, in a store's own clock (milliseconds of any epoch).
+/// A record as the rules see it, in a store's own clock (milliseconds of any epoch).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Found {
     pub(crate) status: Status,
+    pub(crate) token: FencingToken,
     pub(crate) fingerprint: Fingerprint,
     pub(crate) expires_at_ms: Option<i64>,
+}
+
+impl Found {
+    fn expired(&self, now_ms: i64) -> bool {
+        self.expires_at_ms.is_some_and(|at| at <= now_ms)
+    }
+
+    /// What a claim that changes nothing reports: the result, the owner, or the review.
+    pub(crate) fn report(&self, outcome: Option<StoredOutcome>, now_ms: i64) -> Claim {
+        match (self.status, outcome) {
+            (Status::Completed, Some(outcome)) => Claim::Completed {
+                fingerprint: self.fingerprint,
+                outcome,
+            },
+            (Status::NeedsReview, _) => Claim::NeedsReview {
+                fingerprint: self.fingerprint,
+            },
+            _ => Claim::InProgress {
+                fingerprint: self.fingerprint,
+                token: self.token,
+                lease_remaining: remaining(self.expires_at_ms, now_ms),
+            },
+        }
+    }
+
+    /// Whether `token` may complete or release the record: it is the last claim's, and the
+    /// record is in progress, or parked for review because that owner was slow, not dead
+    /// (then what it says settles the review).
+    pub(crate) fn settled_by(&self, token: FencingToken) -> bool {
+        self.token == token && matches!(self.status, Status::InProgress | Status::NeedsReview)
+    }
+
+    /// Whether `token` may renew the lease: it owns the record, which is in progress.
+    pub(crate) fn renewed_by(&self, token: FencingToken) -> bool {
+        self.token == token && self.status == Status::InProgress
+    }
+
+    /// Whether `token` still holds a live lease: what a waiter waits on.
+    pub(crate) fn held_by(&self, token: FencingToken, now_ms: i64) -> bool {
+        self.renewed_by(token) && !self.expired(now_ms)
+    }
+
+    /// A recorded result that is still replayed.
+    pub(crate) fn is_live_result(&self, now_ms: i64) -> bool {
+        self.status == Status::Completed && !self.expired(now_ms)
+    }
+
+    /// A recorded result whose TTL ran out: what a purge removes.
+    pub(crate) fn is_expired_result(&self, now_ms: i64) -> bool {
+        self.status == Status::Completed && self.expired(now_ms)
+    }
 }
 
 /// What a claim must do.
@@ -38,7 +90,7 @@ pub(crate) enum Write {
 /// The claim rule for a key that has a record, `found`, at `now_ms`. (A key with no record is
 /// always [`Write::Insert`].)
 pub(crate) fn decide(found: &Found, request: &ClaimRequest<'_>, now_ms: i64) -> Verdict {
-    let expired = found.expires_at_ms.is_some_and(|at| at <= now_ms);
+    let expired = found.expired(now_ms);
     match found.status {
         Status::Completed if expired => Verdict::Write(Write::Insert),
         Status::Completed | Status::NeedsReview => Verdict::Report,

@@ -10,8 +10,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::key::{Fingerprint, Key};
 use crate::store::{
-    decide, millis, remaining, Claim, ClaimRequest, FencingToken, Found, Ownership, Record, Status,
-    Store, StoredOutcome, Verdict, Waiters, Write,
+    decide, millis, Claim, ClaimRequest, FencingToken, Found, Ownership, Record, Status, Store,
+    StoredOutcome, Verdict, Waiters, Write,
 };
 use crate::Error;
 
@@ -45,6 +45,10 @@ const COLUMNS: &str =
 /// Callers of the same process are woken at once.
 const POLL: Duration = Duration::from_millis(25);
 
+/// How long a statement waits for another process's write lock. Every transaction here is a
+/// few statements long, so a lock held this long means something is stuck.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// After how many recorded results expired ones are purged.
 const PURGE_EVERY: u64 = 1024;
 
@@ -52,7 +56,9 @@ const PURGE_EVERY: u64 = 1024;
 /// tasks and for several processes on the same file.
 ///
 /// Claims run in `BEGIN IMMEDIATE` transactions, so two processes never own one key; SQLite
-/// serialises them and each waits up to 10 s for the file's write lock. Expired results are
+/// serialises them and each waits up to 5 s for the file's write lock. Leases and TTLs are
+/// measured on the machine's wall clock, which every process on the file shares (a large
+/// step of that clock ends leases early or late). Expired results are
 /// purged when the store opens, every 1024 recorded results, and by
 /// [`purge_expired`](Store::purge_expired).
 ///
@@ -72,15 +78,25 @@ pub struct SqliteStore {
 #[derive(Debug)]
 struct Inner {
     path: PathBuf,
-    connection: Mutex<Connection>,
+    /// Claims, results, releases, heartbeats, purges: every write, one at a time.
+    writer: Mutex<Connection>,
+    /// Waiters' looks and `get`: in WAL mode they never wait for the writer, and the
+    /// writer's heartbeats never queue behind them.
+    reader: Mutex<Connection>,
     waiters: Waiters,
     recorded: AtomicU64,
+}
+
+/// Which of the store's connections a piece of work runs on.
+#[derive(Debug, Clone, Copy)]
+enum Use {
+    Write,
+    Read,
 }
 
 /// A record as read from the file.
 struct Row {
     found: Found,
-    token: FencingToken,
     outcome: Option<StoredOutcome>,
     created_at_ms: i64,
     action: String,
@@ -88,31 +104,7 @@ struct Row {
 
 impl Row {
     fn report(self, now_ms: i64) -> Claim {
-        match (self.found.status, self.outcome) {
-            (Status::Completed, Some(outcome)) => Claim::Completed {
-                fingerprint: self.found.fingerprint,
-                outcome,
-            },
-            (Status::NeedsReview, _) => Claim::NeedsReview {
-                fingerprint: self.found.fingerprint,
-            },
-            _ => Claim::InProgress {
-                fingerprint: self.found.fingerprint,
-                token: self.token,
-                lease_remaining: remaining(self.found.expires_at_ms, now_ms),
-            },
-        }
-    }
-
-    fn is_live_result(&self, now_ms: i64) -> bool {
-        self.found.status == Status::Completed
-            && self.found.expires_at_ms.is_some_and(|at| at > now_ms)
-    }
-
-    fn held_by(&self, token: FencingToken, now_ms: i64) -> bool {
-        self.found.status == Status::InProgress
-            && self.token == token
-            && self.found.expires_at_ms.is_some_and(|at| at > now_ms)
+        self.found.report(self.outcome, now_ms)
     }
 }
 
@@ -122,13 +114,16 @@ impl SqliteStore {
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref().to_path_buf();
         let opened = path.clone();
-        let connection = tokio::task::spawn_blocking(move || open_file(&opened))
-            .await
-            .map_err(|e| Error::store("sqlite", None, e))??;
+        let (writer, reader) = tokio::task::spawn_blocking(move || {
+            Ok::<_, Error>((open_file(&opened)?, open_file(&opened)?))
+        })
+        .await
+        .map_err(|e| Error::store("sqlite", None, e))??;
         let store = SqliteStore {
             inner: Arc::new(Inner {
                 path,
-                connection: Mutex::new(connection),
+                writer: Mutex::new(writer),
+                reader: Mutex::new(reader),
                 waiters: Waiters::default(),
                 recorded: AtomicU64::new(0),
             }),
@@ -142,18 +137,19 @@ impl SqliteStore {
         &self.inner.path
     }
 
-    /// Runs `work` on the connection, on a thread where blocking is allowed.
-    async fn with_connection<R, W>(&self, key: Option<&Key>, work: W) -> Result<R, Error>
+    /// Runs `work` on one of the connections, on a thread where blocking is allowed.
+    async fn on<R, W>(&self, use_: Use, key: Option<&Key>, work: W) -> Result<R, Error>
     where
         R: Send + 'static,
         W: FnOnce(&mut Connection) -> Result<R, Error> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
         let done = tokio::task::spawn_blocking(move || {
-            let mut connection = inner
-                .connection
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let connection = match use_ {
+                Use::Write => &inner.writer,
+                Use::Read => &inner.reader,
+            };
+            let mut connection = connection.lock().unwrap_or_else(PoisonError::into_inner);
             work(&mut connection)
         })
         .await;
@@ -176,9 +172,7 @@ fn open_file(path: &Path) -> Result<Connection, Error> {
         )
     };
     let connection = Connection::open(path).map_err(failed)?;
-    connection
-        .busy_timeout(Duration::from_secs(10))
-        .map_err(failed)?;
+    connection.busy_timeout(BUSY_TIMEOUT).map_err(failed)?;
     // WAL lets readers and the writer work at once; FULL makes each commit durable, because
     // a lost claim would let a second caller run a side effect that already happened.
     connection
@@ -268,10 +262,10 @@ fn read(connection: &Connection, key: &Key) -> Result<Option<Row>, Error> {
     Ok(Some(Row {
         found: Found {
             status,
+            token: FencingToken::try_from(token).map_err(|_| corrupt("negative token"))?,
             fingerprint: Fingerprint::from_bytes(fingerprint),
             expires_at_ms,
         },
-        token: FencingToken::try_from(token).map_err(|_| corrupt("negative token"))?,
         outcome,
         created_at_ms,
         action,
@@ -312,7 +306,7 @@ fn claim(connection: &mut Connection, request: &OwnedClaim) -> Result<Claim, Err
     // file's write lock.
     let now = now_ms();
     if let Some(row) = read(connection, key)? {
-        if row.is_live_result(now) {
+        if row.found.is_live_result(now) {
             return Ok(row.report(now));
         }
     }
@@ -419,7 +413,7 @@ impl Store for SqliteStore {
             lease: request.lease,
             on_stale: request.on_stale,
         };
-        self.with_connection(Some(request.key), move |connection| {
+        self.on(Use::Write, Some(request.key), move |connection| {
             claim(connection, &owned)
         })
         .await
@@ -435,7 +429,7 @@ impl Store for SqliteStore {
         let hex = key.to_string();
         let inner = Arc::clone(&self.inner);
         let ownership = self
-            .with_connection(Some(key), move |connection| {
+            .on(Use::Write, Some(key), move |connection| {
                 let (kind, bytes) = match outcome {
                     StoredOutcome::Ok(bytes) => ("ok", bytes),
                     StoredOutcome::Err(bytes) => ("err", bytes),
@@ -444,11 +438,14 @@ impl Store for SqliteStore {
                 let ownership = fenced(
                     connection,
                     "UPDATE idem_records SET status = 'completed', outcome = ?3, result = ?4, expires_at_ms = ?5
-                     WHERE key = ?1 AND status = 'in_progress' AND token = ?2",
+                     WHERE key = ?1 AND token = ?2 AND status IN ('in_progress', 'needs_review')",
                     params![hex, token as i64, kind, bytes, expires],
                 )?;
                 if inner.recorded.fetch_add(1, Ordering::Relaxed) % PURGE_EVERY == PURGE_EVERY - 1 {
-                    purge(connection)?;
+                    // The result is committed; a failed purge only waits for the next one.
+                    if let Err(error) = purge(connection) {
+                        tracing::warn!(target: "idem", %error, "purging expired results failed");
+                    }
                 }
                 Ok(ownership)
             })
@@ -460,10 +457,10 @@ impl Store for SqliteStore {
     async fn release(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
         let hex = key.to_string();
         let ownership = self
-            .with_connection(Some(key), move |connection| {
+            .on(Use::Write, Some(key), move |connection| {
                 fenced(
                     connection,
-                    "DELETE FROM idem_records WHERE key = ?1 AND status = 'in_progress' AND token = ?2",
+                    "DELETE FROM idem_records WHERE key = ?1 AND token = ?2 AND status IN ('in_progress', 'needs_review')",
                     params![hex, token as i64],
                 )
             })
@@ -479,7 +476,7 @@ impl Store for SqliteStore {
         lease: Duration,
     ) -> Result<Ownership, Error> {
         let hex = key.to_string();
-        self.with_connection(Some(key), move |connection| {
+        self.on(Use::Write, Some(key), move |connection| {
             fenced(
                 connection,
                 "UPDATE idem_records SET expires_at_ms = ?3 WHERE key = ?1 AND status = 'in_progress' AND token = ?2",
@@ -492,8 +489,9 @@ impl Store for SqliteStore {
     async fn wait(&self, key: &Key, token: FencingToken, at_most: Duration) -> Result<(), Error> {
         let owned_key = *key;
         let still_held = async {
-            self.with_connection(Some(key), move |connection| {
-                Ok(read(connection, &owned_key)?.is_some_and(|row| row.held_by(token, now_ms())))
+            self.on(Use::Read, Some(key), move |connection| {
+                let now = now_ms();
+                Ok(read(connection, &owned_key)?.is_some_and(|row| row.found.held_by(token, now)))
             })
             .await
             // Cannot look: wait the poll interval, then the caller's claim says what is wrong.
@@ -509,13 +507,15 @@ impl Store for SqliteStore {
     async fn get(&self, key: &Key) -> Result<Option<Record>, Error> {
         let owned_key = *key;
         let row = self
-            .with_connection(Some(key), move |connection| read(connection, &owned_key))
+            .on(Use::Read, Some(key), move |connection| {
+                read(connection, &owned_key)
+            })
             .await?;
         Ok(row.map(|row| Record {
             key: *key,
             action: row.action,
             status: row.found.status,
-            token: row.token,
+            token: row.found.token,
             fingerprint: row.found.fingerprint,
             outcome: row.outcome,
             created_at: to_wall(row.created_at_ms),
@@ -524,7 +524,93 @@ impl Store for SqliteStore {
     }
 
     async fn purge_expired(&self) -> Result<u64, Error> {
-        self.with_connection(None, |connection| purge(connection))
+        self.on(Use::Write, None, |connection| purge(connection))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::action::OnStale;
+
+    fn temp_file(name: &str) -> PathBuf {
+        let folder = std::env::temp_dir().join(format!("idem-sqlite-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&folder).expect("a temporary folder");
+        let file = folder.join(name);
+        let _ = std::fs::remove_file(&file);
+        file
+    }
+
+    /// Writes a row by hand, as another program (or a disk fault) might have.
+    fn write_row(
+        path: &Path,
+        key: &Key,
+        status: &str,
+        fingerprint: &[u8],
+        expires_at_ms: Option<i64>,
+    ) {
+        let connection = Connection::open(path).expect("open");
+        connection
+            .execute(
+                "INSERT OR REPLACE INTO idem_records
+                   (key, action, status, token, fingerprint, outcome, result, created_at_ms, expires_at_ms)
+                 VALUES (?1, 'foreign', ?2, 1, ?3, 'ok', x'31', 0, ?4)",
+                params![key.to_string(), status, fingerprint, expires_at_ms],
+            )
+            .expect("insert");
+    }
+
+    fn request(key: &Key) -> OwnedClaim {
+        OwnedClaim {
+            key: *key,
+            fingerprint: Fingerprint::from(*key),
+            action: "test".into(),
+            lease: Duration::from_secs(10),
+            on_stale: OnStale::TakeOver,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_record_is_an_error_naming_its_key() {
+        let path = temp_file("corrupt.db");
+        let store = SqliteStore::open(&path).await.expect("open");
+        let (bad_status, bad_fingerprint) = (Key::from_bytes([1; 32]), Key::from_bytes([2; 32]));
+        write_row(&path, &bad_status, "exploded", &[0; 32], None);
+        write_row(
+            &path,
+            &bad_fingerprint,
+            "completed",
+            &[0; 5],
+            Some(i64::MAX),
+        );
+        for key in [bad_status, bad_fingerprint] {
+            let owned = request(&key);
+            let claimed = store
+                .on(Use::Write, Some(&key), move |connection| {
+                    claim(connection, &owned)
+                })
+                .await;
+            match claimed {
+                Err(error @ Error::Codec { .. }) => {
+                    assert_eq!(error.key(), Some(&key));
+                    assert!(error.to_string().contains(&key.to_string()), "{error}");
+                }
+                other => panic!("expected a codec error, got {other:?}"),
+            }
+            assert!(matches!(store.get(&key).await, Err(Error::Codec { .. })));
+        }
+    }
+
+    #[tokio::test]
+    async fn opening_the_store_purges_expired_results() {
+        let path = temp_file("purge-on-open.db");
+        drop(SqliteStore::open(&path).await.expect("create"));
+        let (expired, live) = (Key::from_bytes([3; 32]), Key::from_bytes([4; 32]));
+        write_row(&path, &expired, "completed", &[0; 32], Some(1));
+        write_row(&path, &live, "completed", &[0; 32], Some(i64::MAX));
+        let store = SqliteStore::open(&path).await.expect("reopen");
+        assert_eq!(store.get(&expired).await.expect("get"), None);
+        assert!(store.get(&live).await.expect("get").is_some());
     }
 }
