@@ -355,7 +355,12 @@ where
     };
     match (codec.into_result)(output) {
         Ok(value) => match (codec.encode)(&value) {
-            Ok(bytes) => match owner.record(StoredOutcome::Ok(bytes)).await? {
+            Ok(bytes) => match owner
+                .record(StoredOutcome::Ok(bytes), || {
+                    (codec.encode)(&value).ok().map(StoredOutcome::Ok)
+                })
+                .await?
+            {
                 Recorded::Yes => Ok((value, how)),
                 Recorded::No => Ok((value, Disposition::ExecutedUnrecorded)),
             },
@@ -371,7 +376,11 @@ where
                 .map(|errors| (errors.encode)(&error));
             match record {
                 Some(Ok(bytes)) => {
-                    owner.record(StoredOutcome::Err(bytes)).await?;
+                    let again = || {
+                        let errors = codec.final_errors.as_ref()?;
+                        (errors.encode)(&error).ok().map(StoredOutcome::Err)
+                    };
+                    owner.record(StoredOutcome::Err(bytes), again).await?;
                 }
                 Some(Err(codec_error)) => {
                     tracing::warn!(target: "idem", key = %key, error = %codec_error, "a final error could not be encoded; the key is released instead");
@@ -437,15 +446,23 @@ impl Owner<'_> {
     /// not recorded: the value still goes to the caller, with
     /// [`Disposition::ExecutedUnrecorded`] and an error event, and the key stays claimed until
     /// its lease runs out (then the next caller resumes it, or it waits for review).
-    async fn record<E>(&self, outcome: StoredOutcome) -> Result<Recorded, Failed<E>> {
+    ///
+    /// `again` encodes the outcome anew for a retry, so that the first try can hand its bytes
+    /// to the store without a copy.
+    async fn record<E>(
+        &self,
+        outcome: StoredOutcome,
+        again: impl Fn() -> Option<StoredOutcome>,
+    ) -> Result<Recorded, Failed<E>> {
         let ttl = self.action.ttl_duration();
         let budget = self.action.lease_duration() / 2;
-        let started = Instant::now();
+        let mut started = None;
         let mut pauses = RECORD_RETRIES.iter();
-        loop {
+        let mut next = Some(outcome);
+        while let Some(outcome) = next.take() {
             let attempt = self
                 .store
-                .complete(&self.key, self.token, outcome.clone(), ttl)
+                .complete(&self.key, self.token, outcome, ttl)
                 .await;
             match attempt {
                 Ok(Ownership::Held) => return Ok(Recorded::Yes),
@@ -455,18 +472,22 @@ impl Owner<'_> {
                         action: self.action.name(),
                     }))
                 }
-                Err(error) => match pauses.next() {
-                    Some(pause) if started.elapsed() + *pause < budget => {
-                        tracing::warn!(target: "idem", key = %self.key, %error, "recording the result failed; trying again");
-                        tokio::time::sleep(*pause).await;
+                Err(error) => {
+                    let started = *started.get_or_insert_with(Instant::now);
+                    match pauses.next() {
+                        Some(pause) if started.elapsed() + *pause < budget => {
+                            tracing::warn!(target: "idem", key = %self.key, %error, "recording the result failed; trying again");
+                            tokio::time::sleep(*pause).await;
+                            next = again();
+                        }
+                        _ => {
+                            tracing::error!(target: "idem", key = %self.key, %error, "the result could not be recorded; the key stays claimed until its lease runs out");
+                        }
                     }
-                    _ => {
-                        tracing::error!(target: "idem", key = %self.key, %error, "the result could not be recorded; the key stays claimed until its lease runs out");
-                        return Ok(Recorded::No);
-                    }
-                },
+                }
             }
         }
+        Ok(Recorded::No)
     }
 
     /// Let the next call run the body again (the body failed in a way worth retrying).

@@ -7,4 +7,5 @@ mod default_store;
 mod events;
 mod examples;
 mod processes;
+mod store_faults;
 mod support;

@@ -57,6 +57,7 @@ impl Found {
     }
 
     /// A recorded result that is still replayed.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) fn is_live_result(&self, now_ms: i64) -> bool {
         self.status == Status::Completed && !self.expired(now_ms)
     }
