@@ -90,12 +90,11 @@ fn rewrite(function: &Function, args: &Args) -> TokenStream {
         None => quote!(::idem),
     };
     let private = quote!(#krate::__private);
-    let prelude = prelude(function, args, &private);
-    let (call, store, codec) = (
-        internal("__idem_call"),
-        internal("__idem_store"),
-        internal("__idem_codec"),
-    );
+    let names = Names::new();
+    let prelude = prelude(function, args, &private, &names);
+    let Names {
+        call, store, codec, ..
+    } = &names;
     let run = |body: &dyn ToTokens| {
         quote! {
             #prelude
@@ -110,11 +109,7 @@ fn rewrite(function: &Function, args: &Args) -> TokenStream {
         block,
     } = &function.item;
     let new_body = match (&function.shape, async_trait_body(block)) {
-        (Shape::AsyncTrait { .. }, Some(inner)) => {
-            let syn::Stmt::Expr(syn::Expr::Call(boxing), _) = &block.stmts[0] else {
-                unreachable!("async_trait_body matched this statement")
-            };
-            let boxing = &boxing.func;
+        (Shape::AsyncTrait { .. }, Some((boxing, inner))) => {
             let wrapped = run(inner);
             quote!({ #boxing(async move { #wrapped }) })
         }
@@ -129,15 +124,39 @@ fn rewrite(function: &Function, args: &Args) -> TokenStream {
     }
 }
 
+/// The names the generated code gives its own items and variables.
+struct Names {
+    action: Ident,
+    call: Ident,
+    store: Ident,
+    codec: Ident,
+    error: Ident,
+    handle: Ident,
+}
+
+impl Names {
+    fn new() -> Self {
+        Names {
+            action: internal("__IDEM_ACTION"),
+            call: internal("__idem_call"),
+            store: internal("__idem_store"),
+            codec: internal("__idem_codec"),
+            error: internal("__idem_error"),
+            handle: internal("__idem_store_handle"),
+        }
+    }
+}
+
 /// The statements before the body runs: the action, the codec, the key, the store.
-fn prelude(function: &Function, args: &Args, private: &TokenStream) -> TokenStream {
-    let (action, call, store, codec) = (
-        internal("__IDEM_ACTION"),
-        internal("__idem_call"),
-        internal("__idem_store"),
-        internal("__idem_codec"),
-    );
-    let (error, handle) = (internal("__idem_error"), internal("__idem_store_handle"));
+fn prelude(function: &Function, args: &Args, private: &TokenStream, names: &Names) -> TokenStream {
+    let Names {
+        action,
+        call,
+        store,
+        codec,
+        error,
+        handle,
+    } = names;
     let fail = quote! {
         return #private::fail(&#codec, #error)
     };

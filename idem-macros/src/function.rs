@@ -230,8 +230,9 @@ fn last_generic_type<'a>(ty: &'a Type, name: &str) -> Option<&'a Type> {
     })
 }
 
-/// The `async move { … }` block in a body that is just `Box::pin(async move { … })`.
-pub(crate) fn async_trait_body(block: &Block) -> Option<&syn::ExprAsync> {
+/// `Box::pin` and the `async move { … }` block in a body that is just
+/// `Box::pin(async move { … })`.
+pub(crate) fn async_trait_body(block: &Block) -> Option<(&Expr, &syn::ExprAsync)> {
     let [Stmt::Expr(Expr::Call(call), None)] = block.stmts.as_slice() else {
         return None;
     };
@@ -252,7 +253,7 @@ pub(crate) fn async_trait_body(block: &Block) -> Option<&syn::ExprAsync> {
             .last()
             .is_some_and(|s| s.ident == "pin");
     match call.args.first() {
-        Some(Expr::Async(body)) if is_box_pin && call.args.len() == 1 => Some(body),
+        Some(Expr::Async(body)) if is_box_pin && call.args.len() == 1 => Some((&call.func, body)),
         _ => None,
     }
 }

@@ -263,6 +263,25 @@ impl Decimal {
     }
 }
 
+/// The ten integer methods of a `Serializer`, each handing its value to `$to` as a
+/// [`Decimal`]: the value serializer writes it, the member-name serializer keeps it as a name.
+macro_rules! integers {
+    ($to:ident) => {
+        integers!(@each $to;
+            serialize_i8 i8 signed, serialize_i16 i16 signed, serialize_i32 i32 signed,
+            serialize_i64 i64 signed, serialize_i128 i128 signed,
+            serialize_u8 u8 unsigned, serialize_u16 u16 unsigned, serialize_u32 u32 unsigned,
+            serialize_u64 u64 unsigned, serialize_u128 u128 unsigned);
+    };
+    (@each $to:ident; $($name:ident $ty:ident $kind:ident),*) => {$(
+        // Widening to 128 bits; for the 128-bit types it is the identity.
+        #[allow(clippy::useless_conversion)]
+        fn $name(self, v: $ty) -> Result<(), CanonicalError> {
+            self.$to(Decimal::$kind(v.into()))
+        }
+    )*};
+}
+
 /// ECMAScript's Number-to-String (RFC 8785 §3.2.2.3).
 fn write_f64<S: Sink + ?Sized>(sink: &mut S, value: f64) -> Result<(), CanonicalError> {
     if !value.is_finite() {
@@ -308,45 +327,7 @@ impl<'a, S: Sink + ?Sized> ser::Serializer for Encoder<'a, S> {
         Ok(())
     }
 
-    fn serialize_i8(self, v: i8) -> Result<(), CanonicalError> {
-        self.write_integer(Decimal::signed(v.into()))
-    }
-
-    fn serialize_i16(self, v: i16) -> Result<(), CanonicalError> {
-        self.write_integer(Decimal::signed(v.into()))
-    }
-
-    fn serialize_i32(self, v: i32) -> Result<(), CanonicalError> {
-        self.write_integer(Decimal::signed(v.into()))
-    }
-
-    fn serialize_i64(self, v: i64) -> Result<(), CanonicalError> {
-        self.write_integer(Decimal::signed(v.into()))
-    }
-
-    fn serialize_i128(self, v: i128) -> Result<(), CanonicalError> {
-        self.write_integer(Decimal::signed(v))
-    }
-
-    fn serialize_u8(self, v: u8) -> Result<(), CanonicalError> {
-        self.write_integer(Decimal::unsigned(v.into()))
-    }
-
-    fn serialize_u16(self, v: u16) -> Result<(), CanonicalError> {
-        self.write_integer(Decimal::unsigned(v.into()))
-    }
-
-    fn serialize_u32(self, v: u32) -> Result<(), CanonicalError> {
-        self.write_integer(Decimal::unsigned(v.into()))
-    }
-
-    fn serialize_u64(self, v: u64) -> Result<(), CanonicalError> {
-        self.write_integer(Decimal::unsigned(v.into()))
-    }
-
-    fn serialize_u128(self, v: u128) -> Result<(), CanonicalError> {
-        self.write_integer(Decimal::unsigned(v))
-    }
+    integers!(write_integer);
 
     fn serialize_f32(self, v: f32) -> Result<(), CanonicalError> {
         // JCS numbers are doubles: an f32 is the double it widens to.
@@ -835,45 +816,7 @@ impl ser::Serializer for KeyEncoder<'_> {
         serialize_unit_struct(&'static str) is "a unit struct";
     }
 
-    fn serialize_i8(self, v: i8) -> Result<(), CanonicalError> {
-        self.push_integer(Decimal::signed(v.into()))
-    }
-
-    fn serialize_i16(self, v: i16) -> Result<(), CanonicalError> {
-        self.push_integer(Decimal::signed(v.into()))
-    }
-
-    fn serialize_i32(self, v: i32) -> Result<(), CanonicalError> {
-        self.push_integer(Decimal::signed(v.into()))
-    }
-
-    fn serialize_i64(self, v: i64) -> Result<(), CanonicalError> {
-        self.push_integer(Decimal::signed(v.into()))
-    }
-
-    fn serialize_i128(self, v: i128) -> Result<(), CanonicalError> {
-        self.push_integer(Decimal::signed(v))
-    }
-
-    fn serialize_u8(self, v: u8) -> Result<(), CanonicalError> {
-        self.push_integer(Decimal::unsigned(v.into()))
-    }
-
-    fn serialize_u16(self, v: u16) -> Result<(), CanonicalError> {
-        self.push_integer(Decimal::unsigned(v.into()))
-    }
-
-    fn serialize_u32(self, v: u32) -> Result<(), CanonicalError> {
-        self.push_integer(Decimal::unsigned(v.into()))
-    }
-
-    fn serialize_u64(self, v: u64) -> Result<(), CanonicalError> {
-        self.push_integer(Decimal::unsigned(v.into()))
-    }
-
-    fn serialize_u128(self, v: u128) -> Result<(), CanonicalError> {
-        self.push_integer(Decimal::unsigned(v))
-    }
+    integers!(push_integer);
 
     fn serialize_char(self, v: char) -> Result<(), CanonicalError> {
         self.names.push(v);
