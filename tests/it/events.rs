@@ -37,6 +37,19 @@ impl<S: tracing::Subscriber> Layer<S> for Events {
     }
 }
 
+/// The `idem` events recorded while `calls` runs.
+fn events_of(calls: impl std::future::Future<Output = ()>) -> Vec<BTreeMap<String, String>> {
+    let events = Events::default();
+    let subscriber = tracing_subscriber::registry().with(events.clone());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tracing::subscriber::with_default(subscriber, || runtime.block_on(calls));
+    let recorded = events.0.lock().unwrap().clone();
+    recorded
+}
+
 #[idempotent(skip = [store], store = store)]
 async fn send_sms(store: &MemoryStore, to: &str, text: &str) -> Result<u32, ToolError> {
     Ok(1)
@@ -44,24 +57,15 @@ async fn send_sms(store: &MemoryStore, to: &str, text: &str) -> Result<u32, Tool
 
 #[test]
 fn one_event_per_call_with_action_key_outcome_and_time() {
-    let events = Events::default();
-    let subscriber = tracing_subscriber::registry().with(events.clone());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    tracing::subscriber::with_default(subscriber, || {
-        runtime.block_on(async {
-            let store = MemoryStore::new();
-            send_sms(&store, "+15550100", "your code is 123456")
-                .await
-                .unwrap();
-            send_sms(&store, "+15550100", "your code is 123456")
-                .await
-                .unwrap();
-        })
+    let events = events_of(async {
+        let store = MemoryStore::new();
+        send_sms(&store, "+15550100", "your code is 123456")
+            .await
+            .unwrap();
+        send_sms(&store, "+15550100", "your code is 123456")
+            .await
+            .unwrap();
     });
-    let events = events.0.lock().unwrap();
     assert_eq!(events.len(), 2, "{events:?}");
     let key = idem::Action::new("send_sms")
         .key(&("+15550100", "your code is 123456"))
@@ -79,4 +83,32 @@ fn one_event_per_call_with_action_key_outcome_and_time() {
             "no argument may leak into an event: {text}"
         );
     }
+}
+
+#[idempotent(skip = [store], store = store, on_conflict = fail)]
+async fn export(store: &MemoryStore, report: &str) -> Result<u32, ToolError> {
+    Ok(1)
+}
+
+#[test]
+fn a_refused_duplicate_is_a_conflict_event() {
+    let key = idem::Action::new("export").key(&("q3",)).unwrap();
+    let events = events_of(async {
+        let store = MemoryStore::new();
+        // Another caller holds the key.
+        let fingerprint = key.into();
+        let request = idem::store::ClaimRequest {
+            key: &key,
+            fingerprint: &fingerprint,
+            action: "export",
+            lease: std::time::Duration::from_secs(60),
+            on_stale: idem::OnStale::TakeOver,
+        };
+        idem::store::Store::claim(&store, &request).await.unwrap();
+        assert!(export(&store, "q3").await.is_err());
+    });
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["outcome"], "conflict");
+    assert_eq!(events[0]["failed"], "true");
+    assert_eq!(events[0]["key"], key.to_string());
 }
