@@ -30,36 +30,57 @@ const LONG: Duration = Duration::from_secs(60);
 
 /// Generates one `#[tokio::test]` per conformance check, in a module named `$name`, each on a
 /// fresh store made by `$make_store` (an expression giving a future of the store).
+///
+/// With `reopen = |store| …` (a closure giving a future of a second handle on the same
+/// records: another connection, another client), the races are also run across two handles,
+/// which is where a store's own atomicity (file locks, server-side scripts) is tested.
 #[macro_export]
 macro_rules! conformance_tests {
     ($name:ident, $make_store:expr) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
-            $crate::conformance_tests!(@each $make_store;
-                claim_complete_replay,
-                second_claim_sees_in_progress,
-                payload_mismatch_is_refused,
-                release_frees_the_key,
-                body_error_releases_the_key,
-                fencing_refuses_a_stale_owner,
-                expired_lease_is_taken_over,
-                stale_lease_with_other_payload_is_not_taken_over,
-                stale_lease_parks_for_review,
-                heartbeat_extends_the_lease,
-                ttl_expiry_frees_the_key,
-                tokens_grow_across_release_and_expiry,
-                cached_errors_are_replayed,
-                wait_returns_when_the_key_is_released,
-                purge_removes_only_expired_results,
-                get_shows_the_record,
-                race_of_64_claims_has_one_winner,
-                race_of_64_calls_runs_the_body_once,
-                heartbeats_keep_a_long_body_owned,
-                paused_owner_loses_to_the_caller_that_took_over,
-                interrupted_call_waits_for_review,
-            );
+            $crate::conformance_tests!(@all $make_store);
         }
+    };
+    ($name:ident, $make_store:expr, reopen = $reopen:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::conformance_tests!(@all $make_store);
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn races_across_two_handles() {
+                let first = $make_store.await;
+                let second = ($reopen)(&first).await;
+                $crate::conformance::races_across_two_handles(&first, &second).await;
+            }
+        }
+    };
+    (@all $make_store:expr) => {
+        $crate::conformance_tests!(@each $make_store;
+            claim_complete_replay,
+            second_claim_sees_in_progress,
+            payload_mismatch_is_refused,
+            release_frees_the_key,
+            body_error_releases_the_key,
+            fencing_refuses_a_stale_owner,
+            expired_lease_is_taken_over,
+            stale_lease_with_other_payload_is_not_taken_over,
+            stale_lease_parks_for_review,
+            heartbeat_extends_the_lease,
+            ttl_expiry_frees_the_key,
+            tokens_grow_across_release_and_expiry,
+            cached_errors_are_replayed,
+            wait_returns_when_the_key_is_released,
+            purge_removes_only_expired_results,
+            get_shows_the_record,
+            race_of_64_claims_has_one_winner,
+            race_of_64_calls_runs_the_body_once,
+            heartbeats_keep_a_long_body_owned,
+            paused_owner_loses_to_the_caller_that_took_over,
+            interrupted_call_waits_for_review,
+        );
     };
     (@each $make_store:expr; $($check:ident),* $(,)?) => {
         $(
@@ -594,6 +615,61 @@ pub async fn race_of_64_calls_runs_the_body_once(store: &dyn Store) {
             outcome.expect("every caller gets the result").into_inner(),
             "charge-0"
         );
+    }
+}
+
+/// Two handles on the same records (two connections, two clients): 64 claims of one key
+/// from 64 threads, alternating handles, have one winner; 64 calls of another key run the
+/// body once; and a result recorded through one handle is replayed through the other.
+pub async fn races_across_two_handles(first: &dyn Store, second: &dyn Store) {
+    let handles = [first, second];
+    let k = key(17);
+    let start = Barrier::new(64);
+    let claims = on_threads((0..64).map(|i| {
+        let (store, start, k) = (handles[i % 2], &start, &k);
+        async move {
+            start.wait().await;
+            claim(store, k, LONG).await
+        }
+    }));
+    let winners = claims
+        .iter()
+        .filter(|c| matches!(c, Claim::Acquired { .. }))
+        .count();
+    assert_eq!(winners, 1, "claims: {claims:?}");
+
+    static PAY: Action =
+        Action::new("pay_invoice").on_conflict(OnConflict::Wait(Duration::from_secs(30)));
+    let runs = AtomicUsize::new(0);
+    let start = Barrier::new(64);
+    let outcomes = on_threads((0..64).map(|i| {
+        let (store, start, runs) = (handles[i % 2], &start, &runs);
+        async move {
+            start.wait().await;
+            PAY.call(&("invoice-9",))
+                .expect("call")
+                .run::<_, Error, _>(store, async {
+                    let run = runs.fetch_add(1, Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                    Ok(format!("payment-{run}"))
+                })
+                .await
+        }
+    }));
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    for outcome in outcomes {
+        assert_eq!(
+            outcome.expect("every caller gets the result").into_inner(),
+            "payment-0"
+        );
+    }
+    for store in handles {
+        let replay = PAY
+            .call(&("invoice-9",))
+            .expect("call")
+            .run::<String, Error, _>(store, async { Ok("again".into()) })
+            .await;
+        assert_eq!(replay.expect("replay").into_inner(), "payment-0");
     }
 }
 
