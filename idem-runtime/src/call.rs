@@ -345,52 +345,19 @@ where
         Disposition::Executed
     };
     let context = CallContext::new(action.name(), key, token, resumed);
-    let lease = action.lease_duration();
-    let output = in_call(context, with_heartbeat(body, store, &key, token, lease)).await;
     let owner = Owner {
         store,
         key,
         token,
         action,
     };
-    match (codec.into_result)(output) {
-        Ok(value) => match (codec.encode)(&value) {
-            Ok(bytes) => match owner
-                .record(StoredOutcome::Ok(bytes), || {
-                    (codec.encode)(&value).ok().map(StoredOutcome::Ok)
-                })
-                .await?
-            {
-                Recorded::Yes => Ok((value, how)),
-                Recorded::No => Ok((value, Disposition::ExecutedUnrecorded)),
-            },
-            // The side effect happened: releasing the key would invite every retry to run it
-            // again. The claim is left to run out and then follows `on_stale`.
-            Err(error) => Err(idem(Error::codec("the result", Some(&key), error))),
-        },
-        Err(error) => {
-            let record = codec
-                .final_errors
-                .as_ref()
-                .filter(|errors| (errors.is_final)(&error))
-                .map(|errors| (errors.encode)(&error));
-            match record {
-                Some(Ok(bytes)) => {
-                    let again = || {
-                        let errors = codec.final_errors.as_ref()?;
-                        (errors.encode)(&error).ok().map(StoredOutcome::Err)
-                    };
-                    owner.record(StoredOutcome::Err(bytes), again).await?;
-                }
-                Some(Err(codec_error)) => {
-                    tracing::warn!(target: "idem", key = %key, error = %codec_error, "a final error could not be encoded; the key is released instead");
-                    owner.release().await;
-                }
-                None => owner.release().await,
-            }
-            Err(Failed::Body(error, how))
-        }
-    }
+    // The heartbeat covers recording the outcome too: a store that is slow to take it (a
+    // busy file, retries) does not let the lease run out under a live owner.
+    let run_and_settle = async {
+        let output = in_call(context, body).await;
+        owner.settle(codec, output, how).await
+    };
+    with_heartbeat(run_and_settle, store, &key, token, action.lease_duration()).await
 }
 
 fn replay<R, T, E>(
@@ -434,6 +401,8 @@ enum Recorded {
 }
 
 /// How often, and after what pauses, recording a result is tried again when the store fails.
+/// A retry after an attempt that did commit (its answer was lost) finds the result recorded
+/// under its own token, which counts as recorded.
 const RECORD_RETRIES: [Duration; 3] = [
     Duration::from_millis(10),
     Duration::from_millis(50),
@@ -441,11 +410,62 @@ const RECORD_RETRIES: [Duration; 3] = [
 ];
 
 impl Owner<'_> {
-    /// Record the outcome, trying again a few times while the lease still runs (a busy file,
-    /// a dropped connection). If the store still fails, the side effect has happened but is
-    /// not recorded: the value still goes to the caller, with
-    /// [`Disposition::ExecutedUnrecorded`] and an error event, and the key stays claimed until
-    /// its lease runs out (then the next caller resumes it, or it waits for review).
+    /// What the body's output leaves behind: a recorded result, a recorded final error, or a
+    /// released key.
+    async fn settle<R, T, E>(
+        &self,
+        codec: &Codec<R, T, E>,
+        output: R,
+        how: Disposition,
+    ) -> Result<(T, Disposition), Failed<E>> {
+        let key = self.key;
+        match (codec.into_result)(output) {
+            Ok(value) => match (codec.encode)(&value) {
+                Ok(bytes) => {
+                    let again = || (codec.encode)(&value).ok().map(StoredOutcome::Ok);
+                    match self.record(StoredOutcome::Ok(bytes), again).await? {
+                        Recorded::Yes => Ok((value, how)),
+                        Recorded::No => Ok((value, Disposition::ExecutedUnrecorded)),
+                    }
+                }
+                // The side effect happened: releasing the key would invite every retry to
+                // run it again. The claim is left to run out and then follows `on_stale`.
+                Err(error) => Err(Failed::Idem(Error::codec("the result", Some(&key), error))),
+            },
+            Err(error) => {
+                let final_errors = codec
+                    .final_errors
+                    .as_ref()
+                    .filter(|errors| (errors.is_final)(&error));
+                let Some(errors) = final_errors else {
+                    self.release().await;
+                    return Err(Failed::Body(error, how));
+                };
+                match (errors.encode)(&error) {
+                    Ok(bytes) => {
+                        let again = || (errors.encode)(&error).ok().map(StoredOutcome::Err);
+                        let how = match self.record(StoredOutcome::Err(bytes), again).await? {
+                            Recorded::Yes => how,
+                            Recorded::No => Disposition::ExecutedUnrecorded,
+                        };
+                        Err(Failed::Body(error, how))
+                    }
+                    Err(codec_error) => {
+                        tracing::warn!(target: "idem", key = %key, error = %codec_error, "a final error could not be encoded; the key is released instead");
+                        self.release().await;
+                        Err(Failed::Body(error, how))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Record the outcome, trying again a few times if the store fails (a busy file, a
+    /// dropped connection); the heartbeat keeps the lease meanwhile. If the store still
+    /// fails, the side effect has happened but is not recorded: the value still goes to the
+    /// caller, with [`Disposition::ExecutedUnrecorded`] and an error event, and the key stays
+    /// claimed until its lease runs out (then the next caller resumes it, or it waits for
+    /// review).
     ///
     /// `again` encodes the outcome anew for a retry, so that the first try can hand its bytes
     /// to the store without a copy.
@@ -455,8 +475,6 @@ impl Owner<'_> {
         again: impl Fn() -> Option<StoredOutcome>,
     ) -> Result<Recorded, Failed<E>> {
         let ttl = self.action.ttl_duration();
-        let budget = self.action.lease_duration() / 2;
-        let mut started = None;
         let mut pauses = RECORD_RETRIES.iter();
         let mut next = Some(outcome);
         while let Some(outcome) = next.take() {
@@ -472,19 +490,16 @@ impl Owner<'_> {
                         action: self.action.name(),
                     }))
                 }
-                Err(error) => {
-                    let started = *started.get_or_insert_with(Instant::now);
-                    match pauses.next() {
-                        Some(pause) if started.elapsed() + *pause < budget => {
-                            tracing::warn!(target: "idem", key = %self.key, %error, "recording the result failed; trying again");
-                            tokio::time::sleep(*pause).await;
-                            next = again();
-                        }
-                        _ => {
-                            tracing::error!(target: "idem", key = %self.key, %error, "the result could not be recorded; the key stays claimed until its lease runs out");
-                        }
+                Err(error) => match pauses.next() {
+                    Some(pause) => {
+                        tracing::warn!(target: "idem", key = %self.key, %error, "recording the result failed; trying again");
+                        tokio::time::sleep(*pause).await;
+                        next = again();
                     }
-                }
+                    None => {
+                        tracing::error!(target: "idem", key = %self.key, %error, "the result could not be recorded; the key stays claimed until its lease runs out");
+                    }
+                },
             }
         }
         Ok(Recorded::No)

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Barrier;
+use tokio::time::Instant;
 
 use crate::action::{Action, OnConflict, OnStale};
 use crate::key::{Fingerprint, Key};
@@ -156,6 +157,11 @@ pub async fn claim_complete_replay(store: &dyn Store) {
     let token = claim_token(store, &k, LONG).await;
     assert_eq!(
         complete_ok(store, &k, token, b"\"receipt\"").await,
+        Ownership::Held
+    );
+    // The same owner again (a retry after a lost answer): held, and the first result stays.
+    assert_eq!(
+        complete_ok(store, &k, token, b"\"other\"").await,
         Ownership::Held
     );
     for _ in 0..2 {
@@ -312,11 +318,16 @@ pub async fn fencing_refuses_a_stale_owner(store: &dyn Store) {
 /// A live lease is not taken over; an expired one is, by the next claim.
 pub async fn expired_lease_is_taken_over(store: &dyn Store) {
     let k = key(5);
+    let claimed = Instant::now();
     let first = claim_token(store, &k, SHORT).await;
-    assert!(matches!(
-        claim(store, &k, SHORT).await,
-        Claim::InProgress { .. }
-    ));
+    let second_claim = claim(store, &k, SHORT).await;
+    // Only meaningful while the lease can still be live (a loaded machine may be slower).
+    if claimed.elapsed() < SHORT {
+        assert!(
+            matches!(second_claim, Claim::InProgress { .. }),
+            "{second_claim:?}"
+        );
+    }
     past(SHORT).await;
     let (second, resumed) = acquired(claim(store, &k, LONG).await);
     assert!(resumed && second > first);
@@ -403,15 +414,16 @@ pub async fn heartbeat_extends_the_lease(store: &dyn Store) {
 pub async fn ttl_expiry_frees_the_key(store: &dyn Store) {
     let k = key(9);
     let first = claim_token(store, &k, LONG).await;
+    let recorded = Instant::now();
     let done = store
         .complete(&k, first, StoredOutcome::Ok(b"1".to_vec()), SHORT)
         .await
         .expect("complete");
     assert_eq!(done, Ownership::Held);
-    assert!(matches!(
-        claim(store, &k, LONG).await,
-        Claim::Completed { .. }
-    ));
+    let replay = claim(store, &k, LONG).await;
+    if recorded.elapsed() < SHORT {
+        assert!(matches!(replay, Claim::Completed { .. }), "{replay:?}");
+    }
     past(SHORT).await;
     let (second, resumed) = acquired(claim(store, &k, LONG).await);
     assert!(second > first && !resumed);
@@ -676,7 +688,7 @@ pub async fn races_across_two_handles(first: &dyn Store, second: &dyn Store) {
 /// A body that runs for several leases keeps its key: heartbeats renew the lease, so a
 /// duplicate that comes after the first lease would have run out still finds it in progress.
 pub async fn heartbeats_keep_a_long_body_owned(store: &dyn Store) {
-    const LEASE: Duration = Duration::from_millis(300);
+    const LEASE: Duration = Duration::from_millis(600);
     static REPORT: Action = Action::new("long_report")
         .lease(LEASE)
         .on_conflict(OnConflict::Fail);

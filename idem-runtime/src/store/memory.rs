@@ -270,6 +270,10 @@ impl Store for MemoryStore {
         outcome: StoredOutcome,
         ttl: Duration,
     ) -> Result<Ownership, Error> {
+        let already = |entry: &Entry| entry.found().completed_by(token);
+        if self.inner.state().records.get(key).is_some_and(already) {
+            return Ok(Ownership::Held);
+        }
         Ok(self.inner.fenced(key, token, |record, now| {
             let entry = record.into_mut();
             entry.status = Status::Completed;
@@ -406,8 +410,17 @@ mod tests {
             let store = store.clone();
             tokio::spawn(async move { store.wait(&key, token, Duration::from_secs(60)).await })
         };
-        // The waiter may register before or after the release: either way it must return.
-        tokio::task::yield_now().await;
+        // Release only once the waiter is registered, so that only a notification can end
+        // its wait.
+        while store
+            .inner
+            .waiters
+            .waiting
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 0
+        {
+            tokio::task::yield_now().await;
+        }
         assert_eq!(store.release(&key, token).await.unwrap(), Ownership::Held);
         let woken = tokio::time::timeout(Duration::from_secs(30), waiter).await;
         woken

@@ -247,7 +247,10 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// report what is there.
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error>;
 
-    /// Record the result and keep it for `ttl`, if `token` still owns the key.
+    /// Record the result and keep it for `ttl`, if `token` still owns the key: the record is
+    /// in progress under `token`, or parked for review under it (the owner was slow, not
+    /// dead, and what it records settles the review). A record already completed under
+    /// `token` is [`Ownership::Held`] and unchanged: a retry whose first answer was lost.
     async fn complete(
         &self,
         key: &Key,
@@ -256,7 +259,8 @@ pub trait Store: Send + Sync + fmt::Debug {
         ttl: Duration,
     ) -> Result<Ownership, Error>;
 
-    /// Remove the record, if `token` still owns the key, so that the next call runs the body.
+    /// Remove the record, if `token` still owns the key (in progress or parked for review
+    /// under it), so that the next call runs the body.
     async fn release(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error>;
 
     /// Extend the lease to `lease` from now, if `token` still owns the key.

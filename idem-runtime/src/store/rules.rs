@@ -46,6 +46,12 @@ impl Found {
         self.token == token && matches!(self.status, Status::InProgress | Status::NeedsReview)
     }
 
+    /// Whether the record is already completed under `token`: a second `complete` of the same
+    /// owner (a retry after an answer that was lost) finds its own result, and that is held.
+    pub(crate) fn completed_by(&self, token: FencingToken) -> bool {
+        self.token == token && self.status == Status::Completed
+    }
+
     /// Whether `token` may renew the lease: it owns the record, which is in progress.
     pub(crate) fn renewed_by(&self, token: FencingToken) -> bool {
         self.token == token && self.status == Status::InProgress

@@ -128,7 +128,10 @@ impl SqliteStore {
                 recorded: AtomicU64::new(0),
             }),
         };
-        store.purge_expired().await?;
+        // Leftovers are purged later too: a busy file must not stop the store from opening.
+        if let Err(error) = store.purge_expired().await {
+            tracing::warn!(target: "idem", %error, "purging expired results at open failed");
+        }
         Ok(store)
     }
 
@@ -426,7 +429,7 @@ impl Store for SqliteStore {
         outcome: StoredOutcome,
         ttl: Duration,
     ) -> Result<Ownership, Error> {
-        let hex = key.to_string();
+        let (hex, owned_key) = (key.to_string(), *key);
         let inner = Arc::clone(&self.inner);
         let ownership = self
             .on(Use::Write, Some(key), move |connection| {
@@ -435,12 +438,17 @@ impl Store for SqliteStore {
                     StoredOutcome::Err(bytes) => ("err", bytes),
                 };
                 let expires = now_ms().saturating_add(millis(ttl));
-                let ownership = fenced(
+                let mut ownership = fenced(
                     connection,
                     "UPDATE idem_records SET status = 'completed', outcome = ?3, result = ?4, expires_at_ms = ?5
                      WHERE key = ?1 AND token = ?2 AND status IN ('in_progress', 'needs_review')",
                     params![hex, token as i64, kind, bytes, expires],
                 )?;
+                if ownership == Ownership::Lost
+                    && read(connection, &owned_key)?.is_some_and(|row| row.found.completed_by(token))
+                {
+                    ownership = Ownership::Held;
+                }
                 if inner.recorded.fetch_add(1, Ordering::Relaxed) % PURGE_EVERY == PURGE_EVERY - 1 {
                     // The result is committed; a failed purge only waits for the next one.
                     if let Err(error) = purge(connection) {

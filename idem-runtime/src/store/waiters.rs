@@ -21,7 +21,7 @@ pub(crate) struct Waiters {
     /// and the write go through the store's own synchronisation (its lock), so either the
     /// read comes after the write (and sees it: the waiter does not sleep), or it comes before,
     /// and then the count, raised before the read, is visible to `wake` after the write.
-    waiting: AtomicUsize,
+    pub(crate) waiting: AtomicUsize,
 }
 
 /// A caller inside [`Waiters::wait`]. However it leaves (woken, timed out, cancelled), it
