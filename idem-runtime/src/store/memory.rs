@@ -270,16 +270,20 @@ impl Store for MemoryStore {
         outcome: StoredOutcome,
         ttl: Duration,
     ) -> Result<Ownership, Error> {
-        let already = |entry: &Entry| entry.found().completed_by(token);
-        if self.inner.state().records.get(key).is_some_and(already) {
-            return Ok(Ownership::Held);
+        let now = self.inner.now_ms();
+        let mut state = self.inner.state();
+        match state.records.get_mut(key) {
+            Some(entry) if entry.found().settled_by(token) => {
+                entry.status = Status::Completed;
+                entry.outcome = Some(outcome);
+                entry.expires_at_ms = Some(now.saturating_add(millis(ttl)));
+                drop(state);
+                self.inner.waiters.wake(key);
+                Ok(Ownership::Held)
+            }
+            Some(entry) if entry.found().completed_by(token) => Ok(Ownership::Held),
+            _ => Ok(Ownership::Lost),
         }
-        Ok(self.inner.fenced(key, token, |record, now| {
-            let entry = record.into_mut();
-            entry.status = Status::Completed;
-            entry.outcome = Some(outcome);
-            entry.expires_at_ms = Some(now.saturating_add(millis(ttl)));
-        }))
     }
 
     async fn release(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
