@@ -158,7 +158,7 @@ fn prelude(function: &Function, args: &Args, private: &TokenStream, names: &Name
         handle,
     } = names;
     let fail = quote! {
-        return #private::fail(&#codec, #error)
+        return #private::fail(&#codec, &#action, #error)
     };
 
     let builder = action_builder(function, args, private);

@@ -176,6 +176,16 @@ where
 }
 
 /// The function's return value for an error of idem's before the body ran.
-pub fn fail<R, T, E>(codec: &Codec<R, T, E>, error: Error) -> R {
+///
+/// Such a call (no store, arguments with no JSON form) still has its event, without a key.
+pub fn fail<R, T, E>(codec: &Codec<R, T, E>, action: &Action, error: Error) -> R {
+    tracing::info!(
+        target: "idem",
+        action = action.name(),
+        outcome = "error",
+        failed = true,
+        error = %error,
+        "idempotent call",
+    );
     (codec.from_result)(Err((codec.from_error)(error)))
 }

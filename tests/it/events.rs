@@ -112,3 +112,21 @@ fn a_refused_duplicate_is_a_conflict_event() {
     assert_eq!(events[0]["failed"], "true");
     assert_eq!(events[0]["key"], key.to_string());
 }
+
+#[idempotent(skip = [store], store = store)]
+async fn measure(store: &MemoryStore, value: f64) -> Result<u32, ToolError> {
+    Ok(1)
+}
+
+#[test]
+fn a_call_that_fails_before_its_claim_has_an_event_too() {
+    let events = events_of(async {
+        let store = MemoryStore::new();
+        assert!(measure(&store, f64::NAN).await.is_err());
+    });
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["action"], "measure");
+    assert_eq!(events[0]["outcome"], "error");
+    assert_eq!(events[0]["failed"], "true");
+    assert!(events[0]["error"].contains("encode"), "{:?}", events[0]);
+}
