@@ -22,7 +22,7 @@ mod function;
 
 use proc_macro::TokenStream;
 
-/// Makes an async function idempotent. Documented on the re-export, `idem::idempotent`.
+/// (The attribute of the `idem` crate: everything above is its manual.)
 #[proc_macro_attribute]
 pub fn idempotent(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand::idempotent(attr.into(), item.into()).into()
