@@ -22,7 +22,7 @@ mod function;
 
 use proc_macro::TokenStream;
 
-/// (The attribute of the `idem` crate: everything above is its manual.)
+/// `#[idempotent]`, as the `idem` crate re-exports and documents it.
 #[proc_macro_attribute]
 pub fn idempotent(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand::idempotent(attr.into(), item.into()).into()
