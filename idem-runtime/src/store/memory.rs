@@ -158,10 +158,12 @@ impl Inner {
     }
 
     /// Apply `write` to the record if `token` may settle it, then wake the key's waiters.
+    /// A record for which `done` is true is already settled as asked: held, unchanged.
     fn fenced(
         &self,
         key: &Key,
         token: FencingToken,
+        done: impl FnOnce(&Found) -> bool,
         write: impl FnOnce(hash_map::OccupiedEntry<'_, Key, Entry>, i64),
     ) -> Ownership {
         let now = self.now_ms();
@@ -169,6 +171,9 @@ impl Inner {
         match state.records.entry(*key) {
             hash_map::Entry::Occupied(record) if record.get().found().settled_by(token) => {
                 write(record, now)
+            }
+            hash_map::Entry::Occupied(record) if done(&record.get().found()) => {
+                return Ownership::Held
             }
             _ => return Ownership::Lost,
         }
@@ -270,26 +275,24 @@ impl Store for MemoryStore {
         outcome: StoredOutcome,
         ttl: Duration,
     ) -> Result<Ownership, Error> {
-        let now = self.inner.now_ms();
-        let mut state = self.inner.state();
-        match state.records.get_mut(key) {
-            Some(entry) if entry.found().settled_by(token) => {
-                entry.status = Status::Completed;
-                entry.outcome = Some(outcome);
-                entry.expires_at_ms = Some(now.saturating_add(millis(ttl)));
-                drop(state);
-                self.inner.waiters.wake(key);
-                Ok(Ownership::Held)
-            }
-            Some(entry) if entry.found().completed_by(token) => Ok(Ownership::Held),
-            _ => Ok(Ownership::Lost),
-        }
+        let completed = |found: &Found| found.completed_by(token);
+        Ok(self.inner.fenced(key, token, completed, |record, now| {
+            let entry = record.into_mut();
+            entry.status = Status::Completed;
+            entry.outcome = Some(outcome);
+            entry.expires_at_ms = Some(now.saturating_add(millis(ttl)));
+        }))
     }
 
     async fn release(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
-        Ok(self.inner.fenced(key, token, |record, _| {
-            record.remove();
-        }))
+        Ok(self.inner.fenced(
+            key,
+            token,
+            |_| false,
+            |record, _| {
+                record.remove();
+            },
+        ))
     }
 
     async fn heartbeat(
