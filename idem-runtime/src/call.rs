@@ -249,6 +249,19 @@ where
     result
 }
 
+/// The event of a call that failed before it could claim its key (no store, arguments with
+/// no JSON form): the same event as [`execute`]'s, without the key it never had.
+pub(crate) fn failed_before_claim(action: &Action, error: &Error) {
+    tracing::info!(
+        target: "idem",
+        action = action.name(),
+        outcome = "error",
+        failed = true,
+        error = %error,
+        "idempotent call",
+    );
+}
+
 /// Whether the event of [`execute`] would be recorded: same target, level and fields.
 fn call_event_enabled() -> bool {
     tracing::event_enabled!(

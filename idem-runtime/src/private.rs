@@ -10,7 +10,7 @@ use serde::Serialize;
 pub use core::time::Duration;
 
 pub use crate::action::{Action, OnConflict, OnStale};
-use crate::call::execute;
+use crate::call::{execute, failed_before_claim};
 pub use crate::call::{Call, Codec};
 pub use crate::key::KeyArg;
 use crate::store::Store;
@@ -179,13 +179,6 @@ where
 ///
 /// Such a call (no store, arguments with no JSON form) still has its event, without a key.
 pub fn fail<R, T, E>(codec: &Codec<R, T, E>, action: &Action, error: Error) -> R {
-    tracing::info!(
-        target: "idem",
-        action = action.name(),
-        outcome = "error",
-        failed = true,
-        error = %error,
-        "idempotent call",
-    );
+    failed_before_claim(action, &error);
     (codec.from_result)(Err((codec.from_error)(error)))
 }
