@@ -114,11 +114,9 @@ impl SqliteStore {
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref().to_path_buf();
         let opened = path.clone();
-        let (writer, reader) = tokio::task::spawn_blocking(move || {
-            Ok::<_, Error>((open_file(&opened)?, open_file(&opened)?))
-        })
-        .await
-        .map_err(|e| Error::store("sqlite", None, e))??;
+        let (writer, reader) = tokio::task::spawn_blocking(move || open_file(&opened))
+            .await
+            .map_err(|e| Error::store("sqlite", None, e))??;
         let store = SqliteStore {
             inner: Arc::new(Inner {
                 path,
@@ -166,7 +164,8 @@ impl SqliteStore {
     }
 }
 
-fn open_file(path: &Path) -> Result<Connection, Error> {
+/// Opens the store's two connections to `path`, creating or checking the schema once.
+fn open_file(path: &Path) -> Result<(Connection, Connection), Error> {
     let failed = |e: rusqlite::Error| {
         Error::store(
             "sqlite",
@@ -174,19 +173,65 @@ fn open_file(path: &Path) -> Result<Connection, Error> {
             format!("cannot open {}: {e}", path.display()),
         )
     };
-    let connection = Connection::open(path).map_err(failed)?;
-    connection.busy_timeout(BUSY_TIMEOUT).map_err(failed)?;
-    // WAL lets readers and the writer work at once; FULL makes each commit durable, because
-    // a lost claim would let a second caller run a side effect that already happened.
-    connection
-        .pragma_update(None, "journal_mode", "WAL")
-        .map_err(failed)?;
-    connection
-        .pragma_update(None, "synchronous", "FULL")
-        .map_err(failed)?;
-    let version: i64 = connection
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .map_err(failed)?;
+    let writer = connect(path).map_err(failed)?;
+    refuse_newer_schema(&writer, path)?;
+    while_busy(|| initialize(&writer)).map_err(failed)?;
+    let reader = connect(path).map_err(failed)?;
+    Ok((writer, reader))
+}
+
+fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let connection = Connection::open(path)?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    // FULL makes each commit durable: a lost claim would let a second caller run a side
+    // effect that already happened.
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    Ok(connection)
+}
+
+/// WAL mode (readers and the writer work at once) and the schema, in one transaction so that
+/// processes opening a new file together never see half of it.
+fn initialize(connection: &Connection) -> rusqlite::Result<()> {
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.execute_batch(&format!(
+        "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+    ))
+}
+
+/// Runs `work` again while another process holds a lock it needs. SQLite's busy handler does
+/// not cover every case (switching a new file to WAL, a lock taken while the file is being
+/// recovered), and several processes opening one new file at once meet those.
+fn while_busy<T>(mut work: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match work() {
+            Err(rusqlite::Error::SqliteFailure(error, _))
+                if matches!(
+                    error.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && started.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Refuses, before touching it, a file made by a newer idem.
+fn refuse_newer_schema(connection: &Connection, path: &Path) -> Result<(), Error> {
+    let failed = |e: rusqlite::Error| {
+        Error::store(
+            "sqlite",
+            None,
+            format!("cannot open {}: {e}", path.display()),
+        )
+    };
+    let version: i64 =
+        while_busy(|| connection.pragma_query_value(None, "user_version", |row| row.get(0)))
+            .map_err(failed)?;
     if version > SCHEMA_VERSION {
         return Err(Error::store(
             "sqlite",
@@ -197,11 +242,7 @@ fn open_file(path: &Path) -> Result<Connection, Error> {
             ),
         ));
     }
-    connection.execute_batch(SCHEMA).map_err(failed)?;
-    connection
-        .pragma_update(None, "user_version", SCHEMA_VERSION)
-        .map_err(failed)?;
-    Ok(connection)
+    Ok(())
 }
 
 fn db(error: rusqlite::Error) -> Error {
