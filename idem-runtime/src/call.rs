@@ -135,14 +135,17 @@ pub struct Codec<R, T, E> {
     pub(crate) encode: fn(&T) -> serde_json::Result<Vec<u8>>,
     pub(crate) decode: fn(&[u8]) -> serde_json::Result<T>,
     pub(crate) final_errors: Option<FinalErrors<E>>,
+    /// Errors after which the claim is neither recorded nor released, but left to run out
+    /// (then `on_stale` decides): a saga whose rollback could not finish, for recovery.
+    pub(crate) keeps_claim: fn(&E) -> bool,
 }
 
 /// How errors that an action declares final are recognised and recorded.
 #[derive(Debug)]
 pub(crate) struct FinalErrors<E> {
-    is_final: fn(&E) -> bool,
-    encode: fn(&E) -> serde_json::Result<Vec<u8>>,
-    decode: fn(&[u8]) -> serde_json::Result<E>,
+    pub(crate) is_final: fn(&E) -> bool,
+    pub(crate) encode: fn(&E) -> serde_json::Result<Vec<u8>>,
+    pub(crate) decode: fn(&[u8]) -> serde_json::Result<E>,
 }
 
 impl<R> Codec<R, R::Ok, R::Err>
@@ -159,6 +162,7 @@ where
             encode: |value| serde_json::to_vec(value),
             decode: |bytes| serde_json::from_slice(bytes),
             final_errors: None,
+            keeps_claim: |_| false,
         }
     }
 }
@@ -445,6 +449,7 @@ impl Owner<'_> {
                 // run it again. The claim is left to run out and then follows `on_stale`.
                 Err(error) => Err(Failed::Idem(Error::codec("the result", Some(&key), error))),
             },
+            Err(error) if (codec.keeps_claim)(&error) => Err(Failed::Body(error, how)),
             Err(error) => {
                 let final_errors = codec
                     .final_errors

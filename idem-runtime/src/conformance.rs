@@ -12,6 +12,13 @@
 //! first broken rule. They use short leases and wait out durations measured after each
 //! reply, so the store's clock may be set to any time: only its rate must be sane.
 
+mod saga_log;
+
+pub use saga_log::{
+    purge_removes_finished_saga_logs, saga_log_is_fenced, saga_log_round_trip,
+    stale_sagas_are_the_dead_owners,
+};
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -25,9 +32,9 @@ use crate::store::{Claim, ClaimRequest, FencingToken, Ownership, Status, Store, 
 use crate::{current_call, observe, Error};
 
 /// A lease short enough for tests to wait out.
-const SHORT: Duration = Duration::from_millis(250);
+pub(crate) const SHORT: Duration = Duration::from_millis(250);
 /// A lease no test outlives.
-const LONG: Duration = Duration::from_secs(60);
+pub(crate) const LONG: Duration = Duration::from_secs(60);
 
 /// Generates one `#[tokio::test]` per conformance check, in a module named `$name`, each on a
 /// fresh store made by `$make_store` (an expression giving a future of the store).
@@ -81,6 +88,10 @@ macro_rules! conformance_tests {
             heartbeats_keep_a_long_body_owned,
             paused_owner_loses_to_the_caller_that_took_over,
             interrupted_call_waits_for_review,
+            saga_log_round_trip,
+            saga_log_is_fenced,
+            stale_sagas_are_the_dead_owners,
+            purge_removes_finished_saga_logs,
         );
     };
     (@each $make_store:expr; $($check:ident),* $(,)?) => {
@@ -136,7 +147,7 @@ fn acquired(claim: Claim) -> (FencingToken, bool) {
     }
 }
 
-async fn claim_token(store: &dyn Store, key: &Key, lease: Duration) -> FencingToken {
+pub(crate) async fn claim_token(store: &dyn Store, key: &Key, lease: Duration) -> FencingToken {
     acquired(claim(store, key, lease).await).0
 }
 
@@ -147,7 +158,7 @@ async fn complete_ok(store: &dyn Store, key: &Key, token: FencingToken, bytes: &
         .expect("complete")
 }
 
-async fn past(duration: Duration) {
+pub(crate) async fn past(duration: Duration) {
     tokio::time::sleep(duration + Duration::from_millis(40)).await;
 }
 

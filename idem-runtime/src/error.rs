@@ -89,6 +89,36 @@ pub enum Error {
         /// The action's name.
         action: &'static str,
     },
+    /// A run of this saga id failed earlier and every step it had completed was compensated:
+    /// the saga is over, and later runs of the same id are answered with this. (The run that
+    /// failed returned its own error.) Run it under a new id to try again.
+    SagaRolledBack {
+        /// The saga's id.
+        saga: String,
+        /// Why it failed.
+        error: String,
+    },
+    /// The saga failed and could not be undone: a compensation still failed after its
+    /// retries, a step was left in doubt, or a step failed after an irreversible step. Its log
+    /// says which; an operator must settle it. Every run of the saga id gets this until then.
+    SagaNeedsAttention {
+        /// The saga's id.
+        saga: String,
+        /// What went wrong.
+        error: String,
+        /// What is left to do by hand: the compensations not done, or the steps to carry
+        /// forward.
+        pending: Vec<String>,
+    },
+    /// The saga's code and its log disagree (a step is called where the log has another step
+    /// or other arguments), or the saga's steps were not awaited one at a time, or a step's
+    /// name is not unique in this program.
+    SagaLog {
+        /// The saga's id.
+        saga: String,
+        /// What does not fit.
+        problem: String,
+    },
 }
 
 impl Error {
@@ -100,7 +130,10 @@ impl Error {
             | Error::LostOwnership { key, .. }
             | Error::NeedsReview { key, .. } => Some(key),
             Error::Store { key, .. } | Error::Codec { key, .. } => key.as_ref(),
-            Error::NoStore { .. } => None,
+            Error::NoStore { .. }
+            | Error::SagaRolledBack { .. }
+            | Error::SagaNeedsAttention { .. }
+            | Error::SagaLog { .. } => None,
         }
     }
 
@@ -179,6 +212,22 @@ impl fmt::Display for Error {
                 f,
                 "`{action}` has no store: pass `store = …` or call idem::set_default_store at start-up"
             ),
+            Error::SagaRolledBack { saga, error } => write!(
+                f,
+                "saga `{saga}` failed earlier and was rolled back (every completed step compensated): {error}"
+            ),
+            Error::SagaNeedsAttention {
+                saga,
+                error,
+                pending,
+            } => {
+                write!(f, "saga `{saga}` needs attention: {error}")?;
+                if !pending.is_empty() {
+                    write!(f, "; left to do by hand: {}", pending.join(", "))?;
+                }
+                Ok(())
+            }
+            Error::SagaLog { saga, problem } => write!(f, "saga `{saga}`: {problem}"),
         }
     }
 }

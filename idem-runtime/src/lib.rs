@@ -45,6 +45,7 @@ mod error;
 mod heartbeat;
 mod key;
 mod outcome;
+mod saga;
 pub mod store;
 
 #[cfg(feature = "conformance")]
@@ -60,4 +61,5 @@ pub use default_store::{default_store, set_default_store, set_default_store_shar
 pub use error::{BoxError, Error};
 pub use key::{canonical_json, CanonicalError, Fingerprint, Key, ParseKeyError};
 pub use outcome::{Disposition, Outcome};
+pub use saga::{recover, Recover, RecoveryReport, Retry, Saga, StepCall, Steps};
 pub use store::Store;

@@ -182,3 +182,88 @@ pub fn fail<R, T, E>(codec: &Codec<R, T, E>, action: &Action, error: Error) -> R
     failed_before_claim(action, &error);
     (codec.from_result)(Err((codec.from_error)(error)))
 }
+
+// ---- `#[saga_step]` ----
+
+pub use crate::saga::step::{
+    ArgOwned, CompensateStep, Compensation, RunStep, StepDef, StepFailure, StepFuture,
+    StepRegistration,
+};
+pub use crate::saga::StepCall;
+pub use core::borrow::Borrow;
+pub use inventory;
+
+/// The error type of a `#[saga_step]` function carries idem's errors and can be logged.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the error of a saga step: it must implement `From<idem::Error>` and `Display`",
+    label = "the error type of a `#[saga_step]` function must implement `From<idem::Error>` and `std::fmt::Display`",
+    note = "idem's own errors (a store that fails while logging the step) reach the caller through it, and its text is written to the saga log"
+)]
+pub trait StepError: From<Error> + std::fmt::Display {}
+#[diagnostic::do_not_recommend]
+impl<E: From<Error> + std::fmt::Display> StepError for E {}
+
+/// An argument of a saga step, checked to be `Serialize` (it is logged).
+pub fn step_arg<T: KeyArgument + ?Sized>(value: &T) -> &T {
+    value
+}
+
+/// The call of a `#[saga_step]` function: its arguments are encoded for the log now; its
+/// return type is checked here (the holes spanned on its `Ok` and `Err` types).
+pub fn step_call<R, T, E, A, F>(def: &'static StepDef, args: &A, body: F) -> StepCall<F>
+where
+    R: IdemReturn<Ok = T, Err = E>,
+    T: StoredValue,
+    E: StepError,
+    A: Serialize + ?Sized,
+    F: Future<Output = R>,
+{
+    StepCall::new(def, args, body)
+}
+
+/// A step's arguments, read back from the log.
+pub fn decode_args<A: DeserializeOwned>(bytes: &[u8]) -> Result<A, StepFailure> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        StepFailure::Idem(Error::codec("the logged arguments of a saga step", None, e))
+    })
+}
+
+/// A step's output, read back from the log.
+pub fn decode_output<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StepFailure> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StepFailure::Idem(Error::codec("the logged output of a saga step", None, e)))
+}
+
+/// A step's result, as the log keeps it.
+pub fn encode_output<T: Serialize, E: std::fmt::Display>(
+    result: Result<T, E>,
+) -> Result<Vec<u8>, StepFailure> {
+    match result {
+        Ok(value) => serde_json::to_vec(&value)
+            .map_err(|e| StepFailure::Idem(Error::codec("the output of a saga step", None, e))),
+        Err(error) => Err(StepFailure::Failed(error.to_string())),
+    }
+}
+
+/// What a compensation returns: a `Result` whose error can be logged.
+#[diagnostic::on_unimplemented(
+    message = "a compensation must return a `Result` whose error implements `Display`, not `{Self}`",
+    label = "this compensation does not return `Result<_, E: Display>`",
+    note = "return `Result<(), E>`: an error is retried, then logged, and leaves the saga NEEDS_ATTENTION"
+)]
+pub trait CompensationResult {
+    /// The result as the log keeps it.
+    fn into_step_result(self) -> Result<(), StepFailure>;
+}
+
+impl<T, E: std::fmt::Display> CompensationResult for Result<T, E> {
+    fn into_step_result(self) -> Result<(), StepFailure> {
+        self.map(|_| ())
+            .map_err(|e| StepFailure::Failed(e.to_string()))
+    }
+}
+
+/// A compensation's result, as the log keeps it.
+pub fn compensated<R: CompensationResult>(result: R) -> Result<(), StepFailure> {
+    result.into_step_result()
+}

@@ -7,7 +7,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::key::Key;
-use crate::store::{Claim, ClaimRequest, FencingToken, Ownership, Record, Store, StoredOutcome};
+use crate::store::{
+    Claim, ClaimRequest, FencingToken, Ownership, Record, SagaLog, SagaWrite, StaleSaga, Store,
+    StoredOutcome,
+};
 use crate::Error;
 
 macro_rules! forward_store {
@@ -55,6 +58,24 @@ macro_rules! forward_store {
 
             async fn purge_expired(&self) -> Result<u64, Error> {
                 (**self).purge_expired().await
+            }
+
+            async fn write_saga(
+                &self,
+                saga: &Key,
+                id: &str,
+                token: FencingToken,
+                write: SagaWrite<'_>,
+            ) -> Result<Ownership, Error> {
+                (**self).write_saga(saga, id, token, write).await
+            }
+
+            async fn read_saga(&self, saga: &Key) -> Result<Option<SagaLog>, Error> {
+                (**self).read_saga(saga).await
+            }
+
+            async fn stale_sagas(&self, limit: usize) -> Result<Vec<StaleSaga>, Error> {
+                (**self).stale_sagas(limit).await
             }
         }
     )*};

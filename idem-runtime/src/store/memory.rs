@@ -8,8 +8,9 @@ use async_trait::async_trait;
 
 use crate::key::{Fingerprint, Key, KeyMap};
 use crate::store::{
-    decide, millis, remaining, Claim, ClaimRequest, FencingToken, Found, Ownership, Record, Status,
-    Store, StoredOutcome, Verdict, Waiters, Write,
+    decide, millis, remaining, Claim, ClaimRequest, FencingToken, Found, Ownership, Record,
+    SagaLog, SagaStatus, SagaWrite, StaleSaga, Status, Store, StoredOutcome, Verdict, Waiters,
+    Write,
 };
 use crate::Error;
 
@@ -75,6 +76,17 @@ struct State {
     kept: usize,
     /// The action name of the last claim, shared by the records of that action.
     last_action: Option<Arc<str>>,
+    /// The logs of sagas, by the key of their claim.
+    sagas: KeyMap<SagaEntry>,
+}
+
+#[derive(Debug)]
+struct SagaEntry {
+    id: String,
+    status: SagaStatus,
+    error: Option<String>,
+    steps: Vec<crate::store::StepRecord>,
+    updated_ms: i64,
 }
 
 #[derive(Debug)]
@@ -201,8 +213,21 @@ impl State {
             return;
         }
         self.inserts = 0;
-        self.records.retain(|_, e| !is_expired_result(e, now_ms));
+        self.purge(now_ms);
         self.kept = self.records.len();
+    }
+
+    /// Removes the expired results and the logs of the sagas they ended; returns how many
+    /// records went.
+    fn purge(&mut self, now_ms: i64) -> usize {
+        let before = self.records.len();
+        self.records.retain(|_, e| !is_expired_result(e, now_ms));
+        let records = &self.records;
+        self.sagas.retain(|key, saga| {
+            records.contains_key(key)
+                || !matches!(saga.status, SagaStatus::Completed | SagaStatus::Compensated)
+        });
+        before - self.records.len()
     }
 }
 
@@ -357,10 +382,76 @@ impl Store for MemoryStore {
 
     async fn purge_expired(&self) -> Result<u64, Error> {
         let now = self.inner.now_ms();
-        let mut state = self.inner.state();
-        let before = state.records.len();
-        state.records.retain(|_, e| !is_expired_result(e, now));
-        Ok(u64::try_from(before - state.records.len()).unwrap_or(u64::MAX))
+        let purged = self.inner.state().purge(now);
+        Ok(u64::try_from(purged).unwrap_or(u64::MAX))
+    }
+
+    async fn write_saga(
+        &self,
+        saga: &Key,
+        id: &str,
+        token: FencingToken,
+        write: SagaWrite<'_>,
+    ) -> Result<Ownership, Error> {
+        let now = self.inner.now_ms();
+        let mut guard = self.inner.state();
+        let state = &mut *guard;
+        let held = state
+            .records
+            .get(saga)
+            .is_some_and(|record| record.found().renewed_by(token));
+        if !held {
+            return Ok(Ownership::Lost);
+        }
+        let log = state.sagas.entry(*saga).or_insert_with(|| SagaEntry {
+            id: id.to_owned(),
+            status: SagaStatus::Running,
+            error: None,
+            steps: Vec::new(),
+            updated_ms: now,
+        });
+        log.updated_ms = now;
+        match write {
+            SagaWrite::Status { status, error } => {
+                log.status = status;
+                log.error = error.map(str::to_owned);
+            }
+            SagaWrite::Step(step) => match log.steps.iter_mut().find(|s| s.index == step.index) {
+                Some(logged) => *logged = step.clone(),
+                None => {
+                    log.steps.push(step.clone());
+                    log.steps.sort_by_key(|s| s.index);
+                }
+            },
+        }
+        Ok(Ownership::Held)
+    }
+
+    async fn read_saga(&self, saga: &Key) -> Result<Option<SagaLog>, Error> {
+        let inner = &self.inner;
+        let state = inner.state();
+        Ok(state.sagas.get(saga).map(|log| {
+            SagaLog::new(
+                *saga,
+                log.id.clone(),
+                log.status,
+                log.error.clone(),
+                log.steps.clone(),
+                inner.wall(log.updated_ms),
+            )
+        }))
+    }
+
+    async fn stale_sagas(&self, limit: usize) -> Result<Vec<StaleSaga>, Error> {
+        let now = self.inner.now_ms();
+        let state = self.inner.state();
+        let stale = state.sagas.iter().filter_map(|(key, log)| {
+            let record = state.records.get(key)?;
+            let found = record.found();
+            (log.status.is_active() && found.is_stale_claim(now))
+                .then(|| StaleSaga::new(*key, log.id.clone(), found.fingerprint))
+        });
+        Ok(stale.take(limit).collect())
     }
 }
 

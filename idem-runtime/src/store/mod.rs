@@ -17,6 +17,7 @@
 mod forward;
 mod memory;
 mod rules;
+mod saga;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod waiters;
@@ -27,6 +28,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 
 pub use memory::MemoryStore;
+pub use saga::{SagaLog, SagaStatus, SagaWrite, StaleSaga, StepRecord, StepState};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
@@ -283,8 +285,75 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// The record of a key, if there is one (expired or not).
     async fn get(&self, key: &Key) -> Result<Option<Record>, Error>;
 
-    /// Delete the completed records whose TTL ran out; returns how many. Claims whose owner
-    /// died are kept (the next caller of the same payload resumes them) and so are records
-    /// parked for review: those are for an operator to settle.
+    /// Delete the completed records whose TTL ran out, with the logs of the sagas they ended;
+    /// returns how many records. Claims whose owner died are kept (the next caller of the
+    /// same payload resumes them) and so are records parked for review and the logs of sagas
+    /// that need attention or were interrupted: those are for an operator or their code.
     async fn purge_expired(&self) -> Result<u64, Error>;
+
+    /// Write to the log of the saga whose claim is `saga` (its id is `id`), if `token` still
+    /// holds that claim (in progress under it); otherwise write nothing and answer
+    /// [`Ownership::Lost`]. The log is created by its first write, with status
+    /// [`SagaStatus::Running`] unless the write sets another.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idem_runtime::store::{
+    ///     Claim, ClaimRequest, MemoryStore, Ownership, SagaStatus, SagaWrite, StepRecord, StepState, Store,
+    /// };
+    /// use idem_runtime::{Action, Fingerprint, OnStale};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let store = MemoryStore::new();
+    /// let saga = Action::new("saga").key(&("order-42",))?;
+    /// let request = ClaimRequest {
+    ///     key: &saga,
+    ///     fingerprint: &Fingerprint::from(saga),
+    ///     action: "saga",
+    ///     lease: Duration::from_secs(10),
+    ///     on_stale: OnStale::TakeOver,
+    /// };
+    /// let Claim::Acquired { token, .. } = store.claim(&request).await? else { unreachable!() };
+    ///
+    /// // The intent of step 0, before its side effect …
+    /// let mut step = StepRecord {
+    ///     index: 0,
+    ///     name: "charge_payment".into(),
+    ///     key: Action::new("saga_step").key(&("order-42", 0, "charge_payment"))?,
+    ///     irreversible: false,
+    ///     args: br#"["ada",1999]"#.to_vec(),
+    ///     state: StepState::Started,
+    ///     output: None,
+    ///     error: None,
+    /// };
+    /// assert_eq!(store.write_saga(&saga, "order-42", token, SagaWrite::Step(&step)).await?, Ownership::Held);
+    /// // … and its output after.
+    /// step.state = StepState::Done;
+    /// step.output = Some(br#"{"charge":"ch_1"}"#.to_vec());
+    /// assert_eq!(store.write_saga(&saga, "order-42", token, SagaWrite::Step(&step)).await?, Ownership::Held);
+    ///
+    /// let log = store.read_saga(&saga).await?.expect("the log");
+    /// assert_eq!((log.id.as_str(), log.status), ("order-42", SagaStatus::Running));
+    /// assert_eq!(log.steps, vec![step.clone()]);
+    ///
+    /// // A writer whose claim was taken over writes nothing.
+    /// let stale = SagaWrite::Status { status: SagaStatus::Completed, error: None };
+    /// assert_eq!(store.write_saga(&saga, "order-42", token + 1, stale).await?, Ownership::Lost);
+    /// # Ok::<(), idem_runtime::Error>(())
+    /// # }).unwrap();
+    /// ```
+    async fn write_saga(
+        &self,
+        saga: &Key,
+        id: &str,
+        token: FencingToken,
+        write: SagaWrite<'_>,
+    ) -> Result<Ownership, Error>;
+
+    /// The log of the saga whose claim is `saga`, if there is one.
+    async fn read_saga(&self, saga: &Key) -> Result<Option<SagaLog>, Error>;
+
+    /// Up to `limit` sagas that are running or compensating while their claim's lease has
+    /// run out: their owner died. `idem::recover` takes them over.
+    async fn stale_sagas(&self, limit: usize) -> Result<Vec<StaleSaga>, Error>;
 }

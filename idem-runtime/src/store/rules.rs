@@ -62,6 +62,11 @@ impl Found {
         self.renewed_by(token) && !self.expired(now_ms)
     }
 
+    /// A claim whose owner's lease ran out with no result: the owner died (or stalled).
+    pub(crate) fn is_stale_claim(&self, now_ms: i64) -> bool {
+        self.status == Status::InProgress && self.expired(now_ms)
+    }
+
     /// A recorded result that is still replayed.
     #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) fn is_live_result(&self, now_ms: i64) -> bool {

@@ -10,13 +10,14 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::key::{Fingerprint, Key};
 use crate::store::{
-    decide, millis, Claim, ClaimRequest, FencingToken, Found, Ownership, Record, Status, Store,
-    StoredOutcome, Verdict, Waiters, Write,
+    decide, millis, Claim, ClaimRequest, FencingToken, Found, Ownership, Record, SagaLog,
+    SagaStatus, SagaWrite, StaleSaga, Status, StepRecord, StepState, Store, StoredOutcome, Verdict,
+    Waiters, Write,
 };
 use crate::Error;
 
 /// The schema this version writes; a file with a larger `user_version` is refused.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS idem_records (
@@ -36,6 +37,27 @@ CREATE TABLE IF NOT EXISTS idem_meta (
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO idem_meta (name, value) VALUES ('fencing_token', 0);
+-- Version 2: saga logs. A saga's claim is its row in idem_records.
+CREATE TABLE IF NOT EXISTS idem_sagas (
+    key           TEXT    PRIMARY KEY,  -- the key of the saga's claim
+    id            TEXT    NOT NULL,     -- the saga's id, as its caller gave it
+    status        TEXT    NOT NULL,     -- running | compensating | completed | compensated | needs_attention | interrupted
+    error         TEXT,
+    updated_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idem_sagas_status ON idem_sagas (status);
+CREATE TABLE IF NOT EXISTS idem_saga_steps (
+    saga          TEXT    NOT NULL,     -- idem_sagas.key
+    idx           INTEGER NOT NULL,
+    name          TEXT    NOT NULL,
+    key           TEXT    NOT NULL,     -- the step's key
+    irreversible  INTEGER NOT NULL,
+    args          BLOB    NOT NULL,     -- JSON
+    state         TEXT    NOT NULL,     -- started | done | failed | compensated | compensation_failed
+    output        BLOB,                 -- JSON, once done
+    error         TEXT,
+    PRIMARY KEY (saga, idx)
+) WITHOUT ROWID;
 ";
 
 const COLUMNS: &str =
@@ -432,15 +454,209 @@ fn fenced(
     })
 }
 
-fn purge(connection: &Connection) -> Result<u64, Error> {
-    let purged = connection
+/// Deletes the expired results and the logs of the sagas they ended, in one transaction.
+fn purge(connection: &mut Connection) -> Result<u64, Error> {
+    const EXPIRED: &str =
+        "SELECT key FROM idem_records WHERE status = 'completed' AND expires_at_ms <= ?1";
+    let transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db)?;
+    let now = now_ms();
+    for sql in [
+        format!("DELETE FROM idem_saga_steps WHERE saga IN ({EXPIRED})"),
+        format!("DELETE FROM idem_sagas WHERE key IN ({EXPIRED})"),
+    ] {
+        transaction
+            .prepare_cached(&sql)
+            .map_err(db)?
+            .execute([now])
+            .map_err(db)?;
+    }
+    let purged = transaction
         .prepare_cached(
             "DELETE FROM idem_records WHERE status = 'completed' AND expires_at_ms <= ?1",
         )
         .map_err(db)?
-        .execute([now_ms()])
+        .execute([now])
         .map_err(db)?;
+    transaction.commit().map_err(db)?;
     Ok(u64::try_from(purged).unwrap_or(u64::MAX))
+}
+
+/// What a saga write needs, owned, to move to the blocking thread.
+enum OwnedSagaWrite {
+    Status {
+        status: SagaStatus,
+        error: Option<String>,
+    },
+    Step(StepRecord),
+}
+
+fn write_saga(
+    connection: &mut Connection,
+    saga: &Key,
+    id: &str,
+    token: FencingToken,
+    write: &OwnedSagaWrite,
+) -> Result<Ownership, Error> {
+    let transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db)?;
+    let held = read(&transaction, saga)?.is_some_and(|row| row.found.renewed_by(token));
+    if !held {
+        return Ok(Ownership::Lost);
+    }
+    let hex = saga.to_string();
+    let now = now_ms();
+    let (status, error) = match write {
+        OwnedSagaWrite::Status { status, error } => (Some(status.as_str()), error.as_deref()),
+        OwnedSagaWrite::Step(_) => (None, None),
+    };
+    transaction
+        .prepare_cached(
+            "INSERT INTO idem_sagas (key, id, status, error, updated_at_ms)
+             VALUES (?1, ?2, coalesce(?3, 'running'), ?4, ?5)
+             ON CONFLICT (key) DO UPDATE SET
+               status = coalesce(?3, status),
+               error = CASE WHEN ?3 IS NULL THEN error ELSE ?4 END,
+               updated_at_ms = ?5",
+        )
+        .map_err(db)?
+        .execute(params![hex, id, status, error, now])
+        .map_err(db)?;
+    if let OwnedSagaWrite::Step(step) = write {
+        transaction
+            .prepare_cached(
+                "INSERT OR REPLACE INTO idem_saga_steps
+                   (saga, idx, name, key, irreversible, args, state, output, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .map_err(db)?
+            .execute(params![
+                hex,
+                step.index,
+                step.name,
+                step.key.to_string(),
+                step.irreversible,
+                step.args,
+                step.state.as_str(),
+                step.output,
+                step.error,
+            ])
+            .map_err(db)?;
+    }
+    transaction.commit().map_err(db)?;
+    Ok(Ownership::Held)
+}
+
+/// Reads a saga's log, checking every field as [`read`] does.
+fn read_saga(connection: &Connection, saga: &Key) -> Result<Option<SagaLog>, Error> {
+    let corrupt = |what: String| {
+        Error::codec(
+            "a saga log",
+            Some(saga),
+            format!("corrupt saga log: {what}"),
+        )
+    };
+    let hex = saga.to_string();
+    let head = connection
+        .prepare_cached("SELECT id, status, error, updated_at_ms FROM idem_sagas WHERE key = ?1")
+        .map_err(db)?
+        .query_row([&hex], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, Option<String>>(2)?,
+                row.get::<_, i64>(3)?,
+            ))
+        })
+        .optional()
+        .map_err(|e| Error::codec("a saga log", Some(saga), e))?;
+    let Some((id, status, error, updated_at_ms)) = head else {
+        return Ok(None);
+    };
+    let status =
+        SagaStatus::parse(&status).ok_or_else(|| corrupt(format!("unknown status {status:?}")))?;
+    let mut statement = connection
+        .prepare_cached(
+            "SELECT idx, name, key, irreversible, args, state, output, error
+             FROM idem_saga_steps WHERE saga = ?1 ORDER BY idx",
+        )
+        .map_err(db)?;
+    let rows = statement
+        .query_map([&hex], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, bool>(3)?,
+                row.get::<_, Vec<u8>>(4)?,
+                row.get::<_, String>(5)?,
+                row.get::<_, Option<Vec<u8>>>(6)?,
+                row.get::<_, Option<String>>(7)?,
+            ))
+        })
+        .map_err(db)?;
+    let mut steps = Vec::new();
+    for row in rows {
+        let (index, name, key, irreversible, args, state, output, error) =
+            row.map_err(|e| Error::codec("a saga log", Some(saga), e))?;
+        steps.push(StepRecord {
+            index: u32::try_from(index).map_err(|_| corrupt(format!("step index {index}")))?,
+            key: key
+                .parse()
+                .map_err(|_| corrupt(format!("the key of step {index}")))?,
+            state: StepState::parse(&state)
+                .ok_or_else(|| corrupt(format!("unknown state {state:?} of step {index}")))?,
+            name,
+            irreversible,
+            args,
+            output,
+            error,
+        });
+    }
+    Ok(Some(SagaLog::new(
+        *saga,
+        id,
+        status,
+        error,
+        steps,
+        to_wall(updated_at_ms),
+    )))
+}
+
+fn stale_sagas(connection: &Connection, limit: usize) -> Result<Vec<StaleSaga>, Error> {
+    let mut statement = connection
+        .prepare_cached(
+            "SELECT s.key, s.id, r.fingerprint FROM idem_sagas s JOIN idem_records r ON r.key = s.key
+             WHERE s.status IN ('running', 'compensating')
+               AND r.status = 'in_progress' AND r.expires_at_ms <= ?1
+             LIMIT ?2",
+        )
+        .map_err(db)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = statement
+        .query_map(params![now_ms(), limit], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, Vec<u8>>(2)?,
+            ))
+        })
+        .map_err(db)?;
+    let mut stale = Vec::new();
+    for row in rows {
+        let (key, id, fingerprint) = row.map_err(|e| Error::codec("a saga log", None, e))?;
+        let corrupt = || Error::codec("a saga log", None, format!("corrupt saga row {key:?}"));
+        let key: Key = key.parse().map_err(|_| corrupt())?;
+        let fingerprint: [u8; 32] = fingerprint.try_into().map_err(|_| corrupt())?;
+        stale.push(StaleSaga::new(
+            key,
+            id,
+            Fingerprint::from_bytes(fingerprint),
+        ));
+    }
+    Ok(stale)
 }
 
 #[async_trait]
@@ -573,8 +789,43 @@ impl Store for SqliteStore {
     }
 
     async fn purge_expired(&self) -> Result<u64, Error> {
-        self.on(Use::Write, None, |connection| purge(connection))
-            .await
+        self.on(Use::Write, None, purge).await
+    }
+
+    async fn write_saga(
+        &self,
+        saga: &Key,
+        id: &str,
+        token: FencingToken,
+        write: SagaWrite<'_>,
+    ) -> Result<Ownership, Error> {
+        let (owned_key, id) = (*saga, id.to_owned());
+        let write = match write {
+            SagaWrite::Status { status, error } => OwnedSagaWrite::Status {
+                status,
+                error: error.map(str::to_owned),
+            },
+            SagaWrite::Step(step) => OwnedSagaWrite::Step(step.clone()),
+        };
+        self.on(Use::Write, Some(saga), move |connection| {
+            write_saga(connection, &owned_key, &id, token, &write)
+        })
+        .await
+    }
+
+    async fn read_saga(&self, saga: &Key) -> Result<Option<SagaLog>, Error> {
+        let owned_key = *saga;
+        self.on(Use::Read, Some(saga), move |connection| {
+            read_saga(connection, &owned_key)
+        })
+        .await
+    }
+
+    async fn stale_sagas(&self, limit: usize) -> Result<Vec<StaleSaga>, Error> {
+        self.on(Use::Read, None, move |connection| {
+            stale_sagas(connection, limit)
+        })
+        .await
     }
 }
 

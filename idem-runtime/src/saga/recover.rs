@@ -1,0 +1,269 @@
+//! Crash recovery: finishing the sagas whose owner died, from their logs.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::action::{Action, OnConflict};
+use crate::call::{execute, Call, Failed};
+use crate::context::{current_call, in_call};
+use crate::saga::ended;
+use crate::saga::retry::Retry;
+use crate::saga::rollback::rollback;
+use crate::saga::run::{saga_codec, Run, SagaEnd, SagaFailure, StoreHandle, SAGA_ACTION};
+use crate::saga::step::{registered, StepFailure};
+use crate::store::{SagaStatus, SagaWrite, StaleSaga, StepRecord, StepState, Store};
+use crate::Error;
+
+/// Finishes the sagas whose owner died (their claim's lease ran out while they were running
+/// or being undone): call it at start-up, and from time to time in long-lived services.
+///
+/// For each such saga, it takes over the claim (one recovering process per saga, however
+/// many run at once), then works from the log:
+///
+/// 1. a step left in doubt (intent logged, no output) is run again under its own key, so that
+///    the service it calls deduplicates and answers with the first run's result: that is its
+///    output;
+/// 2. a saga past an irreversible step that succeeded cannot be undone: it is marked
+///    [`Interrupted`](crate::store::SagaStatus::Interrupted) and its claim let go, for the
+///    code that runs it to run it again (which replays the finished steps and goes on);
+/// 3. any other saga is compensated, last step first, as a failed run would have been.
+///
+/// Steps are found by name among the `#[saga_step]` functions linked into this program.
+///
+/// ```
+/// use idem_runtime::{recover, store::MemoryStore};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let store = MemoryStore::new();
+/// let report = recover(&store).await?;
+/// assert!(report.is_empty(), "{report}");
+/// # Ok::<(), idem_runtime::Error>(())
+/// # }).unwrap();
+/// ```
+pub async fn recover(store: &dyn Store) -> Result<RecoveryReport, Error> {
+    Recover::new(store).run().await
+}
+
+/// [`recover`] with its settings.
+///
+/// ```
+/// use std::time::Duration;
+/// use idem_runtime::{store::MemoryStore, Recover, Retry};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let store = MemoryStore::new();
+/// let report = Recover::new(&store)
+///     .compensation_retry(Retry::new(3).backoff(Duration::from_millis(50), Duration::from_secs(1)))
+///     .limit(100)
+///     .run()
+///     .await?;
+/// assert_eq!(report.compensated.len(), 0);
+/// # Ok::<(), idem_runtime::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "recovery does nothing until it is `run`"]
+pub struct Recover<'a> {
+    store: &'a dyn Store,
+    compensation_retry: Retry,
+    lease: Duration,
+    limit: usize,
+}
+
+impl<'a> Recover<'a> {
+    /// Recovery on `store`, with the defaults: compensations retried like a saga's (5 tries,
+    /// 100 ms doubling to 5 s), a lease of 10 s while recovering, up to 1000 sagas per run.
+    pub fn new(store: &'a dyn Store) -> Self {
+        Recover {
+            store,
+            compensation_retry: Retry::default(),
+            lease: Action::DEFAULT_LEASE,
+            limit: 1000,
+        }
+    }
+
+    /// How a failing compensation is retried before the saga is left NEEDS_ATTENTION.
+    pub fn compensation_retry(mut self, retry: Retry) -> Self {
+        self.compensation_retry = retry;
+        self
+    }
+
+    /// The lease recovery holds each saga under (renewed while it works).
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How many sagas one run takes on at most.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Recovers the sagas whose owner died, and says what it did with each.
+    pub async fn run(&self) -> Result<RecoveryReport, Error> {
+        let mut report = RecoveryReport::default();
+        for saga in self.store.stale_sagas(self.limit).await? {
+            let id = saga.id.clone();
+            match self.recover_one(&saga).await {
+                Ok(()) => report.taken_elsewhere.push(id),
+                Err(SagaEnd::RolledBack { .. }) => report.compensated.push(id),
+                Err(SagaEnd::NeedsAttention(_)) => report.needs_attention.push(id),
+                Err(SagaEnd::Interrupted) => report.interrupted.push(id),
+                Err(SagaEnd::Replayed(_)) => report.taken_elsewhere.push(id),
+                Err(SagaEnd::Idem(
+                    Error::InProgress { .. }
+                    | Error::NeedsReview { .. }
+                    | Error::LostOwnership { .. },
+                )) => report.taken_elsewhere.push(id),
+                Err(SagaEnd::Idem(error)) => report.failed.push((id, error)),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Takes over one saga's claim and finishes it. `Ok` means someone else had already
+    /// finished it.
+    async fn recover_one(&self, saga: &StaleSaga) -> Result<(), SagaEnd<Error>> {
+        let action = Action::new(SAGA_ACTION)
+            .lease(self.lease)
+            .on_conflict(OnConflict::Fail);
+        let call = Call::new(&action, saga.key, saga.fingerprint);
+        let codec = saga_codec::<(), Error>();
+        let body = async {
+            let claim = current_call().ok_or_else(|| {
+                SagaEnd::Idem(Error::SagaLog {
+                    saga: saga.id.clone(),
+                    problem: "recovery ran outside the saga's claim".into(),
+                })
+            })?;
+            let run = Run::new(
+                StoreHandle::Borrowed(self.store),
+                saga.key,
+                saga.id.clone(),
+                claim.fencing_token(),
+                self.compensation_retry,
+                Retry::new(1),
+            );
+            finish(&run).await
+        };
+        match execute(call, self.store, &codec, body).await {
+            Ok(((), _)) => Ok(()),
+            Err(Failed::Idem(error)) => Err(SagaEnd::Idem(error)),
+            Err(Failed::Body(end, _) | Failed::Replayed(end, _)) => Err(end),
+        }
+    }
+}
+
+/// Settles the doubt of the last step, then compensates the saga, or hands it back to its
+/// code when it is past an irreversible step.
+async fn finish(run: &Run<'_>) -> Result<(), SagaEnd<Error>> {
+    let Some(log) = run.store.get().read_saga(&run.key).await? else {
+        return Err(SagaEnd::Idem(run.log_problem("its log is gone".into())));
+    };
+    run.state().steps = log.steps.clone();
+    if let Some(in_doubt) = log.steps.iter().find(|s| s.state == StepState::Started) {
+        if let Some(problem) = settle_doubt(run, in_doubt).await? {
+            run.set_status(SagaStatus::NeedsAttention, Some(&problem))
+                .await?;
+            let pending = vec![format!(
+                "find out whether `{}` (step {}) happened",
+                in_doubt.name, in_doubt.index
+            )];
+            return Err(SagaEnd::NeedsAttention(SagaFailure::needs_attention(
+                problem, pending,
+            )));
+        }
+    }
+    if log.status == SagaStatus::Running && run.pivot().is_some() {
+        run.set_status(SagaStatus::Interrupted, None).await?;
+        return Err(SagaEnd::Interrupted);
+    }
+    let error = log
+        .error
+        .unwrap_or_else(|| "its owner stopped before it finished".to_owned());
+    Err(ended(rollback(run, &error).await?, None))
+}
+
+/// Runs a step left in doubt again, under its own key, and logs what it learned. Returns the
+/// problem when it cannot learn anything.
+async fn settle_doubt(run: &Run<'_>, step: &StepRecord) -> Result<Option<String>, Error> {
+    let def = match registered(&step.name) {
+        Ok(def) => def,
+        Err(problem) => return Err(run.log_problem(problem)),
+    };
+    let context = run.context(def.name(), step.key, true);
+    let settled = match in_call(context, def.run(step.args.clone())).await {
+        Ok(output) => StepRecord {
+            state: StepState::Done,
+            output: Some(output),
+            ..step.clone()
+        },
+        Err(StepFailure::Failed(error)) => StepRecord {
+            state: StepState::Failed,
+            error: Some(error),
+            ..step.clone()
+        },
+        Err(StepFailure::Idem(error)) => return Ok(Some(format!(
+            "step `{}` was left in doubt and could not be run again to learn its output: {error}",
+            step.name
+        ))),
+    };
+    run.write(SagaWrite::Step(&settled)).await?;
+    Ok(None)
+}
+
+/// What [`recover`] did, saga by saga (by id).
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct RecoveryReport {
+    /// Undone: every completed step compensated.
+    pub compensated: Vec<String>,
+    /// Left NEEDS_ATTENTION: a compensation still failed, or a step in doubt could not be run
+    /// again.
+    pub needs_attention: Vec<String>,
+    /// Past an irreversible step: handed back to the code that runs them, to carry forward.
+    pub interrupted: Vec<String>,
+    /// Finished or taken by someone else meanwhile.
+    pub taken_elsewhere: Vec<String>,
+    /// Could not be recovered now (the store failed, a step is not linked into this program);
+    /// the next run tries again.
+    pub failed: Vec<(String, Error)>,
+}
+
+impl RecoveryReport {
+    /// Whether there was nothing to recover.
+    pub fn is_empty(&self) -> bool {
+        self.compensated.is_empty()
+            && self.needs_attention.is_empty()
+            && self.interrupted.is_empty()
+            && self.taken_elsewhere.is_empty()
+            && self.failed.is_empty()
+    }
+}
+
+impl fmt::Display for RecoveryReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("no saga to recover");
+        }
+        let mut parts = Vec::new();
+        for (what, ids) in [
+            ("compensated", &self.compensated),
+            ("needs attention", &self.needs_attention),
+            (
+                "interrupted (run again to carry forward)",
+                &self.interrupted,
+            ),
+            ("taken elsewhere", &self.taken_elsewhere),
+        ] {
+            if !ids.is_empty() {
+                parts.push(format!("{what}: {}", ids.join(", ")));
+            }
+        }
+        for (id, error) in &self.failed {
+            parts.push(format!("failed: {id} ({error})"));
+        }
+        f.write_str(&parts.join("; "))
+    }
+}

@@ -1,0 +1,271 @@
+//! One run of a saga under its claim: the log it writes, and how it ends.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::action::Action;
+use crate::call::{Codec, FinalErrors};
+use crate::context::CallContext;
+use crate::key::Key;
+use crate::saga::retry::Retry;
+use crate::store::{FencingToken, Ownership, SagaStatus, SagaWrite, StepRecord, Store};
+use crate::Error;
+
+/// The actions whose keys name a saga's parts: each step and each compensation is keyed by
+/// (the saga's key, the step's place, the step's name).
+static STEP_KEYS: Action = Action::new("saga_step");
+static COMPENSATION_KEYS: Action = Action::new("saga_compensation");
+
+/// The action of every saga's claim (its namespace and policy are the saga's own).
+pub(crate) const SAGA_ACTION: &str = "saga";
+
+/// A store the saga borrowed from its caller, or the default store it holds.
+#[derive(Clone)]
+pub(crate) enum StoreHandle<'a> {
+    Borrowed(&'a dyn Store),
+    Shared(Arc<dyn Store>),
+}
+
+impl StoreHandle<'_> {
+    pub(crate) fn get(&self) -> &dyn Store {
+        match self {
+            StoreHandle::Borrowed(store) => *store,
+            StoreHandle::Shared(store) => &**store,
+        }
+    }
+}
+
+/// A saga being run (or recovered) by the holder of its claim.
+pub(crate) struct Run<'a> {
+    pub(crate) store: StoreHandle<'a>,
+    pub(crate) key: Key,
+    pub(crate) id: String,
+    pub(crate) token: FencingToken,
+    pub(crate) compensation_retry: Retry,
+    pub(crate) forward_retry: Retry,
+    state: Mutex<RunState>,
+}
+
+/// What the run knows of its steps.
+#[derive(Default)]
+pub(crate) struct RunState {
+    /// The place of the next step.
+    pub(crate) next: u32,
+    /// The steps as logged, by place: read at the start, kept up to date by each write.
+    pub(crate) steps: Vec<StepRecord>,
+    /// A step is running: steps must be awaited one at a time.
+    pub(crate) busy: bool,
+}
+
+impl<'a> Run<'a> {
+    pub(crate) fn new(
+        store: StoreHandle<'a>,
+        key: Key,
+        id: String,
+        token: FencingToken,
+        compensation_retry: Retry,
+        forward_retry: Retry,
+    ) -> Self {
+        Run {
+            store,
+            key,
+            id,
+            token,
+            compensation_retry,
+            forward_retry,
+            state: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, RunState> {
+        // Every change under this lock is one assignment: a panic cannot leave it half-made.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes to the log under the saga's claim; a claim taken over is `LostOwnership`.
+    pub(crate) async fn write(&self, write: SagaWrite<'_>) -> Result<(), Error> {
+        let written = self
+            .store
+            .get()
+            .write_saga(&self.key, &self.id, self.token, write)
+            .await
+            .map_err(|e| e.with_key(&self.key))?;
+        match written {
+            Ownership::Held => {}
+            Ownership::Lost => {
+                return Err(Error::LostOwnership {
+                    key: self.key,
+                    action: SAGA_ACTION,
+                })
+            }
+        }
+        if let SagaWrite::Step(step) = write {
+            let mut state = self.state();
+            match state.steps.iter_mut().find(|s| s.index == step.index) {
+                Some(logged) => *logged = step.clone(),
+                None => state.steps.push(step.clone()),
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn set_status(
+        &self,
+        status: SagaStatus,
+        error: Option<&str>,
+    ) -> Result<(), Error> {
+        self.write(SagaWrite::Status { status, error }).await
+    }
+
+    /// The irreversible step that succeeded, if any: past it, the saga only goes forward.
+    pub(crate) fn pivot(&self) -> Option<String> {
+        self.state()
+            .steps
+            .iter()
+            .find(|s| s.irreversible && s.state == crate::store::StepState::Done)
+            .map(|s| s.name.clone())
+    }
+
+    pub(crate) fn step_key(&self, index: u32, name: &str) -> Result<Key, Error> {
+        STEP_KEYS.key(&(self.key.to_string(), index, name))
+    }
+
+    pub(crate) fn compensation_key(&self, step: &StepRecord) -> Result<Key, Error> {
+        COMPENSATION_KEYS.key(&(self.key.to_string(), step.index, &step.name))
+    }
+
+    /// The context a step's body (or compensation) sees: its own key, the saga's token.
+    pub(crate) fn context(&self, name: &'static str, key: Key, resumed: bool) -> CallContext {
+        CallContext::new(name, key, self.token, resumed)
+    }
+
+    pub(crate) fn log_problem(&self, problem: String) -> Error {
+        Error::SagaLog {
+            saga: self.id.clone(),
+            problem,
+        }
+    }
+}
+
+/// How a saga that failed was left, as recorded and replayed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SagaFailure {
+    /// `compensated` or `needs_attention`.
+    pub(crate) status: String,
+    pub(crate) error: String,
+    #[serde(default)]
+    pub(crate) pending: Vec<String>,
+}
+
+impl SagaFailure {
+    pub(crate) fn compensated(error: &str) -> Self {
+        SagaFailure {
+            status: SagaStatus::Compensated.as_str().to_owned(),
+            error: error.to_owned(),
+            pending: Vec::new(),
+        }
+    }
+
+    pub(crate) fn needs_attention(error: String, pending: Vec<String>) -> Self {
+        SagaFailure {
+            status: SagaStatus::NeedsAttention.as_str().to_owned(),
+            error,
+            pending,
+        }
+    }
+
+    /// The error every later run of the saga gets.
+    pub(crate) fn into_error(self, saga: &str) -> Error {
+        if self.status == SagaStatus::Compensated.as_str() {
+            Error::SagaRolledBack {
+                saga: saga.to_owned(),
+                error: self.error,
+            }
+        } else {
+            Error::SagaNeedsAttention {
+                saga: saga.to_owned(),
+                error: self.error,
+                pending: self.pending,
+            }
+        }
+    }
+}
+
+/// How a saga's body ends when it does not return a value; each way tells the claim protocol
+/// what to do with the saga's claim.
+pub(crate) enum SagaEnd<E> {
+    /// Every completed step was undone: recorded, and replayed to later runs. `error` is the
+    /// live run's own error, for its caller.
+    RolledBack {
+        error: Option<E>,
+        failure: SagaFailure,
+    },
+    /// Left for an operator: the claim is released; the log says why, to every later run.
+    /// (The live run's own error is in the failure's text.)
+    NeedsAttention(SagaFailure),
+    /// Its owner died past an irreversible step (found by recovery): the claim is released
+    /// for the code that runs the saga to carry it forward.
+    Interrupted,
+    /// An earlier run's recorded failure.
+    Replayed(SagaFailure),
+    /// idem could not go on (the store failed, the claim was lost): the claim is left to run
+    /// out, and then recovery (or the next run) finishes the saga from its log.
+    Idem(Error),
+}
+
+impl<E> SagaEnd<E> {
+    /// The error the caller of the saga gets.
+    pub(crate) fn into_error(self, saga: &str) -> E
+    where
+        E: From<Error>,
+    {
+        match self {
+            SagaEnd::RolledBack {
+                error: Some(error), ..
+            } => error,
+            SagaEnd::RolledBack { failure, .. }
+            | SagaEnd::NeedsAttention(failure)
+            | SagaEnd::Replayed(failure) => E::from(failure.into_error(saga)),
+            SagaEnd::Interrupted => E::from(Error::SagaLog {
+                saga: saga.to_owned(),
+                problem: "interrupted after an irreversible step; run it again to carry it forward"
+                    .to_owned(),
+            }),
+            SagaEnd::Idem(error) => E::from(error),
+        }
+    }
+}
+
+impl<E> From<Error> for SagaEnd<E> {
+    fn from(error: Error) -> Self {
+        SagaEnd::Idem(error)
+    }
+}
+
+/// The codec of a saga's claim: its value is recorded; a rollback is recorded as a final
+/// error; a failure of idem's keeps the claim for recovery; the rest release it.
+pub(crate) fn saga_codec<T, E>() -> Codec<Result<T, SagaEnd<E>>, T, SagaEnd<E>>
+where
+    T: Serialize + DeserializeOwned,
+{
+    Codec {
+        into_result: |result| result,
+        from_result: |result| result,
+        from_error: SagaEnd::Idem,
+        encode: |value| serde_json::to_vec(value),
+        decode: |bytes| serde_json::from_slice(bytes),
+        final_errors: Some(FinalErrors {
+            is_final: |end| matches!(end, SagaEnd::RolledBack { .. }),
+            encode: |end| match end {
+                SagaEnd::RolledBack { failure, .. } | SagaEnd::Replayed(failure) => {
+                    serde_json::to_vec(failure)
+                }
+                _ => serde_json::to_vec(&()),
+            },
+            decode: |bytes| serde_json::from_slice(bytes).map(SagaEnd::Replayed),
+        }),
+        keeps_claim: |end| matches!(end, SagaEnd::Idem(_)),
+    }
+}

@@ -1,0 +1,285 @@
+//! A saga step as `#[saga_step]` makes it: the call it returns, and what it registers at
+//! link time so that a process that never ran the saga can re-run or compensate the step.
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::OnceLock;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::Error;
+
+/// A boxed future of a registered step: what a process that recovers a saga runs.
+pub type StepFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Why a registered step or compensation did not succeed.
+#[derive(Debug)]
+pub enum StepFailure {
+    /// The function ran and returned this error (its `Display` text).
+    Failed(String),
+    /// Its arguments or output could not be read or written: the function's result, if it
+    /// ran, is unknown.
+    Idem(Error),
+}
+
+impl fmt::Display for StepFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StepFailure::Failed(error) => f.write_str(error),
+            StepFailure::Idem(error) => fmt::Display::fmt(error, f),
+        }
+    }
+}
+
+/// Re-runs a step from its logged arguments (JSON) and returns its output (JSON).
+pub type RunStep = fn(Vec<u8>) -> StepFuture<Result<Vec<u8>, StepFailure>>;
+
+/// Undoes a step from its logged output and arguments (both JSON).
+pub type CompensateStep = fn(Vec<u8>, Vec<u8>) -> StepFuture<Result<(), StepFailure>>;
+
+/// What `#[saga_step]` knows of one step: its name, how to run it again, and how to undo it
+/// (`None`: irreversible).
+#[derive(Debug)]
+pub struct StepDef {
+    name: &'static str,
+    run: RunStep,
+    compensate: Option<CompensateStep>,
+}
+
+impl StepDef {
+    /// A step named `name`.
+    pub const fn new(name: &'static str, run: RunStep, compensate: Option<CompensateStep>) -> Self {
+        StepDef {
+            name,
+            run,
+            compensate,
+        }
+    }
+
+    /// The step's name, as logged.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Whether the step has nothing to undo (`#[saga_step(irreversible)]`).
+    pub fn irreversible(&self) -> bool {
+        self.compensate.is_none()
+    }
+
+    pub(crate) fn run(&self, args: Vec<u8>) -> StepFuture<Result<Vec<u8>, StepFailure>> {
+        (self.run)(args)
+    }
+
+    pub(crate) fn compensation(&self) -> Option<CompensateStep> {
+        self.compensate
+    }
+}
+
+/// The link-time registration of a step (`inventory::submit!`).
+#[derive(Debug)]
+pub struct StepRegistration(pub &'static StepDef);
+
+inventory::collect!(StepRegistration);
+
+/// The steps linked into this program, by name; `Err` for a name that two steps share.
+fn registry() -> &'static HashMap<&'static str, Result<&'static StepDef, ()>> {
+    static REGISTRY: OnceLock<HashMap<&'static str, Result<&'static StepDef, ()>>> =
+        OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let mut steps = HashMap::new();
+        for StepRegistration(def) in inventory::iter::<StepRegistration> {
+            steps
+                .entry(def.name)
+                .and_modify(|found| *found = Err(()))
+                .or_insert(Ok(*def));
+        }
+        steps
+    })
+}
+
+/// The step registered under `name`.
+pub(crate) fn registered(name: &str) -> Result<&'static StepDef, String> {
+    match registry().get(name) {
+        Some(Ok(def)) => Ok(def),
+        Some(Err(())) => Err(format!(
+            "two saga steps are named `{name}`; give one another name with `#[saga_step(name = \"…\")]`"
+        )),
+        None => Err(format!(
+            "no saga step named `{name}` is linked into this program"
+        )),
+    }
+}
+
+/// One call of a `#[saga_step]` function: `.await` it for a plain call, or hand it to
+/// [`Steps::step`](crate::Steps::step) to run it as a logged step of a saga.
+///
+/// ```
+/// # use idem_runtime::StepCall;
+/// # fn show<F>(_: StepCall<F>) {}
+/// // `#[saga_step]` functions return one of these; see the `idem` crate's `saga_step`.
+/// ```
+#[must_use = "a step does nothing until it is awaited or passed to `Steps::step`"]
+pub struct StepCall<F> {
+    pub(crate) def: &'static StepDef,
+    pub(crate) args: Result<Vec<u8>, Error>,
+    pub(crate) body: F,
+}
+
+impl<F> fmt::Debug for StepCall<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StepCall")
+            .field("step", &self.def.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F> StepCall<F> {
+    /// The step's name.
+    pub fn name(&self) -> &'static str {
+        self.def.name
+    }
+}
+
+impl<F: Future> IntoFuture for StepCall<F> {
+    type Output = F::Output;
+    type IntoFuture = F;
+
+    /// The body, as a plain call: nothing is logged.
+    fn into_future(self) -> F {
+        self.body
+    }
+}
+
+impl<F> StepCall<F> {
+    /// A call of `def` with these arguments (encoded now, for the log) and this body.
+    pub(crate) fn new<A: Serialize + ?Sized>(def: &'static StepDef, args: &A, body: F) -> Self {
+        let args = serde_json::to_vec(args)
+            .map_err(|e| Error::codec("the arguments of a saga step", None, e));
+        StepCall { def, args, body }
+    }
+}
+
+/// The owned form in which a step's argument of type `&Self` is logged and read back:
+/// `String` for `&str`, `Vec<T>` for `&[T]`, `T` for `&T`.
+#[diagnostic::on_unimplemented(
+    message = "`&{Self}` cannot be an argument of a saga step: its owned form cannot be read back from the log",
+    label = "recovery reads this argument back from the saga log",
+    note = "a step's arguments must be `Serialize`, and `Deserialize` in their owned form (`String` for `&str`, `T` for `&T`)"
+)]
+pub trait ArgOwned {
+    /// The owned form.
+    type Owned: DeserializeOwned + Borrow<Self>;
+}
+
+#[diagnostic::do_not_recommend]
+impl<T: DeserializeOwned> ArgOwned for T {
+    type Owned = T;
+}
+
+impl ArgOwned for str {
+    type Owned = String;
+}
+
+impl<T: DeserializeOwned> ArgOwned for [T] {
+    type Owned = Vec<T>;
+}
+
+/// The three ways a compensation can take what the step left: the output, by value…
+#[derive(Debug)]
+pub struct Whole;
+/// … or by reference …
+#[derive(Debug)]
+pub struct Borrowed;
+
+/// A function that can undo a step whose output is `O` and whose arguments are `A`: it takes
+/// the output (by value or by reference), then optionally every argument of the step, in
+/// order. `M` tells the forms apart; it is inferred.
+#[diagnostic::on_unimplemented(
+    message = "this function cannot compensate a step whose output is `{O}`",
+    label = "a compensation takes the step's output `{O}` (by value or by reference), optionally followed by all of the step's arguments `{A}`",
+    note = "for example `async fn undo(output: {O}) -> Result<(), E>`"
+)]
+pub trait Compensation<'a, O, A, M> {
+    /// The compensation's future.
+    type Future: Future;
+    /// Calls the compensation with the output in `output` (always `Some`) and `args`.
+    fn call(self, output: &'a mut Option<O>, args: A) -> Self::Future;
+}
+
+/// The output, for a compensation that takes it by value. The slot is filled by the code
+/// `#[saga_step]` writes, right before the one call that empties it.
+fn take<O>(output: &mut Option<O>) -> O {
+    output
+        .take()
+        .expect("a compensation's output slot is filled once, for one call")
+}
+
+fn borrow<O>(output: &mut Option<O>) -> &O {
+    output
+        .as_ref()
+        .expect("a compensation's output slot is filled once, for one call")
+}
+
+impl<'a, F, Fut, O, A> Compensation<'a, O, A, (Whole,)> for F
+where
+    F: FnOnce(O) -> Fut,
+    Fut: Future,
+{
+    type Future = Fut;
+    fn call(self, output: &'a mut Option<O>, _: A) -> Fut {
+        self(take(output))
+    }
+}
+
+impl<'a, F, Fut, O: 'a, A> Compensation<'a, O, A, (Borrowed,)> for F
+where
+    F: FnOnce(&'a O) -> Fut,
+    Fut: Future,
+{
+    type Future = Fut;
+    fn call(self, output: &'a mut Option<O>, _: A) -> Fut {
+        self(borrow(output))
+    }
+}
+
+/// Compensations that also take the step's arguments, for steps of one to eight arguments.
+macro_rules! with_arguments {
+    ($($arg:ident)+) => {
+        impl<'a, F, Fut, O, $($arg),+> Compensation<'a, O, ($($arg,)+), (Whole, $($arg),+)> for F
+        where
+            F: FnOnce(O, $($arg),+) -> Fut,
+            Fut: Future,
+        {
+            type Future = Fut;
+            #[allow(non_snake_case)]
+            fn call(self, output: &'a mut Option<O>, ($($arg,)+): ($($arg,)+)) -> Fut {
+                self(take(output), $($arg),+)
+            }
+        }
+
+        impl<'a, F, Fut, O: 'a, $($arg),+> Compensation<'a, O, ($($arg,)+), (Borrowed, $($arg),+)> for F
+        where
+            F: FnOnce(&'a O, $($arg),+) -> Fut,
+            Fut: Future,
+        {
+            type Future = Fut;
+            #[allow(non_snake_case)]
+            fn call(self, output: &'a mut Option<O>, ($($arg,)+): ($($arg,)+)) -> Fut {
+                self(borrow(output), $($arg),+)
+            }
+        }
+    };
+}
+
+with_arguments!(A1);
+with_arguments!(A1 A2);
+with_arguments!(A1 A2 A3);
+with_arguments!(A1 A2 A3 A4);
+with_arguments!(A1 A2 A3 A4 A5);
+with_arguments!(A1 A2 A3 A4 A5 A6);
+with_arguments!(A1 A2 A3 A4 A5 A6 A7);
+with_arguments!(A1 A2 A3 A4 A5 A6 A7 A8);
