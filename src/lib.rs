@@ -177,11 +177,16 @@
 #[doc(inline)]
 pub use idem_macros::idempotent;
 
+#[doc = include_str!("saga_step.md")]
+#[doc(inline)]
+pub use idem_macros::saga_step;
+
 pub use idem_runtime::{
     canonical_json, current_call, current_key, default_store, observe, set_default_store,
     set_default_store_shared, Action, BoxError, Call, CallContext, CanonicalError, Disposition,
     Error, Fingerprint, Key, OnConflict, OnStale, Outcome, ParseKeyError,
 };
+pub use idem_runtime::{recover, Recover, RecoveryReport, Retry, Saga, StepCall, Steps};
 
 /// Where idem keeps its records: the [`Store`](store::Store) trait and its stores.
 pub mod store {

@@ -1,5 +1,6 @@
-//! Compile-time behaviour of `#[idempotent]`: what it accepts (`ui/pass`) and, for each
-//! mistake, the one error it reports and where (`ui/fail`, with the expected `.stderr`).
+//! Compile-time behaviour of `#[idempotent]` and `#[saga_step]` (the cases `saga_*`): what
+//! they accept (`ui/pass`) and, for each mistake, the one error reported and where
+//! (`ui/fail`, with the expected `.stderr`).
 //!
 //! Regenerate the expected output with `TRYBUILD=overwrite cargo test --test ui`, then read it.
 

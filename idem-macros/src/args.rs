@@ -1,4 +1,6 @@
-//! The options of `#[idempotent(…)]`, parsed as tokens so that every error has a span.
+//! The options of `#[idempotent(…)]`, parsed as tokens so that every error has a span, and
+//! the grammar that both attributes' options share (`Grammar`: names, unknown and duplicate
+//! options).
 
 use std::collections::BTreeSet;
 
@@ -12,20 +14,23 @@ use crate::duration::parse_millis;
 use crate::errors::Errors;
 
 /// Every option, in the order the documentation gives them.
-const OPTIONS: &[&str] = &[
-    "key",
-    "skip",
-    "name",
-    "namespace",
-    "version",
-    "ttl",
-    "lease",
-    "on_conflict",
-    "cache_err",
-    "on_stale",
-    "store",
-    "crate",
-];
+const GRAMMAR: Grammar = Grammar {
+    options: &[
+        ("key", Form::Value),
+        ("skip", Form::Value),
+        ("name", Form::Value),
+        ("namespace", Form::Value),
+        ("version", Form::Value),
+        ("ttl", Form::Value),
+        ("lease", Form::Value),
+        ("on_conflict", Form::Value),
+        ("cache_err", Form::Value),
+        ("on_stale", Form::Value),
+        ("store", Form::Value),
+        ("crate", Form::Value),
+    ],
+    example: "ttl = \"24h\"",
+};
 
 /// A duration option: its milliseconds and where it was written.
 #[derive(Debug, Clone, Copy)]
@@ -70,35 +75,9 @@ impl Args {
     pub(crate) fn parse(tokens: TokenStream) -> Result<Args, syn::Error> {
         let mut args = Args::default();
         let mut errors = Errors::default();
-        let parser = |input: ParseStream<'_>| {
-            let mut seen = BTreeSet::new();
-            while !input.is_empty() {
-                let name = parse_option_name(input)?;
-                let label = name.to_string();
-                if !input.peek(Token![=]) {
-                    let message = if OPTIONS.contains(&label.as_str()) {
-                        format!("expected `{label} = …`: options are written `name = value`")
-                    } else {
-                        unknown_option(&label)
-                    };
-                    return Err(syn::Error::new(name.span(), message));
-                }
-                input.parse::<Token![=]>()?;
-                if !seen.insert(label.clone()) {
-                    errors.at(&name, format!("duplicate option `{label}`"));
-                }
-                args.parse_value(&label, &name, input, &mut errors)?;
-                if input.is_empty() {
-                    break;
-                }
-                input.parse::<Token![,]>()?;
-            }
-            Ok(())
-        };
-        // A syntax error stops the reading; the mistakes found before it are reported too.
-        if let Err(error) = parser.parse2(tokens) {
-            errors.push(error);
-        }
+        GRAMMAR.parse(tokens, &mut errors, |label, name, input, errors| {
+            args.parse_value(label, name, input, errors)
+        });
         errors.finish(args)
     }
 
@@ -151,43 +130,10 @@ impl Args {
             "cache_err" => self.cache_err = Some(input.parse()?),
             "store" => self.store = Some(input.parse()?),
             "crate" => self.krate = Some(input.call(Path::parse_mod_style)?),
-            _ => {
-                errors.at(name, unknown_option(label));
-                // Skip the value so that the options after it are still read.
-                input.parse::<Expr>()?;
-            }
+            _ => errors.at(name, GRAMMAR.unknown(label)),
         }
         Ok(())
     }
-}
-
-/// `key`, `skip`, … or `crate`, which is a keyword.
-fn parse_option_name(input: ParseStream<'_>) -> syn::Result<Ident> {
-    if input.peek(Token![crate]) {
-        let token: Token![crate] = input.parse()?;
-        return Ok(Ident::new("crate", token.span));
-    }
-    input.parse::<Ident>().map_err(|e| {
-        syn::Error::new(
-            e.span(),
-            format!(
-                "expected an option, as in `ttl = \"24h\"`: one of {}",
-                expected_options()
-            ),
-        )
-    })
-}
-
-fn unknown_option(label: &str) -> String {
-    format!(
-        "unknown option `{label}`: expected one of {}",
-        expected_options()
-    )
-}
-
-fn expected_options() -> String {
-    let quoted: Vec<String> = OPTIONS.iter().map(|o| format!("`{o}`")).collect();
-    quoted.join(", ")
 }
 
 fn parse_list<T>(
@@ -204,7 +150,7 @@ fn parse_list<T>(
     Ok(items.into_iter().collect())
 }
 
-fn non_empty(label: &str, text: LitStr, errors: &mut Errors) -> LitStr {
+pub(crate) fn non_empty(label: &str, text: LitStr, errors: &mut Errors) -> LitStr {
     if text.value().is_empty() {
         errors.at(&text, format!("`{label}` must not be empty"));
     }
@@ -258,4 +204,124 @@ fn parse_on_stale(input: ParseStream<'_>) -> syn::Result<OnStale> {
             "expected `takeover` (run the body again) or `review` (park the key for an operator)",
         )),
     }
+}
+
+/// How an option is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Form {
+    /// `name = value`.
+    Value,
+    /// The name alone, as `irreversible`.
+    Word,
+}
+
+/// The options one attribute takes.
+pub(crate) struct Grammar {
+    /// Each option and how it is written, in the order the documentation gives them.
+    pub(crate) options: &'static [(&'static str, Form)],
+    /// One option as written, for the error about a token that is not an option.
+    pub(crate) example: &'static str,
+}
+
+impl Grammar {
+    /// Reads `name = value, word, …` into `errors` and `value`, which reads what follows
+    /// `name =` for each known option (nothing for a word). Unknown and duplicate options
+    /// are reported here, for every attribute, and the reading goes on after them; a syntax
+    /// error stops it, and the mistakes found before it are reported too.
+    pub(crate) fn parse(
+        &self,
+        tokens: TokenStream,
+        errors: &mut Errors,
+        mut value: impl FnMut(&str, &Ident, ParseStream<'_>, &mut Errors) -> syn::Result<()>,
+    ) {
+        let parser = |input: ParseStream<'_>| {
+            let mut seen = BTreeSet::new();
+            while !input.is_empty() {
+                let name = self.parse_name(input)?;
+                let label = name.to_string();
+                let has_value = input.peek(Token![=]);
+                match self.form(&label) {
+                    Some(Form::Value) if !has_value => {
+                        return Err(syn::Error::new(
+                            name.span(),
+                            format!("expected `{label} = …`: options are written `name = value`"),
+                        ));
+                    }
+                    None => {
+                        errors.at(&name, self.unknown(&label));
+                        if has_value {
+                            skip_value(input)?;
+                        }
+                    }
+                    Some(form) => {
+                        if form == Form::Word && has_value {
+                            errors.at(
+                                &name,
+                                format!("`{label}` takes no value: write `{label}` alone"),
+                            );
+                            skip_value(input)?;
+                        } else if has_value {
+                            input.parse::<Token![=]>()?;
+                        }
+                        if !seen.insert(label.clone()) {
+                            errors.at(&name, format!("duplicate option `{label}`"));
+                        }
+                        value(&label, &name, input, errors)?;
+                    }
+                }
+                if input.is_empty() {
+                    break;
+                }
+                input.parse::<Token![,]>()?;
+            }
+            Ok(())
+        };
+        if let Err(error) = parser.parse2(tokens) {
+            errors.push(error);
+        }
+    }
+
+    fn form(&self, label: &str) -> Option<Form> {
+        self.options
+            .iter()
+            .find(|(option, _)| *option == label)
+            .map(|(_, form)| *form)
+    }
+
+    /// An option's name: an identifier, or `crate`, which is a keyword.
+    fn parse_name(&self, input: ParseStream<'_>) -> syn::Result<Ident> {
+        if input.peek(Token![crate]) {
+            let token: Token![crate] = input.parse()?;
+            return Ok(Ident::new("crate", token.span));
+        }
+        input.parse::<Ident>().map_err(|e| {
+            syn::Error::new(
+                e.span(),
+                format!(
+                    "expected an option, as in `{}`: one of {}",
+                    self.example,
+                    self.expected()
+                ),
+            )
+        })
+    }
+
+    pub(crate) fn unknown(&self, label: &str) -> String {
+        format!(
+            "unknown option `{label}`: expected one of {}",
+            self.expected()
+        )
+    }
+
+    fn expected(&self) -> String {
+        let quoted: Vec<String> = self.options.iter().map(|(o, _)| format!("`{o}`")).collect();
+        quoted.join(", ")
+    }
+}
+
+/// Skips `= value`, so that the options after a mistaken one are still read.
+fn skip_value(input: ParseStream<'_>) -> syn::Result<()> {
+    input.parse::<Token![=]>()?;
+    input.parse::<Expr>()?;
+    Ok(())
 }

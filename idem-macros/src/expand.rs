@@ -25,6 +25,7 @@ use syn::{Ident, ItemFn, LitStr};
 use crate::args::{Args, Millis, OnConflict, OnStale};
 use crate::errors::with_errors;
 use crate::function::{async_trait_body, result_types, Function, Shape};
+use crate::spans::{first_and_last, internal, located, respan};
 
 /// `#[idempotent(attr)] item`.
 pub(crate) fn idempotent(attr: TokenStream, item: TokenStream) -> TokenStream {
@@ -47,41 +48,6 @@ pub(crate) fn idempotent(attr: TokenStream, item: TokenStream) -> TokenStream {
         Ok(function) => rewrite(&function, &args),
         Err(error) => with_errors(item, &error),
     }
-}
-
-/// An identifier the user's code cannot see or shadow.
-fn internal(name: &str) -> Ident {
-    Ident::new(name, Span::mixed_site())
-}
-
-/// A span that shows `user`'s tokens in errors but still reads as generated code to lints
-/// (`unused_qualifications`, clippy) and to name resolution.
-fn located(user: Span) -> Span {
-    Span::call_site().located_at(user)
-}
-
-/// Where `written` starts and ends. rustc shows an expression from its first token to its
-/// last, so generated code that starts at `first` and ends at `last` is reported on all of
-/// `written` (`Span::join` is not stable).
-fn first_and_last(written: &dyn ToTokens) -> (Span, Span) {
-    let mut spans = written.to_token_stream().into_iter().map(|t| t.span());
-    let first = spans.next().map_or_else(Span::call_site, located);
-    let last = spans.last().map_or(first, located);
-    (first, last)
-}
-
-/// `tokens` (a path such as `::idem::__private`) shown at `user`, each token keeping its own
-/// hygiene: an error about a call through it then points at the user's code, not at the
-/// attribute.
-fn respan(tokens: &TokenStream, user: Span) -> TokenStream {
-    tokens
-        .clone()
-        .into_iter()
-        .map(|mut token| {
-            token.set_span(token.span().located_at(user));
-            token
-        })
-        .collect()
 }
 
 fn rewrite(function: &Function, args: &Args) -> TokenStream {

@@ -35,7 +35,7 @@ pub fn key_arg<T: KeyArgument>(value: &T) -> KeyArg<'_> {
 
 /// An `#[idempotent]` function returns a `Result`.
 #[diagnostic::on_unimplemented(
-    message = "an `#[idempotent]` function must return a `Result`, not `{Self}`",
+    message = "an `#[idempotent]` or `#[saga_step]` function must return a `Result`, not `{Self}`",
     label = "not a `Result`",
     note = "return `Result<T, E>`: `T` (`Serialize + DeserializeOwned`) is recorded and replayed, `E` (`From<idem::Error>`) also carries idem's own errors"
 )]
@@ -65,7 +65,7 @@ impl<T, E> IdemReturn for Result<T, E> {
 
 /// The `Ok` type of an `#[idempotent]` function is recorded and replayed.
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be recorded and replayed: the `Ok` type of an `#[idempotent]` function must implement `Serialize` and `DeserializeOwned`",
+    message = "`{Self}` cannot be recorded and replayed: the `Ok` type of an `#[idempotent]` or `#[saga_step]` function must implement `Serialize` and `DeserializeOwned`",
     label = "the `Ok` type must be `Serialize + DeserializeOwned`",
     note = "derive `serde::Serialize` and `serde::Deserialize` for it; borrowed types such as `&str` cannot be replayed, return owned ones (`String`)"
 )]
@@ -203,22 +203,38 @@ pub trait StepError: From<Error> + std::fmt::Display {}
 #[diagnostic::do_not_recommend]
 impl<E: From<Error> + std::fmt::Display> StepError for E {}
 
-/// An argument of a saga step, checked to be `Serialize` (it is logged).
-pub fn step_arg<T: KeyArgument + ?Sized>(value: &T) -> &T {
-    value
+/// An argument of a saga step is logged.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be an argument of a saga step: it is not `serde::Serialize`",
+    label = "this argument is logged before the step runs",
+    note = "derive `serde::Serialize` and `serde::Deserialize` for it: recovery calls the step again with the arguments read back from the log; handles (clients, pools) belong in statics, not in a step's arguments"
+)]
+pub trait StepArgument: Serialize {}
+#[diagnostic::do_not_recommend]
+impl<T: Serialize + ?Sized> StepArgument for T {}
+
+/// A step's arguments, encoded for the log.
+#[derive(Debug)]
+pub struct StepArgs(Result<Vec<u8>, Error>);
+
+/// Encodes a step's arguments (a tuple of references to them) for the log, before they move
+/// into the step's body.
+pub fn step_args<A: Serialize + ?Sized>(args: &A) -> StepArgs {
+    StepArgs(
+        serde_json::to_vec(args).map_err(|e| Error::codec("the arguments of a saga step", None, e)),
+    )
 }
 
-/// The call of a `#[saga_step]` function: its arguments are encoded for the log now; its
-/// return type is checked here (the holes spanned on its `Ok` and `Err` types).
-pub fn step_call<R, T, E, A, F>(def: &'static StepDef, args: &A, body: F) -> StepCall<F>
+/// The call of a `#[saga_step]` function; its return type is checked here (the holes
+/// spanned on its `Ok` and `Err` types).
+pub fn step_call<R, T, E, F>(def: &'static StepDef, args: StepArgs, body: F) -> StepCall<F>
 where
     R: IdemReturn<Ok = T, Err = E>,
     T: StoredValue,
     E: StepError,
-    A: Serialize + ?Sized,
     F: Future<Output = R>,
 {
-    StepCall::new(def, args, body)
+    StepCall::new(def, args.0, body)
 }
 
 /// A step's arguments, read back from the log.

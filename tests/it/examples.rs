@@ -40,3 +40,24 @@ fn email_agent_sends_one_email_for_three_attempts() {
         "the restarted agent's call must be a replay:\n{stdout}"
     );
 }
+
+#[test]
+fn contract_saga_completes_rolls_back_and_recovers_a_killed_agent() {
+    let output = Command::new(example("contract_saga"))
+        .output()
+        .expect("run the example");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the example failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "summary: order-1 completed, order-2 compensated (contract deleted: true), \
+             order-3 compensated after SIGKILL (1 charge, 1 refund); charges 2, refunds 1"
+        ),
+        "unexpected summary:\n{stdout}"
+    );
+    assert!(stdout.contains("✝ agent killed"), "{stdout}");
+}

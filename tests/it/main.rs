@@ -2,10 +2,15 @@
 //! One test binary, so the crate is linked once.
 
 mod behaviour;
+mod child;
 mod composition;
 mod default_store;
 mod events;
 mod examples;
+mod faulty_store;
 mod processes;
+mod saga_crashes;
+mod saga_world;
+mod sagas;
 mod store_faults;
 mod support;

@@ -4,33 +4,14 @@
 //! The parent test starts this same test binary again as child processes, running the
 //! ignored test `processes::child`, which reads what to do from its environment.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use idem::store::SqliteStore;
 use idem::{current_call, idempotent, observe};
 
+use crate::child::{append, ledger_lines, say, temp_folder, var, ChildProcess};
 use crate::support::{Receipt, ToolError};
-
-/// Appends one line to the ledger file: the side effect, visible to every process.
-fn append(ledger: &Path, line: &str) {
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(ledger)
-        .expect("open the ledger");
-    writeln!(file, "{line}").expect("write the ledger");
-}
-
-fn ledger_lines(ledger: &Path) -> Vec<String> {
-    std::fs::read_to_string(ledger)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
 
 #[idempotent(skip = [store, ledger, hang], store = store, lease = "300ms")]
 async fn ship_order(
@@ -57,17 +38,10 @@ async fn ship_order(
     })
 }
 
-fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
-
 /// The child's side: open the store, wait for the start signal, make the call, print it.
 #[test]
 #[ignore = "run by the tests of this module as a child process"]
 fn child() {
-    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
     let (db, ledger, go) = (
         PathBuf::from(var("IDEM_DB")),
         PathBuf::from(var("IDEM_LEDGER")),
@@ -95,73 +69,23 @@ fn child() {
         .expect("the child finishes in time");
 }
 
-/// A child process and the lines it prints.
-struct ChildProcess {
-    child: Child,
-    lines: std::io::Lines<BufReader<ChildStdout>>,
-}
-
-impl ChildProcess {
-    fn start(folder: &Path, hang: bool) -> Self {
-        let mut child = Command::new(std::env::current_exe().expect("the test binary"))
-            .args([
-                "processes::child",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("IDEM_DB", folder.join("idem.db"))
-            .env("IDEM_LEDGER", folder.join("ledger.txt"))
-            .env("IDEM_GO", folder.join("go"))
-            .env("IDEM_HANG", if hang { "1" } else { "0" })
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start a child process");
-        let lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-        ChildProcess { child, lines }
-    }
-
-    /// Reads lines until one holds `word` (the test harness may print before it on the same
-    /// line); returns what follows it.
-    fn expect(&mut self, word: &str) -> String {
-        for line in self.lines.by_ref() {
-            let line = line.expect("read the child's output");
-            if let Some((_, rest)) = line.split_once(word) {
-                return rest.trim().to_owned();
-            }
-        }
-        panic!("the child process ended without printing {word}");
-    }
-
-    fn finish(mut self) {
-        let status = self.child.wait().expect("wait for the child");
-        assert!(status.success(), "the child process failed: {status}");
-    }
-}
-
-impl Drop for ChildProcess {
-    /// A test that fails part-way leaves no child behind.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn temp_folder(name: &str) -> PathBuf {
-    let folder = std::env::temp_dir().join(format!("idem-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&folder);
-    std::fs::create_dir_all(&folder).expect("a temporary folder");
-    folder
+/// A child that runs `child` above on the files of `folder`.
+fn start(folder: &Path, hang: bool) -> ChildProcess {
+    ChildProcess::start(
+        "processes::child",
+        &[
+            ("IDEM_DB", folder.join("idem.db")),
+            ("IDEM_LEDGER", folder.join("ledger.txt")),
+            ("IDEM_GO", folder.join("go")),
+            ("IDEM_HANG", PathBuf::from(if hang { "1" } else { "0" })),
+        ],
+    )
 }
 
 #[test]
 fn two_processes_race_on_one_sqlite_file_and_the_body_runs_once() {
     let folder = temp_folder("race");
-    let mut children = [
-        ChildProcess::start(&folder, false),
-        ChildProcess::start(&folder, false),
-    ];
+    let mut children = [start(&folder, false), start(&folder, false)];
     for child in &mut children {
         child.expect("READY");
     }
@@ -204,15 +128,11 @@ fn a_process_killed_inside_the_body_is_taken_over_by_the_next() {
     let folder = temp_folder("crash");
     std::fs::write(folder.join("go"), b"").expect("start signal");
 
-    let mut doomed = ChildProcess::start(&folder, true);
+    let mut doomed = start(&folder, true);
     doomed.expect("STARTED");
-    doomed
-        .child
-        .kill()
-        .expect("SIGKILL the child inside its body");
-    let _ = doomed.child.wait();
+    doomed.kill(); // SIGKILL, inside the body
 
-    let mut next = ChildProcess::start(&folder, false);
+    let mut next = start(&folder, false);
     let result = next.expect("RESULT");
     next.finish();
     assert!(

@@ -1,82 +1,23 @@
 //! What a call does when the store fails after the body ran: the value is not lost, and the
 //! caller is told it was not recorded.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::AtomicUsize;
 
-use async_trait::async_trait;
-use idem::store::{
-    Claim, ClaimRequest, FencingToken, MemoryStore, Ownership, Record, Store, StoredOutcome,
-};
-use idem::{idempotent, observe, Disposition, Error, Key};
+use idem::store::Store;
+use idem::{idempotent, observe, Disposition};
 
+use crate::faulty_store::FaultyStore;
 use crate::support::{Ledger, ToolError};
 
-/// A real memory store whose `complete` fails the first `failures` times, as a store does
-/// when its server restarts or its file is locked.
-#[derive(Debug)]
-struct FlakyCompletes {
-    inner: MemoryStore,
-    failures: AtomicUsize,
-}
-
-#[async_trait]
-impl Store for FlakyCompletes {
-    fn name(&self) -> &'static str {
-        "flaky"
-    }
-
-    async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
-        self.inner.claim(request).await
-    }
-
-    async fn complete(
-        &self,
-        key: &Key,
-        token: FencingToken,
-        outcome: StoredOutcome,
-        ttl: Duration,
-    ) -> Result<Ownership, Error> {
-        let failed = self
-            .failures
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        if failed.is_ok() {
-            return Err(Error::store("flaky", Some(key), "connection reset"));
-        }
-        self.inner.complete(key, token, outcome, ttl).await
-    }
-
-    async fn release(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
-        self.inner.release(key, token).await
-    }
-
-    async fn heartbeat(
-        &self,
-        key: &Key,
-        token: FencingToken,
-        lease: Duration,
-    ) -> Result<Ownership, Error> {
-        self.inner.heartbeat(key, token, lease).await
-    }
-
-    async fn get(&self, key: &Key) -> Result<Option<Record>, Error> {
-        self.inner.get(key).await
-    }
-
-    async fn purge_expired(&self) -> Result<u64, Error> {
-        self.inner.purge_expired().await
-    }
-}
-
 #[idempotent(skip = [store, ledger], store = store, lease = "2s")]
-async fn charge(store: &FlakyCompletes, ledger: &Ledger, order: u32) -> Result<usize, ToolError> {
+async fn charge(store: &FaultyStore, ledger: &Ledger, order: u32) -> Result<usize, ToolError> {
     Ok(ledger.record())
 }
 
-fn flaky(failures: usize) -> FlakyCompletes {
-    FlakyCompletes {
-        inner: MemoryStore::new(),
-        failures: AtomicUsize::new(failures),
+fn flaky(failures: usize) -> FaultyStore {
+    FaultyStore {
+        failing_completes: AtomicUsize::new(failures),
+        ..FaultyStore::new()
     }
 }
 

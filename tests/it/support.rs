@@ -51,3 +51,13 @@ impl Ledger {
         self.0.load(Ordering::SeqCst)
     }
 }
+
+impl std::fmt::Display for ToolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ToolError::Transient(why) => write!(f, "transient: {why}"),
+            ToolError::Declined(why) => write!(f, "declined: {why}"),
+            ToolError::Idem(why) => write!(f, "idem: {why}"),
+        }
+    }
+}

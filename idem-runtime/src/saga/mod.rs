@@ -379,6 +379,7 @@ impl Steps<'_> {
             }
             Some(logged) => match (logged.state, &logged.output) {
                 (StepState::Done, Some(output)) => {
+                    step_event(run, &logged, "replayed");
                     return serde_json::from_slice(output).map_err(|e| {
                         E::from(Error::codec("the logged output of a saga step", Some(&logged.key), e))
                     })
@@ -436,14 +437,31 @@ impl Steps<'_> {
                 record.state = StepState::Done;
                 record.output = Some(output);
                 run.write(SagaWrite::Step(&record)).await.map_err(E::from)?;
+                step_event(run, &record, if resumed { "resumed" } else { "executed" });
                 Ok(value)
             }
             Err(error) => {
                 record.state = StepState::Failed;
                 record.error = Some(error.to_string());
                 run.write(SagaWrite::Step(&record)).await.map_err(E::from)?;
+                step_event(run, &record, "failed");
                 Err(error)
             }
         }
     }
+}
+
+/// The event of a step (target `idem`, INFO): the saga's id, the step's name, place and key,
+/// and what happened (`executed`, `resumed`, `replayed`, `failed`, `compensated`,
+/// `compensation_failed`). Arguments and outputs are not in it.
+pub(crate) fn step_event(run: &Run<'_>, step: &StepRecord, outcome: &'static str) {
+    tracing::info!(
+        target: "idem",
+        saga = %run.id,
+        step = %step.name,
+        index = step.index,
+        key = %step.key,
+        outcome,
+        "saga step",
+    );
 }

@@ -5,13 +5,12 @@ use std::time::Duration;
 
 use crate::action::{Action, OnConflict};
 use crate::call::{execute, Call, Failed};
-use crate::context::{current_call, in_call};
+use crate::context::current_call;
 use crate::saga::ended;
 use crate::saga::retry::Retry;
-use crate::saga::rollback::rollback;
-use crate::saga::run::{saga_codec, Run, SagaEnd, SagaFailure, StoreHandle, SAGA_ACTION};
-use crate::saga::step::{registered, StepFailure};
-use crate::store::{SagaStatus, SagaWrite, StaleSaga, StepRecord, StepState, Store};
+use crate::saga::rollback::{rollback, settle_doubt};
+use crate::saga::run::{saga_codec, Run, SagaEnd, StoreHandle, SAGA_ACTION};
+use crate::store::{SagaStatus, StaleSaga, Store};
 use crate::Error;
 
 /// Finishes the sagas whose owner died (their claim's lease ran out while they were running
@@ -129,7 +128,7 @@ impl<'a> Recover<'a> {
             .lease(self.lease)
             .on_conflict(OnConflict::Fail);
         let call = Call::new(&action, saga.key, saga.fingerprint);
-        let codec = saga_codec::<(), Error>();
+        let codec = saga_codec::<Finished, Error>();
         let body = async {
             let claim = current_call().ok_or_else(|| {
                 SagaEnd::Idem(Error::SagaLog {
@@ -148,32 +147,38 @@ impl<'a> Recover<'a> {
             finish(&run).await
         };
         match execute(call, self.store, &codec, body).await {
-            Ok(((), _)) => Ok(()),
+            Ok((Finished, _)) => Ok(()),
             Err(Failed::Idem(error)) => Err(SagaEnd::Idem(error)),
             Err(Failed::Body(end, _) | Failed::Replayed(end, _)) => Err(end),
         }
     }
 }
 
+/// The value of a saga someone else completed meanwhile, whatever its type: recovery only
+/// needs to know that it is there.
+struct Finished;
+
+impl serde::Serialize for Finished {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_unit()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Finished {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(deserializer).map(|_| Finished)
+    }
+}
+
 /// Settles the doubt of the last step, then compensates the saga, or hands it back to its
 /// code when it is past an irreversible step.
-async fn finish(run: &Run<'_>) -> Result<(), SagaEnd<Error>> {
+async fn finish(run: &Run<'_>) -> Result<Finished, SagaEnd<Error>> {
     let Some(log) = run.store.get().read_saga(&run.key).await? else {
         return Err(SagaEnd::Idem(run.log_problem("its log is gone".into())));
     };
     run.state().steps = log.steps.clone();
-    if let Some(in_doubt) = log.steps.iter().find(|s| s.state == StepState::Started) {
-        if let Some(problem) = settle_doubt(run, in_doubt).await? {
-            run.set_status(SagaStatus::NeedsAttention, Some(&problem))
-                .await?;
-            let pending = vec![format!(
-                "find out whether `{}` (step {}) happened",
-                in_doubt.name, in_doubt.index
-            )];
-            return Err(SagaEnd::NeedsAttention(SagaFailure::needs_attention(
-                problem, pending,
-            )));
-        }
+    if let Err(attention) = settle_doubt(run).await? {
+        return Err(SagaEnd::NeedsAttention(attention));
     }
     if log.status == SagaStatus::Running && run.pivot().is_some() {
         run.set_status(SagaStatus::Interrupted, None).await?;
@@ -183,34 +188,6 @@ async fn finish(run: &Run<'_>) -> Result<(), SagaEnd<Error>> {
         .error
         .unwrap_or_else(|| "its owner stopped before it finished".to_owned());
     Err(ended(rollback(run, &error).await?, None))
-}
-
-/// Runs a step left in doubt again, under its own key, and logs what it learned. Returns the
-/// problem when it cannot learn anything.
-async fn settle_doubt(run: &Run<'_>, step: &StepRecord) -> Result<Option<String>, Error> {
-    let def = match registered(&step.name) {
-        Ok(def) => def,
-        Err(problem) => return Err(run.log_problem(problem)),
-    };
-    let context = run.context(def.name(), step.key, true);
-    let settled = match in_call(context, def.run(step.args.clone())).await {
-        Ok(output) => StepRecord {
-            state: StepState::Done,
-            output: Some(output),
-            ..step.clone()
-        },
-        Err(StepFailure::Failed(error)) => StepRecord {
-            state: StepState::Failed,
-            error: Some(error),
-            ..step.clone()
-        },
-        Err(StepFailure::Idem(error)) => return Ok(Some(format!(
-            "step `{}` was left in doubt and could not be run again to learn its output: {error}",
-            step.name
-        ))),
-    };
-    run.write(SagaWrite::Step(&settled)).await?;
-    Ok(None)
 }
 
 /// What [`recover`] did, saga by saga (by id).

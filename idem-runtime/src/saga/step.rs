@@ -9,7 +9,6 @@ use std::pin::Pin;
 use std::sync::OnceLock;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use crate::Error;
 
@@ -155,10 +154,8 @@ impl<F: Future> IntoFuture for StepCall<F> {
 }
 
 impl<F> StepCall<F> {
-    /// A call of `def` with these arguments (encoded now, for the log) and this body.
-    pub(crate) fn new<A: Serialize + ?Sized>(def: &'static StepDef, args: &A, body: F) -> Self {
-        let args = serde_json::to_vec(args)
-            .map_err(|e| Error::codec("the arguments of a saga step", None, e));
+    /// A call of `def` with these arguments (encoded for the log) and this body.
+    pub(crate) fn new(def: &'static StepDef, args: Result<Vec<u8>, Error>, body: F) -> Self {
         StepCall { def, args, body }
     }
 }
@@ -166,7 +163,7 @@ impl<F> StepCall<F> {
 /// The owned form in which a step's argument of type `&Self` is logged and read back:
 /// `String` for `&str`, `Vec<T>` for `&[T]`, `T` for `&T`.
 #[diagnostic::on_unimplemented(
-    message = "`&{Self}` cannot be an argument of a saga step: its owned form cannot be read back from the log",
+    message = "`{Self}` cannot be read back from the saga log: a step's argument must be `Deserialize` in its owned form",
     label = "recovery reads this argument back from the saga log",
     note = "a step's arguments must be `Serialize`, and `Deserialize` in their owned form (`String` for `&str`, `T` for `&T`)"
 )]

@@ -1,0 +1,39 @@
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+struct Charge {
+    id: String,
+}
+
+#[derive(Debug)]
+struct PayError;
+
+impl From<idem::Error> for PayError {
+    fn from(_: idem::Error) -> Self {
+        PayError
+    }
+}
+
+impl std::fmt::Display for PayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("payment failed")
+    }
+}
+
+#[idem::saga_step(compensate = refund)]
+async fn charge(customer: &str, attempts: &mut u32) -> Result<Charge, PayError> {
+    *attempts += 1;
+    Ok(Charge {
+        id: format!("{customer}/{attempts}"),
+    })
+}
+
+async fn refund(charge: Charge) -> Result<(), PayError> {
+    let _ = charge.id;
+    Ok(())
+}
+
+fn main() {
+    let _ = charge("customer-42", &mut 0);
+    let _ = refund;
+}

@@ -1,0 +1,42 @@
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+struct Charge {
+    id: String,
+}
+
+#[derive(Debug)]
+struct PayError;
+
+impl From<idem::Error> for PayError {
+    fn from(_: idem::Error) -> Self {
+        PayError
+    }
+}
+
+impl std::fmt::Display for PayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("payment failed")
+    }
+}
+
+struct Payments;
+
+impl Payments {
+    #[idem::saga_step(compensate = refund)]
+    async fn charge(&self, customer: &str, cents: u64) -> Result<Charge, PayError> {
+        Ok(Charge {
+            id: format!("{customer}/{cents}"),
+        })
+    }
+}
+
+async fn refund(charge: Charge) -> Result<(), PayError> {
+    let _ = charge.id;
+    Ok(())
+}
+
+fn main() {
+    let _ = Payments.charge("customer-42", 1999);
+    let _ = refund;
+}
