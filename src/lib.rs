@@ -45,6 +45,8 @@
 //! - [`current_key`], [`current_call`]: what a body passes downstream (an `Idempotency-Key`).
 //! - [`observe`]: whether a call executed or replayed, for callers that care.
 //! - [`Action`] and [`Call`]: the same protocol without the macro.
+//! - [`saga_step`], [`Saga`], [`recover`]: steps that are undone in reverse order when a later
+//!   one fails, with a durable log that a new process recovers from.
 //!
 //! ## Keys
 //!

@@ -902,6 +902,58 @@ mod tests {
         }
     }
 
+    /// A file made by the first version (no saga tables) opens, keeps its records, and gets
+    /// the saga tables.
+    #[tokio::test]
+    async fn a_version_1_file_is_upgraded_in_place() {
+        let path = temp_file("version-1.db");
+        {
+            let connection = Connection::open(&path).expect("open");
+            connection
+                .execute_batch(
+                    "CREATE TABLE idem_records (
+                        key TEXT PRIMARY KEY, action TEXT NOT NULL, status TEXT NOT NULL,
+                        token INTEGER NOT NULL, fingerprint BLOB NOT NULL, outcome TEXT,
+                        result BLOB, created_at_ms INTEGER NOT NULL, expires_at_ms INTEGER
+                     ) WITHOUT ROWID;
+                     CREATE TABLE idem_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+                     INSERT INTO idem_meta (name, value) VALUES ('fencing_token', 41);
+                     PRAGMA user_version = 1;",
+                )
+                .expect("a version-1 file");
+        }
+        let kept = Key::from_bytes([5; 32]);
+        write_row(&path, &kept, "completed", &[0; 32], Some(i64::MAX));
+
+        let store = SqliteStore::open(&path)
+            .await
+            .expect("open a version-1 file");
+        assert!(store.get(&kept).await.expect("get").is_some());
+        let saga = Key::from_bytes([6; 32]);
+        let owned = request(&saga);
+        let claimed = store
+            .on(Use::Write, None, move |connection| {
+                claim(connection, &owned)
+            })
+            .await
+            .expect("claim");
+        let Claim::Acquired { token, .. } = claimed else {
+            panic!("a free key is acquired: {claimed:?}");
+        };
+        assert_eq!(token, 42, "the fencing counter goes on from the file's");
+        let running = SagaWrite::Status {
+            status: SagaStatus::Running,
+            error: None,
+        };
+        let written = store.write_saga(&saga, "order-1", token, running).await;
+        assert_eq!(written.expect("write_saga"), Ownership::Held);
+        let version: i64 = Connection::open(&path)
+            .expect("open")
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .expect("user_version");
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
     #[tokio::test]
     async fn opening_the_store_purges_expired_results() {
         let path = temp_file("purge-on-open.db");
