@@ -169,6 +169,45 @@ impl Error {
         }
     }
 
+    /// A copy, for a second place that must report the same error (driver errors as text).
+    pub(crate) fn copy(&self) -> Self {
+        let text = |source: &BoxError| -> BoxError { source.to_string().into() };
+        match self {
+            Error::InProgress { key, action } => Error::InProgress { key: *key, action },
+            Error::PayloadMismatch { key, action } => Error::PayloadMismatch { key: *key, action },
+            Error::LostOwnership { key, action } => Error::LostOwnership { key: *key, action },
+            Error::NeedsReview { key, action } => Error::NeedsReview { key: *key, action },
+            Error::Store { store, key, source } => Error::Store {
+                store,
+                key: *key,
+                source: text(source),
+            },
+            Error::Codec { key, what, source } => Error::Codec {
+                key: *key,
+                what,
+                source: text(source),
+            },
+            Error::NoStore { action } => Error::NoStore { action },
+            Error::SagaRolledBack { saga, error } => Error::SagaRolledBack {
+                saga: saga.clone(),
+                error: error.clone(),
+            },
+            Error::SagaNeedsAttention {
+                saga,
+                error,
+                pending,
+            } => Error::SagaNeedsAttention {
+                saga: saga.clone(),
+                error: error.clone(),
+                pending: pending.clone(),
+            },
+            Error::SagaLog { saga, problem } => Error::SagaLog {
+                saga: saga.clone(),
+                problem: problem.clone(),
+            },
+        }
+    }
+
     /// The same error with `key` filled in where it was missing.
     pub(crate) fn with_key(mut self, call_key: &Key) -> Self {
         if let Error::Store { key, .. } | Error::Codec { key, .. } = &mut self {

@@ -218,10 +218,13 @@ impl<T: Serialize + ?Sized> StepArgument for T {}
 pub struct StepArgs(Result<Vec<u8>, Error>);
 
 /// Encodes a step's arguments (a tuple of references to them) for the log, before they move
-/// into the step's body.
+/// into the step's body. The encoding is canonical (RFC 8785), so that a rerun's arguments
+/// compare equal to the logged ones whatever the order of a `HashMap`'s entries.
 pub fn step_args<A: Serialize + ?Sized>(args: &A) -> StepArgs {
     StepArgs(
-        serde_json::to_vec(args).map_err(|e| Error::codec("the arguments of a saga step", None, e)),
+        crate::key::canonical_json(args)
+            .map(String::into_bytes)
+            .map_err(|e| Error::codec("the arguments of a saga step", None, e)),
     )
 }
 

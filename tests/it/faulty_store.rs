@@ -1,16 +1,17 @@
 //! A real memory store with faults on demand and a count of the writes it took: what the
 //! tests of store failures and of round trips need.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use idem::store::{
     Claim, ClaimRequest, FencingToken, MemoryStore, Ownership, Record, SagaLog, SagaWrite,
-    StaleSaga, Store, StoredOutcome,
+    StaleSaga, StepState, Store, StoredOutcome,
 };
 use idem::{Error, Key};
+use tokio::sync::Notify;
 
 /// Forwards to a store (a [`MemoryStore`] by default); `complete` fails the next `failing_completes` times and
 /// `write_saga` the next `failing_saga_writes` times (with "connection reset", as a store
@@ -28,6 +29,14 @@ pub struct FaultyStore<S = MemoryStore> {
     /// When set, what `stale_sagas` answers: a list made before the store changed, as a
     /// recovering process may hold one.
     pub stale_answer: Mutex<Option<Vec<StaleSaga>>>,
+    /// The heartbeats of this fencing token fail: an owner cut off from the store (0: none).
+    pub cut_off: AtomicU64,
+    /// The next write of a compensated step is made, then its writer is cut off and the
+    /// write's answer waits for `gate`: an owner that is slow, not dead, mid-rollback.
+    /// `applied` fires once the write is made.
+    pub stall_next_undo: AtomicBool,
+    pub applied: Notify,
+    pub gate: Notify,
 }
 
 impl FaultyStore {
@@ -48,6 +57,10 @@ impl<S> FaultyStore<S> {
             saga_writes: AtomicUsize::new(0),
             saga_reads: AtomicUsize::new(0),
             stale_answer: Mutex::new(None),
+            cut_off: AtomicU64::new(0),
+            stall_next_undo: AtomicBool::new(false),
+            applied: Notify::new(),
+            gate: Notify::new(),
         }
     }
 
@@ -107,6 +120,9 @@ impl<S: Store> Store for FaultyStore<S> {
         token: FencingToken,
         lease: Duration,
     ) -> Result<Ownership, Error> {
+        if self.cut_off.load(Ordering::SeqCst) == token {
+            return Err(Error::store("faulty", Some(key), "partitioned"));
+        }
         self.inner.heartbeat(key, token, lease).await
     }
 
@@ -129,7 +145,14 @@ impl<S: Store> Store for FaultyStore<S> {
         if fault(&self.failing_saga_writes) {
             return Err(Error::store("faulty", Some(saga), "connection reset"));
         }
-        self.inner.write_saga(saga, id, token, write).await
+        let answer = self.inner.write_saga(saga, id, token, write).await;
+        let undone = matches!(write, SagaWrite::Step(step) if step.state == StepState::Compensated);
+        if undone && self.stall_next_undo.swap(false, Ordering::SeqCst) {
+            self.cut_off.store(token, Ordering::SeqCst);
+            self.applied.notify_one();
+            self.gate.notified().await;
+        }
+        answer
     }
 
     async fn read_saga(&self, saga: &Key) -> Result<Option<SagaLog>, Error> {

@@ -10,6 +10,7 @@ mod examples;
 mod faulty_store;
 mod processes;
 mod saga_crashes;
+mod saga_regressions;
 mod saga_world;
 mod sagas;
 mod store_faults;

@@ -10,7 +10,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
 
-use idem::{current_key, saga_step, Key};
+use std::time::Duration;
+
+use idem::store::Store;
+use idem::{current_key, saga_step, Key, Recover, RecoveryReport, Retry};
 use serde::{Deserialize, Serialize};
 
 use crate::support::ToolError;
@@ -229,4 +232,34 @@ pub async fn unarchive(_: (), customer: &str) -> Result<(), ToolError> {
     })
     .await?;
     Ok(())
+}
+
+/// Retries that do not slow the tests down.
+pub fn quick(attempts: u32) -> Retry {
+    Retry::new(attempts).backoff(Duration::from_millis(1), Duration::from_millis(5))
+}
+
+/// Runs `recover` until it has taken on something (a dead owner's lease must run out
+/// first), for at most ten seconds.
+pub async fn recover_when_stale(store: &dyn Store) -> RecoveryReport {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let report = Recover::new(store)
+            .compensation_retry(quick(3))
+            .run()
+            .await
+            .expect("recover");
+        if !report.is_empty() || tokio::time::Instant::now() > deadline {
+            return report;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Drops the saga `run` once `hung` fires (a step hangs there): the process "dies".
+pub async fn crash<F: std::future::Future>(run: F, hung: &Notify) {
+    tokio::select! {
+        _ = run => panic!("the saga cannot finish"),
+        _ = hung.notified() => {}
+    }
 }

@@ -5,12 +5,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use idem::store::{MemoryStore, SagaStatus, StepState, Store};
-use idem::{recover, Error, OnConflict, Recover, Retry, Saga};
+use idem::{recover, Error, OnConflict, Saga};
 
 use crate::faulty_store::FaultyStore;
 use crate::saga_world::{
-    archive_order, charge, create_contract, effects, hang_after, has_contract, keys_seen,
-    send_email, set_faults, Faults,
+    archive_order, charge, crash, create_contract, effects, hang_after, has_contract, keys_seen,
+    quick, recover_when_stale, send_email, set_faults, Faults,
 };
 use crate::support::ToolError;
 
@@ -40,11 +40,6 @@ impl std::fmt::Display for OrderError {
             OrderError::Idem(error) => error.fmt(f),
         }
     }
-}
-
-/// Retries that do not slow the tests down.
-fn quick(attempts: u32) -> Retry {
-    Retry::new(attempts).backoff(Duration::from_millis(1), Duration::from_millis(5))
 }
 
 /// contract → charge → email (the pivot), for `customer`.
@@ -352,10 +347,7 @@ async fn crash_inside_charge(store: &dyn Store, saga: &str, who: &str, lease: Du
             std::future::pending::<()>().await;
             Ok::<_, OrderError>(())
         });
-    tokio::select! {
-        _ = crashed => panic!("the saga cannot finish"),
-        _ = inside.notified() => {}
-    }
+    crash(crashed, inside).await;
 }
 
 #[tokio::test]
@@ -404,10 +396,7 @@ async fn a_step_in_doubt_runs_again_under_its_own_key() {
             s.step(charge(who, 400)).await?;
             Ok::<_, OrderError>(())
         });
-    tokio::select! {
-        _ = crashed => panic!("the saga cannot finish"),
-        _ = inside.notified() => {}
-    }
+    crash(crashed, &inside).await;
     let log = log_of(&store, "order-in-doubt").await;
     assert_eq!(states(&log)[1], ("charge".to_owned(), StepState::Started));
 
@@ -437,44 +426,26 @@ async fn a_step_in_doubt_runs_again_under_its_own_key() {
     assert_eq!(log.status, SagaStatus::Completed);
 }
 
-/// Runs `recover` until it has taken on something (the dead owner's lease must run out
-/// first), at most for `within`.
-async fn recover_when_stale(store: &dyn Store, within: Duration) -> idem::RecoveryReport {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let report = Recover::new(store)
-            .compensation_retry(quick(3))
-            .run()
-            .await
-            .unwrap();
-        if !report.is_empty() || tokio::time::Instant::now() > deadline {
-            return report;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn recover_compensates_a_saga_whose_owner_died() {
     let (store, who) = (MemoryStore::new(), "recovered");
     let inside = hang_after(who, "charge");
+    // A lease long enough that no stall of a loaded machine lets it run out before the
+    // first `recover` below, which must find it live.
     let crashed = order(&store, "order-recovered")
-        .lease(Duration::from_millis(200))
+        .lease(Duration::from_secs(2))
         .run(|s| async move {
             s.step(create_contract(who, 800)).await?;
             s.step(charge(who, 800)).await?;
             Ok::<_, OrderError>(())
         });
-    tokio::select! {
-        _ = crashed => panic!("the saga cannot finish"),
-        _ = inside.notified() => {}
-    }
+    crash(crashed, &inside).await;
     assert!(
         recover(&store).await.unwrap().is_empty(),
         "the owner's lease is still live"
     );
 
-    let report = recover_when_stale(&store, Duration::from_secs(10)).await;
+    let report = recover_when_stale(&store).await;
     assert_eq!(report.compensated, ["order-recovered"], "{report}");
     assert_eq!(
         effects(who),
@@ -511,11 +482,8 @@ async fn recover_hands_a_saga_past_its_pivot_back_to_its_code() {
             s.step(archive_order(who)).await?;
             Ok::<_, OrderError>(())
         });
-    tokio::select! {
-        _ = crashed => panic!("the saga cannot finish"),
-        _ = inside.notified() => {}
-    }
-    let report = recover_when_stale(&store, Duration::from_secs(10)).await;
+    crash(crashed, &inside).await;
+    let report = recover_when_stale(&store).await;
     assert_eq!(report.interrupted, ["order-past-pivot"], "{report}");
     assert!(
         has_contract(who),
@@ -684,7 +652,7 @@ async fn a_store_failure_during_rollback_leaves_the_saga_to_recover() {
     assert!(has_contract(who), "nothing could be undone yet");
 
     store.failing_saga_writes.store(0, Ordering::SeqCst);
-    let report = recover_when_stale(&store, Duration::from_secs(10)).await;
+    let report = recover_when_stale(&store).await;
     assert_eq!(report.compensated, ["order-store-down"], "{report}");
     assert!(!has_contract(who));
 }
@@ -700,10 +668,7 @@ async fn a_saga_whose_code_changed_is_refused() {
             s.step(charge(who, 100)).await?;
             Ok::<_, OrderError>(())
         });
-    tokio::select! {
-        _ = crashed => panic!("the saga cannot finish"),
-        _ = inside.notified() => {}
-    }
+    crash(crashed, &inside).await;
     // The rerun asks for another amount at step 0: not the saga that was logged.
     let changed = order(&store, "order-changed")
         .run(|s| async move {

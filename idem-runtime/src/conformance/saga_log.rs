@@ -210,9 +210,21 @@ pub async fn stale_sagas_are_the_dead_owners(store: &dyn Store) {
 }
 
 /// A purge removes a finished saga's log with its expired record, and keeps the logs that
-/// wait for someone: a saga that needs attention has no record to expire.
+/// wait for someone (a saga that needs attention has no record to expire) and those of sagas
+/// whose outcome is still replayed.
 pub async fn purge_removes_finished_saga_logs(store: &dyn Store) {
-    let (finished, attention) = (saga(20), saga(21));
+    let (finished, attention, replayed) = (saga(20), saga(21), saga(22));
+    let token = claim_token(store, &replayed, LONG).await;
+    assert_eq!(
+        write(store, &replayed, token, status(SagaStatus::Completed, None)).await,
+        Ownership::Held
+    );
+    let completed = store
+        .complete(&replayed, token, StoredOutcome::Ok(b"1".to_vec()), LONG)
+        .await
+        .expect("complete");
+    assert_eq!(completed, Ownership::Held);
+
     let token = claim_token(store, &finished, LONG).await;
     let done = step(0, StepState::Done);
     assert_eq!(

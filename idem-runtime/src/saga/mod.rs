@@ -31,8 +31,8 @@ pub use retry::Retry;
 pub use step::StepCall;
 
 use rollback::{rollback, Rollback};
-use run::{saga_codec, Run, SagaEnd, SagaFailure, StoreHandle, SAGA_ACTION};
-use step::registered;
+use run::{saga_codec, Run, RunPolicy, SagaEnd, SagaFailure, StoreHandle, SAGA_ACTION};
+use step::{registered, StepFailure};
 
 /// A saga: steps that each have a compensation, run in order; when one fails, the ones that
 /// succeeded are undone in reverse order. Its log is durable in the store, so a run after a
@@ -78,7 +78,8 @@ impl Saga<'static> {
     /// The saga with this id, on the default store (see
     /// [`set_default_store`](crate::set_default_store)), with the defaults: lease 10 s,
     /// outcome kept 24 h, a second run waits up to 30 s for a running one, compensations and
-    /// steps past an irreversible step retried 5 times (100 ms, doubling up to 5 s).
+    /// steps past an irreversible step tried up to 5 times in all (pausing 100 ms, doubling up
+    /// to 5 s).
     pub fn new(id: impl Into<String>) -> Self {
         Saga {
             id: id.into(),
@@ -121,7 +122,10 @@ impl<'a> Saga<'a> {
         self
     }
 
-    /// How long the outcome of a finished saga is kept and replayed.
+    /// How long the outcome of a finished saga is kept and replayed. Once it has run out and
+    /// the store has purged it (with the saga's log), the id is free again: a new run starts
+    /// afresh, its steps under the same keys as before (a service that still remembers them
+    /// answers from its own records).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
@@ -200,14 +204,12 @@ impl<'a> Saga<'a> {
                     problem: "the saga's body ran outside its claim".into(),
                 }));
             };
-            let run = Arc::new(Run::new(
-                store,
-                claim.key(),
-                self.id.clone(),
-                claim.fencing_token(),
-                self.compensation_retry,
-                self.forward_retry,
-            ));
+            let policy = RunPolicy {
+                lease: action.lease_duration(),
+                compensation_retry: self.compensation_retry,
+                forward_retry: self.forward_retry,
+            };
+            let run = Arc::new(Run::new(store, self.id.clone(), &claim, policy));
             drive(run, saga).await
         };
         match execute(call, claim_store.get(), &codec, body).await {
@@ -239,7 +241,12 @@ where
         None | Some(SagaStatus::Interrupted) => run.set_status(SagaStatus::Running, None).await?,
         // A crash after the last step, before the outcome was recorded: replay to learn it.
         Some(SagaStatus::Running | SagaStatus::Completed) => {}
-        Some(SagaStatus::Compensating) => return Err(ended(rollback(&run, &error).await?, None)),
+        Some(SagaStatus::Compensating) => {
+            if let Some(unlinked) = run.unlinked(&run.state().steps) {
+                return Err(SagaEnd::Idem(unlinked));
+            }
+            return Err(ended(rollback(&run, &error).await?, None));
+        }
         Some(SagaStatus::Compensated) => {
             return Err(SagaEnd::RolledBack {
                 error: None,
@@ -247,43 +254,46 @@ where
             })
         }
         Some(SagaStatus::NeedsAttention) => {
+            let pending = Run::pending(&run.state().steps);
             return Err(SagaEnd::NeedsAttention(SagaFailure::needs_attention(
-                error,
-                Vec::new(),
-            )))
+                error, pending,
+            )));
         }
     }
     let result = saga(Steps {
         run: Arc::clone(&run),
     })
     .await;
-    match result {
-        Ok(value) => {
-            run.set_status(SagaStatus::Completed, None).await?;
-            Ok(value)
-        }
-        Err(failed) => {
-            let error = failed.to_string();
-            if let Some(pivot) = run.pivot() {
-                let problem = format!(
-                    "it failed after its irreversible step `{pivot}` succeeded, so it cannot be undone and must be carried forward: {error}"
-                );
-                run.set_status(SagaStatus::NeedsAttention, Some(&problem))
-                    .await?;
-                let pending = run
-                    .state()
-                    .steps
-                    .iter()
-                    .filter(|s| s.state != StepState::Done)
-                    .map(|s| format!("carry `{}` (step {}) forward", s.name, s.index))
-                    .collect();
-                return Err(SagaEnd::NeedsAttention(SagaFailure::needs_attention(
-                    problem, pending,
-                )));
-            }
-            Err(ended(rollback(&run, &error).await?, Some(failed)))
-        }
+    // The log could not be written: nothing more can be. The claim is kept as it is, for the
+    // next run or `recover` to go on from the log.
+    let broken = run.state().broken.take();
+    if let Some(error) = broken {
+        return Err(SagaEnd::Idem(error));
     }
+    let dropped = run.state().dropped.clone();
+    let (error, failed) = match (result, dropped) {
+        (Ok(value), None) => {
+            run.set_status(SagaStatus::Completed, None).await?;
+            return Ok(value);
+        }
+        (Err(failed), _) => (failed.to_string(), Some(failed)),
+        (Ok(_), Some(step)) => (
+            format!("step `{step}` was dropped before its output was logged, and the saga went on without it"),
+            None,
+        ),
+    };
+    if let Some(pivot) = run.pivot() {
+        let problem = format!(
+            "it failed after its irreversible step `{pivot}` succeeded, so it cannot be undone and must be carried forward: {error}"
+        );
+        run.set_status(SagaStatus::NeedsAttention, Some(&problem))
+            .await?;
+        let pending = Run::pending(&run.state().steps);
+        return Err(SagaEnd::NeedsAttention(SagaFailure::needs_attention(
+            problem, pending,
+        )));
+    }
+    Err(ended(rollback(&run, &error).await?, failed))
 }
 
 fn ended<E>(rollback: Rollback, error: Option<E>) -> SagaEnd<E> {
@@ -310,13 +320,22 @@ impl std::fmt::Debug for Steps<'_> {
     }
 }
 
-/// Clears the "a step is running" mark however the step ends (also when its future is
-/// dropped).
-struct Running<'r, 'a>(&'r Run<'a>);
+/// Clears the "a step is running" mark however the step ends, and, when it ends while
+/// `armed` (its intent is logged and its output is not: its future was dropped, or the output
+/// could not be logged), marks the run so that no later step runs.
+struct Running<'r, 'a> {
+    run: &'r Run<'a>,
+    name: &'static str,
+    armed: bool,
+}
 
 impl Drop for Running<'_, '_> {
     fn drop(&mut self) {
-        self.0.state().busy = false;
+        let mut state = self.run.state();
+        state.busy = false;
+        if self.armed {
+            state.dropped.get_or_insert_with(|| self.name.to_owned());
+        }
     }
 }
 
@@ -329,8 +348,10 @@ impl Steps<'_> {
     /// Runs `call` (a call of a `#[saga_step]` function) as the saga's next step: its intent
     /// and arguments are logged before its body runs, its output after. A step the log
     /// already has is replayed (its output, without running it); a step left in doubt by a
-    /// crash runs again under the same key. Await each step before the next: the steps'
-    /// places in the log must come out the same on every run.
+    /// crash, or logged as failed by an earlier run, runs again under the same key. Await each
+    /// step before the next: the steps' places in the log must come out the same on every
+    /// run. A step whose future is dropped before it finishes (a timeout) ends the saga: it
+    /// is undone once its code returns.
     ///
     /// After an irreversible step has succeeded, a step that fails is retried (forward) with
     /// the saga's `forward_retry` policy before the error is returned.
@@ -343,13 +364,23 @@ impl Steps<'_> {
         let run = &*self.run;
         let StepCall { def, args, body } = call;
         let name = def.name();
-        let args = args.map_err(|e| E::from(e.with_key(&run.key)))?;
+        let refuse = |problem: String| Err(E::from(run.log_problem(problem)));
         let (index, logged) = {
             let mut state = run.state();
             if state.busy {
-                return Err(E::from(run.log_problem(format!(
+                return refuse(format!(
                     "step `{name}` started while another step was running; await each step before the next"
-                ))));
+                ));
+            }
+            if let Some(dropped) = &state.dropped {
+                return refuse(format!(
+                    "step `{name}` cannot run: step `{dropped}` was dropped before its output was logged, so the saga is undone"
+                ));
+            }
+            if state.broken.is_some() {
+                return refuse(format!(
+                    "step `{name}` cannot run: the saga's log could not be written"
+                ));
             }
             state.busy = true;
             let index = state.next;
@@ -357,38 +388,45 @@ impl Steps<'_> {
             let logged = state.steps.iter().find(|s| s.index == index).cloned();
             (index, logged)
         };
-        let _running = Running(run);
+        let mut running = Running {
+            run,
+            name,
+            armed: false,
+        };
         match registered(name) {
             Ok(found) if std::ptr::eq(found, def) => {}
             Ok(_) => {
-                return Err(E::from(run.log_problem(format!(
+                return refuse(format!(
                     "two saga steps are named `{name}`; give one another name with `#[saga_step(name = \"…\")]`"
-                ))))
+                ))
             }
-            Err(problem) => return Err(E::from(run.log_problem(problem))),
+            Err(problem) => return refuse(problem),
         }
+        let args = args.map_err(|e| E::from(e.with_key(&run.key)))?;
 
         let (mut record, resumed) = match logged {
             Some(logged) if logged.name != name || logged.args != args => {
-                return Err(E::from(run.log_problem(format!(
+                return refuse(format!(
                     "step {index} is logged as `{}` with arguments {}, but the saga now calls `{name}` with {}; a saga must call the same steps with the same arguments on every run",
                     logged.name,
                     String::from_utf8_lossy(&logged.args),
                     String::from_utf8_lossy(&args),
-                ))))
+                ))
             }
             Some(logged) => match (logged.state, &logged.output) {
                 (StepState::Done, Some(output)) => {
                     step_event(run, &logged, "replayed");
                     return serde_json::from_slice(output).map_err(|e| {
                         E::from(Error::codec("the logged output of a saga step", Some(&logged.key), e))
-                    })
+                    });
                 }
-                (StepState::Started, _) => (logged, true),
+                // In doubt, or failed in an earlier run that then went on (the saga handled
+                // the error, or recovery learned it): run it again under its key.
+                (StepState::Started | StepState::Failed, _) => (logged, true),
                 (state, _) => {
-                    return Err(E::from(run.log_problem(format!(
+                    return refuse(format!(
                         "step {index} (`{name}`) is {state} in the log; the saga is being undone"
-                    ))))
+                    ))
                 }
             },
             None => {
@@ -403,31 +441,37 @@ impl Steps<'_> {
                     output: None,
                     error: None,
                 };
-                run.write(SagaWrite::Step(&intent)).await.map_err(E::from)?;
+                if let Err(error) = run.write(SagaWrite::Step(&intent)).await {
+                    return Err(E::from(run.broke(error)));
+                }
                 (intent, false)
             }
         };
+        running.armed = true;
 
         let context = run.context(name, record.key, resumed);
         let result = match in_call(context, body).await {
-            Ok(value) => Ok(value),
             Err(error) if run.pivot().is_some() => {
                 // Past the pivot nothing is undone: try the step again, forward.
                 let again = run.context(name, record.key, true);
                 let retried = run
+                    .policy
                     .forward_retry
-                    .run(name, || in_call(again, def.run(record.args.clone())))
+                    .run(name, 1, || async {
+                        run.still_owner().await.map_err(StepFailure::Idem)?;
+                        in_call(again, def.run(record.args.clone())).await
+                    })
                     .await;
                 match retried.map(|bytes| serde_json::from_slice::<T>(&bytes)) {
                     Ok(Ok(value)) => Ok(value),
                     _ => Err(error),
                 }
             }
-            Err(error) => Err(error),
+            result => result,
         };
-        match result {
+        let outcome = match &result {
             Ok(value) => {
-                let output = serde_json::to_vec(&value).map_err(|e| {
+                let output = serde_json::to_vec(value).map_err(|e| {
                     E::from(Error::codec(
                         "the output of a saga step",
                         Some(&record.key),
@@ -436,18 +480,25 @@ impl Steps<'_> {
                 })?;
                 record.state = StepState::Done;
                 record.output = Some(output);
-                run.write(SagaWrite::Step(&record)).await.map_err(E::from)?;
-                step_event(run, &record, if resumed { "resumed" } else { "executed" });
-                Ok(value)
+                record.error = None;
+                if resumed {
+                    "resumed"
+                } else {
+                    "executed"
+                }
             }
             Err(error) => {
                 record.state = StepState::Failed;
                 record.error = Some(error.to_string());
-                run.write(SagaWrite::Step(&record)).await.map_err(E::from)?;
-                step_event(run, &record, "failed");
-                Err(error)
+                "failed"
             }
+        };
+        if let Err(error) = run.write(SagaWrite::Step(&record)).await {
+            return Err(E::from(run.broke(error)));
         }
+        running.armed = false;
+        step_event(run, &record, outcome);
+        result
     }
 }
 

@@ -9,7 +9,9 @@ use crate::context::current_call;
 use crate::saga::ended;
 use crate::saga::retry::Retry;
 use crate::saga::rollback::{rollback, settle_doubt};
-use crate::saga::run::{saga_codec, Run, SagaEnd, StoreHandle, SAGA_ACTION};
+use crate::saga::run::{
+    saga_codec, Run, RunPolicy, SagaEnd, SagaFailure, StoreHandle, SAGA_ACTION,
+};
 use crate::store::{SagaStatus, StaleSaga, Store};
 use crate::Error;
 
@@ -109,7 +111,9 @@ impl<'a> Recover<'a> {
                 Err(SagaEnd::RolledBack { .. }) => report.compensated.push(id),
                 Err(SagaEnd::NeedsAttention(_)) => report.needs_attention.push(id),
                 Err(SagaEnd::Interrupted) => report.interrupted.push(id),
-                Err(SagaEnd::Replayed(_)) => report.taken_elsewhere.push(id),
+                Err(SagaEnd::Replayed(_) | SagaEnd::LeftAlone { .. }) => {
+                    report.taken_elsewhere.push(id)
+                }
                 Err(SagaEnd::Idem(
                     Error::InProgress { .. }
                     | Error::NeedsReview { .. }
@@ -136,13 +140,16 @@ impl<'a> Recover<'a> {
                     problem: "recovery ran outside the saga's claim".into(),
                 })
             })?;
+            let policy = RunPolicy {
+                lease: self.lease,
+                compensation_retry: self.compensation_retry,
+                forward_retry: Retry::new(1),
+            };
             let run = Run::new(
                 StoreHandle::Borrowed(self.store),
-                saga.key,
                 saga.id.clone(),
-                claim.fencing_token(),
-                self.compensation_retry,
-                Retry::new(1),
+                &claim,
+                policy,
             );
             finish(&run).await
         };
@@ -176,6 +183,25 @@ async fn finish(run: &Run<'_>) -> Result<Finished, SagaEnd<Error>> {
     let Some(log) = run.store.get().read_saga(&run.key).await? else {
         return Err(SagaEnd::Idem(run.log_problem("its log is gone".into())));
     };
+    // Listed while it ran, settled since (its owner was slow, not dead; another recovery
+    // got there first): not this recovery's to touch.
+    match log.status {
+        SagaStatus::Running | SagaStatus::Compensating => {}
+        SagaStatus::Completed => return Err(SagaEnd::LeftAlone { keep_claim: true }),
+        SagaStatus::Compensated => {
+            return Err(SagaEnd::RolledBack {
+                error: None,
+                failure: SagaFailure::compensated(log.error.as_deref().unwrap_or_default()),
+            })
+        }
+        SagaStatus::NeedsAttention | SagaStatus::Interrupted => {
+            return Err(SagaEnd::LeftAlone { keep_claim: false })
+        }
+    }
+    // A step this program has no code for: left, untouched, for one that has it.
+    if let Some(unlinked) = run.unlinked(&log.steps) {
+        return Err(SagaEnd::Idem(unlinked));
+    }
     run.state().steps = log.steps.clone();
     if let Err(attention) = settle_doubt(run).await? {
         return Err(SagaEnd::NeedsAttention(attention));

@@ -64,13 +64,26 @@ impl Retry {
     }
 
     /// Runs `attempt` until it succeeds, fails for a reason a retry cannot mend (idem's own:
-    /// a log that cannot be read), or the tries run out.
-    pub(crate) async fn run<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, StepFailure>
+    /// a log that cannot be read), or the tries run out. `failed` tries were made already
+    /// (a step past the pivot, whose first try was its own call): the first pause is the one
+    /// after them, and they count.
+    pub(crate) async fn run<T, F, Fut>(
+        &self,
+        what: &str,
+        failed: u32,
+        mut attempt: F,
+    ) -> Result<T, StepFailure>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StepFailure>>,
     {
-        let mut failures = 0;
+        let mut failures = failed;
+        if failures > 0 {
+            if failures >= self.attempts {
+                return Err(StepFailure::Failed(format!("{what}: no tries left")));
+            }
+            tokio::time::sleep(self.pause_after(failures)).await;
+        }
         loop {
             match attempt().await {
                 Err(StepFailure::Failed(error)) if failures + 1 < self.attempts => {

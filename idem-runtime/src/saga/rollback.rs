@@ -3,6 +3,8 @@
 //! The one path for a saga whose step failed in this process, for a saga a later run finds
 //! half undone, and for a saga `recover` takes over from a dead owner.
 
+use std::cell::Cell;
+
 use crate::context::in_call;
 use crate::saga::run::{Run, SagaFailure};
 use crate::saga::step::{registered, StepFailure};
@@ -42,7 +44,7 @@ pub(crate) async fn rollback(run: &Run<'_>, error: &str) -> Result<Rollback, Err
                 "step `{}` is irreversible and succeeded; it cannot be undone",
                 step.name
             ),
-            StepState::Done | StepState::CompensationFailed => match compensate(run, step).await {
+            StepState::Done | StepState::CompensationFailed => match compensate(run, step).await? {
                 Ok(()) => {
                     let undone = StepRecord {
                         state: StepState::Compensated,
@@ -65,12 +67,7 @@ pub(crate) async fn rollback(run: &Run<'_>, error: &str) -> Result<Rollback, Err
                 }
             },
         };
-        let pending = steps[..=position]
-            .iter()
-            .rev()
-            .filter(|s| !matches!(s.state, StepState::Failed | StepState::Compensated))
-            .map(|s| format!("undo `{}` (step {})", s.name, s.index))
-            .collect();
+        let pending = Run::pending(&run.state().steps[..=position]);
         let problem = format!("{problem} (the saga failed: {error})");
         run.set_status(SagaStatus::NeedsAttention, Some(&problem))
             .await?;
@@ -82,25 +79,48 @@ pub(crate) async fn rollback(run: &Run<'_>, error: &str) -> Result<Rollback, Err
     Ok(Rollback::Compensated(SagaFailure::compensated(error)))
 }
 
-/// Runs the compensation of one completed step, under its own key, with retries.
-async fn compensate(run: &Run<'_>, step: &StepRecord) -> Result<(), StepFailure> {
-    let def = registered(&step.name).map_err(StepFailure::Failed)?;
+/// Runs the compensation of one completed step, under its own key, with retries. Before
+/// each try the run checks that the saga's claim is still its own (a fenced heartbeat): an
+/// owner that was taken over stops there, with `Err`, rather than undo a step again.
+async fn compensate(run: &Run<'_>, step: &StepRecord) -> Result<Result<(), StepFailure>, Error> {
+    let problem = |problem: String| Ok(Err(StepFailure::Idem(run.log_problem(problem))));
+    let def = match registered(&step.name) {
+        Ok(def) => def,
+        Err(unlinked) => return problem(unlinked),
+    };
     let Some(compensation) = def.compensation() else {
-        return Err(StepFailure::Failed(format!(
+        return problem(format!(
             "step `{}` is registered as irreversible",
             step.name
-        )));
+        ));
     };
-    let output = step.output.clone().ok_or_else(|| {
-        StepFailure::Idem(run.log_problem(format!("step `{}` has no logged output", step.name)))
-    })?;
-    let key = run.compensation_key(step).map_err(StepFailure::Idem)?;
-    let context = run.context(def.name(), key, false);
-    run.compensation_retry
-        .run(def.name(), || {
-            in_call(context, compensation(output.clone(), step.args.clone()))
+    let Some(output) = step.output.clone() else {
+        return problem(format!("step `{}` has no logged output", step.name));
+    };
+    let key = match run.compensation_key(step) {
+        Ok(key) => key,
+        Err(error) => return Ok(Err(StepFailure::Idem(error))),
+    };
+    // Run before: by an owner that died, or by a try that failed.
+    let resumed = run.resumed || step.state == StepState::CompensationFailed;
+    let context = run.context(def.name(), key, resumed);
+    let not_owner = Cell::new(None);
+    let undone = run
+        .policy
+        .compensation_retry
+        .run(def.name(), 0, || async {
+            if let Err(error) = run.still_owner().await {
+                let stop = StepFailure::Idem(error.copy());
+                not_owner.set(Some(error));
+                return Err(stop);
+            }
+            in_call(context, compensation(output.clone(), step.args.clone())).await
         })
-        .await
+        .await;
+    match not_owner.take() {
+        Some(error) => Err(error),
+        None => Ok(undone),
+    }
 }
 
 /// Runs the step left in doubt, if any (its intent is logged, its output is not: the owner

@@ -10,7 +10,7 @@ use crate::call::{Codec, FinalErrors};
 use crate::context::CallContext;
 use crate::key::Key;
 use crate::saga::retry::Retry;
-use crate::store::{FencingToken, Ownership, SagaStatus, SagaWrite, StepRecord, Store};
+use crate::store::{FencingToken, Ownership, SagaStatus, SagaWrite, StepRecord, StepState, Store};
 use crate::Error;
 
 /// The actions whose keys name a saga's parts: each step and each compensation is keyed by
@@ -43,9 +43,19 @@ pub(crate) struct Run<'a> {
     pub(crate) key: Key,
     pub(crate) id: String,
     pub(crate) token: FencingToken,
+    /// The claim was taken over from an owner that died: what the steps and compensations
+    /// run now may have run before.
+    pub(crate) resumed: bool,
+    pub(crate) policy: RunPolicy,
+    state: Mutex<RunState>,
+}
+
+/// How a run retries, and the lease its claim is renewed to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RunPolicy {
+    pub(crate) lease: std::time::Duration,
     pub(crate) compensation_retry: Retry,
     pub(crate) forward_retry: Retry,
-    state: Mutex<RunState>,
 }
 
 /// What the run knows of its steps.
@@ -57,26 +67,61 @@ pub(crate) struct RunState {
     pub(crate) steps: Vec<StepRecord>,
     /// A step is running: steps must be awaited one at a time.
     pub(crate) busy: bool,
+    /// A step whose intent is logged but whose output is not, and that will not be: its future
+    /// was dropped (a timeout), or its output could not be logged. The saga cannot go on past
+    /// it (a new call would get a new place and a new key): it is undone.
+    pub(crate) dropped: Option<String>,
+    /// The log could not be written (the store failed, or the claim was taken over): nothing
+    /// more can be, and the saga is left, as it is, to whoever holds its claim next.
+    pub(crate) broken: Option<Error>,
 }
 
 impl<'a> Run<'a> {
     pub(crate) fn new(
         store: StoreHandle<'a>,
-        key: Key,
         id: String,
-        token: FencingToken,
-        compensation_retry: Retry,
-        forward_retry: Retry,
+        claim: &CallContext,
+        policy: RunPolicy,
     ) -> Self {
         Run {
             store,
-            key,
+            key: claim.key(),
             id,
-            token,
-            compensation_retry,
-            forward_retry,
+            token: claim.fencing_token(),
+            resumed: claim.resumed(),
+            policy,
             state: Mutex::default(),
         }
+    }
+
+    /// Whether the claim is still this run's: a fenced heartbeat, made before each
+    /// compensation and each retry, so that an owner that was taken over stops there.
+    pub(crate) async fn still_owner(&self) -> Result<(), Error> {
+        let held = self
+            .store
+            .get()
+            .heartbeat(&self.key, self.token, self.policy.lease)
+            .await
+            .map_err(|e| e.with_key(&self.key))?;
+        match held {
+            Ownership::Held => Ok(()),
+            Ownership::Lost => Err(self.lost()),
+        }
+    }
+
+    fn lost(&self) -> Error {
+        Error::LostOwnership {
+            key: self.key,
+            action: SAGA_ACTION,
+        }
+    }
+
+    /// Keeps `error` (a write to the log failed) for the end of the run, and returns a copy
+    /// for the step that met it.
+    pub(crate) fn broke(&self, error: Error) -> Error {
+        let copy = error.copy();
+        self.state().broken.get_or_insert(error);
+        copy
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, RunState> {
@@ -92,14 +137,8 @@ impl<'a> Run<'a> {
             .write_saga(&self.key, &self.id, self.token, write)
             .await
             .map_err(|e| e.with_key(&self.key))?;
-        match written {
-            Ownership::Held => {}
-            Ownership::Lost => {
-                return Err(Error::LostOwnership {
-                    key: self.key,
-                    action: SAGA_ACTION,
-                })
-            }
+        if written == Ownership::Lost {
+            return Err(self.lost());
         }
         if let SagaWrite::Step(step) = write {
             let mut state = self.state();
@@ -124,7 +163,7 @@ impl<'a> Run<'a> {
         self.state()
             .steps
             .iter()
-            .find(|s| s.irreversible && s.state == crate::store::StepState::Done)
+            .find(|s| s.irreversible && s.state == StepState::Done)
             .map(|s| s.name.clone())
     }
 
@@ -139,6 +178,47 @@ impl<'a> Run<'a> {
     /// The context a step's body (or compensation) sees: its own key, the saga's token.
     pub(crate) fn context(&self, name: &'static str, key: Key, resumed: bool) -> CallContext {
         CallContext::new(name, key, self.token, resumed)
+    }
+
+    /// What is left to do by hand for a saga whose log is `steps` and that cannot go on: the
+    /// steps to carry forward when it is past an irreversible step, else the undos not done,
+    /// last first.
+    pub(crate) fn pending(steps: &[StepRecord]) -> Vec<String> {
+        let past_pivot = steps
+            .iter()
+            .any(|s| s.irreversible && s.state == StepState::Done);
+        if past_pivot {
+            return steps
+                .iter()
+                .filter(|s| s.state != StepState::Done)
+                .map(|s| format!("carry `{}` (step {}) forward", s.name, s.index))
+                .collect();
+        }
+        steps
+            .iter()
+            .rev()
+            .filter(|s| {
+                matches!(
+                    s.state,
+                    StepState::Started | StepState::Done | StepState::CompensationFailed
+                )
+            })
+            .map(|s| format!("undo `{}` (step {})", s.name, s.index))
+            .collect()
+    }
+
+    /// The first step of `steps` that this program would have to run again or compensate,
+    /// and has no code for: such a saga is left for a program that links it.
+    pub(crate) fn unlinked(&self, steps: &[StepRecord]) -> Option<Error> {
+        steps
+            .iter()
+            .filter(|s| match s.state {
+                StepState::Started | StepState::CompensationFailed => true,
+                StepState::Done => !s.irreversible,
+                StepState::Failed | StepState::Compensated => false,
+            })
+            .find_map(|s| crate::saga::step::registered(&s.name).err())
+            .map(|problem| self.log_problem(problem))
     }
 
     pub(crate) fn log_problem(&self, problem: String) -> Error {
@@ -210,6 +290,10 @@ pub(crate) enum SagaEnd<E> {
     Interrupted,
     /// An earlier run's recorded failure.
     Replayed(SagaFailure),
+    /// Recovery found the saga no longer running (someone settled it after it was listed):
+    /// nothing is done; the claim is kept for a saga whose outcome only its code can record
+    /// (completed), and let go otherwise.
+    LeftAlone { keep_claim: bool },
     /// idem could not go on (the store failed, the claim was lost): the claim is left to run
     /// out, and then recovery (or the next run) finishes the saga from its log.
     Idem(Error),
@@ -228,7 +312,7 @@ impl<E> SagaEnd<E> {
             SagaEnd::RolledBack { failure, .. }
             | SagaEnd::NeedsAttention(failure)
             | SagaEnd::Replayed(failure) => E::from(failure.into_error(saga)),
-            SagaEnd::Interrupted => E::from(Error::SagaLog {
+            SagaEnd::Interrupted | SagaEnd::LeftAlone { .. } => E::from(Error::SagaLog {
                 saga: saga.to_owned(),
                 problem: "interrupted after an irreversible step; run it again to carry it forward"
                     .to_owned(),
@@ -266,6 +350,11 @@ where
             },
             decode: |bytes| serde_json::from_slice(bytes).map(SagaEnd::Replayed),
         }),
-        keeps_claim: |end| matches!(end, SagaEnd::Idem(_)),
+        keeps_claim: |end| {
+            matches!(
+                end,
+                SagaEnd::Idem(_) | SagaEnd::LeftAlone { keep_claim: true }
+            )
+        },
     }
 }

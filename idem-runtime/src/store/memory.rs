@@ -220,14 +220,18 @@ impl State {
     /// Removes the expired results and the logs of the sagas they ended; returns how many
     /// records went.
     fn purge(&mut self, now_ms: i64) -> usize {
-        let before = self.records.len();
-        self.records.retain(|_, e| !is_expired_result(e, now_ms));
-        let records = &self.records;
-        self.sagas.retain(|key, saga| {
-            records.contains_key(key)
-                || !matches!(saga.status, SagaStatus::Completed | SagaStatus::Compensated)
+        let mut purged = Vec::new();
+        self.records.retain(|key, e| {
+            let expired = is_expired_result(e, now_ms);
+            if expired {
+                purged.push(*key);
+            }
+            !expired
         });
-        before - self.records.len()
+        for key in &purged {
+            self.sagas.remove(key);
+        }
+        purged.len()
     }
 }
 
