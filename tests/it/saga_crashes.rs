@@ -1,8 +1,10 @@
 //! A process running a three-step saga (contract → charge → email) is killed with SIGKILL at
-//! each point: before, inside (after its side effect) and after each step. A new process then
-//! runs `recover`, and runs again the sagas that recovery hands back (past the email, which
-//! cannot be undone). The ledger of side effects must show no double effect, and the saga
-//! either completed or fully compensated.
+//! each point: before, inside (after its side effect) and after each step; and, when the email
+//! fails, inside each compensation while the saga undoes itself; and once the recovering
+//! process is killed too, inside the refund it makes. A new process then runs `recover`, and
+//! runs again the sagas that recovery hands back (past the email, which cannot be undone).
+//! The ledger of side effects must show no double effect, and the saga either completed or
+//! fully compensated.
 //!
 //! The services write their effects to a ledger file and deduplicate by the idempotency key
 //! they are handed (`idem::current_key()`), as real payment and mail APIs do.
@@ -54,6 +56,7 @@ async fn open_contract(order: &str) -> Result<String, ToolError> {
 
 async fn cancel_contract(contract: String) -> Result<(), ToolError> {
     serve(&ledger(), &format!("cancel {contract}"));
+    stop_here("inside:cancel").await;
     Ok(())
 }
 
@@ -66,11 +69,16 @@ async fn charge_card(order: &str, cents: u64) -> Result<String, ToolError> {
 
 async fn refund_card(charge: String) -> Result<(), ToolError> {
     serve(&ledger(), &format!("refund {charge}"));
+    stop_here("inside:refund").await;
     Ok(())
 }
 
 #[saga_step(irreversible)]
 async fn email_customer(order: &str) -> Result<(), ToolError> {
+    if std::env::var_os("IDEM_EMAIL_FAILS").is_some() {
+        // The mailer refuses the address: the saga is undone.
+        return Err(ToolError::Declined("no such mailbox".into()));
+    }
     serve(&ledger(), &format!("email {order}"));
     stop_here("inside:email").await;
     Ok(())
@@ -117,6 +125,7 @@ fn saga_child() {
         let key = idem::Action::new("saga").key(&(SAGA,)).unwrap();
         loop {
             let report = Recover::new(&store)
+                .lease(Duration::from_millis(300))
                 .compensation_retry(
                     Retry::new(3).backoff(Duration::from_millis(5), Duration::from_millis(20)),
                 )
@@ -152,16 +161,27 @@ fn saga_child() {
         .expect("the child finishes in time");
 }
 
-fn start(folder: &Path, role: &str, crash: &str) -> ChildProcess {
-    ChildProcess::start(
-        "saga_crashes::saga_child",
-        &[
-            ("IDEM_DB", folder.join("idem.db")),
-            ("IDEM_LEDGER", folder.join("ledger.txt")),
-            ("IDEM_ROLE", PathBuf::from(role)),
-            ("IDEM_CRASH", PathBuf::from(crash)),
-        ],
-    )
+/// One way to die: where the saga's process is killed, where the first recovering process
+/// is killed (if it is), whether the email fails (so that the saga is being undone), and
+/// how the saga must end.
+struct Scenario {
+    kill_saga_at: String,
+    kill_recovery_at: Option<&'static str>,
+    email_fails: bool,
+    ends: &'static str,
+}
+
+fn start(folder: &Path, role: &str, crash: &str, email_fails: bool) -> ChildProcess {
+    let mut env = vec![
+        ("IDEM_DB", folder.join("idem.db")),
+        ("IDEM_LEDGER", folder.join("ledger.txt")),
+        ("IDEM_ROLE", PathBuf::from(role)),
+        ("IDEM_CRASH", PathBuf::from(crash)),
+    ];
+    if email_fails {
+        env.push(("IDEM_EMAIL_FAILS", PathBuf::from("1")));
+    }
+    ChildProcess::start("saga_crashes::saga_child", &env)
 }
 
 /// The effects of the ledger, without their keys.
@@ -176,63 +196,107 @@ fn effects(folder: &Path) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn a_saga_killed_at_any_point_is_recovered_with_no_double_effect() {
+fn scenarios() -> Vec<Scenario> {
+    let mut all = Vec::new();
     for step in STEPS {
         for when in ["before", "inside", "after"] {
             let point = format!("{when}:{step}");
-            let folder = temp_folder(&format!("saga-crash-{when}-{step}"));
-
-            let mut doomed = start(&folder, "saga", &point);
-            doomed.expect(&format!("AT {point}"));
-            doomed.kill();
-            let mut recovering = start(&folder, "recover", "");
-            let status = recovering.expect("SETTLED");
-            recovering.finish();
-
-            let effects = effects(&folder);
-            let keys: Vec<String> = ledger_lines(&folder.join("ledger.txt"))
-                .into_iter()
-                .map(|line| line.split(' ').next().unwrap_or_default().to_owned())
-                .collect();
-            let mut unique = keys.clone();
-            unique.sort();
-            unique.dedup();
-            assert_eq!(
-                unique.len(),
-                keys.len(),
-                "{point}: an effect ran twice: {effects:?}"
-            );
-            let count = |prefix: &str| effects.iter().filter(|e| e.starts_with(prefix)).count();
-            assert!(count("charge") <= 1, "{point}: double charge: {effects:?}");
-
             // Killed once the email (which cannot be unsent) went out: carried forward.
             // Killed earlier: fully undone.
             let past_the_pivot = point == "inside:email" || point == "after:email";
-            if past_the_pivot {
-                assert_eq!(status, "completed", "{point}");
-                assert_eq!(
-                    effects,
-                    [
-                        "contract order-9",
-                        "charge 4200 for order-9",
-                        "email order-9"
-                    ],
-                    "{point}"
-                );
-            } else {
-                assert_eq!(status, "compensated", "{point}");
-                assert_eq!(count("email"), 0, "{point}: {effects:?}");
-                assert_eq!(count("contract"), count("cancel"), "{point}: {effects:?}");
-                assert_eq!(count("charge"), count("refund"), "{point}: {effects:?}");
-                let expected_contracts = usize::from(point != "before:contract");
-                assert_eq!(
-                    count("contract"),
-                    expected_contracts,
-                    "{point}: {effects:?}"
-                );
-            }
-            let _ = std::fs::remove_dir_all(&folder);
+            all.push(Scenario {
+                kill_saga_at: point,
+                kill_recovery_at: None,
+                email_fails: false,
+                ends: if past_the_pivot {
+                    "completed"
+                } else {
+                    "compensated"
+                },
+            });
         }
+    }
+    // Killed while undoing itself (the email failed), inside each compensation.
+    for point in ["inside:refund", "inside:cancel"] {
+        all.push(Scenario {
+            kill_saga_at: point.to_owned(),
+            kill_recovery_at: None,
+            email_fails: true,
+            ends: "compensated",
+        });
+    }
+    // The recovering process is killed too, inside the refund it makes.
+    all.push(Scenario {
+        kill_saga_at: "after:charge".to_owned(),
+        kill_recovery_at: Some("inside:refund"),
+        email_fails: false,
+        ends: "compensated",
+    });
+    all
+}
+
+#[test]
+fn a_saga_killed_at_any_point_is_recovered_with_no_double_effect() {
+    for scenario in scenarios() {
+        let point = match scenario.kill_recovery_at {
+            Some(again) => format!("{}, then recovery at {again}", scenario.kill_saga_at),
+            None => scenario.kill_saga_at.clone(),
+        };
+        let folder = temp_folder(&format!(
+            "saga-crash-{}",
+            point.replace([':', ',', ' '], "-")
+        ));
+        let fails = scenario.email_fails;
+
+        let mut doomed = start(&folder, "saga", &scenario.kill_saga_at, fails);
+        doomed.expect(&format!("AT {}", scenario.kill_saga_at));
+        doomed.kill();
+        if let Some(at) = scenario.kill_recovery_at {
+            let mut doomed = start(&folder, "recover", at, fails);
+            doomed.expect(&format!("AT {at}"));
+            doomed.kill();
+        }
+        let mut recovering = start(&folder, "recover", "", fails);
+        let status = recovering.expect("SETTLED");
+        recovering.finish();
+
+        let effects = effects(&folder);
+        let keys: Vec<String> = ledger_lines(&folder.join("ledger.txt"))
+            .into_iter()
+            .map(|line| line.split(' ').next().unwrap_or_default().to_owned())
+            .collect();
+        let mut unique = keys.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            keys.len(),
+            "{point}: an effect ran twice: {effects:?}"
+        );
+        let count = |prefix: &str| effects.iter().filter(|e| e.starts_with(prefix)).count();
+        assert!(count("charge") <= 1, "{point}: double charge: {effects:?}");
+        assert_eq!(status, scenario.ends, "{point}: {effects:?}");
+        if scenario.ends == "completed" {
+            assert_eq!(
+                effects,
+                [
+                    "contract order-9",
+                    "charge 4200 for order-9",
+                    "email order-9"
+                ],
+                "{point}"
+            );
+        } else {
+            assert_eq!(count("email"), 0, "{point}: {effects:?}");
+            assert_eq!(count("contract"), count("cancel"), "{point}: {effects:?}");
+            assert_eq!(count("charge"), count("refund"), "{point}: {effects:?}");
+            let expected_contracts = usize::from(point != "before:contract");
+            assert_eq!(
+                count("contract"),
+                expected_contracts,
+                "{point}: {effects:?}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&folder);
     }
 }
