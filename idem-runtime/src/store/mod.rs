@@ -16,6 +16,8 @@
 
 mod forward;
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 mod rules;
 mod saga;
 #[cfg(feature = "sqlite")]
@@ -28,6 +30,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use redis::RedisStore;
 pub use saga::{SagaLog, SagaStatus, SagaWrite, StaleSaga, StepRecord, StepState};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;

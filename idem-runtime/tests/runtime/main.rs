@@ -2,5 +2,7 @@
 
 mod canonical_python;
 mod key_vectors;
+mod postgres;
 mod python;
+mod redis;
 mod stores;

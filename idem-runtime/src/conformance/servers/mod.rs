@@ -1,0 +1,104 @@
+//! Real servers for tests: Redis and PostgreSQL, started on a free loopback port in a
+//! temporary folder, once per test process, and stopped when that process ends.
+//!
+//! Each server runs under a small keeper shell whose standard input is a pipe from the test
+//! process: when the test process ends, however it ends (a panic, a kill), the pipe closes
+//! and the keeper stops the server. Without the server's binary a test skips with a printed
+//! reason; under `CI=true` it fails instead, so that CI never passes by running nothing.
+
+mod redis;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use self::redis::RedisServer;
+
+/// A server process under its keeper. Dropping it does nothing: the keeper stops the server
+/// when the test process ends.
+#[derive(Debug)]
+pub struct Keeper {
+    // Held open for the life of the process: its end is the keeper's signal.
+    _child: Child,
+}
+
+impl Keeper {
+    /// Runs `script` under `sh` with a pipe from this process as its standard input; `script`
+    /// starts the server, waits for the pipe to close (`cat >/dev/null`), then stops it.
+    pub(crate) fn spawn(script: &str, log: &Path) -> std::io::Result<Keeper> {
+        let log = std::fs::File::create(log)?;
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        Ok(Keeper { _child: child })
+    }
+}
+
+/// The reason a test cannot run here. Outside CI the test is skipped (returns `None`) with
+/// the reason printed; under `CI=true` a missing server fails the test.
+pub(crate) fn unavailable<T>(reason: String) -> Option<T> {
+    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+        panic!("CI=true: {reason}");
+    }
+    eprintln!("skipping: {reason}");
+    None
+}
+
+/// The first of `names` found on `PATH` or in `extra` folders.
+pub(crate) fn find_binary(name: &str, extra: &[PathBuf]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(extra.iter().cloned())
+        .map(|folder| folder.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// A loopback port nobody listens on now.
+pub(crate) fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A fresh folder for one server.
+pub(crate) fn temp_folder(kind: &str) -> std::io::Result<PathBuf> {
+    let folder = std::env::temp_dir().join(format!(
+        "idem-{kind}-{}-{}",
+        std::process::id(),
+        free_port()?
+    ));
+    let _ = std::fs::remove_dir_all(&folder);
+    std::fs::create_dir_all(&folder)?;
+    Ok(folder)
+}
+
+/// Waits until `ready` holds, for at most `within`; the error says what the server logged.
+pub(crate) fn wait_until(
+    within: Duration,
+    log: &Path,
+    mut ready: impl FnMut() -> bool,
+) -> Result<(), String> {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let logged = std::fs::read_to_string(log).unwrap_or_default();
+    Err(format!("not ready after {within:?}; its log:\n{logged}"))
+}
+
+/// Sends `request` to 127.0.0.1:`port` and reads what comes back first.
+pub(crate) fn exchange(port: u16, request: &[u8]) -> Option<Vec<u8>> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    stream.write_all(request).ok()?;
+    let mut answer = [0u8; 64];
+    let read = stream.read(&mut answer).ok()?;
+    Some(answer[..read].to_vec())
+}

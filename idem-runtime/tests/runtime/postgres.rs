@@ -1,0 +1,1 @@
+//! PostgresStore on a real server: the whole conformance suite (written by the postgres work).
