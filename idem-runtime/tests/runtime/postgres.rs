@@ -1,1 +1,428 @@
-//! PostgresStore on a real server: the whole conformance suite (written by the postgres work).
+//! `PostgresStore` on a real server that the tests start themselves: the whole conformance
+//! suite, and what connecting does to the schema.
+//!
+//! Every test runs on a schema of its own in the one server of the test process. Without
+//! PostgreSQL installed, every test passes by skipping, with the reason printed (under
+//! `CI=true` they fail instead).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use idem_runtime::conformance::servers::PostgresServer;
+use idem_runtime::conformance_tests;
+use idem_runtime::store::{
+    Claim, ClaimRequest, Ownership, PostgresStore, Status, Store, StoredOutcome,
+};
+use idem_runtime::{Action, Error, Fingerprint, Key, OnStale};
+
+/// A schema name no other test of this process uses.
+fn unique_schema(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{prefix}_{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+async fn connect(url: &str, schema: &str) -> PostgresStore {
+    PostgresStore::builder(url)
+        .schema(schema)
+        .connect()
+        .await
+        .expect("connect to the test server")
+}
+
+/// A store on a new, empty schema; `None` when there is no PostgreSQL here (skipped).
+async fn fresh_store() -> Option<PostgresStore> {
+    let server = PostgresServer::shared()?;
+    Some(connect(&server.url(), &unique_schema("conformance")).await)
+}
+
+conformance_tests!(
+    postgres,
+    available = fresh_store(),
+    reopen = |store: &PostgresStore| {
+        // Another store on the same schema: its own pool, as another process would have.
+        let url = PostgresServer::shared().expect("the server").url();
+        let schema = store.schema().to_owned();
+        async move { connect(&url, &schema).await }
+    }
+);
+
+/// A plain client, to look at the tables as an operator (or a foreign program) would.
+async fn raw_client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("a plain connection");
+    tokio::spawn(connection);
+    client
+}
+
+fn request<'a>(key: &'a Key, fingerprint: &'a Fingerprint) -> ClaimRequest<'a> {
+    ClaimRequest {
+        key,
+        fingerprint,
+        action: "test",
+        lease: Duration::from_secs(60),
+        on_stale: OnStale::TakeOver,
+    }
+}
+
+/// Connecting to a schema that is in place migrates nothing: the second store works with a
+/// role that may not create anything, keeps the records (and the fencing sequence), and the
+/// schema's version row is the one the first connect wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connect_migrates_nothing_and_keeps_the_records() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    let schema = unique_schema("reconnect");
+    let first = connect(&server.url(), &schema).await;
+    let key = Action::new("send").key(&("ada",)).expect("key");
+    let fingerprint = Fingerprint::from(key);
+    let Claim::Acquired { token, .. } = first.claim(&request(&key, &fingerprint)).await.unwrap()
+    else {
+        panic!("a free key is acquired");
+    };
+    let recorded = first
+        .complete(
+            &key,
+            token,
+            StoredOutcome::Ok(b"\"sent\"".to_vec()),
+            Duration::from_secs(3600),
+        )
+        .await
+        .expect("complete");
+    assert_eq!(recorded, Ownership::Held);
+
+    // A role that can use the tables but create nothing: if connecting ran any DDL, it
+    // would fail.
+    let admin = raw_client(&server.url()).await;
+    let role = unique_schema("app");
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN;
+             GRANT USAGE ON SCHEMA {schema} TO {role};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role};
+             GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {role};"
+        ))
+        .await
+        .expect("a role with no CREATE privilege");
+    let version_row = format!(
+        "SELECT value, migrated_at::text, xmin::text FROM {schema}.idem_meta WHERE name = 'schema_version'"
+    );
+    let before = admin.query_one(&version_row, &[]).await.expect("version");
+
+    let url = format!("postgres://{role}@127.0.0.1:{}/postgres", server.port());
+    let second = connect(&url, &schema).await;
+    let after = admin.query_one(&version_row, &[]).await.expect("version");
+    assert_eq!(before.get::<_, i64>(0), 1);
+    for column in [1, 2] {
+        assert_eq!(
+            before.get::<_, String>(column),
+            after.get::<_, String>(column),
+            "the version row was not written again"
+        );
+    }
+
+    let record = second.get(&key).await.expect("get").expect("the record");
+    assert_eq!(record.status, Status::Completed);
+    assert_eq!(
+        record.outcome,
+        Some(StoredOutcome::Ok(b"\"sent\"".to_vec()))
+    );
+    match second.claim(&request(&key, &fingerprint)).await.unwrap() {
+        Claim::Completed { outcome, .. } => {
+            assert_eq!(outcome, StoredOutcome::Ok(b"\"sent\"".to_vec()))
+        }
+        other => panic!("expected the recorded result, got {other:?}"),
+    }
+    let other = Action::new("send").key(&("grace",)).expect("key");
+    let Claim::Acquired { token: next, .. } = second
+        .claim(&request(&other, &Fingerprint::from(other)))
+        .await
+        .unwrap()
+    else {
+        panic!("a free key is acquired");
+    };
+    assert!(
+        next > token,
+        "the fencing sequence goes on: {next} after {token}"
+    );
+}
+
+/// Stores that connect at the same moment to a schema that does not exist yet all succeed,
+/// and share one set of tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_connecting_at_once_to_a_new_schema_all_succeed() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    let url = server.url();
+    for _ in 0..3 {
+        let schema = unique_schema("together");
+        let connecting = (0..4).map(|_| {
+            let (url, schema) = (url.clone(), schema.clone());
+            tokio::spawn(async move {
+                PostgresStore::builder(url)
+                    .schema(schema)
+                    .pool_size(2)
+                    .connect()
+                    .await
+            })
+        });
+        let mut stores = Vec::new();
+        for joined in connecting.collect::<Vec<_>>() {
+            stores.push(
+                joined
+                    .await
+                    .expect("the task")
+                    .expect("every connect succeeds"),
+            );
+        }
+        let key = Action::new("together")
+            .key(&(schema.as_str(),))
+            .expect("key");
+        let fingerprint = Fingerprint::from(key);
+        let mut acquired = 0;
+        for store in &stores {
+            if matches!(
+                store.claim(&request(&key, &fingerprint)).await.unwrap(),
+                Claim::Acquired { .. }
+            ) {
+                acquired += 1;
+            }
+        }
+        assert_eq!(acquired, 1, "one set of tables, so one owner");
+    }
+}
+
+/// A row that another program wrote (or a disk fault left) is an error naming its key, never
+/// a panic; so is a saga log with an unknown status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_row_is_an_error_naming_its_key() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    let schema = unique_schema("corrupt");
+    let store = connect(&server.url(), &schema).await;
+    let admin = raw_client(&server.url()).await;
+    let (bad_status, bad_fingerprint, bad_outcome, bad_saga) = (
+        Key::from_bytes([1; 32]),
+        Key::from_bytes([2; 32]),
+        Key::from_bytes([3; 32]),
+        Key::from_bytes([4; 32]),
+    );
+    let insert = format!(
+        "INSERT INTO {schema}.idem_records
+           (key, action, status, token, fingerprint, outcome, result, created_at, expires_at)
+         VALUES ($1, 'foreign', $2, 1, $3, $4, '\\x31', now(), 'infinity')"
+    );
+    for (key, status, fingerprint, outcome) in [
+        (bad_status, "exploded", vec![0u8; 32], "ok"),
+        (bad_fingerprint, "completed", vec![0u8; 5], "ok"),
+        (bad_outcome, "completed", vec![0u8; 32], "maybe"),
+    ] {
+        admin
+            .execute(
+                &insert,
+                &[&key.to_string(), &status, &fingerprint, &outcome],
+            )
+            .await
+            .expect("a corrupt row");
+        let fingerprint = Fingerprint::from(key);
+        for result in [
+            store.claim(&request(&key, &fingerprint)).await.map(|_| ()),
+            store.get(&key).await.map(|_| ()),
+        ] {
+            match result {
+                Err(error @ Error::Codec { .. }) => {
+                    assert_eq!(error.key(), Some(&key));
+                    assert!(error.to_string().contains(&key.to_string()), "{error}");
+                }
+                other => panic!("expected a codec error, got {other:?}"),
+            }
+        }
+    }
+    admin
+        .execute(
+            &format!(
+                "INSERT INTO {schema}.idem_sagas (key, id, status, updated_at)
+                 VALUES ($1, 'order-1', 'exploded', now())"
+            ),
+            &[&bad_saga.to_string()],
+        )
+        .await
+        .expect("a corrupt saga log");
+    match store.read_saga(&bad_saga).await {
+        Err(error @ Error::Codec { .. }) => assert_eq!(error.key(), Some(&bad_saga)),
+        other => panic!("expected a codec error, got {other:?}"),
+    }
+}
+
+/// A schema made by a newer idem is refused, not written to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_from_a_newer_idem_is_refused() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    let schema = unique_schema("newer");
+    drop(connect(&server.url(), &schema).await);
+    let admin = raw_client(&server.url()).await;
+    admin
+        .execute(
+            &format!("UPDATE {schema}.idem_meta SET value = 99 WHERE name = 'schema_version'"),
+            &[],
+        )
+        .await
+        .expect("a newer version");
+    let refused = PostgresStore::builder(server.url())
+        .schema(&schema)
+        .connect()
+        .await
+        .expect_err("a newer schema is refused");
+    assert!(refused.to_string().contains("newer idem"), "{refused}");
+}
+
+/// A purge removes every expired result however many there are (it deletes them in
+/// batches), with the logs of the sagas they ended, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_removes_a_large_backlog_in_batches() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    let schema = unique_schema("backlog");
+    let store = connect(&server.url(), &schema).await;
+    let admin = raw_client(&server.url()).await;
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO {schema}.idem_records
+               (key, action, status, token, fingerprint, outcome, result, created_at, expires_at)
+             SELECT lpad(to_hex(n), 64, '0'), 'old', 'completed', n, decode(repeat('00', 32), 'hex'),
+                    'ok', '\\x31', now() - interval '2 days', now() - interval '1 day'
+             FROM generate_series(1, 2500) AS n;
+             INSERT INTO {schema}.idem_sagas (key, id, status, updated_at)
+             SELECT lpad(to_hex(n), 64, '0'), 'saga-' || n, 'completed', now()
+             FROM generate_series(1, 2500, 2) AS n;
+             INSERT INTO {schema}.idem_saga_steps
+               (saga, idx, name, key, irreversible, args, state)
+             SELECT lpad(to_hex(n), 64, '0'), 0, 'step', lpad(to_hex(n), 64, '0'), false, '\\x5b5d', 'done'
+             FROM generate_series(1, 2500, 2) AS n;"
+        ))
+        .await
+        .expect("a backlog of expired results");
+    let live = Action::new("live").key(&("kept",)).expect("key");
+    let fingerprint = Fingerprint::from(live);
+    let Claim::Acquired { token, .. } = store.claim(&request(&live, &fingerprint)).await.unwrap()
+    else {
+        panic!("a free key is acquired");
+    };
+    let kept = store
+        .complete(
+            &live,
+            token,
+            StoredOutcome::Ok(b"1".to_vec()),
+            Duration::from_secs(3600),
+        )
+        .await
+        .expect("complete");
+    assert_eq!(kept, Ownership::Held);
+
+    assert_eq!(store.purge_expired().await.expect("purge"), 2500);
+    let left: i64 = admin
+        .query_one(
+            &format!(
+                "SELECT (SELECT count(*) FROM {schema}.idem_records)
+                      + (SELECT count(*) FROM {schema}.idem_sagas)
+                      + (SELECT count(*) FROM {schema}.idem_saga_steps)"
+            ),
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 1, "only the live result is left");
+    assert!(store.get(&live).await.expect("get").is_some());
+    assert_eq!(store.purge_expired().await.expect("purge"), 0);
+}
+
+/// A store on a pool built by the application (for TLS, or its own settings).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_on_a_pool_of_your_own() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    let mut config = deadpool_postgres::Config::new();
+    config.url = Some(server.url());
+    let pool = config
+        .create_pool(
+            Some(deadpool_postgres::Runtime::Tokio1),
+            tokio_postgres::NoTls,
+        )
+        .expect("a pool");
+    let store = PostgresStore::with_pool(pool)
+        .schema(unique_schema("own_pool"))
+        .connect()
+        .await
+        .expect("connect on the pool");
+    let key = Action::new("pooled").key(&(1,)).expect("key");
+    let fingerprint = Fingerprint::from(key);
+    assert!(matches!(
+        store.claim(&request(&key, &fingerprint)).await.unwrap(),
+        Claim::Acquired { .. }
+    ));
+}
+
+/// A store error says what the server said, not only that there was one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_say_what_the_server_said() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    let url = format!("postgres://postgres@127.0.0.1:{}/no_such_db", server.port());
+    let error = PostgresStore::connect(url)
+        .await
+        .expect_err("no such database");
+    assert!(
+        matches!(
+            error,
+            Error::Store {
+                store: "postgres",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("\"no_such_db\" does not exist"),
+        "{error}"
+    );
+
+    let schema = unique_schema("dropped");
+    let store = connect(&server.url(), &schema).await;
+    raw_client(&server.url())
+        .await
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .expect("drop the schema");
+    let key = Action::new("lost").key(&(1,)).expect("key");
+    let error = store
+        .claim(&request(&key, &Fingerprint::from(key)))
+        .await
+        .expect_err("no tables");
+    assert_eq!(error.key(), Some(&key));
+    assert!(error.to_string().contains("does not exist"), "{error}");
+}
+
+/// `store::open` with a `postgres://` URL and a schema reaches the same records as a store
+/// made by hand on that schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_url_opens_the_store_on_its_schema() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    let schema = unique_schema("url");
+    let opened = idem_runtime::store::open(&format!("{}?schema={schema}", server.url()))
+        .await
+        .expect("open the URL");
+    assert_eq!(opened.name(), "postgres");
+    let by_hand = connect(&server.url(), &schema).await;
+    idem_runtime::conformance::races_across_two_handles(&*opened, &by_hand).await;
+}

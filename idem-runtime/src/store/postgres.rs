@@ -1,0 +1,1115 @@
+//! `PostgresStore`: records in PostgreSQL, for fleets of agents on many machines.
+//!
+//! Every operation on a record or a saga log is one SQL statement (a claim is one `INSERT …
+//! ON CONFLICT … DO UPDATE … WHERE`), timed by the server's clock (`clock_timestamp()`), run
+//! on a pooled connection (deadpool-postgres). The schema is in `postgres.sql`, next to this
+//! file; the store creates or migrates it when it connects.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::{NoTls, Row};
+
+use crate::key::{Fingerprint, Key};
+use crate::store::{
+    millis, Claim, ClaimRequest, FencingToken, Found, Ownership, Record, SagaLog, SagaStatus,
+    SagaWrite, StaleSaga, Status, StepRecord, StepState, Store, StoredOutcome, Waiters,
+};
+use crate::{Error, OnStale};
+
+/// The schema, as a file that teams who run their own migrations can apply themselves.
+const SCHEMA_SQL: &str = include_str!("postgres.sql");
+
+/// The version `postgres.sql` sets up; a schema with a larger one is refused.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Connections in the pool unless told otherwise: enough for a busy process, few enough that
+/// a fleet of processes stays well under the server's `max_connections` (100 by default).
+const DEFAULT_POOL_SIZE: usize = 16;
+
+/// How long a caller waits for a free connection, and for a new one to open.
+const POOL_WAIT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a waiting caller looks at the record for changes made by other processes.
+/// Callers of the same process are woken at once.
+const POLL: Duration = Duration::from_millis(25);
+
+/// After how many recorded results expired ones are purged (in the background).
+const PURGE_EVERY: u64 = 1024;
+
+/// How many expired records one purge statement deletes; a purge runs statements until one
+/// deletes fewer, so that no transaction grows with the backlog.
+const PURGE_BATCH: i64 = 1000;
+
+/// The longest lease or TTL the store writes: 100 years (an `interval` has limits).
+const MAX_MS: i64 = 100 * 366 * 24 * 3600 * 1000;
+
+/// How many times a claim is run again when it lost a race it could not see: the record
+/// changed between the statement's snapshot and its write. Each rerun sees the winner.
+const CLAIM_ATTEMPTS: usize = 16;
+
+/// The records of the claim protocol and the saga logs, in a PostgreSQL database: many
+/// processes on many machines share them safely.
+///
+/// - **Claims** are one statement each: `INSERT … ON CONFLICT (key) DO UPDATE … WHERE` the
+///   record is an expired result, or a claim of the same payload whose lease ran out. The same
+///   statement takes the dead owner's place or parks the key as NEEDS_REVIEW (`on_stale =
+///   review`), and otherwise reports the record as the statement's snapshot saw it (a replay
+///   of a recorded result, or a look at a key in progress, writes nothing). When the record
+///   changed between that snapshot and the write, the statement runs again.
+/// - **Fencing tokens** come from a sequence: they never repeat, not even after a release or
+///   a purge deleted the record, and a takeover draws its token once it holds the row lock,
+///   so it is larger than the token it replaces.
+/// - **Time** is the server's: leases and TTLs are `clock_timestamp()` plus a duration, so
+///   the clocks of the machines that call do not matter. (`clock_timestamp()`, not `now()`:
+///   `now()` is the start of the transaction, and a statement that waited for a row lock
+///   would hand out a lease that had partly run already.)
+/// - **Fenced writes** (`complete`, `release`, `heartbeat`, saga log writes) apply only while
+///   the token still owns the key; a saga log write holds the saga's record (`FOR SHARE`) in
+///   the same statement, so no takeover can slip between the check and the write.
+/// - **Recovery** scans with `FOR UPDATE SKIP LOCKED`, so several recovering processes do not
+///   pick the saga that another one is claiming at that moment.
+/// - **Schema**: the tables live in a schema of the database (`public` unless
+///   [`schema`](PostgresStoreBuilder::schema) says otherwise). Connecting creates them, or
+///   migrates them from an older version, in one transaction under
+///   `pg_advisory_xact_lock`, so processes that start together do not race; a schema that is
+///   in place is left alone (the store then needs no CREATE privilege). The SQL is shipped
+///   as `postgres.sql` for teams that migrate themselves.
+/// - **Connections**: a pool (deadpool-postgres) of 16 by default, without TLS; for TLS or
+///   other pool settings build the pool yourself and use [`PostgresStore::with_pool`].
+///
+/// Expired results are purged in the background every 1024 recorded results, and by
+/// [`purge_expired`](Store::purge_expired). A caller waiting for a key held by another caller
+/// of the same process is woken the moment that call finishes; one waiting on another
+/// process looks again every 25 ms.
+///
+/// ```no_run
+/// use idem_runtime::{set_default_store, store::PostgresStore};
+///
+/// # async fn start() -> Result<(), idem_runtime::Error> {
+/// let store = PostgresStore::connect("postgres://idem@db.internal/agents").await?;
+/// set_default_store(store);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    schema: String,
+    sql: Statements,
+    waiters: Waiters,
+    recorded: AtomicU64,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = self.inner.pool.status();
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.inner.schema)
+            .field("pool_size", &status.max_size)
+            .field("connections", &status.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How to connect a [`PostgresStore`]: the schema its tables live in, the size of its pool.
+///
+/// ```no_run
+/// use idem_runtime::store::PostgresStore;
+///
+/// # async fn start() -> Result<(), idem_runtime::Error> {
+/// let store = PostgresStore::builder("postgres://idem@db.internal/agents")
+///     .schema("idem")
+///     .pool_size(32)
+///     .connect()
+///     .await?;
+/// assert_eq!(store.schema(), "idem");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `connect` is called"]
+pub struct PostgresStoreBuilder {
+    source: Source,
+    schema: String,
+    pool_size: usize,
+}
+
+#[derive(Debug)]
+enum Source {
+    Url(String),
+    Pool(Pool),
+}
+
+impl PostgresStoreBuilder {
+    /// The schema of the database the store's tables live in (created if needed; `public`
+    /// unless set). Stores on different schemas of one database are independent.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), idem_runtime::Error> {
+    /// let store = idem_runtime::store::PostgresStore::builder("postgres://idem@db.internal/agents")
+    ///     .schema("billing_agents")
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// How many connections the pool opens at most (16 unless set). Has no effect on a pool
+    /// given to [`PostgresStore::with_pool`], which keeps its own size.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), idem_runtime::Error> {
+    /// let store = idem_runtime::store::PostgresStore::builder("postgres://idem@db.internal/agents")
+    ///     .pool_size(4)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size.max(1);
+        self
+    }
+
+    /// Opens the pool, creates or migrates the schema if needed, and returns the store.
+    ///
+    /// Fails with [`Error::Store`] if the URL is not a PostgreSQL connection string, the
+    /// server cannot be reached, the schema cannot be created, or it was made by a newer
+    /// idem.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), idem_runtime::Error> {
+    /// let store = idem_runtime::store::PostgresStore::builder("postgres://idem@db.internal/agents")
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(self) -> Result<PostgresStore, Error> {
+        let schema = self.schema;
+        if schema.is_empty() || schema.len() > 63 || schema.contains('\0') {
+            return Err(Error::store(
+                "postgres",
+                None,
+                format!("{schema:?} is not a schema name (1 to 63 bytes, no NUL)"),
+            ));
+        }
+        let pool = match self.source {
+            Source::Pool(pool) => pool,
+            Source::Url(url) => open_pool(&url, self.pool_size)?,
+        };
+        migrate(&pool, &schema).await?;
+        Ok(PostgresStore {
+            inner: Arc::new(Inner {
+                sql: Statements::new(&quote_ident(&schema)),
+                pool,
+                schema,
+                waiters: Waiters::default(),
+                recorded: AtomicU64::new(0),
+            }),
+        })
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://user:password@host:port/database`, or
+    /// the `key=value` form), with the store's tables in the schema `public`, creating them
+    /// if needed.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), idem_runtime::Error> {
+    /// let store = idem_runtime::store::PostgresStore::connect("postgres://idem@db.internal/agents").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(url: impl Into<String>) -> Result<Self, Error> {
+        Self::builder(url).connect().await
+    }
+
+    /// A builder for a store on the database at `url`, to choose the schema or the pool size.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), idem_runtime::Error> {
+    /// let store = idem_runtime::store::PostgresStore::builder("postgres://idem@db.internal/agents")
+    ///     .schema("idem")
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder(url: impl Into<String>) -> PostgresStoreBuilder {
+        PostgresStoreBuilder {
+            source: Source::Url(url.into()),
+            schema: "public".to_owned(),
+            pool_size: DEFAULT_POOL_SIZE,
+        }
+    }
+
+    /// A builder for a store on connections of a pool you built (deadpool-postgres 0.14):
+    /// for TLS, or your own pool settings.
+    ///
+    /// ```no_run
+    /// # async fn start(pool: deadpool_postgres::Pool) -> Result<(), idem_runtime::Error> {
+    /// // `pool` made with deadpool_postgres::Config::create_pool, with a TLS connector.
+    /// let store = idem_runtime::store::PostgresStore::with_pool(pool)
+    ///     .schema("idem")
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_pool(pool: Pool) -> PostgresStoreBuilder {
+        PostgresStoreBuilder {
+            source: Source::Pool(pool),
+            schema: "public".to_owned(),
+            pool_size: DEFAULT_POOL_SIZE,
+        }
+    }
+
+    /// The schema the store's tables live in.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), idem_runtime::Error> {
+    /// let store = idem_runtime::store::PostgresStore::connect("postgres://idem@db.internal/agents").await?;
+    /// assert_eq!(store.schema(), "public");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+
+    /// A connection from the pool.
+    async fn client(&self, key: Option<&Key>) -> Result<deadpool_postgres::Object, Error> {
+        self.inner.pool.get().await.map_err(|e| failed(key, &e))
+    }
+
+    /// A connection, and `statement` prepared on it (once per connection).
+    async fn prepared(
+        &self,
+        key: Option<&Key>,
+        statement: &str,
+    ) -> Result<(deadpool_postgres::Object, tokio_postgres::Statement), Error> {
+        let client = self.client(key).await?;
+        let prepared = client
+            .prepare_cached(statement)
+            .await
+            .map_err(|e| failed(key, &e))?;
+        Ok((client, prepared))
+    }
+
+    /// Runs `statement` and returns its rows.
+    async fn query(
+        &self,
+        key: Option<&Key>,
+        statement: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error> {
+        let (client, prepared) = self.prepared(key, statement).await?;
+        client
+            .query(&prepared, params)
+            .await
+            .map_err(|e| failed(key, &e))
+    }
+
+    /// Runs `statement` and returns how many rows it changed.
+    async fn execute(
+        &self,
+        key: Option<&Key>,
+        statement: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, Error> {
+        let (client, prepared) = self.prepared(key, statement).await?;
+        client
+            .execute(&prepared, params)
+            .await
+            .map_err(|e| failed(key, &e))
+    }
+
+    /// Runs `statement`, which answers one row of one boolean.
+    async fn ask(
+        &self,
+        key: &Key,
+        statement: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<bool, Error> {
+        let rows = self.query(Some(key), statement, params).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| Error::store("postgres", Some(key), "the statement answered no row"))?;
+        row.try_get(0).map_err(|e| failed(Some(key), &e))
+    }
+
+    /// Whether `token` still holds a live lease on `key`.
+    async fn held(&self, key: &Key, token: FencingToken) -> Result<bool, Error> {
+        self.ask(
+            key,
+            &self.inner.sql.held,
+            &[&key.to_string(), &to_sql(token)],
+        )
+        .await
+    }
+}
+
+/// The pool for `url`, with the store's defaults.
+fn open_pool(url: &str, size: usize) -> Result<Pool, Error> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+        Error::store(
+            "postgres",
+            None,
+            format!("not a PostgreSQL connection string: {e}"),
+        )
+    })?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("idem");
+    }
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .recycle_timeout(Some(CONNECT_TIMEOUT))
+        .build()
+        .map_err(|e| failed(None, &e))
+}
+
+/// Creates the schema, or migrates it to this version, unless it is in place: in one
+/// transaction that first takes an advisory lock named after the schema, so that processes
+/// connecting at once take turns (`CREATE … IF NOT EXISTS` alone still races in PostgreSQL).
+async fn migrate(pool: &Pool, schema: &str) -> Result<(), Error> {
+    let cannot = |e: tokio_postgres::Error| {
+        Error::store(
+            "postgres",
+            None,
+            format!("cannot set up the schema {schema:?}: {}", described(&e)),
+        )
+    };
+    let mut client = pool.get().await.map_err(|e| failed(None, &e))?;
+    if version(&client, schema).await.map_err(cannot)? == Some(SCHEMA_VERSION) {
+        return Ok(());
+    }
+    let transaction = client.transaction().await.map_err(cannot)?;
+    transaction
+        .execute(
+            "SELECT pg_advisory_xact_lock(hashtext('idem'), hashtext($1::text))",
+            &[&schema],
+        )
+        .await
+        .map_err(cannot)?;
+    match version(&transaction, schema).await.map_err(cannot)? {
+        Some(found) if found > SCHEMA_VERSION => {
+            return Err(Error::store(
+                "postgres",
+                None,
+                format!(
+                    "the schema {schema:?} has version {found}, made by a newer idem; \
+                     this one knows {SCHEMA_VERSION}"
+                ),
+            ));
+        }
+        Some(SCHEMA_VERSION) => {}
+        older => {
+            let quoted = quote_ident(schema);
+            transaction
+                .batch_execute(&format!(
+                    "CREATE SCHEMA IF NOT EXISTS {quoted}; SET LOCAL search_path TO {quoted};\n{SCHEMA_SQL}"
+                ))
+                .await
+                .map_err(cannot)?;
+            tracing::info!(
+                target: "idem",
+                schema,
+                from = older.unwrap_or(0),
+                to = SCHEMA_VERSION,
+                "created or migrated the PostgreSQL schema"
+            );
+        }
+    }
+    transaction.commit().await.map_err(cannot)
+}
+
+/// The version recorded in the schema, `None` when it has no idem tables yet.
+async fn version(
+    client: &impl GenericClient,
+    schema: &str,
+) -> Result<Option<i64>, tokio_postgres::Error> {
+    let meta = format!("{}.idem_meta", quote_ident(schema));
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1::text) IS NOT NULL", &[&meta])
+        .await?
+        .try_get(0)?;
+    if !exists {
+        return Ok(None);
+    }
+    let row = client
+        .query_opt(
+            &format!("SELECT value::bigint FROM {meta} WHERE name = 'schema_version'"),
+            &[],
+        )
+        .await?;
+    row.map(|row| row.try_get(0)).transpose()
+}
+
+/// A store error naming `key`, with what the driver said.
+fn failed(key: Option<&Key>, error: &dyn std::error::Error) -> Error {
+    Error::store("postgres", key, described(error))
+}
+
+/// An error and its causes, as one line. The driver's errors say little on their own
+/// (`db error`): what the server said is their source.
+fn described(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let said = error.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        cause = error.source();
+    }
+    text
+}
+
+/// `name` as a quoted SQL identifier.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `text` as a quoted SQL string literal.
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// A `timestamptz` expression as milliseconds since the Unix epoch (`NULL` stays `NULL`,
+/// `infinity` is `i64::MAX` and `-infinity` `i64::MIN`).
+fn epoch_ms(expression: &str) -> String {
+    format!(
+        "CASE WHEN {expression} IS NULL THEN NULL \
+              WHEN isfinite({expression}) THEN floor(extract(epoch FROM {expression}) * 1000)::bigint \
+              WHEN {expression} > 'epoch' THEN 9223372036854775807 \
+              ELSE -9223372036854775808 END"
+    )
+}
+
+/// The statements, written once for the store's schema.
+struct Statements {
+    claim: String,
+    get: String,
+    held: String,
+    complete: String,
+    release: String,
+    heartbeat: String,
+    purge: String,
+    saga_status: String,
+    saga_step: String,
+    read_saga: String,
+    stale_sagas: String,
+}
+
+impl Statements {
+    fn new(s: &str) -> Self {
+        let sequence = quote_literal(&format!("{s}.idem_fencing_token"));
+        let now_ms = epoch_ms("clock_timestamp()");
+        // A record whose owner may be replaced by the claim of payload `fingerprint`: an
+        // expired result, or a claim of the same payload whose lease ran out.
+        let claimable = |r: &str, fingerprint: &str| {
+            format!(
+                "({r}.status = 'completed' AND {r}.expires_at <= clock_timestamp()) \
+                 OR ({r}.status = 'in_progress' AND {r}.expires_at <= clock_timestamp() \
+                     AND {r}.fingerprint = {fingerprint})"
+            )
+        };
+        // What the claim does to a record it may replace: take the place of a dead owner
+        // under a new token, or (on_stale = review, $5) park the key for an operator, or
+        // start afresh over an expired result. The token of a takeover is drawn here, after
+        // the row is locked, so it is larger than any the record had.
+        let claim = format!(
+            "WITH cur AS (
+                 SELECT status, token, fingerprint, outcome, result,
+                        {expires_ms} AS expires_ms,
+                        coalesce({cur_claimable}, false) AS claimable
+                 FROM {s}.idem_records AS rec WHERE key = $1::text
+             ),
+             claimed AS (
+                 INSERT INTO {s}.idem_records AS r
+                     (key, action, status, token, fingerprint, created_at, expires_at, takeovers)
+                 SELECT $1::text, $2::text, 'in_progress', nextval({sequence}), $3::bytea,
+                        clock_timestamp(), clock_timestamp() + $4::bigint * interval '1 millisecond', 0
+                 WHERE NOT EXISTS (SELECT 1 FROM cur WHERE NOT cur.claimable)
+                 ON CONFLICT (key) DO UPDATE SET
+                     status      = CASE WHEN r.status = 'in_progress' AND $5::boolean
+                                        THEN 'needs_review' ELSE 'in_progress' END,
+                     token       = CASE WHEN r.status = 'in_progress' AND $5::boolean
+                                        THEN r.token ELSE nextval({sequence}) END,
+                     action      = CASE WHEN r.status = 'completed' THEN excluded.action ELSE r.action END,
+                     fingerprint = excluded.fingerprint,
+                     outcome     = NULL,
+                     result      = NULL,
+                     created_at  = CASE WHEN r.status = 'completed' THEN excluded.created_at ELSE r.created_at END,
+                     expires_at  = CASE WHEN r.status = 'in_progress' AND $5::boolean
+                                        THEN NULL ELSE excluded.expires_at END,
+                     takeovers   = CASE WHEN r.status = 'completed' THEN 0
+                                        WHEN $5::boolean THEN r.takeovers
+                                        ELSE r.takeovers + 1 END
+                 WHERE {r_claimable}
+                 RETURNING r.status, r.token, r.takeovers
+             )
+             SELECT c.status, c.token, c.takeovers,
+                    f.status, f.token, f.fingerprint, f.outcome, f.result, f.expires_ms, f.claimable,
+                    {now_ms}
+             FROM (VALUES (1)) AS one (x)
+             LEFT JOIN claimed c ON true
+             LEFT JOIN cur f ON true",
+            expires_ms = epoch_ms("expires_at"),
+            cur_claimable = claimable("rec", "$3::bytea"),
+            r_claimable = claimable("r", "excluded.fingerprint"),
+        );
+        Statements {
+            claim,
+            get: format!(
+                "SELECT action, status, token, fingerprint, outcome, result, {created}, {expires}
+                 FROM {s}.idem_records WHERE key = $1::text",
+                created = epoch_ms("created_at"),
+                expires = epoch_ms("expires_at"),
+            ),
+            held: format!(
+                "SELECT EXISTS (SELECT 1 FROM {s}.idem_records
+                                WHERE key = $1::text AND token = $2::bigint AND status = 'in_progress'
+                                  AND expires_at > clock_timestamp())"
+            ),
+            // A second `complete` by the owner whose first answer was lost finds its own
+            // result: held, and the first result stays.
+            complete: format!(
+                "WITH done AS (
+                     UPDATE {s}.idem_records
+                     SET status = 'completed', outcome = $3::text, result = $4::bytea,
+                         expires_at = clock_timestamp() + $5::bigint * interval '1 millisecond'
+                     WHERE key = $1::text AND token = $2::bigint
+                       AND status IN ('in_progress', 'needs_review')
+                     RETURNING 1
+                 )
+                 SELECT EXISTS (SELECT 1 FROM done)
+                     OR EXISTS (SELECT 1 FROM {s}.idem_records
+                                WHERE key = $1::text AND token = $2::bigint AND status = 'completed')"
+            ),
+            release: format!(
+                "DELETE FROM {s}.idem_records
+                 WHERE key = $1::text AND token = $2::bigint AND status IN ('in_progress', 'needs_review')"
+            ),
+            heartbeat: format!(
+                "UPDATE {s}.idem_records
+                 SET expires_at = clock_timestamp() + $3::bigint * interval '1 millisecond'
+                 WHERE key = $1::text AND token = $2::bigint AND status = 'in_progress'"
+            ),
+            // Rows that a claim is replacing at this moment are skipped (and left to it).
+            purge: format!(
+                "WITH gone AS (
+                     DELETE FROM {s}.idem_records
+                     WHERE key IN (SELECT key FROM {s}.idem_records
+                                   WHERE status = 'completed' AND expires_at <= clock_timestamp()
+                                   LIMIT $1::bigint
+                                   FOR UPDATE SKIP LOCKED)
+                     RETURNING key
+                 ),
+                 steps AS (DELETE FROM {s}.idem_saga_steps WHERE saga IN (SELECT key FROM gone)),
+                 sagas AS (DELETE FROM {s}.idem_sagas WHERE key IN (SELECT key FROM gone))
+                 SELECT count(*) FROM gone"
+            ),
+            // The saga's record is locked (FOR SHARE) by the statement that writes the log:
+            // a takeover waits for the write, and a write after a takeover finds no record.
+            saga_status: format!(
+                "WITH held AS (
+                     SELECT key FROM {s}.idem_records
+                     WHERE key = $1::text AND token = $2::bigint AND status = 'in_progress'
+                     FOR SHARE
+                 )
+                 INSERT INTO {s}.idem_sagas AS g (key, id, status, error, updated_at)
+                 SELECT key, $3::text, $4::text, $5::text, clock_timestamp() FROM held
+                 ON CONFLICT (key) DO UPDATE SET
+                     status = excluded.status, error = excluded.error, updated_at = excluded.updated_at
+                 RETURNING 1"
+            ),
+            saga_step: format!(
+                "WITH held AS (
+                     SELECT key FROM {s}.idem_records
+                     WHERE key = $1::text AND token = $2::bigint AND status = 'in_progress'
+                     FOR SHARE
+                 ),
+                 head AS (
+                     INSERT INTO {s}.idem_sagas AS g (key, id, status, error, updated_at)
+                     SELECT key, $3::text, 'running', NULL, clock_timestamp() FROM held
+                     ON CONFLICT (key) DO UPDATE SET updated_at = excluded.updated_at
+                     RETURNING g.key
+                 )
+                 INSERT INTO {s}.idem_saga_steps AS t
+                     (saga, idx, name, key, irreversible, args, state, output, error)
+                 SELECT key, $4::bigint, $5::text, $6::text, $7::boolean, $8::bytea, $9::text,
+                        $10::bytea, $11::text
+                 FROM head
+                 ON CONFLICT (saga, idx) DO UPDATE SET
+                     name = excluded.name, key = excluded.key, irreversible = excluded.irreversible,
+                     args = excluded.args, state = excluded.state, output = excluded.output,
+                     error = excluded.error
+                 RETURNING 1"
+            ),
+            read_saga: format!(
+                "SELECT g.id, g.status, g.error, {updated},
+                        t.idx, t.name, t.key, t.irreversible, t.args, t.state, t.output, t.error
+                 FROM {s}.idem_sagas g LEFT JOIN {s}.idem_saga_steps t ON t.saga = g.key
+                 WHERE g.key = $1::text
+                 ORDER BY t.idx",
+                updated = epoch_ms("g.updated_at"),
+            ),
+            // Sagas that another process is claiming right now are skipped: their rows are
+            // locked by that claim.
+            stale_sagas: format!(
+                "SELECT g.key, g.id, r.fingerprint
+                 FROM {s}.idem_sagas g JOIN {s}.idem_records r ON r.key = g.key
+                 WHERE g.status IN ('running', 'compensating')
+                   AND r.status = 'in_progress' AND r.expires_at <= clock_timestamp()
+                 ORDER BY r.expires_at
+                 LIMIT $1::bigint
+                 FOR UPDATE OF r SKIP LOCKED"
+            ),
+        }
+    }
+}
+
+/// A token as PostgreSQL's `bigint`. Tokens come from a `bigint` sequence, so every token
+/// the store handed out fits; a larger one matches no record.
+fn to_sql(token: FencingToken) -> i64 {
+    i64::try_from(token).unwrap_or(-1)
+}
+
+/// A duration as the milliseconds the store adds to its clock.
+fn duration_ms(duration: Duration) -> i64 {
+    millis(duration).min(MAX_MS)
+}
+
+fn to_wall(ms: i64) -> SystemTime {
+    u64::try_from(ms)
+        .ok()
+        .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms)))
+        .unwrap_or(UNIX_EPOCH)
+}
+
+/// Reads a column, naming the key when the row is not of the expected shape.
+fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    index: usize,
+    what: &'static str,
+    key: Option<&Key>,
+) -> Result<T, Error> {
+    row.try_get(index).map_err(|e| Error::codec(what, key, e))
+}
+
+/// A codec error for a row that is not what idem writes ("corrupt record: …").
+fn corrupt(what: &'static str, key: Option<&Key>, problem: impl fmt::Display) -> Error {
+    let noun = what.strip_prefix("a ").unwrap_or(what);
+    Error::codec(what, key, format!("corrupt {noun}: {problem}"))
+}
+
+/// A record's fields as read from the table, checked: a corrupt or foreign row is an error
+/// naming the key, never a panic.
+fn found(
+    key: &Key,
+    status: &str,
+    token: i64,
+    fingerprint: &[u8],
+    outcome: Option<&str>,
+    result: Option<Vec<u8>>,
+    expires_at_ms: Option<i64>,
+) -> Result<(Found, Option<StoredOutcome>), Error> {
+    let bad = |problem: &str| corrupt("a record", Some(key), problem);
+    let status = Status::parse(status).ok_or_else(|| bad("unknown status"))?;
+    let fingerprint: [u8; 32] = fingerprint
+        .try_into()
+        .map_err(|_| bad("the fingerprint is not 32 bytes"))?;
+    let outcome = match (outcome, result) {
+        (None, _) => None,
+        (Some("ok"), Some(bytes)) => Some(StoredOutcome::Ok(bytes)),
+        (Some("err"), Some(bytes)) => Some(StoredOutcome::Err(bytes)),
+        _ => return Err(bad("unknown outcome")),
+    };
+    if status == Status::Completed && outcome.is_none() {
+        return Err(bad("completed without a result"));
+    }
+    let token = FencingToken::try_from(token).map_err(|_| bad("negative token"))?;
+    Ok((
+        Found {
+            status,
+            token,
+            fingerprint: Fingerprint::from_bytes(fingerprint),
+            expires_at_ms,
+        },
+        outcome,
+    ))
+}
+
+/// What one run of the claim statement says.
+enum Attempt {
+    Done(Claim),
+    /// The record changed between the statement's snapshot and its write: run it again.
+    Raced,
+}
+
+fn claim_answer(row: &Row, request: &ClaimRequest<'_>) -> Result<Attempt, Error> {
+    let key = Some(request.key);
+    let what = "a record";
+    if let Some(status) = column::<Option<String>>(row, 0, what, key)? {
+        let token: i64 = column(row, 1, what, key)?;
+        let takeovers: i32 = column(row, 2, what, key)?;
+        let token =
+            FencingToken::try_from(token).map_err(|_| corrupt(what, key, "negative token"))?;
+        return Ok(Attempt::Done(match status.as_str() {
+            "in_progress" => Claim::Acquired {
+                token,
+                resumed: takeovers > 0,
+            },
+            "needs_review" => Claim::NeedsReview {
+                fingerprint: *request.fingerprint,
+            },
+            other => return Err(corrupt(what, key, format!("claimed as {other:?}"))),
+        }));
+    }
+    let Some(status) = column::<Option<String>>(row, 3, what, key)? else {
+        // No record in the snapshot, and the insert met one made since.
+        return Ok(Attempt::Raced);
+    };
+    if column::<Option<bool>>(row, 9, what, key)? == Some(true) {
+        // The snapshot's record could be replaced, but the record the write met could not.
+        return Ok(Attempt::Raced);
+    }
+    let token: Option<i64> = column(row, 4, what, key)?;
+    let fingerprint: Option<Vec<u8>> = column(row, 5, what, key)?;
+    let outcome: Option<String> = column(row, 6, what, key)?;
+    let result: Option<Vec<u8>> = column(row, 7, what, key)?;
+    let expires_at_ms: Option<i64> = column(row, 8, what, key)?;
+    let now_ms: i64 = column(row, 10, what, key)?;
+    let (found, outcome) = found(
+        request.key,
+        &status,
+        token.ok_or_else(|| corrupt(what, key, "no token"))?,
+        &fingerprint.ok_or_else(|| corrupt(what, key, "no fingerprint"))?,
+        outcome.as_deref(),
+        result,
+        expires_at_ms,
+    )?;
+    Ok(Attempt::Done(found.report(outcome, now_ms)))
+}
+
+fn ownership(changed: bool) -> Ownership {
+    if changed {
+        Ownership::Held
+    } else {
+        Ownership::Lost
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
+        let key = request.key;
+        let hex = key.to_string();
+        let fingerprint = &request.fingerprint.as_bytes()[..];
+        let lease = duration_ms(request.lease);
+        let review = request.on_stale == OnStale::Review;
+        for _ in 0..CLAIM_ATTEMPTS {
+            let rows = self
+                .query(
+                    Some(key),
+                    &self.inner.sql.claim,
+                    &[&hex, &request.action, &fingerprint, &lease, &review],
+                )
+                .await?;
+            let row = rows
+                .first()
+                .ok_or_else(|| Error::store("postgres", Some(key), "the claim answered no row"))?;
+            if let Attempt::Done(claim) = claim_answer(row, request)? {
+                return Ok(claim);
+            }
+        }
+        Err(Error::store(
+            "postgres",
+            Some(key),
+            format!("the record kept changing under {CLAIM_ATTEMPTS} claims in a row"),
+        ))
+    }
+
+    async fn complete(
+        &self,
+        key: &Key,
+        token: FencingToken,
+        outcome: StoredOutcome,
+        ttl: Duration,
+    ) -> Result<Ownership, Error> {
+        let (kind, bytes) = match &outcome {
+            StoredOutcome::Ok(bytes) => ("ok", bytes),
+            StoredOutcome::Err(bytes) => ("err", bytes),
+        };
+        let held = self
+            .ask(
+                key,
+                &self.inner.sql.complete,
+                &[
+                    &key.to_string(),
+                    &to_sql(token),
+                    &kind,
+                    &&bytes[..],
+                    &duration_ms(ttl),
+                ],
+            )
+            .await?;
+        self.inner.waiters.wake(key);
+        if self.inner.recorded.fetch_add(1, Ordering::Relaxed) % PURGE_EVERY == PURGE_EVERY - 1 {
+            let store = self.clone();
+            tokio::spawn(async move {
+                if let Err(error) = store.purge_expired().await {
+                    tracing::warn!(target: "idem", %error, "purging expired results failed");
+                }
+            });
+        }
+        Ok(ownership(held))
+    }
+
+    async fn release(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
+        let deleted = self
+            .execute(
+                Some(key),
+                &self.inner.sql.release,
+                &[&key.to_string(), &to_sql(token)],
+            )
+            .await?;
+        self.inner.waiters.wake(key);
+        Ok(ownership(deleted == 1))
+    }
+
+    async fn heartbeat(
+        &self,
+        key: &Key,
+        token: FencingToken,
+        lease: Duration,
+    ) -> Result<Ownership, Error> {
+        let renewed = self
+            .execute(
+                Some(key),
+                &self.inner.sql.heartbeat,
+                &[&key.to_string(), &to_sql(token), &duration_ms(lease)],
+            )
+            .await?;
+        Ok(ownership(renewed == 1))
+    }
+
+    async fn wait(&self, key: &Key, token: FencingToken, at_most: Duration) -> Result<(), Error> {
+        // Cannot look: wait the poll interval, then the caller's claim says what is wrong.
+        let still_held = async { self.held(key, token).await.unwrap_or(true) };
+        self.inner
+            .waiters
+            .wait(key, at_most.min(POLL), still_held)
+            .await;
+        Ok(())
+    }
+
+    async fn get(&self, key: &Key) -> Result<Option<Record>, Error> {
+        let rows = self
+            .query(Some(key), &self.inner.sql.get, &[&key.to_string()])
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let (what, some_key) = ("a record", Some(key));
+        let action: String = column(row, 0, what, some_key)?;
+        let status: String = column(row, 1, what, some_key)?;
+        let token: i64 = column(row, 2, what, some_key)?;
+        let fingerprint: Vec<u8> = column(row, 3, what, some_key)?;
+        let outcome: Option<String> = column(row, 4, what, some_key)?;
+        let result: Option<Vec<u8>> = column(row, 5, what, some_key)?;
+        let created_at_ms: i64 = column(row, 6, what, some_key)?;
+        let expires_at_ms: Option<i64> = column(row, 7, what, some_key)?;
+        let (found, outcome) = found(
+            key,
+            &status,
+            token,
+            &fingerprint,
+            outcome.as_deref(),
+            result,
+            expires_at_ms,
+        )?;
+        Ok(Some(Record {
+            key: *key,
+            action,
+            status: found.status,
+            token: found.token,
+            fingerprint: found.fingerprint,
+            outcome,
+            created_at: to_wall(created_at_ms),
+            expires_at: found.expires_at_ms.map(to_wall),
+        }))
+    }
+
+    async fn purge_expired(&self) -> Result<u64, Error> {
+        let mut purged = 0u64;
+        loop {
+            let rows = self
+                .query(None, &self.inner.sql.purge, &[&PURGE_BATCH])
+                .await?;
+            let count: i64 = rows
+                .first()
+                .map(|row| row.try_get(0))
+                .transpose()
+                .map_err(|e| failed(None, &e))?
+                .unwrap_or(0);
+            purged += u64::try_from(count).unwrap_or(0);
+            if count < PURGE_BATCH {
+                return Ok(purged);
+            }
+        }
+    }
+
+    async fn write_saga(
+        &self,
+        saga: &Key,
+        id: &str,
+        token: FencingToken,
+        write: SagaWrite<'_>,
+    ) -> Result<Ownership, Error> {
+        let hex = saga.to_string();
+        let token = to_sql(token);
+        let written = match write {
+            SagaWrite::Status { status, error } => {
+                self.query(
+                    Some(saga),
+                    &self.inner.sql.saga_status,
+                    &[&hex, &token, &id, &status.as_str(), &error],
+                )
+                .await?
+            }
+            SagaWrite::Step(step) => {
+                self.query(
+                    Some(saga),
+                    &self.inner.sql.saga_step,
+                    &[
+                        &hex,
+                        &token,
+                        &id,
+                        &i64::from(step.index),
+                        &step.name,
+                        &step.key.to_string(),
+                        &step.irreversible,
+                        &step.args,
+                        &step.state.as_str(),
+                        &step.output,
+                        &step.error,
+                    ],
+                )
+                .await?
+            }
+        };
+        Ok(ownership(!written.is_empty()))
+    }
+
+    async fn read_saga(&self, saga: &Key) -> Result<Option<SagaLog>, Error> {
+        let rows = self
+            .query(Some(saga), &self.inner.sql.read_saga, &[&saga.to_string()])
+            .await?;
+        let Some(head) = rows.first() else {
+            return Ok(None);
+        };
+        let (what, key) = ("a saga log", Some(saga));
+        let id: String = column(head, 0, what, key)?;
+        let status: String = column(head, 1, what, key)?;
+        let error: Option<String> = column(head, 2, what, key)?;
+        let updated_at_ms: i64 = column(head, 3, what, key)?;
+        let status = SagaStatus::parse(&status)
+            .ok_or_else(|| corrupt(what, key, format!("unknown status {status:?}")))?;
+        let mut steps = Vec::new();
+        for row in &rows {
+            let Some(index) = column::<Option<i64>>(row, 4, what, key)? else {
+                continue; // A log with no steps yet.
+            };
+            let step_key: String = column(row, 6, what, key)?;
+            let state: String = column(row, 9, what, key)?;
+            steps.push(StepRecord {
+                index: u32::try_from(index)
+                    .map_err(|_| corrupt(what, key, format!("step index {index}")))?,
+                name: column(row, 5, what, key)?,
+                key: step_key
+                    .parse()
+                    .map_err(|_| corrupt(what, key, format!("the key of step {index}")))?,
+                irreversible: column(row, 7, what, key)?,
+                args: column(row, 8, what, key)?,
+                state: StepState::parse(&state).ok_or_else(|| {
+                    corrupt(
+                        what,
+                        key,
+                        format!("unknown state {state:?} of step {index}"),
+                    )
+                })?,
+                output: column(row, 10, what, key)?,
+                error: column(row, 11, what, key)?,
+            });
+        }
+        Ok(Some(SagaLog::new(
+            *saga,
+            id,
+            status,
+            error,
+            steps,
+            to_wall(updated_at_ms),
+        )))
+    }
+
+    async fn stale_sagas(&self, limit: usize) -> Result<Vec<StaleSaga>, Error> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .query(None, &self.inner.sql.stale_sagas, &[&limit])
+            .await?;
+        let what = "a saga log";
+        let mut stale = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let key: String = column(row, 0, what, None)?;
+            let id: String = column(row, 1, what, None)?;
+            let fingerprint: Vec<u8> = column(row, 2, what, None)?;
+            let parsed: Key = key
+                .parse()
+                .map_err(|_| corrupt(what, None, format!("the saga key {key:?}")))?;
+            let fingerprint: [u8; 32] = fingerprint
+                .try_into()
+                .map_err(|_| corrupt(what, Some(&parsed), "the fingerprint is not 32 bytes"))?;
+            stale.push(StaleSaga::new(
+                parsed,
+                id,
+                Fingerprint::from_bytes(fingerprint),
+            ));
+        }
+        Ok(stale)
+    }
+}

@@ -1,0 +1,81 @@
+-- The schema of idem's PostgresStore, version 1.
+--
+-- PostgresStore creates this schema itself when it connects: in one transaction, under
+-- pg_advisory_xact_lock (so that processes connecting at once do not race), it runs this file
+-- with `search_path` set to the store's schema (`public` unless the store is given another),
+-- unless `idem_meta` already says version 1. A store that finds the schema in place changes
+-- nothing, so it needs no CREATE privilege.
+--
+-- Teams that migrate themselves run this same file, in the schema the store will be given:
+--
+--   psql "$DATABASE_URL" -v ON_ERROR_STOP=1 --single-transaction \
+--     -c 'CREATE SCHEMA IF NOT EXISTS idem' -c 'SET LOCAL search_path TO idem' -f postgres.sql
+--
+-- and the application then needs only: USAGE on the schema; SELECT, INSERT, UPDATE, DELETE on
+-- its tables; USAGE on the sequence. Every statement here can be run again (IF NOT EXISTS).
+--
+-- Keys and fingerprints are SHA-256 digests: no argument of any call is stored in a key.
+-- Times are the server's (`clock_timestamp()`), never a client's.
+
+-- Fencing tokens: every successful claim takes a new one. A sequence never hands out a
+-- number twice, not even after the record that held it was released or purged, so a
+-- fenced write by an owner that was taken over can never match.
+CREATE SEQUENCE IF NOT EXISTS idem_fencing_token AS bigint;
+
+-- One record per key: the claim protocol.
+--   in_progress  -- claimed; expires_at is the end of the owner's lease
+--   completed    -- the result is recorded; expires_at is the end of its TTL
+--   needs_review -- the owner died inside an `on_stale = review` action; expires_at is NULL
+CREATE TABLE IF NOT EXISTS idem_records (
+    key          text        PRIMARY KEY,  -- 64 hex digits
+    action       text        NOT NULL,     -- the action's name, for operators
+    status       text        NOT NULL,     -- in_progress | completed | needs_review
+    token        bigint      NOT NULL,     -- fencing token of the last claim
+    fingerprint  bytea       NOT NULL,     -- 32 bytes: the digest of the claim's payload
+    outcome      text,                     -- ok | err, once completed
+    result       bytea,                    -- the recorded value or error (JSON), once completed
+    created_at   timestamptz NOT NULL,     -- when the key was first claimed
+    expires_at   timestamptz,              -- lease end, or result expiry; NULL: waits for review
+    takeovers    integer     NOT NULL DEFAULT 0  -- owners that died and were taken over
+);
+
+-- Expiry: what purges (completed, expires_at passed) and recovery (in_progress, lease passed)
+-- look for.
+CREATE INDEX IF NOT EXISTS idem_records_expiry ON idem_records (status, expires_at);
+
+-- Saga logs. A saga's claim is its row in idem_records (the same key); its log outlives that
+-- row when the saga waits for an operator (needs_attention) and is deleted with it when a
+-- purge removes the saga's expired result.
+CREATE TABLE IF NOT EXISTS idem_sagas (
+    key         text        PRIMARY KEY,  -- the key of the saga's claim
+    id          text        NOT NULL,     -- the saga's id, as its caller gave it
+    status      text        NOT NULL,     -- running | compensating | completed | compensated | needs_attention | interrupted
+    error       text,                     -- why it failed, once it did
+    updated_at  timestamptz NOT NULL
+);
+
+-- Recovery looks for the sagas that are running or compensating.
+CREATE INDEX IF NOT EXISTS idem_sagas_active ON idem_sagas (key)
+    WHERE status IN ('running', 'compensating');
+
+CREATE TABLE IF NOT EXISTS idem_saga_steps (
+    saga          text    NOT NULL,  -- idem_sagas.key
+    idx           bigint  NOT NULL,  -- the step's place in the saga, from 0
+    name          text    NOT NULL,  -- the step's registered name
+    key           text    NOT NULL,  -- the step's key (64 hex digits)
+    irreversible  boolean NOT NULL,
+    args          bytea   NOT NULL,  -- JSON
+    state         text    NOT NULL,  -- started | done | failed | compensated | compensation_failed
+    output        bytea,             -- JSON, once done
+    error         text,
+    PRIMARY KEY (saga, idx)
+);
+
+-- The schema's version, which a store checks when it connects: a schema made by a newer idem
+-- is refused, an older one is migrated.
+CREATE TABLE IF NOT EXISTS idem_meta (
+    name         text        PRIMARY KEY,
+    value        bigint      NOT NULL,
+    migrated_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+INSERT INTO idem_meta (name, value) VALUES ('schema_version', 1) ON CONFLICT (name) DO NOTHING;
