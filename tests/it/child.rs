@@ -89,7 +89,9 @@ pub fn append(ledger: &Path, line: &str) {
         .append(true)
         .open(ledger)
         .expect("open the ledger");
-    writeln!(file, "{line}").expect("write the ledger");
+    // One write of the whole line: appends of several processes never interleave.
+    file.write_all(format!("{line}\n").as_bytes())
+        .expect("write the ledger");
 }
 
 pub fn ledger_lines(ledger: &Path) -> Vec<String> {

@@ -16,12 +16,15 @@
 
 mod forward;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
 mod rules;
 mod saga;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+mod url;
 mod waiters;
 
 use std::fmt;
@@ -30,11 +33,14 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "redis")]
 pub use redis::RedisStore;
 pub use saga::{SagaLog, SagaStatus, SagaWrite, StaleSaga, StepRecord, StepState};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
+pub use url::open;
 
 pub(crate) use rules::{decide, millis, remaining, Found, Verdict, Write};
 pub(crate) use waiters::Waiters;

@@ -16,6 +16,8 @@
 //! counter and the two indexes are single keys, so the store runs on one Redis server (with
 //! replicas), not on Redis Cluster.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -30,12 +32,13 @@ use crate::store::{
 use crate::Error;
 
 /// How much longer than its TTL a completed record lives in Redis before the server expires it
-/// by itself: the purge (and every 64th result recorded) removes it on time; this is the
-/// safety net that keeps memory bounded if nothing purges.
+/// by itself: the purge (also run after every 64th result recorded) removes it on time; this
+/// is the safety net that keeps memory bounded if nothing purges.
 const NATIVE_EXPIRY_GRACE: Duration = Duration::from_secs(60);
 
-/// How many expired results a recorded result purges on its way.
-const PURGE_ON_THE_WAY: usize = 8;
+/// After how many recorded results (of one store handle) expired ones are purged, and how
+/// many at most then.
+const PURGE_EVERY: u64 = 64;
 
 /// The store on a Redis server: atomic Lua scripts with fencing tokens, leases and TTLs on
 /// the server's clock, completed records expired natively. Cheap to clone (one multiplexed
@@ -54,6 +57,7 @@ const PURGE_ON_THE_WAY: usize = 8;
 pub struct RedisStore {
     connection: ConnectionManager,
     prefix: String,
+    recorded: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -72,14 +76,19 @@ impl RedisStore {
     /// The default prefix of every key the store writes.
     pub const DEFAULT_PREFIX: &'static str = "idem:";
 
-    /// Connects to the server at `url` (`redis://host:port/db`, `rediss://…` for TLS), with
-    /// the prefix `idem:`. Operations time out after 5 s; a dropped connection is re-made.
+    /// Connects to the server at `url` (`redis://host:port/db`), with the prefix `idem:`.
+    /// Operations time out after 5 s; a dropped connection is re-made by the next call.
     pub async fn connect(url: &str) -> Result<Self, Error> {
         let client = redis::Client::open(url).map_err(failed(None))?;
+        // A call that meets a dropped connection fails fast with a store error (the caller
+        // retries the call, not idem); the next one reconnects. The client's own reconnect
+        // backoff multiplies its delay by `factor` each time, from one second: kept short.
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Duration::from_secs(2))
             .set_response_timeout(Duration::from_secs(5))
-            .set_number_of_retries(2);
+            .set_factor(2)
+            .set_max_delay(200)
+            .set_number_of_retries(1);
         let connection = client
             .get_connection_manager_with_config(config)
             .await
@@ -87,6 +96,7 @@ impl RedisStore {
         Ok(RedisStore {
             connection,
             prefix: Self::DEFAULT_PREFIX.to_owned(),
+            recorded: Arc::default(),
         })
     }
 
@@ -570,9 +580,10 @@ impl Store for RedisStore {
             .arg(key.to_string())
             .arg(millis(NATIVE_EXPIRY_GRACE));
         let held: i64 = self.run(Some(key), &invocation).await?;
-        if held == 1 {
-            // A few expired results go on the way, so that a store nobody purges stays small.
-            if let Err(error) = self.purge_some(PURGE_ON_THE_WAY).await {
+        let due = self.recorded.fetch_add(1, Ordering::Relaxed) % PURGE_EVERY == PURGE_EVERY - 1;
+        if held == 1 && due {
+            // A store nobody purges stays small; the result is recorded whatever this says.
+            if let Err(error) = self.purge_some(PURGE_EVERY as usize).await {
                 tracing::warn!(target: "idem", %error, "purging expired results failed");
             }
         }

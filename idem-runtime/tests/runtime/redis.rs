@@ -36,3 +36,22 @@ conformance_tests!(
         }
     }
 );
+
+/// `store::open` with a `redis://` URL and a prefix reaches the same records as a store made
+/// by hand with that prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_url_opens_the_store_with_its_prefix() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let prefix = format!("url{}:", unique());
+    let opened = idem_runtime::store::open(&format!("{}?prefix={prefix}", server.url()))
+        .await
+        .expect("open the URL");
+    assert_eq!(opened.name(), "redis");
+    let by_hand = RedisStore::connect(&server.url())
+        .await
+        .expect("connect")
+        .with_prefix(prefix);
+    idem_runtime::conformance::races_across_two_handles(&*opened, &by_hand).await;
+}

@@ -33,3 +33,22 @@ fn unique() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
+
+/// `store::open` with `memory:` and `sqlite://` URLs.
+#[tokio::test]
+async fn memory_and_sqlite_urls_open_their_stores() {
+    let memory = idem_runtime::store::open("memory:").await.expect("memory:");
+    assert_eq!(memory.name(), "memory");
+    let folder = std::env::temp_dir().join(format!("idem-url-{}", std::process::id()));
+    std::fs::create_dir_all(&folder).expect("a temporary folder");
+    let file = folder.join("url.db");
+    let opened = idem_runtime::store::open(&format!("sqlite://{}", file.display()))
+        .await
+        .expect("sqlite://");
+    assert_eq!(opened.name(), "sqlite");
+    assert!(file.exists(), "the file named by the URL");
+    for wrong in ["sqlite://", "mysql://localhost/idem", "nonsense"] {
+        let refused = idem_runtime::store::open(wrong).await.expect_err(wrong);
+        assert!(refused.to_string().contains(wrong), "{refused}");
+    }
+}

@@ -6,22 +6,25 @@
 //! and the keeper stops the server. Without the server's binary a test skips with a printed
 //! reason; under `CI=true` it fails instead, so that CI never passes by running nothing.
 
+mod postgres;
 mod redis;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+pub use self::postgres::PostgresServer;
 pub use self::redis::RedisServer;
 
 /// A server process under its keeper. Dropping it does nothing: the keeper stops the server
 /// when the test process ends.
 #[derive(Debug)]
 pub struct Keeper {
-    // Held open for the life of the process: its end is the keeper's signal.
-    _child: Child,
+    child: Child,
+    commands: Mutex<Option<ChildStdin>>,
 }
 
 impl Keeper {
@@ -29,14 +32,40 @@ impl Keeper {
     /// starts the server, waits for the pipe to close (`cat >/dev/null`), then stops it.
     pub(crate) fn spawn(script: &str, log: &Path) -> std::io::Result<Keeper> {
         let log = std::fs::File::create(log)?;
-        let child = Command::new("sh")
+        let mut child = Command::new("sh")
             .arg("-c")
             .arg(script)
             .stdin(Stdio::piped())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        Ok(Keeper { _child: child })
+        let commands = Mutex::new(child.stdin.take());
+        Ok(Keeper { child, commands })
+    }
+
+    /// As [`spawn`](Self::spawn), for a server that can be stopped and started again:
+    /// `functions` defines the shell functions `start`, `stop` and `clean`. The keeper starts
+    /// the server, runs each line it reads as a command ([`send`](Self::send) `stop` or
+    /// `start`), and once the pipe closes (this process ended) stops the server and cleans up.
+    pub(crate) fn spawn_controlled(functions: &str, log: &Path) -> std::io::Result<Keeper> {
+        let script =
+            format!("{functions}\nstart\nwhile read command; do $command; done\nstop\nclean\n");
+        Self::spawn(&script, log)
+    }
+
+    /// Tells the keeper to run `command` (`stop` or `start`).
+    pub(crate) fn send(&self, command: &str) -> std::io::Result<()> {
+        let mut commands = self.commands.lock().unwrap_or_else(|e| e.into_inner());
+        let pipe = commands
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("the keeper is gone"))?;
+        pipe.write_all(format!("{command}\n").as_bytes())?;
+        pipe.flush()
+    }
+
+    /// The keeper's process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
     }
 }
 

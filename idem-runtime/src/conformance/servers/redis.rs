@@ -20,7 +20,7 @@ use super::{exchange, find_binary, free_port, temp_folder, unavailable, wait_unt
 pub struct RedisServer {
     port: u16,
     folder: PathBuf,
-    _keeper: Keeper,
+    keeper: Keeper,
 }
 
 impl RedisServer {
@@ -28,37 +28,73 @@ impl RedisServer {
     /// printing why) when `redis-server` is not installed, a panic under `CI=true`.
     pub fn shared() -> Option<&'static RedisServer> {
         static SERVER: OnceLock<Option<RedisServer>> = OnceLock::new();
-        SERVER
-            .get_or_init(|| match find_binary("redis-server", &[]) {
-                None => unavailable(
-                    "redis-server is not installed (apt-get install -y redis-server)".into(),
-                ),
-                Some(binary) => Some(RedisServer::start(&binary).unwrap_or_else(|e| {
-                    panic!("redis-server is installed but did not start: {e}")
-                })),
-            })
-            .as_ref()
+        SERVER.get_or_init(|| Self::start(false)).as_ref()
     }
 
-    fn start(binary: &std::path::Path) -> Result<RedisServer, String> {
+    /// A server of the caller's own, that it may stop and start again (fault tests). It
+    /// writes every change to its append-only file before answering, so that a restart loses
+    /// nothing. `None` as for [`shared`](Self::shared).
+    pub fn own() -> Option<RedisServer> {
+        Self::start(true)
+    }
+
+    fn start(durable: bool) -> Option<RedisServer> {
+        let Some(binary) = find_binary("redis-server", &[]) else {
+            return unavailable(
+                "redis-server is not installed (apt-get install -y redis-server)".into(),
+            );
+        };
+        let started = Self::launch(&binary, durable);
+        Some(started.unwrap_or_else(|e| panic!("redis-server is installed but did not start: {e}")))
+    }
+
+    fn launch(binary: &std::path::Path, durable: bool) -> Result<RedisServer, String> {
         let port = free_port().map_err(|e| e.to_string())?;
         let folder = temp_folder("redis").map_err(|e| e.to_string())?;
         let log = folder.join("keeper.log");
+        let persistence = if durable {
+            "--appendonly yes --appendfsync always"
+        } else {
+            "--appendonly no"
+        };
         let script = format!(
-            "'{binary}' --port {port} --bind 127.0.0.1 --save '' --appendonly no --dir '{dir}' & \
-             pid=$!; cat >/dev/null; kill $pid; wait $pid; rm -rf '{dir}'",
+            "start() {{ '{binary}' --port {port} --bind 127.0.0.1 --save '' {persistence} \
+               --dir '{dir}' & pid=$!; }}\n\
+             stop() {{ kill $pid; wait $pid; }}\n\
+             clean() {{ rm -rf '{dir}'; }}",
             binary = binary.display(),
             dir = folder.display(),
         );
-        let keeper = Keeper::spawn(&script, &log).map_err(|e| e.to_string())?;
-        wait_until(Duration::from_secs(10), &log, || {
-            exchange(port, b"PING\r\n").is_some_and(|answer| answer.starts_with(b"+PONG"))
-        })?;
-        Ok(RedisServer {
+        let keeper = Keeper::spawn_controlled(&script, &log).map_err(|e| e.to_string())?;
+        let server = RedisServer {
             port,
             folder,
-            _keeper: keeper,
+            keeper,
+        };
+        server.wait_for(true)?;
+        Ok(server)
+    }
+
+    /// Waits until the server answers (`up`) or refuses connections (`!up`).
+    fn wait_for(&self, up: bool) -> Result<(), String> {
+        let log = self.folder.join("keeper.log");
+        wait_until(Duration::from_secs(10), &log, || {
+            let answers =
+                exchange(self.port, b"PING\r\n").is_some_and(|answer| answer.starts_with(b"+PONG"));
+            answers == up
         })
+    }
+
+    /// Stops the server (its clients' connections drop), and returns once it is down.
+    pub fn stop(&self) -> Result<(), String> {
+        self.keeper.send("stop").map_err(|e| e.to_string())?;
+        self.wait_for(false)
+    }
+
+    /// Starts the server again on the same port, and returns once it answers.
+    pub fn restart(&self) -> Result<(), String> {
+        self.keeper.send("start").map_err(|e| e.to_string())?;
+        self.wait_for(true)
     }
 
     /// `redis://127.0.0.1:PORT/`.

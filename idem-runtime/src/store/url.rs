@@ -1,0 +1,175 @@
+//! Opening a store from a URL: what configuration files and command lines name.
+
+use std::sync::Arc;
+
+use crate::store::{MemoryStore, Store};
+use crate::Error;
+
+/// Opens the store named by `url`:
+///
+/// | URL | store | feature |
+/// |---|---|---|
+/// | `memory:` | a new [`MemoryStore`] | always |
+/// | `sqlite://path/to/idem.db`, `sqlite:///abs/idem.db` | [`SqliteStore`](crate::store::SqliteStore) | `sqlite` |
+/// | `redis://host:port/db` | [`RedisStore`](crate::store::RedisStore) | `redis` |
+/// | `postgres://user@host:port/db`, `postgresql://…` | [`PostgresStore`](crate::store::PostgresStore) | `postgres` |
+///
+/// `redis://…?prefix=billing:` sets the Redis store's key prefix (`idem:` by default), and
+/// `postgres://…?schema=billing` the PostgreSQL store's schema (`public` by default); the
+/// other parameters go to the client as they are.
+///
+/// A scheme this build does not know, or knows but was built without, is an error that says
+/// which feature to enable.
+///
+/// ```
+/// use idem_runtime::store::open;
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let store = open("memory:").await?;
+/// assert_eq!(store.name(), "memory");
+/// let unknown = open("mysql://localhost/idem").await.unwrap_err();
+/// assert!(unknown.to_string().contains("mysql"));
+/// # Ok::<(), idem_runtime::Error>(())
+/// # }).unwrap();
+/// ```
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, Error> {
+    let (scheme, rest) = url.split_once(':').unwrap_or((url, ""));
+    let refused = |why: String| {
+        Err(Error::store(
+            "url",
+            None,
+            format!("cannot open {url:?}: {why}"),
+        ))
+    };
+    match scheme {
+        "memory" => Ok(Arc::new(MemoryStore::new())),
+        "sqlite" => {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            if path.is_empty() {
+                return refused("give a file: sqlite://path/to/idem.db".into());
+            }
+            sqlite(path).await
+        }
+        "redis" | "rediss" => {
+            let (url, prefix) = take_param(url, "prefix");
+            redis(&url, prefix).await
+        }
+        "postgres" | "postgresql" => {
+            let (url, schema) = take_param(url, "schema");
+            postgres(&url, schema).await
+        }
+        other => refused(format!(
+            "unknown scheme {other:?}; expected memory:, sqlite://, redis:// or postgres://"
+        )),
+    }
+}
+
+#[cfg_attr(
+    all(feature = "sqlite", feature = "redis", feature = "postgres"),
+    allow(dead_code)
+)]
+fn without(feature: &str, url: &str) -> Error {
+    Error::store(
+        "url",
+        None,
+        format!("cannot open {url:?}: idem was built without its `{feature}` feature"),
+    )
+}
+
+#[cfg(feature = "sqlite")]
+async fn sqlite(path: &str) -> Result<Arc<dyn Store>, Error> {
+    Ok(Arc::new(crate::store::SqliteStore::open(path).await?))
+}
+
+#[cfg(not(feature = "sqlite"))]
+async fn sqlite(path: &str) -> Result<Arc<dyn Store>, Error> {
+    Err(without("sqlite", path))
+}
+
+/// `url` without its query parameter `name`, and that parameter's value.
+fn take_param(url: &str, name: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut value = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.split_once('=') {
+            Some((key, found)) if key == name => {
+                value = Some(found.to_owned());
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    (url, value)
+}
+
+#[cfg(feature = "redis")]
+async fn redis(url: &str, prefix: Option<String>) -> Result<Arc<dyn Store>, Error> {
+    let store = crate::store::RedisStore::connect(url).await?;
+    Ok(Arc::new(match prefix {
+        Some(prefix) => store.with_prefix(prefix),
+        None => store,
+    }))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn redis(url: &str, _: Option<String>) -> Result<Arc<dyn Store>, Error> {
+    Err(without("redis", url))
+}
+
+#[cfg(feature = "postgres")]
+async fn postgres(url: &str, schema: Option<String>) -> Result<Arc<dyn Store>, Error> {
+    let builder = crate::store::PostgresStore::builder(url);
+    let builder = match schema {
+        Some(schema) => builder.schema(schema),
+        None => builder,
+    };
+    Ok(Arc::new(builder.connect().await?))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn postgres(url: &str, _: Option<String>) -> Result<Arc<dyn Store>, Error> {
+    Err(without("postgres", url))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::take_param;
+
+    #[test]
+    fn a_parameter_is_taken_out_of_the_url() {
+        let cases = [
+            ("redis://h:1/0?prefix=a:", ("redis://h:1/0", Some("a:"))),
+            ("redis://h:1/0", ("redis://h:1/0", None)),
+            (
+                "postgres://h/db?sslmode=disable&schema=s",
+                ("postgres://h/db?sslmode=disable", Some("s")),
+            ),
+            (
+                "postgres://h/db?schema=s&sslmode=disable",
+                ("postgres://h/db?sslmode=disable", Some("s")),
+            ),
+        ];
+        for (url, (rest, value)) in cases {
+            assert_eq!(
+                take_param(
+                    url,
+                    if url.starts_with("redis") {
+                        "prefix"
+                    } else {
+                        "schema"
+                    }
+                ),
+                (rest.to_owned(), value.map(str::to_owned)),
+                "{url}"
+            );
+        }
+    }
+}
