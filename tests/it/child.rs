@@ -17,7 +17,33 @@ impl ChildProcess {
     /// Runs the ignored test `test` (a full path such as `processes::child`) of this binary
     /// in a new process, with `env` added to its environment.
     pub fn start<K: AsRef<OsStr>, V: AsRef<OsStr>>(test: &str, env: &[(K, V)]) -> Self {
-        let mut command = Command::new(std::env::current_exe().expect("the test binary"));
+        Self::launch(
+            Command::new(std::env::current_exe().expect("the test binary")),
+            test,
+            env,
+        )
+    }
+
+    /// As [`start`](Self::start), run under `wrapper wrapper_args…` (such as `faketime -f
+    /// -10m`).
+    pub fn start_with<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+        wrapper: &Path,
+        wrapper_args: &[&str],
+        test: &str,
+        env: &[(K, V)],
+    ) -> Self {
+        let mut command = Command::new(wrapper);
+        command
+            .args(wrapper_args)
+            .arg(std::env::current_exe().expect("the test binary"));
+        Self::launch(command, test, env)
+    }
+
+    fn launch<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+        mut command: Command,
+        test: &str,
+        env: &[(K, V)],
+    ) -> Self {
         command
             .args([
                 test,

@@ -3,6 +3,7 @@
 
 mod behaviour;
 mod child;
+mod clock_skew;
 mod composition;
 mod default_store;
 mod events;
