@@ -39,7 +39,9 @@
 //!
 //! - [`idempotent`]: the attribute and its options (the manual).
 //! - [`store`]: where records live. [`store::MemoryStore`] for tests and single processes,
-//!   [`store::SqliteStore`] (feature `sqlite`, on by default) as the embedded durable store.
+//!   [`store::SqliteStore`] (feature `sqlite`, on by default) as the embedded durable store,
+//!   `store::RedisStore` (feature `redis`) and `store::PostgresStore` (feature `postgres`)
+//!   for fleets of agents; [`store::open`] opens any of them from a URL.
 //! - [`Error`]: what idem adds to a call's errors; the function's error type implements
 //!   `From<idem::Error>`.
 //! - [`current_key`], [`current_call`]: what a body passes downstream (an `Idempotency-Key`).
