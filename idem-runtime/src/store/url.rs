@@ -10,9 +10,9 @@ use crate::Error;
 /// | URL | store | feature |
 /// |---|---|---|
 /// | `memory:` | a new [`MemoryStore`] | always |
-/// | `sqlite://path/to/idem.db`, `sqlite:///abs/idem.db` | [`SqliteStore`](crate::store::SqliteStore) | `sqlite` |
-/// | `redis://host:port/db` | [`RedisStore`](crate::store::RedisStore) | `redis` |
-/// | `postgres://user@host:port/db`, `postgresql://…` | [`PostgresStore`](crate::store::PostgresStore) | `postgres` |
+/// | `sqlite://path/to/idem.db`, `sqlite:///abs/idem.db` | `SqliteStore` | `sqlite` |
+/// | `redis://host:port/db` | `RedisStore` | `redis` |
+/// | `postgres://user@host:port/db`, `postgresql://…` | `PostgresStore` | `postgres` |
 ///
 /// `redis://…?prefix=billing:` sets the Redis store's key prefix (`idem:` by default), and
 /// `postgres://…?schema=billing` the PostgreSQL store's schema (`public` by default); the
