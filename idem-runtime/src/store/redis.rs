@@ -31,13 +31,8 @@ use crate::store::{
 };
 use crate::Error;
 
-/// How much longer than its TTL a completed record lives in Redis before the server expires it
-/// by itself: the purge (also run after every 64th result recorded) removes it on time; this
-/// is the safety net that keeps memory bounded if nothing purges.
-const NATIVE_EXPIRY_GRACE: Duration = Duration::from_secs(60);
-
-/// After how many recorded results (of one store handle) expired ones are purged, and how
-/// many at most then.
+/// After how many recorded results (of one store handle) the expiry index is trimmed of the
+/// records that expired (the records themselves expire natively, on time).
 const PURGE_EVERY: u64 = 64;
 
 /// The store on a Redis server: atomic Lua scripts with fencing tokens, leases and TTLs on
@@ -139,38 +134,12 @@ impl RedisStore {
             .map_err(failed(key))
     }
 
-    /// Removes up to `limit` completed records whose TTL ran out, with their saga logs.
-    async fn purge_some(&self, limit: usize) -> Result<u64, Error> {
-        let expired: Vec<String> = {
-            let mut connection = self.connection.clone();
-            redis::cmd("ZRANGE")
-                .arg(self.global("expiry"))
-                .arg("-inf")
-                .arg(server_now_ms(&mut connection).await?)
-                .arg("BYSCORE")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(limit)
-                .query_async(&mut connection)
-                .await
-                .map_err(failed(None))?
-        };
-        let mut purged = 0;
-        for member in expired {
-            let Ok(key) = member.parse::<Key>() else {
-                continue;
-            };
-            let (head, steps) = self.saga_keys(&key);
-            let mut invocation = PURGE.prepare_invoke();
-            invocation
-                .key(self.record_key(&key))
-                .key(self.global("expiry"))
-                .key(head)
-                .key(steps)
-                .arg(&member);
-            purged += self.run::<u64>(Some(&key), &invocation).await?;
-        }
-        Ok(purged)
+    /// Trims the expiry index of the results whose TTL ran out (Redis expired the records
+    /// and their saga logs at that moment), and says how many there were.
+    async fn purge(&self) -> Result<u64, Error> {
+        let mut invocation = PURGE.prepare_invoke();
+        invocation.key(self.global("expiry"));
+        self.run(None, &invocation).await
     }
 }
 
@@ -200,8 +169,10 @@ local function acquire(resumed)
   if resumed then
     redis.call('HSET', KEYS[1], 'tk', token, 'ex', now + lease)
   else
-    redis.call('DEL', KEYS[1])
-    redis.call('ZREM', KEYS[3], ARGV[5])
+    if st then
+      redis.call('DEL', KEYS[1])
+      redis.call('ZREM', KEYS[3], ARGV[5])
+    end
     redis.call('HSET', KEYS[1], 'st', 'in_progress', 'tk', token, 'fp', ARGV[1],
       'ac', ARGV[2], 'ca', now, 'ex', now + lease)
   end
@@ -224,7 +195,8 @@ return {'review', r[3]}
 });
 
 /// Records the outcome if the token still owns the record (in progress or parked for
-/// review), or holds it if it completed it already; the saga log expires with it.
+/// review), or holds it if it completed it already. Redis expires the record, and the saga
+/// log with it, when its TTL runs out; the expiry index keeps the count for the purge.
 static COMPLETE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     Script::new(
         r"
@@ -236,10 +208,9 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ex = now + tonumber(ARGV[4])
 redis.call('HSET', KEYS[1], 'st', 'completed', 'oc', ARGV[2], 'rs', ARGV[3], 'ex', ex)
-local gone = ex + tonumber(ARGV[6])
-redis.call('PEXPIREAT', KEYS[1], gone)
-redis.call('PEXPIREAT', KEYS[3], gone)
-redis.call('PEXPIREAT', KEYS[4], gone)
+redis.call('PEXPIREAT', KEYS[1], ex)
+redis.call('PEXPIREAT', KEYS[3], ex)
+redis.call('PEXPIREAT', KEYS[4], ex)
 redis.call('ZADD', KEYS[2], ex, ARGV[5])
 return 1
 ",
@@ -272,17 +243,13 @@ return 1
     )
 });
 
-/// Deletes a completed record whose TTL ran out, and its saga log.
+/// Removes from the expiry index the results whose TTL ran out; returns how many.
 static PURGE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     Script::new(
         r"
-redis.call('ZREM', KEYS[2], ARGV[1])
-local r = redis.call('HMGET', KEYS[1], 'st', 'ex')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if r[1] ~= 'completed' or tonumber(r[2]) == nil or tonumber(r[2]) > now then return 0 end
-redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
-return 1
+return redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 ",
     )
 });
@@ -577,13 +544,12 @@ impl Store for RedisStore {
             .arg(kind)
             .arg(bytes)
             .arg(millis(ttl))
-            .arg(key.to_string())
-            .arg(millis(NATIVE_EXPIRY_GRACE));
+            .arg(key.to_string());
         let held: i64 = self.run(Some(key), &invocation).await?;
         let due = self.recorded.fetch_add(1, Ordering::Relaxed) % PURGE_EVERY == PURGE_EVERY - 1;
         if held == 1 && due {
             // A store nobody purges stays small; the result is recorded whatever this says.
-            if let Err(error) = self.purge_some(PURGE_EVERY as usize).await {
+            if let Err(error) = self.purge().await {
                 tracing::warn!(target: "idem", %error, "purging expired results failed");
             }
         }
@@ -623,14 +589,7 @@ impl Store for RedisStore {
     }
 
     async fn purge_expired(&self) -> Result<u64, Error> {
-        let mut purged = 0;
-        loop {
-            let some = self.purge_some(1000).await?;
-            purged += some;
-            if some == 0 {
-                return Ok(purged);
-            }
-        }
+        self.purge().await
     }
 
     async fn write_saga(
