@@ -6,12 +6,11 @@
 //!
 //! Without `faketime` or the servers the tests skip, saying why; under `CI=true` they fail.
 
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use idem::store::{Claim, ClaimRequest, Store};
 use idem::{Action, Fingerprint, OnStale};
-use idem_runtime::conformance::servers::{PostgresServer, RedisServer};
+use idem_runtime::conformance::servers::{required_binary, PostgresServer, RedisServer};
 
 use crate::child::{say, var, ChildProcess};
 
@@ -59,27 +58,10 @@ fn skewed_client() {
     });
 }
 
-/// `faketime`, or the reason the test cannot run here.
-fn faketime() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let found = std::env::split_paths(&path)
-        .map(|folder| folder.join("faketime"))
-        .find(|candidate| candidate.is_file());
-    if found.is_none() {
-        let reason = "faketime is not installed (apt-get install -y faketime)";
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true: {reason}"
-        );
-        eprintln!("skipping: {reason}");
-    }
-    found
-}
-
 /// Runs the skewed child on `url` with its clock moved by `offset` (`-10m`, `+10m`), then
 /// checks the lease from this process's true clock.
 async fn lease_is_kept_by_the_server(url: &str, offset: &str) {
-    let Some(faketime) = faketime() else {
+    let Some(faketime) = required_binary("faketime", &[], "apt-get install -y faketime") else {
         return;
     };
     let store = idem::store::open(url).await.expect("open");

@@ -114,13 +114,8 @@ pub(crate) fn registered(name: &str) -> Result<&'static StepDef, String> {
 }
 
 /// One call of a `#[saga_step]` function: `.await` it for a plain call, or hand it to
-/// [`Steps::step`](crate::Steps::step) to run it as a logged step of a saga.
-///
-/// ```
-/// # use idem_runtime::StepCall;
-/// # fn show<F>(_: StepCall<F>) {}
-/// // `#[saga_step]` functions return one of these; see the `idem` crate's `saga_step`.
-/// ```
+/// [`Steps::step`](crate::Steps::step) to run it as a logged step of a saga. Only the
+/// attribute makes these; its manual (the `idem` crate's `saga_step`) has the examples.
 #[must_use = "a step does nothing until it is awaited or passed to `Steps::step`"]
 pub struct StepCall<F> {
     pub(crate) def: &'static StepDef,

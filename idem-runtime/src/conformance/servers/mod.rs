@@ -79,6 +79,21 @@ pub(crate) fn unavailable<T>(reason: String) -> Option<T> {
     None
 }
 
+/// The program `name` (on `PATH` or in `extra` folders) that a test needs; when it is
+/// missing, `None` after printing why the test skips (and how to `install` it), or a panic
+/// under `CI=true`.
+///
+/// ```no_run
+/// if let Some(faketime) = idem_runtime::conformance::servers::required_binary(
+///     "faketime", &[], "apt-get install -y faketime",
+/// ) {
+///     # let _ = faketime;
+/// }
+/// ```
+pub fn required_binary(name: &str, extra: &[PathBuf], install: &str) -> Option<PathBuf> {
+    find_binary(name, extra).or_else(|| unavailable(format!("{name} is not installed ({install})")))
+}
+
 /// The first of `names` found on `PATH` or in `extra` folders.
 pub(crate) fn find_binary(name: &str, extra: &[PathBuf]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::{exchange, find_binary, free_port, temp_folder, unavailable, wait_until, Keeper};
+use super::{exchange, free_port, required_binary, temp_folder, wait_until, Keeper};
 
 /// A `redis-server` of this test process, on a loopback port, with no persistence.
 ///
@@ -39,11 +39,7 @@ impl RedisServer {
     }
 
     fn start(durable: bool) -> Option<RedisServer> {
-        let Some(binary) = find_binary("redis-server", &[]) else {
-            return unavailable(
-                "redis-server is not installed (apt-get install -y redis-server)".into(),
-            );
-        };
+        let binary = required_binary("redis-server", &[], "apt-get install -y redis-server")?;
         let started = Self::launch(&binary, durable);
         Some(started.unwrap_or_else(|e| panic!("redis-server is installed but did not start: {e}")))
     }
