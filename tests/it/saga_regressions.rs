@@ -439,3 +439,43 @@ async fn a_step_dropped_by_a_timeout_is_not_called_again_under_a_new_key() {
     );
     assert_eq!(status(&store, "rg-timeout").await, SagaStatus::Compensated);
 }
+
+/// A tool server runs each call in a task of its own (`tokio::spawn`), so the futures of
+/// `Saga::run` and `recover` must be `Send`. They were not: the rollback kept a `Cell` across
+/// an `.await`, which only the first example that spawned a saga found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_and_a_recovery_run_in_spawned_tasks() {
+    let store = std::sync::Arc::new(MemoryStore::new());
+    let who = "rg-spawned";
+    set_faults(
+        who,
+        Faults {
+            decline_charge: true,
+            ..Faults::default()
+        },
+    );
+    let saga_store = std::sync::Arc::clone(&store);
+    let rolled_back = tokio::spawn(async move {
+        Saga::new("rg-spawned")
+            .store(saga_store.as_ref())
+            .run(|s| async move {
+                s.step(create_contract(who, 3)).await?;
+                s.step(charge(who, 3)).await?;
+                Ok::<(), ToolError>(())
+            })
+            .await
+    })
+    .await
+    .expect("the saga's task");
+    assert!(
+        matches!(rolled_back, Err(ToolError::Declined(_))),
+        "{rolled_back:?}"
+    );
+    assert!(!has_contract(who), "the rollback ran in the spawned task");
+    let recovery_store = std::sync::Arc::clone(&store);
+    let report = tokio::spawn(async move { recover(recovery_store.as_ref()).await })
+        .await
+        .expect("the recovery's task")
+        .expect("a recovery");
+    assert!(report.is_empty(), "nothing was left to recover: {report}");
+}

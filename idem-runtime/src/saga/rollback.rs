@@ -3,7 +3,7 @@
 //! The one path for a saga whose step failed in this process, for a saga a later run finds
 //! half undone, and for a saga `recover` takes over from a dead owner.
 
-use std::cell::Cell;
+use std::sync::{Mutex, PoisonError};
 
 use crate::context::in_call;
 use crate::saga::run::{Run, SagaFailure};
@@ -104,20 +104,25 @@ async fn compensate(run: &Run<'_>, step: &StepRecord) -> Result<Result<(), StepF
     // Run before: by an owner that died, or by a try that failed.
     let resumed = run.resumed || step.state == StepState::CompensationFailed;
     let context = run.context(def.name(), key, resumed);
-    let not_owner = Cell::new(None);
+    // A `Mutex`, not a `Cell`: the future is held across `.await`s and must stay `Send` for
+    // the sagas that run in a task of their own (`tokio::spawn`).
+    let not_owner = Mutex::new(None);
     let undone = run
         .policy
         .compensation_retry
         .run(def.name(), 0, || async {
             if let Err(error) = run.still_owner().await {
                 let stop = StepFailure::Idem(error.copy());
-                not_owner.set(Some(error));
+                *not_owner.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
                 return Err(stop);
             }
             in_call(context, compensation(output.clone(), step.args.clone())).await
         })
         .await;
-    match not_owner.take() {
+    let not_owner = not_owner
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    match not_owner {
         Some(error) => Err(error),
         None => Ok(undone),
     }
