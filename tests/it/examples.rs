@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The built example `name`, next to this test binary.
-fn example(name: &str) -> PathBuf {
+pub(crate) fn example(name: &str) -> PathBuf {
     let deps = std::env::current_exe().expect("the test binary");
     let profile = deps
         .parent()

@@ -7,6 +7,8 @@ mod clock_skew;
 mod composition;
 mod default_store;
 mod events;
+mod example_agent_demo;
+mod example_payment_agent;
 mod examples;
 mod faulty_store;
 mod fleet;
