@@ -8,6 +8,7 @@ mod composition;
 mod default_store;
 mod events;
 mod example_agent_demo;
+mod example_mcp_server;
 mod example_payment_agent;
 mod examples;
 mod faulty_store;

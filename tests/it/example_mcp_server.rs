@@ -1,0 +1,204 @@
+//! The MCP tool server example, driven by a client nobody here wrote: the official MCP
+//! Python SDK (`mcp` from PyPI), through `tests/mcp/client.py`. Two sessions, two server
+//! processes on one SQLite file, each tool called again and again with the same arguments:
+//! every answer must be the first one, and the services must have acted once per call.
+//!
+//! The interpreter is `$IDEM_PYTHON`, else `python3`. Without it or without the `mcp`
+//! package the test says why and skips; under `CI=true` it fails instead.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/client.py");
+
+fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// A Python that has the MCP SDK, or why there is none.
+fn python_with_mcp() -> Result<String, String> {
+    let python = std::env::var("IDEM_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let output = Command::new(&python)
+        .args(["-c", "import mcp"])
+        .output()
+        .map_err(|error| format!("cannot run {python}: {error}"))?;
+    if output.status.success() {
+        Ok(python)
+    } else {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let why = stderr.lines().last().unwrap_or("no reason given");
+        Err(format!("{python} cannot import the MCP SDK: {why}"))
+    }
+}
+
+/// A directory removed when the test ends, however it ends.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let unique = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path =
+            std::env::temp_dir().join(format!("idem-mcp-test-{}-{unique}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("cannot create a directory in the temp dir");
+        TempDir(path)
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The ledger's lines of one kind (`email`, `charge`, `ticket`): one per real effect.
+fn effects<'a>(ledger: &'a str, kind: &str) -> Vec<&'a str> {
+    ledger
+        .lines()
+        .filter(|line| line.split_whitespace().next() == Some(kind))
+        .collect()
+}
+
+fn run_client(python: &str, server: &Path, db: &Path, ledger: &Path) -> Value {
+    let output = Command::new(python)
+        .arg(CLIENT)
+        .arg(server)
+        .arg("--db")
+        .arg(db)
+        .arg("--ledger")
+        .arg(ledger)
+        .output()
+        .expect("run the MCP client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the MCP client failed ({}):\n{stdout}\nstderr (client and servers):\n{stderr}",
+        output.status
+    );
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|error| panic!("the client printed no JSON ({error}):\n{stdout}"))
+}
+
+#[test]
+fn mcp_server_answers_repeated_calls_from_two_sessions_with_one_effect_each() {
+    let server = crate::examples::example("mcp_server");
+    let python = match python_with_mcp() {
+        Ok(python) => python,
+        Err(reason) => {
+            assert!(
+                !under_ci(),
+                "{reason}: CI must install the MCP Python SDK (pip install mcp) into the \
+                 interpreter IDEM_PYTHON points at"
+            );
+            eprintln!(
+                "skipping the MCP client test: {reason}; `pip install mcp`, or point \
+                 IDEM_PYTHON at an interpreter that has it"
+            );
+            return;
+        }
+    };
+    let dir = TempDir::new();
+    let (db, ledger) = (dir.join("idem.db"), dir.join("ledger.log"));
+
+    let report = run_client(&python, &server, &db, &ledger);
+    let sdk = report["sdk"].as_str().unwrap_or("the MCP SDK");
+
+    // The tools are listed, each telling the client it is safe to retry.
+    let tools = report["tools"].as_array().expect("tools");
+    let names: Vec<&str> = tools.iter().filter_map(|t| t["name"].as_str()).collect();
+    assert_eq!(names, ["charge_card", "create_ticket", "send_email"]);
+    for tool in tools {
+        assert_eq!(tool["idempotentHint"], true, "{tool}");
+    }
+
+    // Every call with the same tool and arguments got the same answer, in both sessions.
+    let calls = report["calls"].as_array().expect("calls");
+    let mut answers: BTreeMap<(String, String), Vec<(&Value, &Value)>> = BTreeMap::new();
+    let mut refused = Vec::new();
+    for call in calls {
+        if call["is_error"] == true {
+            refused.push(call);
+            continue;
+        }
+        let tool = call["tool"].as_str().expect("a tool name").to_owned();
+        answers
+            .entry((tool, call["arguments"].to_string()))
+            .or_default()
+            .push((&call["session"], &call["answer"]));
+    }
+    assert_eq!(answers.len(), 3, "one distinct call per tool: {calls:#?}");
+    for ((tool, arguments), seen) in &answers {
+        let sessions: Vec<&Value> = seen.iter().map(|(session, _)| *session).collect();
+        assert!(
+            seen.len() >= 2
+                && sessions.contains(&&Value::from(1))
+                && sessions.contains(&&Value::from(2)),
+            "{tool} {arguments} must be called at least twice, from both sessions: {sessions:?}"
+        );
+        let (_, first) = seen[0];
+        assert!(
+            first.is_object(),
+            "{tool} answered no structured result: {first}"
+        );
+        for (session, answer) in seen {
+            assert_eq!(
+                answer, &first,
+                "{tool} {arguments}: session {session} got another answer than the first call \
+                 ({sdk})"
+            );
+        }
+    }
+
+    // The same order with another amount is refused, not charged and not replayed.
+    assert_eq!(refused.len(), 1, "exactly one refused call: {refused:#?}");
+    let refusal = refused[0];
+    assert_eq!(refusal["tool"], "charge_card");
+    assert_eq!(refusal["session"], 2);
+    assert!(
+        refusal["text"]
+            .to_string()
+            .contains("already charged with another amount"),
+        "the refusal says why: {refusal}"
+    );
+
+    // The services acted once per distinct call, and the answers name those effects.
+    let ledger = std::fs::read_to_string(&ledger).expect("the services' ledger");
+    let answer = |tool: &str| {
+        answers
+            .iter()
+            .find(|((t, _), _)| t == tool)
+            .map(|(_, seen)| seen[0].1)
+            .expect("an answer")
+    };
+    for (kind, tool, id) in [
+        ("email", "send_email", "message_id"),
+        ("charge", "charge_card", "charge_id"),
+        ("ticket", "create_ticket", "ticket_id"),
+    ] {
+        let lines = effects(&ledger, kind);
+        assert_eq!(
+            lines.len(),
+            1,
+            "one {kind} for every {tool} call:\n{ledger}"
+        );
+        let id = answer(tool)[id].as_str().expect("an id in the answer");
+        assert!(
+            lines[0].contains(id),
+            "the answer of {tool} names the effect ({id}):\n{ledger}"
+        );
+    }
+    assert_eq!(
+        ledger.lines().count(),
+        3,
+        "nothing else happened:\n{ledger}"
+    );
+}

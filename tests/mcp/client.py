@@ -1,0 +1,102 @@
+"""An agent's side of examples/mcp_server.rs, written with the official MCP Python SDK.
+
+    python3 tests/mcp/client.py SERVER [SERVER_ARGS...]
+
+starts SERVER (the built example) as an MCP stdio server twice, one session each, the way
+an agent that retries and an agent that was restarted would use it:
+
+- session 1 lists the tools, sends the same email twice (a retry after a timeout), charges
+  an order, and files the same ticket from two concurrent calls (two copies of the agent);
+- session 2, a second server process on the same store, makes the same calls again, and
+  charges the same order with another amount, which must be refused.
+
+It prints what it saw as one JSON object on stdout: the tools with their idempotentHint,
+and every call with its arguments and the server's answer. Judging the answers is left to
+the caller (tests/it/example_mcp_server.rs).
+"""
+
+import importlib.metadata
+import json
+import sys
+
+import anyio
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+EMAIL = {
+    "to": "ada@example.com",
+    "subject": "Your quote Q-2026-0042",
+    "body": "Hello Ada, your quote for 5 seats is attached.",
+}
+CHARGE = {"customer_id": "cus_ada", "order_id": "order-42", "amount_cents": 124900}
+CHANGED_CHARGE = {**CHARGE, "amount_cents": 249800}
+TICKET = {
+    "title": "Invoice address for order-42",
+    "body": "Ada asks to send the invoice to accounts@ada.example.com.",
+}
+
+
+def wire(model):
+    """A result as it travels on the wire (camelCase field names)."""
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+async def call(session, number, calls, tool, arguments):
+    result = wire(await session.call_tool(tool, arguments))
+    calls.append(
+        {
+            "session": number,
+            "tool": tool,
+            "arguments": arguments,
+            "is_error": bool(result.get("isError", False)),
+            "answer": result.get("structuredContent"),
+            "text": [c.get("text") for c in result.get("content", []) if c.get("type") == "text"],
+        }
+    )
+
+
+async def session(server, number, calls, tools):
+    async with stdio_client(server) as (read, write):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            if number == 1:
+                listed = await session.list_tools()
+                for tool in listed.tools:
+                    annotations = wire(tool.annotations) if tool.annotations else {}
+                    tools.append(
+                        {"name": tool.name, "idempotentHint": annotations.get("idempotentHint")}
+                    )
+                # The agent timed out waiting for the email and sends it again.
+                await call(session, number, calls, "send_email", EMAIL)
+                await call(session, number, calls, "send_email", EMAIL)
+                await call(session, number, calls, "charge_card", CHARGE)
+                # Two copies of the agent file the same ticket at the same moment.
+                async with anyio.create_task_group() as copies:
+                    for _ in range(2):
+                        copies.start_soon(call, session, number, calls, "create_ticket", TICKET)
+            else:
+                # A restarted agent replays the steps it was on.
+                await call(session, number, calls, "send_email", EMAIL)
+                await call(session, number, calls, "charge_card", CHARGE)
+                await call(session, number, calls, "create_ticket", TICKET)
+                # A confused agent charges the same order with another amount.
+                await call(session, number, calls, "charge_card", CHANGED_CHARGE)
+
+
+async def main(argv):
+    if len(argv) < 2:
+        sys.exit(f"usage: {argv[0]} SERVER [SERVER_ARGS...]")
+    server = StdioServerParameters(command=argv[1], args=argv[2:])
+    calls, tools = [], []
+    for number in (1, 2):
+        await session(server, number, calls, tools)
+    report = {
+        "sdk": f"mcp {importlib.metadata.version('mcp')}",
+        "tools": sorted(tools, key=lambda tool: tool["name"]),
+        "calls": calls,
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    anyio.run(main, sys.argv)
