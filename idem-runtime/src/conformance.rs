@@ -12,9 +12,14 @@
 //! first broken rule. They use short leases and wait out durations measured after each
 //! reply, so the store's clock may be set to any time: only its rate must be sane.
 
+mod operator;
 mod saga_log;
 pub mod servers;
 
+pub use operator::{
+    list_records_filters_and_orders, list_sagas_filters_by_status_and_id, purge_expired_in_batches,
+    record_counts_by_action_and_kind, resolve_saga_settles_only_what_needs_attention,
+};
 pub use saga_log::{
     purge_removes_finished_saga_logs, saga_log_is_fenced, saga_log_round_trip,
     stale_sagas_are_the_dead_owners,
@@ -110,6 +115,11 @@ macro_rules! conformance_tests {
             saga_log_is_fenced,
             stale_sagas_are_the_dead_owners,
             purge_removes_finished_saga_logs,
+            list_records_filters_and_orders,
+            record_counts_by_action_and_kind,
+            purge_expired_in_batches,
+            list_sagas_filters_by_status_and_id,
+            resolve_saga_settles_only_what_needs_attention,
         );
     };
     (@each required $make_store:expr; $($check:ident),* $(,)?) => {

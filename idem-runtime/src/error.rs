@@ -110,6 +110,15 @@ pub enum Error {
         /// forward.
         pending: Vec<String>,
     },
+    /// The saga needed attention and an operator settled it by hand
+    /// ([`Store::resolve_saga`](crate::Store::resolve_saga), `idem resolve`): it is over, and
+    /// every later run of the saga id gets this, with the operator's note.
+    SagaResolved {
+        /// The saga's id.
+        saga: String,
+        /// The operator's note.
+        note: String,
+    },
     /// The saga's code and its log disagree (a step is called where the log has another step
     /// or other arguments), or the saga's steps were not awaited one at a time, or a step's
     /// name is not unique in this program.
@@ -133,6 +142,7 @@ impl Error {
             Error::NoStore { .. }
             | Error::SagaRolledBack { .. }
             | Error::SagaNeedsAttention { .. }
+            | Error::SagaResolved { .. }
             | Error::SagaLog { .. } => None,
         }
     }
@@ -201,6 +211,10 @@ impl Error {
                 error: error.clone(),
                 pending: pending.clone(),
             },
+            Error::SagaResolved { saga, note } => Error::SagaResolved {
+                saga: saga.clone(),
+                note: note.clone(),
+            },
             Error::SagaLog { saga, problem } => Error::SagaLog {
                 saga: saga.clone(),
                 problem: problem.clone(),
@@ -266,6 +280,10 @@ impl fmt::Display for Error {
                 }
                 Ok(())
             }
+            Error::SagaResolved { saga, note } => write!(
+                f,
+                "saga `{saga}` needed attention and was settled by hand: {note}"
+            ),
             Error::SagaLog { saga, problem } => write!(f, "saga `{saga}`: {problem}"),
         }
     }

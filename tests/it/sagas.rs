@@ -299,6 +299,52 @@ async fn a_compensation_that_keeps_failing_leaves_the_saga_needing_attention() {
 }
 
 #[tokio::test]
+async fn a_saga_an_operator_resolved_is_over_and_says_so() {
+    let (store, who) = (MemoryStore::new(), "refund-resolved");
+    set_faults(
+        who,
+        Faults {
+            failing_refunds: usize::MAX,
+            ..Faults::default()
+        },
+    );
+    let failed = order(&store, "order-refund-resolved")
+        .run(|s| async move {
+            s.step(create_contract(who, 310)).await?;
+            s.step(charge(who, 310)).await?;
+            Err::<(), _>(OrderError::Tool(ToolError::Transient("mailer gone".into())))
+        })
+        .await;
+    assert!(
+        matches!(
+            failed,
+            Err(OrderError::Idem(Error::SagaNeedsAttention { .. }))
+        ),
+        "{failed:?}"
+    );
+    let log = log_of(&store, "order-refund-resolved").await;
+    let note = "refunded by hand, contract deleted; ticket OPS-12";
+    assert!(store.resolve_saga(&log.key, note).await.unwrap());
+
+    // Later runs are told it was settled, with the note, and run nothing; recovery leaves it.
+    let before = effects(who).len();
+    let again = run_order(&store, "order-refund-resolved", who).await;
+    let Err(OrderError::Idem(Error::SagaResolved { saga, note: told })) = again else {
+        panic!("expected SagaResolved, got {again:?}");
+    };
+    assert_eq!(
+        (saga.as_str(), told.as_str()),
+        ("order-refund-resolved", note)
+    );
+    assert_eq!(effects(who).len(), before);
+    let report = recover(&store).await.unwrap();
+    assert!(report.is_empty(), "{report}");
+    let log = log_of(&store, "order-refund-resolved").await;
+    assert_eq!(log.status, SagaStatus::Resolved);
+    assert_eq!(log.note.as_deref(), Some(note));
+}
+
+#[tokio::test]
 async fn a_second_run_while_the_first_runs_waits_or_is_refused() {
     let (store, who) = (MemoryStore::new(), "concurrent");
     let (entered, release) = (&tokio::sync::Notify::new(), &tokio::sync::Notify::new());

@@ -165,6 +165,8 @@ impl<'a> Saga<'a> {
     /// - `Err` with [`Error::SagaNeedsAttention`]: a compensation still failed after its
     ///   retries, or a step failed after an irreversible step; the log says what is left.
     /// - `Err` with [`Error::SagaRolledBack`]: an earlier run of this id was rolled back.
+    /// - `Err` with [`Error::SagaResolved`]: the saga needed attention and an operator settled
+    ///   it by hand (`idem resolve`, [`Store::resolve_saga`]); the error carries their note.
     /// - `Err` with another [`Error`] (the store failed, another run holds the id): the saga
     ///   did not finish; its log is kept, and the next run or [`recover`] goes on from it.
     ///
@@ -229,12 +231,12 @@ where
     E: Display,
 {
     let log = run.store.get().read_saga(&run.key).await?;
-    let (status, error) = match log {
+    let (status, error, note) = match log {
         Some(log) => {
             run.state().steps = log.steps;
-            (Some(log.status), log.error)
+            (Some(log.status), log.error, log.note)
         }
-        None => (None, None),
+        None => (None, None, None),
     };
     let error = error.unwrap_or_default();
     match status {
@@ -258,6 +260,12 @@ where
             return Err(SagaEnd::NeedsAttention(SagaFailure::needs_attention(
                 error, pending,
             )));
+        }
+        // Settled by an operator: over, like a recorded failure; the note says how.
+        Some(SagaStatus::Resolved) => {
+            return Err(SagaEnd::Replayed(SagaFailure::resolved(
+                note.unwrap_or_default(),
+            )))
         }
     }
     let result = saga(Steps {

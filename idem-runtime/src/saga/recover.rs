@@ -194,7 +194,7 @@ async fn finish(run: &Run<'_>) -> Result<Finished, SagaEnd<Error>> {
                 failure: SagaFailure::compensated(log.error.as_deref().unwrap_or_default()),
             })
         }
-        SagaStatus::NeedsAttention | SagaStatus::Interrupted => {
+        SagaStatus::NeedsAttention | SagaStatus::Interrupted | SagaStatus::Resolved => {
             return Err(SagaEnd::LeftAlone { keep_claim: false })
         }
     }

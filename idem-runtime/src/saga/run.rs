@@ -232,7 +232,7 @@ impl<'a> Run<'a> {
 /// How a saga that failed was left, as recorded and replayed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct SagaFailure {
-    /// `compensated` or `needs_attention`.
+    /// `compensated`, `needs_attention` or `resolved`.
     pub(crate) status: String,
     pub(crate) error: String,
     #[serde(default)]
@@ -256,12 +256,26 @@ impl SagaFailure {
         }
     }
 
+    /// A saga an operator settled by hand, with their note.
+    pub(crate) fn resolved(note: String) -> Self {
+        SagaFailure {
+            status: SagaStatus::Resolved.as_str().to_owned(),
+            error: note,
+            pending: Vec::new(),
+        }
+    }
+
     /// The error every later run of the saga gets.
     pub(crate) fn into_error(self, saga: &str) -> Error {
         if self.status == SagaStatus::Compensated.as_str() {
             Error::SagaRolledBack {
                 saga: saga.to_owned(),
                 error: self.error,
+            }
+        } else if self.status == SagaStatus::Resolved.as_str() {
+            Error::SagaResolved {
+                saga: saga.to_owned(),
+                note: self.error,
             }
         } else {
             Error::SagaNeedsAttention {

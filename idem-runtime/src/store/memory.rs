@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use crate::key::{Fingerprint, Key, KeyMap};
 use crate::store::{
     decide, millis, remaining, Claim, ClaimRequest, FencingToken, Found, Ownership, Record,
-    SagaLog, SagaStatus, SagaWrite, StaleSaga, Status, Store, StoredOutcome, Verdict, Waiters,
-    Write,
+    RecordCount, RecordKind, RecordQuery, SagaLog, SagaQuery, SagaStatus, SagaWrite, StaleSaga,
+    Status, Store, StoredOutcome, Verdict, Waiters, Write,
 };
 use crate::Error;
 
@@ -87,6 +87,8 @@ struct SagaEntry {
     error: Option<String>,
     steps: Vec<crate::store::StepRecord>,
     updated_ms: i64,
+    /// An operator's note, once settled by hand.
+    note: Option<String>,
 }
 
 #[derive(Debug)]
@@ -165,6 +167,31 @@ impl Inner {
         millis(self.epoch.elapsed())
     }
 
+    fn record(&self, key: &Key, e: &Entry) -> Record {
+        Record {
+            key: *key,
+            action: e.action.to_string(),
+            status: e.status,
+            token: e.token,
+            fingerprint: e.fingerprint,
+            outcome: e.outcome.clone(),
+            created_at: self.wall(e.created_ms),
+            expires_at: e.expires_at_ms.map(|ms| self.wall(ms)),
+        }
+    }
+
+    fn saga_log(&self, key: &Key, log: &SagaEntry) -> SagaLog {
+        SagaLog::new(
+            *key,
+            log.id.clone(),
+            log.status,
+            log.error.clone(),
+            log.steps.clone(),
+            self.wall(log.updated_ms),
+        )
+        .with_note(log.note.clone())
+    }
+
     fn wall(&self, ms: i64) -> SystemTime {
         self.epoch_wall + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
     }
@@ -232,6 +259,22 @@ impl State {
             self.sagas.remove(key);
         }
         purged.len()
+    }
+
+    /// Like [`State::purge`], at most `limit` records.
+    fn purge_some(&mut self, now_ms: i64, limit: usize) -> usize {
+        let expired: Vec<Key> = self
+            .records
+            .iter()
+            .filter(|(_, e)| is_expired_result(e, now_ms))
+            .map(|(key, _)| *key)
+            .take(limit)
+            .collect();
+        for key in &expired {
+            self.records.remove(key);
+            self.sagas.remove(key);
+        }
+        expired.len()
     }
 }
 
@@ -372,16 +415,7 @@ impl Store for MemoryStore {
     async fn get(&self, key: &Key) -> Result<Option<Record>, Error> {
         let inner = &self.inner;
         let state = inner.state();
-        Ok(state.records.get(key).map(|e| Record {
-            key: *key,
-            action: e.action.to_string(),
-            status: e.status,
-            token: e.token,
-            fingerprint: e.fingerprint,
-            outcome: e.outcome.clone(),
-            created_at: inner.wall(e.created_ms),
-            expires_at: e.expires_at_ms.map(|ms| inner.wall(ms)),
-        }))
+        Ok(state.records.get(key).map(|e| inner.record(key, e)))
     }
 
     async fn purge_expired(&self) -> Result<u64, Error> {
@@ -413,6 +447,7 @@ impl Store for MemoryStore {
             error: None,
             steps: Vec::new(),
             updated_ms: now,
+            note: None,
         });
         log.updated_ms = now;
         match write {
@@ -434,16 +469,7 @@ impl Store for MemoryStore {
     async fn read_saga(&self, saga: &Key) -> Result<Option<SagaLog>, Error> {
         let inner = &self.inner;
         let state = inner.state();
-        Ok(state.sagas.get(saga).map(|log| {
-            SagaLog::new(
-                *saga,
-                log.id.clone(),
-                log.status,
-                log.error.clone(),
-                log.steps.clone(),
-                inner.wall(log.updated_ms),
-            )
-        }))
+        Ok(state.sagas.get(saga).map(|log| inner.saga_log(saga, log)))
     }
 
     async fn stale_sagas(&self, limit: usize) -> Result<Vec<StaleSaga>, Error> {
@@ -456,6 +482,82 @@ impl Store for MemoryStore {
                 .then(|| StaleSaga::new(*key, log.id.clone(), found.fingerprint))
         });
         Ok(stale.take(limit).collect())
+    }
+
+    async fn list_records(&self, query: &RecordQuery) -> Result<Vec<Record>, Error> {
+        let inner = &self.inner;
+        let state = inner.state();
+        let mut found: Vec<(i64, Record)> = state
+            .records
+            .iter()
+            .map(|(key, e)| (e.created_ms, inner.record(key, e)))
+            .filter(|(_, record)| query.matches(record))
+            .collect();
+        found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.key.cmp(&b.1.key)));
+        Ok(found
+            .into_iter()
+            .take(query.limit)
+            .map(|(_, record)| record)
+            .collect())
+    }
+
+    async fn record_counts(&self) -> Result<Vec<RecordCount>, Error> {
+        let state = self.inner.state();
+        Ok(RecordCount::tally(state.records.values().map(|e| {
+            (
+                e.action.to_string(),
+                RecordKind::of(e.status, e.outcome.as_ref()),
+            )
+        })))
+    }
+
+    async fn count_expired(&self) -> Result<u64, Error> {
+        let now = self.inner.now_ms();
+        let state = self.inner.state();
+        let expired = state
+            .records
+            .values()
+            .filter(|e| is_expired_result(e, now))
+            .count();
+        Ok(u64::try_from(expired).unwrap_or(u64::MAX))
+    }
+
+    async fn purge_expired_batch(&self, limit: usize) -> Result<u64, Error> {
+        let now = self.inner.now_ms();
+        let purged = self.inner.state().purge_some(now, limit);
+        Ok(u64::try_from(purged).unwrap_or(u64::MAX))
+    }
+
+    async fn list_sagas(&self, query: &SagaQuery) -> Result<Vec<SagaLog>, Error> {
+        let inner = &self.inner;
+        let state = inner.state();
+        let mut found: Vec<SagaLog> = state
+            .sagas
+            .iter()
+            .map(|(key, log)| inner.saga_log(key, log))
+            .filter(|log| query.matches(log))
+            .collect();
+        found.sort_by(|a, b| {
+            b.updated_at
+                .cmp(&a.updated_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        found.truncate(query.limit);
+        Ok(found)
+    }
+
+    async fn resolve_saga(&self, saga: &Key, note: &str) -> Result<bool, Error> {
+        let now = self.inner.now_ms();
+        let mut state = self.inner.state();
+        match state.sagas.get_mut(saga) {
+            Some(log) if log.status == SagaStatus::NeedsAttention => {
+                log.status = SagaStatus::Resolved;
+                log.note = Some(note.to_owned());
+                log.updated_ms = now;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 }
 

@@ -15,6 +15,7 @@
 //! clock, so the clocks of callers on other machines do not matter.
 
 mod forward;
+mod inspect;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -32,6 +33,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
+pub use inspect::{RecordCount, RecordKind, RecordQuery, SagaQuery};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
@@ -366,4 +368,75 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Up to `limit` sagas that are running or compensating while their claim's lease has
     /// run out: their owner died. `idem::recover` takes them over.
     async fn stale_sagas(&self, limit: usize) -> Result<Vec<StaleSaga>, Error>;
+
+    // ---- What operators ask (the `idem` command); the protocol never calls these. ----------
+    //
+    // Each has a default that says the store cannot answer, so that a store written before
+    // they existed still compiles; every store in this crate answers them all.
+
+    /// The records that `query` selects, newest first (by when the key was first claimed),
+    /// expired ones included until they are purged.
+    ///
+    /// ```
+    /// use idem_runtime::store::{MemoryStore, RecordKind, RecordQuery, Store};
+    /// use idem_runtime::Action;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let store = MemoryStore::new();
+    /// Action::new("send_email")
+    ///     .call(&("ada",))?
+    ///     .run::<_, idem_runtime::Error, _>(&store, async { Ok(String::from("msg-1")) })
+    ///     .await?;
+    /// let done = store.list_records(&RecordQuery::new().kind(RecordKind::Completed)).await?;
+    /// assert_eq!(done.len(), 1);
+    /// assert_eq!(done[0].action, "send_email");
+    /// assert!(store.list_records(&RecordQuery::new().kind(RecordKind::InProgress)).await?.is_empty());
+    /// # Ok::<(), idem_runtime::Error>(())
+    /// # }).unwrap();
+    /// ```
+    async fn list_records(&self, query: &RecordQuery) -> Result<Vec<Record>, Error> {
+        let _ = query;
+        Err(unsupported(self.name(), "list_records"))
+    }
+
+    /// How many records there are of each action and kind, sorted by action then kind.
+    async fn record_counts(&self) -> Result<Vec<RecordCount>, Error> {
+        Err(unsupported(self.name(), "record_counts"))
+    }
+
+    /// How many records [`Store::purge_expired`] would delete now.
+    async fn count_expired(&self) -> Result<u64, Error> {
+        Err(unsupported(self.name(), "count_expired"))
+    }
+
+    /// Like [`Store::purge_expired`], but deletes at most `limit` records (with the logs of
+    /// the sagas they ended); returns how many. Called in a loop until it returns 0, it
+    /// purges everything `purge_expired` would, with progress to show on the way.
+    async fn purge_expired_batch(&self, limit: usize) -> Result<u64, Error> {
+        let _ = limit;
+        Err(unsupported(self.name(), "purge_expired_batch"))
+    }
+
+    /// The saga logs that `query` selects, most recently written first, with their steps.
+    async fn list_sagas(&self, query: &SagaQuery) -> Result<Vec<SagaLog>, Error> {
+        let _ = query;
+        Err(unsupported(self.name(), "list_sagas"))
+    }
+
+    /// Marks the saga whose claim is `saga` as settled by hand, keeping `note` in its log:
+    /// atomically, and only if it is [`SagaStatus::NeedsAttention`]; returns whether it was.
+    /// Later runs of the saga get [`Error::SagaResolved`] with the note.
+    async fn resolve_saga(&self, saga: &Key, note: &str) -> Result<bool, Error> {
+        let _ = (saga, note);
+        Err(unsupported(self.name(), "resolve_saga"))
+    }
+}
+
+/// The error of a store that does not answer an operator's query.
+fn unsupported(store: &'static str, query: &str) -> Error {
+    Error::store(
+        store,
+        None,
+        format!("this store does not implement `{query}`, which operators' tools need"),
+    )
 }

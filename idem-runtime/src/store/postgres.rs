@@ -16,16 +16,18 @@ use tokio_postgres::{NoTls, Row};
 
 use crate::key::{Fingerprint, Key};
 use crate::store::{
-    millis, Claim, ClaimRequest, FencingToken, Found, Ownership, Record, SagaLog, SagaStatus,
-    SagaWrite, StaleSaga, Status, StepRecord, StepState, Store, StoredOutcome, Waiters,
+    millis, Claim, ClaimRequest, FencingToken, Found, Ownership, Record, RecordCount, RecordKind,
+    RecordQuery, SagaLog, SagaQuery, SagaStatus, SagaWrite, StaleSaga, Status, StepRecord,
+    StepState, Store, StoredOutcome, Waiters,
 };
 use crate::{Error, OnStale};
 
 /// The schema, as a file that teams who run their own migrations can apply themselves.
 const SCHEMA_SQL: &str = include_str!("postgres.sql");
 
-/// The version `postgres.sql` sets up; a schema with a larger one is refused.
-const SCHEMA_VERSION: i64 = 1;
+/// The version `postgres.sql` sets up; a schema with a smaller one is upgraded by running
+/// the file again (2 added `idem_sagas.note`), a schema with a larger one is refused.
+const SCHEMA_VERSION: i64 = 2;
 
 /// Connections in the pool unless told otherwise: enough for a busy process, few enough that
 /// a fleet of processes stays well under the server's `max_connections` (100 by default).
@@ -44,7 +46,7 @@ const PURGE_EVERY: u64 = 1024;
 
 /// How many expired records one purge statement deletes; a purge runs statements until one
 /// deletes fewer, so that no transaction grows with the backlog.
-const PURGE_BATCH: i64 = 1000;
+const PURGE_BATCH: u64 = 1000;
 
 /// The longest lease or TTL the store writes: 100 years (an `interval` has limits).
 const MAX_MS: i64 = 100 * 366 * 24 * 3600 * 1000;
@@ -80,6 +82,9 @@ const CLAIM_ATTEMPTS: usize = 16;
 ///   `pg_advisory_xact_lock`, so processes that start together do not race; a schema that is
 ///   in place is left alone (the store then needs no CREATE privilege). The SQL is shipped
 ///   as `postgres.sql` for teams that migrate themselves.
+/// - **Operators' queries** (the `idem` command) are one statement each too. A key prefix is
+///   a range of the primary key; listings otherwise scan, as no index serves them alone (one
+///   on `created_at` would cost every claim a write, for a query an operator runs by hand).
 /// - **Connections**: a pool (deadpool-postgres) of 16 by default, without TLS; for TLS or
 ///   other pool settings build the pool yourself and use [`PostgresStore::with_pool`].
 ///
@@ -354,6 +359,14 @@ impl PostgresStore {
         row.try_get(0).map_err(|e| failed(Some(key), &e))
     }
 
+    /// Deletes up to `limit` expired results, with the logs of the sagas they ended, in one
+    /// statement; returns how many.
+    async fn purge(&self, limit: u64) -> Result<u64, Error> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.query(None, &self.inner.sql.purge, &[&limit]).await?;
+        count(&rows)
+    }
+
     /// Whether `token` still holds a live lease on `key`.
     async fn held(&self, key: &Key, token: FencingToken) -> Result<bool, Error> {
         self.ask(
@@ -528,21 +541,54 @@ struct Statements {
     saga_step: String,
     read_saga: String,
     stale_sagas: String,
+    list_records: String,
+    record_counts: String,
+    count_expired: String,
+    list_sagas: String,
+    resolve_saga: String,
 }
 
 impl Statements {
     fn new(s: &str) -> Self {
         let sequence = quote_literal(&format!("{s}.idem_fencing_token"));
         let now_ms = epoch_ms("clock_timestamp()");
+        // A result whose TTL ran out: what a purge deletes (and counts) and a claim replaces.
+        let expired =
+            |r: &str| format!("{r}.status = 'completed' AND {r}.expires_at <= clock_timestamp()");
         // A record whose owner may be replaced by the claim of payload `fingerprint`: an
         // expired result, or a claim of the same payload whose lease ran out.
         let claimable = |r: &str, fingerprint: &str| {
             format!(
-                "({r}.status = 'completed' AND {r}.expires_at <= clock_timestamp()) \
+                "({expired}) \
                  OR ({r}.status = 'in_progress' AND {r}.expires_at <= clock_timestamp() \
-                     AND {r}.fingerprint = {fingerprint})"
+                     AND {r}.fingerprint = {fingerprint})",
+                expired = expired(r),
             )
         };
+        // The record's `RecordKind` by name; NULL for a completed record with an unknown
+        // outcome, which reading it reports as corrupt.
+        let kind = |r: &str| {
+            format!(
+                "CASE WHEN {r}.status <> 'completed' THEN {r}.status \
+                      WHEN {r}.outcome = 'ok' THEN 'completed' \
+                      WHEN {r}.outcome = 'err' THEN 'failed' END"
+            )
+        };
+        // A record's columns as `record` reads them.
+        let record_columns = |r: &str| {
+            format!(
+                "{r}.action, {r}.status, {r}.token, {r}.fingerprint, {r}.outcome, {r}.result, \
+                 {created}, {expires}",
+                created = epoch_ms(&format!("{r}.created_at")),
+                expires = epoch_ms(&format!("{r}.expires_at")),
+            )
+        };
+        // A saga log's columns, one row per step, as `saga_log` reads them.
+        let saga_columns = format!(
+            "g.id, g.status, g.error, {updated}, g.note,
+             t.idx, t.name, t.key, t.irreversible, t.args, t.state, t.output, t.error",
+            updated = epoch_ms("g.updated_at"),
+        );
         // What the claim does to a record it may replace: take the place of a dead owner
         // under a new token, or (on_stale = review, $5) park the key for an operator, or
         // start afresh over an expired result. The token of a takeover is drawn here, after
@@ -591,10 +637,8 @@ impl Statements {
         Statements {
             claim,
             get: format!(
-                "SELECT action, status, token, fingerprint, outcome, result, {created}, {expires}
-                 FROM {s}.idem_records WHERE key = $1::text",
-                created = epoch_ms("created_at"),
-                expires = epoch_ms("expires_at"),
+                "SELECT {columns} FROM {s}.idem_records AS r WHERE r.key = $1::text",
+                columns = record_columns("r"),
             ),
             held: format!(
                 "SELECT EXISTS (SELECT 1 FROM {s}.idem_records
@@ -629,15 +673,20 @@ impl Statements {
             purge: format!(
                 "WITH gone AS (
                      DELETE FROM {s}.idem_records
-                     WHERE key IN (SELECT key FROM {s}.idem_records
-                                   WHERE status = 'completed' AND expires_at <= clock_timestamp()
+                     WHERE key IN (SELECT r.key FROM {s}.idem_records AS r
+                                   WHERE {expired}
                                    LIMIT $1::bigint
                                    FOR UPDATE SKIP LOCKED)
                      RETURNING key
                  ),
                  steps AS (DELETE FROM {s}.idem_saga_steps WHERE saga IN (SELECT key FROM gone)),
                  sagas AS (DELETE FROM {s}.idem_sagas WHERE key IN (SELECT key FROM gone))
-                 SELECT count(*) FROM gone"
+                 SELECT count(*) FROM gone",
+                expired = expired("r"),
+            ),
+            count_expired: format!(
+                "SELECT count(*) FROM {s}.idem_records AS r WHERE {expired}",
+                expired = expired("r"),
             ),
             // The saga's record is locked (FOR SHARE) by the statement that writes the log:
             // a takeover waits for the write, and a write after a takeover finds no record.
@@ -677,12 +726,10 @@ impl Statements {
                  RETURNING 1"
             ),
             read_saga: format!(
-                "SELECT g.id, g.status, g.error, {updated},
-                        t.idx, t.name, t.key, t.irreversible, t.args, t.state, t.output, t.error
+                "SELECT {saga_columns}
                  FROM {s}.idem_sagas g LEFT JOIN {s}.idem_saga_steps t ON t.saga = g.key
                  WHERE g.key = $1::text
-                 ORDER BY t.idx",
-                updated = epoch_ms("g.updated_at"),
+                 ORDER BY t.idx"
             ),
             // Sagas that another process is claiming right now are skipped: their rows are
             // locked by that claim.
@@ -694,6 +741,44 @@ impl Statements {
                  ORDER BY r.expires_at
                  LIMIT $1::bigint
                  FOR UPDATE OF r SKIP LOCKED"
+            ),
+            // $1 kind, $2 the status of that kind, $3 action, $4 key prefix (hex digits only:
+            // the range of keys that start with it), $5 limit; NULL filters match all.
+            // Ties (by the microsecond) go by key, in byte order as `Key` sorts.
+            list_records: format!(
+                "SELECT {columns}, r.key
+                 FROM {s}.idem_records AS r
+                 WHERE ($1::text IS NULL OR (r.status = $2::text AND ({kind}) = $1::text))
+                   AND ($3::text IS NULL OR r.action = $3::text)
+                   AND ($4::text IS NULL OR (r.key >= $4::text AND r.key < ($4::text || 'g')))
+                 ORDER BY r.created_at DESC, r.key COLLATE \"C\"
+                 LIMIT $5::bigint",
+                columns = record_columns("r"),
+                kind = kind("r"),
+            ),
+            // One key of each group, to name in an error if the group's kind is corrupt.
+            record_counts: format!(
+                "SELECT r.action, {kind}, count(*), min(r.key)
+                 FROM {s}.idem_records AS r
+                 GROUP BY 1, 2",
+                kind = kind("r"),
+            ),
+            // $1 status, $2 id (NULL: any), $3 limit: on the sagas, then their steps joined.
+            list_sagas: format!(
+                "SELECT {saga_columns}, g.key
+                 FROM (SELECT key, id, status, error, updated_at, note
+                       FROM {s}.idem_sagas
+                       WHERE ($1::text IS NULL OR status = $1::text)
+                         AND ($2::text IS NULL OR id = $2::text)
+                       ORDER BY updated_at DESC, id COLLATE \"C\", key COLLATE \"C\"
+                       LIMIT $3::bigint) AS g
+                 LEFT JOIN {s}.idem_saga_steps t ON t.saga = g.key
+                 ORDER BY g.updated_at DESC, g.id COLLATE \"C\", g.key COLLATE \"C\", t.idx"
+            ),
+            resolve_saga: format!(
+                "UPDATE {s}.idem_sagas
+                 SET status = 'resolved', note = $2::text, updated_at = clock_timestamp()
+                 WHERE key = $1::text AND status = 'needs_attention'"
             ),
         }
     }
@@ -768,6 +853,118 @@ fn found(
         },
         outcome,
     ))
+}
+
+/// A record from a row of the `get` or `list_records` statement (its first eight columns).
+fn record(key: &Key, row: &Row) -> Result<Record, Error> {
+    let (what, some_key) = ("a record", Some(key));
+    let action: String = column(row, 0, what, some_key)?;
+    let status: String = column(row, 1, what, some_key)?;
+    let token: i64 = column(row, 2, what, some_key)?;
+    let fingerprint: Vec<u8> = column(row, 3, what, some_key)?;
+    let outcome: Option<String> = column(row, 4, what, some_key)?;
+    let result: Option<Vec<u8>> = column(row, 5, what, some_key)?;
+    let created_at_ms: i64 = column(row, 6, what, some_key)?;
+    let expires_at_ms: Option<i64> = column(row, 7, what, some_key)?;
+    let (found, outcome) = found(
+        key,
+        &status,
+        token,
+        &fingerprint,
+        outcome.as_deref(),
+        result,
+        expires_at_ms,
+    )?;
+    Ok(Record {
+        key: *key,
+        action,
+        status: found.status,
+        token: found.token,
+        fingerprint: found.fingerprint,
+        outcome,
+        created_at: to_wall(created_at_ms),
+        expires_at: found.expires_at_ms.map(to_wall),
+    })
+}
+
+/// The key in column `index` of a row of a listing, which names every later error.
+fn listed_key(row: &Row, index: usize, what: &'static str) -> Result<Key, Error> {
+    let hex: String = column(row, index, what, None)?;
+    hex.parse()
+        .map_err(|_| corrupt(what, None, format!("the key {hex:?}")))
+}
+
+/// The log of the saga `saga` from its rows of the `read_saga` or `list_sagas` statement
+/// (not empty): the log's head in every row, and a step in each, unless the log has none yet
+/// (one row, without a step).
+///
+/// ```text
+/// id       | status          | error | updated | note | idx  | name   | … | error
+/// order-42 | needs_attention | "…"   | 1718…   | NULL | 0    | charge | … | NULL
+/// order-42 | needs_attention | "…"   | 1718…   | NULL | 1    | ship   | … | "…"
+/// ```
+fn saga_log(saga: &Key, rows: &[Row]) -> Result<SagaLog, Error> {
+    let (what, key) = ("a saga log", Some(saga));
+    let head = rows
+        .first()
+        .ok_or_else(|| Error::store("postgres", key, "the saga log has no row"))?;
+    let id: String = column(head, 0, what, key)?;
+    let status: String = column(head, 1, what, key)?;
+    let error: Option<String> = column(head, 2, what, key)?;
+    let updated_at_ms: i64 = column(head, 3, what, key)?;
+    let note: Option<String> = column(head, 4, what, key)?;
+    let status = SagaStatus::parse(&status)
+        .ok_or_else(|| corrupt(what, key, format!("unknown status {status:?}")))?;
+    let mut steps = Vec::new();
+    for row in rows {
+        let Some(index) = column::<Option<i64>>(row, 5, what, key)? else {
+            continue; // A log with no steps yet.
+        };
+        let step_key: String = column(row, 7, what, key)?;
+        let state: String = column(row, 10, what, key)?;
+        steps.push(StepRecord {
+            index: u32::try_from(index)
+                .map_err(|_| corrupt(what, key, format!("step index {index}")))?,
+            name: column(row, 6, what, key)?,
+            key: step_key
+                .parse()
+                .map_err(|_| corrupt(what, key, format!("the key of step {index}")))?,
+            irreversible: column(row, 8, what, key)?,
+            args: column(row, 9, what, key)?,
+            state: StepState::parse(&state).ok_or_else(|| {
+                corrupt(
+                    what,
+                    key,
+                    format!("unknown state {state:?} of step {index}"),
+                )
+            })?,
+            output: column(row, 11, what, key)?,
+            error: column(row, 12, what, key)?,
+        });
+    }
+    Ok(SagaLog::new(*saga, id, status, error, steps, to_wall(updated_at_ms)).with_note(note))
+}
+
+/// Whether `prefix` can start a key: lowercase hex digits only (`RecordQuery::key_prefix`
+/// lowers the case). Any other character, a pattern's `%` or `_` included, starts none.
+fn is_key_prefix(prefix: &str) -> bool {
+    prefix
+        .bytes()
+        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A limit as PostgreSQL's `bigint`.
+fn to_bigint(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The answer of a statement that counts: one row of one `bigint`.
+fn count(rows: &[Row]) -> Result<u64, Error> {
+    let row = rows
+        .first()
+        .ok_or_else(|| Error::store("postgres", None, "the count answered no row"))?;
+    let count: i64 = row.try_get(0).map_err(|e| failed(None, &e))?;
+    Ok(u64::try_from(count).unwrap_or(0))
 }
 
 /// What one run of the claim statement says.
@@ -942,52 +1139,14 @@ impl Store for PostgresStore {
         let rows = self
             .query(Some(key), &self.inner.sql.get, &[&key.to_string()])
             .await?;
-        let Some(row) = rows.first() else {
-            return Ok(None);
-        };
-        let (what, some_key) = ("a record", Some(key));
-        let action: String = column(row, 0, what, some_key)?;
-        let status: String = column(row, 1, what, some_key)?;
-        let token: i64 = column(row, 2, what, some_key)?;
-        let fingerprint: Vec<u8> = column(row, 3, what, some_key)?;
-        let outcome: Option<String> = column(row, 4, what, some_key)?;
-        let result: Option<Vec<u8>> = column(row, 5, what, some_key)?;
-        let created_at_ms: i64 = column(row, 6, what, some_key)?;
-        let expires_at_ms: Option<i64> = column(row, 7, what, some_key)?;
-        let (found, outcome) = found(
-            key,
-            &status,
-            token,
-            &fingerprint,
-            outcome.as_deref(),
-            result,
-            expires_at_ms,
-        )?;
-        Ok(Some(Record {
-            key: *key,
-            action,
-            status: found.status,
-            token: found.token,
-            fingerprint: found.fingerprint,
-            outcome,
-            created_at: to_wall(created_at_ms),
-            expires_at: found.expires_at_ms.map(to_wall),
-        }))
+        rows.first().map(|row| record(key, row)).transpose()
     }
 
     async fn purge_expired(&self) -> Result<u64, Error> {
         let mut purged = 0u64;
         loop {
-            let rows = self
-                .query(None, &self.inner.sql.purge, &[&PURGE_BATCH])
-                .await?;
-            let count: i64 = rows
-                .first()
-                .map(|row| row.try_get(0))
-                .transpose()
-                .map_err(|e| failed(None, &e))?
-                .unwrap_or(0);
-            purged += u64::try_from(count).unwrap_or(0);
+            let count = self.purge(PURGE_BATCH).await?;
+            purged += count;
             if count < PURGE_BATCH {
                 return Ok(purged);
             }
@@ -1040,51 +1199,10 @@ impl Store for PostgresStore {
         let rows = self
             .query(Some(saga), &self.inner.sql.read_saga, &[&saga.to_string()])
             .await?;
-        let Some(head) = rows.first() else {
+        if rows.is_empty() {
             return Ok(None);
-        };
-        let (what, key) = ("a saga log", Some(saga));
-        let id: String = column(head, 0, what, key)?;
-        let status: String = column(head, 1, what, key)?;
-        let error: Option<String> = column(head, 2, what, key)?;
-        let updated_at_ms: i64 = column(head, 3, what, key)?;
-        let status = SagaStatus::parse(&status)
-            .ok_or_else(|| corrupt(what, key, format!("unknown status {status:?}")))?;
-        let mut steps = Vec::new();
-        for row in &rows {
-            let Some(index) = column::<Option<i64>>(row, 4, what, key)? else {
-                continue; // A log with no steps yet.
-            };
-            let step_key: String = column(row, 6, what, key)?;
-            let state: String = column(row, 9, what, key)?;
-            steps.push(StepRecord {
-                index: u32::try_from(index)
-                    .map_err(|_| corrupt(what, key, format!("step index {index}")))?,
-                name: column(row, 5, what, key)?,
-                key: step_key
-                    .parse()
-                    .map_err(|_| corrupt(what, key, format!("the key of step {index}")))?,
-                irreversible: column(row, 7, what, key)?,
-                args: column(row, 8, what, key)?,
-                state: StepState::parse(&state).ok_or_else(|| {
-                    corrupt(
-                        what,
-                        key,
-                        format!("unknown state {state:?} of step {index}"),
-                    )
-                })?,
-                output: column(row, 10, what, key)?,
-                error: column(row, 11, what, key)?,
-            });
         }
-        Ok(Some(SagaLog::new(
-            *saga,
-            id,
-            status,
-            error,
-            steps,
-            to_wall(updated_at_ms),
-        )))
+        saga_log(saga, &rows).map(Some)
     }
 
     async fn stale_sagas(&self, limit: usize) -> Result<Vec<StaleSaga>, Error> {
@@ -1111,5 +1229,190 @@ impl Store for PostgresStore {
             ));
         }
         Ok(stale)
+    }
+
+    async fn list_records(&self, query: &RecordQuery) -> Result<Vec<Record>, Error> {
+        let prefix = query.key_prefix.as_deref();
+        if prefix.is_some_and(|prefix| !is_key_prefix(prefix)) {
+            return Ok(Vec::new());
+        }
+        let kind = query.kind.map(RecordKind::as_str);
+        let status = query.kind.map(|kind| kind.status().as_str());
+        let rows = self
+            .query(
+                None,
+                &self.inner.sql.list_records,
+                &[
+                    &kind,
+                    &status,
+                    &query.action,
+                    &prefix,
+                    &to_bigint(query.limit),
+                ],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| record(&listed_key(row, 8, "a record")?, row))
+            .collect()
+    }
+
+    async fn record_counts(&self) -> Result<Vec<RecordCount>, Error> {
+        let rows = self.query(None, &self.inner.sql.record_counts, &[]).await?;
+        let what = "a record";
+        let mut counts = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let named: Option<String> = column(row, 1, what, None)?;
+            let Some(kind) = named.as_deref().and_then(RecordKind::parse) else {
+                // Name one record of the group: `get` says what is wrong with it.
+                let problem = match named {
+                    None => "completed with an unknown outcome".to_owned(),
+                    Some(status) => format!("unknown status {status:?}"),
+                };
+                return Err(corrupt(what, Some(&listed_key(row, 3, what)?), problem));
+            };
+            let count: i64 = column(row, 2, what, None)?;
+            counts.push(RecordCount::new(
+                column(row, 0, what, None)?,
+                kind,
+                u64::try_from(count).unwrap_or(0),
+            ));
+        }
+        // By action in Rust's order (the database's collation may differ), then by kind.
+        counts.sort();
+        Ok(counts)
+    }
+
+    async fn count_expired(&self) -> Result<u64, Error> {
+        let rows = self.query(None, &self.inner.sql.count_expired, &[]).await?;
+        count(&rows)
+    }
+
+    async fn purge_expired_batch(&self, limit: usize) -> Result<u64, Error> {
+        self.purge(u64::try_from(limit).unwrap_or(u64::MAX)).await
+    }
+
+    async fn list_sagas(&self, query: &SagaQuery) -> Result<Vec<SagaLog>, Error> {
+        let status = query.status.map(SagaStatus::as_str);
+        let rows = self
+            .query(
+                None,
+                &self.inner.sql.list_sagas,
+                &[&status, &query.id, &to_bigint(query.limit)],
+            )
+            .await?;
+        // The rows of one saga are together (the statement orders by saga, then step).
+        fn saga_of(row: &Row) -> Option<&str> {
+            row.try_get(13).ok()
+        }
+        rows.chunk_by(|a, b| saga_of(a) == saga_of(b))
+            .map(|rows| saga_log(&listed_key(&rows[0], 13, "a saga log")?, rows))
+            .collect()
+    }
+
+    async fn resolve_saga(&self, saga: &Key, note: &str) -> Result<bool, Error> {
+        let resolved = self
+            .execute(
+                Some(saga),
+                &self.inner.sql.resolve_saga,
+                &[&saga.to_string(), &note],
+            )
+            .await?;
+        Ok(resolved == 1)
+    }
+}
+
+#[cfg(all(test, feature = "conformance"))]
+mod tests {
+    use super::*;
+    use crate::conformance::servers::PostgresServer;
+
+    async fn admin(url: &str) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(url, NoTls)
+            .await
+            .expect("a plain connection");
+        tokio::spawn(connection);
+        client
+    }
+
+    async fn version_of(admin: &tokio_postgres::Client, schema: &str) -> i64 {
+        admin
+            .query_one(
+                &format!("SELECT value FROM {schema}.idem_meta WHERE name = 'schema_version'"),
+                &[],
+            )
+            .await
+            .expect("the version row")
+            .get(0)
+    }
+
+    /// A schema of version 1 (before `idem_sagas.note`) is upgraded in place by the next
+    /// store that connects: a saga that needed attention then is kept, and can be resolved.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_1_schema_is_upgraded_in_place() {
+        let Some(server) = PostgresServer::shared() else {
+            return;
+        };
+        let schema = "upgraded_from_1";
+        let admin = admin(&server.url()).await;
+        let saga = Key::from_bytes([7; 32]);
+        admin
+            .batch_execute(&format!(
+                "CREATE SCHEMA {schema}; SET search_path TO {schema};
+                 {SCHEMA_SQL}
+                 ALTER TABLE idem_sagas DROP COLUMN note;
+                 UPDATE idem_meta SET value = 1;
+                 INSERT INTO idem_sagas (key, id, status, error, updated_at)
+                 VALUES ('{saga}', 'order-1', 'needs_attention', 'refund failed', now());"
+            ))
+            .await
+            .expect("a schema of version 1");
+
+        let store = PostgresStore::builder(server.url())
+            .schema(schema)
+            .connect()
+            .await
+            .expect("connect and upgrade");
+        assert_eq!(version_of(&admin, schema).await, SCHEMA_VERSION);
+        assert!(store
+            .resolve_saga(&saga, "refunded by hand")
+            .await
+            .expect("resolve"));
+        let log = store
+            .read_saga(&saga)
+            .await
+            .expect("read")
+            .expect("the log");
+        assert_eq!(log.status, SagaStatus::Resolved);
+        assert_eq!(log.note.as_deref(), Some("refunded by hand"));
+        assert_eq!(log.error.as_deref(), Some("refund failed"));
+    }
+
+    /// `postgres.sql` can be run again, as teams that migrate themselves may: on a schema in
+    /// place it changes nothing, and it never lowers the version of one a newer idem made.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_schema_file_runs_again_and_never_lowers_the_version() {
+        let Some(server) = PostgresServer::shared() else {
+            return;
+        };
+        let schema = "run_again";
+        drop(
+            PostgresStore::builder(server.url())
+                .schema(schema)
+                .connect()
+                .await
+                .expect("connect"),
+        );
+        let admin = admin(&server.url()).await;
+        let run_again = format!("SET search_path TO {schema};\n{SCHEMA_SQL}");
+        admin.batch_execute(&run_again).await.expect("run again");
+        assert_eq!(version_of(&admin, schema).await, SCHEMA_VERSION);
+        admin
+            .batch_execute(&format!(
+                "UPDATE {schema}.idem_meta SET value = 99 WHERE name = 'schema_version'"
+            ))
+            .await
+            .expect("a newer version");
+        admin.batch_execute(&run_again).await.expect("run again");
+        assert_eq!(version_of(&admin, schema).await, 99);
     }
 }

@@ -1,10 +1,14 @@
--- The schema of idem's PostgresStore, version 1.
+-- The schema of idem's PostgresStore, version 2.
 --
 -- PostgresStore creates this schema itself when it connects: in one transaction, under
 -- pg_advisory_xact_lock (so that processes connecting at once do not race), it runs this file
 -- with `search_path` set to the store's schema (`public` unless the store is given another),
--- unless `idem_meta` already says version 1. A store that finds the schema in place changes
+-- unless `idem_meta` already says version 2. A store that finds the schema in place changes
 -- nothing, so it needs no CREATE privilege.
+--
+-- The same file upgrades a schema of an older version in place, keeping its rows: what a
+-- version added is added by an `ALTER TABLE … ADD COLUMN IF NOT EXISTS` (see "Upgrades" at
+-- the end), and the version row is raised last.
 --
 -- Teams that migrate themselves run this same file, in the schema the store will be given:
 --
@@ -12,7 +16,8 @@
 --     -c 'CREATE SCHEMA IF NOT EXISTS idem' -c 'SET LOCAL search_path TO idem' -f postgres.sql
 --
 -- and the application then needs only: USAGE on the schema; SELECT, INSERT, UPDATE, DELETE on
--- its tables; USAGE on the sequence. Every statement here can be run again (IF NOT EXISTS).
+-- its tables; USAGE on the sequence. Every statement here can be run again (IF NOT EXISTS),
+-- and on a schema of any older version.
 --
 -- Keys and fingerprints are SHA-256 digests: no argument of any call is stored in a key.
 -- Times are the server's (`clock_timestamp()`), never a client's.
@@ -49,9 +54,10 @@ CREATE INDEX IF NOT EXISTS idem_records_expiry ON idem_records (status, expires_
 CREATE TABLE IF NOT EXISTS idem_sagas (
     key         text        PRIMARY KEY,  -- the key of the saga's claim
     id          text        NOT NULL,     -- the saga's id, as its caller gave it
-    status      text        NOT NULL,     -- running | compensating | completed | compensated | needs_attention | interrupted
+    status      text        NOT NULL,     -- running | compensating | completed | compensated | needs_attention | interrupted | resolved
     error       text,                     -- why it failed, once it did
-    updated_at  timestamptz NOT NULL
+    updated_at  timestamptz NOT NULL,
+    note        text                      -- an operator's note, once settled by hand (resolved); since version 2
 );
 
 -- Recovery looks for the sagas that are running or compensating.
@@ -78,4 +84,15 @@ CREATE TABLE IF NOT EXISTS idem_meta (
     value        bigint      NOT NULL,
     migrated_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
-INSERT INTO idem_meta (name, value) VALUES ('schema_version', 1) ON CONFLICT (name) DO NOTHING;
+
+-- Upgrades: what each version added to tables that an older version created. On a new schema
+-- the tables above already have it, and these change nothing.
+
+-- Version 2: the operator's note on a saga settled by hand (`idem resolve`).
+ALTER TABLE idem_sagas ADD COLUMN IF NOT EXISTS note text;
+
+-- Last, once everything above is in place. The version only goes up: run on a schema of a
+-- newer idem, this leaves its version alone (and a store of this idem refuses that schema).
+INSERT INTO idem_meta (name, value) VALUES ('schema_version', 2)
+ON CONFLICT (name) DO UPDATE SET value = excluded.value, migrated_at = excluded.migrated_at
+WHERE idem_meta.value < excluded.value;

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! <prefix>{<key>}:r       hash: the record (status, token, fingerprint, outcome, times, action)
-//! <prefix>{<key>}:s       hash: a saga's log head (id, status, error, updated)
+//! <prefix>{<key>}:s       hash: a saga's log head (id, status, error, updated, note)
 //! <prefix>{<key>}:steps   hash: a saga's steps, fields "<index>:<field>"
 //! <prefix>tokens          counter: the fencing tokens
 //! <prefix>expiry          sorted set: completed records by expiry (for the purge)
@@ -15,7 +15,12 @@
 //! The `{<key>}` hash tag keeps a record and its saga log in one cluster slot. The token
 //! counter and the two indexes are single keys, so the store runs on one Redis server (with
 //! replicas), not on Redis Cluster.
+//!
+//! The operators' queries (`list_records`, `record_counts`, `list_sagas`) have no index by
+//! action or time to read: they walk the store's hashes with `SCAN`, a page at a time, which
+//! costs a round trip per page and a pass over the whole keyspace of the server.
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,14 +31,44 @@ use redis::{Script, Value};
 
 use crate::key::{Fingerprint, Key};
 use crate::store::{
-    millis, Claim, ClaimRequest, FencingToken, Ownership, Record, SagaLog, SagaStatus, SagaWrite,
-    StaleSaga, Status, StepRecord, StepState, Store, StoredOutcome,
+    millis, Claim, ClaimRequest, FencingToken, Ownership, Record, RecordCount, RecordKind,
+    RecordQuery, SagaLog, SagaQuery, SagaStatus, SagaWrite, StaleSaga, Status, StepRecord,
+    StepState, Store, StoredOutcome,
 };
 use crate::Error;
 
 /// After how many recorded results (of one store handle) the expiry index is trimmed of the
 /// records that expired (the records themselves expire natively, on time).
 const PURGE_EVERY: u64 = 64;
+
+/// How many keys the operators' listings ask `SCAN` for at a time (a hint to the server).
+const SCAN_COUNT: usize = 1000;
+
+/// The length of a key in hex, as it sits in the names of the store's hashes.
+const KEY_HEX_LEN: usize = 64;
+
+/// The hashes of one kind the store keeps per key (`<prefix>{<key>}<suffix>`), as the
+/// operators' listings walk them: the fields they read of each first (all but the bulky
+/// ones), and what a hash is called in errors.
+struct Hashes {
+    suffix: &'static str,
+    head: &'static [&'static str],
+    what: &'static str,
+}
+
+/// The records, read without their result.
+const RECORDS: Hashes = Hashes {
+    suffix: ":r",
+    head: &["st", "tk", "fp", "oc", "ca", "ex", "ac"],
+    what: "a record",
+};
+
+/// The heads of the saga logs, read without their steps.
+const SAGA_LOGS: Hashes = Hashes {
+    suffix: ":s",
+    head: &["id", "status", "error", "updated", "note"],
+    what: "a saga log",
+};
 
 /// The store on a Redis server: atomic Lua scripts with fencing tokens, leases and TTLs on
 /// the server's clock, completed records expired natively. Cheap to clone (one multiplexed
@@ -107,15 +142,162 @@ impl RedisStore {
         &self.prefix
     }
 
+    fn hash_key(&self, key: &Key, suffix: &str) -> String {
+        format!("{}{{{key}}}{suffix}", self.prefix)
+    }
+
     fn record_key(&self, key: &Key) -> String {
-        format!("{}{{{key}}}:r", self.prefix)
+        self.hash_key(key, RECORDS.suffix)
     }
 
     fn saga_keys(&self, key: &Key) -> (String, String) {
         (
-            format!("{}{{{key}}}:s", self.prefix),
-            format!("{}{{{key}}}:steps", self.prefix),
+            self.hash_key(key, SAGA_LOGS.suffix),
+            self.hash_key(key, ":steps"),
         )
+    }
+
+    /// The `SCAN` pattern of the `hashes` whose key starts with `hex` (lowercase hex digits,
+    /// at most a key's length): `<prefix>{<hex>??…?}<suffix>`, the store's prefix escaped.
+    fn pattern(&self, hex: &str, hashes: &Hashes) -> String {
+        let mut pattern = String::with_capacity(self.prefix.len() + KEY_HEX_LEN + 8);
+        for c in self.prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('{');
+        pattern.push_str(hex);
+        pattern.push_str(&"?".repeat(KEY_HEX_LEN.saturating_sub(hex.len())));
+        pattern.push('}');
+        pattern.push_str(hashes.suffix);
+        pattern
+    }
+
+    /// The key in the name of one of the `hashes`, if the name is one of theirs.
+    fn key_in(&self, name: &[u8], hashes: &Hashes) -> Option<Key> {
+        let hex = name
+            .strip_prefix(self.prefix.as_bytes())?
+            .strip_prefix(b"{")?
+            .strip_suffix(hashes.suffix.as_bytes())?
+            .strip_suffix(b"}")?;
+        std::str::from_utf8(hex).ok()?.parse().ok()
+    }
+
+    /// Sends `pipe` and checks that it got `answers` answers.
+    async fn send(&self, pipe: &redis::Pipeline, answers: usize) -> Result<Vec<Value>, Error> {
+        if answers == 0 {
+            return Ok(Vec::new());
+        }
+        let mut connection = self.connection.clone();
+        let replies: Vec<Value> = pipe
+            .query_async(&mut connection)
+            .await
+            .map_err(failed(None))?;
+        if replies.len() != answers {
+            let problem = format!("{} answers to {answers} commands", replies.len());
+            return Err(Error::store("redis", None, problem));
+        }
+        Ok(replies)
+    }
+
+    /// Walks the `hashes` that match `pattern` with `SCAN` and hands each key, once, to
+    /// `each` with the fields of its head that are set (none: the hash went in the meantime).
+    /// The fields of one page are read in the round trip that asks for the next page.
+    async fn scan(
+        &self,
+        pattern: &str,
+        hashes: &Hashes,
+        mut each: impl FnMut(Key, Vec<(String, Vec<u8>)>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        // SCAN may hand out a key twice (when the server resizes its table meanwhile).
+        let mut seen = HashSet::new();
+        let mut cursor = Some(0u64);
+        let mut page: Vec<Key> = Vec::new();
+        while cursor.is_some() || !page.is_empty() {
+            let mut pipe = redis::pipe();
+            for key in &page {
+                pipe.cmd("HMGET")
+                    .arg(self.hash_key(key, hashes.suffix))
+                    .arg(hashes.head);
+            }
+            if let Some(cursor) = cursor {
+                pipe.cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT);
+            }
+            let answers = page.len() + usize::from(cursor.is_some());
+            let mut replies = self.send(&pipe, answers).await?;
+            let next = match cursor {
+                Some(_) => Some(
+                    replies
+                        .pop()
+                        .ok_or_else(|| "no answer".to_owned())
+                        .and_then(scan_page)
+                        .map_err(|problem| {
+                            Error::store("redis", None, format!("SCAN answered {problem}"))
+                        })?,
+                ),
+                None => None,
+            };
+            for (key, reply) in page.drain(..).zip(replies) {
+                let head = named(hashes.head, reply).map_err(corrupt(&key, hashes.what))?;
+                each(key, head)?;
+            }
+            if let Some((next, names)) = next {
+                cursor = (next != 0).then_some(next);
+                page = names
+                    .iter()
+                    .filter_map(|name| self.key_in(name, hashes))
+                    .filter(|key| seen.insert(*key))
+                    .collect();
+            }
+        }
+        Ok(())
+    }
+
+    /// The records that match `query`, with their results, newest first: a scan of the record
+    /// heads (no results), then one pipeline that reads the `limit` newest in full.
+    async fn scan_records(&self, query: &RecordQuery) -> Result<Vec<Record>, Error> {
+        let hex = query.key_prefix.as_deref().unwrap_or_default();
+        let mut newest = Newest::new(query.limit, newest_record_first);
+        self.scan(&self.pattern(hex, &RECORDS), &RECORDS, |key, head| {
+            newest.extend(record_head(&key, head)?.filter(|head| query.matches(head)));
+            Ok(())
+        })
+        .await?;
+        let chosen: Vec<Key> = newest.into_vec().iter().map(|head| head.key).collect();
+        let mut pipe = redis::pipe();
+        for key in &chosen {
+            pipe.cmd("HGETALL").arg(self.record_key(key));
+        }
+        let replies = self.send(&pipe, chosen.len()).await?;
+        let mut records = Vec::with_capacity(chosen.len());
+        for (key, reply) in chosen.iter().zip(replies) {
+            let found = fields(reply)
+                .and_then(|hash| record(key, hash))
+                .map_err(corrupt(key, RECORDS.what))?;
+            // A record that went or changed since its head was read is left out.
+            records.extend(found.filter(|record| query.matches(record)));
+        }
+        records.sort_by(newest_record_first);
+        Ok(records)
+    }
+
+    /// The results whose TTL ran out by the server's clock, as the expiry index holds them:
+    /// counted (`None`), or trimmed from the index, the oldest first, at most `trim` of them.
+    async fn expired(&self, trim: Option<u64>) -> Result<u64, Error> {
+        let mut invocation = EXPIRED.prepare_invoke();
+        invocation.key(self.global("expiry"));
+        match trim {
+            Some(at_most) => invocation.arg(at_most),
+            None => invocation.arg("count"),
+        };
+        self.run(None, &invocation).await
     }
 
     fn global(&self, name: &str) -> String {
@@ -137,9 +319,7 @@ impl RedisStore {
     /// Trims the expiry index of the results whose TTL ran out (Redis expired the records
     /// and their saga logs at that moment), and says how many there were.
     async fn purge(&self) -> Result<u64, Error> {
-        let mut invocation = PURGE.prepare_invoke();
-        invocation.key(self.global("expiry"));
-        self.run(None, &invocation).await
+        self.expired(Some(u64::MAX)).await
     }
 }
 
@@ -243,13 +423,32 @@ return 1
     )
 });
 
-/// Removes from the expiry index the results whose TTL ran out; returns how many.
-static PURGE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+/// The one rule of what the purge counts: the members of the expiry index whose TTL ran out
+/// by the server's clock (`ex <= now`, as a claim sees them). ARGV[1] is `count` (say how
+/// many), or how many of them at most to remove, the oldest first; returns how many.
+static EXPIRED: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     Script::new(
         r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local due = redis.call('ZCOUNT', KEYS[1], '-inf', now)
+if ARGV[1] == 'count' then return due end
+local n = math.min(due, tonumber(ARGV[1]))
+if n > 0 then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - 1) end
+return n
+",
+    )
+});
+
+/// Settles a saga that needs attention by hand, keeping the note; returns 1 if it did.
+static RESOLVE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('HGET', KEYS[1], 'status') ~= 'needs_attention' then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'status', 'resolved', 'note', ARGV[1], 'updated', now)
+return 1
 ",
     )
 });
@@ -432,6 +631,139 @@ fn record(key: &Key, hash: Vec<(String, Vec<u8>)>) -> Result<Option<Record>, Str
 
 fn corrupt<'k>(key: &'k Key, what: &'static str) -> impl FnOnce(String) -> Error + 'k {
     move |problem| Error::codec(what, Some(key), format!("corrupt {what}: {problem}"))
+}
+
+/// A page of `SCAN`: the next cursor (0 at the end) and the names found.
+fn scan_page(value: Value) -> Result<(u64, Vec<Vec<u8>>), String> {
+    let Value::Array(items) = value else {
+        return Err(format!("{value:?}"));
+    };
+    let [cursor, Value::Array(names)] =
+        <[Value; 2]>::try_from(items).map_err(|items| format!("{items:?}"))?
+    else {
+        return Err("no names".to_owned());
+    };
+    let cursor = text(&cursor)?
+        .parse()
+        .map_err(|e| format!("a cursor: {e}"))?;
+    Ok((
+        cursor,
+        names.into_iter().map(bytes).collect::<Result<_, _>>()?,
+    ))
+}
+
+/// The answer of `HMGET` on `names`, as the (name, bytes) pairs of the fields that are set.
+fn named(names: &[&str], value: Value) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let Value::Array(values) = value else {
+        return Err(format!("fields, not {value:?}"));
+    };
+    names
+        .iter()
+        .zip(values)
+        .filter(|(_, value)| !matches!(value, Value::Nil))
+        .map(|(name, value)| Ok(((*name).to_owned(), bytes(value)?)))
+        .collect()
+}
+
+/// A record read without its result (the fields of [`RECORDS`]): what filters and orders
+/// need. Its outcome, if any, holds no bytes.
+fn record_head(key: &Key, mut head: Vec<(String, Vec<u8>)>) -> Result<Option<Record>, Error> {
+    if head.is_empty() {
+        return Ok(None);
+    }
+    head.push(("rs".to_owned(), Vec::new()));
+    record(key, head).map_err(corrupt(key, RECORDS.what))
+}
+
+/// The log of a saga from its head and steps (empty: read without its steps).
+fn saga_log(
+    key: &Key,
+    head: Vec<(String, Vec<u8>)>,
+    step_fields: Vec<(String, Vec<u8>)>,
+) -> Result<Option<SagaLog>, String> {
+    if head.is_empty() {
+        return Ok(None);
+    }
+    let mut id = None;
+    let (mut status, mut error, mut updated, mut note) = (None, None, 0, None);
+    for (name, value) in head {
+        let value = String::from_utf8(value).map_err(|e| e.to_string())?;
+        match name.as_str() {
+            "id" => id = Some(value),
+            "status" => status = SagaStatus::parse(&value),
+            "error" => error = Some(value),
+            "updated" => updated = value.parse().map_err(|_| "updated".to_owned())?,
+            "note" => note = Some(value),
+            _ => {}
+        }
+    }
+    Ok(Some(
+        SagaLog::new(
+            *key,
+            id.ok_or("no id")?,
+            status.ok_or("unknown status")?,
+            error,
+            steps(step_fields)?,
+            wall(updated),
+        )
+        .with_note(note),
+    ))
+}
+
+/// The order of [`Store::list_records`]: newest first, then by key.
+fn newest_record_first(a: &Record, b: &Record) -> std::cmp::Ordering {
+    b.created_at
+        .cmp(&a.created_at)
+        .then_with(|| a.key.cmp(&b.key))
+}
+
+/// The order of [`Store::list_sagas`]: most recently written first, then by id (and key).
+fn newest_saga_first(a: &SagaLog, b: &SagaLog) -> std::cmp::Ordering {
+    b.updated_at
+        .cmp(&a.updated_at)
+        .then_with(|| a.id.cmp(&b.id))
+        .then_with(|| a.key.cmp(&b.key))
+}
+
+/// The first `limit` of many items in `order`, kept while a scan walks them: sorted and cut
+/// whenever twice `limit` are held.
+struct Newest<T> {
+    items: Vec<T>,
+    limit: usize,
+    order: fn(&T, &T) -> std::cmp::Ordering,
+}
+
+impl<T> Newest<T> {
+    fn new(limit: usize, order: fn(&T, &T) -> std::cmp::Ordering) -> Self {
+        Newest {
+            items: Vec::new(),
+            limit,
+            order,
+        }
+    }
+
+    fn push(&mut self, item: T) {
+        self.items.push(item);
+        if self.items.len() >= self.limit.saturating_mul(2).max(64) {
+            self.cut();
+        }
+    }
+
+    fn extend(&mut self, items: impl IntoIterator<Item = T>) {
+        for item in items {
+            self.push(item);
+        }
+    }
+
+    fn cut(&mut self) {
+        self.items.sort_by(self.order);
+        self.items.truncate(self.limit);
+    }
+
+    fn into_vec(mut self) -> Vec<T> {
+        self.cut();
+        self.items
+    }
 }
 
 /// A step's fields as the log hash keeps them (`<index>:<field>`).
@@ -638,33 +970,9 @@ impl Store for RedisStore {
             .query_async(&mut connection)
             .await
             .map_err(failed(Some(saga)))?;
-        let read = || -> Result<Option<SagaLog>, String> {
-            let head = fields(head)?;
-            if head.is_empty() {
-                return Ok(None);
-            }
-            let mut id = None;
-            let (mut status, mut error, mut updated) = (None, None, 0);
-            for (name, value) in head {
-                let value = String::from_utf8(value).map_err(|e| e.to_string())?;
-                match name.as_str() {
-                    "id" => id = Some(value),
-                    "status" => status = SagaStatus::parse(&value),
-                    "error" => error = Some(value),
-                    "updated" => updated = value.parse().map_err(|_| "updated".to_owned())?,
-                    _ => {}
-                }
-            }
-            Ok(Some(SagaLog::new(
-                *saga,
-                id.ok_or("no id")?,
-                status.ok_or("unknown status")?,
-                error,
-                steps(fields(steps_hash)?)?,
-                wall(updated),
-            )))
-        };
-        read().map_err(corrupt(saga, "a saga log"))
+        fields(head)
+            .and_then(|head| saga_log(saga, head, fields(steps_hash)?))
+            .map_err(corrupt(saga, SAGA_LOGS.what))
     }
 
     async fn stale_sagas(&self, limit: usize) -> Result<Vec<StaleSaga>, Error> {
@@ -712,6 +1020,107 @@ impl Store for RedisStore {
         }
         Ok(stale)
     }
+
+    /// The records that `query` selects, newest first. Redis keeps no index by action or
+    /// time: this walks every record of the store with `SCAN` (one round trip per page of
+    /// about 1000 keys of the server, the heads of the records found on a page read in the
+    /// same trip as the next page), then reads the `limit` newest in full in one more. A key
+    /// prefix goes into the `SCAN` pattern (it is hex or matches nothing): fewer keys come
+    /// back, though the server still walks them all; a whole key is one `HGETALL`. Redis
+    /// deletes expired results itself, at their TTL, so none are listed.
+    async fn list_records(&self, query: &RecordQuery) -> Result<Vec<Record>, Error> {
+        let hex = query.key_prefix.as_deref().unwrap_or_default();
+        let is_hex = hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if query.limit == 0 || !is_hex || hex.len() > KEY_HEX_LEN {
+            return Ok(Vec::new());
+        }
+        if let Ok(key) = hex.parse::<Key>() {
+            // A whole key: its record, if any.
+            let found = self.get(&key).await?;
+            return Ok(found.into_iter().filter(|r| query.matches(r)).collect());
+        }
+        self.scan_records(query).await
+    }
+
+    /// How many records there are of each action and kind: a walk of every record of the
+    /// store with `SCAN`, as `list_records` does, reading no results.
+    async fn record_counts(&self) -> Result<Vec<RecordCount>, Error> {
+        let mut counts = BTreeMap::<(String, RecordKind), u64>::new();
+        self.scan(&self.pattern("", &RECORDS), &RECORDS, |key, head| {
+            if let Some(head) = record_head(&key, head)? {
+                let kind = RecordKind::of(head.status, head.outcome.as_ref());
+                *counts.entry((head.action, kind)).or_default() += 1;
+            }
+            Ok(())
+        })
+        .await?;
+        // `RecordCount::tally`'s rows and order, added up as the scan goes.
+        Ok(counts
+            .into_iter()
+            .map(|((action, kind), count)| RecordCount::new(action, kind, count))
+            .collect())
+    }
+
+    /// How many results `purge_expired` would count now: the members of the expiry index due
+    /// by the server's clock (one script, `ZCOUNT`). Redis deleted those records, and the logs
+    /// of the sagas they ended, at their TTL; the purge trims the index.
+    async fn count_expired(&self) -> Result<u64, Error> {
+        self.expired(None).await
+    }
+
+    /// Like `purge_expired`, at most `limit` results: the records and their saga logs went at
+    /// their TTL (Redis expires them natively), and this trims up to `limit` of them from the
+    /// expiry index, the oldest first (one script).
+    async fn purge_expired_batch(&self, limit: usize) -> Result<u64, Error> {
+        self.expired(Some(u64::try_from(limit).unwrap_or(u64::MAX)))
+            .await
+    }
+
+    /// The saga logs that `query` selects, most recently written first, with their steps.
+    /// As `list_records` does, this walks every saga log of the store with `SCAN` (reading
+    /// their heads), then reads the `limit` newest with their steps in one more round trip.
+    async fn list_sagas(&self, query: &SagaQuery) -> Result<Vec<SagaLog>, Error> {
+        if query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut newest = Newest::new(query.limit, newest_saga_first);
+        self.scan(&self.pattern("", &SAGA_LOGS), &SAGA_LOGS, |key, head| {
+            let log = saga_log(&key, head, Vec::new()).map_err(corrupt(&key, SAGA_LOGS.what))?;
+            newest.extend(log.filter(|log| query.matches(log)));
+            Ok(())
+        })
+        .await?;
+        let chosen: Vec<Key> = newest.into_vec().iter().map(|log| log.key).collect();
+        let mut pipe = redis::pipe();
+        for key in &chosen {
+            let (head, steps) = self.saga_keys(key);
+            pipe.cmd("HGETALL").arg(head).cmd("HGETALL").arg(steps);
+        }
+        let mut replies = self.send(&pipe, 2 * chosen.len()).await?.into_iter();
+        let mut logs = Vec::with_capacity(chosen.len());
+        for key in &chosen {
+            // `send` checked that there are two answers a key.
+            let mut next = || replies.next().unwrap_or(Value::Nil);
+            let (head, steps_hash) = (next(), next());
+            let found = fields(head)
+                .and_then(|head| saga_log(key, head, fields(steps_hash)?))
+                .map_err(corrupt(key, SAGA_LOGS.what))?;
+            // A log that went or changed since its head was read is left out.
+            logs.extend(found.filter(|log| query.matches(log)));
+        }
+        logs.sort_by(newest_saga_first);
+        Ok(logs)
+    }
+
+    /// Settles a saga that needs attention, keeping `note` in its log head: one script that
+    /// checks the status and writes `resolved`, the note and the time.
+    async fn resolve_saga(&self, saga: &Key, note: &str) -> Result<bool, Error> {
+        let (head, _) = self.saga_keys(saga);
+        let mut invocation = RESOLVE.prepare_invoke();
+        invocation.key(head).arg(note);
+        let resolved: i64 = self.run(Some(saga), &invocation).await?;
+        Ok(resolved == 1)
+    }
 }
 
 fn ownership(held: i64) -> Ownership {
@@ -719,5 +1128,138 @@ fn ownership(held: i64) -> Ownership {
         Ownership::Held
     } else {
         Ownership::Lost
+    }
+}
+
+#[cfg(all(test, feature = "conformance"))]
+mod tests {
+    use super::*;
+    use crate::action::{Action, OnStale};
+    use crate::conformance::servers::RedisServer;
+
+    static TOUCH: Action = Action::new("touch");
+
+    async fn store(prefix: &str) -> Option<RedisStore> {
+        let server = RedisServer::shared()?;
+        let store = RedisStore::connect(&server.url()).await.expect("connect");
+        Some(store.with_prefix(prefix))
+    }
+
+    /// Claims `n` fresh keys of `TOUCH` (numbered from `from`), completing every other one.
+    async fn fill(store: &RedisStore, from: u32, n: u32) -> Vec<Key> {
+        let mut keys = Vec::new();
+        for i in from..from + n {
+            let key = TOUCH.key(&(i,)).expect("canonical");
+            let request = ClaimRequest {
+                key: &key,
+                fingerprint: &Fingerprint::from(key),
+                action: "touch",
+                lease: Duration::from_secs(60),
+                on_stale: OnStale::TakeOver,
+            };
+            let Claim::Acquired { token, .. } = store.claim(&request).await.expect("claim") else {
+                panic!("a fresh key is acquired");
+            };
+            if i % 2 == 0 {
+                let ok = StoredOutcome::Ok(b"1".to_vec());
+                let ttl = Duration::from_secs(60);
+                let held = store
+                    .complete(&key, token, ok, ttl)
+                    .await
+                    .expect("complete");
+                assert_eq!(held, Ownership::Held);
+            }
+            keys.push(key);
+        }
+        keys
+    }
+
+    /// A prefix is matched literally: `*`, `?`, `[`, `]` and `\` in it are escaped in the
+    /// `SCAN` pattern, so a store does not list the records of another prefix its unescaped
+    /// pattern would match.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_prefix_with_glob_characters_lists_only_its_own_records() {
+        let Some(globby) = store(r"ops[1]*?\:").await else {
+            return;
+        };
+        let Some(other) = store("ops1ab:").await else {
+            return;
+        };
+        let own = fill(&globby, 0, 1).await;
+        fill(&other, 100, 2).await;
+        let listed: Vec<Key> = globby
+            .list_records(&RecordQuery::new())
+            .await
+            .expect("list")
+            .iter()
+            .map(|record| record.key)
+            .collect();
+        assert_eq!(listed, own);
+        let counted: u64 = globby
+            .record_counts()
+            .await
+            .expect("counts")
+            .iter()
+            .map(|row| row.count)
+            .sum();
+        assert_eq!(counted, 1);
+        assert_eq!(
+            other
+                .list_records(&RecordQuery::new())
+                .await
+                .expect("list")
+                .len(),
+            2
+        );
+    }
+
+    /// More records than a `SCAN` page and than the kept newest hold: each is listed and
+    /// counted once, a limit keeps the head of the full order, and a key prefix narrows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn listings_walk_many_pages() {
+        let Some(store) = store("pages:").await else {
+            return;
+        };
+        let n = 2 * SCAN_COUNT as u32 + 300;
+        let keys = fill(&store, 0, n).await;
+
+        let all = store
+            .list_records(&RecordQuery::new().limit(usize::MAX))
+            .await
+            .expect("list");
+        assert_eq!(all.len(), keys.len());
+        let unique: HashSet<Key> = all.iter().map(|record| record.key).collect();
+        assert_eq!(unique.len(), keys.len(), "each record once");
+        assert!(all
+            .windows(2)
+            .all(|w| newest_record_first(&w[0], &w[1]).is_lt()));
+
+        let first: Vec<Key> = all.iter().take(70).map(|record| record.key).collect();
+        let limited: Vec<Key> = store
+            .list_records(&RecordQuery::new().limit(70))
+            .await
+            .expect("list")
+            .iter()
+            .map(|record| record.key)
+            .collect();
+        assert_eq!(limited, first, "the limit keeps the head of the order");
+
+        let counts = store.record_counts().await.expect("counts");
+        let count = |kind| RecordCount::new("touch".into(), kind, u64::from(n / 2));
+        assert_eq!(
+            counts,
+            [count(RecordKind::InProgress), count(RecordKind::Completed)]
+        );
+
+        let hex = keys[0].to_string();
+        let narrowed = store
+            .list_records(&RecordQuery::new().key_prefix(&hex[..2]).limit(usize::MAX))
+            .await
+            .expect("list");
+        let expected = keys
+            .iter()
+            .filter(|key| key.to_string().starts_with(&hex[..2]));
+        assert_eq!(narrowed.len(), expected.count());
+        assert!(narrowed.iter().any(|record| record.key == keys[0]));
     }
 }

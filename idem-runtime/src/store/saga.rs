@@ -11,6 +11,7 @@
 //!      │  └─(owner died after an irreversible step)──────▶ Interrupted ──(run again)──▶ Running
 //!      └─(a step failed) ─▶ Compensating ──(all undone)──▶ Compensated
 //!                                  └──(an undo still fails)──▶ NeedsAttention
+//!                                                                   └─(an operator)─▶ Resolved
 //! ```
 
 use std::fmt;
@@ -37,11 +38,26 @@ pub enum SagaStatus {
     /// Its owner died after an irreversible step: it cannot be undone, and waits for the code
     /// that runs it to run it again and carry it forward.
     Interrupted,
+    /// It needed attention and an operator settled it by hand
+    /// ([`Store::resolve_saga`](crate::Store::resolve_saga)); the log keeps their note. It is
+    /// over: later runs of its id get [`Error::SagaResolved`](crate::Error::SagaResolved).
+    Resolved,
 }
 
 impl SagaStatus {
+    /// Every status, in the order of a saga's life.
+    pub const ALL: [SagaStatus; 7] = [
+        SagaStatus::Running,
+        SagaStatus::Compensating,
+        SagaStatus::Completed,
+        SagaStatus::Compensated,
+        SagaStatus::NeedsAttention,
+        SagaStatus::Interrupted,
+        SagaStatus::Resolved,
+    ];
+
     /// The name stores write and operators read: `running`, `compensating`, `completed`,
-    /// `compensated`, `needs_attention`, `interrupted`.
+    /// `compensated`, `needs_attention`, `interrupted`, `resolved`.
     pub const fn as_str(self) -> &'static str {
         match self {
             SagaStatus::Running => "running",
@@ -50,21 +66,23 @@ impl SagaStatus {
             SagaStatus::Compensated => "compensated",
             SagaStatus::NeedsAttention => "needs_attention",
             SagaStatus::Interrupted => "interrupted",
+            SagaStatus::Resolved => "resolved",
         }
     }
 
-    /// The status named by [`SagaStatus::as_str`].
+    /// The status named by [`SagaStatus::as_str`]; `-` may stand for `_`
+    /// (`needs-attention`).
+    ///
+    /// ```
+    /// use idem_runtime::store::SagaStatus;
+    ///
+    /// assert_eq!(SagaStatus::parse("needs-attention"), Some(SagaStatus::NeedsAttention));
+    /// assert_eq!(SagaStatus::parse("resolved"), Some(SagaStatus::Resolved));
+    /// assert_eq!(SagaStatus::parse("stuck"), None);
+    /// ```
     pub fn parse(name: &str) -> Option<Self> {
-        [
-            SagaStatus::Running,
-            SagaStatus::Compensating,
-            SagaStatus::Completed,
-            SagaStatus::Compensated,
-            SagaStatus::NeedsAttention,
-            SagaStatus::Interrupted,
-        ]
-        .into_iter()
-        .find(|status| status.as_str() == name)
+        let name = name.replace('-', "_");
+        Self::ALL.into_iter().find(|status| status.as_str() == name)
     }
 
     /// Whether a saga in this status has an owner at work (or one that died): what
@@ -170,6 +188,8 @@ pub struct SagaLog {
     pub steps: Vec<StepRecord>,
     /// When the log was last written.
     pub updated_at: SystemTime,
+    /// The operator's note, once the saga was settled by hand ([`SagaStatus::Resolved`]).
+    pub note: Option<String>,
 }
 
 impl SagaLog {
@@ -189,7 +209,14 @@ impl SagaLog {
             error,
             steps,
             updated_at,
+            note: None,
         }
+    }
+
+    /// The same log with the operator's note (stores that keep one).
+    pub fn with_note(mut self, note: Option<String>) -> Self {
+        self.note = note;
+        self
     }
 }
 

@@ -1,4 +1,8 @@
 //! `SqliteStore`: the embedded durable store, one SQLite file in WAL mode.
+//!
+//! The schema is `SCHEMA` below, at version `SCHEMA_VERSION` (the file's `user_version`).
+//! Files of older versions are upgraded in place when a store opens them: version 2 added the
+//! saga logs, version 3 the operator's note on a saga settled by hand.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -6,18 +10,19 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::key::{Fingerprint, Key};
 use crate::store::{
-    decide, millis, Claim, ClaimRequest, FencingToken, Found, Ownership, Record, SagaLog,
-    SagaStatus, SagaWrite, StaleSaga, Status, StepRecord, StepState, Store, StoredOutcome, Verdict,
-    Waiters, Write,
+    decide, millis, Claim, ClaimRequest, FencingToken, Found, Ownership, Record, RecordCount,
+    RecordKind, RecordQuery, SagaLog, SagaQuery, SagaStatus, SagaWrite, StaleSaga, Status,
+    StepRecord, StepState, Store, StoredOutcome, Verdict, Waiters, Write,
 };
 use crate::Error;
 
 /// The schema this version writes; a file with a larger `user_version` is refused.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS idem_records (
@@ -41,9 +46,10 @@ INSERT OR IGNORE INTO idem_meta (name, value) VALUES ('fencing_token', 0);
 CREATE TABLE IF NOT EXISTS idem_sagas (
     key           TEXT    PRIMARY KEY,  -- the key of the saga's claim
     id            TEXT    NOT NULL,     -- the saga's id, as its caller gave it
-    status        TEXT    NOT NULL,     -- running | compensating | completed | compensated | needs_attention | interrupted
+    status        TEXT    NOT NULL,     -- running | compensating | completed | compensated | needs_attention | interrupted | resolved
     error         TEXT,
-    updated_at_ms INTEGER NOT NULL
+    updated_at_ms INTEGER NOT NULL,
+    note          TEXT                  -- version 3: the operator's, once resolved (see upgrade)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idem_sagas_status ON idem_sagas (status);
 CREATE TABLE IF NOT EXISTS idem_saga_steps (
@@ -60,8 +66,13 @@ CREATE TABLE IF NOT EXISTS idem_saga_steps (
 ) WITHOUT ROWID;
 ";
 
+/// The columns of a record, in the order [`RawRow`] reads them.
 const COLUMNS: &str =
     "status, token, fingerprint, outcome, result, created_at_ms, expires_at_ms, action";
+
+/// The records a purge deletes: results whose TTL ran out by `?1`, the rule of
+/// `Found::is_expired_result`. `purge_expired`, its batches and `count_expired` all use it.
+const EXPIRED: &str = "status = 'completed' AND expires_at_ms <= ?1";
 
 /// How often a waiting caller looks at the file for changes made by other processes.
 /// Callers of the same process are woken at once.
@@ -82,7 +93,10 @@ const PURGE_EVERY: u64 = 1024;
 /// measured on the machine's wall clock, which every process on the file shares (a large
 /// step of that clock ends leases early or late). Expired results are
 /// purged when the store opens, every 1024 recorded results, and by
-/// [`purge_expired`](Store::purge_expired).
+/// [`purge_expired`](Store::purge_expired) (or [in batches](Store::purge_expired_batch)).
+///
+/// A file made by an older idem is upgraded in place when a store opens it, and older idems
+/// then refuse it: they would not know what newer ones write (a saga resolved by an operator).
 ///
 /// ```no_run
 /// use idem_runtime::{set_default_store, store::SqliteStore};
@@ -127,6 +141,19 @@ struct Row {
 impl Row {
     fn report(self, now_ms: i64) -> Claim {
         self.found.report(self.outcome, now_ms)
+    }
+
+    fn into_record(self, key: Key) -> Record {
+        Record {
+            key,
+            action: self.action,
+            status: self.found.status,
+            token: self.found.token,
+            fingerprint: self.found.fingerprint,
+            outcome: self.outcome,
+            created_at: to_wall(self.created_at_ms),
+            expires_at: self.found.expires_at_ms.map(to_wall),
+        }
     }
 }
 
@@ -195,9 +222,9 @@ fn open_file(path: &Path) -> Result<(Connection, Connection), Error> {
             format!("cannot open {}: {e}", path.display()),
         )
     };
-    let writer = connect(path).map_err(failed)?;
+    let mut writer = connect(path).map_err(failed)?;
     refuse_newer_schema(&writer, path)?;
-    while_busy(|| initialize(&writer)).map_err(failed)?;
+    while_busy(|| initialize(&mut writer)).map_err(failed)?;
     let reader = connect(path).map_err(failed)?;
     Ok((writer, reader))
 }
@@ -211,13 +238,31 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     Ok(connection)
 }
 
-/// WAL mode (readers and the writer work at once) and the schema, in one transaction so that
-/// processes opening a new file together never see half of it.
-fn initialize(connection: &Connection) -> rusqlite::Result<()> {
+/// WAL mode (readers and the writer work at once) and the schema, upgraded from an older
+/// version if need be, in one transaction so that processes opening a file together never see
+/// half of it, nor upgrade it twice.
+fn initialize(connection: &mut Connection) -> rusqlite::Result<()> {
     connection.pragma_update(None, "journal_mode", "WAL")?;
-    connection.execute_batch(&format!(
-        "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-    ))
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    transaction.execute_batch(SCHEMA)?;
+    upgrade(&transaction)?;
+    transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    transaction.commit()
+}
+
+/// What `CREATE TABLE IF NOT EXISTS` cannot do for a file of an older version: add columns to
+/// the tables it already has. A version-1 file had no saga tables (the schema creates them
+/// whole); a version-2 file has `idem_sagas` without `note`.
+fn upgrade(connection: &Connection) -> rusqlite::Result<()> {
+    let has_note: bool = connection.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('idem_sagas') WHERE name = 'note'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_note {
+        connection.execute_batch("ALTER TABLE idem_sagas ADD COLUMN note TEXT")?;
+    }
+    Ok(())
 }
 
 /// Runs `work` again while another process holds a lock it needs. SQLite's busy handler does
@@ -282,6 +327,31 @@ fn to_wall(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
+/// A record's [`COLUMNS`] as SQLite returns them, before they are checked.
+type RawRow = (
+    String,
+    i64,
+    Vec<u8>,
+    Option<String>,
+    Option<Vec<u8>>,
+    i64,
+    Option<i64>,
+    String,
+);
+
+fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+    ))
+}
+
 /// Reads the record of `key`, checking every field: a corrupt or foreign row is an error that
 /// names the key, never a panic.
 fn read(connection: &Connection, key: &Key) -> Result<Option<Row>, Error> {
@@ -291,25 +361,15 @@ fn read(connection: &Connection, key: &Key) -> Result<Option<Row>, Error> {
         ))
         .map_err(db)?;
     let raw = statement
-        .query_row([key.to_string()], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, i64>(1)?,
-                row.get::<_, Vec<u8>>(2)?,
-                row.get::<_, Option<String>>(3)?,
-                row.get::<_, Option<Vec<u8>>>(4)?,
-                row.get::<_, i64>(5)?,
-                row.get::<_, Option<i64>>(6)?,
-                row.get::<_, String>(7)?,
-            ))
-        })
+        .query_row([key.to_string()], raw_row)
         .optional()
         .map_err(|e| Error::codec("a record", Some(key), e))?;
-    let Some((status, token, fingerprint, outcome, result, created_at_ms, expires_at_ms, action)) =
-        raw
-    else {
-        return Ok(None);
-    };
+    raw.map(|raw| check(key, raw)).transpose()
+}
+
+/// The record of `key` from its raw columns, every field checked.
+fn check(key: &Key, raw: RawRow) -> Result<Row, Error> {
+    let (status, token, fingerprint, outcome, result, created_at_ms, expires_at_ms, action) = raw;
     let corrupt =
         |what: &str| Error::codec("a record", Some(key), format!("corrupt record: {what}"));
     let status = Status::parse(&status).ok_or_else(|| corrupt("unknown status"))?;
@@ -325,7 +385,7 @@ fn read(connection: &Connection, key: &Key) -> Result<Option<Row>, Error> {
     if status == Status::Completed && outcome.is_none() {
         return Err(corrupt("completed without a result"));
     }
-    Ok(Some(Row {
+    Ok(Row {
         found: Found {
             status,
             token: FencingToken::try_from(token).map_err(|_| corrupt("negative token"))?,
@@ -335,7 +395,7 @@ fn read(connection: &Connection, key: &Key) -> Result<Option<Row>, Error> {
         outcome,
         created_at_ms,
         action,
-    }))
+    })
 }
 
 fn next_token(connection: &Connection) -> Result<FencingToken, Error> {
@@ -454,33 +514,46 @@ fn fenced(
     })
 }
 
-/// Deletes the expired results and the logs of the sagas they ended, in one transaction.
-fn purge(connection: &mut Connection) -> Result<u64, Error> {
-    const EXPIRED: &str =
-        "SELECT key FROM idem_records WHERE status = 'completed' AND expires_at_ms <= ?1";
+/// Deletes the expired results (at most `limit`, the oldest expiries first; all if `None`) and
+/// the logs of the sagas they ended, in one transaction; returns how many results.
+fn purge(connection: &mut Connection, limit: Option<usize>) -> Result<u64, Error> {
+    // The same keys in all three statements: the order is total, and the results are deleted
+    // last. It is the order of the expiry index, which ends with the primary key.
+    let expired = format!(
+        "SELECT key FROM idem_records WHERE {EXPIRED} ORDER BY expires_at_ms, key LIMIT ?2"
+    );
+    // LIMIT -1: no limit.
+    let limit = limit.map_or(-1, |limit| i64::try_from(limit).unwrap_or(i64::MAX));
     let transaction = connection
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db)?;
     let now = now_ms();
-    for sql in [
-        format!("DELETE FROM idem_saga_steps WHERE saga IN ({EXPIRED})"),
-        format!("DELETE FROM idem_sagas WHERE key IN ({EXPIRED})"),
-    ] {
+    let delete = |table: &str, column: &str| {
         transaction
-            .prepare_cached(&sql)
+            .prepare_cached(&format!(
+                "DELETE FROM {table} WHERE {column} IN ({expired})"
+            ))
             .map_err(db)?
-            .execute([now])
-            .map_err(db)?;
-    }
-    let purged = transaction
-        .prepare_cached(
-            "DELETE FROM idem_records WHERE status = 'completed' AND expires_at_ms <= ?1",
-        )
-        .map_err(db)?
-        .execute([now])
-        .map_err(db)?;
+            .execute(params![now, limit])
+            .map_err(db)
+    };
+    delete("idem_saga_steps", "saga")?;
+    delete("idem_sagas", "key")?;
+    let purged = delete("idem_records", "key")?;
     transaction.commit().map_err(db)?;
     Ok(u64::try_from(purged).unwrap_or(u64::MAX))
+}
+
+/// How many results [`purge`] would delete now.
+fn count_expired(connection: &Connection) -> Result<u64, Error> {
+    let count: i64 = connection
+        .prepare_cached(&format!(
+            "SELECT count(*) FROM idem_records WHERE {EXPIRED}"
+        ))
+        .map_err(db)?
+        .query_row([now_ms()], |row| row.get(0))
+        .map_err(db)?;
+    Ok(u64::try_from(count).unwrap_or(0))
 }
 
 /// What a saga write needs, owned, to move to the blocking thread.
@@ -549,8 +622,38 @@ fn write_saga(
     Ok(Ownership::Held)
 }
 
+/// The columns of a saga log's head, in the order [`RawSaga`] reads them.
+const SAGA_COLUMNS: &str = "id, status, error, updated_at_ms, note";
+
+/// A saga log's [`SAGA_COLUMNS`] as SQLite returns them, before they are checked.
+type RawSaga = (String, String, Option<String>, i64, Option<String>);
+
+fn raw_saga(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawSaga> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+    ))
+}
+
 /// Reads a saga's log, checking every field as [`read`] does.
 fn read_saga(connection: &Connection, saga: &Key) -> Result<Option<SagaLog>, Error> {
+    let head = connection
+        .prepare_cached(&format!(
+            "SELECT {SAGA_COLUMNS} FROM idem_sagas WHERE key = ?1"
+        ))
+        .map_err(db)?
+        .query_row([saga.to_string()], raw_saga)
+        .optional()
+        .map_err(|e| Error::codec("a saga log", Some(saga), e))?;
+    head.map(|head| saga_log(connection, saga, head))
+        .transpose()
+}
+
+/// The log of `saga` from its head's raw columns and its steps, every field checked.
+fn saga_log(connection: &Connection, saga: &Key, head: RawSaga) -> Result<SagaLog, Error> {
     let corrupt = |what: String| {
         Error::codec(
             "a saga log",
@@ -558,23 +661,7 @@ fn read_saga(connection: &Connection, saga: &Key) -> Result<Option<SagaLog>, Err
             format!("corrupt saga log: {what}"),
         )
     };
-    let hex = saga.to_string();
-    let head = connection
-        .prepare_cached("SELECT id, status, error, updated_at_ms FROM idem_sagas WHERE key = ?1")
-        .map_err(db)?
-        .query_row([&hex], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, Option<String>>(2)?,
-                row.get::<_, i64>(3)?,
-            ))
-        })
-        .optional()
-        .map_err(|e| Error::codec("a saga log", Some(saga), e))?;
-    let Some((id, status, error, updated_at_ms)) = head else {
-        return Ok(None);
-    };
+    let (id, status, error, updated_at_ms, note) = head;
     let status =
         SagaStatus::parse(&status).ok_or_else(|| corrupt(format!("unknown status {status:?}")))?;
     let mut statement = connection
@@ -584,7 +671,7 @@ fn read_saga(connection: &Connection, saga: &Key) -> Result<Option<SagaLog>, Err
         )
         .map_err(db)?;
     let rows = statement
-        .query_map([&hex], |row| {
+        .query_map([saga.to_string()], |row| {
             Ok((
                 row.get::<_, i64>(0)?,
                 row.get::<_, String>(1)?,
@@ -615,14 +702,7 @@ fn read_saga(connection: &Connection, saga: &Key) -> Result<Option<SagaLog>, Err
             error,
         });
     }
-    Ok(Some(SagaLog::new(
-        *saga,
-        id,
-        status,
-        error,
-        steps,
-        to_wall(updated_at_ms),
-    )))
+    Ok(SagaLog::new(*saga, id, status, error, steps, to_wall(updated_at_ms)).with_note(note))
 }
 
 fn stale_sagas(connection: &Connection, limit: usize) -> Result<Vec<StaleSaga>, Error> {
@@ -657,6 +737,198 @@ fn stale_sagas(connection: &Connection, limit: usize) -> Result<Vec<StaleSaga>, 
         ));
     }
     Ok(stale)
+}
+
+/// The `outcome` of the records of `kind`, where it tells kinds apart: a completed record is
+/// `failed` when it recorded an error. With [`RecordKind::status`], the one mapping between
+/// kinds and columns.
+fn outcome_of(kind: RecordKind) -> Option<&'static str> {
+    match kind {
+        RecordKind::Completed => Some("ok"),
+        RecordKind::Failed => Some("err"),
+        RecordKind::InProgress | RecordKind::NeedsReview => None,
+    }
+}
+
+/// The kind of a record by its `status` and `outcome` columns; `None` if idem writes no such
+/// pair.
+fn kind_of(status: &str, outcome: Option<&str>) -> Option<RecordKind> {
+    let status = Status::parse(status)?;
+    RecordKind::ALL.into_iter().find(|&kind| {
+        kind.status() == status && outcome_of(kind).is_none_or(|wanted| outcome == Some(wanted))
+    })
+}
+
+/// `WHERE …` over `conditions`, or nothing.
+fn filter(conditions: &[&str]) -> String {
+    if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    }
+}
+
+fn sql_limit(limit: usize) -> Value {
+    Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX))
+}
+
+/// The statement (and its parameters) that lists what `query` selects, the key last; `None`
+/// when no record can match.
+///
+/// ```text
+/// kind = failed, action = charge_card, key prefix 9f3a, limit 20
+///   SELECT {COLUMNS}, key FROM idem_records
+///   WHERE key >= '9f3a' AND key < '9f3ag' AND status = 'completed' AND outcome = 'err'
+///     AND action = 'charge_card'
+///   ORDER BY created_at_ms DESC, key LIMIT 20
+/// ```
+fn list_records_sql(query: &RecordQuery) -> Option<(String, Vec<Value>)> {
+    let (mut conditions, mut values) = (Vec::new(), Vec::new());
+    if let Some(prefix) = query.key_prefix.as_deref().filter(|p| !p.is_empty()) {
+        // Keys are lowercase hex, so the keys that start with `prefix` are exactly those from
+        // `prefix` up to `prefix` + 'g': a range of the primary key. Any other character is in
+        // no key (and is never a pattern).
+        if !prefix
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return None;
+        }
+        conditions.push("key >= ? AND key < ?");
+        values.push(Value::Text(prefix.to_owned()));
+        values.push(Value::Text(format!("{prefix}g")));
+    }
+    if let Some(kind) = query.kind {
+        conditions.push("status = ?");
+        values.push(Value::Text(kind.status().as_str().to_owned()));
+        if let Some(outcome) = outcome_of(kind) {
+            conditions.push("outcome = ?");
+            values.push(Value::Text(outcome.to_owned()));
+        }
+    }
+    if let Some(action) = &query.action {
+        conditions.push("action = ?");
+        values.push(Value::Text(action.clone()));
+    }
+    values.push(sql_limit(query.limit));
+    let sql = format!(
+        "SELECT {COLUMNS}, key FROM idem_records {} ORDER BY created_at_ms DESC, key LIMIT ?",
+        filter(&conditions)
+    );
+    Some((sql, values))
+}
+
+fn list_records(connection: &Connection, query: &RecordQuery) -> Result<Vec<Record>, Error> {
+    let Some((sql, values)) = list_records_sql(query) else {
+        return Ok(Vec::new());
+    };
+    let mut statement = connection.prepare_cached(&sql).map_err(db)?;
+    let rows = statement
+        .query_map(params_from_iter(values), |row| {
+            Ok((row.get::<_, String>(8)?, raw_row(row)))
+        })
+        .map_err(db)?;
+    let mut records = Vec::new();
+    for row in rows {
+        let (key, raw) = row.map_err(|e| Error::codec("a record", None, e))?;
+        let key: Key = key.parse().map_err(|_| {
+            Error::codec("a record", None, format!("corrupt record: the key {key:?}"))
+        })?;
+        let raw = raw.map_err(|e| Error::codec("a record", Some(&key), e))?;
+        records.push(check(&key, raw)?.into_record(key));
+    }
+    Ok(records)
+}
+
+fn record_counts(connection: &Connection) -> Result<Vec<RecordCount>, Error> {
+    let mut statement = connection
+        .prepare_cached(
+            "SELECT action, status, outcome, count(*) FROM idem_records
+             GROUP BY action, status, outcome",
+        )
+        .map_err(db)?;
+    let rows = statement
+        .query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, Option<String>>(2)?,
+                row.get::<_, i64>(3)?,
+            ))
+        })
+        .map_err(db)?;
+    let mut counts = std::collections::BTreeMap::<(String, RecordKind), u64>::new();
+    for row in rows {
+        let (action, status, outcome, count) =
+            row.map_err(|e| Error::codec("a record", None, e))?;
+        let kind = kind_of(&status, outcome.as_deref()).ok_or_else(|| {
+            Error::codec(
+                "a record",
+                None,
+                format!("corrupt record of {action:?}: status {status:?}, outcome {outcome:?}"),
+            )
+        })?;
+        *counts.entry((action, kind)).or_default() += u64::try_from(count).unwrap_or(0);
+    }
+    Ok(counts
+        .into_iter()
+        .map(|((action, kind), count)| RecordCount::new(action, kind, count))
+        .collect())
+}
+
+fn list_sagas(connection: &mut Connection, query: &SagaQuery) -> Result<Vec<SagaLog>, Error> {
+    let (mut conditions, mut values) = (Vec::new(), Vec::new());
+    if let Some(status) = query.status {
+        conditions.push("status = ?");
+        values.push(Value::Text(status.as_str().to_owned()));
+    }
+    if let Some(id) = &query.id {
+        conditions.push("id = ?");
+        values.push(Value::Text(id.clone()));
+    }
+    values.push(sql_limit(query.limit));
+    let sql = format!(
+        "SELECT {SAGA_COLUMNS}, key FROM idem_sagas {} ORDER BY updated_at_ms DESC, id, key LIMIT ?",
+        filter(&conditions)
+    );
+    // One snapshot: each log's steps as of its head.
+    let transaction = connection.transaction().map_err(db)?;
+    let heads = transaction
+        .prepare_cached(&sql)
+        .map_err(db)?
+        .query_map(params_from_iter(values), |row| {
+            Ok((row.get::<_, String>(5)?, raw_saga(row)))
+        })
+        .map_err(db)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::codec("a saga log", None, e))?;
+    let mut logs = Vec::with_capacity(heads.len());
+    for (key, head) in heads {
+        let key: Key = key.parse().map_err(|_| {
+            Error::codec(
+                "a saga log",
+                None,
+                format!("corrupt saga log: the key {key:?}"),
+            )
+        })?;
+        let head = head.map_err(|e| Error::codec("a saga log", Some(&key), e))?;
+        logs.push(saga_log(&transaction, &key, head)?);
+    }
+    transaction.commit().map_err(db)?;
+    Ok(logs)
+}
+
+/// Marks the saga `saga` resolved with `note`, in one statement, if it needs attention.
+fn resolve_saga(connection: &Connection, saga: &Key, note: &str) -> Result<bool, Error> {
+    let changed = connection
+        .prepare_cached(
+            "UPDATE idem_sagas SET status = 'resolved', note = ?2, updated_at_ms = ?3
+             WHERE key = ?1 AND status = 'needs_attention'",
+        )
+        .map_err(db)?
+        .execute(params![saga.to_string(), note, now_ms()])
+        .map_err(db)?;
+    Ok(changed == 1)
 }
 
 #[async_trait]
@@ -708,7 +980,7 @@ impl Store for SqliteStore {
                 }
                 if inner.recorded.fetch_add(1, Ordering::Relaxed) % PURGE_EVERY == PURGE_EVERY - 1 {
                     // The result is committed; a failed purge only waits for the next one.
-                    if let Err(error) = purge(connection) {
+                    if let Err(error) = purge(connection, None) {
                         tracing::warn!(target: "idem", %error, "purging expired results failed");
                     }
                 }
@@ -776,20 +1048,12 @@ impl Store for SqliteStore {
                 read(connection, &owned_key)
             })
             .await?;
-        Ok(row.map(|row| Record {
-            key: *key,
-            action: row.action,
-            status: row.found.status,
-            token: row.found.token,
-            fingerprint: row.found.fingerprint,
-            outcome: row.outcome,
-            created_at: to_wall(row.created_at_ms),
-            expires_at: row.found.expires_at_ms.map(to_wall),
-        }))
+        Ok(row.map(|row| row.into_record(*key)))
     }
 
     async fn purge_expired(&self) -> Result<u64, Error> {
-        self.on(Use::Write, None, purge).await
+        self.on(Use::Write, None, |connection| purge(connection, None))
+            .await
     }
 
     async fn write_saga(
@@ -824,6 +1088,47 @@ impl Store for SqliteStore {
     async fn stale_sagas(&self, limit: usize) -> Result<Vec<StaleSaga>, Error> {
         self.on(Use::Read, None, move |connection| {
             stale_sagas(connection, limit)
+        })
+        .await
+    }
+
+    async fn list_records(&self, query: &RecordQuery) -> Result<Vec<Record>, Error> {
+        let query = query.clone();
+        self.on(Use::Read, None, move |connection| {
+            list_records(connection, &query)
+        })
+        .await
+    }
+
+    async fn record_counts(&self) -> Result<Vec<RecordCount>, Error> {
+        self.on(Use::Read, None, |connection| record_counts(connection))
+            .await
+    }
+
+    async fn count_expired(&self) -> Result<u64, Error> {
+        self.on(Use::Read, None, |connection| count_expired(connection))
+            .await
+    }
+
+    async fn purge_expired_batch(&self, limit: usize) -> Result<u64, Error> {
+        self.on(Use::Write, None, move |connection| {
+            purge(connection, Some(limit))
+        })
+        .await
+    }
+
+    async fn list_sagas(&self, query: &SagaQuery) -> Result<Vec<SagaLog>, Error> {
+        let query = query.clone();
+        self.on(Use::Read, None, move |connection| {
+            list_sagas(connection, &query)
+        })
+        .await
+    }
+
+    async fn resolve_saga(&self, saga: &Key, note: &str) -> Result<bool, Error> {
+        let (owned_key, note) = (*saga, note.to_owned());
+        self.on(Use::Write, Some(saga), move |connection| {
+            resolve_saga(connection, &owned_key, &note)
         })
         .await
     }
@@ -947,11 +1252,127 @@ mod tests {
         };
         let written = store.write_saga(&saga, "order-1", token, running).await;
         assert_eq!(written.expect("write_saga"), Ownership::Held);
-        let version: i64 = Connection::open(&path)
+        assert_eq!(user_version(&path), SCHEMA_VERSION);
+    }
+
+    /// A file made by version 2 (saga logs without the operator's note) opens, keeps its logs,
+    /// and gets the column: a saga that needed attention can be resolved, its note kept.
+    #[tokio::test]
+    async fn a_version_2_file_is_upgraded_in_place() {
+        let path = temp_file("version-2.db");
+        let (stuck, key) = (Key::from_bytes([7; 32]), Key::from_bytes([8; 32]));
+        {
+            let connection = Connection::open(&path).expect("open");
+            connection
+                .execute_batch(
+                    "CREATE TABLE idem_records (
+                        key TEXT PRIMARY KEY, action TEXT NOT NULL, status TEXT NOT NULL,
+                        token INTEGER NOT NULL, fingerprint BLOB NOT NULL, outcome TEXT,
+                        result BLOB, created_at_ms INTEGER NOT NULL, expires_at_ms INTEGER
+                     ) WITHOUT ROWID;
+                     CREATE INDEX idem_records_expiry ON idem_records (expires_at_ms);
+                     CREATE TABLE idem_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+                     INSERT INTO idem_meta (name, value) VALUES ('fencing_token', 41);
+                     CREATE TABLE idem_sagas (
+                        key TEXT PRIMARY KEY, id TEXT NOT NULL, status TEXT NOT NULL,
+                        error TEXT, updated_at_ms INTEGER NOT NULL
+                     ) WITHOUT ROWID;
+                     CREATE INDEX idem_sagas_status ON idem_sagas (status);
+                     CREATE TABLE idem_saga_steps (
+                        saga TEXT NOT NULL, idx INTEGER NOT NULL, name TEXT NOT NULL,
+                        key TEXT NOT NULL, irreversible INTEGER NOT NULL, args BLOB NOT NULL,
+                        state TEXT NOT NULL, output BLOB, error TEXT,
+                        PRIMARY KEY (saga, idx)
+                     ) WITHOUT ROWID;
+                     PRAGMA user_version = 2;",
+                )
+                .expect("a version-2 file");
+            connection
+                .execute(
+                    "INSERT INTO idem_sagas (key, id, status, error, updated_at_ms)
+                     VALUES (?1, 'order-7', 'needs_attention', 'refund failed', 1)",
+                    [stuck.to_string()],
+                )
+                .expect("a saga log");
+            connection
+                .execute(
+                    "INSERT INTO idem_saga_steps
+                       (saga, idx, name, key, irreversible, args, state, output, error)
+                     VALUES (?1, 0, 'charge_payment', ?2, 0, x'5b5d', 'compensation_failed', NULL, 'down')",
+                    [stuck.to_string(), key.to_string()],
+                )
+                .expect("a step");
+        }
+
+        let store = SqliteStore::open(&path)
+            .await
+            .expect("open a version-2 file");
+        let log = store
+            .read_saga(&stuck)
+            .await
+            .expect("read_saga")
+            .expect("the log is kept");
+        assert_eq!(
+            (log.id.as_str(), log.status, log.note.as_deref()),
+            ("order-7", SagaStatus::NeedsAttention, None)
+        );
+        assert_eq!(log.steps.len(), 1);
+        assert_eq!(log.steps[0].key, key);
+        let note = "refunded by hand";
+        assert!(store.resolve_saga(&stuck, note).await.expect("resolve"));
+        drop(store);
+
+        // Opened again, the file is not upgraded twice, and the note is there.
+        let store = SqliteStore::open(&path).await.expect("reopen");
+        let log = store
+            .read_saga(&stuck)
+            .await
+            .expect("read_saga")
+            .expect("the log");
+        assert_eq!(
+            (log.status, log.note.as_deref()),
+            (SagaStatus::Resolved, Some(note))
+        );
+        assert_eq!(user_version(&path), SCHEMA_VERSION);
+    }
+
+    fn user_version(path: &Path) -> i64 {
+        Connection::open(path)
             .expect("open")
             .pragma_query_value(None, "user_version", |row| row.get(0))
-            .expect("user_version");
-        assert_eq!(version, SCHEMA_VERSION);
+            .expect("user_version")
+    }
+
+    /// Listing by key prefix reads a range of the primary key, not the whole table; a prefix
+    /// no key can have reads nothing.
+    #[tokio::test]
+    async fn a_key_prefix_is_a_range_of_the_primary_key() {
+        let path = temp_file("prefix-plan.db");
+        drop(SqliteStore::open(&path).await.expect("create"));
+        let query = RecordQuery::new()
+            .key_prefix("9F3A")
+            .kind(RecordKind::Failed)
+            .action("charge_card");
+        let (sql, values) = list_records_sql(&query).expect("a hex prefix");
+        let connection = Connection::open(&path).expect("open");
+        let mut explain = connection
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("explain");
+        let plan = explain
+            .query_map(params_from_iter(values), |row| row.get::<_, String>(3))
+            .expect("the plan")
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .expect("the plan");
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("USING PRIMARY KEY (key>? AND key<?)")),
+            "{plan:?}"
+        );
+        for not_hex in ["9f%", "9f_", "g", "9F"] {
+            let mut query = RecordQuery::new();
+            query.key_prefix = Some(not_hex.to_owned());
+            assert_eq!(list_records_sql(&query), None, "{not_hex}");
+        }
     }
 
     #[tokio::test]

@@ -1,0 +1,276 @@
+//! What operators ask of a store: records and sagas listed and counted, expired records
+//! purged in batches, a saga that needs attention marked settled by hand.
+//!
+//! These are the queries behind the `idem` command (crate `idem-cli`); the claim protocol
+//! never uses them. One rule per query lives here ([`RecordQuery::matches`],
+//! [`SagaQuery::matches`]), for the stores that filter in Rust rather than in SQL.
+
+use std::fmt;
+
+use crate::store::{Record, SagaLog, SagaStatus, Status, StoredOutcome};
+
+/// What an operator sorts records by: the protocol's [`Status`], with the completed records
+/// split by what they recorded (a value, or an error the action declared final).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RecordKind {
+    /// Claimed; the body is running, or its owner died and the lease will run out.
+    InProgress,
+    /// A value is recorded and replayed.
+    Completed,
+    /// An error is recorded and replayed (`cache_err`).
+    Failed,
+    /// Parked for an operator (`on_stale = review`).
+    NeedsReview,
+}
+
+impl RecordKind {
+    /// Every kind, in the order tables list them.
+    pub const ALL: [RecordKind; 4] = [
+        RecordKind::InProgress,
+        RecordKind::Completed,
+        RecordKind::Failed,
+        RecordKind::NeedsReview,
+    ];
+
+    /// The kind of a record.
+    ///
+    /// ```
+    /// use idem_runtime::store::{RecordKind, Status, StoredOutcome};
+    ///
+    /// let failed = Some(StoredOutcome::Err(br#""card declined""#.to_vec()));
+    /// assert_eq!(RecordKind::of(Status::Completed, failed.as_ref()), RecordKind::Failed);
+    /// assert_eq!(RecordKind::of(Status::InProgress, None), RecordKind::InProgress);
+    /// ```
+    pub fn of(status: Status, outcome: Option<&StoredOutcome>) -> Self {
+        match (status, outcome) {
+            (Status::InProgress, _) => RecordKind::InProgress,
+            (Status::NeedsReview, _) => RecordKind::NeedsReview,
+            (Status::Completed, Some(StoredOutcome::Err(_))) => RecordKind::Failed,
+            (Status::Completed, _) => RecordKind::Completed,
+        }
+    }
+
+    /// The name operators type and read: `in_progress`, `completed`, `failed`, `needs_review`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::InProgress => "in_progress",
+            RecordKind::Completed => "completed",
+            RecordKind::Failed => "failed",
+            RecordKind::NeedsReview => "needs_review",
+        }
+    }
+
+    /// The kind named by [`RecordKind::as_str`]; `-` may stand for `_` (`in-progress`).
+    ///
+    /// ```
+    /// use idem_runtime::store::RecordKind;
+    ///
+    /// assert_eq!(RecordKind::parse("in-progress"), Some(RecordKind::InProgress));
+    /// assert_eq!(RecordKind::parse("needs_review"), Some(RecordKind::NeedsReview));
+    /// assert_eq!(RecordKind::parse("done"), None);
+    /// ```
+    pub fn parse(name: &str) -> Option<Self> {
+        let name = name.replace('-', "_");
+        Self::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+
+    /// The protocol status of records of this kind.
+    pub const fn status(self) -> Status {
+        match self {
+            RecordKind::InProgress => Status::InProgress,
+            RecordKind::Completed | RecordKind::Failed => Status::Completed,
+            RecordKind::NeedsReview => Status::NeedsReview,
+        }
+    }
+}
+
+impl fmt::Display for RecordKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which records [`Store::list_records`](crate::Store::list_records) returns: those of a kind,
+/// an action, a key prefix (any filter left out matches all), newest first, at most `limit`.
+///
+/// ```
+/// use idem_runtime::store::{RecordKind, RecordQuery};
+///
+/// let stuck = RecordQuery::new()
+///     .kind(RecordKind::InProgress)
+///     .action("charge_card")
+///     .key_prefix("9F3A")
+///     .limit(20);
+/// assert_eq!(stuck.key_prefix.as_deref(), Some("9f3a"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecordQuery {
+    /// Only records of this kind.
+    pub kind: Option<RecordKind>,
+    /// Only records of this action.
+    pub action: Option<String>,
+    /// Only keys whose hex form starts with this (lowercase).
+    pub key_prefix: Option<String>,
+    /// At most this many records.
+    pub limit: usize,
+}
+
+impl Default for RecordQuery {
+    fn default() -> Self {
+        RecordQuery {
+            kind: None,
+            action: None,
+            key_prefix: None,
+            limit: Self::DEFAULT_LIMIT,
+        }
+    }
+}
+
+impl RecordQuery {
+    /// How many records a query returns unless told otherwise.
+    pub const DEFAULT_LIMIT: usize = 100;
+
+    /// Every record, up to [`RecordQuery::DEFAULT_LIMIT`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Only records of `kind`.
+    pub fn kind(mut self, kind: RecordKind) -> Self {
+        self.kind = Some(kind);
+        self
+    }
+
+    /// Only records of the action named `action`.
+    pub fn action(mut self, action: impl Into<String>) -> Self {
+        self.action = Some(action.into());
+        self
+    }
+
+    /// Only keys whose hex form starts with `prefix` (case does not matter).
+    pub fn key_prefix(mut self, prefix: &str) -> Self {
+        self.key_prefix = Some(prefix.to_ascii_lowercase());
+        self
+    }
+
+    /// At most `limit` records.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Whether `record` passes the filters (the limit aside).
+    pub fn matches(&self, record: &Record) -> bool {
+        self.kind
+            .is_none_or(|kind| kind == RecordKind::of(record.status, record.outcome.as_ref()))
+            && self
+                .action
+                .as_deref()
+                .is_none_or(|action| action == record.action)
+            && self
+                .key_prefix
+                .as_deref()
+                .is_none_or(|prefix| record.key.to_string().starts_with(prefix))
+    }
+}
+
+/// Which saga logs [`Store::list_sagas`](crate::Store::list_sagas) returns: those of a
+/// status, of an id, most recently written first, at most `limit`.
+///
+/// ```
+/// use idem_runtime::store::{SagaQuery, SagaStatus};
+///
+/// let to_settle = SagaQuery::new().status(SagaStatus::NeedsAttention);
+/// let one = SagaQuery::new().id("order-42");
+/// assert_eq!(one.id.as_deref(), Some("order-42"));
+/// # let _ = to_settle;
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SagaQuery {
+    /// Only sagas in this status.
+    pub status: Option<SagaStatus>,
+    /// Only sagas of this id (as the code gave it to `Saga::new`).
+    pub id: Option<String>,
+    /// At most this many sagas.
+    pub limit: usize,
+}
+
+impl Default for SagaQuery {
+    fn default() -> Self {
+        SagaQuery {
+            status: None,
+            id: None,
+            limit: RecordQuery::DEFAULT_LIMIT,
+        }
+    }
+}
+
+impl SagaQuery {
+    /// Every saga, up to [`RecordQuery::DEFAULT_LIMIT`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Only sagas in `status`.
+    pub fn status(mut self, status: SagaStatus) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Only sagas of the id `id`.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// At most `limit` sagas.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Whether `log` passes the filters (the limit aside).
+    pub fn matches(&self, log: &SagaLog) -> bool {
+        self.status.is_none_or(|status| status == log.status)
+            && self.id.as_deref().is_none_or(|id| id == log.id)
+    }
+}
+
+/// How many records of one action are of one kind: a row of
+/// [`Store::record_counts`](crate::Store::record_counts).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[non_exhaustive]
+pub struct RecordCount {
+    /// The action.
+    pub action: String,
+    /// The kind.
+    pub kind: RecordKind,
+    /// How many records.
+    pub count: u64,
+}
+
+impl RecordCount {
+    /// A row as a store counted it.
+    pub fn new(action: String, kind: RecordKind, count: u64) -> Self {
+        RecordCount {
+            action,
+            kind,
+            count,
+        }
+    }
+
+    /// Adds up rows by (action, kind), sorted by action then kind: for stores that count
+    /// record by record.
+    pub fn tally(rows: impl IntoIterator<Item = (String, RecordKind)>) -> Vec<RecordCount> {
+        let mut counts = std::collections::BTreeMap::<(String, RecordKind), u64>::new();
+        for row in rows {
+            *counts.entry(row).or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .map(|((action, kind), count)| RecordCount::new(action, kind, count))
+            .collect()
+    }
+}
