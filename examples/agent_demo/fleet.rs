@@ -161,6 +161,9 @@ impl Fleet {
         }
         loop {
             tokio::select! {
+                // Requests first: one sent by a process that then finished must still be
+                // served before the set of processes is found empty.
+                biased;
                 Some(kill) = kills.recv() => {
                     let Some((victim, task)) = self.working_on(&kill.reference) else { continue };
                     victim.kill();
