@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use idem::store::{MemoryStore, SagaStatus, StepState, Store};
 use idem::{recover, Error, OnConflict, Saga};
+use idem_runtime::conformance::servers::{PostgresServer, RedisServer};
 
 use crate::faulty_store::FaultyStore;
 use crate::saga_world::{
@@ -842,4 +843,126 @@ async fn recover_leaves_alone_a_saga_finished_after_it_was_listed() {
     assert!(report.failed.is_empty(), "{report}");
     assert_eq!(report.taken_elsewhere, ["order-finished-meanwhile"]);
     assert_eq!(effects(who).len(), 3, "nothing was undone");
+}
+
+/// What a saga does on a store, told once for every store: it completes and replays; a
+/// declined charge undoes the contract; a crash inside the charge is recovered by `recover`
+/// (the charge learned under its key, then refunded); a refund that keeps failing leaves it
+/// needing attention until an operator resolves it. `tag` keeps the customers and saga ids of
+/// one store apart from another's.
+async fn the_saga_story(store: &dyn Store, tag: &str) {
+    let (done, declined, crashed, stuck) = (
+        format!("{tag}-done"),
+        format!("{tag}-declined"),
+        format!("{tag}-crashed"),
+        format!("{tag}-stuck"),
+    );
+    let (done, declined, crashed, stuck) = (
+        done.as_str(),
+        declined.as_str(),
+        crashed.as_str(),
+        stuck.as_str(),
+    );
+
+    let id = run_order(store, done, done).await.unwrap();
+    assert_eq!(run_order(store, done, done).await.unwrap(), id, "replayed");
+    assert_eq!(effects(done).len(), 3, "{:?}", effects(done));
+    assert_eq!(log_of(store, done).await.status, SagaStatus::Completed);
+
+    set_faults(
+        declined,
+        Faults {
+            decline_charge: true,
+            ..Faults::default()
+        },
+    );
+    let failed = run_order(store, declined, declined).await;
+    assert!(
+        matches!(failed, Err(OrderError::Tool(ToolError::Declined(_)))),
+        "{failed:?}"
+    );
+    assert!(!has_contract(declined), "the contract was deleted again");
+    assert_eq!(
+        log_of(store, declined).await.status,
+        SagaStatus::Compensated
+    );
+
+    let inside = hang_after(crashed, "charge");
+    let run = order(store, crashed)
+        .lease(Duration::from_millis(300))
+        .run(|s| async move {
+            s.step(create_contract(crashed, 800)).await?;
+            s.step(charge(crashed, 800)).await?;
+            Ok::<_, OrderError>(())
+        });
+    crash(run, &inside).await;
+    let report = recover_when_stale(store).await;
+    assert_eq!(report.compensated, [crashed], "{report}");
+    assert_eq!(
+        effects(crashed).len(),
+        4,
+        "contract, charge (once), refund, delete: {:?}",
+        effects(crashed)
+    );
+
+    set_faults(
+        stuck,
+        Faults {
+            failing_refunds: usize::MAX,
+            ..Faults::default()
+        },
+    );
+    let failed = order(store, stuck)
+        .run(|s| async move {
+            s.step(create_contract(stuck, 310)).await?;
+            s.step(charge(stuck, 310)).await?;
+            Err::<(), _>(OrderError::Tool(ToolError::Transient("mailer gone".into())))
+        })
+        .await;
+    assert!(
+        matches!(
+            failed,
+            Err(OrderError::Idem(Error::SagaNeedsAttention { .. }))
+        ),
+        "{failed:?}"
+    );
+    let log = log_of(store, stuck).await;
+    assert!(store
+        .resolve_saga(&log.key, "refunded by hand")
+        .await
+        .unwrap());
+    let again = run_order(store, stuck, stuck).await;
+    assert!(
+        matches!(again, Err(OrderError::Idem(Error::SagaResolved { .. }))),
+        "{again:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_saga_story_on_sqlite() {
+    let store = sqlite("saga-story.db").await;
+    the_saga_story(&store, "story-sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_saga_story_on_redis() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    // A database of its own on the shared server, so `recover` finds only these sagas.
+    let store = idem::store::open(&format!("{}2", server.url()))
+        .await
+        .expect("a Redis store");
+    the_saga_story(store.as_ref(), "story-redis").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_saga_story_on_postgres() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    let store = idem::store::open(&format!("{}?schema=saga_story", server.url()))
+        .await
+        .expect("a PostgreSQL store");
+    the_saga_story(store.as_ref(), "story-postgres").await;
 }
