@@ -22,7 +22,12 @@ Kept: claims whose owner died (the next call of the same arguments resumes them;
 unlock`), records parked for review, and the logs of sagas that need attention or were
 interrupted: those are for an operator or their code. Records are deleted 1000 at a time, with
 a progress bar on stderr when there are more than 1000 and stderr is a terminal; the count is
-printed at the end.";
+printed at the end.
+
+Stores purge on their own too, so there is often little left: SQLite purges whenever a store
+opens the file (this command's included) and every 1024 recorded results; PostgreSQL every
+1024 recorded results; Redis deletes an expired result at its TTL by itself, and this command
+only trims the index that pointed at it.";
 
 /// `idem purge`.
 #[derive(Debug, Args)]
