@@ -516,6 +516,47 @@ async fn recover_compensates_a_saga_whose_owner_died() {
 }
 
 #[tokio::test]
+async fn recover_keeps_the_outcome_for_the_ttl_it_is_given() {
+    let (store, who) = (MemoryStore::new(), "recovered-ttl");
+    crash_inside_charge(
+        &store,
+        "order-recovered-ttl",
+        who,
+        Duration::from_millis(100),
+    )
+    .await;
+    let report = loop {
+        let report = idem::Recover::new(&store)
+            .ttl(Duration::from_secs(60))
+            .run()
+            .await
+            .unwrap();
+        if !report.is_empty() {
+            break report;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(report.compensated, ["order-recovered-ttl"], "{report}");
+    let key = idem::Action::new("saga")
+        .key(&("order-recovered-ttl",))
+        .unwrap();
+    let record = store
+        .get(&key)
+        .await
+        .unwrap()
+        .expect("the recorded rollback");
+    let kept = record
+        .expires_at
+        .expect("a recorded outcome expires")
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    assert!(
+        kept <= Duration::from_secs(120),
+        "kept for the recovery's ttl, not the default day: {kept:?}"
+    );
+}
+
+#[tokio::test]
 async fn recover_hands_a_saga_past_its_pivot_back_to_its_code() {
     let (store, who) = (MemoryStore::new(), "past-pivot");
     // The email went out, then the owner died before the archive step.

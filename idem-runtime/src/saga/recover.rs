@@ -68,17 +68,20 @@ pub struct Recover<'a> {
     store: &'a dyn Store,
     compensation_retry: Retry,
     lease: Duration,
+    ttl: Duration,
     limit: usize,
 }
 
 impl<'a> Recover<'a> {
     /// Recovery on `store`, with the defaults: compensations retried like a saga's (5 tries,
-    /// 100 ms doubling to 5 s), a lease of 10 s while recovering, up to 1000 sagas per run.
+    /// 100 ms doubling to 5 s), a lease of 10 s while recovering, outcomes kept 24 h (a
+    /// saga's default `ttl`), up to 1000 sagas per run.
     pub fn new(store: &'a dyn Store) -> Self {
         Recover {
             store,
             compensation_retry: Retry::default(),
             lease: Action::DEFAULT_LEASE,
+            ttl: Action::DEFAULT_TTL,
             limit: 1000,
         }
     }
@@ -92,6 +95,14 @@ impl<'a> Recover<'a> {
     /// The lease recovery holds each saga under (renewed while it works).
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
+        self
+    }
+
+    /// How long the outcome of a saga that recovery rolled back is kept and replayed to later
+    /// runs of its id: give the `ttl` the sagas are run with ([`Saga::ttl`](crate::Saga::ttl)),
+    /// since recovery cannot know it.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
         self
     }
 
@@ -130,6 +141,7 @@ impl<'a> Recover<'a> {
     async fn recover_one(&self, saga: &StaleSaga) -> Result<(), SagaEnd<Error>> {
         let action = Action::new(SAGA_ACTION)
             .lease(self.lease)
+            .ttl(self.ttl)
             .on_conflict(OnConflict::Fail);
         let call = Call::new(&action, saga.key, saga.fingerprint);
         let codec = saga_codec::<Finished, Error>();
