@@ -1,5 +1,7 @@
 //! A reference to a store and a shared store are stores too, so that `store = &store` and
-//! `store = Arc<dyn Store>` work wherever a store does.
+//! `store = Arc<dyn Store>` work wherever a store does. Every method is forwarded, the ones
+//! with defaults too (a default here would hide the store's own answer); the conformance
+//! suite runs once through `Arc<MemoryStore>` to hold that.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +10,8 @@ use async_trait::async_trait;
 
 use crate::key::Key;
 use crate::store::{
-    Claim, ClaimRequest, FencingToken, Ownership, Record, SagaLog, SagaWrite, StaleSaga, Store,
-    StoredOutcome,
+    Claim, ClaimRequest, FencingToken, Ownership, Record, RecordCount, RecordQuery, SagaLog,
+    SagaQuery, SagaWrite, StaleSaga, Store, StoredOutcome,
 };
 use crate::Error;
 
@@ -76,6 +78,30 @@ macro_rules! forward_store {
 
             async fn stale_sagas(&self, limit: usize) -> Result<Vec<StaleSaga>, Error> {
                 (**self).stale_sagas(limit).await
+            }
+
+            async fn list_records(&self, query: &RecordQuery) -> Result<Vec<Record>, Error> {
+                (**self).list_records(query).await
+            }
+
+            async fn record_counts(&self) -> Result<Vec<RecordCount>, Error> {
+                (**self).record_counts().await
+            }
+
+            async fn count_expired(&self) -> Result<u64, Error> {
+                (**self).count_expired().await
+            }
+
+            async fn purge_expired_batch(&self, limit: usize) -> Result<u64, Error> {
+                (**self).purge_expired_batch(limit).await
+            }
+
+            async fn list_sagas(&self, query: &SagaQuery) -> Result<Vec<SagaLog>, Error> {
+                (**self).list_sagas(query).await
+            }
+
+            async fn resolve_saga(&self, saga: &Key, note: &str) -> Result<bool, Error> {
+                (**self).resolve_saga(saga, note).await
             }
         }
     )*};

@@ -12,6 +12,12 @@ conformance_tests!(
     }
 );
 
+// A store behind a pointer is a store too (`store::open` gives an `Arc<dyn Store>`): the
+// suite through `Arc<MemoryStore>`'s forwarding impl, so a method it fails to forward fails.
+conformance_tests!(memory_in_an_arc, async {
+    std::sync::Arc::new(MemoryStore::new())
+});
+
 conformance_tests!(
     sqlite,
     async {
