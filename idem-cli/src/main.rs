@@ -319,16 +319,9 @@ async fn open(url: &str) -> Result<Ctx, Failure> {
         }
         "sqlite" => {
             let rest = &url["sqlite:".len()..];
-            let path = rest.strip_prefix("//").unwrap_or(rest);
-            if path.is_empty() {
+            if rest.strip_prefix("//").unwrap_or(rest).is_empty() {
                 return Err(Failure::usage(format!(
                     "`{shown}` names no file: sqlite://path/to/idem.db or sqlite:///absolute/path.db"
-                )));
-            }
-            if !std::path::Path::new(path).is_file() {
-                return Err(Failure::refused(format!(
-                    "no SQLite database at {path} (from `{shown}`): the idem command does not \
-                     create one; check the path your agents use"
                 )));
             }
         }
@@ -339,7 +332,8 @@ async fn open(url: &str) -> Result<Ctx, Failure> {
             )))
         }
     }
-    let opened = tokio::time::timeout(OPEN_TIMEOUT, store::open(url)).await;
+    // As it is: an operator's look creates, migrates and purges nothing.
+    let opened = tokio::time::timeout(OPEN_TIMEOUT, store::open_existing(url)).await;
     let store = match opened {
         Ok(Ok(store)) => store,
         Ok(Err(error)) => {

@@ -42,7 +42,7 @@ pub use redis::RedisStore;
 pub use saga::{SagaLog, SagaStatus, SagaWrite, StaleSaga, StepRecord, StepState};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
-pub use url::open;
+pub use url::{open, open_existing};
 
 pub(crate) use rules::{decide, millis, remaining, Found, Verdict, Write};
 pub(crate) use waiters::Waiters;

@@ -205,6 +205,58 @@ impl PostgresStoreBuilder {
     /// # }
     /// ```
     pub async fn connect(self) -> Result<PostgresStore, Error> {
+        let (pool, schema) = self.pool()?;
+        migrate(&pool, &schema).await?;
+        Ok(PostgresStore::on(pool, schema))
+    }
+
+    /// Opens the pool and returns the store, for an operator's look: changes nothing by
+    /// connecting. The schema must exist with this idem's version (an older one is migrated
+    /// by the first agent of this version that connects with
+    /// [`connect`](PostgresStoreBuilder::connect)); nothing is created or migrated, so a
+    /// mistyped schema name is an error rather than a new, empty store.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), idem_runtime::Error> {
+    /// let store = idem_runtime::store::PostgresStore::builder("postgres://ops@db.internal/agents")
+    ///     .schema("idem")
+    ///     .connect_existing()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect_existing(self) -> Result<PostgresStore, Error> {
+        let (pool, schema) = self.pool()?;
+        let client = pool.get().await.map_err(|e| failed(None, &e))?;
+        let found = version(&client, &schema).await.map_err(|e| {
+            Error::store(
+                "postgres",
+                None,
+                format!("cannot read the schema {schema:?}: {}", described(&e)),
+            )
+        })?;
+        drop(client);
+        match found {
+            Some(SCHEMA_VERSION) => Ok(PostgresStore::on(pool, schema)),
+            None => Err(Error::store(
+                "postgres",
+                None,
+                format!("there is no idem schema {schema:?} in this database"),
+            )),
+            Some(newer) if newer > SCHEMA_VERSION => Err(newer_schema(&schema, newer)),
+            Some(older) => Err(Error::store(
+                "postgres",
+                None,
+                format!(
+                    "the schema {schema:?} has version {older}, made by an older idem; the first \
+                     agent of this version that connects migrates it (this idem knows {SCHEMA_VERSION})"
+                ),
+            )),
+        }
+    }
+
+    /// The pool, and the schema name checked.
+    fn pool(self) -> Result<(Pool, String), Error> {
         let schema = self.schema;
         if schema.is_empty() || schema.len() > 63 || schema.contains('\0') {
             return Err(Error::store(
@@ -217,16 +269,7 @@ impl PostgresStoreBuilder {
             Source::Pool(pool) => pool,
             Source::Url(url) => open_pool(&url, self.pool_size)?,
         };
-        migrate(&pool, &schema).await?;
-        Ok(PostgresStore {
-            inner: Arc::new(Inner {
-                sql: Statements::new(&quote_ident(&schema)),
-                pool,
-                schema,
-                waiters: Waiters::default(),
-                recorded: AtomicU64::new(0),
-            }),
-        })
+        Ok((pool, schema))
     }
 }
 
@@ -282,6 +325,19 @@ impl PostgresStore {
             source: Source::Pool(pool),
             schema: "public".to_owned(),
             pool_size: DEFAULT_POOL_SIZE,
+        }
+    }
+
+    /// A store on `pool` whose schema `schema` is in place.
+    fn on(pool: Pool, schema: String) -> Self {
+        PostgresStore {
+            inner: Arc::new(Inner {
+                sql: Statements::new(&quote_ident(&schema)),
+                pool,
+                schema,
+                waiters: Waiters::default(),
+                recorded: AtomicU64::new(0),
+            }),
         }
     }
 
@@ -434,16 +490,7 @@ async fn migrate(pool: &Pool, schema: &str) -> Result<(), Error> {
         .await
         .map_err(cannot)?;
     match version(&transaction, schema).await.map_err(cannot)? {
-        Some(found) if found > SCHEMA_VERSION => {
-            return Err(Error::store(
-                "postgres",
-                None,
-                format!(
-                    "the schema {schema:?} has version {found}, made by a newer idem; \
-                     this one knows {SCHEMA_VERSION}"
-                ),
-            ));
-        }
+        Some(found) if found > SCHEMA_VERSION => return Err(newer_schema(schema, found)),
         Some(SCHEMA_VERSION) => {}
         older => {
             let quoted = quote_ident(schema);
@@ -463,6 +510,18 @@ async fn migrate(pool: &Pool, schema: &str) -> Result<(), Error> {
         }
     }
     transaction.commit().await.map_err(cannot)
+}
+
+/// Why a schema of a newer idem is refused: this version would not know what that one writes.
+fn newer_schema(schema: &str, found: i64) -> Error {
+    Error::store(
+        "postgres",
+        None,
+        format!(
+            "the schema {schema:?} has version {found}, made by a newer idem; \
+             this one knows {SCHEMA_VERSION}"
+        ),
+    )
 }
 
 /// The version recorded in the schema, `None` when it has no idem tables yet.

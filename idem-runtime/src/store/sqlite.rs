@@ -11,7 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use rusqlite::types::Value;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{
+    params, params_from_iter, Connection, OpenFlags, OptionalExtension, TransactionBehavior,
+};
 
 use crate::key::{Fingerprint, Key};
 use crate::store::{
@@ -158,15 +160,47 @@ impl Row {
 }
 
 impl SqliteStore {
-    /// Opens (creating it if needed) the store in the file at `path`, and purges expired
-    /// results.
+    /// Opens (creating it if needed) the store in the file at `path`, upgrading a file of an
+    /// older idem in place, and purges expired results.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let store = Self::open_with(path, Opening::ForAgents).await?;
+        // Leftovers are purged later too: a busy file must not stop the store from opening.
+        if let Err(error) = store.purge_expired().await {
+            tracing::warn!(target: "idem", %error, "purging expired results at open failed");
+        }
+        Ok(store)
+    }
+
+    /// Opens the store in the file at `path` for an operator's look: changes nothing by
+    /// opening it. The file must exist and have this idem's schema version (an older file is
+    /// upgraded by the first agent of this version that opens it with [`SqliteStore::open`]);
+    /// nothing is created, upgraded or purged.
+    ///
+    /// ```
+    /// use idem_runtime::store::SqliteStore;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let path = std::env::temp_dir().join(format!("idem-doc-existing-{}.db", std::process::id()));
+    /// let missing = SqliteStore::open_existing(&path).await.unwrap_err();
+    /// assert!(missing.to_string().contains("no SQLite database"), "{missing}");
+    /// SqliteStore::open(&path).await?; // an agent made it
+    /// let store = SqliteStore::open_existing(&path).await?;
+    /// assert_eq!(store.path(), path.as_path());
+    /// # for suffix in ["", "-wal", "-shm"] { let _ = std::fs::remove_file(format!("{}{suffix}", path.display())); }
+    /// # Ok::<(), idem_runtime::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn open_existing(path: impl AsRef<Path>) -> Result<Self, Error> {
+        Self::open_with(path, Opening::Existing).await
+    }
+
+    async fn open_with(path: impl AsRef<Path>, opening: Opening) -> Result<Self, Error> {
         let path = path.as_ref().to_path_buf();
         let opened = path.clone();
-        let (writer, reader) = tokio::task::spawn_blocking(move || open_file(&opened))
+        let (writer, reader) = tokio::task::spawn_blocking(move || open_file(&opened, opening))
             .await
             .map_err(|e| Error::store("sqlite", None, e))??;
-        let store = SqliteStore {
+        Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
                 writer: Mutex::new(writer),
@@ -174,12 +208,7 @@ impl SqliteStore {
                 waiters: Waiters::default(),
                 recorded: AtomicU64::new(0),
             }),
-        };
-        // Leftovers are purged later too: a busy file must not stop the store from opening.
-        if let Err(error) = store.purge_expired().await {
-            tracing::warn!(target: "idem", %error, "purging expired results at open failed");
-        }
-        Ok(store)
+        })
     }
 
     /// The file the store lives in.
@@ -213,24 +242,81 @@ impl SqliteStore {
     }
 }
 
-/// Opens the store's two connections to `path`, creating or checking the schema once.
-fn open_file(path: &Path) -> Result<(Connection, Connection), Error> {
-    let failed = |e: rusqlite::Error| {
+/// How a store opens its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// An agent's store: creates the file and the schema, upgrades an older one.
+    ForAgents,
+    /// An operator's look: the file must exist with this version's schema; nothing is written.
+    Existing,
+}
+
+/// Opens the store's two connections to `path`: creating or upgrading the schema once, or
+/// checking that it is this version's.
+fn open_file(path: &Path, opening: Opening) -> Result<(Connection, Connection), Error> {
+    let refused = |why: String| {
         Error::store(
             "sqlite",
             None,
-            format!("cannot open {}: {e}", path.display()),
+            format!("cannot open {}: {why}", path.display()),
         )
     };
-    let mut writer = connect(path).map_err(failed)?;
-    refuse_newer_schema(&writer, path)?;
-    while_busy(|| initialize(&mut writer)).map_err(failed)?;
-    let reader = connect(path).map_err(failed)?;
+    let failed = |e: rusqlite::Error| refused(e.to_string());
+    let writer = match opening {
+        Opening::ForAgents => {
+            let mut writer = connect(path, OpenFlags::default()).map_err(failed)?;
+            if let Some(newer) = while_busy(|| initialize(&mut writer)).map_err(failed)? {
+                return Err(refused(newer_schema(newer)));
+            }
+            writer
+        }
+        Opening::Existing => {
+            if !path.is_file() {
+                return Err(Error::store(
+                    "sqlite",
+                    None,
+                    format!("no SQLite database at {}", path.display()),
+                ));
+            }
+            let writer = connect(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(failed)?;
+            let version: i64 =
+                while_busy(|| writer.pragma_query_value(None, "user_version", |row| row.get(0)))
+                    .map_err(failed)?;
+            match version {
+                SCHEMA_VERSION => {}
+                0 => return Err(refused("it is not an idem store (no idem schema)".into())),
+                newer if newer > SCHEMA_VERSION => return Err(refused(newer_schema(newer))),
+                older => {
+                    return Err(refused(format!(
+                        "its schema version {older} was made by an older idem; the first agent \
+                         of this version that opens it upgrades it (this idem knows {SCHEMA_VERSION})"
+                    )))
+                }
+            }
+            writer
+        }
+    };
+    let reader = connect(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(failed)?;
     Ok((writer, reader))
 }
 
-fn connect(path: &Path) -> rusqlite::Result<Connection> {
-    let connection = Connection::open(path)?;
+/// Why a file of a newer idem is refused: this version would not know what that one writes.
+fn newer_schema(version: i64) -> String {
+    format!(
+        "its schema version {version} was made by a newer idem; this one knows {SCHEMA_VERSION}"
+    )
+}
+
+fn connect(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
+    let connection = Connection::open_with_flags(path, flags)?;
     connection.busy_timeout(BUSY_TIMEOUT)?;
     // FULL makes each commit durable: a lost claim would let a second caller run a side
     // effect that already happened.
@@ -240,14 +326,20 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
 
 /// WAL mode (readers and the writer work at once) and the schema, upgraded from an older
 /// version if need be, in one transaction so that processes opening a file together never see
-/// half of it, nor upgrade it twice.
-fn initialize(connection: &mut Connection) -> rusqlite::Result<()> {
+/// half of it, nor upgrade it twice. The version is read inside that transaction: a file that
+/// a newer idem upgraded meanwhile is left alone, `Ok(Some(its version))`, never lowered.
+fn initialize(connection: &mut Connection) -> rusqlite::Result<Option<i64>> {
     connection.pragma_update(None, "journal_mode", "WAL")?;
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = transaction.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Ok(Some(version)); // the transaction rolls back: nothing was written
+    }
     transaction.execute_batch(SCHEMA)?;
     upgrade(&transaction)?;
     transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-    transaction.commit()
+    transaction.commit()?;
+    Ok(None)
 }
 
 /// What `CREATE TABLE IF NOT EXISTS` cannot do for a file of an older version: add columns to
@@ -285,31 +377,6 @@ fn while_busy<T>(mut work: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Res
             done => return done,
         }
     }
-}
-
-/// Refuses, before touching it, a file made by a newer idem.
-fn refuse_newer_schema(connection: &Connection, path: &Path) -> Result<(), Error> {
-    let failed = |e: rusqlite::Error| {
-        Error::store(
-            "sqlite",
-            None,
-            format!("cannot open {}: {e}", path.display()),
-        )
-    };
-    let version: i64 =
-        while_busy(|| connection.pragma_query_value(None, "user_version", |row| row.get(0)))
-            .map_err(failed)?;
-    if version > SCHEMA_VERSION {
-        return Err(Error::store(
-            "sqlite",
-            None,
-            format!(
-                "{} has schema version {version}, made by a newer idem; this one knows {SCHEMA_VERSION}",
-                path.display()
-            ),
-        ));
-    }
-    Ok(())
 }
 
 fn db(error: rusqlite::Error) -> Error {
@@ -1334,6 +1401,83 @@ mod tests {
             (SagaStatus::Resolved, Some(note))
         );
         assert_eq!(user_version(&path), SCHEMA_VERSION);
+    }
+
+    /// A file a newer idem upgraded is refused, and its version is never lowered.
+    #[tokio::test]
+    async fn a_file_of_a_newer_idem_is_refused_and_left_alone() {
+        let path = temp_file("newer.db");
+        drop(SqliteStore::open(&path).await.expect("create"));
+        Connection::open(&path)
+            .expect("open")
+            .pragma_update(None, "user_version", 99)
+            .expect("set the version");
+        let refused = SqliteStore::open(&path).await.expect_err("a newer file");
+        assert!(
+            refused.to_string().contains("made by a newer idem"),
+            "{refused}"
+        );
+        assert_eq!(user_version(&path), 99);
+        let refused = SqliteStore::open_existing(&path)
+            .await
+            .expect_err("a newer file");
+        assert!(
+            refused.to_string().contains("made by a newer idem"),
+            "{refused}"
+        );
+    }
+
+    /// An operator's look changes nothing: no file made, no expired result purged, no older
+    /// schema upgraded, an empty file left empty.
+    #[tokio::test]
+    async fn opening_an_existing_store_changes_nothing() {
+        let missing = temp_file("missing.db");
+        let refused = SqliteStore::open_existing(&missing)
+            .await
+            .expect_err("missing");
+        assert!(
+            refused.to_string().contains("no SQLite database"),
+            "{refused}"
+        );
+        assert!(!missing.exists(), "no file was made");
+
+        let path = temp_file("existing.db");
+        let store = SqliteStore::open(&path).await.expect("create");
+        let key = Key::from_bytes([3; 32]);
+        write_row(&path, &key, "completed", &[3; 32], Some(1));
+        drop(store);
+        let store = SqliteStore::open_existing(&path)
+            .await
+            .expect("open it as it is");
+        assert_eq!(
+            store.count_expired().await.expect("count"),
+            1,
+            "not purged by opening"
+        );
+
+        Connection::open(&path)
+            .expect("open")
+            .pragma_update(None, "user_version", 2)
+            .expect("set the version");
+        let refused = SqliteStore::open_existing(&path)
+            .await
+            .expect_err("an older file");
+        assert!(
+            refused.to_string().contains("made by an older idem"),
+            "{refused}"
+        );
+        assert_eq!(user_version(&path), 2, "not upgraded");
+
+        let empty = temp_file("empty.db");
+        std::fs::write(&empty, b"").expect("an empty file");
+        let refused = SqliteStore::open_existing(&empty)
+            .await
+            .expect_err("not idem's");
+        assert!(
+            refused.to_string().contains("not an idem store"),
+            "{refused}"
+        );
+        assert_eq!(std::fs::metadata(&empty).expect("the file").len(), 0);
     }
 
     fn user_version(path: &Path) -> i64 {

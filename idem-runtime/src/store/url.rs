@@ -33,6 +33,38 @@ use crate::Error;
 /// # }).unwrap();
 /// ```
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, Error> {
+    open_as(url, Opening::ForAgents).await
+}
+
+/// Opens the store named by `url` as it is, for an operator's look (the `idem` command):
+/// nothing is created, migrated or purged by opening it. The SQLite file
+/// ([`SqliteStore::open_existing`](crate::store::SqliteStore::open_existing)) or the
+/// PostgreSQL schema must exist with this idem's schema version; a Redis store has no schema.
+/// `memory:` is refused: a new memory store holds nothing to look at.
+///
+/// ```
+/// use idem_runtime::store::open_existing;
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let refused = open_existing("sqlite:///no/such/idem.db").await.unwrap_err();
+/// assert!(refused.to_string().contains("no SQLite database"), "{refused}");
+/// assert!(open_existing("memory:").await.is_err());
+/// # });
+/// ```
+pub async fn open_existing(url: &str) -> Result<Arc<dyn Store>, Error> {
+    open_as(url, Opening::Existing).await
+}
+
+/// What opening a store may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// An agent's store: create the file or schema, migrate it, purge.
+    ForAgents,
+    /// An operator's look: change nothing.
+    Existing,
+}
+
+async fn open_as(url: &str, opening: Opening) -> Result<Arc<dyn Store>, Error> {
     let (scheme, rest) = url.split_once(':').unwrap_or((url, ""));
     let refused = |why: String| {
         Err(Error::store(
@@ -42,13 +74,18 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, Error> {
         ))
     };
     match scheme {
-        "memory" => Ok(Arc::new(MemoryStore::new())),
+        "memory" => match opening {
+            Opening::ForAgents => Ok(Arc::new(MemoryStore::new())),
+            Opening::Existing => refused(
+                "a memory store lives inside the process that made it: a new one is empty".into(),
+            ),
+        },
         "sqlite" => {
             let path = rest.strip_prefix("//").unwrap_or(rest);
             if path.is_empty() {
                 return refused("give a file: sqlite://path/to/idem.db".into());
             }
-            sqlite(path).await
+            sqlite(path, opening).await
         }
         "redis" | "rediss" => {
             let (url, prefix) = take_param(url, "prefix");
@@ -56,7 +93,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, Error> {
         }
         "postgres" | "postgresql" => {
             let (url, schema) = take_param(url, "schema");
-            postgres(&url, schema).await
+            postgres(&url, schema, opening).await
         }
         other => refused(format!(
             "unknown scheme {other:?}; expected memory:, sqlite://, redis:// or postgres://"
@@ -77,12 +114,16 @@ fn without(feature: &str, url: &str) -> Error {
 }
 
 #[cfg(feature = "sqlite")]
-async fn sqlite(path: &str) -> Result<Arc<dyn Store>, Error> {
-    Ok(Arc::new(crate::store::SqliteStore::open(path).await?))
+async fn sqlite(path: &str, opening: Opening) -> Result<Arc<dyn Store>, Error> {
+    use crate::store::SqliteStore;
+    Ok(Arc::new(match opening {
+        Opening::ForAgents => SqliteStore::open(path).await?,
+        Opening::Existing => SqliteStore::open_existing(path).await?,
+    }))
 }
 
 #[cfg(not(feature = "sqlite"))]
-async fn sqlite(path: &str) -> Result<Arc<dyn Store>, Error> {
+async fn sqlite(path: &str, _: Opening) -> Result<Arc<dyn Store>, Error> {
     Err(without("sqlite", path))
 }
 
@@ -125,17 +166,24 @@ async fn redis(url: &str, _: Option<String>) -> Result<Arc<dyn Store>, Error> {
 }
 
 #[cfg(feature = "postgres")]
-async fn postgres(url: &str, schema: Option<String>) -> Result<Arc<dyn Store>, Error> {
+async fn postgres(
+    url: &str,
+    schema: Option<String>,
+    opening: Opening,
+) -> Result<Arc<dyn Store>, Error> {
     let builder = crate::store::PostgresStore::builder(url);
     let builder = match schema {
         Some(schema) => builder.schema(schema),
         None => builder,
     };
-    Ok(Arc::new(builder.connect().await?))
+    Ok(Arc::new(match opening {
+        Opening::ForAgents => builder.connect().await?,
+        Opening::Existing => builder.connect_existing().await?,
+    }))
 }
 
 #[cfg(not(feature = "postgres"))]
-async fn postgres(url: &str, _: Option<String>) -> Result<Arc<dyn Store>, Error> {
+async fn postgres(url: &str, _: Option<String>, _: Opening) -> Result<Arc<dyn Store>, Error> {
     Err(without("postgres", url))
 }
 

@@ -281,6 +281,71 @@ async fn a_schema_from_a_newer_idem_is_refused() {
     assert!(refused.to_string().contains("newer idem"), "{refused}");
 }
 
+/// An operator's look (`connect_existing`, `store::open_existing`) changes nothing: a
+/// mistyped schema is an error, not a new empty schema; an older schema is not migrated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_to_an_existing_schema_changes_nothing() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    let admin = raw_client(&server.url()).await;
+    let schema_exists = |schema: String| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_one(
+                    "SELECT count(*) FROM information_schema.schemata WHERE schema_name = $1",
+                    &[&schema],
+                )
+                .await
+                .expect("schemata")
+                .get::<_, i64>(0)
+                == 1
+        }
+    };
+    let typo = unique_schema("typo");
+    let refused = PostgresStore::builder(server.url())
+        .schema(&typo)
+        .connect_existing()
+        .await
+        .expect_err("no such schema");
+    assert!(refused.to_string().contains("no idem schema"), "{refused}");
+    assert!(!schema_exists(typo.clone()).await, "nothing was created");
+    let by_url = idem_runtime::store::open_existing(&format!("{}?schema={typo}", server.url()))
+        .await
+        .expect_err("no such schema");
+    assert!(by_url.to_string().contains("no idem schema"), "{by_url}");
+
+    let schema = unique_schema("existing");
+    drop(connect(&server.url(), &schema).await);
+    let store = idem_runtime::store::open_existing(&format!("{}?schema={schema}", server.url()))
+        .await
+        .expect("the schema as it is");
+    assert_eq!(store.name(), "postgres");
+    admin
+        .execute(
+            &format!("UPDATE {schema}.idem_meta SET value = 1 WHERE name = 'schema_version'"),
+            &[],
+        )
+        .await
+        .expect("an older version");
+    let refused = PostgresStore::builder(server.url())
+        .schema(&schema)
+        .connect_existing()
+        .await
+        .expect_err("an older schema");
+    assert!(refused.to_string().contains("older idem"), "{refused}");
+    let version: i64 = admin
+        .query_one(
+            &format!("SELECT value FROM {schema}.idem_meta WHERE name = 'schema_version'"),
+            &[],
+        )
+        .await
+        .expect("version")
+        .get(0);
+    assert_eq!(version, 1, "not migrated");
+}
+
 /// A purge removes every expired result however many there are (it deletes them in
 /// batches), with the logs of the sagas they ended, and nothing else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,6 +53,20 @@ async fn memory_and_sqlite_urls_open_their_stores() {
         .expect("sqlite://");
     assert_eq!(opened.name(), "sqlite");
     assert!(file.exists(), "the file named by the URL");
+    let existing = idem_runtime::store::open_existing(&format!("sqlite://{}", file.display()))
+        .await
+        .expect("an existing file");
+    assert_eq!(existing.name(), "sqlite");
+    let missing = folder.join("missing.db");
+    let refused = idem_runtime::store::open_existing(&format!("sqlite://{}", missing.display()))
+        .await
+        .expect_err("a missing file");
+    assert!(
+        refused.to_string().contains("no SQLite database"),
+        "{refused}"
+    );
+    assert!(!missing.exists(), "an operator's look makes no file");
+    assert!(idem_runtime::store::open_existing("memory:").await.is_err());
     for wrong in ["sqlite://", "mysql://localhost/idem", "nonsense"] {
         let refused = idem_runtime::store::open(wrong).await.expect_err(wrong);
         assert!(refused.to_string().contains(wrong), "{refused}");
