@@ -256,6 +256,25 @@ pub(crate) async fn unlock(
             "{what} was not unlocked: not confirmed (answer y, or pass --yes)"
         )));
     }
+    // The answer may come much later: look again, and release only the record that was
+    // confirmed. An owner that renewed its lease meanwhile is alive, whatever the operator
+    // thought. (The release itself checks the token only; the window left is this look's
+    // round trip, not the time of a human's answer.)
+    let again = ctx
+        .store
+        .get(&key)
+        .await
+        .map_err(|error| ctx.failed(format!("read key {key}"), error))?;
+    let unchanged = again.as_ref().is_some_and(|now| {
+        now.token == token && now.status == record.status && now.expires_at == record.expires_at
+    });
+    if !unchanged {
+        return Err(Failure::refused(format!(
+            "{what} changed while you confirmed (its owner renewed its lease, finished, or \
+             another caller took it over): nothing was released; look again with `idem show {}`",
+            key.short()
+        )));
+    }
     let released = ctx
         .store
         .release(&key, token)

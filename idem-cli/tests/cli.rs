@@ -1274,3 +1274,88 @@ fn a_store_that_cannot_be_reached_is_named_without_its_password() {
         assert!(!why.contains("s3cret"), "{why}");
     }
 }
+
+/// A body that runs until the test ends, its lease renewed by heartbeats every 100 ms.
+#[idem::idempotent(skip = [store, started], store = store, lease = "300ms")]
+async fn import_batch(store: &dyn Store, started: &Notify, batch: u32) -> Result<(), ToolError> {
+    started.notify_one();
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// `unlock --force` asks, and the owner renews its lease before the answer comes: the owner
+/// is alive, so nothing is released, whatever the operator answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlock_releases_nothing_when_the_owner_renewed_its_lease_while_asking() {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+
+    let env = fresh(Backend::Sqlite, "renewed").await.expect("sqlite");
+    let started = Arc::new(Notify::new());
+    let owner = {
+        let (store, started) = (Arc::clone(&env.store), Arc::clone(&started));
+        tokio::spawn(async move { import_batch(&*store, &started, 7).await })
+    };
+    started.notified().await;
+    let records = env
+        .store
+        .list_records(&RecordQuery::new())
+        .await
+        .expect("list");
+    let key = records[0].key;
+
+    let mut unlock = Command::new(env!("CARGO_BIN_EXE_idem"))
+        .args(["--store", &env.url, "unlock", &key.to_string(), "--force"])
+        .env_remove("IDEM_STORE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the idem binary");
+    let mut stderr = unlock.stderr.take().expect("stderr");
+    let mut asked = Vec::new();
+    while !String::from_utf8_lossy(&asked).contains("[y/N] ") {
+        let mut byte = [0u8; 1];
+        match stderr.read(&mut byte).expect("read the prompt") {
+            0 => panic!(
+                "the command ended without asking: {}",
+                String::from_utf8_lossy(&asked)
+            ),
+            _ => asked.push(byte[0]),
+        }
+    }
+    // Answer only once the owner has renewed its lease after the question was asked.
+    let asked_at = env.store.get(&key).await.expect("get").expect("the record");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = env.store.get(&key).await.expect("get").expect("the record");
+        if now.expires_at != asked_at.expires_at {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no heartbeat in 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    unlock
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"y\n")
+        .expect("answer");
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).expect("stderr");
+    let status = unlock.wait().expect("the command ends");
+    assert_eq!(status.code(), Some(1), "{rest}");
+    assert!(rest.contains("changed while you confirmed"), "{rest}");
+    let record = env
+        .store
+        .get(&key)
+        .await
+        .expect("get")
+        .expect("still there");
+    assert_eq!(
+        (record.status, record.token),
+        (idem::store::Status::InProgress, records[0].token),
+        "the live owner keeps its key"
+    );
+    owner.abort();
+}
