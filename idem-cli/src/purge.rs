@@ -19,8 +19,9 @@ Delete the expired records: completed records (values and recorded errors) whose
 with the logs of the sagas they ended.
 
 Kept: claims whose owner died (the next call of the same arguments resumes them; see `idem
-unlock`), records parked for review, and the logs of sagas that need attention or were
-interrupted: those are for an operator or their code. Records are deleted 1000 at a time, with
+unlock`), records parked for review, and the logs of sagas that need attention, were
+interrupted or were resolved by hand (with their note): those are for an operator or their
+code. Records are deleted 1000 at a time, with
 a progress bar on stderr when there are more than 1000 and stderr is a terminal; the count is
 printed at the end.
 

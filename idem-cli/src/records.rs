@@ -78,7 +78,7 @@ pub(crate) struct UnlockArgs {
 
 /// A status on the command line: `in-progress` or `in_progress`.
 pub(crate) fn parse_kind(text: &str) -> Result<RecordKind, String> {
-    RecordKind::parse(text).ok_or_else(|| {
+    RecordKind::parse(&text.replace('-', "_")).ok_or_else(|| {
         let names: Vec<String> = RecordKind::ALL
             .iter()
             .map(|kind| kind.as_str().replace('_', "-"))
@@ -383,6 +383,7 @@ fn meaning(record: &Record, ctx: &Ctx) -> String {
             "its error is replayed to every duplicate call until it expires".into()
         }
         (_, true) => "expired: the next call runs the body again; `idem purge` deletes it".into(),
+        (kind, false) => format!("a record of kind {kind}"),
     }
 }
 

@@ -68,7 +68,7 @@ pub(crate) struct ResolveArgs {
 
 /// A saga status on the command line: `needs-attention` or `needs_attention`.
 pub(crate) fn parse_status(text: &str) -> Result<SagaStatus, String> {
-    SagaStatus::parse(text).ok_or_else(|| {
+    SagaStatus::parse(&text.replace('-', "_")).ok_or_else(|| {
         let names: Vec<String> = SagaStatus::ALL
             .iter()
             .map(|status| status.as_str().replace('_', "-"))

@@ -12,6 +12,7 @@ use crate::store::{Record, SagaLog, SagaStatus, Status, StoredOutcome};
 /// What an operator sorts records by: the protocol's [`Status`], with the completed records
 /// split by what they recorded (a value, or an error the action declared final).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum RecordKind {
     /// Claimed; the body is running, or its owner died and the lease will run out.
     InProgress,
@@ -60,17 +61,17 @@ impl RecordKind {
         }
     }
 
-    /// The kind named by [`RecordKind::as_str`]; `-` may stand for `_` (`in-progress`).
+    /// The kind named by [`RecordKind::as_str`], exactly (what a store reads back must be
+    /// one of these names; a command line may turn `in-progress` into `in_progress` first).
     ///
     /// ```
     /// use idem_runtime::store::RecordKind;
     ///
-    /// assert_eq!(RecordKind::parse("in-progress"), Some(RecordKind::InProgress));
     /// assert_eq!(RecordKind::parse("needs_review"), Some(RecordKind::NeedsReview));
+    /// assert_eq!(RecordKind::parse("in-progress"), None);
     /// assert_eq!(RecordKind::parse("done"), None);
     /// ```
     pub fn parse(name: &str) -> Option<Self> {
-        let name = name.replace('-', "_");
         Self::ALL.into_iter().find(|kind| kind.as_str() == name)
     }
 
@@ -160,6 +161,26 @@ impl RecordQuery {
         self
     }
 
+    /// Whether any key can start with the query's key prefix. Keys are 64 lowercase hex
+    /// digits, so a prefix with any other character (a pattern's `%`, `_`, `*` or `\\`
+    /// included) or longer than a key starts none: a store answers with nothing, unasked.
+    ///
+    /// ```
+    /// use idem_runtime::store::RecordQuery;
+    ///
+    /// assert!(RecordQuery::new().key_prefix("9F3a").key_prefix_can_match());
+    /// assert!(!RecordQuery::new().key_prefix("9f%").key_prefix_can_match());
+    /// assert!(RecordQuery::new().key_prefix_can_match(), "no prefix: every key");
+    /// ```
+    pub fn key_prefix_can_match(&self) -> bool {
+        self.key_prefix.as_deref().is_none_or(|prefix| {
+            prefix.len() <= 64
+                && prefix
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
+    }
+
     /// Whether `record` passes the filters (the limit aside).
     pub fn matches(&self, record: &Record) -> bool {
         self.kind
@@ -202,13 +223,16 @@ impl Default for SagaQuery {
         SagaQuery {
             status: None,
             id: None,
-            limit: RecordQuery::DEFAULT_LIMIT,
+            limit: Self::DEFAULT_LIMIT,
         }
     }
 }
 
 impl SagaQuery {
-    /// Every saga, up to [`RecordQuery::DEFAULT_LIMIT`].
+    /// How many sagas a query returns unless told otherwise.
+    pub const DEFAULT_LIMIT: usize = 100;
+
+    /// Every saga, up to [`SagaQuery::DEFAULT_LIMIT`].
     pub fn new() -> Self {
         Self::default()
     }

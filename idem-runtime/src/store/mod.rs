@@ -300,7 +300,9 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Delete the completed records whose TTL ran out, with the logs of the sagas they ended;
     /// returns how many records. Claims whose owner died are kept (the next caller of the
     /// same payload resumes them) and so are records parked for review and the logs of sagas
-    /// that need attention or were interrupted: those are for an operator or their code.
+    /// that need attention, were interrupted or were resolved: those are for an operator or
+    /// their code. A store may also delete expired results by itself (Redis does, at their
+    /// TTL); what it counts here is then what is left to tidy of them (its expiry index).
     async fn purge_expired(&self) -> Result<u64, Error>;
 
     /// Write to the log of the saga whose claim is `saga` (its id is `id`), if `token` still
@@ -372,10 +374,12 @@ pub trait Store: Send + Sync + fmt::Debug {
     // ---- What operators ask (the `idem` command); the protocol never calls these. ----------
     //
     // Each has a default that says the store cannot answer, so that a store written before
-    // they existed still compiles; every store in this crate answers them all.
+    // they existed still compiles; every store in this crate answers them all, and so do `&S`,
+    // `Arc<S>` and `Box<S>` of one.
 
     /// The records that `query` selects, newest first (by when the key was first claimed),
-    /// expired ones included until they are purged.
+    /// expired ones included until they are purged (or until a store that deletes them by
+    /// itself did: Redis).
     ///
     /// ```
     /// use idem_runtime::store::{MemoryStore, RecordKind, RecordQuery, Store};

@@ -1004,14 +1004,6 @@ fn saga_log(saga: &Key, rows: &[Row]) -> Result<SagaLog, Error> {
     Ok(SagaLog::new(*saga, id, status, error, steps, to_wall(updated_at_ms)).with_note(note))
 }
 
-/// Whether `prefix` can start a key: lowercase hex digits only (`RecordQuery::key_prefix`
-/// lowers the case). Any other character, a pattern's `%` or `_` included, starts none.
-fn is_key_prefix(prefix: &str) -> bool {
-    prefix
-        .bytes()
-        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
 /// A limit as PostgreSQL's `bigint`.
 fn to_bigint(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -1291,10 +1283,10 @@ impl Store for PostgresStore {
     }
 
     async fn list_records(&self, query: &RecordQuery) -> Result<Vec<Record>, Error> {
-        let prefix = query.key_prefix.as_deref();
-        if prefix.is_some_and(|prefix| !is_key_prefix(prefix)) {
+        if !query.key_prefix_can_match() {
             return Ok(Vec::new());
         }
+        let prefix = query.key_prefix.as_deref();
         let kind = query.kind.map(RecordKind::as_str);
         let status = query.kind.map(|kind| kind.status().as_str());
         let rows = self

@@ -349,10 +349,9 @@ local function acquire(resumed)
   if resumed then
     redis.call('HSET', KEYS[1], 'tk', token, 'ex', now + lease)
   else
-    if st then
-      redis.call('DEL', KEYS[1])
-      redis.call('ZREM', KEYS[3], ARGV[5])
-    end
+    if st then redis.call('DEL', KEYS[1]) end
+    -- Also when Redis already deleted the expired record itself: its expiry entry is stale.
+    redis.call('ZREM', KEYS[3], ARGV[5])
     redis.call('HSET', KEYS[1], 'st', 'in_progress', 'tk', token, 'fp', ARGV[1],
       'ac', ARGV[2], 'ca', now, 'ex', now + lease)
   end
@@ -1030,8 +1029,7 @@ impl Store for RedisStore {
     /// deletes expired results itself, at their TTL, so none are listed.
     async fn list_records(&self, query: &RecordQuery) -> Result<Vec<Record>, Error> {
         let hex = query.key_prefix.as_deref().unwrap_or_default();
-        let is_hex = hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        if query.limit == 0 || !is_hex || hex.len() > KEY_HEX_LEN {
+        if query.limit == 0 || !query.key_prefix_can_match() {
             return Ok(Vec::new());
         }
         if let Ok(key) = hex.parse::<Key>() {

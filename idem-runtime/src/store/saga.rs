@@ -23,6 +23,7 @@ use crate::key::{Fingerprint, Key};
 ///
 /// See the example on [`Store::write_saga`](crate::Store::write_saga).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum SagaStatus {
     /// Its steps are running (or its owner died and its claim will run out).
     Running,

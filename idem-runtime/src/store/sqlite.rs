@@ -850,17 +850,13 @@ fn sql_limit(limit: usize) -> Value {
 ///   ORDER BY created_at_ms DESC, key LIMIT 20
 /// ```
 fn list_records_sql(query: &RecordQuery) -> Option<(String, Vec<Value>)> {
+    if !query.key_prefix_can_match() {
+        return None;
+    }
     let (mut conditions, mut values) = (Vec::new(), Vec::new());
     if let Some(prefix) = query.key_prefix.as_deref().filter(|p| !p.is_empty()) {
         // Keys are lowercase hex, so the keys that start with `prefix` are exactly those from
-        // `prefix` up to `prefix` + 'g': a range of the primary key. Any other character is in
-        // no key (and is never a pattern).
-        if !prefix
-            .bytes()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
-            return None;
-        }
+        // `prefix` up to `prefix` + 'g': a range of the primary key.
         conditions.push("key >= ? AND key < ?");
         values.push(Value::Text(prefix.to_owned()));
         values.push(Value::Text(format!("{prefix}g")));
