@@ -154,7 +154,7 @@ pub async fn call(mode: Mode, task: &Task) -> Result<String, ToolError> {
 // ---- Quote email ----------------------------------------------------------------------------
 
 /// The quote email tool with idem: once per (customer, quote).
-#[idempotent(ttl = "24h", lease = "500ms", on_conflict = wait("20s"))]
+#[idempotent(ttl = "24h", lease = "2s", on_conflict = wait("20s"))]
 async fn send_quote_email(customer: &str, quote: &Quote) -> Result<String, ToolError> {
     quote_email(customer, quote).await
 }
@@ -176,7 +176,7 @@ async fn quote_email(customer: &str, quote: &Quote) -> Result<String, ToolError>
 /// The payment tool with idem: once per (customer, order); the amount is the payload, so a
 /// replay with another amount is refused. The provider is sent idem's key as its
 /// `Idempotency-Key`, which also covers a body run again after its agent was killed.
-#[idempotent(key = [customer, order.reference], ttl = "24h", lease = "500ms", on_conflict = wait("20s"))]
+#[idempotent(key = [customer, order.reference], ttl = "24h", lease = "2s", on_conflict = wait("20s"))]
 async fn charge_customer(customer: &str, order: &Order) -> Result<String, ToolError> {
     charge(customer, order).await
 }
@@ -201,8 +201,8 @@ fn tell_if_resumed(reference: &str) {
     if idem::current_call().is_some_and(|call| call.resumed()) {
         let number = reference.rsplit('-').next().unwrap_or(reference);
         crate::report::say(&format!(
-            "  ↻ task {}: the dead agent's call is taken over; the provider gets the same \
-             Idempotency-Key and answers with the first charge",
+            "  ↻ task {}: the dead agent's lease ran out and its call is taken over; the provider \
+             gets the same Idempotency-Key and answers with the first charge",
             number.trim_start_matches('0')
         ));
     }
@@ -216,7 +216,7 @@ async fn close_deal(customer: &str, deal: &Deal) -> Result<String, ToolError> {
     let store = STORE.get().expect("idem's store is installed at start-up");
     Saga::new(deal.reference.as_str())
         .store(store.as_ref())
-        .lease(Duration::from_millis(500))
+        .lease(Duration::from_secs(2))
         .on_conflict(idem::OnConflict::Wait(Duration::from_secs(20)))
         .run(|s| async move {
             let contract = s.step(create_contract(customer, deal)).await?;

@@ -14,14 +14,18 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// How long an agent waits for a tool's answer before it gives up on that attempt.
-pub const TOOL_TIMEOUT: Duration = Duration::from_millis(400);
+pub const TOOL_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// How long a provider takes to answer, as an API across the network does.
 const LATENCY: Duration = Duration::from_millis(15);
 
 /// How long a provider takes to answer a request planned to be slow: longer than the agent
 /// waits, but the side effect is already made when the agent gives up.
-const SLOW_ANSWER: Duration = Duration::from_millis(600);
+const SLOW_ANSWER: Duration = Duration::from_millis(1500);
+
+/// How long the payment provider holds the answer to a charge whose agent is to be killed:
+/// the kill comes long before (at once), so only a kill that went wrong ends it.
+const KILL_GRACE: Duration = Duration::from_secs(20);
 
 /// What a provider does with a task's first request, besides doing its job.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -136,8 +140,9 @@ impl World {
             let _ = self.kills.send(KillRequest {
                 reference: reference.to_owned(),
             });
-            // The process is killed while the answer is on its way: it never arrives.
-            std::future::pending::<()>().await;
+            // The process is killed while the answer is on its way: it never arrives. (Were
+            // the kill not carried out, the answer would come after KILL_GRACE, late.)
+            tokio::time::sleep(KILL_GRACE).await;
         }
         self.answer(reference).await;
         Ok(charge_id)

@@ -1,14 +1,12 @@
 //! `examples/payment_agent.rs`: two agents, a retry and a changed amount, one charge.
 
-use std::process::Command;
+use std::time::Duration;
 
-use crate::examples::example;
+use crate::examples::run_example;
 
 #[test]
 fn payment_agent_charges_once_for_two_agents_a_retry_and_a_changed_amount() {
-    let output = Command::new(example("payment_agent"))
-        .output()
-        .expect("run the example");
+    let output = run_example("payment_agent", &[], Duration::from_secs(120));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

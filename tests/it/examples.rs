@@ -1,8 +1,10 @@
 //! The examples run and tell the story they promise. They are built by `cargo test`
 //! (examples are part of the test build) and run here as a user would run them.
 
+use std::io::Read;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// The built example `name`, next to this test binary.
 pub(crate) fn example(name: &str) -> PathBuf {
@@ -20,11 +22,50 @@ pub(crate) fn example(name: &str) -> PathBuf {
     path
 }
 
+/// Runs the example `name` with `args` and returns what it printed, failing the test if it
+/// runs longer than `limit` (a hang is a failure, not a CI that never ends).
+pub(crate) fn run_example(name: &str, args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(example(name))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the example");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the example") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stdout = stdout.join().unwrap_or_default();
+            panic!(
+                "{name} {args:?} ran longer than {limit:?}:\n{}",
+                String::from_utf8_lossy(&stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
 #[test]
 fn email_agent_sends_one_email_for_three_attempts() {
-    let output = Command::new(example("email_agent"))
-        .output()
-        .expect("run the example");
+    let output = run_example("email_agent", &[], Duration::from_secs(120));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -43,9 +84,7 @@ fn email_agent_sends_one_email_for_three_attempts() {
 
 #[test]
 fn contract_saga_completes_rolls_back_and_recovers_a_killed_agent() {
-    let output = Command::new(example("contract_saga"))
-        .output()
-        .expect("run the example");
+    let output = run_example("contract_saga", &[], Duration::from_secs(120));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
