@@ -76,6 +76,12 @@ impl RecordKind {
     }
 
     /// The protocol status of records of this kind.
+    ///
+    /// ```
+    /// use idem_runtime::store::{RecordKind, Status};
+    ///
+    /// assert_eq!(RecordKind::Failed.status(), Status::Completed);
+    /// ```
     pub const fn status(self) -> Status {
         match self {
             RecordKind::InProgress => Status::InProgress,
@@ -287,6 +293,23 @@ impl RecordCount {
 
     /// Adds up rows by (action, kind), sorted by action then kind: for stores that count
     /// record by record.
+    ///
+    /// ```
+    /// use idem_runtime::store::{RecordCount, RecordKind};
+    ///
+    /// let rows = [
+    ///     ("send_email".to_owned(), RecordKind::Completed),
+    ///     ("charge_card".to_owned(), RecordKind::Failed),
+    ///     ("send_email".to_owned(), RecordKind::Completed),
+    /// ];
+    /// assert_eq!(
+    ///     RecordCount::tally(rows),
+    ///     [
+    ///         RecordCount::new("charge_card".into(), RecordKind::Failed, 1),
+    ///         RecordCount::new("send_email".into(), RecordKind::Completed, 2),
+    ///     ]
+    /// );
+    /// ```
     pub fn tally(rows: impl IntoIterator<Item = (String, RecordKind)>) -> Vec<RecordCount> {
         let mut counts = std::collections::BTreeMap::<(String, RecordKind), u64>::new();
         for row in rows {

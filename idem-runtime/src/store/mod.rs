@@ -404,24 +404,67 @@ pub trait Store: Send + Sync + fmt::Debug {
     }
 
     /// How many records there are of each action and kind, sorted by action then kind.
+    ///
+    /// ```
+    /// use idem_runtime::store::{MemoryStore, RecordCount, RecordKind, Store};
+    /// use idem_runtime::Action;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let store = MemoryStore::new();
+    /// for customer in ["ada", "grace"] {
+    ///     Action::new("send_email")
+    ///         .call(&(customer,))?
+    ///         .run::<_, idem_runtime::Error, _>(&store, async { Ok(1) })
+    ///         .await?;
+    /// }
+    /// assert_eq!(
+    ///     store.record_counts().await?,
+    ///     [RecordCount::new("send_email".into(), RecordKind::Completed, 2)]
+    /// );
+    /// # Ok::<(), idem_runtime::Error>(())
+    /// # }).unwrap();
+    /// ```
     async fn record_counts(&self) -> Result<Vec<RecordCount>, Error> {
         Err(unsupported(self.name(), "record_counts"))
     }
 
     /// How many records [`Store::purge_expired`] would delete now.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idem_runtime::store::{MemoryStore, Store};
+    /// use idem_runtime::Action;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let store = MemoryStore::new();
+    /// let brief = Action::new("ping").ttl(Duration::from_millis(1));
+    /// for n in 0..3 {
+    ///     brief.call(&(n,))?.run::<_, idem_runtime::Error, _>(&store, async { Ok(n) }).await?;
+    /// }
+    /// tokio::time::sleep(Duration::from_millis(10)).await;
+    /// assert_eq!(store.count_expired().await?, 3);
+    /// // Two at a time, as an operator's tool shows progress:
+    /// assert_eq!(store.purge_expired_batch(2).await?, 2);
+    /// assert_eq!(store.purge_expired_batch(2).await?, 1);
+    /// assert_eq!(store.purge_expired_batch(2).await?, 0);
+    /// # Ok::<(), idem_runtime::Error>(())
+    /// # }).unwrap();
+    /// ```
     async fn count_expired(&self) -> Result<u64, Error> {
         Err(unsupported(self.name(), "count_expired"))
     }
 
     /// Like [`Store::purge_expired`], but deletes at most `limit` records (with the logs of
     /// the sagas they ended); returns how many. Called in a loop until it returns 0, it
-    /// purges everything `purge_expired` would, with progress to show on the way.
+    /// purges everything `purge_expired` would, with progress to show on the way (see the
+    /// example on [`Store::count_expired`]).
     async fn purge_expired_batch(&self, limit: usize) -> Result<u64, Error> {
         let _ = limit;
         Err(unsupported(self.name(), "purge_expired_batch"))
     }
 
-    /// The saga logs that `query` selects, most recently written first, with their steps.
+    /// The saga logs that `query` selects, most recently written first, with their steps
+    /// (see the example on [`Store::resolve_saga`]).
     async fn list_sagas(&self, query: &SagaQuery) -> Result<Vec<SagaLog>, Error> {
         let _ = query;
         Err(unsupported(self.name(), "list_sagas"))
@@ -430,6 +473,38 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Marks the saga whose claim is `saga` as settled by hand, keeping `note` in its log:
     /// atomically, and only if it is [`SagaStatus::NeedsAttention`]; returns whether it was.
     /// Later runs of the saga get [`Error::SagaResolved`] with the note.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idem_runtime::store::{Claim, ClaimRequest, MemoryStore, SagaQuery, SagaStatus, SagaWrite, Store};
+    /// use idem_runtime::{Action, Fingerprint, OnStale};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let store = MemoryStore::new();
+    /// // A saga whose refund kept failing, left for an operator (as `Saga::run` leaves one).
+    /// let saga = Action::new("saga").key(&("order-42",))?;
+    /// let request = ClaimRequest {
+    ///     key: &saga,
+    ///     fingerprint: &Fingerprint::from(saga),
+    ///     action: "saga",
+    ///     lease: Duration::from_secs(10),
+    ///     on_stale: OnStale::TakeOver,
+    /// };
+    /// let Claim::Acquired { token, .. } = store.claim(&request).await? else { unreachable!() };
+    /// let stuck = SagaWrite::Status { status: SagaStatus::NeedsAttention, error: Some("refund failed") };
+    /// store.write_saga(&saga, "order-42", token, stuck).await?;
+    /// let _ = store.release(&saga, token).await?;
+    ///
+    /// // The operator finds it, refunds by hand, and says so.
+    /// let waiting = store.list_sagas(&SagaQuery::new().status(SagaStatus::NeedsAttention)).await?;
+    /// assert_eq!(waiting[0].id, "order-42");
+    /// assert!(store.resolve_saga(&waiting[0].key, "refunded by hand, OPS-7").await?);
+    /// assert!(!store.resolve_saga(&saga, "again").await?, "resolved once");
+    /// let log = store.read_saga(&saga).await?.expect("the log");
+    /// assert_eq!((log.status, log.note.as_deref()), (SagaStatus::Resolved, Some("refunded by hand, OPS-7")));
+    /// # Ok::<(), idem_runtime::Error>(())
+    /// # }).unwrap();
+    /// ```
     async fn resolve_saga(&self, saga: &Key, note: &str) -> Result<bool, Error> {
         let _ = (saga, note);
         Err(unsupported(self.name(), "resolve_saga"))
