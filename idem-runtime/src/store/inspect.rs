@@ -290,32 +290,51 @@ impl RecordCount {
             count,
         }
     }
+}
 
-    /// Adds up rows by (action, kind), sorted by action then kind: for stores that count
-    /// record by record.
-    ///
-    /// ```
-    /// use idem_runtime::store::{RecordCount, RecordKind};
-    ///
-    /// let rows = [
-    ///     ("send_email".to_owned(), RecordKind::Completed),
-    ///     ("charge_card".to_owned(), RecordKind::Failed),
-    ///     ("send_email".to_owned(), RecordKind::Completed),
-    /// ];
-    /// assert_eq!(
-    ///     RecordCount::tally(rows),
-    ///     [
-    ///         RecordCount::new("charge_card".into(), RecordKind::Failed, 1),
-    ///         RecordCount::new("send_email".into(), RecordKind::Completed, 2),
-    ///     ]
-    /// );
-    /// ```
-    pub fn tally(rows: impl IntoIterator<Item = (String, RecordKind)>) -> Vec<RecordCount> {
-        let mut counts = std::collections::BTreeMap::<(String, RecordKind), u64>::new();
-        for row in rows {
-            *counts.entry(row).or_default() += 1;
+/// Counts records by (action, kind) as a store goes through them, into what
+/// [`Store::record_counts`](crate::Store::record_counts) returns: one row per pair, sorted by
+/// action then kind.
+///
+/// ```
+/// use idem_runtime::store::{RecordCount, RecordKind, RecordTally};
+///
+/// let mut tally = RecordTally::new();
+/// tally.add("send_email", RecordKind::Completed, 1);
+/// tally.add("charge_card", RecordKind::Failed, 1);
+/// tally.add("send_email", RecordKind::Completed, 2); // a store that counts by group
+/// assert_eq!(
+///     tally.into_counts(),
+///     [
+///         RecordCount::new("charge_card".into(), RecordKind::Failed, 1),
+///         RecordCount::new("send_email".into(), RecordKind::Completed, 3),
+///     ]
+/// );
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct RecordTally {
+    counts: std::collections::BTreeMap<(String, RecordKind), u64>,
+}
+
+impl RecordTally {
+    /// Nothing counted yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counts `count` more records of `action` and `kind`.
+    pub fn add(&mut self, action: &str, kind: RecordKind, count: u64) {
+        match self.counts.get_mut(&(action.to_owned(), kind)) {
+            Some(total) => *total += count,
+            None => {
+                self.counts.insert((action.to_owned(), kind), count);
+            }
         }
-        counts
+    }
+
+    /// The rows, sorted by action then kind.
+    pub fn into_counts(self) -> Vec<RecordCount> {
+        self.counts
             .into_iter()
             .map(|((action, kind), count)| RecordCount::new(action, kind, count))
             .collect()

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use crate::key::{Fingerprint, Key, KeyMap};
 use crate::store::{
     decide, millis, remaining, Claim, ClaimRequest, FencingToken, Found, Ownership, Record,
-    RecordCount, RecordKind, RecordQuery, SagaLog, SagaQuery, SagaStatus, SagaWrite, StaleSaga,
-    Status, Store, StoredOutcome, Verdict, Waiters, Write,
+    RecordCount, RecordKind, RecordQuery, RecordTally, SagaLog, SagaQuery, SagaStatus, SagaWrite,
+    StaleSaga, Status, Store, StoredOutcome, Verdict, Waiters, Write,
 };
 use crate::Error;
 
@@ -503,12 +503,11 @@ impl Store for MemoryStore {
 
     async fn record_counts(&self) -> Result<Vec<RecordCount>, Error> {
         let state = self.inner.state();
-        Ok(RecordCount::tally(state.records.values().map(|e| {
-            (
-                e.action.to_string(),
-                RecordKind::of(e.status, e.outcome.as_ref()),
-            )
-        })))
+        let mut tally = RecordTally::new();
+        for e in state.records.values() {
+            tally.add(&e.action, RecordKind::of(e.status, e.outcome.as_ref()), 1);
+        }
+        Ok(tally.into_counts())
     }
 
     async fn count_expired(&self) -> Result<u64, Error> {

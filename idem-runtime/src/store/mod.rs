@@ -33,7 +33,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
-pub use inspect::{RecordCount, RecordKind, RecordQuery, SagaQuery};
+pub use inspect::{RecordCount, RecordKind, RecordQuery, RecordTally, SagaQuery};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresStore, PostgresStoreBuilder};

@@ -20,7 +20,7 @@
 //! action or time to read: they walk the store's hashes with `SCAN`, a page at a time, which
 //! costs a round trip per page and a pass over the whole keyspace of the server.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,8 +32,8 @@ use redis::{Script, Value};
 use crate::key::{Fingerprint, Key};
 use crate::store::{
     millis, Claim, ClaimRequest, FencingToken, Ownership, Record, RecordCount, RecordKind,
-    RecordQuery, SagaLog, SagaQuery, SagaStatus, SagaWrite, StaleSaga, Status, StepRecord,
-    StepState, Store, StoredOutcome,
+    RecordQuery, RecordTally, SagaLog, SagaQuery, SagaStatus, SagaWrite, StaleSaga, Status,
+    StepRecord, StepState, Store, StoredOutcome,
 };
 use crate::Error;
 
@@ -1043,20 +1043,16 @@ impl Store for RedisStore {
     /// How many records there are of each action and kind: a walk of every record of the
     /// store with `SCAN`, as `list_records` does, reading no results.
     async fn record_counts(&self) -> Result<Vec<RecordCount>, Error> {
-        let mut counts = BTreeMap::<(String, RecordKind), u64>::new();
+        let mut tally = RecordTally::new();
         self.scan(&self.pattern("", &RECORDS), &RECORDS, |key, head| {
             if let Some(head) = record_head(&key, head)? {
                 let kind = RecordKind::of(head.status, head.outcome.as_ref());
-                *counts.entry((head.action, kind)).or_default() += 1;
+                tally.add(&head.action, kind, 1);
             }
             Ok(())
         })
         .await?;
-        // `RecordCount::tally`'s rows and order, added up as the scan goes.
-        Ok(counts
-            .into_iter()
-            .map(|((action, kind), count)| RecordCount::new(action, kind, count))
-            .collect())
+        Ok(tally.into_counts())
     }
 
     /// How many results `purge_expired` would count now: the members of the expiry index due

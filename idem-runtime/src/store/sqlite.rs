@@ -18,8 +18,8 @@ use rusqlite::{
 use crate::key::{Fingerprint, Key};
 use crate::store::{
     decide, millis, Claim, ClaimRequest, FencingToken, Found, Ownership, Record, RecordCount,
-    RecordKind, RecordQuery, SagaLog, SagaQuery, SagaStatus, SagaWrite, StaleSaga, Status,
-    StepRecord, StepState, Store, StoredOutcome, Verdict, Waiters, Write,
+    RecordKind, RecordQuery, RecordTally, SagaLog, SagaQuery, SagaStatus, SagaWrite, StaleSaga,
+    Status, StepRecord, StepState, Store, StoredOutcome, Verdict, Waiters, Write,
 };
 use crate::Error;
 
@@ -920,7 +920,7 @@ fn record_counts(connection: &Connection) -> Result<Vec<RecordCount>, Error> {
             ))
         })
         .map_err(db)?;
-    let mut counts = std::collections::BTreeMap::<(String, RecordKind), u64>::new();
+    let mut tally = RecordTally::new();
     for row in rows {
         let (action, status, outcome, count) =
             row.map_err(|e| Error::codec("a record", None, e))?;
@@ -931,12 +931,9 @@ fn record_counts(connection: &Connection) -> Result<Vec<RecordCount>, Error> {
                 format!("corrupt record of {action:?}: status {status:?}, outcome {outcome:?}"),
             )
         })?;
-        *counts.entry((action, kind)).or_default() += u64::try_from(count).unwrap_or(0);
+        tally.add(&action, kind, u64::try_from(count).unwrap_or(0));
     }
-    Ok(counts
-        .into_iter()
-        .map(|((action, kind), count)| RecordCount::new(action, kind, count))
-        .collect())
+    Ok(tally.into_counts())
 }
 
 fn list_sagas(connection: &mut Connection, query: &SagaQuery) -> Result<Vec<SagaLog>, Error> {
