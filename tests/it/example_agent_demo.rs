@@ -4,6 +4,8 @@
 use std::process::Output;
 use std::time::Duration;
 
+use idem_runtime::conformance::servers::{PostgresServer, RedisServer};
+
 use crate::examples::run_example;
 
 /// Far more than the demo takes (a few seconds): only a hang reaches it.
@@ -88,6 +90,36 @@ fn with_idem_on_a_store_named_by_url() {
         ),
         "\n{stdout}"
     );
+}
+
+/// The same on the servers a fleet would share (skipped, with a reason, where they are not
+/// installed; under `CI=true` they must be).
+fn assert_on_store(url: &str, name: &str) {
+    let stdout = run_demo(&["--store", url]);
+    assert!(stdout.contains(&format!("on the {name} store")), "{stdout}");
+    assert!(
+        summary(&stdout).starts_with(
+            "summary: with idem, side effects == unique intended actions: yes \
+             (emails 15/15, charges 15/15, contracts 7/7)"
+        ),
+        "\n{stdout}"
+    );
+}
+
+#[test]
+fn with_idem_on_redis() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    assert_on_store(&format!("{}3", server.url()), "redis");
+}
+
+#[test]
+fn with_idem_on_postgres() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    assert_on_store(&format!("{}?schema=agent_demo", server.url()), "postgres");
 }
 
 #[test]
