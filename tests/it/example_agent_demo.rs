@@ -1,29 +1,12 @@
 //! The fleet demo (the README's first command) keeps side effects to one per intended action
 //! with idem, on the default SQLite store and on memory, and shows the duplicates without it.
 
-use std::process::Output;
-use std::time::Duration;
-
 use idem_runtime::conformance::servers::{PostgresServer, RedisServer};
 
-use crate::examples::run_example;
-
-/// Far more than the demo takes (a few seconds): only a hang reaches it.
-const LIMIT: Duration = Duration::from_secs(120);
+use crate::examples::{run_example, stdout_of, LIMIT};
 
 fn run_demo(args: &[&str]) -> String {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = run_example("agent_demo", args, LIMIT);
-    let stdout = String::from_utf8_lossy(&stdout).into_owned();
-    assert!(
-        status.success(),
-        "agent_demo {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&stderr)
-    );
-    stdout
+    stdout_of("agent_demo", args)
 }
 
 fn summary(stdout: &str) -> &str {

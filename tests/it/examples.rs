@@ -63,15 +63,25 @@ pub(crate) fn run_example(name: &str, args: &[&str], limit: Duration) -> Output 
     }
 }
 
-#[test]
-fn email_agent_sends_one_email_for_three_attempts() {
-    let output = run_example("email_agent", &[], Duration::from_secs(120));
-    let stdout = String::from_utf8_lossy(&output.stdout);
+/// Far more than any example takes (seconds): only a hang reaches it.
+pub(crate) const LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs the example `name` with `args` (see [`run_example`]), checks that it succeeded, and
+/// returns what it printed on stdout.
+pub(crate) fn stdout_of(name: &str, args: &[&str]) -> String {
+    let output = run_example(name, args, LIMIT);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
-        "the example failed:\n{stdout}\n{}",
+        "{name} {args:?} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    stdout
+}
+
+#[test]
+fn email_agent_sends_one_email_for_three_attempts() {
+    let stdout = stdout_of("email_agent", &[]);
     assert!(
         stdout.contains("summary: without idem 3 emails, with idem 1 email"),
         "unexpected summary:\n{stdout}"
@@ -84,13 +94,7 @@ fn email_agent_sends_one_email_for_three_attempts() {
 
 #[test]
 fn contract_saga_completes_rolls_back_and_recovers_a_killed_agent() {
-    let output = run_example("contract_saga", &[], Duration::from_secs(120));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "the example failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = stdout_of("contract_saga", &[]);
     assert!(
         stdout.contains(
             "summary: order-1 completed, order-2 compensated (contract deleted: true), \
