@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use clap::Args;
-use idem_runtime::store::{RecordQuery, SagaLog, SagaQuery, SagaStatus, StepRecord};
+use idem_runtime::store::{SagaLog, SagaQuery, SagaStatus, StepRecord};
 use serde_json::{json, Value};
 
 use crate::records::{json_value, parse_key_prefix, parse_limit};
@@ -20,7 +20,7 @@ pub(crate) struct SagasArgs {
     status: Option<SagaStatus>,
 
     /// At most this many sagas, most recently written first
-    #[arg(long, value_name = "N", default_value_t = RecordQuery::DEFAULT_LIMIT, value_parser = parse_limit)]
+    #[arg(long, value_name = "N", default_value_t = SagaQuery::DEFAULT_LIMIT, value_parser = parse_limit)]
     limit: usize,
 
     /// Print a JSON array of sagas (with their steps) instead of a table

@@ -17,7 +17,8 @@ mod saga_log;
 pub mod servers;
 
 pub use operator::{
-    list_records_filters_and_orders, list_sagas_filters_by_status_and_id, purge_expired_in_batches,
+    a_reclaimed_key_leaves_nothing_expired, list_records_filters_and_orders,
+    list_sagas_filters_by_status_and_id, purge_expired_in_batches,
     record_counts_by_action_and_kind, resolve_saga_settles_only_what_needs_attention,
 };
 pub use saga_log::{
@@ -120,6 +121,7 @@ macro_rules! conformance_tests {
             purge_expired_in_batches,
             list_sagas_filters_by_status_and_id,
             resolve_saga_settles_only_what_needs_attention,
+            a_reclaimed_key_leaves_nothing_expired,
         );
     };
     (@each required $make_store:expr; $($check:ident),* $(,)?) => {

@@ -94,7 +94,7 @@ fn with_idem_on_redis() {
     let Some(server) = RedisServer::shared() else {
         return;
     };
-    assert_on_store(&format!("{}3", server.url()), "redis");
+    assert_on_store(&format!("{}4", server.url()), "redis");
 }
 
 #[test]

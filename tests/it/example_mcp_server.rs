@@ -68,15 +68,15 @@ fn effects<'a>(ledger: &'a str, kind: &str) -> Vec<&'a str> {
 }
 
 fn run_client(python: &str, server: &Path, db: &Path, ledger: &Path) -> Value {
-    let output = Command::new(python)
+    let mut client = Command::new(python);
+    client
         .arg(CLIENT)
         .arg(server)
         .arg("--db")
         .arg(db)
         .arg("--ledger")
-        .arg(ledger)
-        .output()
-        .expect("run the MCP client");
+        .arg(ledger);
+    let output = crate::examples::run_limited(client, "the MCP client", crate::examples::LIMIT);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

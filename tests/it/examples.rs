@@ -25,12 +25,20 @@ pub(crate) fn example(name: &str) -> PathBuf {
 /// Runs the example `name` with `args` and returns what it printed, failing the test if it
 /// runs longer than `limit` (a hang is a failure, not a CI that never ends).
 pub(crate) fn run_example(name: &str, args: &[&str], limit: Duration) -> Output {
-    let mut child = Command::new(example(name))
-        .args(args)
+    let mut command = Command::new(example(name));
+    command.args(args);
+    run_limited(command, &format!("{name} {args:?}"), limit)
+}
+
+/// Runs `command` (described as `what`) and returns what it printed, failing the test if it
+/// runs longer than `limit`. After a kill only stdout is read: processes the command started
+/// may still hold its stderr.
+pub(crate) fn run_limited(mut command: Command, what: &str, limit: Duration) -> Output {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run the example");
+        .unwrap_or_else(|error| panic!("cannot run {what}: {error}"));
     let drain = |mut pipe: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut bytes = Vec::new();
@@ -42,7 +50,7 @@ pub(crate) fn run_example(name: &str, args: &[&str], limit: Duration) -> Output 
     let stderr = drain(Box::new(child.stderr.take().expect("stderr")));
     let deadline = Instant::now() + limit;
     let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the example") {
+        if let Some(status) = child.try_wait().expect("wait for the command") {
             break status;
         }
         if Instant::now() > deadline {
@@ -50,7 +58,7 @@ pub(crate) fn run_example(name: &str, args: &[&str], limit: Duration) -> Output 
             let _ = child.wait();
             let stdout = stdout.join().unwrap_or_default();
             panic!(
-                "{name} {args:?} ran longer than {limit:?}:\n{}",
+                "{what} ran longer than {limit:?}:\n{}",
                 String::from_utf8_lossy(&stdout)
             );
         }

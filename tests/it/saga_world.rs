@@ -242,13 +242,14 @@ pub fn quick(attempts: u32) -> Retry {
 /// Runs `recover` until it has taken on something (a dead owner's lease must run out
 /// first), for at most ten seconds.
 pub async fn recover_when_stale(store: &dyn Store) -> RecoveryReport {
+    recover_when_stale_with(Recover::new(store).compensation_retry(quick(3))).await
+}
+
+/// [`recover_when_stale`] with a recovery of the caller's settings.
+pub async fn recover_when_stale_with(recover: Recover<'_>) -> RecoveryReport {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let report = Recover::new(store)
-            .compensation_retry(quick(3))
-            .run()
-            .await
-            .expect("recover");
+        let report = recover.run().await.expect("recover");
         if !report.is_empty() || tokio::time::Instant::now() > deadline {
             return report;
         }

@@ -11,7 +11,7 @@ use idem_runtime::conformance::servers::{PostgresServer, RedisServer};
 use crate::faulty_store::FaultyStore;
 use crate::saga_world::{
     archive_order, charge, crash, create_contract, effects, hang_after, has_contract, keys_seen,
-    quick, recover_when_stale, send_email, set_faults, Faults,
+    quick, recover_when_stale, recover_when_stale_with, send_email, set_faults, Faults,
 };
 use crate::support::ToolError;
 
@@ -531,17 +531,8 @@ async fn recover_keeps_the_outcome_for_the_ttl_it_is_given() {
         Duration::from_millis(100),
     )
     .await;
-    let report = loop {
-        let report = idem::Recover::new(&store)
-            .ttl(Duration::from_secs(60))
-            .run()
-            .await
-            .unwrap();
-        if !report.is_empty() {
-            break report;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let report =
+        recover_when_stale_with(idem::Recover::new(&store).ttl(Duration::from_secs(60))).await;
     assert_eq!(report.compensated, ["order-recovered-ttl"], "{report}");
     let key = idem::Action::new("saga")
         .key(&("order-recovered-ttl",))
@@ -977,7 +968,7 @@ async fn the_saga_story_on_redis() {
         return;
     };
     // A database of its own on the shared server, so `recover` finds only these sagas.
-    let store = idem::store::open(&format!("{}2", server.url()))
+    let store = idem::store::open(&format!("{}5", server.url()))
         .await
         .expect("a Redis store");
     the_saga_story(store.as_ref(), "story-redis").await;

@@ -418,3 +418,26 @@ pub async fn resolve_saga_settles_only_what_needs_attention(store: &dyn Store) {
     assert_eq!(ids(&listed), ["order-2"]);
     assert_eq!(listed[0].note.as_deref(), Some(note));
 }
+
+/// A key whose result expired and was claimed again (not completed yet) leaves nothing
+/// expired to count or purge: the claim replaced the old result. (Redis, which deletes an
+/// expired result by itself, once kept its expiry entry and counted it.)
+pub async fn a_reclaimed_key_leaves_nothing_expired(store: &dyn Store) {
+    let key = EMAIL.key(&("reclaimed", 1)).expect("canonical");
+    let token = token_as(store, "send_email", &key, LONG, OnStale::TakeOver).await;
+    let ok = StoredOutcome::Ok(b"\"msg-1\"".to_vec());
+    assert_eq!(
+        store
+            .complete(&key, token, ok, SHORT)
+            .await
+            .expect("complete"),
+        Ownership::Held
+    );
+    past(SHORT).await;
+    let again = token_as(store, "send_email", &key, LONG, OnStale::TakeOver).await;
+    assert!(again > token, "claimed again under a new token");
+    assert_eq!(store.count_expired().await.expect("count_expired"), 0);
+    assert_eq!(store.purge_expired_batch(10).await.expect("purge"), 0);
+    let record = store.get(&key).await.expect("get").expect("the new claim");
+    assert_eq!((record.status, record.token), (Status::InProgress, again));
+}

@@ -55,6 +55,7 @@ pub async fn recover(store: &dyn Store) -> Result<RecoveryReport, Error> {
 /// let store = MemoryStore::new();
 /// let report = Recover::new(&store)
 ///     .compensation_retry(Retry::new(3).backoff(Duration::from_millis(50), Duration::from_secs(1)))
+///     .ttl(Duration::from_secs(7 * 24 * 3600)) // the sagas run with `.ttl(…)` of a week
 ///     .limit(100)
 ///     .run()
 ///     .await?;

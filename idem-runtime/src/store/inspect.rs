@@ -168,8 +168,9 @@ impl RecordQuery {
     }
 
     /// Whether any key can start with the query's key prefix. Keys are 64 lowercase hex
-    /// digits, so a prefix with any other character (a pattern's `%`, `_`, `*` or `\\`
-    /// included) or longer than a key starts none: a store answers with nothing, unasked.
+    /// digits, so a prefix with any other character (a pattern's `%`, `_`, `*` or a
+    /// backslash included) or longer than a key starts none: a store answers with nothing,
+    /// unasked.
     ///
     /// ```
     /// use idem_runtime::store::RecordQuery;

@@ -71,18 +71,18 @@ impl SagaStatus {
         }
     }
 
-    /// The status named by [`SagaStatus::as_str`]; `-` may stand for `_`
-    /// (`needs-attention`).
+    /// The status named by [`SagaStatus::as_str`], exactly (what a store reads back must be
+    /// one of these names; a command line may turn `needs-attention` into `needs_attention`
+    /// first).
     ///
     /// ```
     /// use idem_runtime::store::SagaStatus;
     ///
-    /// assert_eq!(SagaStatus::parse("needs-attention"), Some(SagaStatus::NeedsAttention));
+    /// assert_eq!(SagaStatus::parse("needs_attention"), Some(SagaStatus::NeedsAttention));
     /// assert_eq!(SagaStatus::parse("resolved"), Some(SagaStatus::Resolved));
-    /// assert_eq!(SagaStatus::parse("stuck"), None);
+    /// assert_eq!(SagaStatus::parse("needs-attention"), None);
     /// ```
     pub fn parse(name: &str) -> Option<Self> {
-        let name = name.replace('-', "_");
         Self::ALL.into_iter().find(|status| status.as_str() == name)
     }
 

@@ -271,12 +271,18 @@ fn open_file(path: &Path, opening: Opening) -> Result<(Connection, Connection), 
             writer
         }
         Opening::Existing => {
-            if !path.is_file() {
-                return Err(Error::store(
-                    "sqlite",
-                    None,
-                    format!("no SQLite database at {}", path.display()),
-                ));
+            match std::fs::metadata(path) {
+                Ok(found) if found.is_file() => {}
+                Ok(_) => return Err(refused("it is not a file".into())),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(Error::store(
+                        "sqlite",
+                        None,
+                        format!("no SQLite database at {}", path.display()),
+                    ))
+                }
+                // Permission denied, say: not the same as a file that is not there.
+                Err(error) => return Err(refused(error.to_string())),
             }
             let writer = connect(
                 path,
@@ -329,6 +335,12 @@ fn connect(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
 /// half of it, nor upgrade it twice. The version is read inside that transaction: a file that
 /// a newer idem upgraded meanwhile is left alone, `Ok(Some(its version))`, never lowered.
 fn initialize(connection: &mut Connection) -> rusqlite::Result<Option<i64>> {
+    // A file of a newer idem is left as it is, journal mode included (read again below,
+    // inside the transaction, for one upgraded meanwhile).
+    let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Ok(Some(version));
+    }
     connection.pragma_update(None, "journal_mode", "WAL")?;
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = transaction.pragma_query_value(None, "user_version", |row| row.get(0))?;

@@ -344,6 +344,19 @@ async fn connecting_to_an_existing_schema_changes_nothing() {
         .expect("version")
         .get(0);
     assert_eq!(version, 1, "not migrated");
+    admin
+        .execute(
+            &format!("UPDATE {schema}.idem_meta SET value = 99 WHERE name = 'schema_version'"),
+            &[],
+        )
+        .await
+        .expect("a newer version");
+    let refused = PostgresStore::builder(server.url())
+        .schema(&schema)
+        .connect_existing()
+        .await
+        .expect_err("a newer schema");
+    assert!(refused.to_string().contains("newer idem"), "{refused}");
 }
 
 /// A purge removes every expired result however many there are (it deletes them in
