@@ -314,7 +314,9 @@ impl RecordCount {
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct RecordTally {
-    counts: std::collections::BTreeMap<(String, RecordKind), u64>,
+    /// By action, then kind: looked up by `&str`, so counting a record allocates nothing
+    /// once its action is known.
+    counts: std::collections::BTreeMap<String, std::collections::BTreeMap<RecordKind, u64>>,
 }
 
 impl RecordTally {
@@ -325,19 +327,22 @@ impl RecordTally {
 
     /// Counts `count` more records of `action` and `kind`.
     pub fn add(&mut self, action: &str, kind: RecordKind, count: u64) {
-        match self.counts.get_mut(&(action.to_owned(), kind)) {
-            Some(total) => *total += count,
-            None => {
-                self.counts.insert((action.to_owned(), kind), count);
-            }
-        }
+        let kinds = match self.counts.get_mut(action) {
+            Some(kinds) => kinds,
+            None => self.counts.entry(action.to_owned()).or_default(),
+        };
+        *kinds.entry(kind).or_default() += count;
     }
 
     /// The rows, sorted by action then kind.
     pub fn into_counts(self) -> Vec<RecordCount> {
         self.counts
             .into_iter()
-            .map(|((action, kind), count)| RecordCount::new(action, kind, count))
+            .flat_map(|(action, kinds)| {
+                kinds
+                    .into_iter()
+                    .map(move |(kind, count)| RecordCount::new(action.clone(), kind, count))
+            })
             .collect()
     }
 }
