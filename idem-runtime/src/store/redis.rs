@@ -142,6 +142,29 @@ impl RedisStore {
         &self.prefix
     }
 
+    /// Whether an agent has used the store: its fencing-token counter, which the first claim
+    /// makes, exists under the prefix. What an operator's look checks, so that a mistyped
+    /// prefix or database number is an error rather than an empty store
+    /// ([`store::open_existing`](crate::store::open_existing)).
+    ///
+    /// ```no_run
+    /// # async fn look() -> Result<(), idem_runtime::Error> {
+    /// let store = idem_runtime::store::RedisStore::connect("redis://127.0.0.1:6379/0").await?;
+    /// if !store.with_prefix("billing:").is_in_use().await? {
+    ///     eprintln!("no idem records under billing: in database 0");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn is_in_use(&self) -> Result<bool, Error> {
+        let mut connection = self.connection.clone();
+        redis::cmd("EXISTS")
+            .arg(self.global("tokens"))
+            .query_async(&mut connection)
+            .await
+            .map_err(failed(None))
+    }
+
     fn hash_key(&self, key: &Key, suffix: &str) -> String {
         format!("{}{{{key}}}{suffix}", self.prefix)
     }

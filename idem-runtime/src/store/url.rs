@@ -38,8 +38,9 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, Error> {
 
 /// Opens the store named by `url` as it is, for an operator's look (the `idem` command):
 /// nothing is created, migrated or purged by opening it. The SQLite file
-/// ([`SqliteStore::open_existing`](crate::store::SqliteStore::open_existing)) or the
-/// PostgreSQL schema must exist with this idem's schema version; a Redis store has no schema.
+/// (`SqliteStore::open_existing`) or the
+/// PostgreSQL schema must exist with this idem's schema version, and a Redis store must have
+/// been used by an agent (`RedisStore::is_in_use`).
 /// `memory:` is refused: a new memory store holds nothing to look at.
 ///
 /// ```
@@ -89,7 +90,7 @@ async fn open_as(url: &str, opening: Opening) -> Result<Arc<dyn Store>, Error> {
         }
         "redis" | "rediss" => {
             let (url, prefix) = take_param(url, "prefix");
-            redis(&url, prefix).await
+            redis(&url, prefix, opening).await
         }
         "postgres" | "postgresql" => {
             let (url, schema) = take_param(url, "schema");
@@ -152,16 +153,32 @@ fn take_param(url: &str, name: &str) -> (String, Option<String>) {
 }
 
 #[cfg(feature = "redis")]
-async fn redis(url: &str, prefix: Option<String>) -> Result<Arc<dyn Store>, Error> {
+async fn redis(
+    url: &str,
+    prefix: Option<String>,
+    opening: Opening,
+) -> Result<Arc<dyn Store>, Error> {
     let store = crate::store::RedisStore::connect(url).await?;
-    Ok(Arc::new(match prefix {
+    let store = match prefix {
         Some(prefix) => store.with_prefix(prefix),
         None => store,
-    }))
+    };
+    if opening == Opening::Existing && !store.is_in_use().await? {
+        return Err(Error::store(
+            "redis",
+            None,
+            format!(
+                "no idem store under the prefix {:?} in this database: no agent has claimed a \
+                 key there (is the prefix or the database number right?)",
+                store.prefix()
+            ),
+        ));
+    }
+    Ok(Arc::new(store))
 }
 
 #[cfg(not(feature = "redis"))]
-async fn redis(url: &str, _: Option<String>) -> Result<Arc<dyn Store>, Error> {
+async fn redis(url: &str, _: Option<String>, _: Opening) -> Result<Arc<dyn Store>, Error> {
     Err(without("redis", url))
 }
 

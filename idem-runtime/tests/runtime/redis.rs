@@ -55,3 +55,36 @@ async fn a_redis_url_opens_the_store_with_its_prefix() {
         .with_prefix(prefix);
     idem_runtime::conformance::races_across_two_handles(&*opened, &by_hand).await;
 }
+
+/// An operator's look (`store::open_existing`) at a prefix no agent used is an error (a
+/// mistyped prefix or database number), not an empty store; after a claim it opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unused_prefix_is_not_an_existing_store() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let url = format!("{}?prefix=look{}:", server.url(), unique());
+    let refused = idem_runtime::store::open_existing(&url)
+        .await
+        .expect_err("no agent used the prefix");
+    assert!(
+        refused
+            .to_string()
+            .contains("no idem store under the prefix"),
+        "{refused}"
+    );
+    let agent = idem_runtime::store::open(&url)
+        .await
+        .expect("an agent's store");
+    let look = idem_runtime::Action::new("look");
+    look.call(&(1,))
+        .expect("a call")
+        .run::<_, idem_runtime::Error, _>(&*agent, async { Ok(1) })
+        .await
+        .expect("a call on the agent's store");
+    let key = look.key(&(1,)).expect("a key");
+    let looked = idem_runtime::store::open_existing(&url)
+        .await
+        .expect("used now");
+    assert!(looked.get(&key).await.expect("get").is_some());
+}
