@@ -45,6 +45,17 @@ pub use sqlite::SqliteStore;
 pub use url::{open, open_existing};
 
 pub(crate) use rules::{decide, millis, remaining, Found, Verdict, Write};
+
+/// What opening a store may do: one meaning for `store::open`/`open_existing` and for each
+/// store's own constructors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Opening {
+    /// An agent's store: create the file or schema, migrate an older one, purge.
+    ForAgents,
+    /// An operator's look: the store must exist with this version's schema; nothing is
+    /// created, migrated or purged.
+    Existing,
+}
 pub(crate) use waiters::Waiters;
 
 use crate::action::OnStale;

@@ -17,9 +17,9 @@ use rusqlite::{
 
 use crate::key::{Fingerprint, Key};
 use crate::store::{
-    decide, millis, Claim, ClaimRequest, FencingToken, Found, Ownership, Record, RecordCount,
-    RecordKind, RecordQuery, RecordTally, SagaLog, SagaQuery, SagaStatus, SagaWrite, StaleSaga,
-    Status, StepRecord, StepState, Store, StoredOutcome, Verdict, Waiters, Write,
+    decide, millis, Claim, ClaimRequest, FencingToken, Found, Opening, Ownership, Record,
+    RecordCount, RecordKind, RecordQuery, RecordTally, SagaLog, SagaQuery, SagaStatus, SagaWrite,
+    StaleSaga, Status, StepRecord, StepState, Store, StoredOutcome, Verdict, Waiters, Write,
 };
 use crate::Error;
 
@@ -240,15 +240,6 @@ impl SqliteStore {
             Err(join) => Err(Error::store("sqlite", key, join)),
         }
     }
-}
-
-/// How a store opens its file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Opening {
-    /// An agent's store: creates the file and the schema, upgrades an older one.
-    ForAgents,
-    /// An operator's look: the file must exist with this version's schema; nothing is written.
-    Existing,
 }
 
 /// Opens the store's two connections to `path`: creating or upgrading the schema once, or

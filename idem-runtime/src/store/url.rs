@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::store::{MemoryStore, Store};
+use crate::store::{MemoryStore, Opening, Store};
 use crate::Error;
 
 /// Opens the store named by `url`:
@@ -54,15 +54,6 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, Error> {
 /// ```
 pub async fn open_existing(url: &str) -> Result<Arc<dyn Store>, Error> {
     open_as(url, Opening::Existing).await
-}
-
-/// What opening a store may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Opening {
-    /// An agent's store: create the file or schema, migrate it, purge.
-    ForAgents,
-    /// An operator's look: change nothing.
-    Existing,
 }
 
 async fn open_as(url: &str, opening: Opening) -> Result<Arc<dyn Store>, Error> {

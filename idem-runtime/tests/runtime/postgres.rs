@@ -55,6 +55,29 @@ async fn raw_client(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// Sets the schema version recorded in `schema`, as an older or newer idem would have left it.
+async fn set_schema_version(admin: &tokio_postgres::Client, schema: &str, version: i64) {
+    admin
+        .execute(
+            &format!("UPDATE {schema}.idem_meta SET value = $1 WHERE name = 'schema_version'"),
+            &[&version],
+        )
+        .await
+        .expect("set the schema version");
+}
+
+/// The schema version recorded in `schema`.
+async fn schema_version(admin: &tokio_postgres::Client, schema: &str) -> i64 {
+    admin
+        .query_one(
+            &format!("SELECT value FROM {schema}.idem_meta WHERE name = 'schema_version'"),
+            &[],
+        )
+        .await
+        .expect("the schema version")
+        .get(0)
+}
+
 fn request<'a>(key: &'a Key, fingerprint: &'a Fingerprint) -> ClaimRequest<'a> {
     ClaimRequest {
         key,
@@ -266,13 +289,7 @@ async fn a_schema_from_a_newer_idem_is_refused() {
     let schema = unique_schema("newer");
     drop(connect(&server.url(), &schema).await);
     let admin = raw_client(&server.url()).await;
-    admin
-        .execute(
-            &format!("UPDATE {schema}.idem_meta SET value = 99 WHERE name = 'schema_version'"),
-            &[],
-        )
-        .await
-        .expect("a newer version");
+    set_schema_version(&admin, &schema, 99).await;
     let refused = PostgresStore::builder(server.url())
         .schema(&schema)
         .connect()
@@ -322,35 +339,15 @@ async fn connecting_to_an_existing_schema_changes_nothing() {
         .await
         .expect("the schema as it is");
     assert_eq!(store.name(), "postgres");
-    admin
-        .execute(
-            &format!("UPDATE {schema}.idem_meta SET value = 1 WHERE name = 'schema_version'"),
-            &[],
-        )
-        .await
-        .expect("an older version");
+    set_schema_version(&admin, &schema, 1).await;
     let refused = PostgresStore::builder(server.url())
         .schema(&schema)
         .connect_existing()
         .await
         .expect_err("an older schema");
     assert!(refused.to_string().contains("older idem"), "{refused}");
-    let version: i64 = admin
-        .query_one(
-            &format!("SELECT value FROM {schema}.idem_meta WHERE name = 'schema_version'"),
-            &[],
-        )
-        .await
-        .expect("version")
-        .get(0);
-    assert_eq!(version, 1, "not migrated");
-    admin
-        .execute(
-            &format!("UPDATE {schema}.idem_meta SET value = 99 WHERE name = 'schema_version'"),
-            &[],
-        )
-        .await
-        .expect("a newer version");
+    assert_eq!(schema_version(&admin, &schema).await, 1, "not migrated");
+    set_schema_version(&admin, &schema, 99).await;
     let refused = PostgresStore::builder(server.url())
         .schema(&schema)
         .connect_existing()
