@@ -25,7 +25,9 @@ const GRAMMAR: Grammar = Grammar {
         ("lease", Form::Value),
         ("on_conflict", Form::Value),
         ("cache_err", Form::Value),
+        ("in_doubt", Form::Value),
         ("on_stale", Form::Value),
+        ("verify", Form::Value),
         ("store", Form::Value),
         ("crate", Form::Value),
     ],
@@ -65,7 +67,9 @@ pub(crate) struct Args {
     pub(crate) lease: Option<Millis>,
     pub(crate) on_conflict: Option<OnConflict>,
     pub(crate) cache_err: Option<Expr>,
+    pub(crate) in_doubt: Option<Expr>,
     pub(crate) on_stale: Option<OnStale>,
+    pub(crate) verify: Option<Path>,
     pub(crate) store: Option<Expr>,
     pub(crate) krate: Option<Path>,
 }
@@ -128,11 +132,36 @@ impl Args {
             "on_conflict" => self.on_conflict = Some(parse_on_conflict(input, errors)?),
             "on_stale" => self.on_stale = Some(parse_on_stale(input)?),
             "cache_err" => self.cache_err = Some(input.parse()?),
+            "in_doubt" => self.in_doubt = Some(input.parse()?),
+            "verify" => {
+                self.verify = parse_function(
+                    input,
+                    errors,
+                    "`verify` names a function, as in `verify = find_charge`: it is called with the same arguments (by reference) before a call left in doubt runs again",
+                )?
+            }
             "store" => self.store = Some(input.parse()?),
             "crate" => self.krate = Some(input.call(Path::parse_mod_style)?),
             _ => errors.at(name, GRAMMAR.unknown(label)),
         }
         Ok(())
+    }
+}
+
+/// `option = path`: a function named by its path, not any expression (a closure could not
+/// be called from the log by a process that never ran the call); `None` after reporting an
+/// expression that is not a path.
+pub(crate) fn parse_function(
+    input: ParseStream<'_>,
+    errors: &mut Errors,
+    message: &str,
+) -> syn::Result<Option<Path>> {
+    match Expr::parse(input)? {
+        Expr::Path(path) if path.qself.is_none() && path.attrs.is_empty() => Ok(Some(path.path)),
+        other => {
+            errors.at(other, message);
+            Ok(None)
+        }
     }
 }
 

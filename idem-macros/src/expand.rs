@@ -80,13 +80,53 @@ fn rewrite(function: &Function, args: &Args) -> TokenStream {
             quote!({ #boxing(async move { #wrapped }) })
         }
         _ => {
-            let wrapped = run(&quote!(async move #block));
+            let verify = verify_first(function, args, &private);
+            let wrapped = run(&quote!(async move { #verify #block }));
             quote!({ #wrapped })
         }
     };
     quote! {
         #(#attrs)*
         #vis #sig #new_body
+    }
+}
+
+/// `if let Some(found) = verify_first::<R, _, _, _>(verify(&a, …)).await { return found; }`:
+/// with `verify = f`, a call that resumes one in doubt asks `f` first, with the function's
+/// arguments by reference (`self` and `&T` as they are). The call is shown on `f`, so that a
+/// function that does not fit is reported there.
+fn verify_first(function: &Function, args: &Args, private: &TokenStream) -> TokenStream {
+    let Some(path) = &args.verify else {
+        return TokenStream::new();
+    };
+    let receiver = function.item.sig.receiver().map(|receiver| {
+        if receiver.reference.is_some() {
+            quote!(&*self)
+        } else {
+            quote!(&self)
+        }
+    });
+    let passed = receiver
+        .into_iter()
+        .chain(function.arguments.iter().map(|argument| {
+            let name = &argument.name;
+            if argument.by_reference {
+                quote!(&*#name)
+            } else {
+                quote!(&#name)
+            }
+        }));
+    let output = function.output().expect("checked by Function::read");
+    let found = internal("__idem_found");
+    let (first, last) = first_and_last(path);
+    let shown = respan(private, first);
+    let callee = quote_spanned!(last=> (#path));
+    let call =
+        quote_spanned!(first=> #shown::verify_first::<#output, _, _, _>(#callee(#(#passed),*)));
+    quote! {
+        if let ::core::option::Option::Some(#found) = #call.await {
+            return #found;
+        }
     }
 }
 
@@ -148,6 +188,11 @@ fn prelude(function: &Function, args: &Args, private: &TokenStream, names: &Name
         let private = respan(private, at);
         quote_spanned!(at=> let #codec = #private::caching_errors(#codec, #predicate);)
     });
+    let in_doubt = args.in_doubt.as_ref().map(|predicate| {
+        let at = located(predicate.span());
+        let private = respan(private, at);
+        quote_spanned!(at=> let #codec = #private::in_doubt(#codec, #predicate);)
+    });
 
     // `key_arg(&(value))`, shown on `customer_id: &str` or `order.id`.
     let key_arg = |value: &dyn ToTokens, written: &dyn ToTokens| {
@@ -198,6 +243,7 @@ fn prelude(function: &Function, args: &Args, private: &TokenStream, names: &Name
         static #action: #private::Action = #builder;
         let #codec = #codec_value;
         #cache_err
+        #in_doubt
         let #call = match #private::call(&#action, &[#(#key_parts),*], #payload_parts) {
             ::core::result::Result::Ok(call) => call,
             ::core::result::Result::Err(#error) => #fail,

@@ -17,6 +17,9 @@ pub(crate) struct Argument {
     pub(crate) written: proc_macro2::TokenStream,
     /// Left out of key and payload (`skip = […]`).
     pub(crate) skipped: bool,
+    /// Its type is a reference (`&T`, `&mut T`): `verify` gets it as `&T`, the others by
+    /// reference.
+    pub(crate) by_reference: bool,
 }
 
 /// Where the body to wrap lives.
@@ -56,6 +59,7 @@ impl Function {
                     name: pat.ident.clone(),
                     written: typed.to_token_stream(),
                     skipped: args.skip.contains(&pat.ident),
+                    by_reference: matches!(*typed.ty, Type::Reference(_)),
                 }),
                 other => errors.at(
                     other,
@@ -73,6 +77,12 @@ impl Function {
             function.check_output(&mut errors);
         }
         function.check_names(args, &mut errors);
+        if let (Some(verify), Shape::AsyncTrait { .. }) = (&args.verify, &function.shape) {
+            errors.at(
+                verify,
+                "`verify` is not supported on a method that `#[async_trait]` has already rewritten; call an `#[idempotent]` free function or inherent method from the trait method instead",
+            );
+        }
         errors.finish(function)
     }
 

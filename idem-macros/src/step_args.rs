@@ -2,10 +2,10 @@
 //! `#[idempotent]`'s: unknown and duplicate options are reported in one place.
 
 use proc_macro2::{Span, TokenStream};
-use syn::parse::{Parse, ParseStream};
-use syn::{Expr, Ident, LitStr, Path};
+use syn::parse::ParseStream;
+use syn::{Ident, LitStr, Path};
 
-use crate::args::{non_empty, Form, Grammar};
+use crate::args::{non_empty, parse_function, Form, Grammar};
 use crate::errors::Errors;
 
 /// Every option, in the order the documentation gives them.
@@ -13,6 +13,8 @@ const GRAMMAR: Grammar = Grammar {
     options: &[
         ("compensate", Form::Value),
         ("irreversible", Form::Word),
+        ("verify", Form::Value),
+        ("rerun_safe", Form::Word),
         ("name", Form::Value),
         ("crate", Form::Value),
     ],
@@ -30,6 +32,11 @@ pub(crate) enum Undo {
 /// The options of one `#[saga_step]`.
 pub(crate) struct StepArgs {
     pub(crate) undo: Undo,
+    /// `verify = path`: asks the step's service whether a step in doubt happened.
+    pub(crate) verify: Option<Path>,
+    /// `rerun_safe`: an irreversible step whose service deduplicates by its key, so that
+    /// recovery may run it again to learn its output.
+    pub(crate) rerun_safe: Option<Ident>,
     pub(crate) name: Option<LitStr>,
     pub(crate) krate: Option<Path>,
 }
@@ -44,6 +51,8 @@ impl StepArgs {
         let mut said = false;
         let mut name = None;
         let mut krate = None;
+        let mut verify = None;
+        let mut rerun_safe = None;
         GRAMMAR.parse(tokens, &mut errors, |label, option, input, errors| {
             match label {
                 "compensate" => {
@@ -56,6 +65,14 @@ impl StepArgs {
                     said = true;
                     choose(&mut undo, Undo::Irreversible, option, errors);
                 }
+                "verify" => {
+                    verify = parse_function(
+                        input,
+                        errors,
+                        "`verify` names a function, as in `verify = find_charge`: recovery calls it by name with the step's arguments from the saga log, so it cannot be a closure or another expression",
+                    )?
+                }
+                "rerun_safe" => rerun_safe = Some(option.clone()),
                 "name" => name = Some(non_empty(label, input.parse()?, errors)),
                 "crate" => krate = Some(input.call(Path::parse_mod_style)?),
                 _ => errors.at(option, GRAMMAR.unknown(label)),
@@ -73,23 +90,30 @@ impl StepArgs {
             ));
             Undo::Irreversible
         });
-        errors.finish(StepArgs { undo, name, krate })
+        if let (Some(word), Undo::Compensate(_)) = (&rerun_safe, &undo) {
+            errors.at(
+                word,
+                "`rerun_safe` is for an `irreversible` step: a step with `compensate = …` is always run again under its key to learn its output",
+            );
+        }
+        errors.finish(StepArgs {
+            undo,
+            verify,
+            rerun_safe,
+            name,
+            krate,
+        })
     }
 }
 
 /// `compensate = path`: a path, not any expression (a closure could not be called from the
 /// log by a process that never ran the saga).
 fn parse_compensation(input: ParseStream<'_>, errors: &mut Errors) -> syn::Result<Option<Path>> {
-    match Expr::parse(input)? {
-        Expr::Path(path) if path.qself.is_none() && path.attrs.is_empty() => Ok(Some(path.path)),
-        other => {
-            errors.at(
-                other,
-                "`compensate` names a function, as in `compensate = refund_payment`: recovery calls it by name from the saga log, so it cannot be a closure or another expression",
-            );
-            Ok(None)
-        }
-    }
+    parse_function(
+        input,
+        errors,
+        "`compensate` names a function, as in `compensate = refund_payment`: recovery calls it by name from the saga log, so it cannot be a closure or another expression",
+    )
 }
 
 /// Records how the step is undone; the second of `compensate` and `irreversible` is the

@@ -170,6 +170,8 @@ struct Expansion<'a> {
     /// for `&T`).
     read: Vec<TokenStream>,
     passed: Vec<TokenStream>,
+    /// Each argument as `verify` takes it: by reference (`&a0`; `&T` as it is).
+    borrowed: Vec<TokenStream>,
 }
 
 impl<'a> Expansion<'a> {
@@ -198,6 +200,7 @@ impl<'a> Expansion<'a> {
             readers: TokenStream::new(),
             read: Vec::new(),
             passed: Vec::new(),
+            borrowed: Vec::new(),
         };
         expansion.arguments();
         expansion
@@ -266,6 +269,11 @@ impl<'a> Expansion<'a> {
                 quote!(#private::Borrow::borrow(&#name))
             } else {
                 quote!(#name)
+            });
+            self.borrowed.push(if *by_reference {
+                quote!(#private::Borrow::borrow(&#name))
+            } else {
+                quote!(&#name)
             });
         }
         if arguments.is_empty() {
@@ -403,11 +411,21 @@ impl<'a> Expansion<'a> {
                 quote!(::core::option::Option::Some(#compensate)),
             ),
         };
+        let verify = internal("__idem_verify");
+        let mut def = quote!(#private::StepDef::new(#name, #run, #compensate_value));
+        let verify_fn = args.verify.as_ref().map(|path| {
+            def.extend(quote!(.verify(#verify)));
+            self.verification(path, &verify)
+        });
+        if args.rerun_safe.is_some() {
+            def.extend(quote!(.rerun_safe()));
+        }
         quote! {
             #readers
             #run_fn
             #compensate_fn
-            static #step_def: #private::StepDef = #private::StepDef::new(#name, #run, #compensate_value);
+            #verify_fn
+            static #step_def: #private::StepDef = #def;
             #private::inventory::submit! { #private::StepRegistration(&#step_def) }
             &#step_def
         }
@@ -462,6 +480,45 @@ impl<'a> Expansion<'a> {
                     let mut #slot: ::core::option::Option<#ok> = ::core::option::Option::Some(
                         #private::decode_output::<#ok_hole>(&#output_bytes)?,
                     );
+                    #decode
+                    #call
+                })
+            }
+        }
+    }
+}
+
+impl Expansion<'_> {
+    /// `fn verify(args)`: reads the step's arguments back from the log and asks `path`
+    /// whether the step happened, with them by reference. The call is shown on `path`, so
+    /// that a function that does not exist or does not fit is reported there.
+    fn verification(&self, path: &Path, name: &proc_macro2::Ident) -> TokenStream {
+        let Expansion {
+            private,
+            ok_hole,
+            err_hole,
+            check_output,
+            check_arguments,
+            borrowed,
+            ..
+        } = self;
+        let bytes = internal("__idem_args");
+        let vec_u8 = quote!(::std::vec::Vec<::core::primitive::u8>);
+        let decode = self.decode();
+        let (first, last) = first_and_last(path);
+        let shown = respan(private, first);
+        let callee = quote_spanned!(last=> (#path));
+        let await_ = quote_spanned!(last=> .await);
+        let call = quote_spanned! {first=>
+            #shown::encode_verified::<#ok_hole, #err_hole>(#callee(#(#borrowed),*)#await_)
+        };
+        quote! {
+            fn #name(
+                #bytes: #vec_u8,
+            ) -> #private::StepFuture<::core::result::Result<::core::option::Option<#vec_u8>, #private::StepFailure>> {
+                ::std::boxed::Box::pin(async move {
+                    #check_output
+                    #check_arguments
                     #decode
                     #call
                 })

@@ -1,13 +1,15 @@
 //! One call of an action: the claim protocol around its body.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::action::{Action, OnConflict};
-use crate::context::{in_call, report, CallContext};
+use crate::context::{in_call, report, CallContext, CallShared, Verified};
 use crate::heartbeat::with_heartbeat;
 use crate::key::{Fingerprint, Key};
 use crate::outcome::{Disposition, Outcome};
@@ -135,6 +137,9 @@ pub struct Codec<R, T, E> {
     pub(crate) encode: fn(&T) -> serde_json::Result<Vec<u8>>,
     pub(crate) decode: fn(&[u8]) -> serde_json::Result<T>,
     pub(crate) final_errors: Option<FinalErrors<E>>,
+    /// Errors after which the effect may have happened (`in_doubt = …`): the claim is kept,
+    /// in doubt, rather than released.
+    pub(crate) in_doubt: Option<fn(&E) -> bool>,
     /// Errors after which the claim is neither recorded nor released, but left to run out
     /// (then `on_stale` decides): a saga whose rollback could not finish, for recovery.
     pub(crate) keeps_claim: fn(&E) -> bool,
@@ -162,12 +167,22 @@ where
             encode: |value| serde_json::to_vec(value),
             decode: |bytes| serde_json::from_slice(bytes),
             final_errors: None,
+            in_doubt: None,
             keeps_claim: |_| false,
         }
     }
 }
 
 impl<R, T, E> Codec<R, T, E> {
+    /// The same codec, keeping the key in doubt after the errors for which `is_ambiguous` is
+    /// true (a timeout after the request was sent, a reset, a 5xx): the effect may have
+    /// happened, so the key is not released; the next call follows `verify`, then
+    /// `on_stale`.
+    pub fn in_doubt(mut self, is_ambiguous: fn(&E) -> bool) -> Self {
+        self.in_doubt = Some(is_ambiguous);
+        self
+    }
+
     /// The same codec, recording the errors for which `is_final` is true.
     pub fn caching_errors(mut self, is_final: fn(&E) -> bool) -> Self
     where
@@ -362,19 +377,27 @@ where
         Disposition::Executed
     };
     let context = CallContext::new(action.name(), key, token, resumed);
+    let shared = Arc::clone(context.shared());
     let owner = Owner {
         store,
         key,
         token,
         action,
+        in_doubt: AtomicBool::new(false),
     };
     // The heartbeat covers recording the outcome too: a store that is slow to take it (a
     // busy file, retries) does not let the lease run out under a live owner.
     let run_and_settle = async {
         let output = in_call(context, body).await;
-        owner.settle(codec, output, how).await
+        owner.settle(codec, output, how, &shared).await
     };
-    with_heartbeat(run_and_settle, store, &key, token, action.lease_duration()).await
+    let lease = action.lease_duration();
+    let settled = with_heartbeat(run_and_settle, store, &key, token, lease, &shared).await;
+    // After the heartbeat has stopped, so that no beat in flight renews the lease again.
+    if owner.in_doubt.load(Ordering::Acquire) {
+        owner.leave_in_doubt().await;
+    }
+    settled
 }
 
 fn replay<R, T, E>(
@@ -402,12 +425,14 @@ fn replay<R, T, E>(
     }
 }
 
-/// The caller that holds a key, and the two ways it lets go of it.
+/// The caller that holds a key, and the three ways it lets go of it.
 struct Owner<'a> {
     store: &'a dyn Store,
     key: Key,
     token: FencingToken,
     action: &'a Action,
+    /// The body's outcome is unknown: the claim is to be left in doubt, not released.
+    in_doubt: AtomicBool,
 }
 
 /// Whether an outcome reached the store.
@@ -434,8 +459,15 @@ impl Owner<'_> {
         codec: &Codec<R, T, E>,
         output: R,
         how: Disposition,
+        shared: &CallShared,
     ) -> Result<(T, Disposition), Failed<E>> {
         let key = self.key;
+        let verified = shared.verified();
+        let how = if verified == Verified::Happened {
+            Disposition::Verified
+        } else {
+            how
+        };
         match (codec.into_result)(output) {
             Ok(value) => match (codec.encode)(&value) {
                 Ok(bytes) => {
@@ -450,6 +482,17 @@ impl Owner<'_> {
                 Err(error) => Err(Failed::Idem(Error::codec("the result", Some(&key), error))),
             },
             Err(error) if (codec.keeps_claim)(&error) => Err(Failed::Body(error, how)),
+            // The effect may have happened: `verify` could not tell, or the error itself says
+            // so (`in_doubt = …`). Released, the key would let a retry run it blind.
+            Err(error)
+                if verified == Verified::Failed
+                    || codec
+                        .in_doubt
+                        .is_some_and(|is_ambiguous| is_ambiguous(&error)) =>
+            {
+                self.in_doubt.store(true, Ordering::Release);
+                Err(Failed::Body(error, Disposition::InDoubt))
+            }
             Err(error) => {
                 let final_errors = codec
                     .final_errors
@@ -521,6 +564,22 @@ impl Owner<'_> {
             }
         }
         Ok(Recorded::No)
+    }
+
+    /// Keep the claim, with its lease ended: the next call finds it in doubt and follows
+    /// `verify`, then `on_stale`. Should the store fail, the lease runs out by itself.
+    async fn leave_in_doubt(&self) {
+        match self.store.leave_in_doubt(&self.key, self.token).await {
+            Ok(Ownership::Held) => {
+                tracing::warn!(target: "idem", key = %self.key, "the call's outcome is unknown; the key is left in doubt");
+            }
+            Ok(Ownership::Lost) => {
+                tracing::warn!(target: "idem", key = %self.key, "the key was taken over before it could be left in doubt");
+            }
+            Err(error) => {
+                tracing::warn!(target: "idem", key = %self.key, %error, "the key could not be marked in doubt; it is in doubt once its lease runs out");
+            }
+        }
     }
 
     /// Let the next call run the body again (the body failed in a way worth retrying).

@@ -119,6 +119,29 @@ pub enum Error {
         /// The operator's note.
         note: String,
     },
+    /// A step of the saga may have happened and idem cannot tell: its intent is logged and
+    /// its outcome is not (its owner died, its future was dropped, or a run of it again
+    /// failed), and it is not run again (it is irreversible, or its `verify` failed). The step
+    /// stays in doubt in the log until its output is learned or an operator settles the saga.
+    StepInDoubt {
+        /// The saga's id.
+        saga: String,
+        /// The step's name.
+        step: String,
+        /// Why it is still in doubt.
+        problem: String,
+    },
+    /// Two different functions would share the keys of one action: the same namespace, name
+    /// and version. The second is refused rather than answered with the first's results. Give
+    /// one of them another `name = "…"` (or `namespace`).
+    ActionClash {
+        /// The action as keys name it: `namespace/name@version`.
+        action: String,
+        /// The function that has it first.
+        first: String,
+        /// The other function.
+        second: String,
+    },
     /// The saga's code and its log disagree (a step is called where the log has another step
     /// or other arguments), or the saga's steps were not awaited one at a time, or a step's
     /// name is not unique in this program.
@@ -143,6 +166,8 @@ impl Error {
             | Error::SagaRolledBack { .. }
             | Error::SagaNeedsAttention { .. }
             | Error::SagaResolved { .. }
+            | Error::StepInDoubt { .. }
+            | Error::ActionClash { .. }
             | Error::SagaLog { .. } => None,
         }
     }
@@ -219,6 +244,24 @@ impl Error {
                 saga: saga.clone(),
                 problem: problem.clone(),
             },
+            Error::StepInDoubt {
+                saga,
+                step,
+                problem,
+            } => Error::StepInDoubt {
+                saga: saga.clone(),
+                step: step.clone(),
+                problem: problem.clone(),
+            },
+            Error::ActionClash {
+                action,
+                first,
+                second,
+            } => Error::ActionClash {
+                action: action.clone(),
+                first: first.clone(),
+                second: second.clone(),
+            },
         }
     }
 
@@ -285,6 +328,23 @@ impl fmt::Display for Error {
                 "saga `{saga}` needed attention and was settled by hand: {note}"
             ),
             Error::SagaLog { saga, problem } => write!(f, "saga `{saga}`: {problem}"),
+            Error::StepInDoubt {
+                saga,
+                step,
+                problem,
+            } => write!(
+                f,
+                "saga `{saga}`: step `{step}` may have happened and is not run again: {problem}"
+            ),
+            Error::ActionClash {
+                action,
+                first,
+                second,
+            } => write!(
+                f,
+                "`{first}` and `{second}` would share the keys of action `{action}`; \
+                 give one of them another `name = \"…\"` so that neither is answered with the other's results"
+            ),
         }
     }
 }

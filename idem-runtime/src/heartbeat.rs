@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::time::{sleep, Instant, Sleep};
 
+use crate::context::CallShared;
 use crate::key::Key;
 use crate::store::{FencingToken, Ownership, Store};
 use crate::Error;
@@ -18,14 +19,15 @@ type Beat<'a> = Pin<Box<dyn Future<Output = Result<Ownership, Error>> + Send + '
 ///
 /// A body that finishes on its first poll never starts a timer: the fast path costs nothing.
 /// A lost heartbeat (taken over) stops the renewals but not the body: a side effect that is
-/// under way is not cut in half; the body's result is then refused by the fencing token when
-/// it is recorded. A failing store is retried at the next beat.
+/// under way is not cut in half; `watch` tells the body (`CallContext::lease_lost`), and the
+/// body's result is refused by the fencing token when it is recorded. A failing store is retried at the next beat.
 pub(crate) async fn with_heartbeat<F: Future>(
     body: F,
     store: &dyn Store,
     key: &Key,
     token: FencingToken,
     lease: Duration,
+    watch: &CallShared,
 ) -> F::Output {
     let every = (lease / 3).max(Duration::from_millis(1));
     let mut body = pin!(body);
@@ -46,6 +48,7 @@ pub(crate) async fn with_heartbeat<F: Future>(
                     Ok(Ownership::Held) => {}
                     Ok(Ownership::Lost) => {
                         lost = true;
+                        watch.lose();
                         tracing::warn!(target: "idem", key = %key, "lease lost to another caller while the body ran");
                     }
                     Err(error) => {

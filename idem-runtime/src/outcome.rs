@@ -75,6 +75,12 @@ pub enum Disposition {
     Replayed,
     /// The call waited for another caller holding the key, then returned its result.
     WaitedThenReplayed,
+    /// An earlier call was in doubt (its owner died, or its error was ambiguous) and `verify`
+    /// found its effect: that output was recorded and returned, and the body did not run.
+    Verified,
+    /// The body ran and failed in a way that leaves its effect unknown (`in_doubt = …`, or
+    /// a `verify` that failed): the key is kept in doubt, not released.
+    InDoubt,
 }
 
 impl Disposition {
@@ -82,7 +88,10 @@ impl Disposition {
     pub fn executed(self) -> bool {
         matches!(
             self,
-            Disposition::Executed | Disposition::TookOver | Disposition::ExecutedUnrecorded
+            Disposition::Executed
+                | Disposition::TookOver
+                | Disposition::ExecutedUnrecorded
+                | Disposition::InDoubt
         )
     }
 
@@ -94,6 +103,8 @@ impl Disposition {
             Disposition::ExecutedUnrecorded => "unrecorded",
             Disposition::Replayed => "replayed",
             Disposition::WaitedThenReplayed => "waited",
+            Disposition::Verified => "verified",
+            Disposition::InDoubt => "in_doubt",
         }
     }
 }

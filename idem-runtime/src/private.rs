@@ -114,6 +114,40 @@ pub fn caching_errors<R, T, E: StoredError>(
     codec.caching_errors(is_final)
 }
 
+/// With `in_doubt = is_ambiguous`, the errors it marks keep the key in doubt.
+pub fn in_doubt<R, T, E>(codec: Codec<R, T, E>, is_ambiguous: fn(&E) -> bool) -> Codec<R, T, E> {
+    codec.in_doubt(is_ambiguous)
+}
+
+/// With `verify = f`: when this call resumes one in doubt (its owner died, or its error was
+/// ambiguous), asks `verify` first. `Some(value)` is the call's result (the body does not
+/// run); `None` lets the body run; an error is returned and keeps the key in doubt. When the
+/// call is not in doubt, `verify` is not polled. The macro writes
+/// `if let Some(found) = verify_first::<R, _, _, _>(f(&a, …)).await { return found; }` at the
+/// start of the body.
+pub async fn verify_first<R, T, E, F>(verify: F) -> Option<R>
+where
+    R: IdemReturn<Ok = T, Err = E>,
+    F: Future<Output = Result<Option<T>, E>>,
+{
+    let call = crate::context::current_call()?;
+    if !call.resumed() {
+        return None;
+    }
+    let shared = call.shared();
+    match verify.await {
+        Ok(Some(value)) => {
+            shared.set_verified(crate::context::Verified::Happened);
+            Some(R::from_result(Ok(value)))
+        }
+        Ok(None) => None,
+        Err(error) => {
+            shared.set_verified(crate::context::Verified::Failed);
+            Some(R::from_result(Err(error)))
+        }
+    }
+}
+
 /// The call of `action` with these key arguments and, when the key is not all of them, this
 /// payload.
 pub fn call<'a>(
@@ -187,7 +221,7 @@ pub fn fail<R, T, E>(codec: &Codec<R, T, E>, action: &Action, error: Error) -> R
 
 pub use crate::saga::step::{
     ArgOwned, CompensateStep, Compensation, RunStep, StepDef, StepFailure, StepFuture,
-    StepRegistration,
+    StepRegistration, VerifyStep,
 };
 pub use crate::saga::StepCall;
 pub use core::borrow::Borrow;
@@ -260,6 +294,17 @@ pub fn encode_output<T: Serialize, E: std::fmt::Display>(
     match result {
         Ok(value) => serde_json::to_vec(&value)
             .map_err(|e| StepFailure::Idem(Error::codec("the output of a saga step", None, e))),
+        Err(error) => Err(StepFailure::Failed(error.to_string())),
+    }
+}
+
+/// What a step's `verify` found, as the log keeps it: the output if the step happened.
+pub fn encode_verified<T: Serialize, E: std::fmt::Display>(
+    result: Result<Option<T>, E>,
+) -> Result<Option<Vec<u8>>, StepFailure> {
+    match result {
+        Ok(Some(value)) => encode_output::<T, E>(Ok(value)).map(Some),
+        Ok(None) => Ok(None),
         Err(error) => Err(StepFailure::Failed(error.to_string())),
     }
 }

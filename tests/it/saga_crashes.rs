@@ -73,7 +73,9 @@ async fn refund_card(charge: String) -> Result<(), ToolError> {
     Ok(())
 }
 
-#[saga_step(irreversible)]
+/// The mailer deduplicates by the key it is handed: an email in doubt may be sent again
+/// under it (`rerun_safe`).
+#[saga_step(irreversible, rerun_safe)]
 async fn email_customer(order: &str) -> Result<(), ToolError> {
     if std::env::var_os("IDEM_EMAIL_FAILS").is_some() {
         // The mailer refuses the address: the saga is undone.

@@ -426,7 +426,10 @@ async fn a_step_dropped_by_a_timeout_is_not_called_again_under_a_new_key() {
         })
         .await;
     match done {
-        Err(ToolError::Idem(message)) => assert!(message.contains("was dropped"), "{message}"),
+        Err(ToolError::Idem(message)) => assert!(
+            message.contains("ended before its outcome was logged"),
+            "{message}"
+        ),
         other => panic!("the second call is refused, got {other:?}"),
     }
     assert_eq!(

@@ -201,7 +201,9 @@ pub async fn refund(charge: &Charge, customer: &str, amount_cents: u64) -> Resul
     Ok(())
 }
 
-#[saga_step(irreversible)]
+/// The mail service deduplicates by the caller's key, so an email in doubt may be sent again
+/// under it (`rerun_safe`) to learn whether it went out.
+#[saga_step(irreversible, rerun_safe)]
 pub async fn send_email(customer: &str) -> Result<(), ToolError> {
     serve(customer, "send_email", |_| {
         Ok(format!("email to {customer}"))

@@ -6,11 +6,13 @@
 //! that claim, each step writes its intent before its side effect and its output after: two
 //! writes per step, fenced by the saga's token.
 
+mod doubt;
 mod recover;
 mod retry;
 mod rollback;
 mod run;
 pub(crate) mod step;
+mod steps;
 
 use std::fmt::Display;
 use std::future::Future;
@@ -22,17 +24,18 @@ use serde::Serialize;
 
 use crate::action::{Action, OnConflict};
 use crate::call::{execute, Failed};
-use crate::context::{current_call, in_call};
-use crate::store::{SagaStatus, SagaWrite, StepRecord, StepState, Store};
+use crate::context::current_call;
+use crate::store::{SagaStatus, Store};
 use crate::Error;
 
 pub use recover::{recover, Recover, RecoveryReport};
 pub use retry::Retry;
 pub use step::StepCall;
+pub use steps::Steps;
 
 use rollback::{rollback, Rollback};
 use run::{saga_codec, Run, RunPolicy, SagaEnd, SagaFailure, StoreHandle, SAGA_ACTION};
-use step::{registered, StepFailure};
+pub(crate) use steps::step_event;
 
 /// A saga: steps that each have a compensation, run in order; when one fails, the ones that
 /// succeeded are undone in reverse order. Its log is durable in the store, so a run after a
@@ -171,7 +174,8 @@ impl<'a> Saga<'a> {
     ///   did not finish; its log is kept, and the next run or [`recover`] goes on from it.
     ///
     /// A run after a crash replays the steps the log has (their outputs, without running
-    /// them), runs a step left in doubt again under its own key, and goes on.
+    /// them), settles a step left in doubt (its `verify`, or a run of it again under its own
+    /// key where that is safe), and goes on.
     pub async fn run<T, E, F, Fut>(self, saga: F) -> Result<T, E>
     where
         F: FnOnce(Steps<'a>) -> Fut,
@@ -268,25 +272,22 @@ where
             )))
         }
     }
-    let result = saga(Steps {
-        run: Arc::clone(&run),
-    })
-    .await;
+    let result = saga(Steps::new(Arc::clone(&run))).await;
     // The log could not be written: nothing more can be. The claim is kept as it is, for the
     // next run or `recover` to go on from the log.
     let broken = run.state().broken.take();
     if let Some(error) = broken {
         return Err(SagaEnd::Idem(error));
     }
-    let dropped = run.state().dropped.clone();
-    let (error, failed) = match (result, dropped) {
+    let unsettled = run.state().unsettled.clone();
+    let (error, failed) = match (result, unsettled) {
         (Ok(value), None) => {
             run.set_status(SagaStatus::Completed, None).await?;
             return Ok(value);
         }
         (Err(failed), _) => (failed.to_string(), Some(failed)),
         (Ok(_), Some(step)) => (
-            format!("step `{step}` was dropped before its output was logged, and the saga went on without it"),
+            format!("step `{step}` ended before its outcome was logged (its future was dropped, or it was in doubt and could not be settled), and the saga went on without it"),
             None,
         ),
     };
@@ -309,218 +310,4 @@ fn ended<E>(rollback: Rollback, error: Option<E>) -> SagaEnd<E> {
         Rollback::Compensated(failure) => SagaEnd::RolledBack { error, failure },
         Rollback::NeedsAttention(failure) => SagaEnd::NeedsAttention(failure),
     }
-}
-
-/// The handle a saga's code runs its steps through. Cheap to clone; every clone is the same
-/// run of the same saga.
-///
-/// See [`Saga`] and the `idem` crate's `saga_step` for examples.
-#[derive(Clone)]
-pub struct Steps<'a> {
-    run: Arc<Run<'a>>,
-}
-
-impl std::fmt::Debug for Steps<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Steps")
-            .field("saga", &self.run.id)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Clears the "a step is running" mark however the step ends, and, when it ends while
-/// `armed` (its intent is logged and its output is not: its future was dropped, or the output
-/// could not be logged), marks the run so that no later step runs.
-struct Running<'r, 'a> {
-    run: &'r Run<'a>,
-    name: &'static str,
-    armed: bool,
-}
-
-impl Drop for Running<'_, '_> {
-    fn drop(&mut self) {
-        let mut state = self.run.state();
-        state.busy = false;
-        if self.armed {
-            state.dropped.get_or_insert_with(|| self.name.to_owned());
-        }
-    }
-}
-
-impl Steps<'_> {
-    /// The saga's id.
-    pub fn saga_id(&self) -> &str {
-        &self.run.id
-    }
-
-    /// Runs `call` (a call of a `#[saga_step]` function) as the saga's next step: its intent
-    /// and arguments are logged before its body runs, its output after. A step the log
-    /// already has is replayed (its output, without running it); a step left in doubt by a
-    /// crash, or logged as failed by an earlier run, runs again under the same key. Await each
-    /// step before the next: the steps' places in the log must come out the same on every
-    /// run. A step whose future is dropped before it finishes (a timeout) ends the saga: it
-    /// is undone once its code returns.
-    ///
-    /// After an irreversible step has succeeded, a step that fails is retried (forward) with
-    /// the saga's `forward_retry` policy before the error is returned.
-    pub async fn step<F, T, E>(&self, call: StepCall<F>) -> Result<T, E>
-    where
-        F: Future<Output = Result<T, E>>,
-        T: Serialize + DeserializeOwned,
-        E: From<Error> + Display,
-    {
-        let run = &*self.run;
-        let StepCall { def, args, body } = call;
-        let name = def.name();
-        let refuse = |problem: String| Err(E::from(run.log_problem(problem)));
-        let (index, logged) = {
-            let mut state = run.state();
-            if state.busy {
-                return refuse(format!(
-                    "step `{name}` started while another step was running; await each step before the next"
-                ));
-            }
-            if let Some(dropped) = &state.dropped {
-                return refuse(format!(
-                    "step `{name}` cannot run: step `{dropped}` was dropped before its output was logged, so the saga is undone"
-                ));
-            }
-            if state.broken.is_some() {
-                return refuse(format!(
-                    "step `{name}` cannot run: the saga's log could not be written"
-                ));
-            }
-            state.busy = true;
-            let index = state.next;
-            state.next += 1;
-            let logged = state.steps.iter().find(|s| s.index == index).cloned();
-            (index, logged)
-        };
-        let mut running = Running {
-            run,
-            name,
-            armed: false,
-        };
-        match registered(name) {
-            Ok(found) if std::ptr::eq(found, def) => {}
-            Ok(_) => {
-                return refuse(format!(
-                    "two saga steps are named `{name}`; give one another name with `#[saga_step(name = \"…\")]`"
-                ))
-            }
-            Err(problem) => return refuse(problem),
-        }
-        let args = args.map_err(|e| E::from(e.with_key(&run.key)))?;
-
-        let (mut record, resumed) = match logged {
-            Some(logged) if logged.name != name || logged.args != args => {
-                return refuse(format!(
-                    "step {index} is logged as `{}` with arguments {}, but the saga now calls `{name}` with {}; a saga must call the same steps with the same arguments on every run",
-                    logged.name,
-                    String::from_utf8_lossy(&logged.args),
-                    String::from_utf8_lossy(&args),
-                ))
-            }
-            Some(logged) => match (logged.state, &logged.output) {
-                (StepState::Done, Some(output)) => {
-                    step_event(run, &logged, "replayed");
-                    return serde_json::from_slice(output).map_err(|e| {
-                        E::from(Error::codec("the logged output of a saga step", Some(&logged.key), e))
-                    });
-                }
-                // In doubt, or failed in an earlier run that then went on (the saga handled
-                // the error, or recovery learned it): run it again under its key.
-                (StepState::Started | StepState::Failed, _) => (logged, true),
-                (state, _) => {
-                    return refuse(format!(
-                        "step {index} (`{name}`) is {state} in the log; the saga is being undone"
-                    ))
-                }
-            },
-            None => {
-                let key = run.step_key(index, name).map_err(E::from)?;
-                let intent = StepRecord {
-                    index,
-                    name: name.to_owned(),
-                    key,
-                    irreversible: def.irreversible(),
-                    args,
-                    state: StepState::Started,
-                    output: None,
-                    error: None,
-                };
-                if let Err(error) = run.write(SagaWrite::Step(&intent)).await {
-                    return Err(E::from(run.broke(error)));
-                }
-                (intent, false)
-            }
-        };
-        running.armed = true;
-
-        let context = run.context(name, record.key, resumed);
-        let result = match in_call(context, body).await {
-            Err(error) if run.pivot().is_some() => {
-                // Past the pivot nothing is undone: try the step again, forward.
-                let again = run.context(name, record.key, true);
-                let retried = run
-                    .policy
-                    .forward_retry
-                    .run(name, 1, || async {
-                        run.still_owner().await.map_err(StepFailure::Idem)?;
-                        in_call(again, def.run(record.args.clone())).await
-                    })
-                    .await;
-                match retried.map(|bytes| serde_json::from_slice::<T>(&bytes)) {
-                    Ok(Ok(value)) => Ok(value),
-                    _ => Err(error),
-                }
-            }
-            result => result,
-        };
-        let outcome = match &result {
-            Ok(value) => {
-                let output = serde_json::to_vec(value).map_err(|e| {
-                    E::from(Error::codec(
-                        "the output of a saga step",
-                        Some(&record.key),
-                        e,
-                    ))
-                })?;
-                record.state = StepState::Done;
-                record.output = Some(output);
-                record.error = None;
-                if resumed {
-                    "resumed"
-                } else {
-                    "executed"
-                }
-            }
-            Err(error) => {
-                record.state = StepState::Failed;
-                record.error = Some(error.to_string());
-                "failed"
-            }
-        };
-        if let Err(error) = run.write(SagaWrite::Step(&record)).await {
-            return Err(E::from(run.broke(error)));
-        }
-        running.armed = false;
-        step_event(run, &record, outcome);
-        result
-    }
-}
-
-/// The event of a step (target `idem`, INFO): the saga's id, the step's name, place and key,
-/// and what happened (`executed`, `resumed`, `replayed`, `failed`, `compensated`,
-/// `compensation_failed`). Arguments and outputs are not in it.
-pub(crate) fn step_event(run: &Run<'_>, step: &StepRecord, outcome: &'static str) {
-    tracing::info!(
-        target: "idem",
-        saga = %run.id,
-        step = %step.name,
-        index = step.index,
-        key = %step.key,
-        outcome,
-        "saga step",
-    );
 }

@@ -6,9 +6,10 @@ use std::time::Duration;
 use crate::action::{Action, OnConflict};
 use crate::call::{execute, Call, Failed};
 use crate::context::current_call;
+use crate::saga::doubt::{settle_doubt, Settling};
 use crate::saga::ended;
 use crate::saga::retry::Retry;
-use crate::saga::rollback::{rollback, settle_doubt};
+use crate::saga::rollback::rollback;
 use crate::saga::run::{
     saga_codec, Run, RunPolicy, SagaEnd, SagaFailure, StoreHandle, SAGA_ACTION,
 };
@@ -216,7 +217,7 @@ async fn finish(run: &Run<'_>) -> Result<Finished, SagaEnd<Error>> {
         return Err(SagaEnd::Idem(unlinked));
     }
     run.state().steps = log.steps.clone();
-    if let Err(attention) = settle_doubt(run).await? {
+    if let Err(attention) = settle_doubt(run, Settling::Recovery).await? {
         return Err(SagaEnd::NeedsAttention(attention));
     }
     if log.status == SagaStatus::Running && run.pivot().is_some() {

@@ -6,6 +6,7 @@
 use std::sync::{Mutex, PoisonError};
 
 use crate::context::in_call;
+use crate::saga::doubt::{settle_doubt, Settling};
 use crate::saga::run::{Run, SagaFailure};
 use crate::saga::step::{registered, StepFailure};
 use crate::saga::step_event;
@@ -22,22 +23,36 @@ pub(crate) enum Rollback {
 }
 
 /// Compensates the saga's completed steps, last first, each retried by the run's policy; a
-/// step left in doubt is first run again to learn its output (see [`settle_doubt`]).
-/// Stops at the first compensation that still fails: the earlier steps stay as they are, for
-/// an operator to undo in order. `Err` only when the log cannot be written (the claim is then
-/// left to run out, and recovery goes on from the log).
+/// step left in doubt is first settled (see [`settle_doubt`]): while one stays in doubt,
+/// nothing is undone and the saga is NEEDS_ATTENTION. A step learned to be irreversible and
+/// done turns the saga forward (NEEDS_ATTENTION, to carry on). Stops at the first compensation
+/// that still fails: the earlier steps stay as they are, for an operator to undo in order.
+/// `Err` only when the log cannot be written (the claim is then left to run out, and recovery
+/// goes on from the log).
 pub(crate) async fn rollback(run: &Run<'_>, error: &str) -> Result<Rollback, Error> {
     run.set_status(SagaStatus::Compensating, Some(error))
         .await?;
-    if let Err(attention) = settle_doubt(run).await? {
+    if let Err(attention) = settle_doubt(run, Settling::Rollback).await? {
         return Ok(Rollback::NeedsAttention(attention));
+    }
+    if let Some(pivot) = run.pivot() {
+        let problem = format!(
+            "its irreversible step `{pivot}` happened, so it cannot be undone and must be carried forward (the saga failed: {error})"
+        );
+        run.set_status(SagaStatus::NeedsAttention, Some(&problem))
+            .await?;
+        let pending = Run::pending(&run.state().steps);
+        return Ok(Rollback::NeedsAttention(SagaFailure::needs_attention(
+            problem, pending,
+        )));
     }
     let steps = run.state().steps.clone();
     for (position, step) in steps.iter().enumerate().rev() {
         let problem = match step.state {
             StepState::Failed | StepState::Compensated => continue,
+            // Settled above: only a log written meanwhile by someone else could hold one.
             StepState::Started => format!(
-                "step `{}` is in doubt (its output was never logged), so it cannot be undone",
+                "step `{}` may have happened (its outcome was never logged), so it cannot be undone",
                 step.name
             ),
             StepState::Done if step.irreversible => format!(
@@ -104,6 +119,7 @@ async fn compensate(run: &Run<'_>, step: &StepRecord) -> Result<Result<(), StepF
     // Run before: by an owner that died, or by a try that failed.
     let resumed = run.resumed || step.state == StepState::CompensationFailed;
     let context = run.context(def.name(), key, resumed);
+    let context = &context;
     // A `Mutex`, not a `Cell`: the future is held across `.await`s and must stay `Send` for
     // the sagas that run in a task of their own (`tokio::spawn`).
     let not_owner = Mutex::new(None);
@@ -116,7 +132,11 @@ async fn compensate(run: &Run<'_>, step: &StepRecord) -> Result<Result<(), StepF
                 *not_owner.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
                 return Err(stop);
             }
-            in_call(context, compensation(output.clone(), step.args.clone())).await
+            in_call(
+                context.clone(),
+                compensation(output.clone(), step.args.clone()),
+            )
+            .await
         })
         .await;
     let not_owner = not_owner
@@ -126,60 +146,4 @@ async fn compensate(run: &Run<'_>, step: &StepRecord) -> Result<Result<(), StepF
         Some(error) => Err(error),
         None => Ok(undone),
     }
-}
-
-/// Runs the step left in doubt, if any (its intent is logged, its output is not: the owner
-/// died or the log failed in between), again under its own key, so that the service it calls
-/// answers with the first run's result; logs what it learned. A step that cannot be run again
-/// leaves the saga NEEDS_ATTENTION: `Ok(Err(…))`.
-pub(crate) async fn settle_doubt(run: &Run<'_>) -> Result<Result<(), SagaFailure>, Error> {
-    let in_doubt = run
-        .state()
-        .steps
-        .iter()
-        .find(|s| s.state == StepState::Started)
-        .cloned();
-    let Some(step) = in_doubt else {
-        return Ok(Ok(()));
-    };
-    let rerun = match registered(&step.name) {
-        Ok(def) => {
-            let context = run.context(def.name(), step.key, true);
-            in_call(context, def.run(step.args.clone())).await
-        }
-        Err(problem) => Err(StepFailure::Idem(run.log_problem(problem))),
-    };
-    let settled = match rerun {
-        Ok(output) => StepRecord {
-            state: StepState::Done,
-            output: Some(output),
-            ..step
-        },
-        Err(StepFailure::Failed(error)) => StepRecord {
-            state: StepState::Failed,
-            error: Some(error),
-            ..step
-        },
-        Err(StepFailure::Idem(error)) => {
-            let problem = format!(
-                "step `{}` was left in doubt and could not be run again to learn its output: {error}",
-                step.name
-            );
-            run.set_status(SagaStatus::NeedsAttention, Some(&problem))
-                .await?;
-            let pending = vec![format!(
-                "find out whether `{}` (step {}) happened",
-                step.name, step.index
-            )];
-            return Ok(Err(SagaFailure::needs_attention(problem, pending)));
-        }
-    };
-    run.write(SagaWrite::Step(&settled)).await?;
-    let outcome = if settled.state == StepState::Done {
-        "resumed"
-    } else {
-        "failed"
-    };
-    step_event(run, &settled, outcome);
-    Ok(Ok(()))
 }

@@ -47,6 +47,8 @@ pub(crate) struct Run<'a> {
     /// run now may have run before.
     pub(crate) resumed: bool,
     pub(crate) policy: RunPolicy,
+    /// The saga's claim, whose token and lease its steps share.
+    claim: CallContext,
     state: Mutex<RunState>,
 }
 
@@ -67,10 +69,11 @@ pub(crate) struct RunState {
     pub(crate) steps: Vec<StepRecord>,
     /// A step is running: steps must be awaited one at a time.
     pub(crate) busy: bool,
-    /// A step whose intent is logged but whose output is not, and that will not be: its future
-    /// was dropped (a timeout), or its output could not be logged. The saga cannot go on past
-    /// it (a new call would get a new place and a new key): it is undone.
-    pub(crate) dropped: Option<String>,
+    /// A step whose intent is logged but whose outcome is not, and that will not be: its
+    /// future was dropped (a timeout), its output could not be logged, or it was in doubt and
+    /// a run of it again failed. The saga cannot go on past it (a new call would get a new
+    /// place and a new key): it is undone, once the step's doubt is settled.
+    pub(crate) unsettled: Option<String>,
     /// The log could not be written (the store failed, or the claim was taken over): nothing
     /// more can be, and the saga is left, as it is, to whoever holds its claim next.
     pub(crate) broken: Option<Error>,
@@ -90,6 +93,7 @@ impl<'a> Run<'a> {
             token: claim.fencing_token(),
             resumed: claim.resumed(),
             policy,
+            claim: claim.clone(),
             state: Mutex::default(),
         }
     }
@@ -177,7 +181,7 @@ impl<'a> Run<'a> {
 
     /// The context a step's body (or compensation) sees: its own key, the saga's token.
     pub(crate) fn context(&self, name: &'static str, key: Key, resumed: bool) -> CallContext {
-        CallContext::new(name, key, self.token, resumed)
+        self.claim.part(name, key, resumed)
     }
 
     /// What is left to do by hand for a saga whose log is `steps` and that cannot go on: the
@@ -197,13 +201,16 @@ impl<'a> Run<'a> {
         steps
             .iter()
             .rev()
-            .filter(|s| {
-                matches!(
-                    s.state,
-                    StepState::Started | StepState::Done | StepState::CompensationFailed
-                )
+            .filter_map(|s| match s.state {
+                StepState::Started => Some(format!(
+                    "find out whether `{}` (step {}) happened, and undo it if it did",
+                    s.name, s.index
+                )),
+                StepState::Done | StepState::CompensationFailed => {
+                    Some(format!("undo `{}` (step {})", s.name, s.index))
+                }
+                StepState::Failed | StepState::Compensated => None,
             })
-            .map(|s| format!("undo `{}` (step {})", s.name, s.index))
             .collect()
     }
 
@@ -364,6 +371,7 @@ where
             },
             decode: |bytes| serde_json::from_slice(bytes).map(SagaEnd::Replayed),
         }),
+        in_doubt: None,
         keeps_claim: |end| {
             matches!(
                 end,

@@ -40,13 +40,20 @@ pub type RunStep = fn(Vec<u8>) -> StepFuture<Result<Vec<u8>, StepFailure>>;
 /// Undoes a step from its logged output and arguments (both JSON).
 pub type CompensateStep = fn(Vec<u8>, Vec<u8>) -> StepFuture<Result<(), StepFailure>>;
 
-/// What `#[saga_step]` knows of one step: its name, how to run it again, and how to undo it
-/// (`None`: irreversible).
+/// Asks the step's downstream service whether the step happened, from its logged arguments
+/// (JSON): its output (JSON) if it did, `None` if it did not.
+pub type VerifyStep = fn(Vec<u8>) -> StepFuture<Result<Option<Vec<u8>>, StepFailure>>;
+
+/// What `#[saga_step]` knows of one step: its name, how to run it again, how to undo it
+/// (`None`: irreversible), how to find out whether it happened (`verify`), and whether running
+/// it again under its key is safe although it is irreversible (`rerun_safe`).
 #[derive(Debug)]
 pub struct StepDef {
     name: &'static str,
     run: RunStep,
     compensate: Option<CompensateStep>,
+    verify: Option<VerifyStep>,
+    rerun_safe: bool,
 }
 
 impl StepDef {
@@ -56,7 +63,29 @@ impl StepDef {
             name,
             run,
             compensate,
+            verify: None,
+            rerun_safe: false,
         }
+    }
+
+    /// The same step, whose doubt `verify` settles (`#[saga_step(verify = …)]`).
+    pub const fn verify(mut self, verify: VerifyStep) -> Self {
+        self.verify = Some(verify);
+        self
+    }
+
+    /// The same step, which may run again under its key although it cannot be undone: its
+    /// service deduplicates by the key (`#[saga_step(irreversible, rerun_safe)]`).
+    pub const fn rerun_safe(mut self) -> Self {
+        self.rerun_safe = true;
+        self
+    }
+
+    /// Whether running the step again, under the key of a run that may have happened, cannot
+    /// make a second effect: every reversible step is re-run that way to learn its output
+    /// (its compensation undoes it), an irreversible one only when it says so.
+    pub fn may_run_again(&self) -> bool {
+        !self.irreversible() || self.rerun_safe
     }
 
     /// The step's name, as logged.
@@ -75,6 +104,10 @@ impl StepDef {
 
     pub(crate) fn compensation(&self) -> Option<CompensateStep> {
         self.compensate
+    }
+
+    pub(crate) fn verifier(&self) -> Option<VerifyStep> {
+        self.verify
     }
 }
 

@@ -50,6 +50,10 @@ macro_rules! forward_store {
                 (**self).heartbeat(key, token, lease).await
             }
 
+            async fn leave_in_doubt(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
+                (**self).leave_in_doubt(key, token).await
+            }
+
             async fn wait(&self, key: &Key, token: FencingToken, at_most: Duration) -> Result<(), Error> {
                 (**self).wait(key, token, at_most).await
             }

@@ -384,6 +384,15 @@ impl Store for MemoryStore {
         }
     }
 
+    async fn leave_in_doubt(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
+        let held = self.heartbeat(key, token, Duration::ZERO).await?;
+        if held == Ownership::Held {
+            // Waiters sleep until the lease they saw ends: it just did.
+            self.inner.waiters.wake(key);
+        }
+        Ok(held)
+    }
+
     async fn wait(&self, key: &Key, token: FencingToken, at_most: Duration) -> Result<(), Error> {
         let inner = &self.inner;
         let lease_end = inner

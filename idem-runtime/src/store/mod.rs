@@ -296,6 +296,18 @@ pub trait Store: Send + Sync + fmt::Debug {
         lease: Duration,
     ) -> Result<Ownership, Error>;
 
+    /// End the lease of `token` now, keeping the claim, if `token` still owns the key (in
+    /// progress under it): the body ran and its outcome is unknown (an ambiguous error, a
+    /// `verify` that failed), so the key must not be freed. The next claim finds the claim
+    /// stale at once and follows `on_stale` (resume it, `verify` first, or park it for
+    /// review), as for an owner that died. Waiters on the key are woken.
+    ///
+    /// The default renews the lease to zero ([`Store::heartbeat`] with `Duration::ZERO`);
+    /// stores whose waiters are told of changes wake them too.
+    async fn leave_in_doubt(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
+        self.heartbeat(key, token, Duration::ZERO).await
+    }
+
     /// Return once the key is no longer held under `token` (completed, released, taken over)
     /// or after `at_most`, whichever is first; the caller then claims again. The default
     /// sleeps a short while (a poll); stores that can be told of changes wait for them.

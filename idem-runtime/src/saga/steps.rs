@@ -1,0 +1,380 @@
+//! Running a saga's steps, one at a time, each logged before and after its side effect.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::context::in_call;
+use crate::saga::doubt::in_doubt_error;
+use crate::saga::run::Run;
+use crate::saga::step::{registered, StepDef};
+use crate::saga::StepCall;
+use crate::store::{SagaWrite, StepRecord, StepState};
+use crate::Error;
+
+/// The handle a saga's code runs its steps through. Cheap to clone; every clone is the same
+/// run of the same saga.
+///
+/// See [`Saga`](crate::Saga) and the `idem` crate's `saga_step` for examples.
+#[derive(Clone)]
+pub struct Steps<'a> {
+    run: Arc<Run<'a>>,
+}
+
+impl std::fmt::Debug for Steps<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Steps")
+            .field("saga", &self.run.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Clears the "a step is running" mark however the step ends, and, when it ends while
+/// `armed` (its intent is logged and its outcome is not: its future was dropped, its output
+/// could not be logged, or it stays in doubt), marks the run so that no later step runs.
+struct Running<'r, 'a> {
+    run: &'r Run<'a>,
+    name: &'static str,
+    armed: bool,
+}
+
+impl Drop for Running<'_, '_> {
+    fn drop(&mut self) {
+        let mut state = self.run.state();
+        state.busy = false;
+        if self.armed {
+            state.unsettled.get_or_insert_with(|| self.name.to_owned());
+        }
+    }
+}
+
+/// What the log says of the step about to run.
+enum Plan {
+    /// Nothing: its first run.
+    First,
+    /// It failed in an earlier run (its own error said it did not happen): a new run.
+    Again(StepRecord),
+    /// It may have happened: its doubt is settled before anything else.
+    InDoubt(StepRecord),
+}
+
+impl<'a> Steps<'a> {
+    pub(crate) fn new(run: Arc<Run<'a>>) -> Self {
+        Steps { run }
+    }
+
+    /// The saga's id.
+    pub fn saga_id(&self) -> &str {
+        &self.run.id
+    }
+
+    /// Runs `call` (a call of a `#[saga_step]` function) as the saga's next step: its intent
+    /// and arguments are logged before its body runs (every run of it, first or again), its
+    /// output after. A step the log already has is replayed (its output, without running it).
+    /// A step left in doubt by a crash (intent logged, outcome not) is settled first: its
+    /// `verify` is asked, or, where no `verify` is given and running it twice cannot make a
+    /// second effect (a reversible step, or `rerun_safe`), it runs again under the same key;
+    /// a run again that fails leaves it in doubt, and the saga is then settled by rollback
+    /// (NEEDS_ATTENTION when the doubt stays). A step logged as failed by an earlier run runs
+    /// again under the same key. Await each step before the next: the steps' places in the
+    /// log must come out the same on every run. A step whose future is dropped before it
+    /// finishes (a timeout) ends the saga: it is undone once its code returns.
+    ///
+    /// After an irreversible step has succeeded, a step that fails is retried (forward) with
+    /// the saga's `forward_retry` policy before the error is returned.
+    pub async fn step<F, T, E>(&self, call: StepCall<F>) -> Result<T, E>
+    where
+        F: Future<Output = Result<T, E>>,
+        T: Serialize + DeserializeOwned,
+        E: From<Error> + Display,
+    {
+        let run = &*self.run;
+        let StepCall { def, args, body } = call;
+        let name = def.name();
+        let (index, logged) = self.take_place(name).map_err(E::from)?;
+        let mut running = Running {
+            run,
+            name,
+            armed: false,
+        };
+        match registered(name) {
+            Ok(found) if std::ptr::eq(found, def) => {}
+            Ok(_) => {
+                return Err(E::from(run.log_problem(format!(
+                    "two saga steps are named `{name}`; give one another name with `#[saga_step(name = \"…\")]`"
+                ))))
+            }
+            Err(problem) => return Err(E::from(run.log_problem(problem))),
+        }
+        let args = args.map_err(|e| E::from(e.with_key(&run.key)))?;
+        let plan = match logged {
+            None => Plan::First,
+            Some(logged) => match Self::read_log(run, index, name, &args, logged)? {
+                Ok(replayed) => return Ok(replayed),
+                Err(plan) => plan,
+            },
+        };
+        let (intent, in_doubt) = match plan {
+            Plan::First => {
+                let key = run.step_key(index, name).map_err(E::from)?;
+                let intent = StepRecord {
+                    index,
+                    name: name.to_owned(),
+                    key,
+                    irreversible: def.irreversible(),
+                    args,
+                    state: StepState::Started,
+                    output: None,
+                    error: None,
+                };
+                (intent, false)
+            }
+            Plan::Again(logged) => (fresh_intent(logged), false),
+            Plan::InDoubt(logged) => {
+                // From here on, an early return leaves the step in doubt for rollback.
+                running.armed = true;
+                match settle_forward(run, def, &logged).await {
+                    Forward::Happened(output) => {
+                        let value = decode::<T>(&logged, &output).map_err(E::from)?;
+                        let done = StepRecord {
+                            state: StepState::Done,
+                            output: Some(output),
+                            error: None,
+                            ..logged
+                        };
+                        run.write(SagaWrite::Step(&done))
+                            .await
+                            .map_err(|error| E::from(run.broke(error)))?;
+                        running.armed = false;
+                        step_event(run, &done, "verified");
+                        return Ok(value);
+                    }
+                    Forward::DidNotHappen => (fresh_intent(logged), false),
+                    Forward::RunAgain => (fresh_intent(logged), true),
+                    Forward::Unknown(problem) => {
+                        return Err(E::from(in_doubt_error(run, name, problem)))
+                    }
+                }
+            }
+        };
+        // The intent, before the side effect, on every run of the step.
+        if let Err(error) = run.write(SagaWrite::Step(&intent)).await {
+            return Err(E::from(run.broke(error)));
+        }
+        running.armed = true;
+        let result = run_body(run, def, &intent, in_doubt, body).await;
+        let (record, outcome) = match &result {
+            Ok(value) => {
+                let output = serde_json::to_vec(value).map_err(|e| {
+                    E::from(Error::codec(
+                        "the output of a saga step",
+                        Some(&intent.key),
+                        e,
+                    ))
+                })?;
+                let event = if in_doubt { "resumed" } else { "executed" };
+                let done = StepRecord {
+                    state: StepState::Done,
+                    output: Some(output),
+                    error: None,
+                    ..intent
+                };
+                (done, event)
+            }
+            // A run again of a step that may have happened: its error (a 409, a timeout) does
+            // not say that the first run did not happen. It stays in doubt, for rollback.
+            Err(error) if in_doubt => {
+                let still = StepRecord {
+                    error: Some(format!(
+                        "may have happened; running it again failed: {error}"
+                    )),
+                    ..intent
+                };
+                if let Err(error) = run.write(SagaWrite::Step(&still)).await {
+                    return Err(E::from(run.broke(error)));
+                }
+                step_event(run, &still, "in_doubt");
+                return result;
+            }
+            Err(error) => {
+                let failed = StepRecord {
+                    state: StepState::Failed,
+                    error: Some(error.to_string()),
+                    ..intent
+                };
+                (failed, "failed")
+            }
+        };
+        if let Err(error) = run.write(SagaWrite::Step(&record)).await {
+            return Err(E::from(run.broke(error)));
+        }
+        running.armed = false;
+        step_event(run, &record, outcome);
+        result
+    }
+
+    /// Takes the next place in the saga for step `name`, and what the log has there; refuses
+    /// a step while another runs, after a step that stayed unsettled, or once the log broke.
+    fn take_place(&self, name: &str) -> Result<(u32, Option<StepRecord>), Error> {
+        let run = &*self.run;
+        let mut state = run.state();
+        if state.busy {
+            return Err(run.log_problem(format!(
+                "step `{name}` started while another step was running; await each step before the next"
+            )));
+        }
+        if let Some(unsettled) = &state.unsettled {
+            return Err(run.log_problem(format!(
+                "step `{name}` cannot run: step `{unsettled}` ended before its outcome was logged, so the saga is undone"
+            )));
+        }
+        if state.broken.is_some() {
+            return Err(run.log_problem(format!(
+                "step `{name}` cannot run: the saga's log could not be written"
+            )));
+        }
+        state.busy = true;
+        let index = state.next;
+        state.next += 1;
+        let logged = state.steps.iter().find(|s| s.index == index).cloned();
+        Ok((index, logged))
+    }
+
+    /// What the log's entry at this place means for this run: its output to replay
+    /// (`Ok(Ok(value))`), or how the step runs (`Ok(Err(plan))`).
+    fn read_log<T: DeserializeOwned, E: From<Error>>(
+        run: &Run<'_>,
+        index: u32,
+        name: &'static str,
+        args: &[u8],
+        logged: StepRecord,
+    ) -> Result<Result<T, Plan>, E> {
+        if logged.name != name || logged.args != args {
+            return Err(E::from(run.log_problem(format!(
+                "step {index} is logged as `{}` with arguments {}, but the saga now calls `{name}` with {}; a saga must call the same steps with the same arguments on every run",
+                logged.name,
+                String::from_utf8_lossy(&logged.args),
+                String::from_utf8_lossy(args),
+            ))));
+        }
+        match (logged.state, &logged.output) {
+            (StepState::Done, Some(output)) => {
+                step_event(run, &logged, "replayed");
+                decode(&logged, output).map(Ok).map_err(E::from)
+            }
+            (StepState::Started, _) => Ok(Err(Plan::InDoubt(logged))),
+            // Failed in an earlier run that then went on (the saga handled the error).
+            (StepState::Failed, _) => Ok(Err(Plan::Again(logged))),
+            (state, _) => Err(E::from(run.log_problem(format!(
+                "step {index} (`{name}`) is {state} in the log; the saga is being undone"
+            )))),
+        }
+    }
+}
+
+/// A logged step's entry as the intent of a new run of it: in doubt until its outcome is
+/// logged.
+fn fresh_intent(logged: StepRecord) -> StepRecord {
+    StepRecord {
+        state: StepState::Started,
+        output: None,
+        error: None,
+        ..logged
+    }
+}
+
+fn decode<T: DeserializeOwned>(step: &StepRecord, output: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(output)
+        .map_err(|e| Error::codec("the logged output of a saga step", Some(&step.key), e))
+}
+
+/// How a step in doubt goes on in a run of its saga's code.
+enum Forward {
+    /// Its `verify` found its output.
+    Happened(Vec<u8>),
+    /// Its `verify` found that it did not happen: it runs as new.
+    DidNotHappen,
+    /// It runs again under its key (safe: reversible or `rerun_safe`): its service answers
+    /// with the first run's result.
+    RunAgain,
+    /// It may not run again, and its `verify` could not tell: it stays in doubt.
+    Unknown(String),
+}
+
+/// Settles a step in doubt before the saga goes on: its `verify` first (once: the saga's code
+/// decides whether to try again), else a run again where that is safe.
+async fn settle_forward(run: &Run<'_>, def: &'static StepDef, step: &StepRecord) -> Forward {
+    if let Some(verify) = def.verifier() {
+        let context = run.context(def.name(), step.key, true);
+        return match in_call(context, verify(step.args.clone())).await {
+            Ok(Some(output)) => Forward::Happened(output),
+            Ok(None) => Forward::DidNotHappen,
+            Err(failure) => Forward::Unknown(format!("its `verify` failed: {failure}")),
+        };
+    }
+    if def.may_run_again() {
+        Forward::RunAgain
+    } else {
+        Forward::Unknown(
+            "it is irreversible, so it is not run again to find out; give it `verify = …`, or \
+             `rerun_safe` if its service deduplicates by its key"
+                .to_owned(),
+        )
+    }
+}
+
+/// Runs the step's body under its key; past an irreversible step that succeeded, a failure is
+/// retried forward with the saga's `forward_retry` policy (nothing can be undone there).
+async fn run_body<F, T, E>(
+    run: &Run<'_>,
+    def: &'static StepDef,
+    intent: &StepRecord,
+    resumed: bool,
+    body: F,
+) -> Result<T, E>
+where
+    F: Future<Output = Result<T, E>>,
+    T: DeserializeOwned,
+{
+    let name = def.name();
+    let context = run.context(name, intent.key, resumed);
+    match in_call(context, body).await {
+        Err(error) if run.pivot().is_some() => {
+            let again = run.context(name, intent.key, true);
+            let retried = run
+                .policy
+                .forward_retry
+                .run(name, 1, || async {
+                    run.still_owner()
+                        .await
+                        .map_err(crate::saga::step::StepFailure::Idem)?;
+                    in_call(again.clone(), def.run(intent.args.clone())).await
+                })
+                .await;
+            match retried.map(|bytes| serde_json::from_slice::<T>(&bytes)) {
+                Ok(Ok(value)) => Ok(value),
+                _ => Err(error),
+            }
+        }
+        result => result,
+    }
+}
+
+/// The event of a step (target `idem`, INFO): the saga's id, the step's name, place and key,
+/// and what happened (`executed`, `resumed`, `replayed`, `verified`, `verified_absent`,
+/// `in_doubt`, `failed`, `compensated`, `compensation_failed`). Arguments and outputs are not
+/// in it.
+pub(crate) fn step_event(run: &Run<'_>, step: &StepRecord, outcome: &'static str) {
+    tracing::info!(
+        target: "idem",
+        saga = %run.id,
+        step = %step.name,
+        index = step.index,
+        key = %step.key,
+        outcome,
+        "saga step",
+    );
+}
