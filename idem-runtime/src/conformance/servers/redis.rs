@@ -38,13 +38,61 @@ impl RedisServer {
         Self::start(true)
     }
 
-    fn start(durable: bool) -> Option<RedisServer> {
+    /// A server of the caller's own, with no persistence, started with `args` added to its
+    /// command line: a memory policy, a renamed command. `None` as for [`shared`](Self::shared).
+    ///
+    /// ```no_run
+    /// use idem_runtime::conformance::servers::RedisServer;
+    ///
+    /// let evicting = RedisServer::own_with(&["--maxmemory", "10mb", "--maxmemory-policy", "allkeys-lru"]);
+    /// # let _ = evicting;
+    /// ```
+    pub fn own_with(args: &[&str]) -> Option<RedisServer> {
         let binary = required_binary("redis-server", &[], "apt-get install -y redis-server")?;
-        let started = Self::launch(&binary, durable);
+        let started = Self::launch(&binary, false, args);
         Some(started.unwrap_or_else(|e| panic!("redis-server is installed but did not start: {e}")))
     }
 
-    fn launch(binary: &std::path::Path, durable: bool) -> Result<RedisServer, String> {
+    /// A replica of `primary` (no persistence), returned once its link to the primary is up
+    /// and the first copy of the data is done (`master_link_status:up`), so that a `WAIT`
+    /// on the primary counts it. `None` as for [`shared`](Self::shared).
+    ///
+    /// ```no_run
+    /// use idem_runtime::conformance::servers::RedisServer;
+    ///
+    /// if let Some(primary) = RedisServer::own() {
+    ///     let replica = RedisServer::replica_of(&primary).expect("redis-server is installed");
+    /// #   let _ = replica;
+    /// }
+    /// ```
+    pub fn replica_of(primary: &RedisServer) -> Option<RedisServer> {
+        let port = primary.port.to_string();
+        let replica = Self::own_with(&["--replicaof", "127.0.0.1", &port])?;
+        let log = replica.folder.join("keeper.log");
+        let linked = wait_until(Duration::from_secs(10), &log, || {
+            info(replica.port, "replication").is_some_and(|info| {
+                info.lines()
+                    .any(|line| line.trim_end() == "master_link_status:up")
+            })
+        });
+        Some(
+            linked
+                .map(|()| replica)
+                .unwrap_or_else(|e| panic!("the replica did not link to its primary: {e}")),
+        )
+    }
+
+    fn start(durable: bool) -> Option<RedisServer> {
+        let binary = required_binary("redis-server", &[], "apt-get install -y redis-server")?;
+        let started = Self::launch(&binary, durable, &[]);
+        Some(started.unwrap_or_else(|e| panic!("redis-server is installed but did not start: {e}")))
+    }
+
+    fn launch(
+        binary: &std::path::Path,
+        durable: bool,
+        args: &[&str],
+    ) -> Result<RedisServer, String> {
         let port = free_port().map_err(|e| e.to_string())?;
         let folder = temp_folder("redis").map_err(|e| e.to_string())?;
         let log = folder.join("keeper.log");
@@ -53,9 +101,10 @@ impl RedisServer {
         } else {
             "--appendonly no"
         };
+        let extra: String = args.iter().map(|arg| format!(" {}", quoted(arg))).collect();
         let script = format!(
             "start() {{ '{binary}' --port {port} --bind 127.0.0.1 --save '' {persistence} \
-               --dir '{dir}' & pid=$!; }}\n\
+               --dir '{dir}'{extra} & pid=$!; }}\n\
              stop() {{ kill $pid; wait $pid; }}\n\
              clean() {{ rm -rf '{dir}'; }}",
             binary = binary.display(),
@@ -107,4 +156,27 @@ impl RedisServer {
     pub fn folder(&self) -> &std::path::Path {
         &self.folder
     }
+}
+
+/// `arg` as one word of a shell command line.
+fn quoted(arg: &str) -> String {
+    format!("'{}'", arg.replace('\'', r"'\''"))
+}
+
+/// The `INFO` section `section` of the server at 127.0.0.1:`port` (its text), if it answers.
+fn info(port: u16, section: &str) -> Option<String> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    stream
+        .write_all(format!("INFO {section}\r\n").as_bytes())
+        .ok()?;
+    // The answer is a bulk string: `$<length>\r\n<text>\r\n`.
+    let mut reader = BufReader::new(stream);
+    let mut header = String::new();
+    reader.read_line(&mut header).ok()?;
+    let length: usize = header.strip_prefix('$')?.trim_end().parse().ok()?;
+    let mut text = vec![0; length];
+    reader.read_exact(&mut text).ok()?;
+    String::from_utf8(text).ok()
 }
