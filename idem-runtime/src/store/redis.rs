@@ -102,14 +102,87 @@ fn failed(key: Option<&Key>) -> impl FnOnce(redis::RedisError) -> Error + '_ {
     move |error| Error::store("redis", key, error)
 }
 
-impl RedisStore {
-    /// The default prefix of every key the store writes.
-    pub const DEFAULT_PREFIX: &'static str = "idem:";
+/// How to connect a [`RedisStore`]: its key prefix, whether a server that may evict keys is
+/// accepted.
+///
+/// ```no_run
+/// use idem_runtime::store::RedisStore;
+///
+/// # async fn start() -> Result<(), idem_runtime::Error> {
+/// let store = RedisStore::builder("redis://redis.internal:6379/0")
+///     .prefix("billing:idem:")
+///     .connect()
+///     .await?;
+/// assert_eq!(store.prefix(), "billing:idem:");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `connect` is called"]
+pub struct RedisStoreBuilder {
+    url: String,
+    prefix: String,
+    accept_eviction: bool,
+}
 
-    /// Connects to the server at `url` (`redis://host:port/db`), with the prefix `idem:`.
-    /// Operations time out after 5 s; a dropped connection is re-made by the next call.
-    pub async fn connect(url: &str) -> Result<Self, Error> {
-        let client = redis::Client::open(url).map_err(failed(None))?;
+impl RedisStoreBuilder {
+    /// The prefix of every key the store writes (`idem:` unless set), as
+    /// [`RedisStore::with_prefix`] sets it.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), idem_runtime::Error> {
+    /// let store = idem_runtime::store::RedisStore::builder("redis://127.0.0.1:6379/")
+    ///     .prefix("billing:")
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Connects even to a server whose `maxmemory-policy` may evict idem's keys (anything but
+    /// `noeviction`, with a memory limit set), which [`connect`](Self::connect) refuses
+    /// unless this is `true`. Evicted claims and results make bodies run again, and an
+    /// evicted token counter repeats fencing tokens: accept it knowingly (a cache-only
+    /// Redis, a test). The store logs a warning naming the policy when it connects.
+    /// `store::open` takes it as `?accept_eviction=true`.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), idem_runtime::Error> {
+    /// let store = idem_runtime::store::RedisStore::builder("redis://cache.internal:6379/")
+    ///     .accept_eviction(true)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn accept_eviction(mut self, accept: bool) -> Self {
+        self.accept_eviction = accept;
+        self
+    }
+
+    /// Connects, checks that the server keeps idem's keys (its `maxmemory-policy`, see
+    /// [`accept_eviction`](Self::accept_eviction)), and returns the store. Operations time
+    /// out after 5 s; a dropped connection is re-made by the next call.
+    ///
+    /// Fails with [`Error::Store`] if the URL is not a Redis URL, the server cannot be
+    /// reached, or it may evict keys and that was not accepted. A server that refuses
+    /// `CONFIG` (managed Redis often does) cannot be checked: the store logs a warning and
+    /// connects.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), idem_runtime::Error> {
+    /// let store = idem_runtime::store::RedisStore::builder("redis://127.0.0.1:6379/")
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(self) -> Result<RedisStore, Error> {
+        let client = redis::Client::open(self.url.as_str()).map_err(failed(None))?;
         // A call that meets a dropped connection fails fast with a store error (the caller
         // retries the call, not idem); the next one reconnects. The client's own reconnect
         // backoff multiplies its delay by `factor` each time, from one second: kept short.
@@ -119,15 +192,183 @@ impl RedisStore {
             .set_factor(2)
             .set_max_delay(200)
             .set_number_of_retries(1);
-        let connection = client
+        let mut connection = client
             .get_connection_manager_with_config(config)
             .await
             .map_err(failed(None))?;
+        memory_policy(&mut connection)
+            .await?
+            .allowed(self.accept_eviction)?;
         Ok(RedisStore {
             connection,
-            prefix: Self::DEFAULT_PREFIX.to_owned(),
+            prefix: self.prefix,
             recorded: Arc::default(),
         })
+    }
+}
+
+/// What the server's memory settings let it do to idem's keys.
+#[derive(Debug, PartialEq, Eq)]
+enum MemoryPolicy {
+    /// `noeviction`: a full server refuses writes (idem reports them as store errors).
+    Keeps,
+    /// A policy that evicts, but no memory limit (`maxmemory 0`): nothing is evicted until
+    /// someone sets a limit.
+    Unlimited { policy: String },
+    /// A policy that evicts under a memory limit.
+    Evicts { policy: String, maxmemory: u64 },
+    /// The server would not say (`CONFIG` refused or renamed away, or no such setting).
+    Unknown { why: String },
+}
+
+/// Reads `maxmemory-policy` and `maxmemory` (two `CONFIG GET`s in one round trip: asking
+/// for both in one is Redis 7 only).
+async fn memory_policy(connection: &mut ConnectionManager) -> Result<MemoryPolicy, Error> {
+    let mut pipe = redis::pipe();
+    pipe.cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory");
+    type Settings = std::collections::HashMap<String, String>;
+    let answer: Result<(Settings, Settings), redis::RedisError> =
+        pipe.query_async(connection).await;
+    let (policy, limit) = match answer {
+        Ok(answer) => answer,
+        // The server answered with an error (an unknown command, no permission): it runs,
+        // but will not tell. A lost connection is an error of `connect`.
+        Err(error)
+            if !(error.is_io_error() || error.is_timeout() || error.is_connection_dropped()) =>
+        {
+            return Ok(MemoryPolicy::Unknown {
+                why: format!("CONFIG GET was refused: {error}"),
+            })
+        }
+        Err(error) => return Err(failed(None)(error)),
+    };
+    let (Some(policy), Some(limit)) = (policy.get("maxmemory-policy"), limit.get("maxmemory"))
+    else {
+        return Ok(MemoryPolicy::Unknown {
+            why: "CONFIG GET did not name maxmemory-policy and maxmemory".to_owned(),
+        });
+    };
+    Ok(match (policy.as_str(), limit.parse::<u64>()) {
+        ("noeviction", _) => MemoryPolicy::Keeps,
+        (_, Ok(0)) => MemoryPolicy::Unlimited {
+            policy: policy.clone(),
+        },
+        (_, Ok(maxmemory)) => MemoryPolicy::Evicts {
+            policy: policy.clone(),
+            maxmemory,
+        },
+        (_, Err(_)) => MemoryPolicy::Unknown {
+            why: format!("maxmemory is {limit:?}, not a number"),
+        },
+    })
+}
+
+/// What eviction under `policy` takes from idem, and what that breaks.
+fn evicted_by(policy: &str) -> &'static str {
+    if policy.starts_with("volatile-") {
+        "evicts keys with a TTL, which idem's recorded results and their saga logs have: an \
+         evicted result is never replayed, and a retry runs the side effect again"
+    } else {
+        // `allkeys-*`, and any policy this idem does not know, may take any key.
+        "may evict any key: an evicted claim lets a second caller run the side effect again, \
+         an evicted result is never replayed (a retry runs the side effect again), and an \
+         evicted token counter hands out fencing tokens again"
+    }
+}
+
+impl MemoryPolicy {
+    /// `Ok` if the store may connect: the policy keeps idem's keys, or its risk is
+    /// `accepted`, or it cannot be checked (warned).
+    fn allowed(self, accepted: bool) -> Result<(), Error> {
+        match self {
+            MemoryPolicy::Keeps => Ok(()),
+            MemoryPolicy::Unlimited { policy } => {
+                tracing::warn!(
+                    target: "idem",
+                    %policy,
+                    "the Redis server has no memory limit (maxmemory 0), so nothing is evicted \
+                     now; but its maxmemory-policy {policy} {}, once a limit is set: set \
+                     maxmemory-policy noeviction",
+                    evicted_by(&policy)
+                );
+                Ok(())
+            }
+            MemoryPolicy::Evicts { policy, maxmemory } if accepted => {
+                tracing::warn!(
+                    target: "idem",
+                    %policy,
+                    maxmemory,
+                    "accepted knowingly: the Redis server's maxmemory-policy {policy} {}",
+                    evicted_by(&policy)
+                );
+                Ok(())
+            }
+            MemoryPolicy::Evicts { policy, maxmemory } => {
+                let problem = format!(
+                    "the Redis server may evict idem's keys: its maxmemory-policy {policy} (with \
+                     maxmemory {maxmemory} bytes) {}. Set maxmemory-policy noeviction (a full \
+                     server then refuses writes, which idem reports), or accept the risk \
+                     knowingly with RedisStore::builder(url).accept_eviction(true) \
+                     (store::open: ?accept_eviction=true)",
+                    evicted_by(&policy)
+                );
+                Err(Error::store("redis", None, problem))
+            }
+            MemoryPolicy::Unknown { why } => {
+                tracing::warn!(
+                    target: "idem",
+                    reason = %why,
+                    "could not check the Redis server's maxmemory-policy: unless it is \
+                     noeviction, the server may evict idem's claims and results"
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+impl RedisStore {
+    /// The default prefix of every key the store writes.
+    pub const DEFAULT_PREFIX: &'static str = "idem:";
+
+    /// Connects to the server at `url` (`redis://host:port/db`), with the prefix `idem:`:
+    /// [`RedisStore::builder`]`(url).connect()`. Operations time out after 5 s; a dropped
+    /// connection is re-made by the next call. A server whose `maxmemory-policy` may evict
+    /// keys is refused (see [`RedisStoreBuilder::accept_eviction`]).
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), idem_runtime::Error> {
+    /// let store = idem_runtime::store::RedisStore::connect("redis://127.0.0.1:6379/").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::builder(url).connect().await
+    }
+
+    /// A builder for a store on the server at `url`, to choose the prefix or accept a server
+    /// that may evict keys.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), idem_runtime::Error> {
+    /// let store = idem_runtime::store::RedisStore::builder("redis://127.0.0.1:6379/")
+    ///     .prefix("billing:")
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.into(),
+            prefix: Self::DEFAULT_PREFIX.to_owned(),
+            accept_eviction: false,
+        }
     }
 
     /// The same store, writing its keys under `prefix` (several applications can share one

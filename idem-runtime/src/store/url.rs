@@ -14,7 +14,9 @@ use crate::Error;
 /// | `redis://host:port/db` | `RedisStore` | `redis` |
 /// | `postgres://user@host:port/db`, `postgresql://…` | `PostgresStore` | `postgres` |
 ///
-/// `redis://…?prefix=billing:` sets the Redis store's key prefix (`idem:` by default), and
+/// `redis://…?prefix=billing:` sets the Redis store's key prefix (`idem:` by default),
+/// `redis://…?accept_eviction=true` accepts a Redis server whose `maxmemory-policy` may evict
+/// idem's keys (refused otherwise; see `RedisStoreBuilder::accept_eviction`), and
 /// `postgres://…?schema=billing` the PostgreSQL store's schema (`public` by default); the
 /// other parameters go to the client as they are.
 ///
@@ -81,7 +83,15 @@ async fn open_as(url: &str, opening: Opening) -> Result<Arc<dyn Store>, Error> {
         }
         "redis" | "rediss" => {
             let (url, prefix) = take_param(url, "prefix");
-            redis(&url, prefix, opening).await
+            let (url, accept) = take_param(&url, "accept_eviction");
+            let accept_eviction = match accept.as_deref() {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(other) => {
+                    return refused(format!("accept_eviction is true or false, not {other:?}"))
+                }
+            };
+            redis(&url, prefix, accept_eviction, opening).await
         }
         "postgres" | "postgresql" => {
             let (url, schema) = take_param(url, "schema");
@@ -147,13 +157,18 @@ fn take_param(url: &str, name: &str) -> (String, Option<String>) {
 async fn redis(
     url: &str,
     prefix: Option<String>,
+    accept_eviction: bool,
     opening: Opening,
 ) -> Result<Arc<dyn Store>, Error> {
-    let store = crate::store::RedisStore::connect(url).await?;
-    let store = match prefix {
-        Some(prefix) => store.with_prefix(prefix),
-        None => store,
+    let builder = crate::store::RedisStore::builder(url);
+    let builder = match prefix {
+        Some(prefix) => builder.prefix(prefix),
+        None => builder,
     };
+    // An operator's look claims nothing: it opens a server that may evict keys (with the
+    // store's warning), rather than hide the records an operator came to see.
+    let accept_eviction = accept_eviction || opening == Opening::Existing;
+    let store = builder.accept_eviction(accept_eviction).connect().await?;
     if opening == Opening::Existing && !store.is_in_use().await? {
         return Err(Error::store(
             "redis",
@@ -169,7 +184,7 @@ async fn redis(
 }
 
 #[cfg(not(feature = "redis"))]
-async fn redis(url: &str, _: Option<String>, _: Opening) -> Result<Arc<dyn Store>, Error> {
+async fn redis(url: &str, _: Option<String>, _: bool, _: Opening) -> Result<Arc<dyn Store>, Error> {
     Err(without("redis", url))
 }
 

@@ -88,3 +88,102 @@ async fn an_unused_prefix_is_not_an_existing_store() {
         .expect("used now");
     assert!(looked.get(&key).await.expect("get").is_some());
 }
+
+/// A server of this test's own whose memory is limited and whose policy is `policy`.
+fn limited(policy: &str) -> Option<RedisServer> {
+    RedisServer::own_with(&["--maxmemory", "10mb", "--maxmemory-policy", policy])
+}
+
+/// A server that may evict keys (`allkeys-*` evicts claims, results and the token counter;
+/// `volatile-*` the results, which have a TTL) is refused by `connect`, with a message that
+/// names the policy, says what eviction breaks and names the option that accepts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_refuses_a_server_that_may_evict_keys() {
+    for policy in ["allkeys-lru", "volatile-ttl"] {
+        let Some(server) = limited(policy) else {
+            return;
+        };
+        let refused = RedisStore::connect(&server.url())
+            .await
+            .expect_err("an evicting server is refused");
+        let message = refused.to_string();
+        assert!(
+            matches!(refused, idem_runtime::Error::Store { .. }),
+            "{refused:?}"
+        );
+        for said in [policy, "accept_eviction", "again"] {
+            assert!(message.contains(said), "{said:?} not in: {message}");
+        }
+    }
+}
+
+/// `noeviction` on a server with a memory limit is what idem needs: it connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_accepts_noeviction() {
+    let Some(server) = limited("noeviction") else {
+        return;
+    };
+    RedisStore::connect(&server.url())
+        .await
+        .expect("noeviction is safe");
+}
+
+/// A managed Redis that refuses `CONFIG` cannot be checked: connect goes on (and warns).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_goes_on_when_config_is_refused() {
+    let Some(server) = RedisServer::own_with(&[
+        "--maxmemory",
+        "10mb",
+        "--maxmemory-policy",
+        "allkeys-lru",
+        "--rename-command",
+        "CONFIG",
+        "",
+    ]) else {
+        return;
+    };
+    let store = RedisStore::connect(&server.url())
+        .await
+        .expect("a server without CONFIG connects");
+    assert!(!store.is_in_use().await.expect("the store answers"));
+}
+
+/// The same evicting server connects when the risk is accepted: by the builder, or by
+/// `store::open` with `?accept_eviction=true` (and without it, `store::open` refuses too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepting_eviction_connects_to_an_evicting_server() {
+    let Some(server) = limited("allkeys-lru") else {
+        return;
+    };
+    RedisStore::builder(server.url())
+        .accept_eviction(true)
+        .connect()
+        .await
+        .expect("eviction accepted");
+    let refused = idem_runtime::store::open(&server.url())
+        .await
+        .expect_err("store::open refuses it by default");
+    assert!(refused.to_string().contains("allkeys-lru"), "{refused}");
+    let opened = idem_runtime::store::open(&format!("{}?accept_eviction=true", server.url()))
+        .await
+        .expect("store::open accepts it when told");
+    assert_eq!(opened.name(), "redis");
+    let bad = idem_runtime::store::open(&format!("{}?accept_eviction=yes", server.url()))
+        .await
+        .expect_err("true or false");
+    assert!(bad.to_string().contains("accept_eviction"), "{bad}");
+}
+
+/// With no memory limit (`maxmemory 0`) the server evicts nothing whatever its policy: it
+/// connects (with a warning that a limit set later would start evicting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicting_policy_without_a_memory_limit_connects() {
+    let Some(server) =
+        RedisServer::own_with(&["--maxmemory", "0", "--maxmemory-policy", "allkeys-lru"])
+    else {
+        return;
+    };
+    RedisStore::connect(&server.url())
+        .await
+        .expect("nothing is evicted without a limit");
+}
