@@ -83,10 +83,66 @@ const SAGA_LOGS: Hashes = Hashes {
 /// # Ok(())
 /// # }
 /// ```
+///
+/// # Durability
+///
+/// Redis acknowledges a write once it is in the primary's memory. Replication to replicas is
+/// asynchronous, and writing to disk depends on the server's settings, so a write the store
+/// acknowledged can still be lost:
+///
+/// - by a **failover** (Sentinel, a managed service or an operator promotes a replica): the
+///   writes the replica had not received yet are gone;
+/// - by a **restart without the append-only file** (`appendonly no`: RDB snapshots only, or
+///   no persistence): everything written since the last snapshot is gone;
+/// - by **eviction** (`maxmemory-policy` other than `noeviction`): keys are dropped to make
+///   room. [`connect`](RedisStore::connect) refuses such a server, unless accepted with
+///   [`RedisStoreBuilder::accept_eviction`]. A server with no memory limit (`maxmemory 0`)
+///   evicts nothing whatever its policy: it connects, with a warning that a limit set later
+///   would start evicting. A server that refuses `CONFIG` cannot be checked: it connects,
+///   with a warning.
+///
+/// What idem loses with such writes:
+///
+/// - **an acknowledged claim**: a second caller finds no record, claims the key and runs the
+///   body again, the side effect twice;
+/// - **an acknowledged result**: the replay is gone; the next caller runs the body again (or
+///   waits for the lease of a claim that survived, then takes over);
+/// - **the fencing-token counter going back**: tokens handed out again, so an owner from
+///   before the loss can hold the same token as a new claim of its key, and its late
+///   `complete` or `release` then acts on the new owner's record;
+/// - **a saga's log entry**: recovery no longer knows that a step ran, and does not undo it.
+///
+/// How to run Redis so that none of this happens:
+///
+/// - `appendonly yes` with `appendfsync always` (each write is on disk before the answer); with
+///   `appendfsync everysec` a crash of the machine (not of the Redis process) loses up to
+///   about the last second of acknowledged writes;
+/// - `maxmemory-policy noeviction` (a full server then refuses writes, and idem reports them);
+/// - against failover, [`RedisStoreBuilder::wait_for_replicas`]: the claims that acquired a
+///   key, recorded results, lease extensions and saga log entries are acknowledged only once
+///   that many replicas have them (`WAIT`), else the caller gets a store error (a claim is
+///   then given back before the body runs). On the primary, `min-replicas-to-write` and
+///   `min-replicas-max-lag` make a primary cut off from its replicas refuse writes instead of
+///   taking writes a failover would drop. Releases, the parking of a key for review and
+///   operators' writes do not wait: losing one of them leaves a key claimed until its lease
+///   runs out, or a saga marked as needing attention again, which makes no side effect run
+///   twice.
+///
+/// `WAIT` counts the replicas that have every write made *on the connection* so far. The
+/// store's connection is shared by all its clones, so a `WAIT` also waits for the writes of
+/// other calls: more than needed, still correct. The server also holds the connection's
+/// next commands until the `WAIT` answers, so the calls of one store queue behind each other
+/// for a replica's round trip, and for the whole timeout when a replica is missing: keep the
+/// timeout short, and give agents that work in parallel stores of their own (each `connect`
+/// opens its own connection). `WAIT` does not make Redis strongly consistent: Sentinel and
+/// managed services usually promote the most up-to-date replica, but do not promise it.
+///
+/// `docs/redis.md` in the repository has the same with a configuration to copy.
 #[derive(Clone)]
 pub struct RedisStore {
     connection: ConnectionManager,
     prefix: String,
+    replicas: Option<Replicas>,
     recorded: Arc<AtomicU64>,
 }
 
@@ -103,14 +159,16 @@ fn failed(key: Option<&Key>) -> impl FnOnce(redis::RedisError) -> Error + '_ {
 }
 
 /// How to connect a [`RedisStore`]: its key prefix, whether a server that may evict keys is
-/// accepted.
+/// accepted, whether results wait for replicas. See [Durability](RedisStore#durability).
 ///
 /// ```no_run
+/// use std::time::Duration;
 /// use idem_runtime::store::RedisStore;
 ///
 /// # async fn start() -> Result<(), idem_runtime::Error> {
 /// let store = RedisStore::builder("redis://redis.internal:6379/0")
 ///     .prefix("billing:idem:")
+///     .wait_for_replicas(1, Duration::from_millis(500))
 ///     .connect()
 ///     .await?;
 /// assert_eq!(store.prefix(), "billing:idem:");
@@ -123,6 +181,47 @@ pub struct RedisStoreBuilder {
     url: String,
     prefix: String,
     accept_eviction: bool,
+    replicas: Option<Replicas>,
+}
+
+/// What too few replicas mean for a write the store has made: it may not survive.
+const LOSABLE: &str = "a failover now could lose it";
+
+/// How many replicas must have a write before the store acknowledges it, and how long it
+/// waits for them (`WAIT count timeout`).
+#[derive(Debug, Clone, Copy)]
+struct Replicas {
+    count: u32,
+    timeout: Duration,
+}
+
+impl Replicas {
+    /// The timeout of `WAIT`, in milliseconds: at least 1, since `WAIT n 0` waits forever.
+    fn timeout_ms(self) -> u64 {
+        u64::try_from(self.timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// An error unless `acknowledged` replicas are enough for `what` (of `key`); `so` says
+    /// what follows for the caller.
+    fn check(
+        self,
+        acknowledged: i64,
+        key: Option<&Key>,
+        what: &str,
+        so: &str,
+    ) -> Result<(), Error> {
+        if acknowledged >= i64::from(self.count) {
+            return Ok(());
+        }
+        let problem = format!(
+            "{what} is on the primary, but only {acknowledged} of the {} replicas asked for \
+             acknowledged it within {:?} (WAIT): {so}",
+            self.count, self.timeout
+        );
+        Err(Error::store("redis", key, problem))
+    }
 }
 
 impl RedisStoreBuilder {
@@ -164,9 +263,33 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Acknowledges a claim, a recorded result, a lease extension or a saga log entry only
+    /// once `count` replicas have it (`WAIT count timeout` after the write, on the same
+    /// connection); fewer within `timeout` is a store error saying so, since a failover could
+    /// then lose the write. `count` 0 turns it off (the default). A `timeout` of zero is taken
+    /// as 1 ms (`WAIT n 0` would wait forever). See [Durability](RedisStore#durability) for
+    /// which writes wait and why.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// # async fn start() -> Result<(), idem_runtime::Error> {
+    /// let store = idem_runtime::store::RedisStore::builder("redis://redis.internal:6379/")
+    ///     .wait_for_replicas(1, Duration::from_millis(500))
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn wait_for_replicas(mut self, count: u32, timeout: Duration) -> Self {
+        self.replicas = (count > 0).then_some(Replicas { count, timeout });
+        self
+    }
+
     /// Connects, checks that the server keeps idem's keys (its `maxmemory-policy`, see
     /// [`accept_eviction`](Self::accept_eviction)), and returns the store. Operations time
-    /// out after 5 s; a dropped connection is re-made by the next call.
+    /// out after 5 s (plus the replicas' timeout, if set); a dropped connection is re-made
+    /// by the next call.
     ///
     /// Fails with [`Error::Store`] if the URL is not a Redis URL, the server cannot be
     /// reached, or it may evict keys and that was not accepted. A server that refuses
@@ -183,12 +306,14 @@ impl RedisStoreBuilder {
     /// ```
     pub async fn connect(self) -> Result<RedisStore, Error> {
         let client = redis::Client::open(self.url.as_str()).map_err(failed(None))?;
+        let waited = self.replicas.map_or(Duration::ZERO, |r| r.timeout);
         // A call that meets a dropped connection fails fast with a store error (the caller
         // retries the call, not idem); the next one reconnects. The client's own reconnect
         // backoff multiplies its delay by `factor` each time, from one second: kept short.
+        // A `WAIT` answers after its own timeout: the response timeout leaves room for it.
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Duration::from_secs(2))
-            .set_response_timeout(Duration::from_secs(5))
+            .set_response_timeout(Duration::from_secs(5).saturating_add(waited))
             .set_factor(2)
             .set_max_delay(200)
             .set_number_of_retries(1);
@@ -202,6 +327,7 @@ impl RedisStoreBuilder {
         Ok(RedisStore {
             connection,
             prefix: self.prefix,
+            replicas: self.replicas,
             recorded: Arc::default(),
         })
     }
@@ -351,8 +477,8 @@ impl RedisStore {
         Self::builder(url).connect().await
     }
 
-    /// A builder for a store on the server at `url`, to choose the prefix or accept a server
-    /// that may evict keys.
+    /// A builder for a store on the server at `url`, to choose the prefix, accept a server
+    /// that may evict keys, or wait for replicas.
     ///
     /// ```no_run
     /// # async fn start() -> Result<(), idem_runtime::Error> {
@@ -368,6 +494,7 @@ impl RedisStore {
             url: url.into(),
             prefix: Self::DEFAULT_PREFIX.to_owned(),
             accept_eviction: false,
+            replicas: None,
         }
     }
 
@@ -578,6 +705,80 @@ impl RedisStore {
             .invoke_async(&mut connection)
             .await
             .map_err(failed(key))
+    }
+
+    /// Runs a write whose answer the store hands to its caller as done (`what`, for errors).
+    /// With [`wait_for_replicas`](RedisStoreBuilder::wait_for_replicas) set, the script and a
+    /// `WAIT` go in one round trip, and too few replicas is an error, unless `wrote` says the
+    /// answer is of a write that did nothing (a lost token: nothing to keep).
+    async fn run_acknowledged<T: redis::FromRedisValue>(
+        &self,
+        key: &Key,
+        invocation: &redis::ScriptInvocation<'_>,
+        what: &str,
+        wrote: impl FnOnce(&T) -> bool,
+    ) -> Result<T, Error> {
+        let Some(replicas) = self.replicas else {
+            return self.run(Some(key), invocation).await;
+        };
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(invocation)
+            .cmd("WAIT")
+            .arg(replicas.count)
+            .arg(replicas.timeout_ms());
+        let mut connection = self.connection.clone();
+        let answer = match pipe.query_async(&mut connection).await {
+            // The server lost its scripts (a restart, SCRIPT FLUSH): the script did not run;
+            // load it and send the pair again.
+            Err(error) if error.kind() == redis::ErrorKind::NoScriptError => {
+                invocation
+                    .load_async(&mut connection)
+                    .await
+                    .map_err(failed(Some(key)))?;
+                pipe.query_async(&mut connection).await
+            }
+            answer => answer,
+        };
+        let (answer, acknowledged): (T, i64) = answer.map_err(failed(Some(key)))?;
+        if wrote(&answer) {
+            replicas.check(acknowledged, Some(key), what, LOSABLE)?;
+        }
+        Ok(answer)
+    }
+
+    /// With replicas asked for, waits until they have every write of the connection so far
+    /// (`WAIT`); `what` names the write for errors, `so` what follows from too few.
+    async fn wait_for_replicas(&self, key: &Key, what: &str, so: &str) -> Result<(), Error> {
+        let Some(replicas) = self.replicas else {
+            return Ok(());
+        };
+        let mut connection = self.connection.clone();
+        let acknowledged: i64 = redis::cmd("WAIT")
+            .arg(replicas.count)
+            .arg(replicas.timeout_ms())
+            .query_async(&mut connection)
+            .await
+            .map_err(failed(Some(key)))?;
+        replicas.check(acknowledged, Some(key), what, so)
+    }
+
+    /// With replicas asked for, waits for them to have the claim that handed out `token`.
+    /// The claim is a second round trip, unlike the other writes: most claims of a retried
+    /// call are replays that wrote nothing, and they should not wait for replicas (a `WAIT`
+    /// holds up the whole multiplexed connection). Too few replicas: the claim is given back
+    /// (best effort) so that the key is not held until its lease runs out, and the caller
+    /// gets the error before the body runs.
+    async fn replicated_claim(&self, key: &Key, token: FencingToken) -> Result<(), Error> {
+        let so = "the claim is given back, and the body does not run";
+        let Err(error) = self.wait_for_replicas(key, "the claim", so).await else {
+            return Ok(());
+        };
+        let mut invocation = RELEASE.prepare_invoke();
+        invocation.key(self.record_key(key)).arg(token);
+        if let Err(release) = self.run::<i64>(Some(key), &invocation).await {
+            tracing::warn!(target: "idem", key = %key, error = %release, "giving back a claim the replicas did not acknowledge failed; it is held until its lease runs out");
+        }
+        Err(error)
     }
 
     /// Trims the expiry index of the results whose TTL ran out (Redis expired the records
@@ -1114,7 +1315,11 @@ impl Store for RedisStore {
             })
             .arg(key.to_string());
         let answer: Value = self.run(Some(key), &invocation).await?;
-        claim_answer(answer).map_err(corrupt(key, "a record"))
+        let claim = claim_answer(answer).map_err(corrupt(key, "a record"))?;
+        if let Claim::Acquired { token, .. } = claim {
+            self.replicated_claim(key, token).await?;
+        }
+        Ok(claim)
     }
 
     async fn complete(
@@ -1140,7 +1345,9 @@ impl Store for RedisStore {
             .arg(bytes)
             .arg(millis(ttl))
             .arg(key.to_string());
-        let held: i64 = self.run(Some(key), &invocation).await?;
+        let held: i64 = self
+            .run_acknowledged(key, &invocation, "the result", |held| *held == 1)
+            .await?;
         let due = self.recorded.fetch_add(1, Ordering::Relaxed) % PURGE_EVERY == PURGE_EVERY - 1;
         if held == 1 && due {
             // A store nobody purges stays small; the result is recorded whatever this says.
@@ -1168,7 +1375,10 @@ impl Store for RedisStore {
             .key(self.record_key(key))
             .arg(token)
             .arg(millis(lease));
-        Ok(ownership(self.run(Some(key), &invocation).await?))
+        let held = self
+            .run_acknowledged(key, &invocation, "the extended lease", |held| *held == 1)
+            .await?;
+        Ok(ownership(held))
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Record>, Error> {
@@ -1219,7 +1429,10 @@ impl Store for RedisStore {
                 }
             }
         }
-        Ok(ownership(self.run(Some(saga), &invocation).await?))
+        let held = self
+            .run_acknowledged(saga, &invocation, "the saga log entry", |held| *held == 1)
+            .await?;
+        Ok(ownership(held))
     }
 
     async fn read_saga(&self, saga: &Key) -> Result<Option<SagaLog>, Error> {

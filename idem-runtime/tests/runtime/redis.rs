@@ -37,6 +37,49 @@ conformance_tests!(
     }
 );
 
+/// A primary with one linked replica, shared by the tests of this process that ask for it.
+fn replicated() -> Option<&'static (RedisServer, RedisServer)> {
+    static PAIR: std::sync::OnceLock<Option<(RedisServer, RedisServer)>> =
+        std::sync::OnceLock::new();
+    PAIR.get_or_init(|| {
+        let primary = RedisServer::own()?;
+        let replica = RedisServer::replica_of(&primary)?;
+        Some((primary, replica))
+    })
+    .as_ref()
+}
+
+/// A store on the replicated primary that waits for its replica, under a prefix of its own.
+async fn waiting_for_the_replica() -> Option<RedisStore> {
+    let (primary, _) = replicated()?;
+    let store = RedisStore::builder(primary.url())
+        .prefix(format!("w{}:", unique()))
+        .wait_for_replicas(1, std::time::Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("connect to the primary");
+    Some(store)
+}
+
+// The whole suite again with every acknowledged write waiting for a replica: the writes
+// that pipeline a `WAIT` behind their script answer as they do without it.
+conformance_tests!(
+    redis_with_a_replica,
+    available = waiting_for_the_replica(),
+    reopen = |store: &RedisStore| {
+        let prefix = store.prefix().to_owned();
+        async move {
+            let (primary, _) = replicated().expect("the servers");
+            RedisStore::builder(primary.url())
+                .prefix(prefix)
+                .wait_for_replicas(1, std::time::Duration::from_secs(5))
+                .connect()
+                .await
+                .expect("connect again")
+        }
+    }
+);
+
 /// `store::open` with a `redis://` URL and a prefix reaches the same records as a store made
 /// by hand with that prefix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,4 +229,125 @@ async fn an_evicting_policy_without_a_memory_limit_connects() {
     RedisStore::connect(&server.url())
         .await
         .expect("nothing is evicted without a limit");
+}
+
+static SEND: idem_runtime::Action = idem_runtime::Action::new("send");
+
+/// Runs one call of `SEND` with argument `n` on `store`, counting the runs of its body.
+async fn send(
+    store: &RedisStore,
+    n: u32,
+    runs: &std::sync::atomic::AtomicU32,
+) -> Result<u32, idem_runtime::Error> {
+    SEND.call(&(n,))?
+        .run::<_, idem_runtime::Error, _>(store, async {
+            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(n)
+        })
+        .await
+        .map(idem_runtime::Outcome::into_inner)
+}
+
+/// Asked to wait for a replica that is not there, a call fails with a store error saying so
+/// before its body runs (the claim is not acknowledged), and gives its claim back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_replicas_asked_for_a_call_fails_before_its_body_runs() {
+    use idem_runtime::store::Store;
+    let Some(server) = RedisServer::own() else {
+        return;
+    };
+    let store = RedisStore::builder(server.url())
+        .wait_for_replicas(1, std::time::Duration::from_millis(50))
+        .connect()
+        .await
+        .expect("connect");
+    let runs = std::sync::atomic::AtomicU32::new(0);
+    let refused = send(&store, 1, &runs).await.expect_err("no replica");
+    assert!(
+        matches!(refused, idem_runtime::Error::Store { .. }),
+        "{refused:?}"
+    );
+    assert!(
+        refused.to_string().contains("0 of the 1 replicas")
+            && refused.to_string().contains("the body does not run"),
+        "{refused}"
+    );
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let key = SEND.key(&(1,)).expect("a key");
+    assert!(
+        store.get(&key).await.expect("get").is_none(),
+        "the claim was given back"
+    );
+}
+
+/// Asked to wait for a replica that is not there, recording a result is a store error
+/// (the result is on the primary only: a failover could lose it), though the primary has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_replicas_asked_for_complete_is_a_store_error() {
+    use idem_runtime::store::{Claim, ClaimRequest, Status, Store, StoredOutcome};
+    let Some(server) = RedisServer::own() else {
+        return;
+    };
+    let plain = RedisStore::connect(&server.url()).await.expect("connect");
+    let waiting = RedisStore::builder(server.url())
+        .wait_for_replicas(1, std::time::Duration::from_millis(50))
+        .connect()
+        .await
+        .expect("connect");
+    let key = SEND.key(&(2,)).expect("a key");
+    let fingerprint = idem_runtime::Fingerprint::from(key);
+    let request = ClaimRequest {
+        key: &key,
+        fingerprint: &fingerprint,
+        action: "send",
+        lease: std::time::Duration::from_secs(60),
+        on_stale: idem_runtime::OnStale::TakeOver,
+    };
+    let Claim::Acquired { token, .. } = plain.claim(&request).await.expect("claim") else {
+        panic!("a fresh key is acquired");
+    };
+    let ok = StoredOutcome::Ok(b"2".to_vec());
+    let refused = waiting
+        .complete(&key, token, ok, std::time::Duration::from_secs(60))
+        .await
+        .expect_err("no replica acknowledged the result");
+    assert!(
+        refused.to_string().contains("the result is on the primary")
+            && refused.to_string().contains("a failover now could lose it"),
+        "{refused}"
+    );
+    let record = plain.get(&key).await.expect("get").expect("a record");
+    assert_eq!(record.status, Status::Completed);
+}
+
+/// With the replica asked for linked, a call runs, and once it returns the replica has its
+/// result (`WAIT` answered for it); the second call replays it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_replica_a_result_is_on_the_replica_when_the_call_returns() {
+    use idem_runtime::store::{Status, Store};
+    let Some(primary) = RedisServer::own() else {
+        return;
+    };
+    let Some(replica) = RedisServer::replica_of(&primary) else {
+        return;
+    };
+    let store = RedisStore::builder(primary.url())
+        .wait_for_replicas(1, std::time::Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("connect");
+    let runs = std::sync::atomic::AtomicU32::new(0);
+    assert_eq!(send(&store, 3, &runs).await.expect("acknowledged"), 3);
+    let on_replica = RedisStore::connect(&replica.url())
+        .await
+        .expect("connect to the replica");
+    let key = SEND.key(&(3,)).expect("a key");
+    let record = on_replica
+        .get(&key)
+        .await
+        .expect("get")
+        .expect("replicated");
+    assert_eq!(record.status, Status::Completed);
+    assert_eq!(send(&store, 3, &runs).await.expect("replayed"), 3);
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
