@@ -5,15 +5,17 @@
 //! saga logs, version 3 the operator's note on a saga settled by hand.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use rusqlite::types::Value;
 use rusqlite::{
-    params, params_from_iter, Connection, OpenFlags, OptionalExtension, TransactionBehavior,
+    params, params_from_iter, Connection, OpenFlags, OptionalExtension, Transaction,
+    TransactionBehavior,
 };
+use tokio::sync::Mutex;
 
 use crate::key::{Fingerprint, Key};
 use crate::store::{
@@ -84,8 +86,15 @@ const POLL: Duration = Duration::from_millis(25);
 /// few statements long, so a lock held this long means something is stuck.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// After how many recorded results expired ones are purged.
+/// After how many recorded results expired ones are purged (in the background).
 const PURGE_EVERY: u64 = 1024;
+
+/// How many expired results one purge transaction deletes at most. A batch holds the writer
+/// for milliseconds, so a heartbeat or a claim queued behind it waits no longer than that.
+const PURGE_BATCH: usize = 500;
+
+/// The longest pause between two batches of a purge (see [`SqliteStore::purge_in_batches`]).
+const PURGE_PAUSE: Duration = Duration::from_millis(50);
 
 /// The embedded durable store: one SQLite file (WAL mode, synchronous writes), safe for many
 /// tasks and for several processes on the same file.
@@ -93,9 +102,14 @@ const PURGE_EVERY: u64 = 1024;
 /// Claims run in `BEGIN IMMEDIATE` transactions, so two processes never own one key; SQLite
 /// serialises them and each waits up to 5 s for the file's write lock. Leases and TTLs are
 /// measured on the machine's wall clock, which every process on the file shares (a large
-/// step of that clock ends leases early or late). Expired results are
-/// purged when the store opens, every 1024 recorded results, and by
-/// [`purge_expired`](Store::purge_expired) (or [in batches](Store::purge_expired_batch)).
+/// step of that clock ends leases early or late), read once the write lock is held: waiting
+/// for another process does not eat a lease.
+///
+/// Expired results are purged when the store opens, in the background after every 1024
+/// recorded results, and by [`purge_expired`](Store::purge_expired) (or
+/// [in batches](Store::purge_expired_batch)). Every purge deletes at most 500 results per
+/// transaction (whatever batch its caller asks for) and pauses between transactions, so that however large the backlog, the
+/// heartbeats of the callers running bodies (in this process or another) get through.
 ///
 /// A file made by an older idem is upgraded in place when a store opens it, and older idems
 /// then refuse it: they would not know what newer ones write (a saga resolved by an operator).
@@ -116,13 +130,17 @@ pub struct SqliteStore {
 #[derive(Debug)]
 struct Inner {
     path: PathBuf,
-    /// Claims, results, releases, heartbeats, purges: every write, one at a time.
-    writer: Mutex<Connection>,
+    /// Claims, results, releases, heartbeats, purge batches: every write, one at a time, in
+    /// the order they asked (tokio's mutex is fair), so a heartbeat never waits for more than
+    /// the writes queued before it.
+    writer: Arc<Mutex<Connection>>,
     /// Waiters' looks and `get`: in WAL mode they never wait for the writer, and the
     /// writer's heartbeats never queue behind them.
-    reader: Mutex<Connection>,
+    reader: Arc<Mutex<Connection>>,
     waiters: Waiters,
     recorded: AtomicU64,
+    /// Whether a background purge is under way (one at a time is enough).
+    purging: AtomicBool,
 }
 
 /// Which of the store's connections a piece of work runs on.
@@ -162,10 +180,13 @@ impl Row {
 impl SqliteStore {
     /// Opens (creating it if needed) the store in the file at `path`, upgrading a file of an
     /// older idem in place, and purges expired results.
+    ///
+    /// A large backlog of expired results makes opening slower (it is purged in batches that
+    /// leave room for the other processes on the file), never makes their leases run out.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
         let store = Self::open_with(path, Opening::ForAgents).await?;
         // Leftovers are purged later too: a busy file must not stop the store from opening.
-        if let Err(error) = store.purge_expired().await {
+        if let Err(error) = store.purge_in_batches(usize::MAX).await {
             tracing::warn!(target: "idem", %error, "purging expired results at open failed");
         }
         Ok(store)
@@ -203,10 +224,11 @@ impl SqliteStore {
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
-                writer: Mutex::new(writer),
-                reader: Mutex::new(reader),
+                writer: Arc::new(Mutex::new(writer)),
+                reader: Arc::new(Mutex::new(reader)),
                 waiters: Waiters::default(),
                 recorded: AtomicU64::new(0),
+                purging: AtomicBool::new(false),
             }),
         })
     }
@@ -216,22 +238,73 @@ impl SqliteStore {
         &self.inner.path
     }
 
-    /// Runs `work` on one of the connections, on a thread where blocking is allowed.
+    /// Purges up to `at_most` expired results, [`PURGE_BATCH`] at a time, each batch a
+    /// transaction of its own and a turn of its own on the writer; returns how many.
+    ///
+    /// Between batches it pauses as long as the last one took (up to [`PURGE_PAUSE`]): in this
+    /// process the writer is fair anyway, but another process on the file waits for the write
+    /// lock in SQLite's busy handler, which only looks now and then, and would rarely find
+    /// the lock free if the batches followed each other at once.
+    async fn purge_in_batches(&self, at_most: usize) -> Result<u64, Error> {
+        let (mut left, mut purged) = (at_most, 0u64);
+        loop {
+            let limit = left.min(PURGE_BATCH);
+            let started = Instant::now();
+            let batch = self
+                .on(Use::Write, None, move |connection| purge(connection, limit))
+                .await?;
+            purged = purged.saturating_add(batch);
+            left = left.saturating_sub(usize::try_from(batch).unwrap_or(usize::MAX));
+            if batch < limit as u64 || left == 0 {
+                return Ok(purged);
+            }
+            let pause = started
+                .elapsed()
+                .clamp(Duration::from_millis(1), PURGE_PAUSE);
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Starts [`purge_in_batches`](Self::purge_in_batches) on a task of its own, unless one
+    /// is under way already: the caller whose result set it off does not wait for it.
+    fn purge_in_background(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // no runtime to run it on: the next one purges
+        };
+        if self.inner.purging.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        /// Clears the flag however the task ends (also when its runtime shuts down).
+        struct Purging(Arc<Inner>);
+        impl Drop for Purging {
+            fn drop(&mut self) {
+                self.0.purging.store(false, Ordering::Release);
+            }
+        }
+        let purging = Purging(Arc::clone(&self.inner));
+        let store = self.clone();
+        runtime.spawn(async move {
+            let _purging = purging;
+            if let Err(error) = store.purge_in_batches(usize::MAX).await {
+                tracing::warn!(target: "idem", %error, "purging expired results failed");
+            }
+        });
+    }
+
+    /// Runs `work` on one of the connections, on a thread where blocking is allowed, once
+    /// the work asked before it on that connection is done.
     async fn on<R, W>(&self, use_: Use, key: Option<&Key>, work: W) -> Result<R, Error>
     where
         R: Send + 'static,
         W: FnOnce(&mut Connection) -> Result<R, Error> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        let done = tokio::task::spawn_blocking(move || {
-            let connection = match use_ {
-                Use::Write => &inner.writer,
-                Use::Read => &inner.reader,
-            };
-            let mut connection = connection.lock().unwrap_or_else(PoisonError::into_inner);
-            work(&mut connection)
-        })
-        .await;
+        let connection = match use_ {
+            Use::Write => &self.inner.writer,
+            Use::Read => &self.inner.reader,
+        };
+        // Taken here, not on the blocking thread: the queue is in the order of the calls.
+        let mut connection = Arc::clone(connection).lock_owned().await;
+        let done = tokio::task::spawn_blocking(move || work(&mut connection)).await;
         match done {
             Ok(result) => result.map_err(|e| match key {
                 Some(key) => e.with_key(key),
@@ -386,6 +459,17 @@ fn db(error: rusqlite::Error) -> Error {
     Error::store("sqlite", None, error)
 }
 
+/// Begins a write transaction (`BEGIN IMMEDIATE`: it waits for the file's write lock) and
+/// reads the clock once the lock is held. A lease or TTL counted from a time read before the
+/// wait would lose the time spent waiting for another process's lock (up to
+/// [`BUSY_TIMEOUT`]), and could end before it was written.
+fn begin_write(connection: &mut Connection) -> Result<(Transaction<'_>, i64), Error> {
+    let transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db)?;
+    Ok((transaction, now_ms()))
+}
+
 fn now_ms() -> i64 {
     let since_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -507,10 +591,7 @@ fn claim(connection: &mut Connection, request: &OwnedClaim) -> Result<Claim, Err
         }
     }
 
-    let transaction = connection
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(db)?;
-    let now = now_ms();
+    let (transaction, now) = begin_write(connection)?;
     let write = match read(&transaction, key)? {
         None => Write::Insert,
         Some(row) => match decide(&row.found, &borrowed, now) {
@@ -584,20 +665,65 @@ fn fenced(
     })
 }
 
-/// Deletes the expired results (at most `limit`, the oldest expiries first; all if `None`) and
-/// the logs of the sagas they ended, in one transaction; returns how many results.
-fn purge(connection: &mut Connection, limit: Option<usize>) -> Result<u64, Error> {
+/// Records `outcome` as the result of `key` if `token` still owns it; its TTL counts from the
+/// time the write lock is held.
+fn complete(
+    connection: &mut Connection,
+    key: &Key,
+    token: FencingToken,
+    outcome: StoredOutcome,
+    ttl: Duration,
+) -> Result<Ownership, Error> {
+    let (kind, bytes) = match outcome {
+        StoredOutcome::Ok(bytes) => ("ok", bytes),
+        StoredOutcome::Err(bytes) => ("err", bytes),
+    };
+    let (transaction, now) = begin_write(connection)?;
+    let mut ownership = fenced(
+        &transaction,
+        "UPDATE idem_records SET status = 'completed', outcome = ?3, result = ?4, expires_at_ms = ?5
+         WHERE key = ?1 AND token = ?2 AND status IN ('in_progress', 'needs_review')",
+        params![key.to_string(), token as i64, kind, bytes, now.saturating_add(millis(ttl))],
+    )?;
+    // A retry of a completion that committed but whose answer was lost: still ours.
+    if ownership == Ownership::Lost
+        && read(&transaction, key)?.is_some_and(|row| row.found.completed_by(token))
+    {
+        ownership = Ownership::Held;
+    }
+    transaction.commit().map_err(db)?;
+    Ok(ownership)
+}
+
+/// Extends the lease of `key` to `lease` from now if `token` still owns it, now being read
+/// once the write lock is held (see [`begin_write`]).
+fn heartbeat(
+    connection: &mut Connection,
+    key: &Key,
+    token: FencingToken,
+    lease: Duration,
+) -> Result<Ownership, Error> {
+    let (transaction, now) = begin_write(connection)?;
+    let ownership = fenced(
+        &transaction,
+        "UPDATE idem_records SET expires_at_ms = ?3 WHERE key = ?1 AND status = 'in_progress' AND token = ?2",
+        params![key.to_string(), token as i64, now.saturating_add(millis(lease))],
+    )?;
+    transaction.commit().map_err(db)?;
+    Ok(ownership)
+}
+
+/// Deletes the expired results (at most `limit`, the oldest expiries first) and the logs of the
+/// sagas they ended, in one transaction; returns how many results. Keep `limit` small (see
+/// [`PURGE_BATCH`]): the transaction holds the file's write lock.
+fn purge(connection: &mut Connection, limit: usize) -> Result<u64, Error> {
     // The same keys in all three statements: the order is total, and the results are deleted
     // last. It is the order of the expiry index, which ends with the primary key.
     let expired = format!(
         "SELECT key FROM idem_records WHERE {EXPIRED} ORDER BY expires_at_ms, key LIMIT ?2"
     );
-    // LIMIT -1: no limit.
-    let limit = limit.map_or(-1, |limit| i64::try_from(limit).unwrap_or(i64::MAX));
-    let transaction = connection
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(db)?;
-    let now = now_ms();
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let (transaction, now) = begin_write(connection)?;
     let delete = |table: &str, column: &str| {
         transaction
             .prepare_cached(&format!(
@@ -642,15 +768,12 @@ fn write_saga(
     token: FencingToken,
     write: &OwnedSagaWrite,
 ) -> Result<Ownership, Error> {
-    let transaction = connection
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(db)?;
+    let (transaction, now) = begin_write(connection)?;
     let held = read(&transaction, saga)?.is_some_and(|row| row.found.renewed_by(token));
     if !held {
         return Ok(Ownership::Lost);
     }
     let hex = saga.to_string();
-    let now = now_ms();
     let (status, error) = match write {
         OwnedSagaWrite::Status { status, error } => (Some(status.as_str()), error.as_deref()),
         OwnedSagaWrite::Step(_) => (None, None),
@@ -775,7 +898,14 @@ fn saga_log(connection: &Connection, saga: &Key, head: RawSaga) -> Result<SagaLo
     Ok(SagaLog::new(*saga, id, status, error, steps, to_wall(updated_at_ms)).with_note(note))
 }
 
+/// The sagas whose claim's lease ran out while they were running or compensating.
+///
+/// A read takes no lock, and here the clock is read before the statement takes its snapshot
+/// on purpose: a heartbeat committed in between only makes a saga look alive, whereas a clock
+/// read after the snapshot could call stale a saga whose owner had just renewed its lease.
+/// Recovery claims each saga before it acts, and the claim decides under the write lock.
 fn stale_sagas(connection: &Connection, limit: usize) -> Result<Vec<StaleSaga>, Error> {
+    let now = now_ms();
     let mut statement = connection
         .prepare_cached(
             "SELECT s.key, s.id, r.fingerprint FROM idem_sagas s JOIN idem_records r ON r.key = s.key
@@ -786,7 +916,7 @@ fn stale_sagas(connection: &Connection, limit: usize) -> Result<Vec<StaleSaga>, 
         .map_err(db)?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = statement
-        .query_map(params![now_ms(), limit], |row| {
+        .query_map(params![now, limit], |row| {
             Ok((
                 row.get::<_, String>(0)?,
                 row.get::<_, String>(1)?,
@@ -981,16 +1111,18 @@ fn list_sagas(connection: &mut Connection, query: &SagaQuery) -> Result<Vec<Saga
     Ok(logs)
 }
 
-/// Marks the saga `saga` resolved with `note`, in one statement, if it needs attention.
-fn resolve_saga(connection: &Connection, saga: &Key, note: &str) -> Result<bool, Error> {
-    let changed = connection
+/// Marks the saga `saga` resolved with `note` if it needs attention.
+fn resolve_saga(connection: &mut Connection, saga: &Key, note: &str) -> Result<bool, Error> {
+    let (transaction, now) = begin_write(connection)?;
+    let changed = transaction
         .prepare_cached(
             "UPDATE idem_sagas SET status = 'resolved', note = ?2, updated_at_ms = ?3
              WHERE key = ?1 AND status = 'needs_attention'",
         )
         .map_err(db)?
-        .execute(params![saga.to_string(), note, now_ms()])
+        .execute(params![saga.to_string(), note, now])
         .map_err(db)?;
+    transaction.commit().map_err(db)?;
     Ok(changed == 1)
 }
 
@@ -1021,36 +1153,18 @@ impl Store for SqliteStore {
         outcome: StoredOutcome,
         ttl: Duration,
     ) -> Result<Ownership, Error> {
-        let (hex, owned_key) = (key.to_string(), *key);
-        let inner = Arc::clone(&self.inner);
+        let owned_key = *key;
         let ownership = self
             .on(Use::Write, Some(key), move |connection| {
-                let (kind, bytes) = match outcome {
-                    StoredOutcome::Ok(bytes) => ("ok", bytes),
-                    StoredOutcome::Err(bytes) => ("err", bytes),
-                };
-                let expires = now_ms().saturating_add(millis(ttl));
-                let mut ownership = fenced(
-                    connection,
-                    "UPDATE idem_records SET status = 'completed', outcome = ?3, result = ?4, expires_at_ms = ?5
-                     WHERE key = ?1 AND token = ?2 AND status IN ('in_progress', 'needs_review')",
-                    params![hex, token as i64, kind, bytes, expires],
-                )?;
-                if ownership == Ownership::Lost
-                    && read(connection, &owned_key)?.is_some_and(|row| row.found.completed_by(token))
-                {
-                    ownership = Ownership::Held;
-                }
-                if inner.recorded.fetch_add(1, Ordering::Relaxed) % PURGE_EVERY == PURGE_EVERY - 1 {
-                    // The result is committed; a failed purge only waits for the next one.
-                    if let Err(error) = purge(connection, None) {
-                        tracing::warn!(target: "idem", %error, "purging expired results failed");
-                    }
-                }
-                Ok(ownership)
+                complete(connection, &owned_key, token, outcome, ttl)
             })
             .await?;
         self.inner.waiters.wake(key);
+        // The result is committed; the purge it may set off runs on its own, batch by batch,
+        // so that neither this caller nor anybody's heartbeat waits for it.
+        if self.inner.recorded.fetch_add(1, Ordering::Relaxed) % PURGE_EVERY == PURGE_EVERY - 1 {
+            self.purge_in_background();
+        }
         Ok(ownership)
     }
 
@@ -1075,13 +1189,9 @@ impl Store for SqliteStore {
         token: FencingToken,
         lease: Duration,
     ) -> Result<Ownership, Error> {
-        let hex = key.to_string();
+        let owned_key = *key;
         self.on(Use::Write, Some(key), move |connection| {
-            fenced(
-                connection,
-                "UPDATE idem_records SET expires_at_ms = ?3 WHERE key = ?1 AND status = 'in_progress' AND token = ?2",
-                params![hex, token as i64, now_ms().saturating_add(millis(lease))],
-            )
+            heartbeat(connection, &owned_key, token, lease)
         })
         .await
     }
@@ -1115,8 +1225,7 @@ impl Store for SqliteStore {
     }
 
     async fn purge_expired(&self) -> Result<u64, Error> {
-        self.on(Use::Write, None, |connection| purge(connection, None))
-            .await
+        self.purge_in_batches(usize::MAX).await
     }
 
     async fn write_saga(
@@ -1174,10 +1283,7 @@ impl Store for SqliteStore {
     }
 
     async fn purge_expired_batch(&self, limit: usize) -> Result<u64, Error> {
-        self.on(Use::Write, None, move |connection| {
-            purge(connection, Some(limit))
-        })
-        .await
+        self.purge_in_batches(limit).await
     }
 
     async fn list_sagas(&self, query: &SagaQuery) -> Result<Vec<SagaLog>, Error> {
@@ -1513,6 +1619,43 @@ mod tests {
             query.key_prefix = Some(not_hex.to_owned());
             assert_eq!(list_records_sql(&query), None, "{not_hex}");
         }
+    }
+
+    /// Purges larger than a batch are split into transactions of [`PURGE_BATCH`] results, and
+    /// still delete what they were asked to: exactly `limit` of them, or every expired one.
+    #[tokio::test]
+    async fn purges_larger_than_a_batch_delete_all_they_are_asked_to() {
+        let path = temp_file("purge-batches.db");
+        let store = SqliteStore::open(&path).await.expect("create");
+        let expired = 2 * PURGE_BATCH + 200;
+        {
+            let mut connection = Connection::open(&path).expect("open");
+            let transaction = connection.transaction().expect("a transaction");
+            for i in 0..expired {
+                transaction
+                    .execute(
+                        "INSERT INTO idem_records
+                           (key, action, status, token, fingerprint, outcome, result, created_at_ms, expires_at_ms)
+                         VALUES (?1, 'old', 'completed', 1, zeroblob(32), 'ok', x'31', 0, 1)",
+                        [format!("{i:064x}")],
+                    )
+                    .expect("insert");
+            }
+            transaction.commit().expect("commit");
+        }
+        let live = Key::from_bytes([4; 32]);
+        write_row(&path, &live, "completed", &[0; 32], Some(i64::MAX));
+
+        let limit = PURGE_BATCH + 100;
+        assert_eq!(
+            store.purge_expired_batch(limit).await.expect("purge"),
+            limit as u64
+        );
+        let left = (expired - limit) as u64;
+        assert_eq!(store.count_expired().await.expect("count"), left);
+        assert_eq!(store.purge_expired().await.expect("purge"), left);
+        assert_eq!(store.count_expired().await.expect("count"), 0);
+        assert!(store.get(&live).await.expect("get").is_some(), "kept");
     }
 
     #[tokio::test]

@@ -5,4 +5,5 @@ mod key_vectors;
 mod postgres;
 mod python;
 mod redis;
+mod sqlite_leases;
 mod stores;
