@@ -18,6 +18,16 @@
 //! tool server died after the provider charged and before idem recorded the charge, the call
 //! that runs the body again sends the same key and gets the first charge back.
 //!
+//! Then three scenes where the answer is lost, each with one charge and none forgotten:
+//!
+//! 1. a crash after the charge: the tool server dies before idem records it; the retry finds
+//!    the call in doubt and asks `verify` (the provider's lookup by Idempotency-Key), which
+//!    finds the charge;
+//! 2. an ambiguous answer: the provider charges but answers 504; `in_doubt = is_ambiguous`
+//!    keeps the key in doubt instead of releasing it, and the retry goes through `verify`;
+//! 3. a 409 on re-run: a provider that answers a reused key 409 Conflict. A call in doubt run
+//!    again without `verify` gets that 409 and stays in doubt; with `verify` it is settled.
+//!
 //! ```text
 //! cargo run --example payment_agent
 //! ```
@@ -30,8 +40,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use idem::store::SqliteStore;
-use idem::{idempotent, Disposition};
+use idem::{idempotent, observe, Disposition};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 
 /// How long the payment provider takes to answer today.
 const PROVIDER_LATENCY: Duration = Duration::from_millis(300);
@@ -76,6 +87,9 @@ struct Charge {
 enum PaymentError {
     /// The provider refused the request.
     Refused(String),
+    /// The provider's answer does not say whether it charged: a 504 after the request was
+    /// sent, or a 409 for a key it has seen (the first request went through, or is going).
+    Ambiguous(String),
     Idem(idem::Error),
 }
 
@@ -89,6 +103,7 @@ impl std::fmt::Display for PaymentError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PaymentError::Refused(why) => write!(f, "refused by the provider: {why}"),
+            PaymentError::Ambiguous(answer) => write!(f, "{answer}"),
             PaymentError::Idem(error) => write!(f, "{error}"),
         }
     }
@@ -109,6 +124,19 @@ struct ChargeRequest {
 #[derive(Debug, Default)]
 struct PaymentProvider {
     ledger: Mutex<Ledger>,
+    /// How it misbehaves today (the later scenes).
+    quirks: Mutex<Quirks>,
+}
+
+#[derive(Debug, Default)]
+struct Quirks {
+    /// The tool server "dies" right after the provider charges: this is told, and the call
+    /// never returns.
+    die_after_charging: Option<Arc<Notify>>,
+    /// The next charge is made, but answered `504 Gateway Timeout`.
+    time_out_after_charging: bool,
+    /// A key seen before is answered `409 Conflict` instead of with its first charge.
+    conflict_on_reuse: bool,
 }
 
 #[derive(Debug, Default)]
@@ -127,8 +155,31 @@ impl PaymentProvider {
         request: ChargeRequest,
     ) -> Result<Charge, PaymentError> {
         let answer = self.charge_once(idempotency_key, request);
+        let charged = answer.is_ok();
+        let (die, time_out) = {
+            let mut quirks = self.quirks.lock().expect("the provider's quirks");
+            let die = quirks.die_after_charging.take().filter(|_| charged);
+            let time_out = charged && std::mem::take(&mut quirks.time_out_after_charging);
+            (die, time_out)
+        };
+        if let Some(died) = die {
+            died.notify_one();
+            std::future::pending::<()>().await;
+        }
+        if time_out {
+            return Err(PaymentError::Ambiguous("504 Gateway Timeout".into()));
+        }
         tokio::time::sleep(PROVIDER_LATENCY).await;
         answer
+    }
+
+    /// `GET /v1/charges?idempotency_key=…`: the charge made under a key, if any.
+    fn find_charge(&self, idempotency_key: &str) -> Option<Charge> {
+        let ledger = self.ledger.lock().expect("the provider's ledger");
+        ledger
+            .by_key
+            .get(idempotency_key)
+            .map(|(_, charge)| charge.clone())
     }
 
     fn charge_once(
@@ -138,7 +189,16 @@ impl PaymentProvider {
     ) -> Result<Charge, PaymentError> {
         let mut ledger = self.ledger.lock().expect("the provider's ledger");
         if let Some((first, charge)) = idempotency_key.and_then(|key| ledger.by_key.get(key)) {
-            return if *first == request {
+            let conflict = self
+                .quirks
+                .lock()
+                .expect("the provider's quirks")
+                .conflict_on_reuse;
+            return if conflict {
+                Err(PaymentError::Ambiguous(
+                    "409 Conflict: this Idempotency-Key was already used".into(),
+                ))
+            } else if *first == request {
                 Ok(charge.clone())
             } else {
                 Err(PaymentError::Refused(
@@ -208,6 +268,16 @@ async fn charge_customer(
     order_id: u64,
     amount_cents: u64,
 ) -> Result<Charge, PaymentError> {
+    send_charge(&provider, customer_id, order_id, amount_cents).await
+}
+
+/// The body of every tool with idem: `POST /v1/charges` with the call's key.
+async fn send_charge(
+    provider: &PaymentProvider,
+    customer_id: u64,
+    order_id: u64,
+    amount_cents: u64,
+) -> Result<Charge, PaymentError> {
     let key = idem::current_key().map(|key| key.to_string());
     let request = ChargeRequest {
         customer_id,
@@ -215,6 +285,68 @@ async fn charge_customer(
         amount_cents,
     };
     provider.create_charge(key.as_deref(), request).await
+}
+
+// ---- When the answer is lost: in doubt, and verify ----------------------------------------
+
+/// How long a tool server that died holds a call in the later scenes, before another may
+/// take it over (a live one renews it by heartbeat as long as the call runs).
+const LEASE: &str = "300ms";
+
+/// Errors after which the charge may have been made: idem keeps the key in doubt instead of
+/// releasing it for a retry to charge blind.
+fn is_ambiguous(error: &PaymentError) -> bool {
+    matches!(error, PaymentError::Ambiguous(_))
+}
+
+/// The tool as a payment tool should be: a call left in doubt (its server died, or the
+/// provider's answer was ambiguous) is not run again before `find_charge` has asked the
+/// provider whether it charged under the call's key.
+#[idempotent(
+    key = [customer_id, order_id],
+    ttl = "24h",
+    lease = "300ms",
+    on_conflict = wait("10s"),
+    in_doubt = is_ambiguous,
+    verify = find_charge,
+    skip = [provider]
+)]
+async fn charge_order(
+    provider: Arc<PaymentProvider>,
+    customer_id: u64,
+    order_id: u64,
+    amount_cents: u64,
+) -> Result<Charge, PaymentError> {
+    send_charge(&provider, customer_id, order_id, amount_cents).await
+}
+
+/// `verify` of [`charge_order`]: the charge the provider made under the call's key, if any.
+async fn find_charge(
+    provider: &Arc<PaymentProvider>,
+    _customer_id: &u64,
+    _order_id: &u64,
+    _amount_cents: &u64,
+) -> Result<Option<Charge>, PaymentError> {
+    let key = idem::current_key().expect("verify runs under the call's key");
+    Ok(provider.find_charge(&key.to_string()))
+}
+
+/// The same tool without `verify`: a call in doubt is run again under its key.
+#[idempotent(
+    key = [customer_id, order_id],
+    ttl = "24h",
+    lease = "300ms",
+    on_conflict = wait("10s"),
+    in_doubt = is_ambiguous,
+    skip = [provider]
+)]
+async fn charge_order_unverified(
+    provider: Arc<PaymentProvider>,
+    customer_id: u64,
+    order_id: u64,
+    amount_cents: u64,
+) -> Result<Charge, PaymentError> {
+    send_charge(&provider, customer_id, order_id, amount_cents).await
 }
 
 // ---- The agents ---------------------------------------------------------------------------
@@ -283,6 +415,13 @@ fn answered(how: Option<Disposition>) -> &'static str {
         Some(Disposition::Replayed) => " (replayed from idem's record: no new charge)",
         Some(Disposition::WaitedThenReplayed) => {
             " (waited for the same call, already charging, and got its charge)"
+        }
+        Some(Disposition::Verified) => {
+            " (verified: the call was in doubt; the provider, asked by its Idempotency-Key, \
+             had charged: not charged again)"
+        }
+        Some(Disposition::InDoubt) => {
+            " (in_doubt: idem keeps the key in doubt, not released: the charge may have been made)"
         }
         Some(how) if how.executed() => " (this call made the charge)",
         _ => "",
@@ -356,6 +495,143 @@ where
         agent_b,
         changed,
     }
+}
+
+// ---- The later scenes --------------------------------------------------------------------
+
+/// One tool call of a later scene, as the agent sees it: its charge and how idem answered.
+async fn ask<Fut>(what: &str, call: Fut) -> (Option<Charge>, Option<Disposition>)
+where
+    Fut: Future<Output = Result<Charge, PaymentError>>,
+{
+    let (result, how) = observe(call).await;
+    match &result {
+        Ok(charge) => println!("  [agent] {what}: ok, {}{}", charge.id, answered(how)),
+        Err(error) => println!("  [agent] {what}: failed: {error}{}", answered(how)),
+    }
+    (result.ok(), how)
+}
+
+/// A provider that misbehaves as `quirks` say.
+fn provider_with(quirks: Quirks) -> Arc<PaymentProvider> {
+    Arc::new(PaymentProvider {
+        quirks: Mutex::new(quirks),
+        ..PaymentProvider::default()
+    })
+}
+
+/// The end of a scene: the provider's ledger, and which charge the agent was told of.
+/// Returns how many charges the provider made.
+fn ledger(provider: &PaymentProvider, told: Option<&Charge>) -> usize {
+    let charges = provider.charges();
+    println!("  the provider made {}:", count(charges.len()));
+    for (charge, _) in &charges {
+        let known = if told.is_some_and(|told| told.id == charge.id) {
+            "the agent holds its id"
+        } else {
+            "the agent was not told"
+        };
+        println!(
+            "    {} {} for order {} ({known})",
+            charge.id,
+            money(charge.amount_cents),
+            charge.order_id
+        );
+    }
+    charges.len()
+}
+
+/// What a scene's summary says of it: the charges made, and how idem answered each call.
+fn scene(charges: usize, dispositions: &[Option<Disposition>]) -> String {
+    let how: Vec<&str> = dispositions
+        .iter()
+        .map(|how| how.map_or("none", Disposition::as_str))
+        .collect();
+    format!("{} ({})", count(charges), how.join(", "))
+}
+
+/// Scene 1: the tool server dies after the provider charged, before idem recorded it.
+async fn crash_after_the_charge(order: u64) -> String {
+    println!(
+        "\nScene 1, a crash after the charge: the tool server dies once the provider has \
+         charged, before idem records the charge."
+    );
+    let died = Arc::new(Notify::new());
+    let provider = provider_with(Quirks {
+        die_after_charging: Some(Arc::clone(&died)),
+        ..Quirks::default()
+    });
+    let call = || charge_order(Arc::clone(&provider), CUSTOMER, order, AMOUNT_CENTS);
+    let asked = format!("charge {} for order {order}", money(AMOUNT_CENTS));
+    tokio::select! {
+        answer = call() => println!("  [agent] {asked}: answered before the crash: {answer:?}"),
+        () = died.notified() => println!(
+            "  [agent] {asked}: no answer, the tool server died (the provider had charged)"
+        ),
+    }
+    println!("  [agent] retries; idem waits for the dead server's {LEASE} lease to run out");
+    let (charge, how) = ask("retry", call()).await;
+    let charges = ledger(&provider, charge.as_ref());
+    scene(charges, &[how])
+}
+
+/// Scene 2: the provider charges, but answers 504.
+async fn ambiguous_answer(order: u64) -> String {
+    println!(
+        "\nScene 2, an ambiguous answer: the provider charges, but answers 504 Gateway Timeout."
+    );
+    let provider = provider_with(Quirks {
+        time_out_after_charging: true,
+        ..Quirks::default()
+    });
+    let call = || charge_order(Arc::clone(&provider), CUSTOMER, order, AMOUNT_CENTS);
+    let asked = format!("charge {} for order {order}", money(AMOUNT_CENTS));
+    let (_, first) = ask(&asked, call()).await;
+    let (charge, retry) = ask("retry", call()).await;
+    println!(
+        "  without `in_doubt = is_ambiguous` the 504 would have released the key and the retry \
+         run the charge blind: a second charge at a provider that does not deduplicate by \
+         Idempotency-Key, a 409 at one that refuses a reused key (scene 3)"
+    );
+    let charges = ledger(&provider, charge.as_ref());
+    scene(charges, &[first, retry])
+}
+
+/// Scene 3: the provider answers a reused key 409 Conflict, not with its first charge. A call
+/// in doubt run again gets that 409: without `verify` it stays in doubt; with it, it is settled.
+async fn conflict_on_rerun(order: u64, verified_order: u64) -> (String, String) {
+    println!(
+        "\nScene 3, a 409 on re-run: the provider charges and answers 504, and answers a reused \
+         Idempotency-Key 409 Conflict instead of with the first charge."
+    );
+    let quirks = || Quirks {
+        time_out_after_charging: true,
+        conflict_on_reuse: true,
+        ..Quirks::default()
+    };
+    println!("  a tool without `verify`, which runs a call in doubt again under its key:");
+    let provider = provider_with(quirks());
+    let call = || charge_order_unverified(Arc::clone(&provider), CUSTOMER, order, AMOUNT_CENTS);
+    let asked = format!("charge {} for order {order}", money(AMOUNT_CENTS));
+    let (_, first) = ask(&asked, call()).await;
+    let (charge, retry) = ask("retry", call()).await;
+    let charges = ledger(&provider, charge.as_ref());
+    println!(
+        "  not forgotten: the key of order {order} stays in doubt (never released, never \
+         reported \"not charged\"): each retry asks the provider again, and an operator sees it \
+         in `idem keys --status in-progress`"
+    );
+    let unverified = scene(charges, &[first, retry]);
+
+    println!("  the same with `verify = find_charge`:");
+    let provider = provider_with(quirks());
+    let order = verified_order;
+    let call = || charge_order(Arc::clone(&provider), CUSTOMER, order, AMOUNT_CENTS);
+    let asked = format!("charge {} for order {order}", money(AMOUNT_CENTS));
+    let (_, first) = ask(&asked, call()).await;
+    let (charge, retry) = ask("retry", call()).await;
+    let charges = ledger(&provider, charge.as_ref());
+    (unverified, scene(charges, &[first, retry]))
 }
 
 fn money(cents: u64) -> String {
@@ -451,6 +727,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
          agents: {same_charge}, changed amount refused: {changed_refused}",
         count(plain.provider.charges().len()),
         count(provider.charges().len()),
+    );
+
+    let crash = crash_after_the_charge(ORDER + 1).await;
+    let ambiguous = ambiguous_answer(ORDER + 2).await;
+    let (conflict, conflict_verified) = conflict_on_rerun(ORDER + 3, ORDER + 4).await;
+    println!(
+        "\nsummary in doubt: crash after the charge {crash}, ambiguous answer {ambiguous}, \
+         409 on re-run without verify {conflict}, with verify {conflict_verified}"
     );
 
     for suffix in ["", "-wal", "-shm"] {
