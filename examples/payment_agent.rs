@@ -618,8 +618,8 @@ async fn conflict_on_rerun(order: u64, verified_order: u64) -> (String, String) 
     let charges = ledger(&provider, charge.as_ref());
     println!(
         "  not forgotten: the key of order {order} stays in doubt (never released, never \
-         reported \"not charged\"): each retry asks the provider again, and an operator sees it \
-         in `idem keys --status in-progress`"
+         reported \"not charged\"): each retry sends the charge again under the same key and \
+         gets 409, and an operator sees the key in `idem keys --status in-progress`"
     );
     let unverified = scene(charges, &[first, retry]);
 
