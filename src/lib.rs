@@ -124,16 +124,45 @@
 /// |---|---|---|
 /// | `key = [customer_id, order.id]` | the arguments, or fields and method calls of them, that identify the action; the other non-skipped arguments still form the payload fingerprint, and a key reused with a different payload is refused with [`Error::PayloadMismatch`] | all non-skipped arguments |
 /// | `skip = [mailer, ctx]` | arguments left out of key and payload: clients, contexts, handles | none |
-/// | `name = "send_invoice"` | the action name in every key: fix it so a rename of the function keeps its keys | the function's name |
+/// | `name = "send_invoice"` | the action name in every key: fix it so a rename of the function keeps its keys (see *Identity* below) | the function's name; a method's is `Type::method` (`SendEmail::call`) |
 /// | `namespace = "billing"` | keys of different namespaces never meet | `"default"` |
 /// | `version = 2` | a new version gives every call a new key: old results are retired on purpose | `1` |
 /// | `ttl = "24h"` | how long a result is kept and replayed (`ms`, `s`, `m`, `h`, `d`, combined as `1h30m`) | `"24h"` |
 /// | `lease = "30s"` | how long a claim holds without a heartbeat: how soon a dead owner's key is free | `"10s"` |
 /// | `on_conflict = wait("10s")` or `fail` | a duplicate that finds the key held waits (bounded) for the result, or gets [`Error::InProgress`] at once | `wait("30s")` |
 /// | `cache_err = is_final` | a `fn(&E) -> bool`: errors for which it returns true are recorded and replayed like results (`E` must then be `Serialize + DeserializeOwned`) | errors release the key |
-/// | `on_stale = takeover` or `review` | after an owner died inside the body: run it again, or park the key as NEEDS_REVIEW for an operator (payments) | `takeover` |
+/// | `in_doubt = is_ambiguous` | a `fn(&E) -> bool`: errors for which it returns true (a timeout after the request was sent, a reset, a 5xx) mean the effect may have happened: the key is kept in doubt, not released, and the next call follows `verify`, then `on_stale` | errors release the key |
+/// | `on_stale = takeover` or `review` | after an owner died inside the body, or left it in doubt: run it again, or park the key as NEEDS_REVIEW for an operator (payments) | `takeover` |
+/// | `verify = find_charge` | a function asked, before a call in doubt runs again, whether the effect happened: it takes the same arguments by reference (`&T` as it is, `T` as `&T`, `&self` first), returns `Result<Option<T>, E>`; `Some(output)` is recorded and returned without running the body ([`Disposition::Verified`]), `None` lets the body run, an error keeps the key in doubt | none: the body runs again |
 /// | `store = self.store` | the store, any expression giving a store or an `Arc` of one | the one given to [`set_default_store`] |
 /// | `crate = path` | where the `idem` crate is, for crates that rename it | `::idem` |
+///
+/// # What the next call gets
+///
+/// For each state a key can be in, and each policy:
+///
+/// | the key is | `on_stale = takeover` | `on_stale = review` |
+/// |---|---|---|
+/// | free (never claimed, released after an error, or its result expired) | the body runs | the body runs |
+/// | claimed, its owner alive (lease renewed) | waits for the result (`on_conflict = wait`), or [`Error::InProgress`] (`fail`) | the same |
+/// | in doubt: its owner died inside the body (its lease ran out), or its body's error was ambiguous (`in_doubt`), or its `verify` failed | `verify` is asked: its output is returned and recorded; with `None`, or no `verify`, the body runs again, [`CallContext::resumed`] true | the key is parked for review: [`Error::NeedsReview`] |
+/// | done: its result recorded, within its `ttl` | the result, replayed (the body does not run) | the same |
+/// | needs review (parked) | [`Error::NeedsReview`] until an operator settles it | the same |
+/// | any of these, with other arguments under the same key | [`Error::PayloadMismatch`] | the same |
+///
+/// The conformance suite checks every row on every store.
+///
+/// # Identity
+///
+/// Keys are made of the namespace, the action's name and its version, so two functions with
+/// the same three would answer each other's calls. The name is the function's name, or, for a
+/// method, `Type::method` (so that every tool's `call` is its own); generic arguments of the
+/// type are left out. Two different functions that still have the same three in one program
+/// are refused at their first call with [`Error::ActionClash`], which names both.
+///
+/// To rename a function and keep its keys (results recorded before a deploy are still
+/// replayed after it), pin the old name: `#[idempotent(name = "send_invoice")]` on
+/// `send_invoice_v2`. To retire the old keys on purpose, raise `version`.
 ///
 /// # A method of an agent's tool
 ///

@@ -239,12 +239,20 @@ fn prelude(function: &Function, args: &Args, private: &TokenStream, names: &Name
         },
     };
 
+    // A method learns its `Self` type at its first call: without `name = …`, its action is
+    // then `Type::method`.
+    let call_fn = if function.item.sig.receiver().is_some() {
+        quote!(#private::call_method::<Self>)
+    } else {
+        quote!(#private::call)
+    };
     quote! {
         static #action: #private::Action = #builder;
+        #private::inventory::submit! { #private::ActionRegistration(&#action) }
         let #codec = #codec_value;
         #cache_err
         #in_doubt
-        let #call = match #private::call(&#action, &[#(#key_parts),*], #payload_parts) {
+        let #call = match #call_fn(&#action, &[#(#key_parts),*], #payload_parts) {
             ::core::result::Result::Ok(call) => call,
             ::core::result::Result::Err(#error) => #fail,
         };
@@ -264,7 +272,13 @@ fn action_builder(function: &Function, args: &Args, private: &TokenStream) -> To
         let millis = m.millis;
         quote_spanned!(m.span=> #private::Duration::from_millis(#millis))
     };
-    let mut builder = quote!(#private::Action::new(#name));
+    let function_name = function.item.sig.ident.unraw().to_string();
+    let mut builder = quote!(#private::Action::new(#name)
+        .defined_at(::core::concat!(::core::module_path!(), "::", #function_name)));
+    if function.item.sig.receiver().is_some() {
+        let default_name = args.name.is_none();
+        builder.extend(quote!(.method(#default_name)));
+    }
     if let Some(namespace) = &args.namespace {
         builder.extend(quote!(.namespace(#namespace)));
     }

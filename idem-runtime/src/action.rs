@@ -77,6 +77,18 @@ pub struct Action {
     lease: Duration,
     on_conflict: OnConflict,
     on_stale: OnStale,
+    /// The function it belongs to (`module::function`), for `#[idempotent]`'s actions: they
+    /// take part in the check that two functions never share keys.
+    origin: Option<&'static str>,
+    /// A method's action: its origin is its `Self` type's, learned at its first call.
+    method: bool,
+    /// Whether `name` is a method's bare name, to be prefixed with its `Self` type at its
+    /// first call (`SendEmail::call`).
+    prefixed: bool,
+    /// A method's name and origin once its type is known.
+    bound: OnceLock<(&'static str, &'static str)>,
+    /// The answer of the identity check, once made (`Some`: the clashing functions).
+    checked: OnceLock<Option<(String, String)>>,
     deriver: OnceLock<KeyDeriver>,
 }
 
@@ -102,8 +114,31 @@ impl Action {
             lease: Self::DEFAULT_LEASE,
             on_conflict: OnConflict::Wait(Self::DEFAULT_WAIT),
             on_stale: OnStale::TakeOver,
+            origin: None,
+            method: false,
+            prefixed: false,
+            bound: OnceLock::new(),
+            checked: OnceLock::new(),
             deriver: OnceLock::new(),
         }
+    }
+
+    /// The function this action belongs to (`module::function`): `#[idempotent]` sets it, so
+    /// that two different functions with the same namespace, name and version are refused
+    /// ([`Error::ActionClash`]) instead of sharing keys.
+    #[doc(hidden)]
+    pub const fn defined_at(mut self, origin: &'static str) -> Self {
+        self.origin = Some(origin);
+        self
+    }
+
+    /// The action is a method's: its first call learns the method's `Self` type, and, with
+    /// `default_name` (no `name = …`), prefixes the name with it.
+    #[doc(hidden)]
+    pub const fn method(mut self, default_name: bool) -> Self {
+        self.method = true;
+        self.prefixed = default_name;
+        self
     }
 
     /// Keys of different namespaces never meet, even for actions of the same name.
@@ -146,9 +181,69 @@ impl Action {
         self
     }
 
-    /// The action's name (part of every key).
-    pub const fn name(&self) -> &'static str {
-        self.name
+    /// The action's name (part of every key). A method's default name includes its `Self`
+    /// type (`SendEmail::call`) once it has been called.
+    pub fn name(&self) -> &'static str {
+        self.bound.get().map_or(self.name, |(name, _)| name)
+    }
+
+    /// `namespace/name@version`: what makes the action's keys.
+    fn identity(&self) -> String {
+        format!("{}/{}@{}", self.namespace, self.name(), self.version)
+    }
+
+    /// The identity, when it is known before the first call (not a method's default name).
+    pub(crate) fn static_identity(&self) -> Option<String> {
+        (!self.method).then(|| self.identity())
+    }
+
+    /// The function the action belongs to, once known.
+    pub(crate) fn origin(&self) -> Option<&'static str> {
+        self.bound.get().map(|(_, origin)| *origin).or(self.origin)
+    }
+
+    /// Learns a method action's `Self` type (the type `S`): its name becomes `S::name`.
+    pub(crate) fn bind_self<S: ?Sized>(&self) {
+        if !self.method {
+            return;
+        }
+        self.bound.get_or_init(|| {
+            let full = std::any::type_name::<S>();
+            let short = crate::identity::short_type_name(full);
+            let path = crate::identity::type_path(full);
+            let function = self
+                .origin
+                .map_or(self.name, |o| o.rsplit("::").next().unwrap_or(o));
+            let name: &'static str = if self.prefixed {
+                Box::leak(format!("{short}::{}", self.name).into_boxed_str())
+            } else {
+                self.name
+            };
+            let origin: &'static str = Box::leak(format!("{path}::{function}").into_boxed_str());
+            (name, origin)
+        });
+    }
+
+    /// Refuses to derive keys for an action whose identity another function has.
+    fn check_identity(&self) -> Result<(), Error> {
+        let Some(origin) = self.origin() else {
+            return Ok(());
+        };
+        let clash =
+            self.checked
+                .get_or_init(|| match crate::identity::check(self.identity(), origin) {
+                    Ok(()) => None,
+                    Err(Error::ActionClash { first, second, .. }) => Some((first, second)),
+                    Err(_) => None,
+                });
+        match clash {
+            None => Ok(()),
+            Some((first, second)) => Err(Error::ActionClash {
+                action: self.identity(),
+                first: first.clone(),
+                second: second.clone(),
+            }),
+        }
     }
 
     /// The action's namespace (part of every key).
@@ -199,6 +294,7 @@ impl Action {
         args: &A,
         what: &'static str,
     ) -> Result<[u8; 32], Error> {
+        self.check_identity()?;
         self.deriver()
             .digest(args)
             .map_err(|e| Error::codec(what, None, e))
@@ -210,6 +306,7 @@ impl Action {
         key_args: &[KeyArg<'_>],
         payload: Option<&[KeyArg<'_>]>,
     ) -> Result<Call<'_>, Error> {
+        self.check_identity()?;
         let deriver = self.deriver();
         let key = deriver
             .digest_args(key_args)
@@ -227,6 +324,6 @@ impl Action {
 
     fn deriver(&self) -> &KeyDeriver {
         self.deriver
-            .get_or_init(|| KeyDeriver::new(self.namespace, self.name, self.version))
+            .get_or_init(|| KeyDeriver::new(self.namespace, self.name(), self.version))
     }
 }

@@ -122,6 +122,7 @@ macro_rules! conformance_tests {
             list_sagas_filters_by_status_and_id,
             resolve_saga_settles_only_what_needs_attention,
             a_reclaimed_key_leaves_nothing_expired,
+            a_claim_left_in_doubt_follows_on_stale_at_once,
         );
     };
     (@each required $make_store:expr; $($check:ident),* $(,)?) => {
@@ -443,6 +444,65 @@ pub async fn stale_lease_parks_for_review(store: &dyn Store) {
             assert_eq!(outcome, StoredOutcome::Ok(b"late".to_vec()))
         }
         other => panic!("expected the late owner's result, got {other:?}"),
+    }
+}
+
+/// The "in doubt" row of the state table: a claim left in doubt (its body's outcome unknown)
+/// is not free, and the next claim follows `on_stale` at once, without waiting for the lease:
+/// resumed under a new token (`takeover`, then `verify`), or parked for review. A waiter on
+/// the key returns. A token that no longer owns the key changes nothing.
+pub async fn a_claim_left_in_doubt_follows_on_stale_at_once(store: &dyn Store) {
+    let (k, fp) = (key(40), Fingerprint::from(key(40)));
+    let first = claim_token(store, &k, LONG).await;
+    let waited = Instant::now();
+    let (left, ()) = tokio::join!(store.leave_in_doubt(&k, first), async {
+        store.wait(&k, first, LONG).await.expect("wait")
+    });
+    assert_eq!(left.expect("leave in doubt"), Ownership::Held);
+    assert!(
+        waited.elapsed() < LONG,
+        "the waiter returned when the key was left in doubt"
+    );
+    let record = store
+        .get(&k)
+        .await
+        .expect("get")
+        .expect("kept, not released");
+    assert_eq!(record.status, Status::InProgress);
+    let (second, resumed) = acquired(
+        store
+            .claim(&request(&k, &fp, LONG, OnStale::TakeOver))
+            .await
+            .expect("claim"),
+    );
+    assert!(resumed && second > first, "resumed under a new token");
+    assert_eq!(
+        store.leave_in_doubt(&k, first).await.expect("stale token"),
+        Ownership::Lost
+    );
+
+    let (k, fp) = (key(41), Fingerprint::from(key(41)));
+    let owner = acquired(
+        store
+            .claim(&request(&k, &fp, LONG, OnStale::Review))
+            .await
+            .expect("claim"),
+    )
+    .0;
+    assert_eq!(
+        store
+            .leave_in_doubt(&k, owner)
+            .await
+            .expect("leave in doubt"),
+        Ownership::Held
+    );
+    match store
+        .claim(&request(&k, &fp, LONG, OnStale::Review))
+        .await
+        .expect("claim")
+    {
+        Claim::NeedsReview { fingerprint } => assert_eq!(fingerprint, fp),
+        other => panic!("expected the key parked for review, got {other:?}"),
     }
 }
 

@@ -43,6 +43,7 @@ mod context;
 mod default_store;
 mod error;
 mod heartbeat;
+mod identity;
 mod key;
 mod outcome;
 mod saga;

@@ -158,6 +158,19 @@ pub fn call<'a>(
     action.call_with_args(key, payload)
 }
 
+/// The call of a method's `action` (`S` is its `Self`): the action's default name becomes
+/// `S::name` before the key is derived.
+pub fn call_method<'a, S: ?Sized>(
+    action: &'a Action,
+    key: &[KeyArg<'_>],
+    payload: Option<&[KeyArg<'_>]>,
+) -> Result<Call<'a>, Error> {
+    action.bind_self::<S>();
+    action.call_with_args(key, payload)
+}
+
+pub use crate::identity::ActionRegistration;
+
 /// A value that can be used as a store: a store, a reference to one, an `Arc` or a `Box` of one
 /// (those are stores too), or `dyn Store`.
 #[diagnostic::on_unimplemented(

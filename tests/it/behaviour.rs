@@ -212,7 +212,8 @@ async fn an_error_releases_the_key_so_a_retry_runs_again() {
     assert_eq!(ledger.count(), 2);
 }
 
-#[idempotent(skip = [store, ledger, outcome], store = store, cache_err = ToolError::is_final)]
+#[idempotent(skip = [store, ledger, outcome], store = store, cache_err = ToolError::is_final,
+             name = "behaviour_charge")]
 async fn charge(
     store: &MemoryStore,
     ledger: &Ledger,
@@ -322,13 +323,17 @@ async fn key_picks_the_identity_and_the_payload_must_match() {
         }
         other => panic!("expected PayloadMismatch, got {other:?}"),
     }
-    // `name` pins the action: the renamed method (with `&mut self`) shares its keys.
-    assert_eq!(
-        tool.send_invoice_renamed(&Mailer, "customer-42", &order)
-            .await
-            .unwrap(),
-        first
-    );
+    // `name` pins the action, so that a rename keeps its keys; a second function that takes
+    // the same name in the same program is refused, never answered with the first's results.
+    match tool
+        .send_invoice_renamed(&Mailer, "customer-42", &order)
+        .await
+    {
+        Err(ToolError::Idem(message)) => {
+            assert!(message.contains("would share the keys"), "{message}")
+        }
+        other => panic!("expected ActionClash, got {other:?}"),
+    }
     assert_eq!(tool.ledger.count(), 1);
 }
 
@@ -439,7 +444,7 @@ async fn hash_maps_give_the_same_key_whatever_their_order() {
 #[tokio::test]
 async fn arguments_without_a_json_form_are_a_codec_error_not_a_panic() {
     let (store, ledger) = (MemoryStore::new(), Ledger::new());
-    #[idempotent(skip = [store, ledger], store = store)]
+    #[idempotent(skip = [store, ledger], store = store, name = "behaviour_measure")]
     async fn measure(store: &MemoryStore, ledger: &Ledger, value: f64) -> Result<usize, ToolError> {
         Ok(ledger.record())
     }
@@ -454,7 +459,7 @@ async fn arguments_without_a_json_form_are_a_codec_error_not_a_panic() {
 async fn many_tasks_at_once_run_the_body_once() {
     let store = MemoryStore::new();
     let ledger = Arc::new(Ledger::new());
-    #[idempotent(skip = [store, ledger], store = store)]
+    #[idempotent(skip = [store, ledger], store = store, name = "behaviour_pay")]
     async fn pay(store: MemoryStore, ledger: Arc<Ledger>, order: u32) -> Result<usize, ToolError> {
         tokio::task::yield_now().await;
         Ok(ledger.record())

@@ -21,7 +21,7 @@ const TASKS: usize = 4;
 const CALLS: usize = 2_000;
 const KEYS: usize = 500;
 
-#[idempotent(skip = [store, ledger], store = store)]
+#[idempotent(skip = [store, ledger], store = store, name = "fleet_ship_order")]
 async fn ship_order(
     store: &Arc<dyn Store>,
     ledger: &Path,

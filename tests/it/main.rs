@@ -13,6 +13,7 @@ mod example_payment_agent;
 mod examples;
 mod faulty_store;
 mod fleet;
+mod identity;
 mod in_doubt;
 mod processes;
 mod saga_crashes;

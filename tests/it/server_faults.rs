@@ -11,7 +11,7 @@ use idem_runtime::conformance::servers::{PostgresServer, RedisServer};
 
 static SHIPPED: AtomicUsize = AtomicUsize::new(0);
 
-#[idempotent(skip = [store], store = store)]
+#[idempotent(skip = [store], store = store, name = "faults_ship_order")]
 async fn ship_order(store: &dyn Store, order: u32) -> Result<String, Error> {
     SHIPPED.fetch_add(1, Ordering::SeqCst);
     Ok(format!("shipment {order}"))
