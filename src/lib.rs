@@ -144,6 +144,7 @@
 /// | the key is | `on_stale = takeover` | `on_stale = review` |
 /// |---|---|---|
 /// | free (never claimed, released after an error, or its result expired) | the body runs | the body runs |
+/// | claimed, its body not started (the call was dropped while it claimed: an agent's `timeout`) | the claim is given back at once: the key is free, and the body runs as a fresh call | the same: never parked for review |
 /// | claimed, its owner alive (lease renewed) | waits for the result (`on_conflict = wait`), or [`Error::InProgress`] (`fail`) | the same |
 /// | in doubt: its owner died inside the body (its lease ran out), or its body's error was ambiguous (`in_doubt`), or its `verify` failed | `verify` is asked: its output is returned and recorded; with `None`, or no `verify`, the body runs again, [`CallContext::resumed`] true | the key is parked for review: [`Error::NeedsReview`] |
 /// | done: its result recorded, within its `ttl` | the result, replayed (the body does not run) | the same |

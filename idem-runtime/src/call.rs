@@ -10,11 +10,12 @@ use serde::Serialize;
 
 use crate::action::{Action, OnConflict};
 use crate::context::{in_call, report, CallContext, CallShared, Verified};
+use crate::give_back;
 use crate::heartbeat::with_heartbeat;
 use crate::key::{Fingerprint, Key};
 use crate::outcome::{Disposition, Outcome};
 use crate::private::IdemReturn;
-use crate::store::{Claim, ClaimRequest, FencingToken, Ownership, Store, StoredOutcome};
+use crate::store::{Claim, FencingToken, Ownership, Store, StoredOutcome};
 use crate::Error;
 
 /// One call of an [`Action`]: its key and payload fingerprint, ready to [`run`](Call::run).
@@ -315,9 +316,9 @@ where
             }))
         }
     };
-    let request = ClaimRequest {
-        key: &key,
-        fingerprint: &fingerprint,
+    let request = give_back::Request {
+        key,
+        fingerprint,
         action: action.name(),
         lease: action.lease_duration(),
         on_stale: action.stale_policy(),
@@ -325,7 +326,7 @@ where
     let mut deadline = None;
     let mut waited = false;
     let (token, resumed) = loop {
-        match store.claim(&request).await.map_err(idem)? {
+        match give_back::claim(store, request).await.map_err(idem)? {
             Claim::Acquired { token, resumed } => break (token, resumed),
             Claim::Completed {
                 fingerprint,

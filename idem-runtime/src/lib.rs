@@ -42,6 +42,7 @@ mod call;
 mod context;
 mod default_store;
 mod error;
+mod give_back;
 mod heartbeat;
 mod identity;
 mod key;

@@ -6,6 +6,7 @@ mod child;
 mod clock_skew;
 mod composition;
 mod default_store;
+mod dropped_calls;
 mod events;
 mod example_agent_demo;
 mod example_mcp_server;

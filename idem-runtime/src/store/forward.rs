@@ -23,6 +23,10 @@ macro_rules! forward_store {
                 (**self).name()
             }
 
+            fn shared(&self) -> Option<Arc<dyn Store>> {
+                (**self).shared()
+            }
+
             async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
                 (**self).claim(request).await
             }

@@ -308,6 +308,16 @@ pub trait Store: Send + Sync + fmt::Debug {
         self.heartbeat(key, token, Duration::ZERO).await
     }
 
+    /// An owned handle to this store, for work that must finish after its caller is gone: a
+    /// call dropped while its claim is on its way (an agent's `timeout`) has a task finish
+    /// that claim and give it back through this handle. `None` (the default) for stores
+    /// whose claim cannot be cut in half (the memory store's is one synchronous step); a
+    /// store that answers `None` although its claim can be left half made leaves such a
+    /// claim to run out its lease.
+    fn shared(&self) -> Option<std::sync::Arc<dyn Store>> {
+        None
+    }
+
     /// Return once the key is no longer held under `token` (completed, released, taken over)
     /// or after `at_most`, whichever is first; the caller then claims again. The default
     /// sleeps a short while (a poll); stores that can be told of changes wait for them.

@@ -1084,6 +1084,10 @@ impl Store for PostgresStore {
         "postgres"
     }
 
+    fn shared(&self) -> Option<std::sync::Arc<dyn Store>> {
+        Some(std::sync::Arc::new(self.clone()))
+    }
+
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
         let key = request.key;
         let hex = key.to_string();

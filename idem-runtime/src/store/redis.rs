@@ -1299,6 +1299,10 @@ impl Store for RedisStore {
         "redis"
     }
 
+    fn shared(&self) -> Option<std::sync::Arc<dyn Store>> {
+        Some(std::sync::Arc::new(self.clone()))
+    }
+
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
         let key = request.key;
         let mut invocation = CLAIM.prepare_invoke();

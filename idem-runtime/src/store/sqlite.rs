@@ -1132,6 +1132,10 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    fn shared(&self) -> Option<std::sync::Arc<dyn Store>> {
+        Some(std::sync::Arc::new(self.clone()))
+    }
+
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
         let owned = OwnedClaim {
             key: *request.key,
