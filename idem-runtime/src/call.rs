@@ -559,7 +559,7 @@ impl Owner<'_> {
                         next = again();
                     }
                     None => {
-                        tracing::error!(target: "idem", key = %self.key, %error, "the result could not be recorded; the key stays claimed until its lease runs out");
+                        tracing::error!(target: "idem", key = %self.key, %error, "the result could not be confirmed as recorded (a store that kept failing, or replicas that did not acknowledge it); unless the store did record it, the key stays claimed until its lease runs out");
                     }
                 },
             }
