@@ -123,6 +123,8 @@ macro_rules! conformance_tests {
             resolve_saga_settles_only_what_needs_attention,
             a_reclaimed_key_leaves_nothing_expired,
             a_claim_left_in_doubt_follows_on_stale_at_once,
+            a_shared_handle_is_the_same_store,
+            a_body_learns_that_its_lease_was_lost,
         );
     };
     (@each required $make_store:expr; $($check:ident),* $(,)?) => {
@@ -504,6 +506,65 @@ pub async fn a_claim_left_in_doubt_follows_on_stale_at_once(store: &dyn Store) {
         Claim::NeedsReview { fingerprint } => assert_eq!(fingerprint, fp),
         other => panic!("expected the key parked for review, got {other:?}"),
     }
+}
+
+/// A store's owned handle ([`Store::shared`]), when it has one, is the same store: what a
+/// call dropped while it claims gives back through it is the claim it made.
+pub async fn a_shared_handle_is_the_same_store(store: &dyn Store) {
+    let Some(handle) = store.shared() else {
+        return;
+    };
+    let k = key(42);
+    let token = claim_token(&*handle, &k, LONG).await;
+    let record = store
+        .get(&k)
+        .await
+        .expect("get")
+        .expect("the handle's claim");
+    assert_eq!((record.status, record.token), (Status::InProgress, token));
+    assert_eq!(
+        handle.release(&k, token).await.expect("release"),
+        Ownership::Held
+    );
+    assert!(store.get(&k).await.expect("get").is_none(), "given back");
+}
+
+/// A body whose lease is lost meanwhile (here an operator released the key under it) learns
+/// it from its heartbeat: `CallContext::is_lease_lost` and the `lease_lost` future, on which
+/// a long body can stop. Its result is not recorded.
+pub async fn a_body_learns_that_its_lease_was_lost(store: &dyn Store) {
+    static EXPORT: Action = Action::new("export_rows").lease(SHORT);
+    let (started, token) = tokio::sync::oneshot::channel();
+    let saw_it = std::sync::atomic::AtomicBool::new(false);
+    let owner = async {
+        EXPORT
+            .call(&("table-7",))?
+            .run::<_, Error, _>(store, async {
+                let call = current_call().expect("inside the body");
+                let _ = started.send((call.key(), call.fencing_token()));
+                if tokio::time::timeout(LONG, call.lease_lost()).await.is_ok() {
+                    saw_it.store(call.is_lease_lost(), std::sync::atomic::Ordering::SeqCst);
+                }
+                Ok(7)
+            })
+            .await
+    };
+    let operator = async {
+        let (key, token) = token.await.expect("the body started");
+        assert_eq!(
+            store.release(&key, token).await.expect("release"),
+            Ownership::Held
+        );
+    };
+    let (owned, ()) = tokio::join!(owner, operator);
+    assert!(
+        saw_it.load(std::sync::atomic::Ordering::SeqCst),
+        "the body was told"
+    );
+    assert!(
+        matches!(owned, Err(Error::LostOwnership { .. })),
+        "not recorded: {owned:?}"
+    );
 }
 
 /// A heartbeat renews the lease from the moment it is made.
