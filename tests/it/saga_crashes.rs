@@ -8,12 +8,18 @@
 //!
 //! The services write their effects to a ledger file and deduplicate by the idempotency key
 //! they are handed (`idem::current_key()`), as real payment and mail APIs do.
+//!
+//! Every scenario runs on SQLite, Redis and PostgreSQL: the child processes open their store
+//! from a URL (`idem::store::open`), each scenario in a namespace of its own on the shared
+//! server (a Redis key prefix, a PostgreSQL schema). The servers are started by this test
+//! process; without their binaries those tests skip (and fail under `CI=true`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use idem::store::{SagaStatus, SqliteStore, Store};
+use idem::store::{SagaStatus, Store};
 use idem::{current_key, saga_step, Recover, Retry, Saga};
+use idem_runtime::conformance::servers::{PostgresServer, RedisServer};
 
 use crate::child::{append, ledger_lines, say, temp_folder, var, ChildProcess};
 use crate::support::ToolError;
@@ -33,15 +39,24 @@ async fn stop_here(point: &str) {
     }
 }
 
+/// The key the running step (or compensation, or `verify`) is handed.
+fn key() -> String {
+    current_key()
+        .expect("steps run under their key")
+        .to_string()
+}
+
+/// What the service first answered to `key`: the effect it made under it, if any.
+fn answered(ledger: &Path, key: &str) -> Option<String> {
+    ledger_lines(ledger)
+        .into_iter()
+        .find_map(|line| line.strip_prefix(&format!("{key} ")).map(str::to_owned))
+}
+
 /// A service call: one ledger line `<key> <effect>` per key, whatever the retries.
 fn serve(ledger: &Path, effect: &str) -> String {
-    let key = current_key()
-        .expect("steps run under their key")
-        .to_string();
-    let done = ledger_lines(ledger)
-        .into_iter()
-        .find_map(|line| line.strip_prefix(&format!("{key} ")).map(str::to_owned));
-    done.unwrap_or_else(|| {
+    let key = key();
+    answered(ledger, &key).unwrap_or_else(|| {
         append(ledger, &format!("{key} {effect}"));
         effect.to_owned()
     })
@@ -106,7 +121,8 @@ async fn run_saga(store: &dyn Store) -> Result<String, ToolError> {
 }
 
 /// The child: `IDEM_ROLE=saga` runs the saga (and is killed at `IDEM_CRASH`);
-/// `IDEM_ROLE=recover` recovers until the saga is settled, then prints its status.
+/// `IDEM_ROLE=recover` recovers until the saga is settled, then prints its status and its
+/// steps. Its store is `IDEM_STORE`, a URL.
 #[test]
 #[ignore = "run by the tests of this module as a child process"]
 fn saga_child() {
@@ -115,18 +131,19 @@ fn saga_child() {
         .build()
         .unwrap();
     let work = async {
-        let store = SqliteStore::open(var("IDEM_DB"))
+        let store = idem::store::open(&var("IDEM_STORE"))
             .await
             .expect("open the store");
+        let store: &dyn Store = &*store;
         if var("IDEM_ROLE") == "saga" {
             say("RUNNING");
-            let result = run_saga(&store).await;
+            let result = run_saga(store).await;
             say(&format!("FINISHED {result:?}"));
             return;
         }
         let key = idem::Action::new("saga").key(&(SAGA,)).unwrap();
         loop {
-            let report = Recover::new(&store)
+            let report = Recover::new(store)
                 .lease(Duration::from_millis(300))
                 .compensation_retry(
                     Retry::new(3).backoff(Duration::from_millis(5), Duration::from_millis(20)),
@@ -137,21 +154,19 @@ fn saga_child() {
             // What recovery hands back is carried forward by the code that owns it.
             for id in &report.interrupted {
                 assert_eq!(id, SAGA);
-                run_saga(&store).await.expect("the saga carries forward");
+                run_saga(store).await.expect("the saga carries forward");
             }
-            let status = store
-                .read_saga(&key)
-                .await
-                .expect("read")
-                .map(|log| log.status);
-            if matches!(
-                status,
-                Some(SagaStatus::Completed | SagaStatus::Compensated)
-            ) {
-                say(&format!(
-                    "SETTLED {}",
-                    status.unwrap_or(SagaStatus::Running)
-                ));
+            let log = store.read_saga(&key).await.expect("read");
+            if let Some(log) = log
+                .filter(|log| matches!(log.status, SagaStatus::Completed | SagaStatus::Compensated))
+            {
+                let steps: Vec<String> = log
+                    .steps
+                    .iter()
+                    .map(|step| format!("{}={}", step.name, step.state))
+                    .collect();
+                say(&format!("SETTLED {}", log.status));
+                say(&format!("STEPS {}", steps.join(" ")));
                 return;
             }
             // The dead owner's lease (300 ms) has to run out before recovery may take over.
@@ -161,6 +176,36 @@ fn saga_child() {
     runtime
         .block_on(async { tokio::time::timeout(Duration::from_secs(60), work).await })
         .expect("the child finishes in time");
+}
+
+/// Where the scenarios' stores live. Each scenario gets a clean store of its own: a new
+/// SQLite file in its folder, or its own key prefix (Redis) or schema (PostgreSQL) on the
+/// server shared by this test process.
+#[derive(Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Redis(&'static RedisServer),
+    Postgres(&'static PostgresServer),
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Redis(_) => "redis",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The store URL of the scenario `namespace` (letters, digits and `_`), whose files are
+    /// in `folder`.
+    fn url(self, folder: &Path, namespace: &str) -> String {
+        match self {
+            Backend::Sqlite => format!("sqlite://{}", folder.join("idem.db").display()),
+            Backend::Redis(server) => format!("{}?prefix={namespace}:", server.url()),
+            Backend::Postgres(server) => format!("{}?schema={namespace}", server.url()),
+        }
+    }
 }
 
 /// One way to die: where the saga's process is killed, where the first recovering process
@@ -173,15 +218,48 @@ struct Scenario {
     ends: &'static str,
 }
 
-fn start(folder: &Path, role: &str, crash: &str, email_fails: bool) -> ChildProcess {
+impl Scenario {
+    fn killed_at(point: &str, ends: &'static str) -> Self {
+        Scenario {
+            kill_saga_at: point.to_owned(),
+            kill_recovery_at: None,
+            email_fails: false,
+            ends,
+        }
+    }
+
+    /// What the assertions call it: `inside:charge`, `after:charge, then recovery at …`.
+    fn label(&self) -> String {
+        let label = match self.kill_recovery_at {
+            Some(again) => format!("{}, then recovery at {again}", self.kill_saga_at),
+            None => self.kill_saga_at.clone(),
+        };
+        label
+    }
+
+    /// Its store namespace, short enough for a PostgreSQL schema name (63 bytes):
+    /// `crash_after_charge_then_inside_refund`.
+    fn namespace(&self, tag: &str) -> String {
+        let mut parts = vec![tag, &self.kill_saga_at];
+        if let Some(again) = self.kill_recovery_at {
+            parts.extend(["then", again]);
+        }
+        parts.join("_").replace(':', "_")
+    }
+}
+
+fn start(folder: &Path, url: &str, role: &str, crash: &str, scenario: &Scenario) -> ChildProcess {
     let mut env = vec![
-        ("IDEM_DB", folder.join("idem.db")),
-        ("IDEM_LEDGER", folder.join("ledger.txt")),
-        ("IDEM_ROLE", PathBuf::from(role)),
-        ("IDEM_CRASH", PathBuf::from(crash)),
+        ("IDEM_STORE", url.to_owned()),
+        (
+            "IDEM_LEDGER",
+            folder.join("ledger.txt").display().to_string(),
+        ),
+        ("IDEM_ROLE", role.to_owned()),
+        ("IDEM_CRASH", crash.to_owned()),
     ];
-    if email_fails {
-        env.push(("IDEM_EMAIL_FAILS", PathBuf::from("1")));
+    if scenario.email_fails {
+        env.push(("IDEM_EMAIL_FAILS", "1".to_owned()));
     }
     ChildProcess::start("saga_crashes::saga_child", &env)
 }
@@ -206,60 +284,51 @@ fn scenarios() -> Vec<Scenario> {
             // Killed once the email (which cannot be unsent) went out: carried forward.
             // Killed earlier: fully undone.
             let past_the_pivot = point == "inside:email" || point == "after:email";
-            all.push(Scenario {
-                kill_saga_at: point,
-                kill_recovery_at: None,
-                email_fails: false,
-                ends: if past_the_pivot {
+            all.push(Scenario::killed_at(
+                &point,
+                if past_the_pivot {
                     "completed"
                 } else {
                     "compensated"
                 },
-            });
+            ));
         }
     }
     // Killed while undoing itself (the email failed), inside each compensation.
     for point in ["inside:refund", "inside:cancel"] {
         all.push(Scenario {
-            kill_saga_at: point.to_owned(),
-            kill_recovery_at: None,
             email_fails: true,
-            ends: "compensated",
+            ..Scenario::killed_at(point, "compensated")
         });
     }
     // The recovering process is killed too, inside the refund it makes.
     all.push(Scenario {
-        kill_saga_at: "after:charge".to_owned(),
         kill_recovery_at: Some("inside:refund"),
-        email_fails: false,
-        ends: "compensated",
+        ..Scenario::killed_at("after:charge", "compensated")
     });
     all
 }
 
-#[test]
-fn a_saga_killed_at_any_point_is_recovered_with_no_double_effect() {
-    for scenario in scenarios() {
-        let point = match scenario.kill_recovery_at {
-            Some(again) => format!("{}, then recovery at {again}", scenario.kill_saga_at),
-            None => scenario.kill_saga_at.clone(),
-        };
-        let folder = temp_folder(&format!(
-            "saga-crash-{}",
-            point.replace([':', ',', ' '], "-")
-        ));
-        let fails = scenario.email_fails;
+/// Runs each scenario in processes of its own on `backend`, each in a namespace named after
+/// `tag` and the scenario, and checks the ledger and how the saga ended.
+fn run_scenarios(backend: Backend, tag: &str, scenarios: Vec<Scenario>) {
+    for scenario in scenarios {
+        let point = format!("{} on {}", scenario.label(), backend.name());
+        let namespace = scenario.namespace(tag);
+        let folder = temp_folder(&format!("saga-crash-{}-{namespace}", backend.name()));
+        let url = backend.url(&folder, &namespace);
 
-        let mut doomed = start(&folder, "saga", &scenario.kill_saga_at, fails);
+        let mut doomed = start(&folder, &url, "saga", &scenario.kill_saga_at, &scenario);
         doomed.expect(&format!("AT {}", scenario.kill_saga_at));
         doomed.kill();
         if let Some(at) = scenario.kill_recovery_at {
-            let mut doomed = start(&folder, "recover", at, fails);
+            let mut doomed = start(&folder, &url, "recover", at, &scenario);
             doomed.expect(&format!("AT {at}"));
             doomed.kill();
         }
-        let mut recovering = start(&folder, "recover", "", fails);
+        let mut recovering = start(&folder, &url, "recover", "", &scenario);
         let status = recovering.expect("SETTLED");
+        let steps = recovering.expect("STEPS");
         recovering.finish();
 
         let effects = effects(&folder);
@@ -277,9 +346,9 @@ fn a_saga_killed_at_any_point_is_recovered_with_no_double_effect() {
         );
         let count = |prefix: &str| effects.iter().filter(|e| e.starts_with(prefix)).count();
         assert!(count("charge") <= 1, "{point}: double charge: {effects:?}");
-        assert_eq!(status, scenario.ends, "{point}: {effects:?}");
-        if scenario.ends == "completed" {
-            assert_eq!(
+        assert_eq!(status, scenario.ends, "{point}: {effects:?} ({steps})");
+        match scenario.ends {
+            "completed" => assert_eq!(
                 effects,
                 [
                     "contract order-9",
@@ -287,18 +356,40 @@ fn a_saga_killed_at_any_point_is_recovered_with_no_double_effect() {
                     "email order-9"
                 ],
                 "{point}"
-            );
-        } else {
-            assert_eq!(count("email"), 0, "{point}: {effects:?}");
-            assert_eq!(count("contract"), count("cancel"), "{point}: {effects:?}");
-            assert_eq!(count("charge"), count("refund"), "{point}: {effects:?}");
-            let expected_contracts = usize::from(point != "before:contract");
-            assert_eq!(
-                count("contract"),
-                expected_contracts,
-                "{point}: {effects:?}"
-            );
+            ),
+            _ => {
+                assert_eq!(count("email"), 0, "{point}: {effects:?}");
+                assert_eq!(count("contract"), count("cancel"), "{point}: {effects:?}");
+                assert_eq!(count("charge"), count("refund"), "{point}: {effects:?}");
+                let expected_contracts = usize::from(scenario.kill_saga_at != "before:contract");
+                assert_eq!(
+                    count("contract"),
+                    expected_contracts,
+                    "{point}: {effects:?}"
+                );
+            }
         }
         let _ = std::fs::remove_dir_all(&folder);
     }
+}
+
+#[test]
+fn a_saga_killed_at_any_point_is_recovered_with_no_double_effect() {
+    run_scenarios(Backend::Sqlite, "crash", scenarios());
+}
+
+#[test]
+fn a_saga_killed_at_any_point_is_recovered_with_no_double_effect_on_redis() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    run_scenarios(Backend::Redis(server), "crash", scenarios());
+}
+
+#[test]
+fn a_saga_killed_at_any_point_is_recovered_with_no_double_effect_on_postgres() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    run_scenarios(Backend::Postgres(server), "crash", scenarios());
 }
