@@ -13,6 +13,12 @@
 //! from a URL (`idem::store::open`), each scenario in a namespace of its own on the shared
 //! server (a Redis key prefix, a PostgreSQL schema). The servers are started by this test
 //! process; without their binaries those tests skip (and fail under `CI=true`).
+//!
+//! Issue 12's case with real kills: the payment provider answers a reused key with 409
+//! Conflict instead of its first answer. The saga's process is killed inside the charge
+//! (after the charge is made, before its output is logged); recovery cannot learn whether the
+//! charge happened by running it again, so the saga is left NEEDS_ATTENTION with nothing
+//! undone. With a `verify` that looks the charge up by its key, it is undone instead.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -62,6 +68,17 @@ fn serve(ledger: &Path, effect: &str) -> String {
     })
 }
 
+/// The payment provider: as [`serve`], but with `IDEM_CONFLICTS` set it answers a reused
+/// key with 409 Conflict instead of its first answer, as many providers do.
+fn serve_charge(ledger: &Path, effect: &str) -> Result<String, ToolError> {
+    if std::env::var_os("IDEM_CONFLICTS").is_some() && answered(ledger, &key()).is_some() {
+        return Err(ToolError::Transient(
+            "409 Conflict: this idempotency key was already used".into(),
+        ));
+    }
+    Ok(serve(ledger, effect))
+}
+
 #[saga_step(compensate = cancel_contract)]
 async fn open_contract(order: &str) -> Result<String, ToolError> {
     let contract = serve(&ledger(), &format!("contract {order}"));
@@ -77,9 +94,22 @@ async fn cancel_contract(contract: String) -> Result<(), ToolError> {
 
 #[saga_step(compensate = refund_card)]
 async fn charge_card(order: &str, cents: u64) -> Result<String, ToolError> {
-    let charge = serve(&ledger(), &format!("charge {cents} for {order}"));
+    let charge = serve_charge(&ledger(), &format!("charge {cents} for {order}"))?;
     stop_here("inside:charge").await;
     Ok(charge)
+}
+
+/// The same charge, with a `verify` that looks the charge up by its key (`IDEM_VERIFY`).
+#[saga_step(compensate = refund_card, verify = find_charge)]
+async fn charge_card_verified(order: &str, cents: u64) -> Result<String, ToolError> {
+    let charge = serve_charge(&ledger(), &format!("charge {cents} for {order}"))?;
+    stop_here("inside:charge").await;
+    Ok(charge)
+}
+
+/// The provider's lookup of a charge by its idempotency key.
+async fn find_charge(_order: &str, _cents: &u64) -> Result<Option<String>, ToolError> {
+    Ok(answered(&ledger(), &key()))
 }
 
 async fn refund_card(charge: String) -> Result<(), ToolError> {
@@ -110,7 +140,11 @@ async fn run_saga(store: &dyn Store) -> Result<String, ToolError> {
             let contract = s.step(open_contract("order-9")).await?;
             stop_here("after:contract").await;
             stop_here("before:charge").await;
-            s.step(charge_card("order-9", 4200)).await?;
+            if std::env::var_os("IDEM_VERIFY").is_some() {
+                s.step(charge_card_verified("order-9", 4200)).await?;
+            } else {
+                s.step(charge_card("order-9", 4200)).await?;
+            }
             stop_here("after:charge").await;
             stop_here("before:email").await;
             s.step(email_customer("order-9")).await?;
@@ -121,8 +155,8 @@ async fn run_saga(store: &dyn Store) -> Result<String, ToolError> {
 }
 
 /// The child: `IDEM_ROLE=saga` runs the saga (and is killed at `IDEM_CRASH`);
-/// `IDEM_ROLE=recover` recovers until the saga is settled, then prints its status and its
-/// steps. Its store is `IDEM_STORE`, a URL.
+/// `IDEM_ROLE=recover` recovers until the saga is settled (completed, compensated, or left
+/// NEEDS_ATTENTION), then prints its status and its steps. Its store is `IDEM_STORE`, a URL.
 #[test]
 #[ignore = "run by the tests of this module as a child process"]
 fn saga_child() {
@@ -157,9 +191,12 @@ fn saga_child() {
                 run_saga(store).await.expect("the saga carries forward");
             }
             let log = store.read_saga(&key).await.expect("read");
-            if let Some(log) = log
-                .filter(|log| matches!(log.status, SagaStatus::Completed | SagaStatus::Compensated))
-            {
+            if let Some(log) = log.filter(|log| {
+                matches!(
+                    log.status,
+                    SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::NeedsAttention
+                )
+            }) {
                 let steps: Vec<String> = log
                     .steps
                     .iter()
@@ -209,12 +246,15 @@ impl Backend {
 }
 
 /// One way to die: where the saga's process is killed, where the first recovering process
-/// is killed (if it is), whether the email fails (so that the saga is being undone), and
-/// how the saga must end.
+/// is killed (if it is), whether the email fails (so that the saga is being undone), whether
+/// the payment provider answers a reused key with 409 and whether the charge has a `verify`,
+/// and how the saga must end.
 struct Scenario {
     kill_saga_at: String,
     kill_recovery_at: Option<&'static str>,
     email_fails: bool,
+    conflicts: bool,
+    verify: bool,
     ends: &'static str,
 }
 
@@ -224,25 +264,39 @@ impl Scenario {
             kill_saga_at: point.to_owned(),
             kill_recovery_at: None,
             email_fails: false,
+            conflicts: false,
+            verify: false,
             ends,
         }
     }
 
     /// What the assertions call it: `inside:charge`, `after:charge, then recovery at …`.
     fn label(&self) -> String {
-        let label = match self.kill_recovery_at {
+        let mut label = match self.kill_recovery_at {
             Some(again) => format!("{}, then recovery at {again}", self.kill_saga_at),
             None => self.kill_saga_at.clone(),
         };
+        if self.conflicts {
+            label.push_str(", a reused key answered 409");
+        }
+        if self.verify {
+            label.push_str(", the charge verified");
+        }
         label
     }
 
     /// Its store namespace, short enough for a PostgreSQL schema name (63 bytes):
-    /// `crash_after_charge_then_inside_refund`.
+    /// `crash_after_charge_then_inside_refund`, `doubt_inside_charge_409_verify`.
     fn namespace(&self, tag: &str) -> String {
         let mut parts = vec![tag, &self.kill_saga_at];
         if let Some(again) = self.kill_recovery_at {
             parts.extend(["then", again]);
+        }
+        if self.conflicts {
+            parts.push("409");
+        }
+        if self.verify {
+            parts.push("verify");
         }
         parts.join("_").replace(':', "_")
     }
@@ -258,8 +312,14 @@ fn start(folder: &Path, url: &str, role: &str, crash: &str, scenario: &Scenario)
         ("IDEM_ROLE", role.to_owned()),
         ("IDEM_CRASH", crash.to_owned()),
     ];
-    if scenario.email_fails {
-        env.push(("IDEM_EMAIL_FAILS", "1".to_owned()));
+    for (name, set) in [
+        ("IDEM_EMAIL_FAILS", scenario.email_fails),
+        ("IDEM_CONFLICTS", scenario.conflicts),
+        ("IDEM_VERIFY", scenario.verify),
+    ] {
+        if set {
+            env.push((name, "1".to_owned()));
+        }
     }
     ChildProcess::start("saga_crashes::saga_child", &env)
 }
@@ -307,6 +367,25 @@ fn scenarios() -> Vec<Scenario> {
         ..Scenario::killed_at("after:charge", "compensated")
     });
     all
+}
+
+/// Issue 12 with real kills: killed inside the charge (made, its output not logged), and the
+/// provider answers the charge run again under its key with 409.
+fn in_doubt_scenarios() -> Vec<Scenario> {
+    vec![
+        // Running it again does not tell whether it happened: it stays in doubt, and
+        // nothing before it is undone.
+        Scenario {
+            conflicts: true,
+            ..Scenario::killed_at("inside:charge", "needs_attention")
+        },
+        // Its `verify` finds the charge: it is refunded, and the contract cancelled.
+        Scenario {
+            conflicts: true,
+            verify: true,
+            ..Scenario::killed_at("inside:charge", "compensated")
+        },
+    ]
 }
 
 /// Runs each scenario in processes of its own on `backend`, each in a namespace named after
@@ -357,6 +436,18 @@ fn run_scenarios(backend: Backend, tag: &str, scenarios: Vec<Scenario>) {
                 ],
                 "{point}"
             ),
+            "needs_attention" => {
+                // The charge may have happened: nothing is undone, the charge stays in doubt.
+                assert_eq!(
+                    effects,
+                    ["contract order-9", "charge 4200 for order-9"],
+                    "{point}: nothing undone, one charge"
+                );
+                assert_eq!(
+                    steps, "open_contract=done charge_card=started",
+                    "{point}: the charge still in doubt"
+                );
+            }
             _ => {
                 assert_eq!(count("email"), 0, "{point}: {effects:?}");
                 assert_eq!(count("contract"), count("cancel"), "{point}: {effects:?}");
@@ -367,6 +458,18 @@ fn run_scenarios(backend: Backend, tag: &str, scenarios: Vec<Scenario>) {
                     expected_contracts,
                     "{point}: {effects:?}"
                 );
+                if scenario.verify {
+                    assert_eq!(
+                        effects,
+                        [
+                            "contract order-9",
+                            "charge 4200 for order-9",
+                            "refund charge 4200 for order-9",
+                            "cancel contract order-9"
+                        ],
+                        "{point}: the verified charge refunded once"
+                    );
+                }
             }
         }
         let _ = std::fs::remove_dir_all(&folder);
@@ -392,4 +495,25 @@ fn a_saga_killed_at_any_point_is_recovered_with_no_double_effect_on_postgres() {
         return;
     };
     run_scenarios(Backend::Postgres(server), "crash", scenarios());
+}
+
+#[test]
+fn a_charge_killed_in_doubt_and_answered_409_is_never_reported_compensated() {
+    run_scenarios(Backend::Sqlite, "doubt", in_doubt_scenarios());
+}
+
+#[test]
+fn a_charge_killed_in_doubt_and_answered_409_is_never_reported_compensated_on_redis() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    run_scenarios(Backend::Redis(server), "doubt", in_doubt_scenarios());
+}
+
+#[test]
+fn a_charge_killed_in_doubt_and_answered_409_is_never_reported_compensated_on_postgres() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    run_scenarios(Backend::Postgres(server), "doubt", in_doubt_scenarios());
 }
