@@ -8,6 +8,7 @@
 //! idem --store sqlite://idem.db keys --status in-progress
 //! idem --store sqlite://idem.db show 9f3a1c
 //! idem --store sqlite://idem.db unlock 9f3a1c
+//! idem --store sqlite://idem.db settle 9f3a1c --result '{"id":"ch_1"}'
 //! idem --store redis://127.0.0.1:6379/0 sagas --status needs-attention
 //! idem --store redis://127.0.0.1:6379/0 saga order-42
 //! idem --store redis://127.0.0.1:6379/0 resolve order-42 --note "refunded by hand, ticket 1234"
@@ -20,6 +21,7 @@
 //! | `keys [--status S] [--action NAME] [--limit N] [--json]` | lists records, newest first: action, key prefix, status, owner token, age, expiry |
 //! | `show KEY [--json]` | one record (a unique key prefix is enough), its stored result pretty-printed |
 //! | `unlock KEY [--yes] [--force]` | releases a stuck IN_PROGRESS or NEEDS_REVIEW record, so the next call runs its body; asks first unless `--yes`; refuses a live lease, or the claim of a running saga (`idem::recover`'s job), unless `--force` |
+//! | `settle KEY --result JSON [--ttl SECONDS] [--yes] [--force]` | records the result of a call left in doubt (its owner died, its error was ambiguous, or it waits for review), once you know its effect happened: every later call replays it; the same refusals as `unlock` |
 //! | `sagas [--status S] [--limit N] [--json]` | lists saga logs, most recently written first |
 //! | `saga ID [--json]` | one saga: status, error, note, and each step's state, arguments, output and error |
 //! | `resolve ID --note TEXT [--key PREFIX]` | marks a NEEDS_ATTENTION saga as settled by hand, keeping the note |
@@ -102,6 +104,7 @@ pub(crate) use note;
 mod purge;
 mod records;
 mod sagas;
+mod settle;
 mod stats;
 mod table;
 mod time;
@@ -167,6 +170,9 @@ enum Command {
     /// Release a stuck IN_PROGRESS or NEEDS_REVIEW record so the next call runs its body
     #[command(long_about = records::UNLOCK_HELP)]
     Unlock(records::UnlockArgs),
+    /// Record the result of a call left in doubt, once you know its effect happened
+    #[command(long_about = settle::SETTLE_HELP)]
+    Settle(settle::SettleArgs),
     /// List saga logs, most recently written first
     Sagas(sagas::SagasArgs),
     /// Show one saga: its status, error, note, and each step's state, output and error
@@ -295,6 +301,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Keys(args) => records::keys(&ctx, &args, &mut out).await,
         Command::Show(args) => records::show(&ctx, &args, &mut out).await,
         Command::Unlock(args) => records::unlock(&ctx, &args, &mut out).await,
+        Command::Settle(args) => settle::settle(&ctx, &args, &mut out).await,
         Command::Sagas(args) => sagas::list(&ctx, &args, &mut out).await,
         Command::Saga(args) => sagas::show(&ctx, &args, &mut out).await,
         Command::Resolve(args) => sagas::resolve(&ctx, &args, &mut out).await,

@@ -202,79 +202,14 @@ pub(crate) async fn unlock(
     args: &UnlockArgs,
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
-    let record = find(ctx, &args.key).await?;
+    let record = settleable(ctx, &args.key, args.force, "unlock").await?;
     let (key, action, token) = (record.key, &record.action, record.token);
-    let what = format!("key {key} (`{action}`) in {}", ctx.label);
-    match record.status {
-        Status::Completed => {
-            return Err(Failure::refused(format!(
-                "{what} is {}: there is nothing to unlock; its {} is replayed to every \
-                 duplicate call until it expires ({})",
-                kind(&record),
-                if kind(&record) == RecordKind::Failed {
-                    "error"
-                } else {
-                    "result"
-                },
-                time::expiry(record.expires_at, ctx.now)
-            )))
-        }
-        Status::InProgress if !args.force && !time::is_past(record.expires_at, ctx.now) => {
-            return Err(Failure::refused(format!(
-                "{what} is in progress under token {token} and its lease is live ({}): its \
-                 owner may still be running; wait for the lease to run out, or pass --force \
-                 if you know the owner is dead",
-                time::expiry(record.expires_at, ctx.now).replacen("in ", "ends in ", 1)
-            )))
-        }
-        Status::InProgress | Status::NeedsReview => {}
-    }
-    if !args.force {
-        let saga = ctx
-            .store
-            .read_saga(&key)
-            .await
-            .map_err(|error| ctx.failed(format!("read the saga log of key {key}"), error))?;
-        if let Some(log) = saga.filter(|log| log.status.is_active()) {
-            return Err(Failure::refused(format!(
-                "{what} is the claim of saga `{}`, which is {}: idem::recover takes over a \
-                 saga whose owner died and undoes it from its log, and releasing its claim \
-                 would hide it from recovery; run recovery, or pass --force to release it \
-                 anyway",
-                table::one_line(&log.id),
-                log.status
-            )));
-        }
-    }
     let question = format!(
         "Unlock key {key} (`{action}`, {} under token {token})? The next call will run its \
          body again. [y/N] ",
         kind(&record)
     );
-    if !args.yes && !confirm(&question)? {
-        return Err(Failure::refused(format!(
-            "{what} was not unlocked: not confirmed (answer y, or pass --yes)"
-        )));
-    }
-    // The answer may come much later: look again, and release only the record that was
-    // confirmed. An owner that renewed its lease meanwhile is alive, whatever the operator
-    // thought. (The release itself checks the token only; the window left is this look's
-    // round trip, not the time of a human's answer.)
-    let again = ctx
-        .store
-        .get(&key)
-        .await
-        .map_err(|error| ctx.failed(format!("read key {key}"), error))?;
-    let unchanged = again.as_ref().is_some_and(|now| {
-        now.token == token && now.status == record.status && now.expires_at == record.expires_at
-    });
-    if !unchanged {
-        return Err(Failure::refused(format!(
-            "{what} changed while you confirmed (its owner renewed its lease, finished, or \
-             another caller took it over): nothing was released; look again with `idem show {}`",
-            key.short()
-        )));
-    }
+    confirmed_unchanged(ctx, &record, args.yes, &question, "unlocked").await?;
     let released = ctx
         .store
         .release(&key, token)
@@ -289,12 +224,117 @@ pub(crate) async fn unlock(
             )?;
             Ok(())
         }
-        Ownership::Lost => Err(Failure::refused(format!(
-            "{what} changed meanwhile (token {token} no longer holds it): nothing was \
-             released; look again with `idem show {}`",
-            key.short()
-        ))),
+        Ownership::Lost => Err(changed_meanwhile(ctx, &record, "released")),
     }
+}
+
+/// The record of `prefix`, if an operator may settle it (`verb`: unlock it, or record its
+/// result): not completed, not a live lease unless `force`, not the claim of a saga that
+/// recovery will take over unless `force`.
+pub(crate) async fn settleable(
+    ctx: &Ctx,
+    prefix: &str,
+    force: bool,
+    verb: &str,
+) -> Result<Record, Failure> {
+    let record = find(ctx, prefix).await?;
+    let (key, action, token) = (record.key, &record.action, record.token);
+    let what = format!("key {key} (`{action}`) in {}", ctx.label);
+    match record.status {
+        Status::Completed => {
+            return Err(Failure::refused(format!(
+                "{what} is {}: there is nothing to {verb}; its {} is replayed to every \
+                 duplicate call until it expires ({})",
+                kind(&record),
+                if kind(&record) == RecordKind::Failed {
+                    "error"
+                } else {
+                    "result"
+                },
+                time::expiry(record.expires_at, ctx.now)
+            )))
+        }
+        Status::InProgress if !force && !time::is_past(record.expires_at, ctx.now) => {
+            return Err(Failure::refused(format!(
+                "{what} is in progress under token {token} and its lease is live ({}): its \
+                 owner may still be running; wait for the lease to run out, or pass --force \
+                 if you know the owner is dead",
+                time::expiry(record.expires_at, ctx.now).replacen("in ", "ends in ", 1)
+            )))
+        }
+        Status::InProgress | Status::NeedsReview => {}
+    }
+    if !force {
+        let saga = ctx
+            .store
+            .read_saga(&key)
+            .await
+            .map_err(|error| ctx.failed(format!("read the saga log of key {key}"), error))?;
+        if let Some(log) = saga.filter(|log| log.status.is_active()) {
+            return Err(Failure::refused(format!(
+                "{what} is the claim of saga `{}`, which is {}: idem::recover takes over a \
+                 saga whose owner died and undoes it from its log, and settling its claim \
+                 by hand would hide it from recovery; run recovery, or pass --force to \
+                 {verb} it anyway",
+                table::one_line(&log.id),
+                log.status
+            )));
+        }
+    }
+    Ok(record)
+}
+
+/// Asks `question` (unless `yes`), then looks at the record again: an operator's answer may
+/// come much later, and only the record that was confirmed may be settled. An owner that
+/// renewed its lease meanwhile is alive, whatever the operator thought. (The write itself
+/// checks the token only; the window left is this look's round trip, not the time of a
+/// human's answer.)
+pub(crate) async fn confirmed_unchanged(
+    ctx: &Ctx,
+    record: &Record,
+    yes: bool,
+    question: &str,
+    done: &str,
+) -> Result<(), Failure> {
+    let key = record.key;
+    let what = format!("key {key} (`{}`) in {}", record.action, ctx.label);
+    if !yes && !confirm(question)? {
+        return Err(Failure::refused(format!(
+            "{what} was not {done}: not confirmed (answer y, or pass --yes)"
+        )));
+    }
+    let again = ctx
+        .store
+        .get(&key)
+        .await
+        .map_err(|error| ctx.failed(format!("read key {key}"), error))?;
+    let unchanged = again.as_ref().is_some_and(|now| {
+        now.token == record.token
+            && now.status == record.status
+            && now.expires_at == record.expires_at
+    });
+    if unchanged {
+        Ok(())
+    } else {
+        Err(Failure::refused(format!(
+            "{what} changed while you confirmed (its owner renewed its lease, finished, or \
+             another caller took it over): nothing was {done}; look again with `idem show {}`",
+            key.short()
+        )))
+    }
+}
+
+/// The refusal of a write whose token no longer held the record.
+pub(crate) fn changed_meanwhile(ctx: &Ctx, record: &Record, done: &str) -> Failure {
+    let key = record.key;
+    Failure::refused(format!(
+        "key {key} (`{}`) in {} changed meanwhile (token {} no longer holds it): nothing was \
+         {done}; look again with `idem show {}`",
+        record.action,
+        ctx.label,
+        record.token,
+        key.short()
+    ))
 }
 
 /// Asks `question` on stderr and reads the answer from stdin: only `y` or `yes` agree
@@ -357,7 +397,7 @@ async fn find(ctx: &Ctx, prefix: &str) -> Result<Record, Failure> {
 }
 
 /// The kind an operator sorts a record by.
-fn kind(record: &Record) -> RecordKind {
+pub(crate) fn kind(record: &Record) -> RecordKind {
     RecordKind::of(record.status, record.outcome.as_ref())
 }
 

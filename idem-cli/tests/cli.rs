@@ -51,6 +51,10 @@ impl ToolError {
     fn is_final(&self) -> bool {
         matches!(self, ToolError::Declined(_))
     }
+
+    fn is_transient(&self) -> bool {
+        matches!(self, ToolError::Transient(_))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,6 +117,25 @@ async fn wire_transfer(
         std::future::pending::<()>().await;
     }
     Ok(amount_cents)
+}
+
+/// A charge whose provider answers "timed out" after charging: the key is left in doubt
+/// (`in_doubt`), for an operator to settle. Counts its runs in `ledger`.
+#[idem::idempotent(skip = [store, ledger], store = store, in_doubt = ToolError::is_transient)]
+async fn book_flight(
+    store: &dyn Store,
+    ledger: &AtomicUsize,
+    flight: &str,
+) -> Result<String, ToolError> {
+    if ledger.fetch_add(1, Ordering::SeqCst) == 0 {
+        return Err(ToolError::Transient(
+            "the airline timed out after booking".into(),
+        ));
+    }
+    Ok(format!(
+        "booking for {flight}, run {}",
+        ledger.load(Ordering::SeqCst)
+    ))
 }
 
 /// Kept for 100 ms: records that expire, for `purge`.
@@ -1101,7 +1124,52 @@ macro_rules! on_every_store {
     };
 }
 
+/// A key left in doubt is settled by an operator who learned the effect happened: the
+/// result given is replayed, and the body does not run again.
+async fn settle_records_the_result_of_a_key_in_doubt(env: Env) {
+    let ledger = AtomicUsize::new(0);
+    let first = book_flight(&*env.store, &ledger, "LH-400").await;
+    assert!(matches!(first, Err(ToolError::Transient(_))), "{first:?}");
+    let listing = env
+        .idem(&["keys", "--action", "book_flight", "--json"])
+        .json();
+    let key = key_of(&listing, "book_flight");
+
+    let why = env
+        .idem(&["settle", &key[..12], "--result", "not json", "--yes"])
+        .fails(2)
+        .to_owned();
+    assert!(why.contains("as JSON"), "{why}");
+    let settled = env
+        .idem(&[
+            "settle",
+            &key[..12],
+            "--result",
+            r#""booking ABC123 for LH-400""#,
+            "--yes",
+        ])
+        .ok()
+        .to_owned();
+    assert!(
+        settled.contains("settled key") && settled.contains(&key),
+        "{settled}"
+    );
+    let replayed = book_flight(&*env.store, &ledger, "LH-400").await;
+    assert_eq!(replayed, Ok("booking ABC123 for LH-400".into()));
+    assert_eq!(
+        ledger.load(Ordering::SeqCst),
+        1,
+        "the body did not run again"
+    );
+    let why = env
+        .idem(&["settle", &key[..12], "--result", "1", "--yes"])
+        .fails(1)
+        .to_owned();
+    assert!(why.contains("nothing to settle"), "{why}");
+}
+
 on_every_store!(
+    settle_records_the_result_of_a_key_in_doubt,
     records_are_listed_shown_and_counted,
     unlock_refuses_what_it_must_and_releases_the_rest,
     unlock_leaves_a_dead_sagas_claim_to_recovery,
