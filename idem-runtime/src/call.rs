@@ -321,6 +321,7 @@ where
         fingerprint,
         action: action.name(),
         lease: action.lease_duration(),
+        ttl: action.ttl_duration(),
         on_stale: action.stale_policy(),
     };
     let mut deadline = None;

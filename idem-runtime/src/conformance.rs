@@ -35,7 +35,10 @@ use tokio::time::Instant;
 use crate::action::{Action, OnConflict, OnStale};
 use crate::key::{Fingerprint, Key};
 use crate::outcome::{Disposition, Outcome};
-use crate::store::{Claim, ClaimRequest, FencingToken, Ownership, Status, Store, StoredOutcome};
+use crate::store::{
+    Claim, ClaimRequest, FencingToken, Ownership, SagaStatus, SagaWrite, Status, Store,
+    StoredOutcome,
+};
 use crate::{current_call, observe, Error};
 
 /// A lease short enough for tests to wait out.
@@ -125,6 +128,7 @@ macro_rules! conformance_tests {
             a_claim_left_in_doubt_follows_on_stale_at_once,
             a_shared_handle_is_the_same_store,
             a_body_learns_that_its_lease_was_lost,
+            a_dead_claim_is_purged_after_its_lease_and_ttl,
         );
     };
     (@each required $make_store:expr; $($check:ident),* $(,)?) => {
@@ -170,6 +174,7 @@ fn request<'a>(
         fingerprint,
         action: "conformance",
         lease,
+        ttl: LONG,
         on_stale,
     }
 }
@@ -727,7 +732,98 @@ pub async fn purge_removes_only_expired_results(store: &dyn Store) {
     assert!(store.get(&kept).await.expect("get").is_some());
     assert!(
         store.get(&running).await.expect("get").is_some(),
-        "a dead owner's claim stays for takeover"
+        "a dead owner's claim stays for takeover while its TTL runs"
+    );
+}
+
+/// Claims `key` (its own payload) with `lease` and the action's `ttl`.
+async fn claim_with_ttl(
+    store: &dyn Store,
+    key: &Key,
+    lease: Duration,
+    ttl: Duration,
+    on_stale: OnStale,
+) -> Claim {
+    let fingerprint = Fingerprint::from(*key);
+    let request = ClaimRequest {
+        ttl,
+        ..request(key, &fingerprint, lease, on_stale)
+    };
+    store.claim(&request).await.expect("claim")
+}
+
+/// A claim whose owner died is purged once its lease and the action's TTL have both run out
+/// (also one left in doubt, whose lease ended at once), counted by `count_expired` and
+/// purged in batches; until then it is kept for a caller of the same payload to resume. A key
+/// parked for review waits for its operator, a claim kept alive by a heartbeat stays, and so
+/// does the claim of a saga whose owner died (recovery needs it).
+pub async fn a_dead_claim_is_purged_after_its_lease_and_ttl(store: &dyn Store) {
+    let (dead, resumable, parked) = (key(40), key(41), key(42));
+    let (live, in_doubt, saga) = (key(43), key(44), key(45));
+    let take_over = OnStale::TakeOver;
+    acquired(claim_with_ttl(store, &dead, SHORT, SHORT, take_over).await);
+    acquired(claim_with_ttl(store, &resumable, SHORT, LONG, take_over).await);
+    acquired(claim_with_ttl(store, &parked, SHORT, SHORT, OnStale::Review).await);
+    let (token, _) = acquired(claim_with_ttl(store, &live, SHORT, SHORT, take_over).await);
+    let beat = store
+        .heartbeat(&live, token, LONG)
+        .await
+        .expect("heartbeat");
+    assert_eq!(beat, Ownership::Held);
+    let (token, _) = acquired(claim_with_ttl(store, &in_doubt, LONG, SHORT, take_over).await);
+    let left = store.leave_in_doubt(&in_doubt, token).await;
+    assert_eq!(left.expect("leave_in_doubt"), Ownership::Held);
+    let (token, _) = acquired(claim_with_ttl(store, &saga, SHORT, SHORT, take_over).await);
+    let running = SagaWrite::Status {
+        status: SagaStatus::Running,
+        error: None,
+    };
+    let written = store.write_saga(&saga, "order-45", token, running).await;
+    assert_eq!(written.expect("write_saga"), Ownership::Held);
+
+    // The leases ran out: the review is parked.
+    past(SHORT).await;
+    let review = claim_with_ttl(store, &parked, SHORT, SHORT, OnStale::Review).await;
+    assert!(matches!(review, Claim::NeedsReview { .. }), "{review:?}");
+
+    // Lease and TTL ran out for `dead` and `in_doubt`, not the TTL of `resumable`: the two
+    // are purged, one batch at a time.
+    past(SHORT).await;
+    assert_eq!(store.count_expired().await.expect("count_expired"), 2);
+    assert_eq!(store.purge_expired_batch(1).await.expect("purge"), 1);
+    assert_eq!(store.count_expired().await.expect("count_expired"), 1);
+    assert_eq!(store.purge_expired_batch(10).await.expect("purge"), 1);
+    assert_eq!(store.purge_expired_batch(10).await.expect("purge"), 0);
+    assert_eq!(store.count_expired().await.expect("count_expired"), 0);
+    assert_eq!(store.get(&dead).await.expect("get"), None, "a dead claim");
+    assert_eq!(
+        store.get(&in_doubt).await.expect("get"),
+        None,
+        "left in doubt"
+    );
+
+    let status = |record: Option<crate::store::Record>| record.map(|record| record.status);
+    assert_eq!(
+        status(store.get(&parked).await.expect("get")),
+        Some(Status::NeedsReview),
+        "a parked review waits for its operator"
+    );
+    assert_eq!(
+        status(store.get(&live).await.expect("get")),
+        Some(Status::InProgress),
+        "a claim kept alive by its heartbeat"
+    );
+    assert_eq!(
+        status(store.get(&saga).await.expect("get")),
+        Some(Status::InProgress),
+        "a saga's claim stays for recovery"
+    );
+    let stale = store.stale_sagas(10).await.expect("stale_sagas");
+    assert!(stale.iter().any(|s| s.key == saga), "{stale:?}");
+    let (_, resumed) = acquired(claim_with_ttl(store, &resumable, LONG, LONG, take_over).await);
+    assert!(
+        resumed,
+        "a dead claim is kept until the action's TTL ran out after its lease, and resumed"
     );
 }
 

@@ -30,6 +30,7 @@ pub(crate) struct Request {
     pub(crate) fingerprint: Fingerprint,
     pub(crate) action: &'static str,
     pub(crate) lease: Duration,
+    pub(crate) ttl: Duration,
     pub(crate) on_stale: OnStale,
 }
 
@@ -40,6 +41,7 @@ impl Request {
             fingerprint: &self.fingerprint,
             action: self.action,
             lease: self.lease,
+            ttl: self.ttl,
             on_stale: self.on_stale,
         }
     }

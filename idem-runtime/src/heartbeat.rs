@@ -219,6 +219,7 @@ mod tests {
             fingerprint: &fingerprint,
             action: "stuck_beat",
             lease,
+            ttl: Duration::from_secs(3600),
             on_stale: OnStale::TakeOver,
         };
         let Claim::Acquired { token, .. } = store.claim(&request).await.expect("claim") else {

@@ -158,6 +158,7 @@ async fn a_bounded_wait_gives_up_with_in_progress() {
             fingerprint: &fingerprint,
             action: "bounded_wait",
             lease: Duration::from_secs(60),
+            ttl: Duration::from_secs(3600),
             on_stale: idem::OnStale::TakeOver,
         })
         .await

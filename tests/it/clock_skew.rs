@@ -22,6 +22,7 @@ fn request<'a>(key: &'a idem::Key, fingerprint: &'a Fingerprint) -> ClaimRequest
         fingerprint,
         action: "clock_skew",
         lease: LEASE,
+        ttl: Duration::from_secs(3600),
         on_stale: OnStale::TakeOver,
     }
 }

@@ -102,6 +102,7 @@ fn a_refused_duplicate_is_a_conflict_event() {
             fingerprint: &fingerprint,
             action: "export",
             lease: std::time::Duration::from_secs(60),
+            ttl: std::time::Duration::from_secs(3600),
             on_stale: idem::OnStale::TakeOver,
         };
         idem::store::Store::claim(&store, &request).await.unwrap();

@@ -117,6 +117,7 @@ async fn ghost_saga(store: &MemoryStore, id: &str, state: StepState) {
         fingerprint: &fingerprint,
         action: "saga",
         lease: Duration::from_millis(50),
+        ttl: Duration::from_secs(3600),
         on_stale: OnStale::TakeOver,
     };
     let Claim::Acquired { token, .. } = store.claim(&request).await.unwrap() else {

@@ -40,6 +40,7 @@ async fn claim_as(
         fingerprint: &fingerprint,
         action,
         lease,
+        ttl: LONG,
         on_stale,
     };
     store.claim(&request).await.expect("claim")
@@ -220,7 +221,7 @@ pub async fn record_counts_by_action_and_kind(store: &dyn Store) {
 }
 
 /// `count_expired` counts what `purge_expired` would delete; `purge_expired_batch` deletes
-/// at most its limit (expired results only, with the logs of the sagas they ended) until it
+/// at most its limit (here expired results, with the logs of the sagas they ended) until it
 /// returns 0.
 pub async fn purge_expired_in_batches(store: &dyn Store) {
     let expiring: Vec<Key> = (0..5)

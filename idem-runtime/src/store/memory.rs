@@ -70,7 +70,7 @@ impl Default for Inner {
 struct State {
     records: KeyMap<Entry>,
     last_token: FencingToken,
-    /// Inserts since the last sweep of expired results, so memory stays bounded.
+    /// Inserts since the last sweep of purgeable records, so memory stays bounded.
     inserts: usize,
     /// How many records the last sweep kept.
     kept: usize,
@@ -100,6 +100,8 @@ struct Entry {
     outcome: Option<StoredOutcome>,
     created_ms: i64,
     expires_at_ms: Option<i64>,
+    /// The TTL of the action that claimed the key: how long a dead claim is kept.
+    ttl_ms: i64,
 }
 
 impl Entry {
@@ -118,6 +120,7 @@ impl Entry {
             outcome: None,
             created_ms: now_ms,
             expires_at_ms: Some(now_ms.saturating_add(millis(request.lease))),
+            ttl_ms: millis(request.ttl),
         }
     }
 
@@ -127,6 +130,7 @@ impl Entry {
             token: self.token,
             fingerprint: self.fingerprint,
             expires_at_ms: self.expires_at_ms,
+            claim_ttl_ms: Some(self.ttl_ms),
         }
     }
 
@@ -244,12 +248,13 @@ impl State {
         self.kept = self.records.len();
     }
 
-    /// Removes the expired results and the logs of the sagas they ended; returns how many
-    /// records went.
+    /// Removes the expired results, with the logs of the sagas they ended, and the dead
+    /// claims (`Found::is_purgeable`); returns how many records went.
     fn purge(&mut self, now_ms: i64) -> usize {
         let mut purged = Vec::new();
+        let sagas = &self.sagas;
         self.records.retain(|key, e| {
-            let expired = is_expired_result(e, now_ms);
+            let expired = is_purgeable(sagas, key, e, now_ms);
             if expired {
                 purged.push(*key);
             }
@@ -266,7 +271,7 @@ impl State {
         let expired: Vec<Key> = self
             .records
             .iter()
-            .filter(|(_, e)| is_expired_result(e, now_ms))
+            .filter(|(key, e)| is_purgeable(&self.sagas, key, e, now_ms))
             .map(|(key, _)| *key)
             .take(limit)
             .collect();
@@ -278,8 +283,8 @@ impl State {
     }
 }
 
-fn is_expired_result(entry: &Entry, now_ms: i64) -> bool {
-    entry.found().is_expired_result(now_ms)
+fn is_purgeable(sagas: &KeyMap<SagaEntry>, key: &Key, entry: &Entry, now_ms: i64) -> bool {
+    entry.found().is_purgeable(sagas.contains_key(key), now_ms)
 }
 
 #[async_trait]
@@ -324,6 +329,7 @@ impl Store for MemoryStore {
                 state.last_token += 1;
                 entry.token = state.last_token;
                 entry.expires_at_ms = Some(now.saturating_add(millis(request.lease)));
+                entry.ttl_ms = millis(request.ttl);
                 Claim::Acquired {
                     token: entry.token,
                     resumed: true,
@@ -524,8 +530,8 @@ impl Store for MemoryStore {
         let state = self.inner.state();
         let expired = state
             .records
-            .values()
-            .filter(|e| is_expired_result(e, now))
+            .iter()
+            .filter(|(key, e)| is_purgeable(&state.sagas, key, e, now))
             .count();
         Ok(u64::try_from(expired).unwrap_or(u64::MAX))
     }
@@ -580,6 +586,7 @@ mod tests {
             fingerprint: &Fingerprint::from(*key),
             action: "sweep",
             lease,
+            ttl: Duration::from_secs(3600),
             on_stale: OnStale::TakeOver,
         };
         match store.claim(&request).await.unwrap() {

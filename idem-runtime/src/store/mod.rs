@@ -6,7 +6,8 @@
 //!                      │    ▲  release(token): back to (none)
 //!                      │    └── heartbeat(token) extends the lease while the body runs
 //!                      └── lease expired ──▶ claimable again under a new token
-//!                                            (or NEEDS_REVIEW with on_stale = review)
+//!                                            (or NEEDS_REVIEW with on_stale = review);
+//!                                            left alone for the ttl after it: purged
 //! ```
 //!
 //! A store keeps one record per key. [`Store::claim`] is its one atomic step; every other
@@ -81,6 +82,11 @@ pub struct ClaimRequest<'a> {
     pub action: &'a str,
     /// How long the claim holds without a heartbeat.
     pub lease: Duration,
+    /// The action's TTL: how long a claim whose owner died (its lease ran out, or it was
+    /// left in doubt) is kept after its lease ended, for a caller of the same payload to
+    /// resume it, before [`Store::purge_expired`] deletes it. (A result's own TTL is given to
+    /// [`Store::complete`].)
+    pub ttl: Duration,
     /// What to do with a record whose owner's lease expired.
     pub on_stale: OnStale,
 }
@@ -235,6 +241,7 @@ pub struct Record {
 ///     fingerprint: &fingerprint,
 ///     action: "send_email",
 ///     lease: Duration::from_secs(10),
+///     ttl: Duration::from_secs(3600),
 ///     on_stale: OnStale::TakeOver,
 /// };
 ///
@@ -330,12 +337,21 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// The record of a key, if there is one (expired or not).
     async fn get(&self, key: &Key) -> Result<Option<Record>, Error>;
 
-    /// Delete the completed records whose TTL ran out, with the logs of the sagas they ended;
-    /// returns how many records. Claims whose owner died are kept (the next caller of the
-    /// same payload resumes them) and so are records parked for review and the logs of sagas
-    /// that need attention, were interrupted or were resolved: those are for an operator or
-    /// their code. A store may also delete expired results by itself (Redis does, at their
-    /// TTL); what it counts here is then what is left to tidy of them (its expiry index).
+    /// Delete the records nobody needs any more; returns how many. Those are:
+    ///
+    /// - the completed records whose TTL ran out, with the logs of the sagas they ended;
+    /// - the claims whose owner died (in progress, lease ended, or left in doubt) once the
+    ///   action's TTL ([`ClaimRequest::ttl`]) has run out too since the lease ended (each
+    ///   heartbeat moves that moment): until then the next caller of the same payload resumes
+    ///   them. A claim that has a saga log is never purged this way: `idem::recover` (through
+    ///   [`Store::stale_sagas`]) or an operator needs it. A claim made by an idem that did not
+    ///   record the TTL is kept as before.
+    ///
+    /// Records parked for review, claims whose lease still runs, and the logs of sagas that
+    /// need attention, were interrupted or were resolved are kept: those are for an operator,
+    /// their code, or a live owner. The rule is `Found::is_purgeable` in `store::rules`. A
+    /// store may also delete such records by itself (Redis does, at that moment); what it
+    /// counts here is then what is left to tidy of them (its expiry index).
     async fn purge_expired(&self) -> Result<u64, Error>;
 
     /// Write to the log of the saga whose claim is `saga` (its id is `id`), if `token` still
@@ -358,6 +374,7 @@ pub trait Store: Send + Sync + fmt::Debug {
     ///     fingerprint: &Fingerprint::from(saga),
     ///     action: "saga",
     ///     lease: Duration::from_secs(10),
+    ///     ttl: Duration::from_secs(3600),
     ///     on_stale: OnStale::TakeOver,
     /// };
     /// let Claim::Acquired { token, .. } = store.claim(&request).await? else { unreachable!() };
@@ -487,8 +504,9 @@ pub trait Store: Send + Sync + fmt::Debug {
         Err(unsupported(self.name(), "count_expired"))
     }
 
-    /// Like [`Store::purge_expired`], but deletes at most `limit` records (with the logs of
-    /// the sagas they ended); returns how many. Called in a loop until it returns 0, it
+    /// Like [`Store::purge_expired`], but deletes at most `limit` records of either kind
+    /// (expired results, with the logs of the sagas they ended, and dead claims); returns how
+    /// many. Called in a loop until it returns 0, it
     /// purges everything `purge_expired` would, with progress to show on the way (see the
     /// example on [`Store::count_expired`]).
     async fn purge_expired_batch(&self, limit: usize) -> Result<u64, Error> {
@@ -521,6 +539,7 @@ pub trait Store: Send + Sync + fmt::Debug {
     ///     fingerprint: &Fingerprint::from(saga),
     ///     action: "saga",
     ///     lease: Duration::from_secs(10),
+    ///     ttl: Duration::from_secs(3600),
     ///     on_stale: OnStale::TakeOver,
     /// };
     /// let Claim::Acquired { token, .. } = store.claim(&request).await? else { unreachable!() };

@@ -26,8 +26,9 @@ use crate::{Error, OnStale};
 const SCHEMA_SQL: &str = include_str!("postgres.sql");
 
 /// The version `postgres.sql` sets up; a schema with a smaller one is upgraded by running
-/// the file again (2 added `idem_sagas.note`), a schema with a larger one is refused.
-const SCHEMA_VERSION: i64 = 2;
+/// the file again (2 added `idem_sagas.note`, 3 `idem_records.ttl_ms`), a schema with a
+/// larger one is refused.
+const SCHEMA_VERSION: i64 = 3;
 
 /// Connections in the pool unless told otherwise: enough for a busy process, few enough that
 /// a fleet of processes stays well under the server's `max_connections` (100 by default).
@@ -88,7 +89,8 @@ const CLAIM_ATTEMPTS: usize = 16;
 /// - **Connections**: a pool (deadpool-postgres) of 16 by default, without TLS; for TLS or
 ///   other pool settings build the pool yourself and use [`PostgresStore::with_pool`].
 ///
-/// Expired results are purged in the background every 1024 recorded results, and by
+/// Expired results and dead claims (see [`Store::purge_expired`]) are purged in the
+/// background every 1024 recorded results, and by
 /// [`purge_expired`](Store::purge_expired). A caller waiting for a key held by another caller
 /// of the same process is woken the moment that call finishes; one waiting on another
 /// process looks again every 25 ms.
@@ -614,6 +616,18 @@ impl Statements {
         // A result whose TTL ran out: what a purge deletes (and counts) and a claim replaces.
         let expired =
             |r: &str| format!("{r}.status = 'completed' AND {r}.expires_at <= clock_timestamp()");
+        // What a purge deletes (and counts), the rule of `Found::is_purgeable`: an expired
+        // result, or a claim whose lease ended and the action's TTL after it (NULL in claims
+        // made before version 3: kept), unless it has a saga log.
+        let purgeable = |r: &str| {
+            format!(
+                "({expired}) \
+                 OR ({r}.status = 'in_progress' AND {r}.expires_at <= clock_timestamp() \
+                     AND {r}.expires_at + {r}.ttl_ms * interval '1 millisecond' <= clock_timestamp() \
+                     AND NOT EXISTS (SELECT 1 FROM {s}.idem_sagas AS g WHERE g.key = {r}.key))",
+                expired = expired(r),
+            )
+        };
         // A record whose owner may be replaced by the claim of payload `fingerprint`: an
         // expired result, or a claim of the same payload whose lease ran out.
         let claimable = |r: &str, fingerprint: &str| {
@@ -661,9 +675,10 @@ impl Statements {
              ),
              claimed AS (
                  INSERT INTO {s}.idem_records AS r
-                     (key, action, status, token, fingerprint, created_at, expires_at, takeovers)
+                     (key, action, status, token, fingerprint, created_at, expires_at, takeovers, ttl_ms)
                  SELECT $1::text, $2::text, 'in_progress', nextval({sequence}), $3::bytea,
-                        clock_timestamp(), clock_timestamp() + $4::bigint * interval '1 millisecond', 0
+                        clock_timestamp(), clock_timestamp() + $4::bigint * interval '1 millisecond', 0,
+                        $6::bigint
                  WHERE NOT EXISTS (SELECT 1 FROM cur WHERE NOT cur.claimable)
                  ON CONFLICT (key) DO UPDATE SET
                      status      = CASE WHEN r.status = 'in_progress' AND $5::boolean
@@ -679,7 +694,8 @@ impl Statements {
                                         THEN NULL ELSE excluded.expires_at END,
                      takeovers   = CASE WHEN r.status = 'completed' THEN 0
                                         WHEN $5::boolean THEN r.takeovers
-                                        ELSE r.takeovers + 1 END
+                                        ELSE r.takeovers + 1 END,
+                     ttl_ms      = excluded.ttl_ms
                  WHERE {r_claimable}
                  RETURNING r.status, r.token, r.takeovers
              )
@@ -733,7 +749,7 @@ impl Statements {
                 "WITH gone AS (
                      DELETE FROM {s}.idem_records
                      WHERE key IN (SELECT r.key FROM {s}.idem_records AS r
-                                   WHERE {expired}
+                                   WHERE {purgeable}
                                    LIMIT $1::bigint
                                    FOR UPDATE SKIP LOCKED)
                      RETURNING key
@@ -741,11 +757,11 @@ impl Statements {
                  steps AS (DELETE FROM {s}.idem_saga_steps WHERE saga IN (SELECT key FROM gone)),
                  sagas AS (DELETE FROM {s}.idem_sagas WHERE key IN (SELECT key FROM gone))
                  SELECT count(*) FROM gone",
-                expired = expired("r"),
+                purgeable = purgeable("r"),
             ),
             count_expired: format!(
-                "SELECT count(*) FROM {s}.idem_records AS r WHERE {expired}",
-                expired = expired("r"),
+                "SELECT count(*) FROM {s}.idem_records AS r WHERE {purgeable}",
+                purgeable = purgeable("r"),
             ),
             // The saga's record is locked (FOR SHARE) by the statement that writes the log:
             // a takeover waits for the write, and a write after a takeover finds no record.
@@ -909,6 +925,8 @@ fn found(
             token,
             fingerprint: Fingerprint::from_bytes(fingerprint),
             expires_at_ms,
+            // Not read: the purge's rule runs in SQL (`purgeable`).
+            claim_ttl_ms: None,
         },
         outcome,
     ))
@@ -1093,13 +1111,14 @@ impl Store for PostgresStore {
         let hex = key.to_string();
         let fingerprint = &request.fingerprint.as_bytes()[..];
         let lease = duration_ms(request.lease);
+        let ttl = duration_ms(request.ttl);
         let review = request.on_stale == OnStale::Review;
         for _ in 0..CLAIM_ATTEMPTS {
             let rows = self
                 .query(
                     Some(key),
                     &self.inner.sql.claim,
-                    &[&hex, &request.action, &fingerprint, &lease, &review],
+                    &[&hex, &request.action, &fingerprint, &lease, &review, &ttl],
                 )
                 .await?;
             let row = rows

@@ -1,9 +1,9 @@
--- The schema of idem's PostgresStore, version 2.
+-- The schema of idem's PostgresStore, version 3.
 --
 -- PostgresStore creates this schema itself when it connects: in one transaction, under
 -- pg_advisory_xact_lock (so that processes connecting at once do not race), it runs this file
 -- with `search_path` set to the store's schema (`public` unless the store is given another),
--- unless `idem_meta` already says version 2. A store that finds the schema in place changes
+-- unless `idem_meta` already says version 3. A store that finds the schema in place changes
 -- nothing, so it needs no CREATE privilege.
 --
 -- The same file upgrades a schema of an older version in place, keeping its rows: what a
@@ -41,11 +41,15 @@ CREATE TABLE IF NOT EXISTS idem_records (
     result       bytea,                    -- the recorded value or error (JSON), once completed
     created_at   timestamptz NOT NULL,     -- when the key was first claimed
     expires_at   timestamptz,              -- lease end, or result expiry; NULL: waits for review
-    takeovers    integer     NOT NULL DEFAULT 0  -- owners that died and were taken over
+    takeovers    integer     NOT NULL DEFAULT 0, -- owners that died and were taken over
+    ttl_ms       bigint                    -- the claiming action's TTL in ms: a claim whose owner
+                                           -- died is purged once expires_at + ttl_ms has passed
+                                           -- (unless it has a saga log); NULL in claims made
+                                           -- before version 3: kept. Since version 3
 );
 
--- Expiry: what purges (completed, expires_at passed) and recovery (in_progress, lease passed)
--- look for.
+-- Expiry: what purges (completed, expires_at passed; in_progress, expires_at + ttl_ms passed)
+-- and recovery (in_progress, lease passed) look for.
 CREATE INDEX IF NOT EXISTS idem_records_expiry ON idem_records (status, expires_at);
 
 -- Saga logs. A saga's claim is its row in idem_records (the same key); its log outlives that
@@ -91,8 +95,11 @@ CREATE TABLE IF NOT EXISTS idem_meta (
 -- Version 2: the operator's note on a saga settled by hand (`idem resolve`).
 ALTER TABLE idem_sagas ADD COLUMN IF NOT EXISTS note text;
 
+-- Version 3: the action's TTL on each claim, so that claims whose owner died are purged.
+ALTER TABLE idem_records ADD COLUMN IF NOT EXISTS ttl_ms bigint;
+
 -- Last, once everything above is in place. The version only goes up: run on a schema of a
 -- newer idem, this leaves its version alone (and a store of this idem refuses that schema).
-INSERT INTO idem_meta (name, value) VALUES ('schema_version', 2)
+INSERT INTO idem_meta (name, value) VALUES ('schema_version', 3)
 ON CONFLICT (name) DO UPDATE SET value = excluded.value, migrated_at = excluded.migrated_at
 WHERE idem_meta.value < excluded.value;

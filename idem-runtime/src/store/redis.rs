@@ -4,13 +4,20 @@
 //! and reads the server's clock (`TIME`): the clocks of the callers never matter.
 //!
 //! ```text
-//! <prefix>{<key>}:r       hash: the record (status, token, fingerprint, outcome, times, action)
+//! <prefix>{<key>}:r       hash: the record (status, token, fingerprint, outcome, times, action,
+//!                         and a claim's TTL)
 //! <prefix>{<key>}:s       hash: a saga's log head (id, status, error, updated, note)
 //! <prefix>{<key>}:steps   hash: a saga's steps, fields "<index>:<field>"
 //! <prefix>tokens          counter: the fencing tokens
-//! <prefix>expiry          sorted set: completed records by expiry (for the purge)
+//! <prefix>expiry          sorted set: records by when Redis deletes them (for the purge)
 //! <prefix>sagas           sorted set: sagas running or being undone (for recovery)
 //! ```
+//!
+//! Redis deletes a record itself (native expiry) when the purge would: a completed record,
+//! with its saga log, at the end of its TTL; a claim at the end of its lease plus the action's
+//! TTL (`PEXPIREAT`, moved by each heartbeat), unless it has a saga log (then it never
+//! expires: recovery needs it) or is parked for review (`PERSIST`). The expiry index holds the
+//! same moments, so that `count_expired` and the purge can say how many went.
 //!
 //! The `{<key>}` hash tag keeps a record and its saga log in one cluster slot. The token
 //! counter and the two indexes are single keys, so the store runs on one Redis server (with
@@ -774,15 +781,19 @@ impl RedisStore {
             return Ok(());
         };
         let mut invocation = RELEASE.prepare_invoke();
-        invocation.key(self.record_key(key)).arg(token);
+        invocation
+            .key(self.record_key(key))
+            .key(self.global("expiry"))
+            .arg(token)
+            .arg(key.to_string());
         if let Err(release) = self.run::<i64>(Some(key), &invocation).await {
             tracing::warn!(target: "idem", key = %key, error = %release, "giving back a claim the replicas did not acknowledge failed; it is held until its lease runs out");
         }
         Err(error)
     }
 
-    /// Trims the expiry index of the results whose TTL ran out (Redis expired the records
-    /// and their saga logs at that moment), and says how many there were.
+    /// Trims the expiry index of the records Redis deleted by now (the results whose TTL ran
+    /// out, with their saga logs, and the dead claims), and says how many there were.
     async fn purge(&self) -> Result<u64, Error> {
         self.expired(Some(u64::MAX)).await
     }
@@ -797,7 +808,8 @@ async fn server_now_ms(connection: &mut ConnectionManager) -> Result<i64, Error>
     Ok(seconds * 1000 + micros / 1000)
 }
 
-/// The claim rule of `store::rules`, in the server. Returns
+/// The claim rule of `store::rules`, in the server; a claim expires (natively) at the end of
+/// its lease plus the action's TTL (ARGV[6]), unless the key has a saga log (KEYS[4]). Returns
 /// `{"acquired", token, resumed}`, `{"completed", fingerprint, kind, bytes}`,
 /// `{"in_progress", fingerprint, token, lease_remaining_ms}` or `{"review", fingerprint}`.
 static CLAIM: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
@@ -805,20 +817,26 @@ static CLAIM: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
         r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local lease = tonumber(ARGV[3])
+local lease, ttl = tonumber(ARGV[3]), tonumber(ARGV[6])
 local r = redis.call('HMGET', KEYS[1], 'st', 'tk', 'fp', 'oc', 'rs', 'ex')
 local st, ex = r[1], tonumber(r[6])
 local expired = ex ~= nil and ex <= now
 local function acquire(resumed)
   local token = redis.call('INCR', KEYS[2])
   if resumed then
-    redis.call('HSET', KEYS[1], 'tk', token, 'ex', now + lease)
+    redis.call('HSET', KEYS[1], 'tk', token, 'ex', now + lease, 'tl', ttl)
   else
     if st then redis.call('DEL', KEYS[1]) end
-    -- Also when Redis already deleted the expired record itself: its expiry entry is stale.
-    redis.call('ZREM', KEYS[3], ARGV[5])
     redis.call('HSET', KEYS[1], 'st', 'in_progress', 'tk', token, 'fp', ARGV[1],
-      'ac', ARGV[2], 'ca', now, 'ex', now + lease)
+      'ac', ARGV[2], 'ca', now, 'ex', now + lease, 'tl', ttl)
+  end
+  -- Replaces the expiry entry of a result Redis already deleted itself (it would be stale).
+  if redis.call('EXISTS', KEYS[4]) == 1 then
+    redis.call('PERSIST', KEYS[1])
+    redis.call('ZREM', KEYS[3], ARGV[5])
+  else
+    redis.call('PEXPIREAT', KEYS[1], now + lease + ttl)
+    redis.call('ZADD', KEYS[3], now + lease + ttl, ARGV[5])
   end
   return {'acquired', token, resumed and 1 or 0}
 end
@@ -833,6 +851,8 @@ if r[3] ~= ARGV[1] then return {'in_progress', r[3], tonumber(r[2]), 0} end
 if ARGV[4] == 'takeover' then return acquire(true) end
 redis.call('HSET', KEYS[1], 'st', 'needs_review')
 redis.call('HDEL', KEYS[1], 'ex')
+redis.call('PERSIST', KEYS[1])
+redis.call('ZREM', KEYS[3], ARGV[5])
 return {'review', r[3]}
 ",
     )
@@ -861,34 +881,45 @@ return 1
     )
 });
 
-/// Deletes the record if the token still owns it (in progress or parked for review).
+/// Deletes the record, and its entry in the expiry index (KEYS[2]), if the token still owns
+/// it (in progress or parked for review).
 static RELEASE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     Script::new(
         r"
 local r = redis.call('HMGET', KEYS[1], 'st', 'tk')
 if r[2] ~= ARGV[1] or (r[1] ~= 'in_progress' and r[1] ~= 'needs_review') then return 0 end
 redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
 return 1
 ",
     )
 });
 
-/// Extends the lease if the token still owns the record, in progress.
+/// Extends the lease if the token still owns the record, in progress, and with it the moment
+/// the claim expires (natively, and in the expiry index KEYS[3]): the lease end plus the TTL
+/// the claim recorded, unless the key has a saga log (KEYS[2]) or the claim recorded no TTL
+/// (an older idem made it).
 static HEARTBEAT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     Script::new(
         r"
-local r = redis.call('HMGET', KEYS[1], 'st', 'tk')
+local r = redis.call('HMGET', KEYS[1], 'st', 'tk', 'tl')
 if r[2] ~= ARGV[1] or r[1] ~= 'in_progress' then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 'ex', now + tonumber(ARGV[2]))
+local ex = now + tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'ex', ex)
+if r[3] and redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('PEXPIREAT', KEYS[1], ex + tonumber(r[3]))
+  redis.call('ZADD', KEYS[3], ex + tonumber(r[3]), ARGV[3])
+end
 return 1
 ",
     )
 });
 
-/// The one rule of what the purge counts: the members of the expiry index whose TTL ran out
-/// by the server's clock (`ex <= now`, as a claim sees them). ARGV[1] is `count` (say how
+/// The one rule of what the purge counts: the members of the expiry index due by the
+/// server's clock (results whose TTL ran out, `ex <= now` as a claim sees them; dead claims
+/// whose lease end plus TTL passed), which Redis deleted at that moment. ARGV[1] is `count` (say how
 /// many), or how many of them at most to remove, the oldest first; returns how many.
 static EXPIRED: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     Script::new(
@@ -917,7 +948,9 @@ return 1
     )
 });
 
-/// One write to a saga's log, if the token still owns the saga's record (in progress).
+/// One write to a saga's log, if the token still owns the saga's record (in progress). The
+/// first one makes the record last (no expiry, out of the expiry index KEYS[5]): recovery
+/// needs the claim of a saga whose owner died.
 /// ARGV: token, id, member, then `status <status> <has_error> <error>` or
 /// `step <index> <field> <value> …`.
 static WRITE_SAGA: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
@@ -929,6 +962,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('HSET', KEYS[2], 'id', ARGV[2], 'status', 'running')
+  redis.call('PERSIST', KEYS[1])
+  redis.call('ZREM', KEYS[5], ARGV[3])
 end
 redis.call('HSET', KEYS[2], 'updated', now)
 if ARGV[4] == 'status' then
@@ -1310,6 +1345,7 @@ impl Store for RedisStore {
             .key(self.record_key(key))
             .key(self.global("tokens"))
             .key(self.global("expiry"))
+            .key(self.saga_keys(key).0)
             .arg(&request.fingerprint.as_bytes()[..])
             .arg(request.action)
             .arg(millis(request.lease))
@@ -1317,7 +1353,8 @@ impl Store for RedisStore {
                 crate::action::OnStale::TakeOver => "takeover",
                 crate::action::OnStale::Review => "review",
             })
-            .arg(key.to_string());
+            .arg(key.to_string())
+            .arg(millis(request.ttl));
         let answer: Value = self.run(Some(key), &invocation).await?;
         let claim = claim_answer(answer).map_err(corrupt(key, "a record"))?;
         if let Claim::Acquired { token, .. } = claim {
@@ -1364,7 +1401,11 @@ impl Store for RedisStore {
 
     async fn release(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
         let mut invocation = RELEASE.prepare_invoke();
-        invocation.key(self.record_key(key)).arg(token);
+        invocation
+            .key(self.record_key(key))
+            .key(self.global("expiry"))
+            .arg(token)
+            .arg(key.to_string());
         Ok(ownership(self.run(Some(key), &invocation).await?))
     }
 
@@ -1377,8 +1418,11 @@ impl Store for RedisStore {
         let mut invocation = HEARTBEAT.prepare_invoke();
         invocation
             .key(self.record_key(key))
+            .key(self.saga_keys(key).0)
+            .key(self.global("expiry"))
             .arg(token)
-            .arg(millis(lease));
+            .arg(millis(lease))
+            .arg(key.to_string());
         let held = self
             .run_acknowledged(key, &invocation, "the extended lease", |held| *held == 1)
             .await?;
@@ -1415,6 +1459,7 @@ impl Store for RedisStore {
             .key(head)
             .key(steps)
             .key(self.global("sagas"))
+            .key(self.global("expiry"))
             .arg(token)
             .arg(id)
             .arg(saga.to_string());
@@ -1536,16 +1581,17 @@ impl Store for RedisStore {
         Ok(tally.into_counts())
     }
 
-    /// How many results `purge_expired` would count now: the members of the expiry index due
-    /// by the server's clock (one script, `ZCOUNT`). Redis deleted those records, and the logs
-    /// of the sagas they ended, at their TTL; the purge trims the index.
+    /// How many records `purge_expired` would count now: the members of the expiry index due
+    /// by the server's clock (one script, `ZCOUNT`). Redis deleted those records (results, with
+    /// the logs of the sagas they ended, at their TTL; dead claims at their lease end plus
+    /// TTL); the purge trims the index.
     async fn count_expired(&self) -> Result<u64, Error> {
         self.expired(None).await
     }
 
-    /// Like `purge_expired`, at most `limit` results: the records and their saga logs went at
-    /// their TTL (Redis expires them natively), and this trims up to `limit` of them from the
-    /// expiry index, the oldest first (one script).
+    /// Like `purge_expired`, at most `limit` records: they went when they expired (Redis
+    /// expires them natively), and this trims up to `limit` of them from the expiry index, the
+    /// oldest first (one script).
     async fn purge_expired_batch(&self, limit: usize) -> Result<u64, Error> {
         self.expired(Some(u64::try_from(limit).unwrap_or(u64::MAX)))
             .await
@@ -1630,6 +1676,7 @@ mod tests {
                 fingerprint: &Fingerprint::from(key),
                 action: "touch",
                 lease: Duration::from_secs(60),
+                ttl: Duration::from_secs(3600),
                 on_stale: OnStale::TakeOver,
             };
             let Claim::Acquired { token, .. } = store.claim(&request).await.expect("claim") else {

@@ -14,6 +14,10 @@ pub(crate) struct Found {
     pub(crate) token: FencingToken,
     pub(crate) fingerprint: Fingerprint,
     pub(crate) expires_at_ms: Option<i64>,
+    /// The action's TTL as the claim recorded it ([`ClaimRequest::ttl`]), for a record in
+    /// progress; `None` when the store does not read it here (its purge runs in SQL or in the
+    /// server) or a claim of an older idem did not record it.
+    pub(crate) claim_ttl_ms: Option<i64>,
 }
 
 impl Found {
@@ -73,9 +77,30 @@ impl Found {
         self.status == Status::Completed && !self.expired(now_ms)
     }
 
-    /// A recorded result whose TTL ran out: what a purge removes.
+    /// A recorded result whose TTL ran out.
     pub(crate) fn is_expired_result(&self, now_ms: i64) -> bool {
         self.status == Status::Completed && self.expired(now_ms)
+    }
+
+    /// A claim whose owner died (its lease ended, or it was left in doubt) and which nobody
+    /// claimed again for the action's TTL after that: `lease end + ttl <= now`. Each
+    /// heartbeat moves the lease end, so a live claim never gets there.
+    pub(crate) fn is_dead_claim(&self, now_ms: i64) -> bool {
+        let purge_at = self
+            .expires_at_ms
+            .zip(self.claim_ttl_ms)
+            .map(|(lease_end, ttl)| lease_end.saturating_add(ttl));
+        self.status == Status::InProgress && purge_at.is_some_and(|at| at <= now_ms)
+    }
+
+    /// What a purge deletes at `now_ms`: a result whose TTL ran out, or a dead claim
+    /// ([`Found::is_dead_claim`]) that has no saga log (`has_saga_log`: recovery and
+    /// operators find a saga through its claim, so that claim stays). Never a record parked
+    /// for review (it waits for its operator) nor a claim whose lease still runs. Stores
+    /// whose purge runs in SQL or in a server implement the same rule; the conformance suite
+    /// checks that they agree.
+    pub(crate) fn is_purgeable(&self, has_saga_log: bool, now_ms: i64) -> bool {
+        self.is_expired_result(now_ms) || (!has_saga_log && self.is_dead_claim(now_ms))
     }
 }
 

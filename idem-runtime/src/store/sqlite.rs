@@ -2,7 +2,8 @@
 //!
 //! The schema is `SCHEMA` below, at version `SCHEMA_VERSION` (the file's `user_version`).
 //! Files of older versions are upgraded in place when a store opens them: version 2 added the
-//! saga logs, version 3 the operator's note on a saga settled by hand.
+//! saga logs, version 3 the operator's note on a saga settled by hand, version 4 the action's
+//! TTL on each claim (so that a claim whose owner died is purged once it ran out).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,7 +27,7 @@ use crate::store::{
 use crate::Error;
 
 /// The schema this version writes; a file with a larger `user_version` is refused.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS idem_records (
@@ -38,7 +39,9 @@ CREATE TABLE IF NOT EXISTS idem_records (
     outcome       TEXT,                 -- ok | err, once completed
     result        BLOB,                 -- the recorded value or error, as JSON
     created_at_ms INTEGER NOT NULL,
-    expires_at_ms INTEGER               -- lease end, or result expiry; NULL: waits for review
+    expires_at_ms INTEGER,              -- lease end, or result expiry; NULL: waits for review
+    ttl_ms        INTEGER               -- version 4: the claiming action's TTL (see upgrade);
+                                        -- NULL in claims made before: never purged
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idem_records_expiry ON idem_records (expires_at_ms);
 CREATE TABLE IF NOT EXISTS idem_meta (
@@ -74,9 +77,11 @@ CREATE TABLE IF NOT EXISTS idem_saga_steps (
 const COLUMNS: &str =
     "status, token, fingerprint, outcome, result, created_at_ms, expires_at_ms, action";
 
-/// The records a purge deletes: results whose TTL ran out by `?1`, the rule of
-/// `Found::is_expired_result`. `purge_expired`, its batches and `count_expired` all use it.
-const EXPIRED: &str = "status = 'completed' AND expires_at_ms <= ?1";
+/// The records a purge deletes at `?1`, the rule of `Found::is_purgeable`: results whose TTL
+/// ran out, and claims whose lease ended and the action's TTL after it, unless they have a
+/// saga log. `purge_expired`, its batches and `count_expired` all use it (on `idem_records AS r`). (Both kinds have
+/// `expires_at_ms <= ?1`: the expiry index finds them.)
+const EXPIRED: &str = "expires_at_ms <= ?1 AND (status = 'completed' OR (status = 'in_progress'      AND expires_at_ms + ttl_ms <= ?1      AND NOT EXISTS (SELECT 1 FROM idem_sagas AS g WHERE g.key = r.key)))";
 
 /// How often a waiting caller looks at the file for changes made by other processes.
 /// Callers of the same process are woken at once.
@@ -105,9 +110,10 @@ const PURGE_PAUSE: Duration = Duration::from_millis(50);
 /// step of that clock ends leases early or late), read once the write lock is held: waiting
 /// for another process does not eat a lease.
 ///
-/// Expired results are purged when the store opens, in the background after every 1024
-/// recorded results, and by [`purge_expired`](Store::purge_expired) (or
-/// [in batches](Store::purge_expired_batch)). Every purge deletes at most 500 results per
+/// Expired results and dead claims (see [`Store::purge_expired`]) are purged when the store
+/// opens, in the background after every 1024 recorded results, and by
+/// [`purge_expired`](Store::purge_expired) (or [in batches](Store::purge_expired_batch)).
+/// Every purge deletes at most 500 records per
 /// transaction (whatever batch its caller asks for) and pauses between transactions, so that however large the backlog, the
 /// heartbeats of the callers running bodies (in this process or another) get through.
 ///
@@ -420,15 +426,22 @@ fn initialize(connection: &mut Connection) -> rusqlite::Result<Option<i64>> {
 
 /// What `CREATE TABLE IF NOT EXISTS` cannot do for a file of an older version: add columns to
 /// the tables it already has. A version-1 file had no saga tables (the schema creates them
-/// whole); a version-2 file has `idem_sagas` without `note`.
+/// whole); a version-2 file has `idem_sagas` without `note`; a version-3 file has
+/// `idem_records` without `ttl_ms` (its claims keep NULL there: their TTL is unknown, so a
+/// purge leaves them to be resumed, as that version did).
 fn upgrade(connection: &Connection) -> rusqlite::Result<()> {
-    let has_note: bool = connection.query_row(
-        "SELECT count(*) > 0 FROM pragma_table_info('idem_sagas') WHERE name = 'note'",
-        [],
-        |row| row.get(0),
-    )?;
-    if !has_note {
+    let has_column = |table: &str, column: &str| -> rusqlite::Result<bool> {
+        connection.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+            [table, column],
+            |row| row.get(0),
+        )
+    };
+    if !has_column("idem_sagas", "note")? {
         connection.execute_batch("ALTER TABLE idem_sagas ADD COLUMN note TEXT")?;
+    }
+    if !has_column("idem_records", "ttl_ms")? {
+        connection.execute_batch("ALTER TABLE idem_records ADD COLUMN ttl_ms INTEGER")?;
     }
     Ok(())
 }
@@ -545,6 +558,8 @@ fn check(key: &Key, raw: RawRow) -> Result<Row, Error> {
             token: FencingToken::try_from(token).map_err(|_| corrupt("negative token"))?,
             fingerprint: Fingerprint::from_bytes(fingerprint),
             expires_at_ms,
+            // Not read: the purge's rule runs in SQL (`EXPIRED`).
+            claim_ttl_ms: None,
         },
         outcome,
         created_at_ms,
@@ -570,6 +585,7 @@ struct OwnedClaim {
     fingerprint: Fingerprint,
     action: String,
     lease: Duration,
+    ttl: Duration,
     on_stale: crate::action::OnStale,
 }
 
@@ -580,6 +596,7 @@ fn claim(connection: &mut Connection, request: &OwnedClaim) -> Result<Claim, Err
         fingerprint: &request.fingerprint,
         action: &request.action,
         lease: request.lease,
+        ttl: request.ttl,
         on_stale: request.on_stale,
     };
     // A live result is stable until it expires: answer a replay with one read, without the
@@ -600,6 +617,7 @@ fn claim(connection: &mut Connection, request: &OwnedClaim) -> Result<Claim, Err
         },
     };
     let lease_end = now.saturating_add(millis(request.lease));
+    let ttl = millis(request.ttl);
     let hex = key.to_string();
     let claim = match write {
         Write::Insert => {
@@ -607,11 +625,11 @@ fn claim(connection: &mut Connection, request: &OwnedClaim) -> Result<Claim, Err
             transaction
                 .prepare_cached(
                     "INSERT OR REPLACE INTO idem_records
-                       (key, action, status, token, fingerprint, outcome, result, created_at_ms, expires_at_ms)
-                     VALUES (?1, ?2, 'in_progress', ?3, ?4, NULL, NULL, ?5, ?6)",
+                       (key, action, status, token, fingerprint, outcome, result, created_at_ms, expires_at_ms, ttl_ms)
+                     VALUES (?1, ?2, 'in_progress', ?3, ?4, NULL, NULL, ?5, ?6, ?7)",
                 )
                 .map_err(db)?
-                .execute(params![hex, request.action, token as i64, &request.fingerprint.as_bytes()[..], now, lease_end])
+                .execute(params![hex, request.action, token as i64, &request.fingerprint.as_bytes()[..], now, lease_end, ttl])
                 .map_err(db)?;
             Claim::Acquired {
                 token,
@@ -622,10 +640,10 @@ fn claim(connection: &mut Connection, request: &OwnedClaim) -> Result<Claim, Err
             let token = next_token(&transaction)?;
             transaction
                 .prepare_cached(
-                    "UPDATE idem_records SET token = ?2, expires_at_ms = ?3 WHERE key = ?1",
+                    "UPDATE idem_records SET token = ?2, expires_at_ms = ?3, ttl_ms = ?4 WHERE key = ?1",
                 )
                 .map_err(db)?
-                .execute(params![hex, token as i64, lease_end])
+                .execute(params![hex, token as i64, lease_end, ttl])
                 .map_err(db)?;
             Claim::Acquired {
                 token,
@@ -713,14 +731,15 @@ fn heartbeat(
     Ok(ownership)
 }
 
-/// Deletes the expired results (at most `limit`, the oldest expiries first) and the logs of the
-/// sagas they ended, in one transaction; returns how many results. Keep `limit` small (see
+/// Deletes the expired results and dead claims ([`EXPIRED`]; at most `limit`, the oldest
+/// expiries first) and the logs of the sagas those results ended, in one transaction; returns
+/// how many records. Keep `limit` small (see
 /// [`PURGE_BATCH`]): the transaction holds the file's write lock.
 fn purge(connection: &mut Connection, limit: usize) -> Result<u64, Error> {
     // The same keys in all three statements: the order is total, and the results are deleted
     // last. It is the order of the expiry index, which ends with the primary key.
     let expired = format!(
-        "SELECT key FROM idem_records WHERE {EXPIRED} ORDER BY expires_at_ms, key LIMIT ?2"
+        "SELECT r.key FROM idem_records AS r WHERE {EXPIRED} ORDER BY r.expires_at_ms, r.key LIMIT ?2"
     );
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let (transaction, now) = begin_write(connection)?;
@@ -740,11 +759,11 @@ fn purge(connection: &mut Connection, limit: usize) -> Result<u64, Error> {
     Ok(u64::try_from(purged).unwrap_or(u64::MAX))
 }
 
-/// How many results [`purge`] would delete now.
+/// How many records [`purge`] would delete now.
 fn count_expired(connection: &Connection) -> Result<u64, Error> {
     let count: i64 = connection
         .prepare_cached(&format!(
-            "SELECT count(*) FROM idem_records WHERE {EXPIRED}"
+            "SELECT count(*) FROM idem_records AS r WHERE {EXPIRED}"
         ))
         .map_err(db)?
         .query_row([now_ms()], |row| row.get(0))
@@ -1142,6 +1161,7 @@ impl Store for SqliteStore {
             fingerprint: *request.fingerprint,
             action: request.action.to_owned(),
             lease: request.lease,
+            ttl: request.ttl,
             on_stale: request.on_stale,
         };
         self.on(Use::Write, Some(request.key), move |connection| {
@@ -1345,6 +1365,7 @@ mod tests {
             fingerprint: Fingerprint::from(*key),
             action: "test".into(),
             lease: Duration::from_secs(10),
+            ttl: Duration::from_secs(3600),
             on_stale: OnStale::TakeOver,
         }
     }
@@ -1507,6 +1528,54 @@ mod tests {
             (SagaStatus::Resolved, Some(note))
         );
         assert_eq!(user_version(&path), SCHEMA_VERSION);
+    }
+
+    /// A file made by version 3 (claims without the action's TTL) opens, keeps its claims and
+    /// gets the column: a claim of it whose owner died is not purged (its TTL is unknown), one
+    /// made after the upgrade is, once its lease and TTL ran out.
+    #[tokio::test]
+    async fn a_version_3_file_is_upgraded_in_place() {
+        let path = temp_file("version-3.db");
+        drop(SqliteStore::open(&path).await.expect("create"));
+        Connection::open(&path)
+            .expect("open")
+            .execute_batch(
+                "ALTER TABLE idem_records DROP COLUMN ttl_ms;
+                 PRAGMA user_version = 3;",
+            )
+            .expect("a version-3 file");
+        let old = Key::from_bytes([9; 32]);
+        write_row(&path, &old, "in_progress", &[0; 32], Some(1));
+        Connection::open(&path)
+            .expect("open")
+            .execute(
+                "UPDATE idem_records SET outcome = NULL, result = NULL WHERE key = ?1",
+                [old.to_string()],
+            )
+            .expect("an in-progress row");
+
+        let store = SqliteStore::open(&path)
+            .await
+            .expect("open a version-3 file");
+        assert_eq!(user_version(&path), SCHEMA_VERSION);
+        let dying = Key::from_bytes([10; 32]);
+        let owned = OwnedClaim {
+            lease: Duration::ZERO,
+            ttl: Duration::ZERO,
+            ..request(&dying)
+        };
+        let claimed = store
+            .on(Use::Write, None, move |connection| {
+                claim(connection, &owned)
+            })
+            .await
+            .expect("claim");
+        assert!(matches!(claimed, Claim::Acquired { .. }), "{claimed:?}");
+        assert_eq!(store.count_expired().await.expect("count"), 1);
+        assert_eq!(store.purge_expired().await.expect("purge"), 1);
+        assert_eq!(store.get(&dying).await.expect("get"), None);
+        let kept = store.get(&old).await.expect("get").expect("the old claim");
+        assert_eq!(kept.status, Status::InProgress);
     }
 
     /// A file a newer idem upgraded is refused, and its version is never lowered.

@@ -84,6 +84,7 @@ fn request<'a>(key: &'a Key, fingerprint: &'a Fingerprint) -> ClaimRequest<'a> {
         fingerprint,
         action: "test",
         lease: Duration::from_secs(60),
+        ttl: Duration::from_secs(3600),
         on_stale: OnStale::TakeOver,
     }
 }
@@ -136,7 +137,7 @@ async fn a_second_connect_migrates_nothing_and_keeps_the_records() {
     let url = format!("postgres://{role}@127.0.0.1:{}/postgres", server.port());
     let second = connect(&url, &schema).await;
     let after = admin.query_one(&version_row, &[]).await.expect("version");
-    assert_eq!(before.get::<_, i64>(0), 2, "the current schema version");
+    assert_eq!(before.get::<_, i64>(0), 3, "the current schema version");
     for column in [1, 2] {
         assert_eq!(
             before.get::<_, String>(column),
@@ -278,6 +279,51 @@ async fn a_corrupt_row_is_an_error_naming_its_key() {
         Err(error @ Error::Codec { .. }) => assert_eq!(error.key(), Some(&bad_saga)),
         other => panic!("expected a codec error, got {other:?}"),
     }
+}
+
+/// A version-2 schema (claims without the action's TTL) is migrated in place: its claims are
+/// kept, and one whose owner died is not purged (its TTL is unknown), while the claims made
+/// after the migration record theirs and are purged once their lease and TTL ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_schema_gets_the_claims_ttl() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    let schema = unique_schema("version_2");
+    drop(connect(&server.url(), &schema).await);
+    let admin = raw_client(&server.url()).await;
+    admin
+        .batch_execute(&format!(
+            "ALTER TABLE {schema}.idem_records DROP COLUMN ttl_ms;
+             INSERT INTO {schema}.idem_records
+               (key, action, status, token, fingerprint, created_at, expires_at)
+             VALUES (repeat('a', 64), 'old', 'in_progress', 1, decode(repeat('00', 32), 'hex'),
+                     now() - interval '2 days', now() - interval '1 day');"
+        ))
+        .await
+        .expect("a version-2 schema with a dead claim");
+    set_schema_version(&admin, &schema, 2).await;
+
+    let store = connect(&server.url(), &schema).await;
+    assert_eq!(schema_version(&admin, &schema).await, 3, "migrated");
+    let key = Action::new("send").key(&("ada",)).expect("key");
+    let fingerprint = Fingerprint::from(key);
+    let short = Duration::from_millis(100);
+    let dying = ClaimRequest {
+        lease: short,
+        ttl: short,
+        ..request(&key, &fingerprint)
+    };
+    assert!(matches!(
+        store.claim(&dying).await.unwrap(),
+        Claim::Acquired { .. }
+    ));
+    tokio::time::sleep(2 * short + Duration::from_millis(40)).await;
+    assert_eq!(store.purge_expired().await.expect("purge"), 1);
+    assert_eq!(store.get(&key).await.expect("get"), None);
+    let old = Key::from_bytes([0xaa; 32]);
+    let kept = store.get(&old).await.expect("get").expect("the old claim");
+    assert_eq!(kept.status, Status::InProgress);
 }
 
 /// A schema made by a newer idem is refused, not written to.

@@ -301,6 +301,7 @@ async fn without_the_replicas_asked_for_complete_is_a_store_error() {
         fingerprint: &fingerprint,
         action: "send",
         lease: std::time::Duration::from_secs(60),
+        ttl: std::time::Duration::from_secs(3600),
         on_stale: idem_runtime::OnStale::TakeOver,
     };
     let Claim::Acquired { token, .. } = plain.claim(&request).await.expect("claim") else {
