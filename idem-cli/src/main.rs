@@ -180,7 +180,7 @@ enum Command {
     /// Mark a NEEDS_ATTENTION saga as settled by hand, keeping a note
     #[command(long_about = sagas::RESOLVE_HELP)]
     Resolve(sagas::ResolveArgs),
-    /// Delete the expired records (completed records past their TTL)
+    /// Delete the expired records (completed records past their TTL, dead claims past their lease and TTL)
     #[command(long_about = purge::PURGE_HELP)]
     Purge(purge::PurgeArgs),
     /// Count records by action and status

@@ -16,12 +16,14 @@ const BATCH: usize = 1000;
 /// The long help of `idem purge`.
 pub(crate) const PURGE_HELP: &str = "\
 Delete the expired records: completed records (values and recorded errors) whose TTL ran out,
-with the logs of the sagas they ended.
+with the logs of the sagas they ended, and claims whose owner died (or that were left in doubt)
+once both their lease and their action's TTL have run out.
 
-Kept: claims whose owner died (the next call of the same arguments resumes them; see `idem
-unlock`), records parked for review, and the logs of sagas that need attention, were
-interrupted or were resolved by hand (with their note): those are for an operator or their
-code. Records are deleted 1000 at a time, with
+Kept: claims whose lease or TTL still runs (the next call of the same arguments resumes them;
+see `idem settle` and `idem unlock`), claims of sagas (idem::recover finds a dead saga through
+its claim), claims made before idem recorded their TTL, records parked for review, and the logs
+of sagas that need attention, were interrupted or were resolved by hand (with their note):
+those are for an operator or their code. Records are deleted 1000 at a time, with
 a progress bar on stderr when there are more than 1000 and stderr is a terminal; the count is
 printed at the end.
 

@@ -121,10 +121,13 @@ fn verify_first(function: &Function, args: &Args, private: &TokenStream) -> Toke
     let (first, last) = first_and_last(path);
     let shown = respan(private, first);
     let callee = quote_spanned!(last=> (#path));
+    // The arguments and the `.await` are shown on the path too: one mistake, one error, there.
+    let passed = passed.map(|argument| respan(&argument, last));
+    let await_ = quote_spanned!(last=> .await);
     let call =
         quote_spanned!(first=> #shown::verify_first::<#output, _, _, _>(#callee(#(#passed),*)));
     quote! {
-        if let ::core::option::Option::Some(#found) = #call.await {
+        if let ::core::option::Option::Some(#found) = #call #await_ {
             return #found;
         }
     }

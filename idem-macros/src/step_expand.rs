@@ -509,6 +509,9 @@ impl Expansion<'_> {
         let shown = respan(private, first);
         let callee = quote_spanned!(last=> (#path));
         let await_ = quote_spanned!(last=> .await);
+        // The arguments are shown on the path too: a `verify` that takes them otherwise is
+        // reported there, not on the whole attribute.
+        let borrowed = borrowed.iter().map(|argument| respan(argument, last));
         let call = quote_spanned! {first=>
             #shown::encode_verified::<#ok_hole, #err_hole>(#callee(#(#borrowed),*)#await_)
         };
