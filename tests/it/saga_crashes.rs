@@ -19,6 +19,12 @@
 //! (after the charge is made, before its output is logged); recovery cannot learn whether the
 //! charge happened by running it again, so the saga is left NEEDS_ATTENTION with nothing
 //! undone. With a `verify` that looks the charge up by its key, it is undone instead.
+//!
+//! Issue 12's case 3 with real kills: a step logged `Failed` that runs again writes a fresh
+//! intent first. The charge is declined on its first call (the saga handles the decline and
+//! goes on) and that process is killed; a second run of the same saga runs the charge again,
+//! which now goes through, and is killed inside it, before its output is logged. Recovery
+//! finds the charge in doubt, learns it under its key, and refunds it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -59,6 +65,21 @@ fn answered(ledger: &Path, key: &str) -> Option<String> {
         .find_map(|line| line.strip_prefix(&format!("{key} ")).map(str::to_owned))
 }
 
+/// With `IDEM_DECLINE_ONCE` set, the card issuer declines the first charge for `order`
+/// (recording nothing), and only the first: the refusal is remembered in a marker file next
+/// to the ledger, across processes.
+fn declined_once(order: &str) -> bool {
+    if std::env::var_os("IDEM_DECLINE_ONCE").is_none() {
+        return false;
+    }
+    let marker = ledger().with_file_name(format!("declined-{order}"));
+    if marker.exists() {
+        return false;
+    }
+    std::fs::write(&marker, "declined").expect("remember the decline");
+    true
+}
+
 /// A service call: one ledger line `<key> <effect>` per key, whatever the retries.
 fn serve(ledger: &Path, effect: &str) -> String {
     let key = key();
@@ -70,7 +91,10 @@ fn serve(ledger: &Path, effect: &str) -> String {
 
 /// The payment provider: as [`serve`], but with `IDEM_CONFLICTS` set it answers a reused
 /// key with 409 Conflict instead of its first answer, as many providers do.
-fn serve_charge(ledger: &Path, effect: &str) -> Result<String, ToolError> {
+fn serve_charge(ledger: &Path, order: &str, effect: &str) -> Result<String, ToolError> {
+    if declined_once(order) {
+        return Err(ToolError::Declined("card declined".into()));
+    }
     if std::env::var_os("IDEM_CONFLICTS").is_some() && answered(ledger, &key()).is_some() {
         return Err(ToolError::Transient(
             "409 Conflict: this idempotency key was already used".into(),
@@ -94,7 +118,7 @@ async fn cancel_contract(contract: String) -> Result<(), ToolError> {
 
 #[saga_step(compensate = refund_card)]
 async fn charge_card(order: &str, cents: u64) -> Result<String, ToolError> {
-    let charge = serve_charge(&ledger(), &format!("charge {cents} for {order}"))?;
+    let charge = serve_charge(&ledger(), order, &format!("charge {cents} for {order}"))?;
     stop_here("inside:charge").await;
     Ok(charge)
 }
@@ -102,7 +126,7 @@ async fn charge_card(order: &str, cents: u64) -> Result<String, ToolError> {
 /// The same charge, with a `verify` that looks the charge up by its key (`IDEM_VERIFY`).
 #[saga_step(compensate = refund_card, verify = find_charge)]
 async fn charge_card_verified(order: &str, cents: u64) -> Result<String, ToolError> {
-    let charge = serve_charge(&ledger(), &format!("charge {cents} for {order}"))?;
+    let charge = serve_charge(&ledger(), order, &format!("charge {cents} for {order}"))?;
     stop_here("inside:charge").await;
     Ok(charge)
 }
@@ -140,10 +164,19 @@ async fn run_saga(store: &dyn Store) -> Result<String, ToolError> {
             let contract = s.step(open_contract("order-9")).await?;
             stop_here("after:contract").await;
             stop_here("before:charge").await;
-            if std::env::var_os("IDEM_VERIFY").is_some() {
-                s.step(charge_card_verified("order-9", 4200)).await?;
+            let charged = if std::env::var_os("IDEM_VERIFY").is_some() {
+                s.step(charge_card_verified("order-9", 4200)).await
             } else {
-                s.step(charge_card("order-9", 4200)).await?;
+                s.step(charge_card("order-9", 4200)).await
+            };
+            match charged {
+                Ok(_) => {}
+                // Declined (`IDEM_DECLINE_ONCE`): the saga goes on without the charge; the
+                // step stays logged `Failed`, and the next run of this code runs it again.
+                Err(ToolError::Declined(_)) if std::env::var_os("IDEM_DECLINE_ONCE").is_some() => {
+                    say("DECLINED");
+                }
+                Err(error) => return Err(error),
             }
             stop_here("after:charge").await;
             stop_here("before:email").await;
@@ -245,16 +278,19 @@ impl Backend {
     }
 }
 
-/// One way to die: where the saga's process is killed, where the first recovering process
-/// is killed (if it is), whether the email fails (so that the saga is being undone), whether
-/// the payment provider answers a reused key with 409 and whether the charge has a `verify`,
-/// and how the saga must end.
+/// One way to die: where the saga's process is killed, where a second run of the saga is
+/// killed (if there is one), where the first recovering process is killed (if it is), whether
+/// the email fails (so that the saga is being undone), whether the payment provider answers
+/// a reused key with 409, whether the charge has a `verify`, whether the first charge is
+/// declined, and how the saga must end.
 struct Scenario {
     kill_saga_at: String,
+    kill_rerun_at: Option<&'static str>,
     kill_recovery_at: Option<&'static str>,
     email_fails: bool,
     conflicts: bool,
     verify: bool,
+    decline_once: bool,
     ends: &'static str,
 }
 
@@ -262,20 +298,28 @@ impl Scenario {
     fn killed_at(point: &str, ends: &'static str) -> Self {
         Scenario {
             kill_saga_at: point.to_owned(),
+            kill_rerun_at: None,
             kill_recovery_at: None,
             email_fails: false,
             conflicts: false,
             verify: false,
+            decline_once: false,
             ends,
         }
     }
 
     /// What the assertions call it: `inside:charge`, `after:charge, then recovery at …`.
     fn label(&self) -> String {
-        let mut label = match self.kill_recovery_at {
-            Some(again) => format!("{}, then recovery at {again}", self.kill_saga_at),
-            None => self.kill_saga_at.clone(),
-        };
+        let mut label = self.kill_saga_at.clone();
+        if self.decline_once {
+            label.push_str(", the charge declined");
+        }
+        if let Some(again) = self.kill_rerun_at {
+            label.push_str(&format!(", then the saga run again at {again}"));
+        }
+        if let Some(again) = self.kill_recovery_at {
+            label.push_str(&format!(", then recovery at {again}"));
+        }
         if self.conflicts {
             label.push_str(", a reused key answered 409");
         }
@@ -289,6 +333,12 @@ impl Scenario {
     /// `crash_after_charge_then_inside_refund`, `doubt_inside_charge_409_verify`.
     fn namespace(&self, tag: &str) -> String {
         let mut parts = vec![tag, &self.kill_saga_at];
+        if self.decline_once {
+            parts.push("declined");
+        }
+        if let Some(again) = self.kill_rerun_at {
+            parts.extend(["rerun", again]);
+        }
         if let Some(again) = self.kill_recovery_at {
             parts.extend(["then", again]);
         }
@@ -316,6 +366,7 @@ fn start(folder: &Path, url: &str, role: &str, crash: &str, scenario: &Scenario)
         ("IDEM_EMAIL_FAILS", scenario.email_fails),
         ("IDEM_CONFLICTS", scenario.conflicts),
         ("IDEM_VERIFY", scenario.verify),
+        ("IDEM_DECLINE_ONCE", scenario.decline_once),
     ] {
         if set {
             env.push((name, "1".to_owned()));
@@ -388,6 +439,18 @@ fn in_doubt_scenarios() -> Vec<Scenario> {
     ]
 }
 
+/// Issue 12's case 3 with real kills: the charge is declined, the saga handles it and goes
+/// on, and its process is killed before the email; the saga runs again, the charge (logged
+/// `Failed`) runs again and goes through, and that process is killed inside it, before its
+/// output is logged. The charge is in doubt: recovery refunds it, and cancels the contract.
+fn declined_then_charged_scenarios() -> Vec<Scenario> {
+    vec![Scenario {
+        decline_once: true,
+        kill_rerun_at: Some("inside:charge"),
+        ..Scenario::killed_at("before:email", "compensated")
+    }]
+}
+
 /// Runs each scenario in processes of its own on `backend`, each in a namespace named after
 /// `tag` and the scenario, and checks the ledger and how the saga ended.
 fn run_scenarios(backend: Backend, tag: &str, scenarios: Vec<Scenario>) {
@@ -398,8 +461,24 @@ fn run_scenarios(backend: Backend, tag: &str, scenarios: Vec<Scenario>) {
         let url = backend.url(&folder, &namespace);
 
         let mut doomed = start(&folder, &url, "saga", &scenario.kill_saga_at, &scenario);
+        if scenario.decline_once {
+            doomed.expect("DECLINED");
+        }
         doomed.expect(&format!("AT {}", scenario.kill_saga_at));
         doomed.kill();
+        if scenario.decline_once {
+            assert_eq!(
+                effects(&folder),
+                ["contract order-9"],
+                "{point}: the declined charge made nothing"
+            );
+        }
+        if let Some(at) = scenario.kill_rerun_at {
+            // The same saga's code again: it waits for the dead run's claim to run out.
+            let mut doomed = start(&folder, &url, "saga", at, &scenario);
+            doomed.expect(&format!("AT {at}"));
+            doomed.kill();
+        }
         if let Some(at) = scenario.kill_recovery_at {
             let mut doomed = start(&folder, &url, "recover", at, &scenario);
             doomed.expect(&format!("AT {at}"));
@@ -458,7 +537,7 @@ fn run_scenarios(backend: Backend, tag: &str, scenarios: Vec<Scenario>) {
                     expected_contracts,
                     "{point}: {effects:?}"
                 );
-                if scenario.verify {
+                if scenario.verify || scenario.decline_once {
                     assert_eq!(
                         effects,
                         [
@@ -467,7 +546,7 @@ fn run_scenarios(backend: Backend, tag: &str, scenarios: Vec<Scenario>) {
                             "refund charge 4200 for order-9",
                             "cancel contract order-9"
                         ],
-                        "{point}: the verified charge refunded once"
+                        "{point}: the charge in doubt refunded once"
                     );
                 }
             }
@@ -516,4 +595,33 @@ fn a_charge_killed_in_doubt_and_answered_409_is_never_reported_compensated_on_po
         return;
     };
     run_scenarios(Backend::Postgres(server), "doubt", in_doubt_scenarios());
+}
+
+#[test]
+fn a_declined_charge_run_again_and_killed_in_doubt_is_refunded() {
+    run_scenarios(Backend::Sqlite, "again", declined_then_charged_scenarios());
+}
+
+#[test]
+fn a_declined_charge_run_again_and_killed_in_doubt_is_refunded_on_redis() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    run_scenarios(
+        Backend::Redis(server),
+        "again",
+        declined_then_charged_scenarios(),
+    );
+}
+
+#[test]
+fn a_declined_charge_run_again_and_killed_in_doubt_is_refunded_on_postgres() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    run_scenarios(
+        Backend::Postgres(server),
+        "again",
+        declined_then_charged_scenarios(),
+    );
 }
