@@ -32,9 +32,10 @@ use std::time::Duration;
 use tokio::sync::Barrier;
 use tokio::time::Instant;
 
-use crate::action::{Action, OnConflict, OnStale};
+use crate::call::{Action, OnConflict};
+use crate::call::{Disposition, Outcome};
 use crate::key::{Fingerprint, Key};
-use crate::outcome::{Disposition, Outcome};
+use crate::store::OnStale;
 use crate::store::{
     Claim, ClaimRequest, FencingToken, Ownership, SagaStatus, SagaWrite, Status, Store,
     StoredOutcome,

@@ -37,16 +37,9 @@
 )]
 #![forbid(unsafe_code)]
 
-mod action;
 mod call;
-mod context;
-mod default_store;
 mod error;
-mod give_back;
-mod heartbeat;
-mod identity;
 mod key;
-mod outcome;
 mod saga;
 pub mod store;
 
@@ -56,12 +49,11 @@ pub mod conformance;
 #[doc(hidden)]
 pub mod private;
 
-pub use action::{Action, OnConflict, OnStale};
-pub use call::Call;
-pub use context::{current_call, current_key, observe, CallContext};
-pub use default_store::{default_store, set_default_store, set_default_store_shared};
+pub use call::{
+    current_call, current_key, default_store, observe, set_default_store, set_default_store_shared,
+    Action, Call, CallContext, Disposition, OnConflict, Outcome,
+};
 pub use error::{BoxError, Error};
 pub use key::{canonical_json, CanonicalError, Fingerprint, Key, ParseKeyError};
-pub use outcome::{Disposition, Outcome};
 pub use saga::{recover, Recover, RecoveryReport, Retry, Saga, StepCall, Steps};
-pub use store::Store;
+pub use store::{OnStale, Store};

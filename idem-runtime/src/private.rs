@@ -9,10 +9,11 @@ use serde::Serialize;
 
 pub use core::time::Duration;
 
-pub use crate::action::{Action, OnConflict, OnStale};
 use crate::call::{execute, failed_before_claim};
-pub use crate::call::{Call, Codec};
+pub use crate::call::{Action, OnConflict};
+pub use crate::call::{Call, Codec, IdemReturn};
 pub use crate::key::KeyArg;
+pub use crate::store::OnStale;
 use crate::store::Store;
 use crate::Error;
 
@@ -31,36 +32,6 @@ impl<T: Serialize> KeyArgument for T {}
 /// `value` as an argument of the key or the payload.
 pub fn key_arg<T: KeyArgument>(value: &T) -> KeyArg<'_> {
     KeyArg::new(value)
-}
-
-/// An `#[idempotent]` function returns a `Result`.
-#[diagnostic::on_unimplemented(
-    message = "an `#[idempotent]` or `#[saga_step]` function must return a `Result`, not `{Self}`",
-    label = "not a `Result`",
-    note = "return `Result<T, E>`: `T` (`Serialize + DeserializeOwned`) is recorded and replayed, `E` (`From<idem::Error>`) also carries idem's own errors"
-)]
-pub trait IdemReturn: Sized {
-    /// The `Ok` type.
-    type Ok;
-    /// The `Err` type.
-    type Err;
-    /// The value as a `Result`.
-    fn into_result(self) -> Result<Self::Ok, Self::Err>;
-    /// The value from a `Result`.
-    fn from_result(result: Result<Self::Ok, Self::Err>) -> Self;
-}
-
-impl<T, E> IdemReturn for Result<T, E> {
-    type Ok = T;
-    type Err = E;
-
-    fn into_result(self) -> Self {
-        self
-    }
-
-    fn from_result(result: Self) -> Self {
-        result
-    }
 }
 
 /// The `Ok` type of an `#[idempotent]` function is recorded and replayed.
@@ -130,19 +101,19 @@ where
     R: IdemReturn<Ok = T, Err = E>,
     F: Future<Output = Result<Option<T>, E>>,
 {
-    let call = crate::context::current_call()?;
+    let call = crate::call::context::current_call()?;
     if !call.resumed() {
         return None;
     }
     let shared = call.shared();
     match verify.await {
         Ok(Some(value)) => {
-            shared.set_verified(crate::context::Verified::Happened);
+            shared.set_verified(crate::call::context::Verified::Happened);
             Some(R::from_result(Ok(value)))
         }
         Ok(None) => None,
         Err(error) => {
-            shared.set_verified(crate::context::Verified::Failed);
+            shared.set_verified(crate::call::context::Verified::Failed);
             Some(R::from_result(Err(error)))
         }
     }
@@ -169,7 +140,7 @@ pub fn call_method<'a, S: ?Sized>(
     action.call_with_args(key, payload)
 }
 
-pub use crate::identity::ActionRegistration;
+pub use crate::call::ActionRegistration;
 
 /// A value that can be used as a store: a store, a reference to one, an `Arc` or a `Box` of one
 /// (those are stores too), or `dyn Store`.
@@ -204,7 +175,7 @@ pub fn store_ref<S: AsDynStore + ?Sized>(store: &S) -> &dyn Store {
 
 /// The default store, or the error that says there is none.
 pub fn default_store(action: &Action) -> Result<Arc<dyn Store>, Error> {
-    crate::default_store::default_store().ok_or(Error::NoStore {
+    crate::call::default_store::default_store().ok_or(Error::NoStore {
         action: action.name(),
     })
 }

@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use crate::action::{Action, OnStale};
+use crate::call::Action;
 use crate::conformance::{claim_token, past, LONG, SHORT};
 use crate::key::{Fingerprint, Key};
+use crate::store::OnStale;
 use crate::store::{
     Claim, ClaimRequest, Ownership, RecordCount, RecordKind, RecordQuery, SagaQuery, SagaStatus,
     SagaWrite, Status, Store, StoredOutcome,

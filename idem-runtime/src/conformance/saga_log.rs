@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::action::Action;
+use crate::call::Action;
 use crate::conformance::{claim_token, past, LONG, SHORT};
 use crate::key::Key;
 use crate::store::{Ownership, SagaStatus, SagaWrite, StepRecord, StepState, Store, StoredOutcome};

@@ -14,7 +14,7 @@
 //!                                                        NEEDS_ATTENTION, "may have happened"
 //! ```
 
-use crate::context::in_call;
+use crate::call::context::in_call;
 use crate::saga::run::{Run, SagaFailure};
 use crate::saga::step::{registered, StepDef};
 use crate::saga::step_event;

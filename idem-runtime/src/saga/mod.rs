@@ -22,9 +22,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::action::{Action, OnConflict};
+use crate::call::context::current_call;
 use crate::call::{execute, Failed};
-use crate::context::current_call;
+use crate::call::{Action, OnConflict};
 use crate::store::{SagaStatus, Store};
 use crate::Error;
 
@@ -185,7 +185,7 @@ impl<'a> Saga<'a> {
     {
         let store = match self.store {
             Some(store) => StoreHandle::Borrowed(store),
-            None => match crate::default_store::default_store() {
+            None => match crate::call::default_store::default_store() {
                 Some(store) => StoreHandle::Shared(store),
                 None => {
                     return Err(E::from(Error::NoStore {

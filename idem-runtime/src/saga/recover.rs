@@ -3,9 +3,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::action::{Action, OnConflict};
+use crate::call::context::current_call;
 use crate::call::{execute, Call, Failed};
-use crate::context::current_call;
+use crate::call::{Action, OnConflict};
 use crate::saga::doubt::{settle_doubt, Settling};
 use crate::saga::ended;
 use crate::saga::retry::Retry;

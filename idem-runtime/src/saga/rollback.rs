@@ -5,7 +5,7 @@
 
 use std::sync::{Mutex, PoisonError};
 
-use crate::context::in_call;
+use crate::call::context::in_call;
 use crate::saga::doubt::{settle_doubt, Settling};
 use crate::saga::run::{Run, SagaFailure};
 use crate::saga::step::{registered, StepFailure};

@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::action::Action;
+use crate::call::context::CallContext;
+use crate::call::Action;
 use crate::call::{Codec, FinalErrors};
-use crate::context::CallContext;
 use crate::key::Key;
 use crate::saga::retry::Retry;
 use crate::store::{FencingToken, Ownership, SagaStatus, SagaWrite, StepRecord, StepState, Store};

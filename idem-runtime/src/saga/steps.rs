@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::context::in_call;
+use crate::call::context::in_call;
 use crate::saga::doubt::in_doubt_error;
 use crate::saga::run::Run;
 use crate::saga::step::{registered, StepDef};

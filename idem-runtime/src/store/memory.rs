@@ -578,7 +578,7 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::action::OnStale;
+    use crate::store::OnStale;
 
     async fn acquire(store: &MemoryStore, key: &Key, lease: Duration) -> FencingToken {
         let request = ClaimRequest {

@@ -18,15 +18,15 @@
 mod forward;
 mod inspect;
 mod memory;
+mod open;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
 mod rules;
-mod saga;
+mod saga_log;
 #[cfg(feature = "sqlite")]
 mod sqlite;
-mod url;
 mod waiters;
 
 use std::fmt;
@@ -36,14 +36,14 @@ use async_trait::async_trait;
 
 pub use inspect::{RecordCount, RecordKind, RecordQuery, RecordTally, SagaQuery};
 pub use memory::MemoryStore;
+pub use open::{open, open_existing};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "redis")]
 pub use redis::{RedisStore, RedisStoreBuilder};
-pub use saga::{SagaLog, SagaStatus, SagaWrite, StaleSaga, StepRecord, StepState};
+pub use saga_log::{SagaLog, SagaStatus, SagaWrite, StaleSaga, StepRecord, StepState};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
-pub use url::{open, open_existing};
 
 pub(crate) use rules::{decide, millis, remaining, Found, Verdict, Write};
 
@@ -59,7 +59,6 @@ pub(crate) enum Opening {
 }
 pub(crate) use waiters::Waiters;
 
-use crate::action::OnStale;
 use crate::key::{Fingerprint, Key};
 use crate::Error;
 
@@ -68,6 +67,27 @@ use crate::Error;
 ///
 /// See the example on [`Store`] for how the protocol uses it.
 pub type FencingToken = u64;
+
+/// What the next caller does with a key whose owner died inside the body (its lease expired
+/// with no result recorded).
+///
+/// ```
+/// use idem_runtime::{Action, OnStale};
+///
+/// // Charging twice is worse than asking a person: park interrupted payments for review.
+/// static CHARGE: Action = Action::new("charge_card").on_stale(OnStale::Review);
+/// assert_eq!(CHARGE.stale_policy(), OnStale::Review);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStale {
+    /// Run the body again under a new fencing token: at-least-once for that window. The body
+    /// can tell with [`CallContext::resumed`](crate::CallContext::resumed) and should pass
+    /// [`current_key`](crate::current_key) downstream so that the service deduplicates.
+    TakeOver,
+    /// Park the key as NEEDS_REVIEW for an operator: right when running the side effect twice
+    /// is worse than not at all (payments).
+    Review,
+}
 
 /// One call's request to own its key.
 ///

@@ -1350,8 +1350,8 @@ impl Store for RedisStore {
             .arg(request.action)
             .arg(millis(request.lease))
             .arg(match request.on_stale {
-                crate::action::OnStale::TakeOver => "takeover",
-                crate::action::OnStale::Review => "review",
+                crate::store::OnStale::TakeOver => "takeover",
+                crate::store::OnStale::Review => "review",
             })
             .arg(key.to_string())
             .arg(millis(request.ttl));
@@ -1655,8 +1655,9 @@ fn ownership(held: i64) -> Ownership {
 #[cfg(all(test, feature = "conformance"))]
 mod tests {
     use super::*;
-    use crate::action::{Action, OnStale};
+    use crate::call::Action;
     use crate::conformance::servers::RedisServer;
+    use crate::store::OnStale;
 
     static TOUCH: Action = Action::new("touch");
 

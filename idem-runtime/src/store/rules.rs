@@ -3,8 +3,8 @@
 //! Stores that run the rule inside a server (a Lua script, one SQL statement) implement the
 //! same table; the conformance suite checks that they agree.
 
-use crate::action::OnStale;
 use crate::key::Fingerprint;
+use crate::store::OnStale;
 use crate::store::{Claim, ClaimRequest, FencingToken, Status, StoredOutcome};
 
 /// A record as the rules see it, in a store's own clock (milliseconds of any epoch).

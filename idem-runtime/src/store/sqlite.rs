@@ -586,7 +586,7 @@ struct OwnedClaim {
     action: String,
     lease: Duration,
     ttl: Duration,
-    on_stale: crate::action::OnStale,
+    on_stale: crate::store::OnStale,
 }
 
 fn claim(connection: &mut Connection, request: &OwnedClaim) -> Result<Claim, Error> {
@@ -1330,7 +1330,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::action::OnStale;
+    use crate::store::OnStale;
 
     fn temp_file(name: &str) -> PathBuf {
         let folder = std::env::temp_dir().join(format!("idem-sqlite-unit-{}", std::process::id()));

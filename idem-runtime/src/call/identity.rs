@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
-use crate::action::Action;
+use crate::call::Action;
 use crate::Error;
 
 /// The link-time registration of an `#[idempotent]` function's action (`inventory::submit!`).

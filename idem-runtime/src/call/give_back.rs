@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::action::OnStale;
 use crate::key::{Fingerprint, Key};
+use crate::store::OnStale;
 use crate::store::{Claim, ClaimRequest, Ownership, Store};
 use crate::Error;
 

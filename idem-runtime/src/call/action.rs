@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::call::Call;
 use crate::key::{Fingerprint, Key, KeyArg, KeyDeriver};
+use crate::store::OnStale;
 use crate::Error;
 
 /// What a caller does when it finds its key held by another caller with a live lease.
@@ -28,27 +29,6 @@ pub enum OnConflict {
     Wait(Duration),
     /// Return [`Error::InProgress`] at once.
     Fail,
-}
-
-/// What the next caller does with a key whose owner died inside the body (its lease expired
-/// with no result recorded).
-///
-/// ```
-/// use idem_runtime::{Action, OnStale};
-///
-/// // Charging twice is worse than asking a person: park interrupted payments for review.
-/// static CHARGE: Action = Action::new("charge_card").on_stale(OnStale::Review);
-/// assert_eq!(CHARGE.stale_policy(), OnStale::Review);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnStale {
-    /// Run the body again under a new fencing token: at-least-once for that window. The body
-    /// can tell with [`CallContext::resumed`](crate::CallContext::resumed) and should pass
-    /// [`current_key`](crate::current_key) downstream so that the service deduplicates.
-    TakeOver,
-    /// Park the key as NEEDS_REVIEW for an operator: right when running the side effect twice
-    /// is worse than not at all (payments).
-    Review,
 }
 
 /// One idempotent action: its name, namespace and version (which form every key) and the
@@ -209,8 +189,8 @@ impl Action {
         }
         self.bound.get_or_init(|| {
             let full = std::any::type_name::<S>();
-            let short = crate::identity::short_type_name(full);
-            let path = crate::identity::type_path(full);
+            let short = crate::call::identity::short_type_name(full);
+            let path = crate::call::identity::type_path(full);
             let function = self
                 .origin
                 .map_or(self.name, |o| o.rsplit("::").next().unwrap_or(o));
@@ -229,13 +209,13 @@ impl Action {
         let Some(origin) = self.origin() else {
             return Ok(());
         };
-        let clash =
-            self.checked
-                .get_or_init(|| match crate::identity::check(self.identity(), origin) {
-                    Ok(()) => None,
-                    Err(Error::ActionClash { first, second, .. }) => Some((first, second)),
-                    Err(_) => None,
-                });
+        let clash = self.checked.get_or_init(|| {
+            match crate::call::identity::check(self.identity(), origin) {
+                Ok(()) => None,
+                Err(Error::ActionClash { first, second, .. }) => Some((first, second)),
+                Err(_) => None,
+            }
+        });
         match clash {
             None => Ok(()),
             Some((first, second)) => Err(Error::ActionClash {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::{sleep, Instant, Sleep};
 
-use crate::context::CallShared;
+use crate::call::context::CallShared;
 use crate::key::Key;
 use crate::store::{FencingToken, Ownership, Store};
 use crate::Error;
@@ -136,8 +136,8 @@ mod tests {
 
     use async_trait::async_trait;
 
-    use crate::action::OnStale;
     use crate::key::Fingerprint;
+    use crate::store::OnStale;
     use crate::store::{
         Claim, ClaimRequest, MemoryStore, Record, SagaLog, SagaWrite, StaleSaga, StoredOutcome,
     };

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+use crate::call::Disposition;
 use crate::key::Key;
-use crate::outcome::Disposition;
 use crate::store::FencingToken;
 
 tokio::task_local! {
