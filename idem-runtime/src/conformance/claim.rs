@@ -1,214 +1,23 @@
-//! The conformance suite: the rules of the [`Store`] trait as tests, for every store.
-//!
-//! Each check is an `async fn` taking a fresh, empty store. A store's test file runs them all
-//! with one line:
-//!
-//! ```ignore
-//! idem_runtime::conformance_tests!(memory, async { idem_runtime::store::MemoryStore::new() });
-//! ```
-//!
-//! which expands to one `#[tokio::test]` per check in a module named `memory` (the calling
-//! crate needs `tokio` with its `macros` feature). The checks panic with a message on the
-//! first broken rule. They use short leases and wait out durations measured after each
-//! reply, so the store's clock may be set to any time: only its rate must be sane.
-
-mod operator;
-mod saga_log;
-pub mod servers;
-
-pub use operator::{
-    a_reclaimed_key_leaves_nothing_expired, list_records_filters_and_orders,
-    list_sagas_filters_by_status_and_id, purge_expired_in_batches,
-    record_counts_by_action_and_kind, resolve_saga_settles_only_what_needs_attention,
-};
-pub use saga_log::{
-    purge_removes_finished_saga_logs, saga_log_is_fenced, saga_log_round_trip,
-    stale_sagas_are_the_dead_owners,
-};
+//! The claim protocol of the [`Store`] trait, one rule per check: claim, complete and replay;
+//! payloads; release and body errors; fencing, leases, takeover and review; heartbeats; TTL;
+//! cached errors; `wait`; purge; `get`; claims left in doubt; the shared handle; a body that
+//! lost its lease; dead claims.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Barrier;
 use tokio::time::Instant;
 
+use super::{
+    acquired, claim, claim_token, complete_ok, fingerprint, key, past, request, LONG, SHORT,
+};
 use crate::call::{Action, OnConflict};
-use crate::call::{Disposition, Outcome};
 use crate::key::{Fingerprint, Key};
 use crate::store::OnStale;
 use crate::store::{
-    Claim, ClaimRequest, FencingToken, Ownership, SagaStatus, SagaWrite, Status, Store,
-    StoredOutcome,
+    Claim, ClaimRequest, Ownership, SagaStatus, SagaWrite, Status, Store, StoredOutcome,
 };
-use crate::{current_call, observe, Error};
-
-/// A lease short enough for tests to wait out.
-pub(crate) const SHORT: Duration = Duration::from_millis(250);
-/// A lease no test outlives.
-pub(crate) const LONG: Duration = Duration::from_secs(60);
-
-/// Generates one `#[tokio::test]` per conformance check, in a module named `$name`, each on a
-/// fresh store made by `$make_store` (an expression giving a future of the store).
-///
-/// With `reopen = |store| …` (a closure giving a future of a second handle on the same
-/// records: another connection, another client), the races are also run across two handles,
-/// which is where a store's own atomicity (file locks, server-side scripts) is tested.
-#[macro_export]
-macro_rules! conformance_tests {
-    // For stores on a server the tests start: `$make_store` gives a future of
-    // `Option<store>`, `None` when the server cannot run here (each test then returns at
-    // once; `servers::*::shared()` prints why, and fails instead under `CI=true`).
-    ($name:ident, available = $make_store:expr, reopen = $reopen:expr) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-            $crate::conformance_tests!(@all optional $make_store);
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn races_across_two_handles() {
-                let Some(first) = $make_store.await else { return };
-                let second = ($reopen)(&first).await;
-                $crate::conformance::races_across_two_handles(&first, &second).await;
-            }
-        }
-    };
-    ($name:ident, $make_store:expr) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-            $crate::conformance_tests!(@all required $make_store);
-        }
-    };
-    ($name:ident, $make_store:expr, reopen = $reopen:expr) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-            $crate::conformance_tests!(@all required $make_store);
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn races_across_two_handles() {
-                let first = $make_store.await;
-                let second = ($reopen)(&first).await;
-                $crate::conformance::races_across_two_handles(&first, &second).await;
-            }
-        }
-    };
-    (@all $mode:ident $make_store:expr) => {
-        $crate::conformance_tests!(@each $mode $make_store;
-            claim_complete_replay,
-            second_claim_sees_in_progress,
-            payload_mismatch_is_refused,
-            release_frees_the_key,
-            body_error_releases_the_key,
-            fencing_refuses_a_stale_owner,
-            expired_lease_is_taken_over,
-            stale_lease_with_other_payload_is_not_taken_over,
-            stale_lease_parks_for_review,
-            heartbeat_extends_the_lease,
-            ttl_expiry_frees_the_key,
-            tokens_grow_across_release_and_expiry,
-            cached_errors_are_replayed,
-            wait_returns_when_the_key_is_released,
-            purge_removes_only_expired_results,
-            get_shows_the_record,
-            race_of_64_claims_has_one_winner,
-            race_of_64_calls_runs_the_body_once,
-            heartbeats_keep_a_long_body_owned,
-            paused_owner_loses_to_the_caller_that_took_over,
-            interrupted_call_waits_for_review,
-            saga_log_round_trip,
-            saga_log_is_fenced,
-            stale_sagas_are_the_dead_owners,
-            purge_removes_finished_saga_logs,
-            list_records_filters_and_orders,
-            record_counts_by_action_and_kind,
-            purge_expired_in_batches,
-            list_sagas_filters_by_status_and_id,
-            resolve_saga_settles_only_what_needs_attention,
-            a_reclaimed_key_leaves_nothing_expired,
-            a_claim_left_in_doubt_follows_on_stale_at_once,
-            a_shared_handle_is_the_same_store,
-            a_body_learns_that_its_lease_was_lost,
-            a_dead_claim_is_purged_after_its_lease_and_ttl,
-        );
-    };
-    (@each required $make_store:expr; $($check:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() {
-                let store = $make_store.await;
-                $crate::conformance::$check(&store).await;
-            }
-        )*
-    };
-    (@each optional $make_store:expr; $($check:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() {
-                let Some(store) = $make_store.await else { return };
-                $crate::conformance::$check(&store).await;
-            }
-        )*
-    };
-}
-
-static ACTION: Action = Action::new("conformance");
-
-fn key(n: u32) -> Key {
-    ACTION.key(&(n,)).expect("a u32 has a canonical form")
-}
-
-fn fingerprint(n: u32) -> Fingerprint {
-    ACTION
-        .fingerprint(&("payload", n))
-        .expect("a u32 has a canonical form")
-}
-
-fn request<'a>(
-    key: &'a Key,
-    fingerprint: &'a Fingerprint,
-    lease: Duration,
-    on_stale: OnStale,
-) -> ClaimRequest<'a> {
-    ClaimRequest {
-        key,
-        fingerprint,
-        action: "conformance",
-        lease,
-        ttl: LONG,
-        on_stale,
-    }
-}
-
-async fn claim(store: &dyn Store, key: &Key, lease: Duration) -> Claim {
-    let fp = Fingerprint::from(*key);
-    store
-        .claim(&request(key, &fp, lease, OnStale::TakeOver))
-        .await
-        .expect("claim")
-}
-
-fn acquired(claim: Claim) -> (FencingToken, bool) {
-    match claim {
-        Claim::Acquired { token, resumed } => (token, resumed),
-        other => panic!("expected the claim to be acquired, got {other:?}"),
-    }
-}
-
-pub(crate) async fn claim_token(store: &dyn Store, key: &Key, lease: Duration) -> FencingToken {
-    acquired(claim(store, key, lease).await).0
-}
-
-async fn complete_ok(store: &dyn Store, key: &Key, token: FencingToken, bytes: &[u8]) -> Ownership {
-    store
-        .complete(key, token, StoredOutcome::Ok(bytes.to_vec()), LONG)
-        .await
-        .expect("complete")
-}
-
-pub(crate) async fn past(duration: Duration) {
-    tokio::time::sleep(duration + Duration::from_millis(40)).await;
-}
+use crate::{current_call, Error};
 
 /// A claim of a free key is acquired; once completed, claims are answered with the result.
 pub async fn claim_complete_replay(store: &dyn Store) {
@@ -453,6 +262,38 @@ pub async fn stale_lease_parks_for_review(store: &dyn Store) {
         }
         other => panic!("expected the late owner's result, got {other:?}"),
     }
+}
+
+/// With `on_stale = review`, the caller after an interrupted call gets `NeedsReview`, and
+/// so does every later one.
+pub async fn interrupted_call_waits_for_review(store: &dyn Store) {
+    static PAY: Action = Action::new("pay")
+        .lease(SHORT)
+        .on_stale(OnStale::Review)
+        .on_conflict(OnConflict::Wait(LONG));
+    let k = PAY.key(&("order-9",)).expect("key");
+    // An owner that died: its claim is there, nobody will complete or heartbeat it.
+    let dead = store
+        .claim(&request(&k, &Fingerprint::from(k), SHORT, OnStale::Review))
+        .await
+        .expect("claim");
+    acquired(dead);
+    let runs = AtomicUsize::new(0);
+    for _ in 0..2 {
+        let result = PAY
+            .call(&("order-9",))
+            .expect("call")
+            .run::<u32, Error, _>(store, async {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok(1)
+            })
+            .await;
+        assert!(
+            matches!(result, Err(Error::NeedsReview { .. })),
+            "{result:?}"
+        );
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
 }
 
 /// The "in doubt" row of the state table: a claim left in doubt (its body's outcome unknown)
@@ -846,272 +687,4 @@ pub async fn get_shows_the_record(store: &dyn Store) {
     let record = store.get(&k).await.expect("get").expect("a record");
     assert_eq!(record.status, Status::Completed);
     assert_eq!(record.outcome, Some(StoredOutcome::Ok(b"{}".to_vec())));
-}
-
-/// 64 claims of one key at the same moment, each from a thread of its own: exactly one is
-/// acquired.
-pub async fn race_of_64_claims_has_one_winner(store: &dyn Store) {
-    let k = key(16);
-    let start = Barrier::new(64);
-    let claims = on_threads((0..64).map(|_| async {
-        start.wait().await;
-        claim(store, &k, LONG).await
-    }));
-    let winners = claims
-        .iter()
-        .filter(|c| matches!(c, Claim::Acquired { .. }))
-        .count();
-    assert_eq!(winners, 1, "claims: {claims:?}");
-    assert!(claims
-        .iter()
-        .all(|c| matches!(c, Claim::Acquired { .. } | Claim::InProgress { .. })));
-}
-
-/// 64 calls of one key at once, each from a thread of its own, through the whole protocol:
-/// the body runs once and every caller gets its result.
-pub async fn race_of_64_calls_runs_the_body_once(store: &dyn Store) {
-    static CHARGE: Action =
-        Action::new("charge_card").on_conflict(OnConflict::Wait(Duration::from_secs(30)));
-    let runs = AtomicUsize::new(0);
-    let start = Barrier::new(64);
-    let outcomes = on_threads((0..64).map(|_| async {
-        start.wait().await;
-        let call = CHARGE.call(&("customer-42", 1999)).expect("call");
-        call.run::<_, Error, _>(store, async {
-            let run = runs.fetch_add(1, Ordering::SeqCst);
-            tokio::task::yield_now().await;
-            Ok(format!("charge-{run}"))
-        })
-        .await
-    }));
-    assert_eq!(runs.load(Ordering::SeqCst), 1);
-    let executed = outcomes
-        .iter()
-        .filter(|o| matches!(o, Ok(Outcome::Executed(_))))
-        .count();
-    assert_eq!(executed, 1);
-    for outcome in outcomes {
-        assert_eq!(
-            outcome.expect("every caller gets the result").into_inner(),
-            "charge-0"
-        );
-    }
-}
-
-/// Two handles on the same records (two connections, two clients): 64 claims of one key
-/// from 64 threads, alternating handles, have one winner; 64 calls of another key run the
-/// body once; and a result recorded through one handle is replayed through the other.
-pub async fn races_across_two_handles(first: &dyn Store, second: &dyn Store) {
-    let handles = [first, second];
-    let k = key(17);
-    let start = Barrier::new(64);
-    let claims = on_threads((0..64).map(|i| {
-        let (store, start, k) = (handles[i % 2], &start, &k);
-        async move {
-            start.wait().await;
-            claim(store, k, LONG).await
-        }
-    }));
-    let winners = claims
-        .iter()
-        .filter(|c| matches!(c, Claim::Acquired { .. }))
-        .count();
-    assert_eq!(winners, 1, "claims: {claims:?}");
-
-    static PAY: Action =
-        Action::new("pay_invoice").on_conflict(OnConflict::Wait(Duration::from_secs(30)));
-    let runs = AtomicUsize::new(0);
-    let start = Barrier::new(64);
-    let outcomes = on_threads((0..64).map(|i| {
-        let (store, start, runs) = (handles[i % 2], &start, &runs);
-        async move {
-            start.wait().await;
-            PAY.call(&("invoice-9",))
-                .expect("call")
-                .run::<_, Error, _>(store, async {
-                    let run = runs.fetch_add(1, Ordering::SeqCst);
-                    tokio::task::yield_now().await;
-                    Ok(format!("payment-{run}"))
-                })
-                .await
-        }
-    }));
-    assert_eq!(runs.load(Ordering::SeqCst), 1);
-    for outcome in outcomes {
-        assert_eq!(
-            outcome.expect("every caller gets the result").into_inner(),
-            "payment-0"
-        );
-    }
-    for store in handles {
-        let replay = PAY
-            .call(&("invoice-9",))
-            .expect("call")
-            .run::<String, Error, _>(store, async { Ok("again".into()) })
-            .await;
-        assert_eq!(replay.expect("replay").into_inner(), "payment-0");
-    }
-}
-
-/// A body that runs for several leases keeps its key: heartbeats renew the lease, so a
-/// duplicate that comes after the first lease would have run out still finds it in progress.
-pub async fn heartbeats_keep_a_long_body_owned(store: &dyn Store) {
-    const LEASE: Duration = Duration::from_millis(600);
-    static REPORT: Action = Action::new("long_report")
-        .lease(LEASE)
-        .on_conflict(OnConflict::Fail);
-    let runs = AtomicUsize::new(0);
-    let (started, body_started) = tokio::sync::oneshot::channel::<()>();
-    let (finish, body_may_finish) = tokio::sync::oneshot::channel::<()>();
-    let owner = async {
-        REPORT
-            .call(&("q3",))?
-            .run::<_, Error, _>(store, async {
-                runs.fetch_add(1, Ordering::SeqCst);
-                let _ = started.send(());
-                let _ = body_may_finish.await;
-                Ok("report".to_string())
-            })
-            .await
-    };
-    let duplicate = async {
-        let _ = body_started.await;
-        // Past three leases: without heartbeats the claim would have expired long ago.
-        past(LEASE * 3).await;
-        let refused = REPORT
-            .call(&("q3",))
-            .expect("call")
-            .run::<String, Error, _>(store, async {
-                runs.fetch_add(1, Ordering::SeqCst);
-                Ok("duplicate".to_string())
-            })
-            .await;
-        let _ = finish.send(());
-        refused
-    };
-    let (owner, refused) = tokio::join!(owner, duplicate);
-    assert_eq!(owner.expect("the owner finishes").into_inner(), "report");
-    assert!(
-        matches!(refused, Err(Error::InProgress { .. })),
-        "{refused:?}"
-    );
-    assert_eq!(runs.load(Ordering::SeqCst), 1);
-}
-
-/// An owner that stalls past its lease (no heartbeat can run) is taken over; when it wakes,
-/// its result is refused with `LostOwnership` and the new owner's result stands.
-pub async fn paused_owner_loses_to_the_caller_that_took_over(store: &dyn Store) {
-    static SEND: Action = Action::new("send_email")
-        .lease(SHORT)
-        .on_conflict(OnConflict::Wait(LONG));
-    let (owns, owner_started) = std::sync::mpsc::channel::<()>();
-    let (took_over, resume_owner) = std::sync::mpsc::channel::<()>();
-    let paused = async move {
-        SEND.call(&("quote-7",))?
-            .run::<_, Error, _>(store, async move {
-                let _ = owns.send(());
-                // A stop-the-world pause: the thread blocks, so no heartbeat runs either.
-                let _ = resume_owner.recv_timeout(LONG);
-                Ok("from the paused owner".to_string())
-            })
-            .await
-    };
-    let next = async move {
-        let _ = owner_started.recv_timeout(LONG);
-        observe(async {
-            SEND.call(&("quote-7",))?
-                .run::<_, Error, _>(store, async {
-                    let resumed = current_call().is_some_and(|c| c.resumed());
-                    let _ = took_over.send(());
-                    Ok(format!("from the new owner, resumed: {resumed}"))
-                })
-                .await
-        })
-        .await
-    };
-    // Each on a thread of its own: the paused owner blocks its thread.
-    let runtime = tokio::runtime::Handle::current();
-    let (paused, (next, how)) = tokio::task::block_in_place(|| {
-        std::thread::scope(|scope| {
-            let paused = scope.spawn(|| runtime.block_on(paused));
-            let next = runtime.block_on(next);
-            (
-                paused.join().expect("the paused owner's thread panicked"),
-                next,
-            )
-        })
-    });
-    assert!(
-        matches!(paused, Err(Error::LostOwnership { .. })),
-        "paused owner: {paused:?}"
-    );
-    assert_eq!(
-        next.expect("next caller").into_inner(),
-        "from the new owner, resumed: true"
-    );
-    assert_eq!(how, Some(Disposition::TookOver));
-    let replay = SEND
-        .call(&("quote-7",))
-        .expect("call")
-        .run::<String, Error, _>(store, async { Ok("x".into()) })
-        .await;
-    assert_eq!(
-        replay.expect("replay").into_inner(),
-        "from the new owner, resumed: true"
-    );
-}
-
-/// With `on_stale = review`, the caller after an interrupted call gets `NeedsReview`, and
-/// so does every later one.
-pub async fn interrupted_call_waits_for_review(store: &dyn Store) {
-    static PAY: Action = Action::new("pay")
-        .lease(SHORT)
-        .on_stale(OnStale::Review)
-        .on_conflict(OnConflict::Wait(LONG));
-    let k = PAY.key(&("order-9",)).expect("key");
-    // An owner that died: its claim is there, nobody will complete or heartbeat it.
-    let dead = store
-        .claim(&request(&k, &Fingerprint::from(k), SHORT, OnStale::Review))
-        .await
-        .expect("claim");
-    acquired(dead);
-    let runs = AtomicUsize::new(0);
-    for _ in 0..2 {
-        let result = PAY
-            .call(&("order-9",))
-            .expect("call")
-            .run::<u32, Error, _>(store, async {
-                runs.fetch_add(1, Ordering::SeqCst);
-                Ok(1)
-            })
-            .await;
-        assert!(
-            matches!(result, Err(Error::NeedsReview { .. })),
-            "{result:?}"
-        );
-    }
-    assert_eq!(runs.load(Ordering::SeqCst), 0);
-}
-
-/// Runs each future to completion on a thread of its own, so that they truly run at once
-/// (and any of them can block its thread while the others go on); returns their outputs in
-/// order.
-fn on_threads<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send,
-    F::Output: Send,
-{
-    let runtime = tokio::runtime::Handle::current();
-    tokio::task::block_in_place(|| {
-        std::thread::scope(|scope| {
-            let threads: Vec<_> = futures
-                .into_iter()
-                .map(|future| scope.spawn(|| runtime.block_on(future)))
-                .collect();
-            threads
-                .into_iter()
-                .map(|thread| thread.join().expect("a thread of the check panicked"))
-                .collect()
-        })
-    })
 }
