@@ -123,9 +123,9 @@ const AMOUNT: u64 = 1999;
 fn header(action: &Action) -> Vec<u8> {
     let mut text = format!(
         "[\"idem\",1,{},{},{},",
-        idem::canonical_json(action.namespace_name()).unwrap(),
+        idem::canonical_json(action.settings().namespace).unwrap(),
         idem::canonical_json(action.name()).unwrap(),
-        action.version_number(),
+        action.settings().version,
     )
     .into_bytes();
     text.resize(text.len().div_ceil(64) * 64, b' ');

@@ -4,8 +4,13 @@ use std::fmt;
 
 use crate::key::Key;
 
-/// A boxed error from a store's driver (SQLite, Redis, PostgreSQL, I/O…).
+/// A boxed error from a store's driver (SQLite, Redis, PostgreSQL, I/O…): what
+/// [`Error::store`] and [`Error::codec`] take.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The source of an [`Error`], shared, so that an error can be cloned and reported in two
+/// places (a saga step and the end of its run) with its driver's error intact.
+pub type SharedError = std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What can go wrong in idem itself, as opposed to in the body of a call.
 ///
@@ -28,7 +33,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// ```
 ///
 /// Every variant that concerns one call names its key (a hash: never the arguments).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Error {
     /// Another caller holds the key and its lease is live: returned at once with
@@ -72,7 +77,7 @@ pub enum Error {
         /// The key concerned, when there is one.
         key: Option<Key>,
         /// What the store said.
-        source: BoxError,
+        source: SharedError,
     },
     /// A value could not be encoded or decoded: arguments with no canonical JSON form, a
     /// result that does not serialize, or a stored record that is corrupt or of another shape.
@@ -82,7 +87,7 @@ pub enum Error {
         /// What was being encoded or decoded.
         what: &'static str,
         /// Why it failed.
-        source: BoxError,
+        source: SharedError,
     },
     /// No store was given (`store = …`) and none was set with `idem::set_default_store`.
     NoStore {
@@ -191,7 +196,7 @@ impl Error {
         Error::Store {
             store,
             key: key.copied(),
-            source: source.into(),
+            source: SharedError::from(source.into()),
         }
     }
 
@@ -200,68 +205,7 @@ impl Error {
         Error::Codec {
             key: key.copied(),
             what,
-            source: source.into(),
-        }
-    }
-
-    /// A copy, for a second place that must report the same error (driver errors as text).
-    pub(crate) fn copy(&self) -> Self {
-        let text = |source: &BoxError| -> BoxError { source.to_string().into() };
-        match self {
-            Error::InProgress { key, action } => Error::InProgress { key: *key, action },
-            Error::PayloadMismatch { key, action } => Error::PayloadMismatch { key: *key, action },
-            Error::LostOwnership { key, action } => Error::LostOwnership { key: *key, action },
-            Error::NeedsReview { key, action } => Error::NeedsReview { key: *key, action },
-            Error::Store { store, key, source } => Error::Store {
-                store,
-                key: *key,
-                source: text(source),
-            },
-            Error::Codec { key, what, source } => Error::Codec {
-                key: *key,
-                what,
-                source: text(source),
-            },
-            Error::NoStore { action } => Error::NoStore { action },
-            Error::SagaRolledBack { saga, error } => Error::SagaRolledBack {
-                saga: saga.clone(),
-                error: error.clone(),
-            },
-            Error::SagaNeedsAttention {
-                saga,
-                error,
-                pending,
-            } => Error::SagaNeedsAttention {
-                saga: saga.clone(),
-                error: error.clone(),
-                pending: pending.clone(),
-            },
-            Error::SagaResolved { saga, note } => Error::SagaResolved {
-                saga: saga.clone(),
-                note: note.clone(),
-            },
-            Error::SagaLog { saga, problem } => Error::SagaLog {
-                saga: saga.clone(),
-                problem: problem.clone(),
-            },
-            Error::StepInDoubt {
-                saga,
-                step,
-                problem,
-            } => Error::StepInDoubt {
-                saga: saga.clone(),
-                step: step.clone(),
-                problem: problem.clone(),
-            },
-            Error::ActionClash {
-                action,
-                first,
-                second,
-            } => Error::ActionClash {
-                action: action.clone(),
-                first: first.clone(),
-                second: second.clone(),
-            },
+            source: SharedError::from(source.into()),
         }
     }
 

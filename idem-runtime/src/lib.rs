@@ -51,9 +51,9 @@ pub mod private;
 
 pub use call::{
     current_call, current_key, default_store, observe, set_default_store, set_default_store_shared,
-    Action, Call, CallContext, Disposition, OnConflict, Outcome,
+    Action, ActionSettings, Call, CallContext, Disposition, OnConflict, Outcome,
 };
-pub use error::{BoxError, Error};
+pub use error::{BoxError, Error, SharedError};
 pub use key::{canonical_json, CanonicalError, Fingerprint, Key, ParseKeyError};
 pub use saga::{recover, Recover, RecoveryReport, Retry, Saga, StepCall, Steps};
 pub use store::{OnStale, Store};

@@ -19,7 +19,7 @@ use crate::Error;
 /// // A chat reply can wait a little for a duplicate; a batch job should not wait at all.
 /// static REPLY: Action = Action::new("reply").on_conflict(OnConflict::Wait(Duration::from_secs(5)));
 /// static EXPORT: Action = Action::new("export").on_conflict(OnConflict::Fail);
-/// assert_eq!(EXPORT.conflict_policy(), OnConflict::Fail);
+/// assert_eq!(EXPORT.settings().on_conflict, OnConflict::Fail);
 /// # let _ = &REPLY;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +29,25 @@ pub enum OnConflict {
     Wait(Duration),
     /// Return [`Error::InProgress`] at once.
     Fail,
+}
+
+/// What an [`Action`] was built with (see [`Action::settings`]): the namespace and version
+/// that form its keys with its name, and the policy of its calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ActionSettings {
+    /// Keys of different namespaces never meet.
+    pub namespace: &'static str,
+    /// A new version gives every call a new key.
+    pub version: u32,
+    /// How long a completed result is kept and replayed.
+    pub ttl: Duration,
+    /// How long a claim holds without a heartbeat.
+    pub lease: Duration,
+    /// What a duplicate does while another caller holds the key.
+    pub on_conflict: OnConflict,
+    /// What the next caller does with a key in doubt.
+    pub on_stale: OnStale,
 }
 
 /// One idempotent action: its name, namespace and version (which form every key) and the
@@ -226,34 +245,69 @@ impl Action {
         }
     }
 
+    /// What the action was built with, read back: one field per setter.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idem_runtime::{Action, OnConflict, OnStale};
+    ///
+    /// static CHARGE: Action = Action::new("charge_card")
+    ///     .namespace("billing")
+    ///     .ttl(Duration::from_secs(3600))
+    ///     .on_conflict(OnConflict::Fail)
+    ///     .on_stale(OnStale::Review);
+    /// let settings = CHARGE.settings();
+    /// assert_eq!((settings.namespace, settings.version), ("billing", 1));
+    /// assert_eq!(settings.ttl, Duration::from_secs(3600));
+    /// assert_eq!(settings.lease, Action::DEFAULT_LEASE);
+    /// assert_eq!(settings.on_conflict, OnConflict::Fail);
+    /// assert_eq!(settings.on_stale, OnStale::Review);
+    /// ```
+    pub const fn settings(&self) -> ActionSettings {
+        ActionSettings {
+            namespace: self.namespace,
+            version: self.version,
+            ttl: self.ttl,
+            lease: self.lease,
+            on_conflict: self.on_conflict,
+            on_stale: self.on_stale,
+        }
+    }
+
     /// The action's namespace (part of every key).
+    #[deprecated(since = "0.2.0", note = "use `settings().namespace`")]
     pub const fn namespace_name(&self) -> &'static str {
-        self.namespace
+        self.settings().namespace
     }
 
     /// The action's version (part of every key).
+    #[deprecated(since = "0.2.0", note = "use `settings().version`")]
     pub const fn version_number(&self) -> u32 {
-        self.version
+        self.settings().version
     }
 
     /// How long a completed result is kept.
+    #[deprecated(since = "0.2.0", note = "use `settings().ttl`")]
     pub const fn ttl_duration(&self) -> Duration {
-        self.ttl
+        self.settings().ttl
     }
 
     /// How long a claim holds without a heartbeat.
+    #[deprecated(since = "0.2.0", note = "use `settings().lease`")]
     pub const fn lease_duration(&self) -> Duration {
-        self.lease
+        self.settings().lease
     }
 
     /// What a duplicate does while another caller holds the key.
+    #[deprecated(since = "0.2.0", note = "use `settings().on_conflict`")]
     pub const fn conflict_policy(&self) -> OnConflict {
-        self.on_conflict
+        self.settings().on_conflict
     }
 
     /// What the next caller does with a key whose owner died.
+    #[deprecated(since = "0.2.0", note = "use `settings().on_stale`")]
     pub const fn stale_policy(&self) -> OnStale {
-        self.on_stale
+        self.settings().on_stale
     }
 
     /// The key of a call whose identifying arguments are `key_args` (a tuple or an array, in a

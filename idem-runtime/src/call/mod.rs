@@ -18,7 +18,7 @@ use std::time::Instant;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use action::{Action, OnConflict};
+pub use action::{Action, ActionSettings, OnConflict};
 pub(crate) use codec::FinalErrors;
 pub use codec::{Codec, IdemReturn};
 pub use context::{current_call, current_key, observe, CallContext};
@@ -286,9 +286,9 @@ async fn claim<E>(call: Call<'_>, store: &dyn Store) -> Result<Claimed, Failed<E
         key,
         fingerprint,
         action: action.name(),
-        lease: action.lease_duration(),
-        ttl: action.ttl_duration(),
-        on_stale: action.stale_policy(),
+        lease: action.settings().lease,
+        ttl: action.settings().ttl,
+        on_stale: action.settings().on_stale,
     };
     let mut deadline = None;
     let mut waited = false;
@@ -317,7 +317,7 @@ async fn claim<E>(call: Call<'_>, store: &dyn Store) -> Result<Claimed, Failed<E
                         action: action.name(),
                     })
                 };
-                let OnConflict::Wait(limit) = action.conflict_policy() else {
+                let OnConflict::Wait(limit) = action.settings().on_conflict else {
                     return Err(in_progress());
                 };
                 // A limit too large for the clock (`Duration::MAX`) means no limit.
@@ -374,7 +374,7 @@ where
         let output = in_call(context, body).await;
         owner.settle(codec, output, how, &shared).await
     };
-    let lease = action.lease_duration();
+    let lease = action.settings().lease;
     let settled = with_heartbeat(run_and_settle, store, &key, token, lease, &shared).await;
     // After the heartbeat has stopped, so that no beat in flight renews the lease again.
     if owner.is_in_doubt() {

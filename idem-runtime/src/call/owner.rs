@@ -128,7 +128,7 @@ impl Owner<'_> {
         outcome: StoredOutcome,
         again: impl Fn() -> Option<StoredOutcome>,
     ) -> Result<Recorded, Failed<E>> {
-        let ttl = self.action.ttl_duration();
+        let ttl = self.action.settings().ttl;
         let mut pauses = RECORD_RETRIES.iter();
         let mut next = Some(outcome);
         while let Some(outcome) = next.take() {

@@ -211,7 +211,7 @@ impl<'a> Saga<'a> {
                 }));
             };
             let policy = RunPolicy {
-                lease: action.lease_duration(),
+                lease: action.settings().lease,
                 compensation_retry: self.compensation_retry,
                 forward_retry: self.forward_retry,
             };

@@ -128,7 +128,7 @@ async fn compensate(run: &Run<'_>, step: &StepRecord) -> Result<Result<(), StepF
         .compensation_retry
         .run(def.name(), 0, || async {
             if let Err(error) = run.still_owner().await {
-                let stop = StepFailure::Idem(error.copy());
+                let stop = StepFailure::Idem(error.clone());
                 *not_owner.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
                 return Err(stop);
             }

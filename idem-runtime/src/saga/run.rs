@@ -123,7 +123,7 @@ impl<'a> Run<'a> {
     /// Keeps `error` (a write to the log failed) for the end of the run, and returns a copy
     /// for the step that met it.
     pub(crate) fn broke(&self, error: Error) -> Error {
-        let copy = error.copy();
+        let copy = error.clone();
         self.state().broken.get_or_insert(error);
         copy
     }

@@ -76,7 +76,7 @@ pub type FencingToken = u64;
 ///
 /// // Charging twice is worse than asking a person: park interrupted payments for review.
 /// static CHARGE: Action = Action::new("charge_card").on_stale(OnStale::Review);
-/// assert_eq!(CHARGE.stale_policy(), OnStale::Review);
+/// assert_eq!(CHARGE.settings().on_stale, OnStale::Review);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnStale {
