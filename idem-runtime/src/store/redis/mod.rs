@@ -34,7 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
-use redis::{Script, Value};
+use redis::Value;
 
 use crate::key::{Fingerprint, Key};
 use crate::store::{
@@ -43,6 +43,10 @@ use crate::store::{
     StepRecord, StepState, Store, StoredOutcome,
 };
 use crate::Error;
+
+mod scripts;
+
+use scripts::{CLAIM, COMPLETE, EXPIRED, HEARTBEAT, RELEASE, RESOLVE, WRITE_SAGA};
 
 /// After how many recorded results (of one store handle) the expiry index is trimmed of the
 /// records that expired (the records themselves expire natively, on time).
@@ -807,184 +811,6 @@ async fn server_now_ms(connection: &mut ConnectionManager) -> Result<i64, Error>
         .map_err(failed(None))?;
     Ok(seconds * 1000 + micros / 1000)
 }
-
-/// The claim rule of `store::rules`, in the server; a claim expires (natively) at the end of
-/// its lease plus the action's TTL (ARGV[6]), unless the key has a saga log (KEYS[4]). Returns
-/// `{"acquired", token, resumed}`, `{"completed", fingerprint, kind, bytes}`,
-/// `{"in_progress", fingerprint, token, lease_remaining_ms}` or `{"review", fingerprint}`.
-static CLAIM: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
-    Script::new(
-        r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local lease, ttl = tonumber(ARGV[3]), tonumber(ARGV[6])
-local r = redis.call('HMGET', KEYS[1], 'st', 'tk', 'fp', 'oc', 'rs', 'ex')
-local st, ex = r[1], tonumber(r[6])
-local expired = ex ~= nil and ex <= now
-local function acquire(resumed)
-  local token = redis.call('INCR', KEYS[2])
-  if resumed then
-    redis.call('HSET', KEYS[1], 'tk', token, 'ex', now + lease, 'tl', ttl)
-  else
-    if st then redis.call('DEL', KEYS[1]) end
-    redis.call('HSET', KEYS[1], 'st', 'in_progress', 'tk', token, 'fp', ARGV[1],
-      'ac', ARGV[2], 'ca', now, 'ex', now + lease, 'tl', ttl)
-  end
-  -- Replaces the expiry entry of a result Redis already deleted itself (it would be stale).
-  if redis.call('EXISTS', KEYS[4]) == 1 then
-    redis.call('PERSIST', KEYS[1])
-    redis.call('ZREM', KEYS[3], ARGV[5])
-  else
-    redis.call('PEXPIREAT', KEYS[1], now + lease + ttl)
-    redis.call('ZADD', KEYS[3], now + lease + ttl, ARGV[5])
-  end
-  return {'acquired', token, resumed and 1 or 0}
-end
-if not st then return acquire(false) end
-if st == 'completed' then
-  if expired then return acquire(false) end
-  return {'completed', r[3], r[4], r[5]}
-end
-if st == 'needs_review' then return {'review', r[3]} end
-if not expired then return {'in_progress', r[3], tonumber(r[2]), ex - now} end
-if r[3] ~= ARGV[1] then return {'in_progress', r[3], tonumber(r[2]), 0} end
-if ARGV[4] == 'takeover' then return acquire(true) end
-redis.call('HSET', KEYS[1], 'st', 'needs_review')
-redis.call('HDEL', KEYS[1], 'ex')
-redis.call('PERSIST', KEYS[1])
-redis.call('ZREM', KEYS[3], ARGV[5])
-return {'review', r[3]}
-",
-    )
-});
-
-/// Records the outcome if the token still owns the record (in progress or parked for
-/// review), or holds it if it completed it already. Redis expires the record, and the saga
-/// log with it, when its TTL runs out; the expiry index keeps the count for the purge.
-static COMPLETE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
-    Script::new(
-        r"
-local r = redis.call('HMGET', KEYS[1], 'st', 'tk')
-if r[2] ~= ARGV[1] then return 0 end
-if r[1] == 'completed' then return 1 end
-if r[1] ~= 'in_progress' and r[1] ~= 'needs_review' then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ex = now + tonumber(ARGV[4])
-redis.call('HSET', KEYS[1], 'st', 'completed', 'oc', ARGV[2], 'rs', ARGV[3], 'ex', ex)
-redis.call('PEXPIREAT', KEYS[1], ex)
-redis.call('PEXPIREAT', KEYS[3], ex)
-redis.call('PEXPIREAT', KEYS[4], ex)
-redis.call('ZADD', KEYS[2], ex, ARGV[5])
-return 1
-",
-    )
-});
-
-/// Deletes the record, and its entry in the expiry index (KEYS[2]), if the token still owns
-/// it (in progress or parked for review).
-static RELEASE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
-    Script::new(
-        r"
-local r = redis.call('HMGET', KEYS[1], 'st', 'tk')
-if r[2] ~= ARGV[1] or (r[1] ~= 'in_progress' and r[1] ~= 'needs_review') then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[2])
-return 1
-",
-    )
-});
-
-/// Extends the lease if the token still owns the record, in progress, and with it the moment
-/// the claim expires (natively, and in the expiry index KEYS[3]): the lease end plus the TTL
-/// the claim recorded, unless the key has a saga log (KEYS[2]) or the claim recorded no TTL
-/// (an older idem made it).
-static HEARTBEAT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
-    Script::new(
-        r"
-local r = redis.call('HMGET', KEYS[1], 'st', 'tk', 'tl')
-if r[2] ~= ARGV[1] or r[1] ~= 'in_progress' then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ex = now + tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], 'ex', ex)
-if r[3] and redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('PEXPIREAT', KEYS[1], ex + tonumber(r[3]))
-  redis.call('ZADD', KEYS[3], ex + tonumber(r[3]), ARGV[3])
-end
-return 1
-",
-    )
-});
-
-/// The one rule of what the purge counts: the members of the expiry index due by the
-/// server's clock (results whose TTL ran out, `ex <= now` as a claim sees them; dead claims
-/// whose lease end plus TTL passed), which Redis deleted at that moment. ARGV[1] is `count` (say how
-/// many), or how many of them at most to remove, the oldest first; returns how many.
-static EXPIRED: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
-    Script::new(
-        r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local due = redis.call('ZCOUNT', KEYS[1], '-inf', now)
-if ARGV[1] == 'count' then return due end
-local n = math.min(due, tonumber(ARGV[1]))
-if n > 0 then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - 1) end
-return n
-",
-    )
-});
-
-/// Settles a saga that needs attention by hand, keeping the note; returns 1 if it did.
-static RESOLVE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('HGET', KEYS[1], 'status') ~= 'needs_attention' then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 'status', 'resolved', 'note', ARGV[1], 'updated', now)
-return 1
-",
-    )
-});
-
-/// One write to a saga's log, if the token still owns the saga's record (in progress). The
-/// first one makes the record last (no expiry, out of the expiry index KEYS[5]): recovery
-/// needs the claim of a saga whose owner died.
-/// ARGV: token, id, member, then `status <status> <has_error> <error>` or
-/// `step <index> <field> <value> …`.
-static WRITE_SAGA: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
-    Script::new(
-        r"
-local r = redis.call('HMGET', KEYS[1], 'st', 'tk')
-if r[2] ~= ARGV[1] or r[1] ~= 'in_progress' then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('HSET', KEYS[2], 'id', ARGV[2], 'status', 'running')
-  redis.call('PERSIST', KEYS[1])
-  redis.call('ZREM', KEYS[5], ARGV[3])
-end
-redis.call('HSET', KEYS[2], 'updated', now)
-if ARGV[4] == 'status' then
-  redis.call('HSET', KEYS[2], 'status', ARGV[5])
-  if ARGV[6] == '1' then redis.call('HSET', KEYS[2], 'error', ARGV[7])
-  else redis.call('HDEL', KEYS[2], 'error') end
-else
-  local index = ARGV[5]
-  redis.call('HDEL', KEYS[3], index .. ':output', index .. ':error')
-  for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[3], index .. ':' .. ARGV[i], ARGV[i + 1]) end
-end
-local status = redis.call('HGET', KEYS[2], 'status')
-if status == 'running' or status == 'compensating' then
-  redis.call('ZADD', KEYS[4], 0, ARGV[3])
-else
-  redis.call('ZREM', KEYS[4], ARGV[3])
-end
-return 1
-",
-    )
-});
 
 /// Reads the fields of a Redis hash as (name, bytes) pairs.
 fn fields(value: Value) -> Result<Vec<(String, Vec<u8>)>, String> {

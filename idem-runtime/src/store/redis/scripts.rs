@@ -1,0 +1,124 @@
+//! The store's Lua scripts, one file each in `scripts/`: every write of the store is one of
+//! them, run atomically by the server. Each file says at its top what its `KEYS` and `ARGV`
+//! are and what it returns.
+//!
+//! The scripts that read the clock start with `scripts/prelude.lua`, which sets `now` (the
+//! server's `TIME`, in milliseconds):
+//!
+//! ```text
+//! CLAIM source = prelude.lua ++ claim.lua     (local now = …; local lease, ttl = …)
+//! RELEASE      =                release.lua   (no clock)
+//! ```
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// The source of the script in `scripts/<file>`, with the clock prelude in front of it.
+macro_rules! with_clock {
+    ($file:literal) => {
+        concat!(
+            include_str!("scripts/prelude.lua"),
+            include_str!(concat!("scripts/", $file))
+        )
+    };
+}
+
+const CLAIM_LUA: &str = with_clock!("claim.lua");
+const COMPLETE_LUA: &str = with_clock!("complete.lua");
+const RELEASE_LUA: &str = include_str!("scripts/release.lua");
+const HEARTBEAT_LUA: &str = with_clock!("heartbeat.lua");
+const EXPIRED_LUA: &str = with_clock!("expired.lua");
+const RESOLVE_LUA: &str = with_clock!("resolve.lua");
+const WRITE_SAGA_LUA: &str = with_clock!("write_saga.lua");
+
+/// The claim rule of `store::rules`, in the server (`scripts/claim.lua`).
+pub(super) static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
+
+/// Records an outcome if the token still owns the record (`scripts/complete.lua`).
+pub(super) static COMPLETE: LazyLock<Script> = LazyLock::new(|| Script::new(COMPLETE_LUA));
+
+/// Gives a claim back if the token still owns it (`scripts/release.lua`).
+pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
+
+/// Extends a lease if the token still owns the record (`scripts/heartbeat.lua`).
+pub(super) static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| Script::new(HEARTBEAT_LUA));
+
+/// Counts or trims the expired members of the expiry index (`scripts/expired.lua`).
+pub(super) static EXPIRED: LazyLock<Script> = LazyLock::new(|| Script::new(EXPIRED_LUA));
+
+/// Settles a saga that needs attention by hand (`scripts/resolve.lua`).
+pub(super) static RESOLVE: LazyLock<Script> = LazyLock::new(|| Script::new(RESOLVE_LUA));
+
+/// One write to a saga's log, if the token still owns its record (`scripts/write_saga.lua`).
+pub(super) static WRITE_SAGA: LazyLock<Script> = LazyLock::new(|| Script::new(WRITE_SAGA_LUA));
+
+/// Every script: its name, its source and the `Script` the store runs.
+#[cfg(test)]
+fn all() -> [(&'static str, &'static str, &'static Script); 7] {
+    [
+        ("claim", CLAIM_LUA, &CLAIM),
+        ("complete", COMPLETE_LUA, &COMPLETE),
+        ("release", RELEASE_LUA, &RELEASE),
+        ("heartbeat", HEARTBEAT_LUA, &HEARTBEAT),
+        ("expired", EXPIRED_LUA, &EXPIRED),
+        ("resolve", RESOLVE_LUA, &RESOLVE),
+        ("write_saga", WRITE_SAGA_LUA, &WRITE_SAGA),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PRELUDE: &str = include_str!("scripts/prelude.lua");
+
+    /// The clock is read in one place: only the prelude calls `TIME`, and a script that uses
+    /// `now` has the prelude in front of it.
+    #[test]
+    fn the_clock_is_read_by_the_prelude_only() {
+        for (name, source, _) in all() {
+            let own = source.strip_prefix(PRELUDE).unwrap_or(source);
+            assert!(!own.contains("'TIME'"), "{name}.lua reads the clock itself");
+            let uses_now = own.lines().any(|line| {
+                !line.trim_start().starts_with("--")
+                    && line
+                        .split(|c: char| !c.is_alphanumeric() && c != '_')
+                        .any(|word| word == "now")
+            });
+            assert_eq!(
+                uses_now,
+                source.starts_with(PRELUDE),
+                "{name}.lua uses `now` only with the prelude in front"
+            );
+        }
+    }
+
+    /// Every script compiles on a real server (`SCRIPT LOAD`), as the one the store runs: a
+    /// syntax error in a `.lua` file fails here, not on a customer's first call.
+    #[cfg(feature = "conformance")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_script_loads_into_redis() {
+        let Some(server) = crate::conformance::servers::RedisServer::shared() else {
+            return;
+        };
+        let client = redis::Client::open(server.url()).expect("a redis url");
+        let mut connection = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        for (name, source, script) in all() {
+            let loaded: Result<String, _> = redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(source)
+                .query_async(&mut connection)
+                .await;
+            let sha = loaded.unwrap_or_else(|error| panic!("{name}.lua does not load: {error}"));
+            assert_eq!(
+                sha,
+                script.get_hash(),
+                "{name}.lua is the script the store runs"
+            );
+        }
+    }
+}
