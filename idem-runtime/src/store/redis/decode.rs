@@ -1,0 +1,290 @@
+//! From what Redis answers to what the store hands out: the hashes of records and saga logs,
+//! and the answers of the claim script, read into `Record`, `Claim` and `SagaLog`; and the
+//! fields a saga step is written as, the other way.
+//!
+//! ```text
+//! {"st": "completed", "tk": "7", "fp": <32 bytes>, "oc": "ok", "rs": <bytes>, …}  → Record
+//! ["in_progress", <fingerprint>, 7, 1500]                                        → Claim::InProgress
+//! {"0:name": "charge", "0:state": "done", …, "1:name": …}                       → [StepRecord]
+//! ```
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::Value;
+
+use super::RECORDS;
+use crate::key::{Fingerprint, Key};
+use crate::store::{
+    Claim, FencingToken, Record, SagaLog, SagaStatus, Status, StepRecord, StepState, StoredOutcome,
+};
+use crate::Error;
+
+/// Reads the fields of a Redis hash as (name, bytes) pairs.
+pub(super) fn fields(value: Value) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let items = match value {
+        Value::Array(items) => items,
+        Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        Value::Nil => Vec::new(),
+        other => return Err(format!("a hash, not {other:?}")),
+    };
+    let mut out = Vec::with_capacity(items.len() / 2);
+    let mut items = items.into_iter();
+    while let (Some(name), Some(value)) = (items.next(), items.next()) {
+        out.push((text(&name)?, bytes(value)?));
+    }
+    Ok(out)
+}
+
+pub(super) fn bytes(value: Value) -> Result<Vec<u8>, String> {
+    match value {
+        Value::BulkString(bytes) => Ok(bytes),
+        Value::SimpleString(text) => Ok(text.into_bytes()),
+        Value::Int(n) => Ok(n.to_string().into_bytes()),
+        other => Err(format!("bytes, not {other:?}")),
+    }
+}
+
+pub(super) fn text(value: &Value) -> Result<String, String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).map_err(|e| e.to_string()),
+        Value::SimpleString(text) => Ok(text.clone()),
+        Value::Int(n) => Ok(n.to_string()),
+        other => Err(format!("text, not {other:?}")),
+    }
+}
+
+fn number(value: &Value) -> Result<i64, String> {
+    match value {
+        Value::Int(n) => Ok(*n),
+        other => text(other)?.parse().map_err(|e| format!("a number: {e}")),
+    }
+}
+
+pub(super) fn fingerprint(value: Value) -> Result<Fingerprint, String> {
+    let bytes: [u8; 32] = bytes(value)?
+        .try_into()
+        .map_err(|_| "the fingerprint is not 32 bytes".to_owned())?;
+    Ok(Fingerprint::from_bytes(bytes))
+}
+
+fn outcome(kind: &str, bytes: Vec<u8>) -> Result<StoredOutcome, String> {
+    match kind {
+        "ok" => Ok(StoredOutcome::Ok(bytes)),
+        "err" => Ok(StoredOutcome::Err(bytes)),
+        other => Err(format!("unknown outcome {other:?}")),
+    }
+}
+
+fn token(n: i64) -> Result<FencingToken, String> {
+    FencingToken::try_from(n).map_err(|_| format!("negative token {n}"))
+}
+
+/// The answer of [`CLAIM`].
+pub(super) fn claim_answer(value: Value) -> Result<Claim, String> {
+    let Value::Array(items) = value else {
+        return Err(format!("an array, not {value:?}"));
+    };
+    let mut items = items.into_iter();
+    let mut next = || items.next().ok_or_else(|| "a short answer".to_owned());
+    let kind = text(&next()?)?;
+    Ok(match kind.as_str() {
+        "acquired" => Claim::Acquired {
+            token: token(number(&next()?)?)?,
+            resumed: number(&next()?)? == 1,
+        },
+        "completed" => {
+            let fingerprint = fingerprint(next()?)?;
+            let kind = text(&next()?)?;
+            Claim::Completed {
+                fingerprint,
+                outcome: outcome(&kind, bytes(next()?)?)?,
+            }
+        }
+        "in_progress" => Claim::InProgress {
+            fingerprint: fingerprint(next()?)?,
+            token: token(number(&next()?)?)?,
+            lease_remaining: Duration::from_millis(
+                u64::try_from(number(&next()?)?.max(0)).unwrap_or(0),
+            ),
+        },
+        "review" => Claim::NeedsReview {
+            fingerprint: fingerprint(next()?)?,
+        },
+        other => return Err(format!("unknown answer {other:?}")),
+    })
+}
+
+fn wall(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+pub(super) fn record(key: &Key, hash: Vec<(String, Vec<u8>)>) -> Result<Option<Record>, String> {
+    if hash.is_empty() {
+        return Ok(None);
+    }
+    let mut status = None;
+    let (mut tok, mut fp, mut kind, mut result) = (None, None, None, None);
+    let (mut created, mut expires, mut action) = (None, None, String::new());
+    for (name, value) in hash {
+        match name.as_str() {
+            "st" => status = Some(String::from_utf8_lossy(&value).into_owned()),
+            "tk" => tok = Some(number(&Value::BulkString(value))?),
+            "fp" => fp = Some(fingerprint(Value::BulkString(value))?),
+            "oc" => kind = Some(String::from_utf8_lossy(&value).into_owned()),
+            "rs" => result = Some(value),
+            "ca" => created = Some(number(&Value::BulkString(value))?),
+            "ex" => expires = Some(number(&Value::BulkString(value))?),
+            "ac" => action = String::from_utf8_lossy(&value).into_owned(),
+            _ => {}
+        }
+    }
+    let status = status
+        .as_deref()
+        .and_then(Status::parse)
+        .ok_or("unknown status")?;
+    let outcome = match (kind, result) {
+        (Some(kind), Some(bytes)) => Some(outcome(&kind, bytes)?),
+        _ => None,
+    };
+    if status == Status::Completed && outcome.is_none() {
+        return Err("completed without a result".into());
+    }
+    Ok(Some(Record {
+        key: *key,
+        action,
+        status,
+        token: token(tok.ok_or("no token")?)?,
+        fingerprint: fp.ok_or("no fingerprint")?,
+        outcome,
+        created_at: wall(created.unwrap_or(0)),
+        expires_at: expires.map(wall),
+    }))
+}
+
+pub(super) fn corrupt<'k>(key: &'k Key, what: &'static str) -> impl FnOnce(String) -> Error + 'k {
+    move |problem| Error::codec(what, Some(key), format!("corrupt {what}: {problem}"))
+}
+
+/// The answer of `HMGET` on `names`, as the (name, bytes) pairs of the fields that are set.
+pub(super) fn named(names: &[&str], value: Value) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let Value::Array(values) = value else {
+        return Err(format!("fields, not {value:?}"));
+    };
+    names
+        .iter()
+        .zip(values)
+        .filter(|(_, value)| !matches!(value, Value::Nil))
+        .map(|(name, value)| Ok(((*name).to_owned(), bytes(value)?)))
+        .collect()
+}
+
+/// A record read without its result (the fields of [`RECORDS`]): what filters and orders
+/// need. Its outcome, if any, holds no bytes.
+pub(super) fn record_head(
+    key: &Key,
+    mut head: Vec<(String, Vec<u8>)>,
+) -> Result<Option<Record>, Error> {
+    if head.is_empty() {
+        return Ok(None);
+    }
+    head.push(("rs".to_owned(), Vec::new()));
+    record(key, head).map_err(corrupt(key, RECORDS.what))
+}
+
+/// The log of a saga from its head and steps (empty: read without its steps).
+pub(super) fn saga_log(
+    key: &Key,
+    head: Vec<(String, Vec<u8>)>,
+    step_fields: Vec<(String, Vec<u8>)>,
+) -> Result<Option<SagaLog>, String> {
+    if head.is_empty() {
+        return Ok(None);
+    }
+    let mut id = None;
+    let (mut status, mut error, mut updated, mut note) = (None, None, 0, None);
+    for (name, value) in head {
+        let value = String::from_utf8(value).map_err(|e| e.to_string())?;
+        match name.as_str() {
+            "id" => id = Some(value),
+            "status" => status = SagaStatus::parse(&value),
+            "error" => error = Some(value),
+            "updated" => updated = value.parse().map_err(|_| "updated".to_owned())?,
+            "note" => note = Some(value),
+            _ => {}
+        }
+    }
+    Ok(Some(
+        SagaLog::new(
+            *key,
+            id.ok_or("no id")?,
+            status.ok_or("unknown status")?,
+            error,
+            steps(step_fields)?,
+            wall(updated),
+        )
+        .with_note(note),
+    ))
+}
+
+/// A step's fields as the log hash keeps them (`<index>:<field>`).
+pub(super) fn step_fields(step: &StepRecord) -> Vec<(&'static str, Vec<u8>)> {
+    let mut fields = vec![
+        ("name", step.name.clone().into_bytes()),
+        ("key", step.key.to_string().into_bytes()),
+        ("irreversible", vec![u8::from(step.irreversible) + b'0']),
+        ("args", step.args.clone()),
+        ("state", step.state.as_str().as_bytes().to_vec()),
+    ];
+    if let Some(output) = &step.output {
+        fields.push(("output", output.clone()));
+    }
+    if let Some(error) = &step.error {
+        fields.push(("error", error.clone().into_bytes()));
+    }
+    fields
+}
+
+fn steps(hash: Vec<(String, Vec<u8>)>) -> Result<Vec<StepRecord>, String> {
+    use std::collections::BTreeMap;
+    let mut by_index: BTreeMap<u32, BTreeMap<String, Vec<u8>>> = BTreeMap::new();
+    for (name, value) in hash {
+        let (index, field) = name
+            .split_once(':')
+            .ok_or_else(|| format!("step field {name:?}"))?;
+        let index: u32 = index.parse().map_err(|_| format!("step index {index:?}"))?;
+        by_index
+            .entry(index)
+            .or_default()
+            .insert(field.to_owned(), value);
+    }
+    by_index
+        .into_iter()
+        .map(|(index, mut fields)| {
+            let mut take = |field: &str| {
+                fields
+                    .remove(field)
+                    .ok_or_else(|| format!("step {index} has no {field}"))
+            };
+            let as_text = |bytes: Vec<u8>| String::from_utf8(bytes).map_err(|e| e.to_string());
+            let name = as_text(take("name")?)?;
+            let key = as_text(take("key")?)?
+                .parse()
+                .map_err(|_| format!("the key of step {index}"))?;
+            let irreversible = take("irreversible")? == b"1";
+            let args = take("args")?;
+            let state = as_text(take("state")?)?;
+            let state = StepState::parse(&state)
+                .ok_or_else(|| format!("unknown state {state:?} of step {index}"))?;
+            Ok(StepRecord {
+                index,
+                name,
+                key,
+                irreversible,
+                args,
+                state,
+                output: fields.remove("output"),
+                error: fields.remove("error").map(as_text).transpose()?,
+            })
+        })
+        .collect()
+}

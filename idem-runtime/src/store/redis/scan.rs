@@ -1,0 +1,421 @@
+//! The operators' walks over the store: Redis keeps no index by action or time, so listing
+//! and counting records or saga logs walks their hashes with `SCAN`, a page at a time, and
+//! keeps the newest while it goes.
+//!
+//! ```text
+//! SCAN 0 MATCH idem:{ab??…?}:r   → page 1 of names
+//! HMGET <page 1 heads> + SCAN c1 → heads of page 1, page 2 of names   (one round trip)
+//! …                              → the `limit` newest heads → HGETALL each (one round trip)
+//! ```
+
+use std::collections::HashSet;
+
+use redis::Value;
+
+use super::decode::{bytes, corrupt, fields, named, record, record_head, saga_log, text};
+use super::{failed, Hashes, RedisStore, RECORDS, SAGA_LOGS};
+use crate::key::Key;
+use crate::store::{Record, RecordCount, RecordKind, RecordQuery, RecordTally, SagaLog, SagaQuery};
+use crate::Error;
+
+/// How many keys the operators' listings ask `SCAN` for at a time (a hint to the server).
+const SCAN_COUNT: usize = 1000;
+
+/// The length of a key in hex, as it sits in the names of the store's hashes.
+const KEY_HEX_LEN: usize = 64;
+
+impl RedisStore {
+    /// The `SCAN` pattern of the `hashes` whose key starts with `hex` (lowercase hex digits,
+    /// at most a key's length): `<prefix>{<hex>??…?}<suffix>`, the store's prefix escaped.
+    pub(super) fn pattern(&self, hex: &str, hashes: &Hashes) -> String {
+        let mut pattern = String::with_capacity(self.prefix.len() + KEY_HEX_LEN + 8);
+        for c in self.prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('{');
+        pattern.push_str(hex);
+        pattern.push_str(&"?".repeat(KEY_HEX_LEN.saturating_sub(hex.len())));
+        pattern.push('}');
+        pattern.push_str(hashes.suffix);
+        pattern
+    }
+
+    /// The key in the name of one of the `hashes`, if the name is one of theirs.
+    fn key_in(&self, name: &[u8], hashes: &Hashes) -> Option<Key> {
+        let hex = name
+            .strip_prefix(self.prefix.as_bytes())?
+            .strip_prefix(b"{")?
+            .strip_suffix(hashes.suffix.as_bytes())?
+            .strip_suffix(b"}")?;
+        std::str::from_utf8(hex).ok()?.parse().ok()
+    }
+
+    /// Sends `pipe` and checks that it got `answers` answers.
+    async fn send(&self, pipe: &redis::Pipeline, answers: usize) -> Result<Vec<Value>, Error> {
+        if answers == 0 {
+            return Ok(Vec::new());
+        }
+        let mut connection = self.connection.clone();
+        let replies: Vec<Value> = pipe
+            .query_async(&mut connection)
+            .await
+            .map_err(failed(None))?;
+        if replies.len() != answers {
+            let problem = format!("{} answers to {answers} commands", replies.len());
+            return Err(Error::store("redis", None, problem));
+        }
+        Ok(replies)
+    }
+
+    /// Walks the `hashes` that match `pattern` with `SCAN` and hands each key, once, to
+    /// `each` with the fields of its head that are set (none: the hash went in the meantime).
+    /// The fields of one page are read in the round trip that asks for the next page.
+    async fn scan(
+        &self,
+        pattern: &str,
+        hashes: &Hashes,
+        mut each: impl FnMut(Key, Vec<(String, Vec<u8>)>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        // SCAN may hand out a key twice (when the server resizes its table meanwhile).
+        let mut seen = HashSet::new();
+        let mut cursor = Some(0u64);
+        let mut page: Vec<Key> = Vec::new();
+        while cursor.is_some() || !page.is_empty() {
+            let mut pipe = redis::pipe();
+            for key in &page {
+                pipe.cmd("HMGET")
+                    .arg(self.hash_key(key, hashes.suffix))
+                    .arg(hashes.head);
+            }
+            if let Some(cursor) = cursor {
+                pipe.cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT);
+            }
+            let answers = page.len() + usize::from(cursor.is_some());
+            let mut replies = self.send(&pipe, answers).await?;
+            let next = match cursor {
+                Some(_) => Some(
+                    replies
+                        .pop()
+                        .ok_or_else(|| "no answer".to_owned())
+                        .and_then(scan_page)
+                        .map_err(|problem| {
+                            Error::store("redis", None, format!("SCAN answered {problem}"))
+                        })?,
+                ),
+                None => None,
+            };
+            for (key, reply) in page.drain(..).zip(replies) {
+                let head = named(hashes.head, reply).map_err(corrupt(&key, hashes.what))?;
+                each(key, head)?;
+            }
+            if let Some((next, names)) = next {
+                cursor = (next != 0).then_some(next);
+                page = names
+                    .iter()
+                    .filter_map(|name| self.key_in(name, hashes))
+                    .filter(|key| seen.insert(*key))
+                    .collect();
+            }
+        }
+        Ok(())
+    }
+
+    /// The records that match `query`, with their results, newest first: a scan of the record
+    /// heads (no results), then one pipeline that reads the `limit` newest in full.
+    pub(super) async fn scan_records(&self, query: &RecordQuery) -> Result<Vec<Record>, Error> {
+        let hex = query.key_prefix.as_deref().unwrap_or_default();
+        let mut newest = Newest::new(query.limit, newest_record_first);
+        self.scan(&self.pattern(hex, &RECORDS), &RECORDS, |key, head| {
+            newest.extend(record_head(&key, head)?.filter(|head| query.matches(head)));
+            Ok(())
+        })
+        .await?;
+        let chosen: Vec<Key> = newest.into_vec().iter().map(|head| head.key).collect();
+        let mut pipe = redis::pipe();
+        for key in &chosen {
+            pipe.cmd("HGETALL").arg(self.record_key(key));
+        }
+        let replies = self.send(&pipe, chosen.len()).await?;
+        let mut records = Vec::with_capacity(chosen.len());
+        for (key, reply) in chosen.iter().zip(replies) {
+            let found = fields(reply)
+                .and_then(|hash| record(key, hash))
+                .map_err(corrupt(key, RECORDS.what))?;
+            // A record that went or changed since its head was read is left out.
+            records.extend(found.filter(|record| query.matches(record)));
+        }
+        records.sort_by(newest_record_first);
+        Ok(records)
+    }
+
+    /// How many records there are of each action and kind, from their heads.
+    pub(super) async fn count_records(&self) -> Result<Vec<RecordCount>, Error> {
+        let mut tally = RecordTally::new();
+        self.scan(&self.pattern("", &RECORDS), &RECORDS, |key, head| {
+            if let Some(head) = record_head(&key, head)? {
+                let kind = RecordKind::of(head.status, head.outcome.as_ref());
+                tally.add(&head.action, kind, 1);
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(tally.into_counts())
+    }
+
+    /// The saga logs that `query` selects, newest first: a scan of their heads, then one
+    /// pipeline that reads the `limit` newest with their steps.
+    pub(super) async fn scan_sagas(&self, query: &SagaQuery) -> Result<Vec<SagaLog>, Error> {
+        if query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut newest = Newest::new(query.limit, newest_saga_first);
+        self.scan(&self.pattern("", &SAGA_LOGS), &SAGA_LOGS, |key, head| {
+            let log = saga_log(&key, head, Vec::new()).map_err(corrupt(&key, SAGA_LOGS.what))?;
+            newest.extend(log.filter(|log| query.matches(log)));
+            Ok(())
+        })
+        .await?;
+        let chosen: Vec<Key> = newest.into_vec().iter().map(|log| log.key).collect();
+        let mut pipe = redis::pipe();
+        for key in &chosen {
+            let (head, steps) = self.saga_keys(key);
+            pipe.cmd("HGETALL").arg(head).cmd("HGETALL").arg(steps);
+        }
+        let mut replies = self.send(&pipe, 2 * chosen.len()).await?.into_iter();
+        let mut logs = Vec::with_capacity(chosen.len());
+        for key in &chosen {
+            // `send` checked that there are two answers a key.
+            let mut next = || replies.next().unwrap_or(Value::Nil);
+            let (head, steps_hash) = (next(), next());
+            let found = fields(head)
+                .and_then(|head| saga_log(key, head, fields(steps_hash)?))
+                .map_err(corrupt(key, SAGA_LOGS.what))?;
+            // A log that went or changed since its head was read is left out.
+            logs.extend(found.filter(|log| query.matches(log)));
+        }
+        logs.sort_by(newest_saga_first);
+        Ok(logs)
+    }
+}
+
+/// A page of `SCAN`: the next cursor (0 at the end) and the names found.
+fn scan_page(value: Value) -> Result<(u64, Vec<Vec<u8>>), String> {
+    let Value::Array(items) = value else {
+        return Err(format!("{value:?}"));
+    };
+    let [cursor, Value::Array(names)] =
+        <[Value; 2]>::try_from(items).map_err(|items| format!("{items:?}"))?
+    else {
+        return Err("no names".to_owned());
+    };
+    let cursor = text(&cursor)?
+        .parse()
+        .map_err(|e| format!("a cursor: {e}"))?;
+    Ok((
+        cursor,
+        names.into_iter().map(bytes).collect::<Result<_, _>>()?,
+    ))
+}
+
+/// The order of [`Store::list_records`]: newest first, then by key.
+fn newest_record_first(a: &Record, b: &Record) -> std::cmp::Ordering {
+    b.created_at
+        .cmp(&a.created_at)
+        .then_with(|| a.key.cmp(&b.key))
+}
+
+/// The order of [`Store::list_sagas`]: most recently written first, then by id (and key).
+fn newest_saga_first(a: &SagaLog, b: &SagaLog) -> std::cmp::Ordering {
+    b.updated_at
+        .cmp(&a.updated_at)
+        .then_with(|| a.id.cmp(&b.id))
+        .then_with(|| a.key.cmp(&b.key))
+}
+
+/// The first `limit` of many items in `order`, kept while a scan walks them: sorted and cut
+/// whenever twice `limit` are held.
+struct Newest<T> {
+    items: Vec<T>,
+    limit: usize,
+    order: fn(&T, &T) -> std::cmp::Ordering,
+}
+
+impl<T> Newest<T> {
+    fn new(limit: usize, order: fn(&T, &T) -> std::cmp::Ordering) -> Self {
+        Newest {
+            items: Vec::new(),
+            limit,
+            order,
+        }
+    }
+
+    fn push(&mut self, item: T) {
+        self.items.push(item);
+        if self.items.len() >= self.limit.saturating_mul(2).max(64) {
+            self.cut();
+        }
+    }
+
+    fn extend(&mut self, items: impl IntoIterator<Item = T>) {
+        for item in items {
+            self.push(item);
+        }
+    }
+
+    fn cut(&mut self) {
+        self.items.sort_by(self.order);
+        self.items.truncate(self.limit);
+    }
+
+    fn into_vec(mut self) -> Vec<T> {
+        self.cut();
+        self.items
+    }
+}
+
+#[cfg(all(test, feature = "conformance"))]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::call::Action;
+    use crate::store::OnStale;
+    use crate::conformance::servers::RedisServer;
+    use crate::key::Fingerprint;
+    use crate::store::{Claim, ClaimRequest, Ownership, Store, StoredOutcome};
+
+    static TOUCH: Action = Action::new("touch");
+
+    async fn store(prefix: &str) -> Option<RedisStore> {
+        let server = RedisServer::shared()?;
+        let store = RedisStore::connect(&server.url()).await.expect("connect");
+        Some(store.with_prefix(prefix))
+    }
+
+    /// Claims `n` fresh keys of `TOUCH` (numbered from `from`), completing every other one.
+    async fn fill(store: &RedisStore, from: u32, n: u32) -> Vec<Key> {
+        let mut keys = Vec::new();
+        for i in from..from + n {
+            let key = TOUCH.key(&(i,)).expect("canonical");
+            let request = ClaimRequest {
+                key: &key,
+                fingerprint: &Fingerprint::from(key),
+                action: "touch",
+                lease: Duration::from_secs(60),
+                ttl: Duration::from_secs(3600),
+                on_stale: OnStale::TakeOver,
+            };
+            let Claim::Acquired { token, .. } = store.claim(&request).await.expect("claim") else {
+                panic!("a fresh key is acquired");
+            };
+            if i % 2 == 0 {
+                let ok = StoredOutcome::Ok(b"1".to_vec());
+                let ttl = Duration::from_secs(60);
+                let held = store
+                    .complete(&key, token, ok, ttl)
+                    .await
+                    .expect("complete");
+                assert_eq!(held, Ownership::Held);
+            }
+            keys.push(key);
+        }
+        keys
+    }
+
+    /// A prefix is matched literally: `*`, `?`, `[`, `]` and `\` in it are escaped in the
+    /// `SCAN` pattern, so a store does not list the records of another prefix its unescaped
+    /// pattern would match.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_prefix_with_glob_characters_lists_only_its_own_records() {
+        let Some(globby) = store(r"ops[1]*?\:").await else {
+            return;
+        };
+        let Some(other) = store("ops1ab:").await else {
+            return;
+        };
+        let own = fill(&globby, 0, 1).await;
+        fill(&other, 100, 2).await;
+        let listed: Vec<Key> = globby
+            .list_records(&RecordQuery::new())
+            .await
+            .expect("list")
+            .iter()
+            .map(|record| record.key)
+            .collect();
+        assert_eq!(listed, own);
+        let counted: u64 = globby
+            .record_counts()
+            .await
+            .expect("counts")
+            .iter()
+            .map(|row| row.count)
+            .sum();
+        assert_eq!(counted, 1);
+        assert_eq!(
+            other
+                .list_records(&RecordQuery::new())
+                .await
+                .expect("list")
+                .len(),
+            2
+        );
+    }
+
+    /// More records than a `SCAN` page and than the kept newest hold: each is listed and
+    /// counted once, a limit keeps the head of the full order, and a key prefix narrows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn listings_walk_many_pages() {
+        let Some(store) = store("pages:").await else {
+            return;
+        };
+        let n = 2 * SCAN_COUNT as u32 + 300;
+        let keys = fill(&store, 0, n).await;
+
+        let all = store
+            .list_records(&RecordQuery::new().limit(usize::MAX))
+            .await
+            .expect("list");
+        assert_eq!(all.len(), keys.len());
+        let unique: HashSet<Key> = all.iter().map(|record| record.key).collect();
+        assert_eq!(unique.len(), keys.len(), "each record once");
+        assert!(all
+            .windows(2)
+            .all(|w| newest_record_first(&w[0], &w[1]).is_lt()));
+
+        let first: Vec<Key> = all.iter().take(70).map(|record| record.key).collect();
+        let limited: Vec<Key> = store
+            .list_records(&RecordQuery::new().limit(70))
+            .await
+            .expect("list")
+            .iter()
+            .map(|record| record.key)
+            .collect();
+        assert_eq!(limited, first, "the limit keeps the head of the order");
+
+        let counts = store.record_counts().await.expect("counts");
+        let count = |kind| RecordCount::new("touch".into(), kind, u64::from(n / 2));
+        assert_eq!(
+            counts,
+            [count(RecordKind::InProgress), count(RecordKind::Completed)]
+        );
+
+        let hex = keys[0].to_string();
+        let narrowed = store
+            .list_records(&RecordQuery::new().key_prefix(&hex[..2]).limit(usize::MAX))
+            .await
+            .expect("list");
+        let expected = keys
+            .iter()
+            .filter(|key| key.to_string().starts_with(&hex[..2]));
+        assert_eq!(narrowed.len(), expected.count());
+        assert!(narrowed.iter().any(|record| record.key == keys[0]));
+    }
+}
