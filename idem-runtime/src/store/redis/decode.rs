@@ -3,9 +3,9 @@
 //! fields a saga step is written as, the other way.
 //!
 //! ```text
-//! {"st": "completed", "tk": "7", "fp": <32 bytes>, "oc": "ok", "rs": <bytes>, …}  → Record
-//! ["in_progress", <fingerprint>, 7, 1500]                                        → Claim::InProgress
-//! {"0:name": "charge", "0:state": "done", …, "1:name": …}                       → [StepRecord]
+//! {st: completed, tk: 7, fp: <32 bytes>, oc: ok, rs: <bytes>, …}  → Record
+//! [in_progress, <fingerprint>, 7, 1500]                            → Claim::InProgress
+//! {0:name: charge, 0:state: done, …, 1:name: …}                    → [StepRecord]
 //! ```
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -79,7 +79,7 @@ fn token(n: i64) -> Result<FencingToken, String> {
     FencingToken::try_from(n).map_err(|_| format!("negative token {n}"))
 }
 
-/// The answer of [`CLAIM`].
+/// The answer of [`CLAIM`](super::scripts::CLAIM) (`scripts/claim.lua`).
 pub(super) fn claim_answer(value: Value) -> Result<Claim, String> {
     let Value::Array(items) = value else {
         return Err(format!("an array, not {value:?}"));

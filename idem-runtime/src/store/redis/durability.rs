@@ -181,9 +181,9 @@ impl MemoryPolicy {
 
 impl RedisStore {
     /// Runs a write whose answer the store hands to its caller as done (`what`, for errors).
-    /// With [`wait_for_replicas`](RedisStoreBuilder::wait_for_replicas) set, the script and a
-    /// `WAIT` go in one round trip, and too few replicas is an error, unless `wrote` says the
-    /// answer is of a write that did nothing (a lost token: nothing to keep).
+    /// With [`wait_for_replicas`](super::RedisStoreBuilder::wait_for_replicas) set, the script
+    /// and a `WAIT` go in one round trip, and too few replicas is an error, unless `wrote` says
+    /// the answer is of a write that did nothing (a lost token: nothing to keep).
     pub(super) async fn run_acknowledged<T: redis::FromRedisValue>(
         &self,
         key: &Key,
@@ -257,7 +257,13 @@ impl RedisStore {
             .arg(token)
             .arg(key.to_string());
         if let Err(release) = self.run::<i64>(Some(key), &invocation).await {
-            tracing::warn!(target: "idem", key = %key, error = %release, "giving back a claim the replicas did not acknowledge failed; it is held until its lease runs out");
+            tracing::warn!(
+                target: "idem",
+                key = %key,
+                error = %release,
+                "giving back a claim the replicas did not acknowledge failed; it is held until \
+                 its lease runs out"
+            );
         }
         Err(error)
     }

@@ -225,14 +225,16 @@ fn scan_page(value: Value) -> Result<(u64, Vec<Vec<u8>>), String> {
     ))
 }
 
-/// The order of [`Store::list_records`]: newest first, then by key.
+/// The order of [`list_records`](crate::store::Store::list_records): newest first, then by
+/// key.
 fn newest_record_first(a: &Record, b: &Record) -> std::cmp::Ordering {
     b.created_at
         .cmp(&a.created_at)
         .then_with(|| a.key.cmp(&b.key))
 }
 
-/// The order of [`Store::list_sagas`]: most recently written first, then by id (and key).
+/// The order of [`list_sagas`](crate::store::Store::list_sagas): most recently written first,
+/// then by id (and key).
 fn newest_saga_first(a: &SagaLog, b: &SagaLog) -> std::cmp::Ordering {
     b.updated_at
         .cmp(&a.updated_at)
