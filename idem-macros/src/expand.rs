@@ -161,17 +161,43 @@ fn prelude(function: &Function, args: &Args, private: &TokenStream, names: &Name
     let Names {
         action,
         call,
-        store,
         codec,
         error,
-        handle,
+        ..
     } = names;
     let fail = quote! {
         return #private::fail(&#codec, &#action, #error)
     };
-
     let builder = action_builder(function, args, private);
+    let codec_statements = codec_statements(function, args, private, codec);
+    let (key_parts, payload_parts) = key_and_payload(function, args, private);
+    let store_value = store_statement(args, private, names, &fail);
+    // A method learns its `Self` type at its first call: without `name = …`, its action is
+    // then `Type::method`.
+    let call_fn = if function.item.sig.receiver().is_some() {
+        quote!(#private::call_method::<Self>)
+    } else {
+        quote!(#private::call)
+    };
+    quote! {
+        static #action: #private::Action = #builder;
+        #private::inventory::submit! { #private::ActionRegistration(&#action) }
+        #codec_statements
+        let #call = match #call_fn(&#action, &[#(#key_parts),*], #payload_parts) {
+            ::core::result::Result::Ok(call) => call,
+            ::core::result::Result::Err(#error) => #fail,
+        };
+        #store_value
+    }
+}
 
+/// `let codec = codec::<R, _, _>();` and the options that change it (`cache_err`, `in_doubt`).
+fn codec_statements(
+    function: &Function,
+    args: &Args,
+    private: &TokenStream,
+    codec: &Ident,
+) -> TokenStream {
     // `codec::<R, _, _>()`: the holes are spanned on `T` and `E` of `Result<T, E>` when the
     // return type is written out, so that a wrong `Ok` or `Err` type is reported on itself.
     let output = function.output().expect("checked by Function::read");
@@ -197,6 +223,20 @@ fn prelude(function: &Function, args: &Args, private: &TokenStream, names: &Name
         quote_spanned!(at=> let #codec = #private::in_doubt(#codec, #predicate);)
     });
 
+    quote! {
+        let #codec = #codec_value;
+        #cache_err
+        #in_doubt
+    }
+}
+
+/// The key's parts and the payload's (`None` when the key is the whole payload), each a
+/// `key_arg(&(value))`.
+fn key_and_payload(
+    function: &Function,
+    args: &Args,
+    private: &TokenStream,
+) -> (Vec<TokenStream>, TokenStream) {
     // `key_arg(&(value))`, shown on `customer_id: &str` or `order.id`.
     let key_arg = |value: &dyn ToTokens, written: &dyn ToTokens| {
         let (first, last) = first_and_last(written);
@@ -210,7 +250,7 @@ fn prelude(function: &Function, args: &Args, private: &TokenStream, names: &Name
         .filter(|a| !a.skipped)
         .map(|a| key_arg(&a.name, &a.written))
         .collect();
-    let (key_parts, payload_parts) = match &args.key {
+    match &args.key {
         None => (payload, quote!(::core::option::Option::None)),
         Some(parts) => {
             let parts = parts.iter().map(|part| key_arg(part, part)).collect();
@@ -219,9 +259,24 @@ fn prelude(function: &Function, args: &Args, private: &TokenStream, names: &Name
                 quote!(::core::option::Option::Some(&[#(#payload),*])),
             )
         }
-    };
+    }
+}
 
-    let store_value = match &args.store {
+/// `let store = …;`: the one of `store = …`, or the default store (an error if none is set).
+fn store_statement(
+    args: &Args,
+    private: &TokenStream,
+    names: &Names,
+    fail: &TokenStream,
+) -> TokenStream {
+    let Names {
+        action,
+        store,
+        error,
+        handle,
+        ..
+    } = names;
+    match &args.store {
         Some(expr) => {
             // `store_ref(&*(handle))` rather than `store_ref(handle)`: two tokens, so that the
             // argument, and an error about it, can be shown on all of `expr`.
@@ -240,26 +295,6 @@ fn prelude(function: &Function, args: &Args, private: &TokenStream, names: &Name
             };
             let #store = #private::store_ref(&#handle);
         },
-    };
-
-    // A method learns its `Self` type at its first call: without `name = …`, its action is
-    // then `Type::method`.
-    let call_fn = if function.item.sig.receiver().is_some() {
-        quote!(#private::call_method::<Self>)
-    } else {
-        quote!(#private::call)
-    };
-    quote! {
-        static #action: #private::Action = #builder;
-        #private::inventory::submit! { #private::ActionRegistration(&#action) }
-        let #codec = #codec_value;
-        #cache_err
-        #in_doubt
-        let #call = match #call_fn(&#action, &[#(#key_parts),*], #payload_parts) {
-            ::core::result::Result::Ok(call) => call,
-            ::core::result::Result::Err(#error) => #fail,
-        };
-        #store_value
     }
 }
 

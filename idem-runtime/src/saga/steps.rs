@@ -100,15 +100,7 @@ impl<'a> Steps<'a> {
             name,
             armed: false,
         };
-        match registered(name) {
-            Ok(found) if std::ptr::eq(found, def) => {}
-            Ok(_) => {
-                return Err(E::from(run.log_problem(format!(
-                    "two saga steps are named `{name}`; give one another name with `#[saga_step(name = \"…\")]`"
-                ))))
-            }
-            Err(problem) => return Err(E::from(run.log_problem(problem))),
-        }
+        the_registered_step(run, def).map_err(E::from)?;
         let args = args.map_err(|e| E::from(e.with_key(&run.key)))?;
         let plan = match logged {
             None => Plan::First,
@@ -117,48 +109,9 @@ impl<'a> Steps<'a> {
                 Err(plan) => plan,
             },
         };
-        let (intent, in_doubt) = match plan {
-            Plan::First => {
-                let key = run.step_key(index, name).map_err(E::from)?;
-                let intent = StepRecord {
-                    index,
-                    name: name.to_owned(),
-                    key,
-                    irreversible: def.irreversible(),
-                    args,
-                    state: StepState::Started,
-                    output: None,
-                    error: None,
-                };
-                (intent, false)
-            }
-            Plan::Again(logged) => (fresh_intent(logged), false),
-            Plan::InDoubt(logged) => {
-                // From here on, an early return leaves the step in doubt for rollback.
-                running.armed = true;
-                match settle_forward(run, def, &logged).await {
-                    Forward::Happened(output) => {
-                        let value = decode::<T>(&logged, &output).map_err(E::from)?;
-                        let done = StepRecord {
-                            state: StepState::Done,
-                            output: Some(output),
-                            error: None,
-                            ..logged
-                        };
-                        run.write(SagaWrite::Step(&done))
-                            .await
-                            .map_err(|error| E::from(run.broke(error)))?;
-                        running.armed = false;
-                        step_event(run, &done, "verified");
-                        return Ok(value);
-                    }
-                    Forward::DidNotHappen => (fresh_intent(logged), false),
-                    Forward::RunAgain => (fresh_intent(logged), true),
-                    Forward::Unknown(problem) => {
-                        return Err(E::from(in_doubt_error(run, name, problem)))
-                    }
-                }
-            }
+        let (intent, in_doubt) = match intent(run, def, index, args, plan, &mut running).await? {
+            Intent::Run { record, in_doubt } => (record, in_doubt),
+            Intent::Learned(value) => return Ok(value),
         };
         // The intent, before the side effect, on every run of the step.
         if let Err(error) = run.write(SagaWrite::Step(&intent)).await {
@@ -166,53 +119,7 @@ impl<'a> Steps<'a> {
         }
         running.armed = true;
         let result = run_body(run, def, &intent, in_doubt, body).await;
-        let (record, outcome) = match &result {
-            Ok(value) => {
-                let output = serde_json::to_vec(value).map_err(|e| {
-                    E::from(Error::codec(
-                        "the output of a saga step",
-                        Some(&intent.key),
-                        e,
-                    ))
-                })?;
-                let event = if in_doubt { "resumed" } else { "executed" };
-                let done = StepRecord {
-                    state: StepState::Done,
-                    output: Some(output),
-                    error: None,
-                    ..intent
-                };
-                (done, event)
-            }
-            // A run again of a step that may have happened: its error (a 409, a timeout) does
-            // not say that the first run did not happen. It stays in doubt, for rollback.
-            Err(error) if in_doubt => {
-                let still = StepRecord {
-                    error: Some(format!(
-                        "may have happened; running it again failed: {error}"
-                    )),
-                    ..intent
-                };
-                if let Err(error) = run.write(SagaWrite::Step(&still)).await {
-                    return Err(E::from(run.broke(error)));
-                }
-                step_event(run, &still, "in_doubt");
-                return result;
-            }
-            Err(error) => {
-                let failed = StepRecord {
-                    state: StepState::Failed,
-                    error: Some(error.to_string()),
-                    ..intent
-                };
-                (failed, "failed")
-            }
-        };
-        if let Err(error) = run.write(SagaWrite::Step(&record)).await {
-            return Err(E::from(run.broke(error)));
-        }
-        running.armed = false;
-        step_event(run, &record, outcome);
+        log_outcome(run, intent, in_doubt, &result, &mut running).await?;
         result
     }
 
@@ -273,6 +180,155 @@ impl<'a> Steps<'a> {
             )))),
         }
     }
+}
+
+/// The step `def` is the one registered under its name: two steps of one name would make the
+/// log ambiguous for recovery.
+fn the_registered_step(run: &Run<'_>, def: &'static StepDef) -> Result<(), Error> {
+    let name = def.name();
+    match registered(name) {
+        Ok(found) if std::ptr::eq(found, def) => Ok(()),
+        Ok(_) => Err(run.log_problem(format!(
+            "two saga steps are named `{name}`; give one another name with `#[saga_step(name = \"…\")]`"
+        ))),
+        Err(problem) => Err(run.log_problem(problem)),
+    }
+}
+
+/// What a step does after reading its place in the log: run (with this intent; `in_doubt`
+/// when it runs again under the key of a run that may have happened), or return the output
+/// its `verify` learned.
+enum Intent<T> {
+    Run { record: StepRecord, in_doubt: bool },
+    Learned(T),
+}
+
+/// The intent of this run of the step, from its plan; a step in doubt is settled first
+/// (its `verify`, or whether it may run again), and an early return leaves it in doubt.
+async fn intent<T, E>(
+    run: &Run<'_>,
+    def: &'static StepDef,
+    index: u32,
+    args: Vec<u8>,
+    plan: Plan,
+    running: &mut Running<'_, '_>,
+) -> Result<Intent<T>, E>
+where
+    T: DeserializeOwned,
+    E: From<Error>,
+{
+    let name = def.name();
+    let logged = match plan {
+        Plan::First => {
+            let key = run.step_key(index, name).map_err(E::from)?;
+            let record = StepRecord {
+                index,
+                name: name.to_owned(),
+                key,
+                irreversible: def.irreversible(),
+                args,
+                state: StepState::Started,
+                output: None,
+                error: None,
+            };
+            return Ok(Intent::Run {
+                record,
+                in_doubt: false,
+            });
+        }
+        Plan::Again(logged) => {
+            return Ok(Intent::Run {
+                record: fresh_intent(logged),
+                in_doubt: false,
+            })
+        }
+        Plan::InDoubt(logged) => logged,
+    };
+    // From here on, an early return leaves the step in doubt for rollback.
+    running.armed = true;
+    let (record, in_doubt) = match settle_forward(run, def, &logged).await {
+        Forward::Happened(output) => {
+            let value = decode::<T>(&logged, &output).map_err(E::from)?;
+            let done = StepRecord {
+                state: StepState::Done,
+                output: Some(output),
+                error: None,
+                ..logged
+            };
+            run.write(SagaWrite::Step(&done))
+                .await
+                .map_err(|error| E::from(run.broke(error)))?;
+            running.armed = false;
+            step_event(run, &done, "verified");
+            return Ok(Intent::Learned(value));
+        }
+        Forward::DidNotHappen => (fresh_intent(logged), false),
+        Forward::RunAgain => (fresh_intent(logged), true),
+        Forward::Unknown(problem) => return Err(E::from(in_doubt_error(run, name, problem))),
+    };
+    Ok(Intent::Run { record, in_doubt })
+}
+
+/// Logs how the run of the step ended: its output (done), its error (failed), or, for a run
+/// again of a step in doubt that failed, still in doubt (a 409 or a timeout does not say the
+/// first run did not happen: the step is left for rollback, and no later step runs).
+async fn log_outcome<T, E>(
+    run: &Run<'_>,
+    intent: StepRecord,
+    in_doubt: bool,
+    result: &Result<T, E>,
+    running: &mut Running<'_, '_>,
+) -> Result<(), E>
+where
+    T: Serialize,
+    E: From<Error> + Display,
+{
+    let (record, outcome) = match result {
+        Ok(value) => {
+            let output = serde_json::to_vec(value).map_err(|e| {
+                E::from(Error::codec(
+                    "the output of a saga step",
+                    Some(&intent.key),
+                    e,
+                ))
+            })?;
+            let event = if in_doubt { "resumed" } else { "executed" };
+            let done = StepRecord {
+                state: StepState::Done,
+                output: Some(output),
+                error: None,
+                ..intent
+            };
+            (done, event)
+        }
+        Err(error) if in_doubt => {
+            let still = StepRecord {
+                error: Some(format!(
+                    "may have happened; running it again failed: {error}"
+                )),
+                ..intent
+            };
+            run.write(SagaWrite::Step(&still))
+                .await
+                .map_err(|error| E::from(run.broke(error)))?;
+            step_event(run, &still, "in_doubt");
+            return Ok(());
+        }
+        Err(error) => {
+            let failed = StepRecord {
+                state: StepState::Failed,
+                error: Some(error.to_string()),
+                ..intent
+            };
+            (failed, "failed")
+        }
+    };
+    run.write(SagaWrite::Step(&record))
+        .await
+        .map_err(|error| E::from(run.broke(error)))?;
+    running.armed = false;
+    step_event(run, &record, outcome);
+    Ok(())
 }
 
 /// A logged step's entry as the intent of a new run of it: in doubt until its outcome is

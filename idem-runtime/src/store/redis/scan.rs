@@ -289,9 +289,9 @@ mod tests {
 
     use super::*;
     use crate::call::Action;
-    use crate::store::OnStale;
     use crate::conformance::servers::RedisServer;
     use crate::key::Fingerprint;
+    use crate::store::OnStale;
     use crate::store::{Claim, ClaimRequest, Ownership, Store, StoredOutcome};
 
     static TOUCH: Action = Action::new("touch");
