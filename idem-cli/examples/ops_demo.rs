@@ -14,40 +14,9 @@ use idem::{saga_step, Retry, Saga};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-enum ToolError {
-    Declined(String),
-    Unavailable(String),
-    Idem(String),
-}
+mod tools;
 
-impl From<idem::Error> for ToolError {
-    fn from(error: idem::Error) -> Self {
-        ToolError::Idem(error.to_string())
-    }
-}
-
-impl std::fmt::Display for ToolError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ToolError::Declined(why) => write!(f, "declined: {why}"),
-            ToolError::Unavailable(why) => write!(f, "unavailable: {why}"),
-            ToolError::Idem(why) => write!(f, "{why}"),
-        }
-    }
-}
-
-impl std::error::Error for ToolError {}
-
-fn is_final(error: &ToolError) -> bool {
-    matches!(error, ToolError::Declined(_))
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Receipt {
-    message_id: String,
-    to: String,
-}
+use tools::{Receipt, ToolError};
 
 #[idem::idempotent(skip = [store], store = store)]
 async fn send_quote_email(
@@ -61,7 +30,7 @@ async fn send_quote_email(
     })
 }
 
-#[idem::idempotent(skip = [store], store = store, cache_err = is_final)]
+#[idem::idempotent(skip = [store], store = store, cache_err = ToolError::is_final)]
 async fn charge_card(
     store: &dyn Store,
     customer: &str,

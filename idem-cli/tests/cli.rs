@@ -20,48 +20,10 @@ use tokio::sync::Notify;
 
 // ---- The tools and sagas that fill the stores -------------------------------------------
 
-/// The error of the tools.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-enum ToolError {
-    /// Worth retrying: the key is released.
-    Transient(String),
-    /// Final: recorded with `cache_err`.
-    Declined(String),
-    /// idem refused or failed.
-    Idem(String),
-}
+#[path = "../examples/tools/mod.rs"]
+mod tools;
 
-impl From<idem::Error> for ToolError {
-    fn from(error: idem::Error) -> Self {
-        ToolError::Idem(error.to_string())
-    }
-}
-
-impl std::fmt::Display for ToolError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ToolError::Transient(why) => write!(f, "transient: {why}"),
-            ToolError::Declined(why) => write!(f, "declined: {why}"),
-            ToolError::Idem(why) => write!(f, "idem: {why}"),
-        }
-    }
-}
-
-impl ToolError {
-    fn is_final(&self) -> bool {
-        matches!(self, ToolError::Declined(_))
-    }
-
-    fn is_transient(&self) -> bool {
-        matches!(self, ToolError::Transient(_))
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Receipt {
-    message_id: String,
-    to: String,
-}
+use tools::{Receipt, ToolError};
 
 /// Completes: a `completed` record with a value.
 #[idem::idempotent(skip = [store], store = store)]
@@ -121,14 +83,14 @@ async fn wire_transfer(
 
 /// A charge whose provider answers "timed out" after charging: the key is left in doubt
 /// (`in_doubt`), for an operator to settle. Counts its runs in `ledger`.
-#[idem::idempotent(skip = [store, ledger], store = store, in_doubt = ToolError::is_transient)]
+#[idem::idempotent(skip = [store, ledger], store = store, in_doubt = ToolError::is_unavailable)]
 async fn book_flight(
     store: &dyn Store,
     ledger: &AtomicUsize,
     flight: &str,
 ) -> Result<String, ToolError> {
     if ledger.fetch_add(1, Ordering::SeqCst) == 0 {
-        return Err(ToolError::Transient(
+        return Err(ToolError::Unavailable(
             "the airline timed out after booking".into(),
         ));
     }
@@ -181,7 +143,9 @@ async fn take_payment(customer: &str, amount_cents: u64) -> Result<Charge, ToolE
 /// Fails for the customer `stuck`: the provider is down, whatever the retries.
 async fn refund(charge: Charge) -> Result<(), ToolError> {
     if charge.id == "ch_stuck" {
-        return Err(ToolError::Transient("the payment provider is down".into()));
+        return Err(ToolError::Unavailable(
+            "the payment provider is down".into(),
+        ));
     }
     Ok(())
 }
@@ -191,7 +155,7 @@ async fn refund(charge: Charge) -> Result<(), ToolError> {
 #[saga_step(compensate = cancel_shipment)]
 async fn ship_order(customer: &str) -> Result<String, ToolError> {
     if customer == "stuck" {
-        return Err(ToolError::Transient("the warehouse is closed".into()));
+        return Err(ToolError::Unavailable("the warehouse is closed".into()));
     }
     if customer.starts_with("hang") {
         hang_signal(customer).notify_one();
@@ -1129,7 +1093,7 @@ macro_rules! on_every_store {
 async fn settle_records_the_result_of_a_key_in_doubt(env: Env) {
     let ledger = AtomicUsize::new(0);
     let first = book_flight(&*env.store, &ledger, "LH-400").await;
-    assert!(matches!(first, Err(ToolError::Transient(_))), "{first:?}");
+    assert!(matches!(first, Err(ToolError::Unavailable(_))), "{first:?}");
     let listing = env
         .idem(&["keys", "--action", "book_flight", "--json"])
         .json();
