@@ -70,12 +70,55 @@ pub struct Saga<'a> {
     id: String,
     store: Option<&'a dyn Store>,
     namespace: &'static str,
+    on_conflict: OnConflict,
+    forward_retry: Retry,
+    shared: SharedSettings,
+}
+
+/// What a saga and its recovery ([`Recover`]) are both set with, and set the same way
+/// (`shared_settings!`): the lease of the saga's claim, how long its outcome is kept, and how
+/// its compensations are retried.
+#[derive(Debug, Clone, Copy)]
+struct SharedSettings {
     lease: Duration,
     ttl: Duration,
-    on_conflict: OnConflict,
     compensation_retry: Retry,
-    forward_retry: Retry,
 }
+
+impl Default for SharedSettings {
+    fn default() -> Self {
+        SharedSettings {
+            lease: Action::DEFAULT_LEASE,
+            ttl: Action::DEFAULT_TTL,
+            compensation_retry: Retry::default(),
+        }
+    }
+}
+
+/// The setters of [`SharedSettings`], for `Saga` and `Recover`: one text and one rule for
+/// both. `$ttl_note` says what the outcome's ttl is to the type at hand.
+macro_rules! shared_settings {
+    ($lease_note:literal, $ttl_note:literal) => {
+        #[doc = concat!("How long the saga's claim holds without a heartbeat (renewed every third of it while it works): ", $lease_note)]
+        pub fn lease(mut self, lease: Duration) -> Self {
+            self.shared.lease = lease;
+            self
+        }
+
+        #[doc = concat!("How long the outcome of a saga is kept and replayed to later runs of its id. ", $ttl_note)]
+        pub fn ttl(mut self, ttl: Duration) -> Self {
+            self.shared.ttl = ttl;
+            self
+        }
+
+        /// How a failing compensation is retried before the saga is left NEEDS_ATTENTION.
+        pub fn compensation_retry(mut self, retry: Retry) -> Self {
+            self.shared.compensation_retry = retry;
+            self
+        }
+    };
+}
+use shared_settings;
 
 impl Saga<'static> {
     /// The saga with this id, on the default store (see
@@ -88,11 +131,9 @@ impl Saga<'static> {
             id: id.into(),
             store: None,
             namespace: Action::DEFAULT_NAMESPACE,
-            lease: Action::DEFAULT_LEASE,
-            ttl: Action::DEFAULT_TTL,
             on_conflict: OnConflict::Wait(Action::DEFAULT_WAIT),
-            compensation_retry: Retry::default(),
             forward_retry: Retry::default(),
+            shared: SharedSettings::default(),
         }
     }
 }
@@ -104,11 +145,9 @@ impl<'a> Saga<'a> {
             store: Some(store),
             id: self.id,
             namespace: self.namespace,
-            lease: self.lease,
-            ttl: self.ttl,
             on_conflict: self.on_conflict,
-            compensation_retry: self.compensation_retry,
             forward_retry: self.forward_retry,
+            shared: self.shared,
         }
     }
 
@@ -118,31 +157,14 @@ impl<'a> Saga<'a> {
         self
     }
 
-    /// How long the saga's claim holds without a heartbeat (renewed every third of it while
-    /// the saga runs): how soon [`recover`] may take over from a dead owner.
-    pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = lease;
-        self
-    }
-
-    /// How long the outcome of a finished saga is kept and replayed. Once it has run out and
-    /// the store has purged it (with the saga's log), the id is free again: a new run starts
-    /// afresh, its steps under the same keys as before (a service that still remembers them
-    /// answers from its own records).
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
-        self
-    }
+    shared_settings!(
+        "how soon [`recover`] may take over from a dead owner.",
+        "Once it has run out and the store has purged it (with the saga's log), the id is free again: a new run starts afresh, its steps under the same keys as before (a service that still remembers them answers from its own records)."
+    );
 
     /// What a second run of the same id does while the first runs.
     pub fn on_conflict(mut self, on_conflict: OnConflict) -> Self {
         self.on_conflict = on_conflict;
-        self
-    }
-
-    /// How a failing compensation is retried before the saga is left NEEDS_ATTENTION.
-    pub fn compensation_retry(mut self, retry: Retry) -> Self {
-        self.compensation_retry = retry;
         self
     }
 
@@ -197,8 +219,8 @@ impl<'a> Saga<'a> {
         let claim_store = store.clone();
         let action = Action::new(SAGA_ACTION)
             .namespace(self.namespace)
-            .lease(self.lease)
-            .ttl(self.ttl)
+            .lease(self.shared.lease)
+            .ttl(self.shared.ttl)
             .on_conflict(self.on_conflict);
         let call = action.call(&(&self.id,)).map_err(E::from)?;
         let codec = saga_codec::<T, E>();
@@ -212,7 +234,7 @@ impl<'a> Saga<'a> {
             };
             let policy = RunPolicy {
                 lease: action.settings().lease,
-                compensation_retry: self.compensation_retry,
+                compensation_retry: self.shared.compensation_retry,
                 forward_retry: self.forward_retry,
             };
             let run = Arc::new(Run::new(store, self.id.clone(), &claim, policy));

@@ -7,12 +7,12 @@ use crate::call::context::current_call;
 use crate::call::{execute, Call, Failed};
 use crate::call::{Action, OnConflict};
 use crate::saga::doubt::{settle_doubt, Settling};
-use crate::saga::ended;
 use crate::saga::retry::Retry;
 use crate::saga::rollback::rollback;
 use crate::saga::run::{
     saga_codec, Run, RunPolicy, SagaEnd, SagaFailure, StoreHandle, SAGA_ACTION,
 };
+use crate::saga::{ended, shared_settings, SharedSettings};
 use crate::store::{SagaStatus, StaleSaga, Store};
 use crate::Error;
 
@@ -68,10 +68,8 @@ pub async fn recover(store: &dyn Store) -> Result<RecoveryReport, Error> {
 #[must_use = "recovery does nothing until it is `run`"]
 pub struct Recover<'a> {
     store: &'a dyn Store,
-    compensation_retry: Retry,
-    lease: Duration,
-    ttl: Duration,
     limit: usize,
+    shared: SharedSettings,
 }
 
 impl<'a> Recover<'a> {
@@ -81,32 +79,15 @@ impl<'a> Recover<'a> {
     pub fn new(store: &'a dyn Store) -> Self {
         Recover {
             store,
-            compensation_retry: Retry::default(),
-            lease: Action::DEFAULT_LEASE,
-            ttl: Action::DEFAULT_TTL,
             limit: 1000,
+            shared: SharedSettings::default(),
         }
     }
 
-    /// How a failing compensation is retried before the saga is left NEEDS_ATTENTION.
-    pub fn compensation_retry(mut self, retry: Retry) -> Self {
-        self.compensation_retry = retry;
-        self
-    }
-
-    /// The lease recovery holds each saga under (renewed while it works).
-    pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = lease;
-        self
-    }
-
-    /// How long the outcome of a saga that recovery rolled back is kept and replayed to later
-    /// runs of its id: give the `ttl` the sagas are run with ([`Saga::ttl`](crate::Saga::ttl)),
-    /// since recovery cannot know it.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
-        self
-    }
+    shared_settings!(
+        "how long recovery holds each saga it takes on.",
+        "Recovery cannot know it: give the `ttl` the sagas are run with ([`Saga::ttl`](crate::Saga::ttl)); it is used for the sagas recovery rolls back."
+    );
 
     /// How many sagas one run takes on at most.
     pub fn limit(mut self, limit: usize) -> Self {
@@ -142,8 +123,8 @@ impl<'a> Recover<'a> {
     /// finished it.
     async fn recover_one(&self, saga: &StaleSaga) -> Result<(), SagaEnd<Error>> {
         let action = Action::new(SAGA_ACTION)
-            .lease(self.lease)
-            .ttl(self.ttl)
+            .lease(self.shared.lease)
+            .ttl(self.shared.ttl)
             .on_conflict(OnConflict::Fail);
         let call = Call::new(&action, saga.key, saga.fingerprint);
         let codec = saga_codec::<Finished, Error>();
@@ -155,8 +136,8 @@ impl<'a> Recover<'a> {
                 })
             })?;
             let policy = RunPolicy {
-                lease: self.lease,
-                compensation_retry: self.compensation_retry,
+                lease: self.shared.lease,
+                compensation_retry: self.shared.compensation_retry,
                 forward_retry: Retry::new(1),
             };
             let run = Run::new(
