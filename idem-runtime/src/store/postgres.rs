@@ -38,10 +38,6 @@ const DEFAULT_POOL_SIZE: usize = 16;
 const POOL_WAIT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How often a waiting caller looks at the record for changes made by other processes.
-/// Callers of the same process are woken at once.
-const POLL: Duration = Duration::from_millis(25);
-
 /// After how many recorded results expired ones are purged (in the background).
 const PURGE_EVERY: u64 = 1024;
 
@@ -1200,12 +1196,8 @@ impl Store for PostgresStore {
     }
 
     async fn wait(&self, key: &Key, token: FencingToken, at_most: Duration) -> Result<(), Error> {
-        // Cannot look: wait the poll interval, then the caller's claim says what is wrong.
-        let still_held = async { self.held(key, token).await.unwrap_or(true) };
-        self.inner
-            .waiters
-            .wait(key, at_most.min(POLL), still_held)
-            .await;
+        let still_held = self.held(key, token);
+        self.inner.waiters.poll(key, at_most, still_held).await;
         Ok(())
     }
 

@@ -83,10 +83,6 @@ const COLUMNS: &str =
 /// `expires_at_ms <= ?1`: the expiry index finds them.)
 const EXPIRED: &str = "expires_at_ms <= ?1 AND (status = 'completed' OR (status = 'in_progress'      AND expires_at_ms + ttl_ms <= ?1      AND NOT EXISTS (SELECT 1 FROM idem_sagas AS g WHERE g.key = r.key)))";
 
-/// How often a waiting caller looks at the file for changes made by other processes.
-/// Callers of the same process are woken at once.
-const POLL: Duration = Duration::from_millis(25);
-
 /// How long a statement waits for another process's write lock. Every transaction here is a
 /// few statements long, so a lock held this long means something is stuck.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -1222,19 +1218,11 @@ impl Store for SqliteStore {
 
     async fn wait(&self, key: &Key, token: FencingToken, at_most: Duration) -> Result<(), Error> {
         let owned_key = *key;
-        let still_held = async {
-            self.on(Use::Read, Some(key), move |connection| {
-                let now = now_ms();
-                Ok(read(connection, &owned_key)?.is_some_and(|row| row.found.held_by(token, now)))
-            })
-            .await
-            // Cannot look: wait the poll interval, then the caller's claim says what is wrong.
-            .unwrap_or(true)
-        };
-        self.inner
-            .waiters
-            .wait(key, at_most.min(POLL), still_held)
-            .await;
+        let still_held = self.on(Use::Read, Some(key), move |connection| {
+            let now = now_ms();
+            Ok(read(connection, &owned_key)?.is_some_and(|row| row.found.held_by(token, now)))
+        });
+        self.inner.waiters.poll(key, at_most, still_held).await;
         Ok(())
     }
 

@@ -1,4 +1,5 @@
-//! Wake-ups for callers waiting on a key held by another caller of the same process.
+//! Wake-ups for callers waiting on a key held by another caller: at once for one of the same
+//! process, by looking again now and then ([`Waiters::poll`]) for one of another process.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,6 +9,13 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::key::{Key, KeyMap};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+use crate::Error;
+
+/// How often a store shared with other processes looks at a held record again, for changes
+/// those processes made. Callers of the same process are woken at once.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+const POLL: Duration = Duration::from_millis(25);
 
 /// One `Notify` per key that somebody waits on.
 #[derive(Debug, Default)]
@@ -64,6 +72,22 @@ impl Waiters {
         if still_held.await {
             let _ = tokio::time::timeout(at_most, notified).await;
         }
+    }
+
+    /// The `Store::wait` of a store that other processes share (SQLite, PostgreSQL): until a
+    /// caller of this process wakes `key`, `still_held` (a look at the record: does the
+    /// owner's token still hold it?) says no, or [`POLL`] or `at_most` passes, whichever is
+    /// first. A look that fails counts as held: the caller waits the poll interval, then its
+    /// claim says what is wrong.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub(crate) async fn poll(
+        &self,
+        key: &Key,
+        at_most: Duration,
+        still_held: impl Future<Output = Result<bool, Error>>,
+    ) {
+        let still_held = async { still_held.await.unwrap_or(true) };
+        self.wait(key, at_most.min(POLL), still_held).await;
     }
 
     /// Wake every caller waiting on `key`.
