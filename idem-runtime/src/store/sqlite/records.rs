@@ -1,0 +1,255 @@
+//! The claim protocol on the file: claim, complete, heartbeat, release, and reading a record.
+
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::key::{Fingerprint, Key};
+use crate::store::{
+    decide, millis, Claim, ClaimRequest, FencingToken, Found, Ownership, Status, StoredOutcome,
+    Verdict, Write,
+};
+use crate::Error;
+
+use super::{begin_write, db, now_ms, Row};
+
+/// The columns of a record, in the order [`RawRow`] reads them.
+pub(super) const COLUMNS: &str =
+    "status, token, fingerprint, outcome, result, created_at_ms, expires_at_ms, action";
+
+/// A record's [`COLUMNS`] as SQLite returns them, before they are checked.
+pub(super) type RawRow = (
+    String,
+    i64,
+    Vec<u8>,
+    Option<String>,
+    Option<Vec<u8>>,
+    i64,
+    Option<i64>,
+    String,
+);
+
+pub(super) fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+    ))
+}
+
+/// Reads the record of `key`, checking every field: a corrupt or foreign row is an error that
+/// names the key, never a panic.
+pub(super) fn read(connection: &Connection, key: &Key) -> Result<Option<Row>, Error> {
+    let mut statement = connection
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM idem_records WHERE key = ?1"
+        ))
+        .map_err(db)?;
+    let raw = statement
+        .query_row([key.to_string()], raw_row)
+        .optional()
+        .map_err(|e| Error::codec("a record", Some(key), e))?;
+    raw.map(|raw| check(key, raw)).transpose()
+}
+
+/// The record of `key` from its raw columns, every field checked.
+pub(super) fn check(key: &Key, raw: RawRow) -> Result<Row, Error> {
+    let (status, token, fingerprint, outcome, result, created_at_ms, expires_at_ms, action) = raw;
+    let corrupt =
+        |what: &str| Error::codec("a record", Some(key), format!("corrupt record: {what}"));
+    let status = Status::parse(&status).ok_or_else(|| corrupt("unknown status"))?;
+    let fingerprint: [u8; 32] = fingerprint
+        .try_into()
+        .map_err(|_| corrupt("the fingerprint is not 32 bytes"))?;
+    let outcome = match (outcome.as_deref(), result) {
+        (None, _) => None,
+        (Some("ok"), Some(bytes)) => Some(StoredOutcome::Ok(bytes)),
+        (Some("err"), Some(bytes)) => Some(StoredOutcome::Err(bytes)),
+        _ => return Err(corrupt("unknown outcome")),
+    };
+    if status == Status::Completed && outcome.is_none() {
+        return Err(corrupt("completed without a result"));
+    }
+    Ok(Row {
+        found: Found {
+            status,
+            token: FencingToken::try_from(token).map_err(|_| corrupt("negative token"))?,
+            fingerprint: Fingerprint::from_bytes(fingerprint),
+            expires_at_ms,
+            // Not read: the purge's rule runs in SQL (`EXPIRED`).
+            claim_ttl_ms: None,
+        },
+        outcome,
+        created_at_ms,
+        action,
+    })
+}
+
+pub(super) fn next_token(connection: &Connection) -> Result<FencingToken, Error> {
+    let token: i64 = connection
+        .prepare_cached(
+            "UPDATE idem_meta SET value = value + 1 WHERE name = 'fencing_token' RETURNING value",
+        )
+        .map_err(db)?
+        .query_row([], |row| row.get(0))
+        .map_err(db)?;
+    FencingToken::try_from(token)
+        .map_err(|_| db(rusqlite::Error::IntegralValueOutOfRange(0, token)))
+}
+
+/// What a claim needs, owned, to move to the blocking thread.
+pub(super) struct OwnedClaim {
+    pub(super) key: Key,
+    pub(super) fingerprint: Fingerprint,
+    pub(super) action: String,
+    pub(super) lease: Duration,
+    pub(super) ttl: Duration,
+    pub(super) on_stale: crate::store::OnStale,
+}
+
+pub(super) fn claim(connection: &mut Connection, request: &OwnedClaim) -> Result<Claim, Error> {
+    let key = &request.key;
+    let borrowed = ClaimRequest {
+        key,
+        fingerprint: &request.fingerprint,
+        action: &request.action,
+        lease: request.lease,
+        ttl: request.ttl,
+        on_stale: request.on_stale,
+    };
+    // A live result is stable until it expires: answer a replay with one read, without the
+    // file's write lock.
+    let now = now_ms();
+    if let Some(row) = read(connection, key)? {
+        if row.found.is_live_result(now) {
+            return Ok(row.report(now));
+        }
+    }
+
+    let (transaction, now) = begin_write(connection)?;
+    let write = match read(&transaction, key)? {
+        None => Write::Insert,
+        Some(row) => match decide(&row.found, &borrowed, now) {
+            Verdict::Report => return Ok(row.report(now)),
+            Verdict::Write(write) => write,
+        },
+    };
+    let lease_end = now.saturating_add(millis(request.lease));
+    let ttl = millis(request.ttl);
+    let hex = key.to_string();
+    let claim = match write {
+        Write::Insert => {
+            let token = next_token(&transaction)?;
+            transaction
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO idem_records
+                       (key, action, status, token, fingerprint, outcome, result, created_at_ms, expires_at_ms, ttl_ms)
+                     VALUES (?1, ?2, 'in_progress', ?3, ?4, NULL, NULL, ?5, ?6, ?7)",
+                )
+                .map_err(db)?
+                .execute(params![hex, request.action, token as i64, &request.fingerprint.as_bytes()[..], now, lease_end, ttl])
+                .map_err(db)?;
+            Claim::Acquired {
+                token,
+                resumed: false,
+            }
+        }
+        Write::TakeOver => {
+            let token = next_token(&transaction)?;
+            transaction
+                .prepare_cached(
+                    "UPDATE idem_records SET token = ?2, expires_at_ms = ?3, ttl_ms = ?4 WHERE key = ?1",
+                )
+                .map_err(db)?
+                .execute(params![hex, token as i64, lease_end, ttl])
+                .map_err(db)?;
+            Claim::Acquired {
+                token,
+                resumed: true,
+            }
+        }
+        Write::Park => {
+            transaction
+                .prepare_cached("UPDATE idem_records SET status = 'needs_review', expires_at_ms = NULL WHERE key = ?1")
+                .map_err(db)?
+                .execute([hex])
+                .map_err(db)?;
+            Claim::NeedsReview {
+                fingerprint: request.fingerprint,
+            }
+        }
+    };
+    transaction.commit().map_err(db)?;
+    Ok(claim)
+}
+
+/// Runs a write that only applies while `token` owns `key`.
+pub(super) fn fenced(
+    connection: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Ownership, Error> {
+    let changed = connection
+        .prepare_cached(sql)
+        .map_err(db)?
+        .execute(params)
+        .map_err(db)?;
+    Ok(if changed == 1 {
+        Ownership::Held
+    } else {
+        Ownership::Lost
+    })
+}
+
+/// Records `outcome` as the result of `key` if `token` still owns it; its TTL counts from the
+/// time the write lock is held.
+pub(super) fn complete(
+    connection: &mut Connection,
+    key: &Key,
+    token: FencingToken,
+    outcome: StoredOutcome,
+    ttl: Duration,
+) -> Result<Ownership, Error> {
+    let (kind, bytes) = match outcome {
+        StoredOutcome::Ok(bytes) => ("ok", bytes),
+        StoredOutcome::Err(bytes) => ("err", bytes),
+    };
+    let (transaction, now) = begin_write(connection)?;
+    let mut ownership = fenced(
+        &transaction,
+        "UPDATE idem_records SET status = 'completed', outcome = ?3, result = ?4, expires_at_ms = ?5
+         WHERE key = ?1 AND token = ?2 AND status IN ('in_progress', 'needs_review')",
+        params![key.to_string(), token as i64, kind, bytes, now.saturating_add(millis(ttl))],
+    )?;
+    // A retry of a completion that committed but whose answer was lost: still ours.
+    if ownership == Ownership::Lost
+        && read(&transaction, key)?.is_some_and(|row| row.found.completed_by(token))
+    {
+        ownership = Ownership::Held;
+    }
+    transaction.commit().map_err(db)?;
+    Ok(ownership)
+}
+
+/// Extends the lease of `key` to `lease` from now if `token` still owns it, now being read
+/// once the write lock is held (see [`begin_write`]).
+pub(super) fn heartbeat(
+    connection: &mut Connection,
+    key: &Key,
+    token: FencingToken,
+    lease: Duration,
+) -> Result<Ownership, Error> {
+    let (transaction, now) = begin_write(connection)?;
+    let ownership = fenced(
+        &transaction,
+        "UPDATE idem_records SET expires_at_ms = ?3 WHERE key = ?1 AND status = 'in_progress' AND token = ?2",
+        params![key.to_string(), token as i64, now.saturating_add(millis(lease))],
+    )?;
+    transaction.commit().map_err(db)?;
+    Ok(ownership)
+}

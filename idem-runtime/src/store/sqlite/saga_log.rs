@@ -1,0 +1,203 @@
+//! Saga logs: writes fenced by the saga's claim, reads, and the sagas left stale.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::key::{Fingerprint, Key};
+use crate::store::{
+    FencingToken, Ownership, SagaLog, SagaStatus, StaleSaga, StepRecord, StepState,
+};
+use crate::Error;
+
+use super::records::read;
+use super::{begin_write, db, now_ms, to_wall};
+
+/// What a saga write needs, owned, to move to the blocking thread.
+pub(super) enum OwnedSagaWrite {
+    Status {
+        status: SagaStatus,
+        error: Option<String>,
+    },
+    Step(StepRecord),
+}
+
+pub(super) fn write_saga(
+    connection: &mut Connection,
+    saga: &Key,
+    id: &str,
+    token: FencingToken,
+    write: &OwnedSagaWrite,
+) -> Result<Ownership, Error> {
+    let (transaction, now) = begin_write(connection)?;
+    let held = read(&transaction, saga)?.is_some_and(|row| row.found.renewed_by(token));
+    if !held {
+        return Ok(Ownership::Lost);
+    }
+    let hex = saga.to_string();
+    let (status, error) = match write {
+        OwnedSagaWrite::Status { status, error } => (Some(status.as_str()), error.as_deref()),
+        OwnedSagaWrite::Step(_) => (None, None),
+    };
+    transaction
+        .prepare_cached(
+            "INSERT INTO idem_sagas (key, id, status, error, updated_at_ms)
+             VALUES (?1, ?2, coalesce(?3, 'running'), ?4, ?5)
+             ON CONFLICT (key) DO UPDATE SET
+               status = coalesce(?3, status),
+               error = CASE WHEN ?3 IS NULL THEN error ELSE ?4 END,
+               updated_at_ms = ?5",
+        )
+        .map_err(db)?
+        .execute(params![hex, id, status, error, now])
+        .map_err(db)?;
+    if let OwnedSagaWrite::Step(step) = write {
+        transaction
+            .prepare_cached(
+                "INSERT OR REPLACE INTO idem_saga_steps
+                   (saga, idx, name, key, irreversible, args, state, output, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .map_err(db)?
+            .execute(params![
+                hex,
+                step.index,
+                step.name,
+                step.key.to_string(),
+                step.irreversible,
+                step.args,
+                step.state.as_str(),
+                step.output,
+                step.error,
+            ])
+            .map_err(db)?;
+    }
+    transaction.commit().map_err(db)?;
+    Ok(Ownership::Held)
+}
+
+/// The columns of a saga log's head, in the order [`RawSaga`] reads them.
+pub(super) const SAGA_COLUMNS: &str = "id, status, error, updated_at_ms, note";
+
+/// A saga log's [`SAGA_COLUMNS`] as SQLite returns them, before they are checked.
+pub(super) type RawSaga = (String, String, Option<String>, i64, Option<String>);
+
+pub(super) fn raw_saga(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawSaga> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+    ))
+}
+
+/// Reads a saga's log, checking every field as [`read`] does.
+pub(super) fn read_saga(connection: &Connection, saga: &Key) -> Result<Option<SagaLog>, Error> {
+    let head = connection
+        .prepare_cached(&format!(
+            "SELECT {SAGA_COLUMNS} FROM idem_sagas WHERE key = ?1"
+        ))
+        .map_err(db)?
+        .query_row([saga.to_string()], raw_saga)
+        .optional()
+        .map_err(|e| Error::codec("a saga log", Some(saga), e))?;
+    head.map(|head| saga_log(connection, saga, head))
+        .transpose()
+}
+
+/// The log of `saga` from its head's raw columns and its steps, every field checked.
+pub(super) fn saga_log(
+    connection: &Connection,
+    saga: &Key,
+    head: RawSaga,
+) -> Result<SagaLog, Error> {
+    let corrupt = |what: String| {
+        Error::codec(
+            "a saga log",
+            Some(saga),
+            format!("corrupt saga log: {what}"),
+        )
+    };
+    let (id, status, error, updated_at_ms, note) = head;
+    let status =
+        SagaStatus::parse(&status).ok_or_else(|| corrupt(format!("unknown status {status:?}")))?;
+    let mut statement = connection
+        .prepare_cached(
+            "SELECT idx, name, key, irreversible, args, state, output, error
+             FROM idem_saga_steps WHERE saga = ?1 ORDER BY idx",
+        )
+        .map_err(db)?;
+    let rows = statement
+        .query_map([saga.to_string()], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, bool>(3)?,
+                row.get::<_, Vec<u8>>(4)?,
+                row.get::<_, String>(5)?,
+                row.get::<_, Option<Vec<u8>>>(6)?,
+                row.get::<_, Option<String>>(7)?,
+            ))
+        })
+        .map_err(db)?;
+    let mut steps = Vec::new();
+    for row in rows {
+        let (index, name, key, irreversible, args, state, output, error) =
+            row.map_err(|e| Error::codec("a saga log", Some(saga), e))?;
+        steps.push(StepRecord {
+            index: u32::try_from(index).map_err(|_| corrupt(format!("step index {index}")))?,
+            key: key
+                .parse()
+                .map_err(|_| corrupt(format!("the key of step {index}")))?,
+            state: StepState::parse(&state)
+                .ok_or_else(|| corrupt(format!("unknown state {state:?} of step {index}")))?,
+            name,
+            irreversible,
+            args,
+            output,
+            error,
+        });
+    }
+    Ok(SagaLog::new(*saga, id, status, error, steps, to_wall(updated_at_ms)).with_note(note))
+}
+
+/// The sagas whose claim's lease ran out while they were running or compensating.
+///
+/// A read takes no lock, and here the clock is read before the statement takes its snapshot
+/// on purpose: a heartbeat committed in between only makes a saga look alive, whereas a clock
+/// read after the snapshot could call stale a saga whose owner had just renewed its lease.
+/// Recovery claims each saga before it acts, and the claim decides under the write lock.
+pub(super) fn stale_sagas(connection: &Connection, limit: usize) -> Result<Vec<StaleSaga>, Error> {
+    let now = now_ms();
+    let mut statement = connection
+        .prepare_cached(
+            "SELECT s.key, s.id, r.fingerprint FROM idem_sagas s JOIN idem_records r ON r.key = s.key
+             WHERE s.status IN ('running', 'compensating')
+               AND r.status = 'in_progress' AND r.expires_at_ms <= ?1
+             LIMIT ?2",
+        )
+        .map_err(db)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = statement
+        .query_map(params![now, limit], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, Vec<u8>>(2)?,
+            ))
+        })
+        .map_err(db)?;
+    let mut stale = Vec::new();
+    for row in rows {
+        let (key, id, fingerprint) = row.map_err(|e| Error::codec("a saga log", None, e))?;
+        let corrupt = || Error::codec("a saga log", None, format!("corrupt saga row {key:?}"));
+        let key: Key = key.parse().map_err(|_| corrupt())?;
+        let fingerprint: [u8; 32] = fingerprint.try_into().map_err(|_| corrupt())?;
+        stale.push(StaleSaga::new(
+            key,
+            id,
+            Fingerprint::from_bytes(fingerprint),
+        ));
+    }
+    Ok(stale)
+}

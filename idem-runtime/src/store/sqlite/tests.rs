@@ -1,0 +1,462 @@
+//! The SQLite store's own tests: corrupt rows, files of older and newer versions, purges.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, params_from_iter, Connection};
+
+use super::inspect::list_records_sql;
+use super::open::{MIGRATIONS, SCHEMA};
+use super::records::{claim, OwnedClaim};
+use super::{SqliteStore, Use, PURGE_BATCH, SCHEMA_VERSION};
+use crate::store::OnStale;
+use crate::key::{Fingerprint, Key};
+use crate::store::{
+    Claim, Ownership, RecordKind, RecordQuery, SagaStatus, SagaWrite, Status, Store,
+};
+use crate::Error;
+
+/// The first schema, where the chain of [`MIGRATIONS`] starts.
+const VERSION_1: &str = include_str!("migrations/v1.sql");
+
+/// Makes `connection`'s database what idem of `version` left: the first schema, the
+/// migrations up to `version`, 41 fencing tokens handed out.
+fn made_by_version(connection: &Connection, version: i64) {
+    connection.execute_batch(VERSION_1).expect("v1.sql");
+    for (to, migration) in MIGRATIONS {
+        if to <= version {
+            connection
+                .execute_batch(migration)
+                .unwrap_or_else(|e| panic!("v{to}.sql: {e}"));
+        }
+    }
+    connection
+        .execute_batch("UPDATE idem_meta SET value = 41 WHERE name = 'fencing_token'")
+        .expect("the fencing counter");
+    connection
+        .pragma_update(None, "user_version", version)
+        .expect("the version");
+}
+
+/// The tables and indexes of `connection`'s database, each column as SQLite reports it (name,
+/// type, not null, default, primary key), comments aside.
+fn shape(connection: &Connection) -> Vec<String> {
+    let mut statement = connection
+        .prepare(
+            "SELECT m.type, m.name, p.name, p.type, p.\"notnull\", p.dflt_value, p.pk
+             FROM sqlite_schema AS m LEFT JOIN pragma_table_info(m.name) AS p
+             WHERE m.name LIKE 'idem%' ORDER BY m.type, m.name, p.cid",
+        )
+        .expect("the schema");
+    statement
+        .query_map([], |row| {
+            Ok(format!(
+                "{} {} {:?} {:?} {:?} {:?} {:?}",
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, Option<String>>(2)?,
+                row.get::<_, Option<String>>(3)?,
+                row.get::<_, Option<bool>>(4)?,
+                row.get::<_, Option<String>>(5)?,
+                row.get::<_, Option<i64>>(6)?,
+            ))
+        })
+        .expect("the schema")
+        .collect::<rusqlite::Result<_>>()
+        .expect("the schema")
+}
+
+/// Every SQL file of the store runs in a real SQLite (a syntax error fails here, not in a
+/// user's upgrade): `schema.sql` makes a new database, runs again without harm, and the
+/// migrations, run in order from the first schema, make the same tables, columns and indexes.
+#[test]
+fn every_sql_file_loads_and_the_migrations_lead_to_the_schema() {
+    let versions: Vec<i64> = MIGRATIONS.iter().map(|(to, _)| *to).collect();
+    assert_eq!(
+        versions,
+        (2..=SCHEMA_VERSION).collect::<Vec<_>>(),
+        "one migration for each version after the first, in order"
+    );
+    let fresh = Connection::open_in_memory().expect("a database");
+    fresh.execute_batch(SCHEMA).expect("schema.sql");
+    fresh.execute_batch(SCHEMA).expect("schema.sql, run again");
+
+    let migrated = Connection::open_in_memory().expect("a database");
+    made_by_version(&migrated, SCHEMA_VERSION);
+    assert_eq!(shape(&migrated), shape(&fresh));
+    migrated
+        .execute_batch(SCHEMA)
+        .expect("schema.sql after the migrations");
+    assert_eq!(shape(&migrated), shape(&fresh));
+}
+
+fn temp_file(name: &str) -> PathBuf {
+    let folder = std::env::temp_dir().join(format!("idem-sqlite-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&folder).expect("a temporary folder");
+    let file = folder.join(name);
+    let _ = std::fs::remove_file(&file);
+    file
+}
+
+/// Writes a row by hand, as another program (or a disk fault) might have.
+fn write_row(path: &Path, key: &Key, status: &str, fingerprint: &[u8], expires_at_ms: Option<i64>) {
+    let connection = Connection::open(path).expect("open");
+    connection
+        .execute(
+            "INSERT OR REPLACE INTO idem_records
+               (key, action, status, token, fingerprint, outcome, result, created_at_ms, expires_at_ms)
+             VALUES (?1, 'foreign', ?2, 1, ?3, 'ok', x'31', 0, ?4)",
+            params![key.to_string(), status, fingerprint, expires_at_ms],
+        )
+        .expect("insert");
+}
+
+fn request(key: &Key) -> OwnedClaim {
+    OwnedClaim {
+        key: *key,
+        fingerprint: Fingerprint::from(*key),
+        action: "test".into(),
+        lease: Duration::from_secs(10),
+        ttl: Duration::from_secs(3600),
+        on_stale: OnStale::TakeOver,
+    }
+}
+
+#[tokio::test]
+async fn a_corrupt_record_is_an_error_naming_its_key() {
+    let path = temp_file("corrupt.db");
+    let store = SqliteStore::open(&path).await.expect("open");
+    let (bad_status, bad_fingerprint) = (Key::from_bytes([1; 32]), Key::from_bytes([2; 32]));
+    write_row(&path, &bad_status, "exploded", &[0; 32], None);
+    write_row(
+        &path,
+        &bad_fingerprint,
+        "completed",
+        &[0; 5],
+        Some(i64::MAX),
+    );
+    for key in [bad_status, bad_fingerprint] {
+        let owned = request(&key);
+        let claimed = store
+            .on(Use::Write, Some(&key), move |connection| {
+                claim(connection, &owned)
+            })
+            .await;
+        match claimed {
+            Err(error @ Error::Codec { .. }) => {
+                assert_eq!(error.key(), Some(&key));
+                assert!(error.to_string().contains(&key.to_string()), "{error}");
+            }
+            other => panic!("expected a codec error, got {other:?}"),
+        }
+        assert!(matches!(store.get(&key).await, Err(Error::Codec { .. })));
+    }
+}
+
+/// A file made by the first version (no saga tables) opens, keeps its records, and gets
+/// the saga tables.
+#[tokio::test]
+async fn a_version_1_file_is_upgraded_in_place() {
+    let path = temp_file("version-1.db");
+    {
+        let connection = Connection::open(&path).expect("open");
+        made_by_version(&connection, 1);
+    }
+    let kept = Key::from_bytes([5; 32]);
+    write_row(&path, &kept, "completed", &[0; 32], Some(i64::MAX));
+
+    let store = SqliteStore::open(&path)
+        .await
+        .expect("open a version-1 file");
+    assert!(store.get(&kept).await.expect("get").is_some());
+    let saga = Key::from_bytes([6; 32]);
+    let owned = request(&saga);
+    let claimed = store
+        .on(Use::Write, None, move |connection| {
+            claim(connection, &owned)
+        })
+        .await
+        .expect("claim");
+    let Claim::Acquired { token, .. } = claimed else {
+        panic!("a free key is acquired: {claimed:?}");
+    };
+    assert_eq!(token, 42, "the fencing counter goes on from the file's");
+    let running = SagaWrite::Status {
+        status: SagaStatus::Running,
+        error: None,
+    };
+    let written = store.write_saga(&saga, "order-1", token, running).await;
+    assert_eq!(written.expect("write_saga"), Ownership::Held);
+    assert_eq!(user_version(&path), SCHEMA_VERSION);
+}
+
+/// A file made by version 2 (saga logs without the operator's note) opens, keeps its logs,
+/// and gets the column: a saga that needed attention can be resolved, its note kept.
+#[tokio::test]
+async fn a_version_2_file_is_upgraded_in_place() {
+    let path = temp_file("version-2.db");
+    let (stuck, key) = (Key::from_bytes([7; 32]), Key::from_bytes([8; 32]));
+    {
+        let connection = Connection::open(&path).expect("open");
+        made_by_version(&connection, 2);
+        connection
+            .execute(
+                "INSERT INTO idem_sagas (key, id, status, error, updated_at_ms)
+                 VALUES (?1, 'order-7', 'needs_attention', 'refund failed', 1)",
+                [stuck.to_string()],
+            )
+            .expect("a saga log");
+        connection
+            .execute(
+                "INSERT INTO idem_saga_steps
+                   (saga, idx, name, key, irreversible, args, state, output, error)
+                 VALUES (?1, 0, 'charge_payment', ?2, 0, x'5b5d', 'compensation_failed', NULL, 'down')",
+                [stuck.to_string(), key.to_string()],
+            )
+            .expect("a step");
+    }
+
+    let store = SqliteStore::open(&path)
+        .await
+        .expect("open a version-2 file");
+    let log = store
+        .read_saga(&stuck)
+        .await
+        .expect("read_saga")
+        .expect("the log is kept");
+    assert_eq!(
+        (log.id.as_str(), log.status, log.note.as_deref()),
+        ("order-7", SagaStatus::NeedsAttention, None)
+    );
+    assert_eq!(log.steps.len(), 1);
+    assert_eq!(log.steps[0].key, key);
+    let note = "refunded by hand";
+    assert!(store.resolve_saga(&stuck, note).await.expect("resolve"));
+    drop(store);
+
+    // Opened again, the file is not upgraded twice, and the note is there.
+    let store = SqliteStore::open(&path).await.expect("reopen");
+    let log = store
+        .read_saga(&stuck)
+        .await
+        .expect("read_saga")
+        .expect("the log");
+    assert_eq!(
+        (log.status, log.note.as_deref()),
+        (SagaStatus::Resolved, Some(note))
+    );
+    assert_eq!(user_version(&path), SCHEMA_VERSION);
+}
+
+/// A file made by version 3 (claims without the action's TTL) opens, keeps its claims and
+/// gets the column: a claim of it whose owner died is not purged (its TTL is unknown), one
+/// made after the upgrade is, once its lease and TTL ran out.
+#[tokio::test]
+async fn a_version_3_file_is_upgraded_in_place() {
+    let path = temp_file("version-3.db");
+    drop(SqliteStore::open(&path).await.expect("create"));
+    Connection::open(&path)
+        .expect("open")
+        .execute_batch(
+            "ALTER TABLE idem_records DROP COLUMN ttl_ms;
+             PRAGMA user_version = 3;",
+        )
+        .expect("a version-3 file");
+    let old = Key::from_bytes([9; 32]);
+    write_row(&path, &old, "in_progress", &[0; 32], Some(1));
+    Connection::open(&path)
+        .expect("open")
+        .execute(
+            "UPDATE idem_records SET outcome = NULL, result = NULL WHERE key = ?1",
+            [old.to_string()],
+        )
+        .expect("an in-progress row");
+
+    let store = SqliteStore::open(&path)
+        .await
+        .expect("open a version-3 file");
+    assert_eq!(user_version(&path), SCHEMA_VERSION);
+    let dying = Key::from_bytes([10; 32]);
+    let owned = OwnedClaim {
+        lease: Duration::ZERO,
+        ttl: Duration::ZERO,
+        ..request(&dying)
+    };
+    let claimed = store
+        .on(Use::Write, None, move |connection| {
+            claim(connection, &owned)
+        })
+        .await
+        .expect("claim");
+    assert!(matches!(claimed, Claim::Acquired { .. }), "{claimed:?}");
+    assert_eq!(store.count_expired().await.expect("count"), 1);
+    assert_eq!(store.purge_expired().await.expect("purge"), 1);
+    assert_eq!(store.get(&dying).await.expect("get"), None);
+    let kept = store.get(&old).await.expect("get").expect("the old claim");
+    assert_eq!(kept.status, Status::InProgress);
+}
+
+/// A file a newer idem upgraded is refused, and its version is never lowered.
+#[tokio::test]
+async fn a_file_of_a_newer_idem_is_refused_and_left_alone() {
+    let path = temp_file("newer.db");
+    drop(SqliteStore::open(&path).await.expect("create"));
+    Connection::open(&path)
+        .expect("open")
+        .pragma_update(None, "user_version", 99)
+        .expect("set the version");
+    let refused = SqliteStore::open(&path).await.expect_err("a newer file");
+    assert!(
+        refused.to_string().contains("made by a newer idem"),
+        "{refused}"
+    );
+    assert_eq!(user_version(&path), 99);
+    let refused = SqliteStore::open_existing(&path)
+        .await
+        .expect_err("a newer file");
+    assert!(
+        refused.to_string().contains("made by a newer idem"),
+        "{refused}"
+    );
+}
+
+/// An operator's look changes nothing: no file made, no expired result purged, no older
+/// schema upgraded, an empty file left empty.
+#[tokio::test]
+async fn opening_an_existing_store_changes_nothing() {
+    let missing = temp_file("missing.db");
+    let refused = SqliteStore::open_existing(&missing)
+        .await
+        .expect_err("missing");
+    assert!(
+        refused.to_string().contains("no SQLite database"),
+        "{refused}"
+    );
+    assert!(!missing.exists(), "no file was made");
+
+    let path = temp_file("existing.db");
+    let store = SqliteStore::open(&path).await.expect("create");
+    let key = Key::from_bytes([3; 32]);
+    write_row(&path, &key, "completed", &[3; 32], Some(1));
+    drop(store);
+    let store = SqliteStore::open_existing(&path)
+        .await
+        .expect("open it as it is");
+    assert_eq!(
+        store.count_expired().await.expect("count"),
+        1,
+        "not purged by opening"
+    );
+
+    Connection::open(&path)
+        .expect("open")
+        .pragma_update(None, "user_version", 2)
+        .expect("set the version");
+    let refused = SqliteStore::open_existing(&path)
+        .await
+        .expect_err("an older file");
+    assert!(
+        refused.to_string().contains("made by an older idem"),
+        "{refused}"
+    );
+    assert_eq!(user_version(&path), 2, "not upgraded");
+
+    let empty = temp_file("empty.db");
+    std::fs::write(&empty, b"").expect("an empty file");
+    let refused = SqliteStore::open_existing(&empty)
+        .await
+        .expect_err("not idem's");
+    assert!(
+        refused.to_string().contains("not an idem store"),
+        "{refused}"
+    );
+    assert_eq!(std::fs::metadata(&empty).expect("the file").len(), 0);
+}
+
+fn user_version(path: &Path) -> i64 {
+    Connection::open(path)
+        .expect("open")
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .expect("user_version")
+}
+
+/// Listing by key prefix reads a range of the primary key, not the whole table; a prefix
+/// no key can have reads nothing.
+#[tokio::test]
+async fn a_key_prefix_is_a_range_of_the_primary_key() {
+    let path = temp_file("prefix-plan.db");
+    drop(SqliteStore::open(&path).await.expect("create"));
+    let query = RecordQuery::new()
+        .key_prefix("9F3A")
+        .kind(RecordKind::Failed)
+        .action("charge_card");
+    let (sql, values) = list_records_sql(&query).expect("a hex prefix");
+    let connection = Connection::open(&path).expect("open");
+    let mut explain = connection
+        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .expect("explain");
+    let plan = explain
+        .query_map(params_from_iter(values), |row| row.get::<_, String>(3))
+        .expect("the plan")
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .expect("the plan");
+    assert!(
+        plan.iter()
+            .any(|step| step.contains("USING PRIMARY KEY (key>? AND key<?)")),
+        "{plan:?}"
+    );
+    for not_hex in ["9f%", "9f_", "g", "9F"] {
+        let mut query = RecordQuery::new();
+        query.key_prefix = Some(not_hex.to_owned());
+        assert_eq!(list_records_sql(&query), None, "{not_hex}");
+    }
+}
+
+/// Purges larger than a batch are split into transactions of [`PURGE_BATCH`] results, and
+/// still delete what they were asked to: exactly `limit` of them, or every expired one.
+#[tokio::test]
+async fn purges_larger_than_a_batch_delete_all_they_are_asked_to() {
+    let path = temp_file("purge-batches.db");
+    let store = SqliteStore::open(&path).await.expect("create");
+    let expired = 2 * PURGE_BATCH + 200;
+    {
+        let mut connection = Connection::open(&path).expect("open");
+        let transaction = connection.transaction().expect("a transaction");
+        for i in 0..expired {
+            transaction
+                .execute(
+                    "INSERT INTO idem_records
+                       (key, action, status, token, fingerprint, outcome, result, created_at_ms, expires_at_ms)
+                     VALUES (?1, 'old', 'completed', 1, zeroblob(32), 'ok', x'31', 0, 1)",
+                    [format!("{i:064x}")],
+                )
+                .expect("insert");
+        }
+        transaction.commit().expect("commit");
+    }
+    let live = Key::from_bytes([4; 32]);
+    write_row(&path, &live, "completed", &[0; 32], Some(i64::MAX));
+
+    let limit = PURGE_BATCH + 100;
+    assert_eq!(
+        store.purge_expired_batch(limit).await.expect("purge"),
+        limit as u64
+    );
+    let left = (expired - limit) as u64;
+    assert_eq!(store.count_expired().await.expect("count"), left);
+    assert_eq!(store.purge_expired().await.expect("purge"), left);
+    assert_eq!(store.count_expired().await.expect("count"), 0);
+    assert!(store.get(&live).await.expect("get").is_some(), "kept");
+}
+
+#[tokio::test]
+async fn opening_the_store_purges_expired_results() {
+    let path = temp_file("purge-on-open.db");
+    drop(SqliteStore::open(&path).await.expect("create"));
+    let (expired, live) = (Key::from_bytes([3; 32]), Key::from_bytes([4; 32]));
+    write_row(&path, &expired, "completed", &[0; 32], Some(1));
+    write_row(&path, &live, "completed", &[0; 32], Some(i64::MAX));
+    let store = SqliteStore::open(&path).await.expect("reopen");
+    assert_eq!(store.get(&expired).await.expect("get"), None);
+    assert!(store.get(&live).await.expect("get").is_some());
+}
