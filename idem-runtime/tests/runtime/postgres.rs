@@ -78,6 +78,9 @@ async fn schema_version(admin: &tokio_postgres::Client, schema: &str) -> i64 {
         .get(0)
 }
 
+/// The schema as shipped for teams that migrate themselves.
+const SCHEMA_SQL: &str = include_str!("../../src/store/postgres/schema.sql");
+
 fn request<'a>(key: &'a Key, fingerprint: &'a Fingerprint) -> ClaimRequest<'a> {
     ClaimRequest {
         key,
@@ -87,6 +90,50 @@ fn request<'a>(key: &'a Key, fingerprint: &'a Fingerprint) -> ClaimRequest<'a> {
         ttl: Duration::from_secs(3600),
         on_stale: OnStale::TakeOver,
     }
+}
+
+/// `schema.sql` loads into a fresh schema of a real server (a syntax error in it fails here),
+/// runs again without harm, and is all a store needs: one that connects without migrating
+/// (`connect_existing`) claims, records and reads on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schema_file_loads_into_a_fresh_schema() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    let schema = unique_schema("from_file");
+    let admin = raw_client(&server.url()).await;
+    let load =
+        format!("CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema};\n{SCHEMA_SQL}");
+    admin.batch_execute(&load).await.expect("schema.sql loads");
+    admin
+        .batch_execute(&load)
+        .await
+        .expect("schema.sql runs again");
+    assert_eq!(schema_version(&admin, &schema).await, 3);
+
+    let store = PostgresStore::builder(server.url())
+        .schema(&schema)
+        .connect_existing()
+        .await
+        .expect("the schema the file made is this idem's");
+    let key = Action::new("send").key(&("file",)).expect("key");
+    let fingerprint = Fingerprint::from(key);
+    let Claim::Acquired { token, .. } = store.claim(&request(&key, &fingerprint)).await.unwrap()
+    else {
+        panic!("a free key is acquired");
+    };
+    let recorded = store
+        .complete(
+            &key,
+            token,
+            StoredOutcome::Ok(b"1".to_vec()),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("complete");
+    assert_eq!(recorded, Ownership::Held);
+    let record = store.get(&key).await.expect("get").expect("the record");
+    assert_eq!(record.status, Status::Completed);
 }
 
 /// Connecting to a schema that is in place migrates nothing: the second store works with a

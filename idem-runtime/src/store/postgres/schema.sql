@@ -13,7 +13,7 @@
 -- Teams that migrate themselves run this same file, in the schema the store will be given:
 --
 --   psql "$DATABASE_URL" -v ON_ERROR_STOP=1 --single-transaction \
---     -c 'CREATE SCHEMA IF NOT EXISTS idem' -c 'SET LOCAL search_path TO idem' -f postgres.sql
+--     -c 'CREATE SCHEMA IF NOT EXISTS idem' -c 'SET LOCAL search_path TO idem' -f schema.sql
 --
 -- and the application then needs only: USAGE on the schema; SELECT, INSERT, UPDATE, DELETE on
 -- its tables; USAGE on the sequence. Every statement here can be run again (IF NOT EXISTS),

@@ -1,0 +1,221 @@
+//! Rows as records, saga logs and claims: every field checked, a foreign or corrupt row an
+//! error that names its key, never a panic.
+
+use std::fmt;
+
+use tokio_postgres::Row;
+
+use crate::key::{Fingerprint, Key};
+use crate::store::{
+    Claim, ClaimRequest, FencingToken, Found, Record, SagaLog, SagaStatus, Status, StepRecord,
+    StepState, StoredOutcome,
+};
+use crate::Error;
+
+use super::{failed, to_wall};
+
+/// Reads a column, naming the key when the row is not of the expected shape.
+pub(super) fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    index: usize,
+    what: &'static str,
+    key: Option<&Key>,
+) -> Result<T, Error> {
+    row.try_get(index).map_err(|e| Error::codec(what, key, e))
+}
+
+/// A codec error for a row that is not what idem writes ("corrupt record: …").
+pub(super) fn corrupt(what: &'static str, key: Option<&Key>, problem: impl fmt::Display) -> Error {
+    let noun = what.strip_prefix("a ").unwrap_or(what);
+    Error::codec(what, key, format!("corrupt {noun}: {problem}"))
+}
+
+/// A record's fields as read from the table, checked: a corrupt or foreign row is an error
+/// naming the key, never a panic.
+pub(super) fn found(
+    key: &Key,
+    status: &str,
+    token: i64,
+    fingerprint: &[u8],
+    outcome: Option<&str>,
+    result: Option<Vec<u8>>,
+    expires_at_ms: Option<i64>,
+) -> Result<(Found, Option<StoredOutcome>), Error> {
+    let bad = |problem: &str| corrupt("a record", Some(key), problem);
+    let status = Status::parse(status).ok_or_else(|| bad("unknown status"))?;
+    let fingerprint: [u8; 32] = fingerprint
+        .try_into()
+        .map_err(|_| bad("the fingerprint is not 32 bytes"))?;
+    let outcome = match (outcome, result) {
+        (None, _) => None,
+        (Some("ok"), Some(bytes)) => Some(StoredOutcome::Ok(bytes)),
+        (Some("err"), Some(bytes)) => Some(StoredOutcome::Err(bytes)),
+        _ => return Err(bad("unknown outcome")),
+    };
+    if status == Status::Completed && outcome.is_none() {
+        return Err(bad("completed without a result"));
+    }
+    let token = FencingToken::try_from(token).map_err(|_| bad("negative token"))?;
+    Ok((
+        Found {
+            status,
+            token,
+            fingerprint: Fingerprint::from_bytes(fingerprint),
+            expires_at_ms,
+            // Not read: the purge's rule runs in SQL (`purgeable`).
+            claim_ttl_ms: None,
+        },
+        outcome,
+    ))
+}
+
+/// A record from a row of the `get` or `list_records` statement (its first eight columns).
+pub(super) fn record(key: &Key, row: &Row) -> Result<Record, Error> {
+    let (what, some_key) = ("a record", Some(key));
+    let action: String = column(row, 0, what, some_key)?;
+    let status: String = column(row, 1, what, some_key)?;
+    let token: i64 = column(row, 2, what, some_key)?;
+    let fingerprint: Vec<u8> = column(row, 3, what, some_key)?;
+    let outcome: Option<String> = column(row, 4, what, some_key)?;
+    let result: Option<Vec<u8>> = column(row, 5, what, some_key)?;
+    let created_at_ms: i64 = column(row, 6, what, some_key)?;
+    let expires_at_ms: Option<i64> = column(row, 7, what, some_key)?;
+    let (found, outcome) = found(
+        key,
+        &status,
+        token,
+        &fingerprint,
+        outcome.as_deref(),
+        result,
+        expires_at_ms,
+    )?;
+    Ok(Record {
+        key: *key,
+        action,
+        status: found.status,
+        token: found.token,
+        fingerprint: found.fingerprint,
+        outcome,
+        created_at: to_wall(created_at_ms),
+        expires_at: found.expires_at_ms.map(to_wall),
+    })
+}
+
+/// The key in column `index` of a row of a listing, which names every later error.
+pub(super) fn listed_key(row: &Row, index: usize, what: &'static str) -> Result<Key, Error> {
+    let hex: String = column(row, index, what, None)?;
+    hex.parse()
+        .map_err(|_| corrupt(what, None, format!("the key {hex:?}")))
+}
+
+/// The log of the saga `saga` from its rows of the `read_saga` or `list_sagas` statement
+/// (not empty): the log's head in every row, and a step in each, unless the log has none yet
+/// (one row, without a step).
+///
+/// ```text
+/// id       | status          | error | updated | note | idx  | name   | … | error
+/// order-42 | needs_attention | "…"   | 1718…   | NULL | 0    | charge | … | NULL
+/// order-42 | needs_attention | "…"   | 1718…   | NULL | 1    | ship   | … | "…"
+/// ```
+pub(super) fn saga_log(saga: &Key, rows: &[Row]) -> Result<SagaLog, Error> {
+    let (what, key) = ("a saga log", Some(saga));
+    let head = rows
+        .first()
+        .ok_or_else(|| Error::store("postgres", key, "the saga log has no row"))?;
+    let id: String = column(head, 0, what, key)?;
+    let status: String = column(head, 1, what, key)?;
+    let error: Option<String> = column(head, 2, what, key)?;
+    let updated_at_ms: i64 = column(head, 3, what, key)?;
+    let note: Option<String> = column(head, 4, what, key)?;
+    let status = SagaStatus::parse(&status)
+        .ok_or_else(|| corrupt(what, key, format!("unknown status {status:?}")))?;
+    let mut steps = Vec::new();
+    for row in rows {
+        let Some(index) = column::<Option<i64>>(row, 5, what, key)? else {
+            continue; // A log with no steps yet.
+        };
+        let step_key: String = column(row, 7, what, key)?;
+        let state: String = column(row, 10, what, key)?;
+        steps.push(StepRecord {
+            index: u32::try_from(index)
+                .map_err(|_| corrupt(what, key, format!("step index {index}")))?,
+            name: column(row, 6, what, key)?,
+            key: step_key
+                .parse()
+                .map_err(|_| corrupt(what, key, format!("the key of step {index}")))?,
+            irreversible: column(row, 8, what, key)?,
+            args: column(row, 9, what, key)?,
+            state: StepState::parse(&state).ok_or_else(|| {
+                corrupt(
+                    what,
+                    key,
+                    format!("unknown state {state:?} of step {index}"),
+                )
+            })?,
+            output: column(row, 11, what, key)?,
+            error: column(row, 12, what, key)?,
+        });
+    }
+    Ok(SagaLog::new(*saga, id, status, error, steps, to_wall(updated_at_ms)).with_note(note))
+}
+
+/// The answer of a statement that counts: one row of one `bigint`.
+pub(super) fn count(rows: &[Row]) -> Result<u64, Error> {
+    let row = rows
+        .first()
+        .ok_or_else(|| Error::store("postgres", None, "the count answered no row"))?;
+    let count: i64 = row.try_get(0).map_err(|e| failed(None, &e))?;
+    Ok(u64::try_from(count).unwrap_or(0))
+}
+
+/// What one run of the claim statement says.
+pub(super) enum Attempt {
+    Done(Claim),
+    /// The record changed between the statement's snapshot and its write: run it again.
+    Raced,
+}
+
+pub(super) fn claim_answer(row: &Row, request: &ClaimRequest<'_>) -> Result<Attempt, Error> {
+    let key = Some(request.key);
+    let what = "a record";
+    if let Some(status) = column::<Option<String>>(row, 0, what, key)? {
+        let token: i64 = column(row, 1, what, key)?;
+        let takeovers: i32 = column(row, 2, what, key)?;
+        let token =
+            FencingToken::try_from(token).map_err(|_| corrupt(what, key, "negative token"))?;
+        return Ok(Attempt::Done(match status.as_str() {
+            "in_progress" => Claim::Acquired {
+                token,
+                resumed: takeovers > 0,
+            },
+            "needs_review" => Claim::NeedsReview {
+                fingerprint: *request.fingerprint,
+            },
+            other => return Err(corrupt(what, key, format!("claimed as {other:?}"))),
+        }));
+    }
+    let Some(status) = column::<Option<String>>(row, 3, what, key)? else {
+        // No record in the snapshot, and the insert met one made since.
+        return Ok(Attempt::Raced);
+    };
+    if column::<Option<bool>>(row, 9, what, key)? == Some(true) {
+        // The snapshot's record could be replaced, but the record the write met could not.
+        return Ok(Attempt::Raced);
+    }
+    let token: Option<i64> = column(row, 4, what, key)?;
+    let fingerprint: Option<Vec<u8>> = column(row, 5, what, key)?;
+    let outcome: Option<String> = column(row, 6, what, key)?;
+    let result: Option<Vec<u8>> = column(row, 7, what, key)?;
+    let expires_at_ms: Option<i64> = column(row, 8, what, key)?;
+    let now_ms: i64 = column(row, 10, what, key)?;
+    let (found, outcome) = found(
+        request.key,
+        &status,
+        token.ok_or_else(|| corrupt(what, key, "no token"))?,
+        &fingerprint.ok_or_else(|| corrupt(what, key, "no fingerprint"))?,
+        outcome.as_deref(),
+        result,
+        expires_at_ms,
+    )?;
+    Ok(Attempt::Done(found.report(outcome, now_ms)))
+}

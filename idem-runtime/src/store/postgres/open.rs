@@ -1,0 +1,342 @@
+//! Connecting: the builder, the pool, and the schema created, migrated or checked.
+
+use std::time::Duration;
+
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::Error;
+
+use super::{described, failed, PostgresStore, SCHEMA_VERSION};
+
+/// The schema, as a file that teams who run their own migrations can apply themselves.
+pub(super) const SCHEMA_SQL: &str = include_str!("schema.sql");
+
+/// Connections in the pool unless told otherwise: enough for a busy process, few enough that
+/// a fleet of processes stays well under the server's `max_connections` (100 by default).
+const DEFAULT_POOL_SIZE: usize = 16;
+
+/// How long a caller waits for a free connection, and for a new one to open.
+const POOL_WAIT: Duration = Duration::from_secs(30);
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to connect a [`PostgresStore`]: the schema its tables live in, the size of its pool.
+///
+/// ```no_run
+/// use idem_runtime::store::PostgresStore;
+///
+/// # async fn start() -> Result<(), idem_runtime::Error> {
+/// let store = PostgresStore::builder("postgres://idem@db.internal/agents")
+///     .schema("idem")
+///     .pool_size(32)
+///     .connect()
+///     .await?;
+/// assert_eq!(store.schema(), "idem");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `connect` is called"]
+pub struct PostgresStoreBuilder {
+    source: Source,
+    schema: String,
+    pool_size: usize,
+}
+
+#[derive(Debug)]
+enum Source {
+    Url(String),
+    Pool(Pool),
+}
+
+impl PostgresStoreBuilder {
+    /// The schema of the database the store's tables live in (created if needed; `public`
+    /// unless set). Stores on different schemas of one database are independent.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), idem_runtime::Error> {
+    /// let store = idem_runtime::store::PostgresStore::builder("postgres://idem@db.internal/agents")
+    ///     .schema("billing_agents")
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// How many connections the pool opens at most (16 unless set). Has no effect on a pool
+    /// given to [`PostgresStore::with_pool`], which keeps its own size.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), idem_runtime::Error> {
+    /// let store = idem_runtime::store::PostgresStore::builder("postgres://idem@db.internal/agents")
+    ///     .pool_size(4)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size.max(1);
+        self
+    }
+
+    /// Opens the pool, creates or migrates the schema if needed, and returns the store.
+    ///
+    /// Fails with [`Error::Store`] if the URL is not a PostgreSQL connection string, the
+    /// server cannot be reached, the schema cannot be created, or it was made by a newer
+    /// idem.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), idem_runtime::Error> {
+    /// let store = idem_runtime::store::PostgresStore::builder("postgres://idem@db.internal/agents")
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(self) -> Result<PostgresStore, Error> {
+        let (pool, schema) = self.pool()?;
+        migrate(&pool, &schema).await?;
+        Ok(PostgresStore::on(pool, schema))
+    }
+
+    /// Opens the pool and returns the store, for an operator's look: changes nothing by
+    /// connecting. The schema must exist with this idem's version (an older one is migrated
+    /// by the first agent of this version that connects with
+    /// [`connect`](PostgresStoreBuilder::connect)); nothing is created or migrated, so a
+    /// mistyped schema name is an error rather than a new, empty store.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), idem_runtime::Error> {
+    /// let store = idem_runtime::store::PostgresStore::builder("postgres://ops@db.internal/agents")
+    ///     .schema("idem")
+    ///     .connect_existing()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect_existing(self) -> Result<PostgresStore, Error> {
+        let (pool, schema) = self.pool()?;
+        let client = pool.get().await.map_err(|e| failed(None, &e))?;
+        let found = version(&client, &schema).await.map_err(|e| {
+            Error::store(
+                "postgres",
+                None,
+                format!("cannot read the schema {schema:?}: {}", described(&e)),
+            )
+        })?;
+        drop(client);
+        match found {
+            Some(SCHEMA_VERSION) => Ok(PostgresStore::on(pool, schema)),
+            None => Err(Error::store(
+                "postgres",
+                None,
+                format!("there is no idem schema {schema:?} in this database"),
+            )),
+            Some(newer) if newer > SCHEMA_VERSION => Err(newer_schema(&schema, newer)),
+            Some(older) => Err(Error::store(
+                "postgres",
+                None,
+                format!(
+                    "the schema {schema:?} has version {older}, made by an older idem; the first \
+                     agent of this version that connects migrates it (this idem knows {SCHEMA_VERSION})"
+                ),
+            )),
+        }
+    }
+
+    /// The pool, and the schema name checked.
+    fn pool(self) -> Result<(Pool, String), Error> {
+        let schema = self.schema;
+        if schema.is_empty() || schema.len() > 63 || schema.contains('\0') {
+            return Err(Error::store(
+                "postgres",
+                None,
+                format!("{schema:?} is not a schema name (1 to 63 bytes, no NUL)"),
+            ));
+        }
+        let pool = match self.source {
+            Source::Pool(pool) => pool,
+            Source::Url(url) => open_pool(&url, self.pool_size)?,
+        };
+        Ok((pool, schema))
+    }
+}
+
+/// The pool for `url`, with the store's defaults.
+fn open_pool(url: &str, size: usize) -> Result<Pool, Error> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+        Error::store(
+            "postgres",
+            None,
+            format!("not a PostgreSQL connection string: {e}"),
+        )
+    })?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("idem");
+    }
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .recycle_timeout(Some(CONNECT_TIMEOUT))
+        .build()
+        .map_err(|e| failed(None, &e))
+}
+
+/// Creates the schema, or migrates it to this version, unless it is in place: in one
+/// transaction that first takes an advisory lock named after the schema, so that processes
+/// connecting at once take turns (`CREATE … IF NOT EXISTS` alone still races in PostgreSQL).
+async fn migrate(pool: &Pool, schema: &str) -> Result<(), Error> {
+    let cannot = |e: tokio_postgres::Error| {
+        Error::store(
+            "postgres",
+            None,
+            format!("cannot set up the schema {schema:?}: {}", described(&e)),
+        )
+    };
+    let mut client = pool.get().await.map_err(|e| failed(None, &e))?;
+    if version(&client, schema).await.map_err(cannot)? == Some(SCHEMA_VERSION) {
+        return Ok(());
+    }
+    let transaction = client.transaction().await.map_err(cannot)?;
+    transaction
+        .execute(
+            "SELECT pg_advisory_xact_lock(hashtext('idem'), hashtext($1::text))",
+            &[&schema],
+        )
+        .await
+        .map_err(cannot)?;
+    match version(&transaction, schema).await.map_err(cannot)? {
+        Some(found) if found > SCHEMA_VERSION => return Err(newer_schema(schema, found)),
+        Some(SCHEMA_VERSION) => {}
+        older => {
+            let quoted = quote_ident(schema);
+            transaction
+                .batch_execute(&format!(
+                    "CREATE SCHEMA IF NOT EXISTS {quoted}; SET LOCAL search_path TO {quoted};\n{SCHEMA_SQL}"
+                ))
+                .await
+                .map_err(cannot)?;
+            tracing::info!(
+                target: "idem",
+                schema,
+                from = older.unwrap_or(0),
+                to = SCHEMA_VERSION,
+                "created or migrated the PostgreSQL schema"
+            );
+        }
+    }
+    transaction.commit().await.map_err(cannot)
+}
+
+/// Why a schema of a newer idem is refused: this version would not know what that one writes.
+fn newer_schema(schema: &str, found: i64) -> Error {
+    Error::store(
+        "postgres",
+        None,
+        format!(
+            "the schema {schema:?} has version {found}, made by a newer idem; \
+             this one knows {SCHEMA_VERSION}"
+        ),
+    )
+}
+
+/// The version recorded in the schema, `None` when it has no idem tables yet.
+async fn version(
+    client: &impl GenericClient,
+    schema: &str,
+) -> Result<Option<i64>, tokio_postgres::Error> {
+    let meta = format!("{}.idem_meta", quote_ident(schema));
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1::text) IS NOT NULL", &[&meta])
+        .await?
+        .try_get(0)?;
+    if !exists {
+        return Ok(None);
+    }
+    let row = client
+        .query_opt(
+            &format!("SELECT value::bigint FROM {meta} WHERE name = 'schema_version'"),
+            &[],
+        )
+        .await?;
+    row.map(|row| row.try_get(0)).transpose()
+}
+
+/// `name` as a quoted SQL identifier.
+pub(super) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://user:password@host:port/database`, or
+    /// the `key=value` form), with the store's tables in the schema `public`, creating them
+    /// if needed.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), idem_runtime::Error> {
+    /// let store = idem_runtime::store::PostgresStore::connect("postgres://idem@db.internal/agents").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(url: impl Into<String>) -> Result<Self, Error> {
+        Self::builder(url).connect().await
+    }
+
+    /// A builder for a store on the database at `url`, to choose the schema or the pool size.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), idem_runtime::Error> {
+    /// let store = idem_runtime::store::PostgresStore::builder("postgres://idem@db.internal/agents")
+    ///     .schema("idem")
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder(url: impl Into<String>) -> PostgresStoreBuilder {
+        PostgresStoreBuilder {
+            source: Source::Url(url.into()),
+            schema: "public".to_owned(),
+            pool_size: DEFAULT_POOL_SIZE,
+        }
+    }
+
+    /// A builder for a store on connections of a pool you built (deadpool-postgres 0.14):
+    /// for TLS, or your own pool settings.
+    ///
+    /// ```no_run
+    /// # async fn start(pool: deadpool_postgres::Pool) -> Result<(), idem_runtime::Error> {
+    /// // `pool` made with deadpool_postgres::Config::create_pool, with a TLS connector.
+    /// let store = idem_runtime::store::PostgresStore::with_pool(pool)
+    ///     .schema("idem")
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_pool(pool: Pool) -> PostgresStoreBuilder {
+        PostgresStoreBuilder {
+            source: Source::Pool(pool),
+            schema: "public".to_owned(),
+            pool_size: DEFAULT_POOL_SIZE,
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! What connecting does to the schema: upgrades in place, and the schema file run again.
+
+use tokio_postgres::NoTls;
+
+use super::open::SCHEMA_SQL;
+use super::{PostgresStore, SCHEMA_VERSION};
+use crate::conformance::servers::PostgresServer;
+use crate::key::Key;
+use crate::store::{SagaStatus, Store};
+
+async fn admin(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .expect("a plain connection");
+    tokio::spawn(connection);
+    client
+}
+
+async fn version_of(admin: &tokio_postgres::Client, schema: &str) -> i64 {
+    admin
+        .query_one(
+            &format!("SELECT value FROM {schema}.idem_meta WHERE name = 'schema_version'"),
+            &[],
+        )
+        .await
+        .expect("the version row")
+        .get(0)
+}
+
+/// A schema of version 1 (before `idem_sagas.note`) is upgraded in place by the next
+/// store that connects: a saga that needed attention then is kept, and can be resolved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_schema_is_upgraded_in_place() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    let schema = "upgraded_from_1";
+    let admin = admin(&server.url()).await;
+    let saga = Key::from_bytes([7; 32]);
+    admin
+        .batch_execute(&format!(
+            "CREATE SCHEMA {schema}; SET search_path TO {schema};
+             {SCHEMA_SQL}
+             ALTER TABLE idem_sagas DROP COLUMN note;
+             UPDATE idem_meta SET value = 1;
+             INSERT INTO idem_sagas (key, id, status, error, updated_at)
+             VALUES ('{saga}', 'order-1', 'needs_attention', 'refund failed', now());"
+        ))
+        .await
+        .expect("a schema of version 1");
+
+    let store = PostgresStore::builder(server.url())
+        .schema(schema)
+        .connect()
+        .await
+        .expect("connect and upgrade");
+    assert_eq!(version_of(&admin, schema).await, SCHEMA_VERSION);
+    assert!(store
+        .resolve_saga(&saga, "refunded by hand")
+        .await
+        .expect("resolve"));
+    let log = store
+        .read_saga(&saga)
+        .await
+        .expect("read")
+        .expect("the log");
+    assert_eq!(log.status, SagaStatus::Resolved);
+    assert_eq!(log.note.as_deref(), Some("refunded by hand"));
+    assert_eq!(log.error.as_deref(), Some("refund failed"));
+}
+
+/// `schema.sql` can be run again, as teams that migrate themselves may: on a schema in
+/// place it changes nothing, and it never lowers the version of one a newer idem made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schema_file_runs_again_and_never_lowers_the_version() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    let schema = "run_again";
+    drop(
+        PostgresStore::builder(server.url())
+            .schema(schema)
+            .connect()
+            .await
+            .expect("connect"),
+    );
+    let admin = admin(&server.url()).await;
+    let run_again = format!("SET search_path TO {schema};\n{SCHEMA_SQL}");
+    admin.batch_execute(&run_again).await.expect("run again");
+    assert_eq!(version_of(&admin, schema).await, SCHEMA_VERSION);
+    admin
+        .batch_execute(&format!(
+            "UPDATE {schema}.idem_meta SET value = 99 WHERE name = 'schema_version'"
+        ))
+        .await
+        .expect("a newer version");
+    admin.batch_execute(&run_again).await.expect("run again");
+    assert_eq!(version_of(&admin, schema).await, 99);
+}
