@@ -9,9 +9,9 @@ use crate::store::{
 };
 use crate::Error;
 
-use super::records::{check, raw_row, COLUMNS};
-use super::saga_log::{raw_saga, saga_log, SAGA_COLUMNS};
-use super::{begin_write, db};
+use super::records::{check, raw_row};
+use super::saga_log::{raw_saga, saga_log};
+use super::{begin_write, db, statements};
 
 /// The `outcome` of the records of `kind`, where it tells kinds apart: a completed record is
 /// `failed` when it recorded an error. With [`RecordKind::status`], the one mapping between
@@ -51,7 +51,7 @@ pub(super) fn sql_limit(limit: usize) -> Value {
 ///
 /// ```text
 /// kind = failed, action = charge_card, key prefix 9f3a, limit 20
-///   SELECT {COLUMNS}, key FROM idem_records
+///   SELECT status, …, action, key FROM idem_records
 ///   WHERE key >= '9f3a' AND key < '9f3ag' AND status = 'completed' AND outcome = 'err'
 ///     AND action = 'charge_card'
 ///   ORDER BY created_at_ms DESC, key LIMIT 20
@@ -81,10 +81,7 @@ pub(super) fn list_records_sql(query: &RecordQuery) -> Option<(String, Vec<Value
         values.push(Value::Text(action.clone()));
     }
     values.push(sql_limit(query.limit));
-    let sql = format!(
-        "SELECT {COLUMNS}, key FROM idem_records {} ORDER BY created_at_ms DESC, key LIMIT ?",
-        filter(&conditions)
-    );
+    let sql = statements::list_records(&filter(&conditions));
     Some((sql, values))
 }
 
@@ -115,10 +112,7 @@ pub(super) fn list_records(
 
 pub(super) fn record_counts(connection: &Connection) -> Result<Vec<RecordCount>, Error> {
     let mut statement = connection
-        .prepare_cached(
-            "SELECT action, status, outcome, count(*) FROM idem_records
-             GROUP BY action, status, outcome",
-        )
+        .prepare_cached(statements::RECORD_COUNTS)
         .map_err(db)?;
     let rows = statement
         .query_map([], |row| {
@@ -160,10 +154,7 @@ pub(super) fn list_sagas(
         values.push(Value::Text(id.clone()));
     }
     values.push(sql_limit(query.limit));
-    let sql = format!(
-        "SELECT {SAGA_COLUMNS}, key FROM idem_sagas {} ORDER BY updated_at_ms DESC, id, key LIMIT ?",
-        filter(&conditions)
-    );
+    let sql = statements::list_sagas(&filter(&conditions));
     // One snapshot: each log's steps as of its head.
     let transaction = connection.transaction().map_err(db)?;
     let heads = transaction
@@ -199,10 +190,7 @@ pub(super) fn resolve_saga(
 ) -> Result<bool, Error> {
     let (transaction, now) = begin_write(connection)?;
     let changed = transaction
-        .prepare_cached(
-            "UPDATE idem_sagas SET status = 'resolved', note = ?2, updated_at_ms = ?3
-             WHERE key = ?1 AND status = 'needs_attention'",
-        )
+        .prepare_cached(statements::RESOLVE_SAGA)
         .map_err(db)?
         .execute(params![saga.to_string(), note, now])
         .map_err(db)?;

@@ -7,13 +7,14 @@
 //! died is purged once it ran out).
 //!
 //! ```text
-//! mod.rs       SqliteStore, its connections, and its Store impl (each method hands one
-//!              function below to a connection)
-//! open.rs      opening a file: connections, schema.sql, migrations/
-//! records.rs   the claim protocol: claim, complete, heartbeat, release, read
-//! purge.rs     expired results and dead claims, in batches
-//! saga_log.rs  saga logs: write, read, stale sagas
-//! inspect.rs   the operator's queries
+//! mod.rs         SqliteStore, its connections, and its Store impl (each method hands one
+//!                function below to a connection)
+//! open.rs        opening a file: connections, schema.sql, migrations/
+//! records.rs     the claim protocol: claim, complete, heartbeat, release, read
+//! purge.rs       expired results and dead claims, in batches
+//! saga_log.rs    saga logs: write, read, stale sagas
+//! inspect.rs     the operator's queries
+//! statements.rs  every statement the functions above run
 //! ```
 
 mod inspect;
@@ -21,6 +22,7 @@ mod open;
 mod purge;
 mod records;
 mod saga_log;
+mod statements;
 #[cfg(test)]
 mod tests;
 
@@ -307,11 +309,7 @@ impl Store for SqliteStore {
         let hex = key.to_string();
         let ownership = self
             .on(Use::Write, Some(key), move |connection| {
-                fenced(
-                    connection,
-                    "DELETE FROM idem_records WHERE key = ?1 AND token = ?2 AND status IN ('in_progress', 'needs_review')",
-                    params![hex, token as i64],
-                )
+                fenced(connection, statements::RELEASE, params![hex, token as i64])
             })
             .await?;
         self.inner.waiters.wake(key);

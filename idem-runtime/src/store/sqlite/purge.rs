@@ -8,38 +8,27 @@ use rusqlite::{params, Connection};
 
 use crate::Error;
 
-use super::{begin_write, db, now_ms, Inner, SqliteStore, Use, PURGE_BATCH, PURGE_PAUSE};
+use super::{
+    begin_write, db, now_ms, statements, Inner, SqliteStore, Use, PURGE_BATCH, PURGE_PAUSE,
+};
 
-/// The records a purge deletes at `?1`, the rule of `Found::is_purgeable`: results whose TTL
-/// ran out, and claims whose lease ended and the action's TTL after it, unless they have a
-/// saga log. `purge_expired`, its batches and `count_expired` all use it (on `idem_records AS r`). (Both kinds have
-/// `expires_at_ms <= ?1`: the expiry index finds them.)
-pub(super) const EXPIRED: &str = "expires_at_ms <= ?1 AND (status = 'completed' OR (status = 'in_progress'      AND expires_at_ms + ttl_ms <= ?1      AND NOT EXISTS (SELECT 1 FROM idem_sagas AS g WHERE g.key = r.key)))";
-
-/// Deletes the expired results and dead claims ([`EXPIRED`]; at most `limit`, the oldest
+/// Deletes the expired results and dead claims (`expired!` in [`statements`]; at most `limit`, the oldest
 /// expiries first) and the logs of the sagas those results ended, in one transaction; returns
 /// how many records. Keep `limit` small (see
 /// [`PURGE_BATCH`]): the transaction holds the file's write lock.
 pub(super) fn purge(connection: &mut Connection, limit: usize) -> Result<u64, Error> {
-    // The same keys in all three statements: the order is total, and the results are deleted
-    // last. It is the order of the expiry index, which ends with the primary key.
-    let expired = format!(
-        "SELECT r.key FROM idem_records AS r WHERE {EXPIRED} ORDER BY r.expires_at_ms, r.key LIMIT ?2"
-    );
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let (transaction, now) = begin_write(connection)?;
-    let delete = |table: &str, column: &str| {
+    let delete = |statement: &str| {
         transaction
-            .prepare_cached(&format!(
-                "DELETE FROM {table} WHERE {column} IN ({expired})"
-            ))
+            .prepare_cached(statement)
             .map_err(db)?
             .execute(params![now, limit])
             .map_err(db)
     };
-    delete("idem_saga_steps", "saga")?;
-    delete("idem_sagas", "key")?;
-    let purged = delete("idem_records", "key")?;
+    delete(statements::PURGE_STEPS)?;
+    delete(statements::PURGE_SAGAS)?;
+    let purged = delete(statements::PURGE_RECORDS)?;
     transaction.commit().map_err(db)?;
     Ok(u64::try_from(purged).unwrap_or(u64::MAX))
 }
@@ -47,9 +36,7 @@ pub(super) fn purge(connection: &mut Connection, limit: usize) -> Result<u64, Er
 /// How many records [`purge`] would delete now.
 pub(super) fn count_expired(connection: &Connection) -> Result<u64, Error> {
     let count: i64 = connection
-        .prepare_cached(&format!(
-            "SELECT count(*) FROM idem_records AS r WHERE {EXPIRED}"
-        ))
+        .prepare_cached(statements::COUNT_EXPIRED)
         .map_err(db)?
         .query_row([now_ms()], |row| row.get(0))
         .map_err(db)?;

@@ -11,13 +11,9 @@ use crate::store::{
 };
 use crate::Error;
 
-use super::{begin_write, db, now_ms, Row};
+use super::{begin_write, db, now_ms, statements, Row};
 
-/// The columns of a record, in the order [`RawRow`] reads them.
-pub(super) const COLUMNS: &str =
-    "status, token, fingerprint, outcome, result, created_at_ms, expires_at_ms, action";
-
-/// A record's [`COLUMNS`] as SQLite returns them, before they are checked.
+/// A record's columns as SQLite returns them ([`statements::READ`]), before they are checked.
 pub(super) type RawRow = (
     String,
     i64,
@@ -45,11 +41,7 @@ pub(super) fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
 /// Reads the record of `key`, checking every field: a corrupt or foreign row is an error that
 /// names the key, never a panic.
 pub(super) fn read(connection: &Connection, key: &Key) -> Result<Option<Row>, Error> {
-    let mut statement = connection
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM idem_records WHERE key = ?1"
-        ))
-        .map_err(db)?;
+    let mut statement = connection.prepare_cached(statements::READ).map_err(db)?;
     let raw = statement
         .query_row([key.to_string()], raw_row)
         .optional()
@@ -81,7 +73,7 @@ pub(super) fn check(key: &Key, raw: RawRow) -> Result<Row, Error> {
             token: FencingToken::try_from(token).map_err(|_| corrupt("negative token"))?,
             fingerprint: Fingerprint::from_bytes(fingerprint),
             expires_at_ms,
-            // Not read: the purge's rule runs in SQL (`EXPIRED`).
+            // Not read: the purge's rule runs in SQL (`expired!` in `statements.rs`).
             claim_ttl_ms: None,
         },
         outcome,
@@ -92,9 +84,7 @@ pub(super) fn check(key: &Key, raw: RawRow) -> Result<Row, Error> {
 
 pub(super) fn next_token(connection: &Connection) -> Result<FencingToken, Error> {
     let token: i64 = connection
-        .prepare_cached(
-            "UPDATE idem_meta SET value = value + 1 WHERE name = 'fencing_token' RETURNING value",
-        )
+        .prepare_cached(statements::NEXT_TOKEN)
         .map_err(db)?
         .query_row([], |row| row.get(0))
         .map_err(db)?;
@@ -146,13 +136,17 @@ pub(super) fn claim(connection: &mut Connection, request: &OwnedClaim) -> Result
         Write::Insert => {
             let token = next_token(&transaction)?;
             transaction
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO idem_records
-                       (key, action, status, token, fingerprint, outcome, result, created_at_ms, expires_at_ms, ttl_ms)
-                     VALUES (?1, ?2, 'in_progress', ?3, ?4, NULL, NULL, ?5, ?6, ?7)",
-                )
+                .prepare_cached(statements::INSERT_CLAIM)
                 .map_err(db)?
-                .execute(params![hex, request.action, token as i64, &request.fingerprint.as_bytes()[..], now, lease_end, ttl])
+                .execute(params![
+                    hex,
+                    request.action,
+                    token as i64,
+                    &request.fingerprint.as_bytes()[..],
+                    now,
+                    lease_end,
+                    ttl
+                ])
                 .map_err(db)?;
             Claim::Acquired {
                 token,
@@ -162,9 +156,7 @@ pub(super) fn claim(connection: &mut Connection, request: &OwnedClaim) -> Result
         Write::TakeOver => {
             let token = next_token(&transaction)?;
             transaction
-                .prepare_cached(
-                    "UPDATE idem_records SET token = ?2, expires_at_ms = ?3, ttl_ms = ?4 WHERE key = ?1",
-                )
+                .prepare_cached(statements::TAKE_OVER)
                 .map_err(db)?
                 .execute(params![hex, token as i64, lease_end, ttl])
                 .map_err(db)?;
@@ -175,7 +167,7 @@ pub(super) fn claim(connection: &mut Connection, request: &OwnedClaim) -> Result
         }
         Write::Park => {
             transaction
-                .prepare_cached("UPDATE idem_records SET status = 'needs_review', expires_at_ms = NULL WHERE key = ?1")
+                .prepare_cached(statements::PARK)
                 .map_err(db)?
                 .execute([hex])
                 .map_err(db)?;
@@ -222,9 +214,14 @@ pub(super) fn complete(
     let (transaction, now) = begin_write(connection)?;
     let mut ownership = fenced(
         &transaction,
-        "UPDATE idem_records SET status = 'completed', outcome = ?3, result = ?4, expires_at_ms = ?5
-         WHERE key = ?1 AND token = ?2 AND status IN ('in_progress', 'needs_review')",
-        params![key.to_string(), token as i64, kind, bytes, now.saturating_add(millis(ttl))],
+        statements::COMPLETE,
+        params![
+            key.to_string(),
+            token as i64,
+            kind,
+            bytes,
+            now.saturating_add(millis(ttl))
+        ],
     )?;
     // A retry of a completion that committed but whose answer was lost: still ours.
     if ownership == Ownership::Lost
@@ -247,8 +244,12 @@ pub(super) fn heartbeat(
     let (transaction, now) = begin_write(connection)?;
     let ownership = fenced(
         &transaction,
-        "UPDATE idem_records SET expires_at_ms = ?3 WHERE key = ?1 AND status = 'in_progress' AND token = ?2",
-        params![key.to_string(), token as i64, now.saturating_add(millis(lease))],
+        statements::HEARTBEAT,
+        params![
+            key.to_string(),
+            token as i64,
+            now.saturating_add(millis(lease))
+        ],
     )?;
     transaction.commit().map_err(db)?;
     Ok(ownership)

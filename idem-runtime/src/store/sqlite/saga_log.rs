@@ -9,7 +9,7 @@ use crate::store::{
 use crate::Error;
 
 use super::records::read;
-use super::{begin_write, db, now_ms, to_wall};
+use super::{begin_write, db, now_ms, statements, to_wall};
 
 /// What a saga write needs, owned, to move to the blocking thread.
 pub(super) enum OwnedSagaWrite {
@@ -38,24 +38,13 @@ pub(super) fn write_saga(
         OwnedSagaWrite::Step(_) => (None, None),
     };
     transaction
-        .prepare_cached(
-            "INSERT INTO idem_sagas (key, id, status, error, updated_at_ms)
-             VALUES (?1, ?2, coalesce(?3, 'running'), ?4, ?5)
-             ON CONFLICT (key) DO UPDATE SET
-               status = coalesce(?3, status),
-               error = CASE WHEN ?3 IS NULL THEN error ELSE ?4 END,
-               updated_at_ms = ?5",
-        )
+        .prepare_cached(statements::WRITE_SAGA)
         .map_err(db)?
         .execute(params![hex, id, status, error, now])
         .map_err(db)?;
     if let OwnedSagaWrite::Step(step) = write {
         transaction
-            .prepare_cached(
-                "INSERT OR REPLACE INTO idem_saga_steps
-                   (saga, idx, name, key, irreversible, args, state, output, error)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )
+            .prepare_cached(statements::WRITE_STEP)
             .map_err(db)?
             .execute(params![
                 hex,
@@ -74,10 +63,7 @@ pub(super) fn write_saga(
     Ok(Ownership::Held)
 }
 
-/// The columns of a saga log's head, in the order [`RawSaga`] reads them.
-pub(super) const SAGA_COLUMNS: &str = "id, status, error, updated_at_ms, note";
-
-/// A saga log's [`SAGA_COLUMNS`] as SQLite returns them, before they are checked.
+/// A saga log's head as SQLite returns it ([`statements::READ_SAGA`]), before they are checked.
 pub(super) type RawSaga = (String, String, Option<String>, i64, Option<String>);
 
 pub(super) fn raw_saga(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawSaga> {
@@ -93,9 +79,7 @@ pub(super) fn raw_saga(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawSaga> {
 /// Reads a saga's log, checking every field as [`read`] does.
 pub(super) fn read_saga(connection: &Connection, saga: &Key) -> Result<Option<SagaLog>, Error> {
     let head = connection
-        .prepare_cached(&format!(
-            "SELECT {SAGA_COLUMNS} FROM idem_sagas WHERE key = ?1"
-        ))
+        .prepare_cached(statements::READ_SAGA)
         .map_err(db)?
         .query_row([saga.to_string()], raw_saga)
         .optional()
@@ -121,10 +105,7 @@ pub(super) fn saga_log(
     let status =
         SagaStatus::parse(&status).ok_or_else(|| corrupt(format!("unknown status {status:?}")))?;
     let mut statement = connection
-        .prepare_cached(
-            "SELECT idx, name, key, irreversible, args, state, output, error
-             FROM idem_saga_steps WHERE saga = ?1 ORDER BY idx",
-        )
+        .prepare_cached(statements::READ_STEPS)
         .map_err(db)?;
     let rows = statement
         .query_map([saga.to_string()], |row| {
@@ -170,12 +151,7 @@ pub(super) fn saga_log(
 pub(super) fn stale_sagas(connection: &Connection, limit: usize) -> Result<Vec<StaleSaga>, Error> {
     let now = now_ms();
     let mut statement = connection
-        .prepare_cached(
-            "SELECT s.key, s.id, r.fingerprint FROM idem_sagas s JOIN idem_records r ON r.key = s.key
-             WHERE s.status IN ('running', 'compensating')
-               AND r.status = 'in_progress' AND r.expires_at_ms <= ?1
-             LIMIT ?2",
-        )
+        .prepare_cached(statements::STALE_SAGAS)
         .map_err(db)?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = statement
