@@ -116,7 +116,7 @@ pub enum Error {
         pending: Vec<String>,
     },
     /// The saga needed attention and an operator settled it by hand
-    /// ([`Store::resolve_saga`](crate::Store::resolve_saga), `idem resolve`): it is over, and
+    /// ([`Inspect::resolve_saga`](crate::store::Inspect::resolve_saga), `idem resolve`): it is over, and
     /// every later run of the saga id gets this, with the operator's note.
     SagaResolved {
         /// The saga's id.

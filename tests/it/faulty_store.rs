@@ -10,6 +10,7 @@ use idem::store::{
     Claim, ClaimRequest, FencingToken, MemoryStore, Ownership, Record, SagaLog, SagaWrite,
     StaleSaga, StepState, Store, StoredOutcome,
 };
+use idem::store::{Inspect, SagaStore};
 use idem::{Error, Key};
 use tokio::sync::Notify;
 
@@ -133,7 +134,10 @@ impl<S: Store> Store for FaultyStore<S> {
     async fn purge_expired(&self) -> Result<u64, Error> {
         self.inner.purge_expired().await
     }
+}
 
+#[async_trait]
+impl<S: Store> SagaStore for FaultyStore<S> {
     async fn write_saga(
         &self,
         saga: &Key,
@@ -168,3 +172,6 @@ impl<S: Store> Store for FaultyStore<S> {
         }
     }
 }
+
+#[async_trait]
+impl<S: Store> Inspect for FaultyStore<S> {}

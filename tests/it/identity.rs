@@ -1,6 +1,6 @@
 //! Action identity (issue 12, case 1): two different tools never share keys.
 
-use idem::store::{MemoryStore, RecordQuery, Store};
+use idem::store::{Inspect, MemoryStore, RecordQuery};
 use idem::{idempotent, Error};
 
 use crate::support::{Ledger, ToolError};

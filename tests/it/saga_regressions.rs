@@ -1,6 +1,7 @@
 //! Regression tests of sagas, each named after the bug it pins (found in review, each shown
 //! failing before its fix).
 
+use idem::store::SagaStore;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;

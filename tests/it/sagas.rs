@@ -1,6 +1,7 @@
 //! Sagas as a user runs them: steps once, compensation in reverse, retries, saga idempotency,
 //! runs after a crash, `recover`, the pivot, and what a step costs in store round trips.
 
+use idem::store::Inspect;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 

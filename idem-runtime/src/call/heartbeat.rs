@@ -141,6 +141,7 @@ mod tests {
     use crate::store::{
         Claim, ClaimRequest, MemoryStore, Record, SagaLog, SagaWrite, StaleSaga, StoredOutcome,
     };
+    use crate::store::{Inspect, SagaStore};
 
     /// A memory store whose first heartbeat never answers: a store stuck on one write.
     #[derive(Debug)]
@@ -154,9 +155,11 @@ mod tests {
         fn name(&self) -> &'static str {
             "first-beat-hangs"
         }
+
         async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
             self.store.claim(request).await
         }
+
         async fn complete(
             &self,
             key: &Key,
@@ -166,9 +169,11 @@ mod tests {
         ) -> Result<Ownership, Error> {
             self.store.complete(key, token, outcome, ttl).await
         }
+
         async fn release(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
             self.store.release(key, token).await
         }
+
         async fn heartbeat(
             &self,
             key: &Key,
@@ -180,12 +185,18 @@ mod tests {
             }
             self.store.heartbeat(key, token, lease).await
         }
+
         async fn get(&self, key: &Key) -> Result<Option<Record>, Error> {
             self.store.get(key).await
         }
+
         async fn purge_expired(&self) -> Result<u64, Error> {
             self.store.purge_expired().await
         }
+    }
+
+    #[async_trait]
+    impl SagaStore for FirstBeatHangs {
         async fn write_saga(
             &self,
             saga: &Key,
@@ -195,13 +206,18 @@ mod tests {
         ) -> Result<Ownership, Error> {
             self.store.write_saga(saga, id, token, write).await
         }
+
         async fn read_saga(&self, saga: &Key) -> Result<Option<SagaLog>, Error> {
             self.store.read_saga(saga).await
         }
+
         async fn stale_sagas(&self, limit: usize) -> Result<Vec<StaleSaga>, Error> {
             self.store.stale_sagas(limit).await
         }
     }
+
+    #[async_trait]
+    impl Inspect for FirstBeatHangs {}
 
     /// A heartbeat that never answers is given up and tried again in time: the lease of a
     /// body that runs three leases long never runs out.

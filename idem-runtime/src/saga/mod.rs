@@ -191,7 +191,7 @@ impl<'a> Saga<'a> {
     ///   retries, or a step failed after an irreversible step; the log says what is left.
     /// - `Err` with [`Error::SagaRolledBack`]: an earlier run of this id was rolled back.
     /// - `Err` with [`Error::SagaResolved`]: the saga needed attention and an operator settled
-    ///   it by hand (`idem resolve`, [`Store::resolve_saga`]); the error carries their note.
+    ///   it by hand (`idem resolve`, [`Inspect::resolve_saga`](crate::store::Inspect::resolve_saga)); the error carries their note.
     /// - `Err` with another [`Error`] (the store failed, another run holds the id): the saga
     ///   did not finish; its log is kept, and the next run or [`recover`] goes on from it.
     ///

@@ -13,6 +13,7 @@ use crate::store::{
     Claim, ClaimRequest, FencingToken, Ownership, Record, RecordCount, RecordQuery, SagaLog,
     SagaQuery, SagaWrite, StaleSaga, Store, StoredOutcome,
 };
+use crate::store::{Inspect, SagaStore};
 use crate::Error;
 
 macro_rules! forward_store {
@@ -69,7 +70,10 @@ macro_rules! forward_store {
             async fn purge_expired(&self) -> Result<u64, Error> {
                 (**self).purge_expired().await
             }
+        }
 
+        #[async_trait]
+        impl<S: Store + ?Sized> SagaStore for $pointer {
             async fn write_saga(
                 &self,
                 saga: &Key,
@@ -87,7 +91,10 @@ macro_rules! forward_store {
             async fn stale_sagas(&self, limit: usize) -> Result<Vec<StaleSaga>, Error> {
                 (**self).stale_sagas(limit).await
             }
+        }
 
+        #[async_trait]
+        impl<S: Store + ?Sized> Inspect for $pointer {
             async fn list_records(&self, query: &RecordQuery) -> Result<Vec<Record>, Error> {
                 (**self).list_records(query).await
             }

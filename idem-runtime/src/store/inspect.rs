@@ -7,7 +7,11 @@
 
 use std::fmt;
 
+use async_trait::async_trait;
+
+use crate::key::Key;
 use crate::store::{Record, SagaLog, SagaStatus, Status, StoredOutcome};
+use crate::Error;
 
 /// What an operator sorts records by: the protocol's [`Status`], with the completed records
 /// split by what they recorded (a value, or an error the action declared final).
@@ -97,7 +101,7 @@ impl fmt::Display for RecordKind {
     }
 }
 
-/// Which records [`Store::list_records`](crate::Store::list_records) returns: those of a kind,
+/// Which records [`Inspect::list_records`](crate::store::Inspect::list_records) returns: those of a kind,
 /// an action, a key prefix (any filter left out matches all), newest first, at most `limit`.
 ///
 /// ```
@@ -203,7 +207,7 @@ impl RecordQuery {
     }
 }
 
-/// Which saga logs [`Store::list_sagas`](crate::Store::list_sagas) returns: those of a
+/// Which saga logs [`Inspect::list_sagas`](crate::store::Inspect::list_sagas) returns: those of a
 /// status, of an id, most recently written first, at most `limit`.
 ///
 /// ```
@@ -270,7 +274,7 @@ impl SagaQuery {
 }
 
 /// How many records of one action are of one kind: a row of
-/// [`Store::record_counts`](crate::Store::record_counts).
+/// [`Inspect::record_counts`](crate::store::Inspect::record_counts).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 #[non_exhaustive]
 pub struct RecordCount {
@@ -294,7 +298,7 @@ impl RecordCount {
 }
 
 /// Counts records by (action, kind) as a store goes through them, into what
-/// [`Store::record_counts`](crate::Store::record_counts) returns: one row per pair, sorted by
+/// [`Inspect::record_counts`](crate::store::Inspect::record_counts) returns: one row per pair, sorted by
 /// action then kind.
 ///
 /// ```
@@ -345,4 +349,157 @@ impl RecordTally {
             })
             .collect()
     }
+}
+
+/// What operators ask of a store (the `idem` command); the protocol never calls these. Each
+/// has a default that says the store cannot answer, so that a store of one's own may leave
+/// them out (`impl Inspect for MyStore {}`); every store in this crate answers them all, and
+/// so do `&S`, `Arc<S>` and `Box<S>` of one. Every [`Store`](crate::Store) is one.
+#[async_trait]
+pub trait Inspect: Send + Sync {
+    /// The records that `query` selects, newest first (by when the key was first claimed),
+    /// expired ones included until they are purged (or until a store that deletes them by
+    /// itself did: Redis).
+    ///
+    /// ```
+    /// use idem_runtime::store::{Inspect, MemoryStore, RecordKind, RecordQuery};
+    /// use idem_runtime::Action;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let store = MemoryStore::new();
+    /// Action::new("send_email")
+    ///     .call(&("ada",))?
+    ///     .run::<_, idem_runtime::Error, _>(&store, async { Ok(String::from("msg-1")) })
+    ///     .await?;
+    /// let done = store.list_records(&RecordQuery::new().kind(RecordKind::Completed)).await?;
+    /// assert_eq!(done.len(), 1);
+    /// assert_eq!(done[0].action, "send_email");
+    /// assert!(store.list_records(&RecordQuery::new().kind(RecordKind::InProgress)).await?.is_empty());
+    /// # Ok::<(), idem_runtime::Error>(())
+    /// # }).unwrap();
+    /// ```
+    async fn list_records(&self, query: &RecordQuery) -> Result<Vec<Record>, Error> {
+        let _ = query;
+        Err(unsupported::<Self>("list_records"))
+    }
+
+    /// How many records there are of each action and kind, sorted by action then kind.
+    ///
+    /// ```
+    /// use idem_runtime::store::{Inspect, MemoryStore, RecordCount, RecordKind};
+    /// use idem_runtime::Action;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let store = MemoryStore::new();
+    /// for customer in ["ada", "grace"] {
+    ///     Action::new("send_email")
+    ///         .call(&(customer,))?
+    ///         .run::<_, idem_runtime::Error, _>(&store, async { Ok(1) })
+    ///         .await?;
+    /// }
+    /// assert_eq!(
+    ///     store.record_counts().await?,
+    ///     [RecordCount::new("send_email".into(), RecordKind::Completed, 2)]
+    /// );
+    /// # Ok::<(), idem_runtime::Error>(())
+    /// # }).unwrap();
+    /// ```
+    async fn record_counts(&self) -> Result<Vec<RecordCount>, Error> {
+        Err(unsupported::<Self>("record_counts"))
+    }
+
+    /// How many records [`Store::purge_expired`](crate::Store::purge_expired) would delete now.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idem_runtime::store::{Inspect, MemoryStore};
+    /// use idem_runtime::Action;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let store = MemoryStore::new();
+    /// let brief = Action::new("ping").ttl(Duration::from_millis(1));
+    /// for n in 0..3 {
+    ///     brief.call(&(n,))?.run::<_, idem_runtime::Error, _>(&store, async { Ok(n) }).await?;
+    /// }
+    /// tokio::time::sleep(Duration::from_millis(10)).await;
+    /// assert_eq!(store.count_expired().await?, 3);
+    /// // Two at a time, as an operator's tool shows progress:
+    /// assert_eq!(store.purge_expired_batch(2).await?, 2);
+    /// assert_eq!(store.purge_expired_batch(2).await?, 1);
+    /// assert_eq!(store.purge_expired_batch(2).await?, 0);
+    /// # Ok::<(), idem_runtime::Error>(())
+    /// # }).unwrap();
+    /// ```
+    async fn count_expired(&self) -> Result<u64, Error> {
+        Err(unsupported::<Self>("count_expired"))
+    }
+
+    /// Like [`Store::purge_expired`](crate::Store::purge_expired), but deletes at most `limit` records of either kind
+    /// (expired results, with the logs of the sagas they ended, and dead claims); returns how
+    /// many. Called in a loop until it returns 0, it
+    /// purges everything `purge_expired` would, with progress to show on the way (see the
+    /// example on [`Inspect::count_expired`]).
+    async fn purge_expired_batch(&self, limit: usize) -> Result<u64, Error> {
+        let _ = limit;
+        Err(unsupported::<Self>("purge_expired_batch"))
+    }
+
+    /// The saga logs that `query` selects, most recently written first, with their steps
+    /// (see the example on [`Inspect::resolve_saga`]).
+    async fn list_sagas(&self, query: &SagaQuery) -> Result<Vec<SagaLog>, Error> {
+        let _ = query;
+        Err(unsupported::<Self>("list_sagas"))
+    }
+
+    /// Marks the saga whose claim is `saga` as settled by hand, keeping `note` in its log:
+    /// atomically, and only if it is [`SagaStatus::NeedsAttention`]; returns whether it was.
+    /// Later runs of the saga get [`Error::SagaResolved`] with the note.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idem_runtime::store::{
+    ///     Claim, ClaimRequest, Inspect, MemoryStore, SagaQuery, SagaStatus, SagaStore, SagaWrite, Store,
+    /// };
+    /// use idem_runtime::{Action, Fingerprint, OnStale};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let store = MemoryStore::new();
+    /// // A saga whose refund kept failing, left for an operator (as `Saga::run` leaves one).
+    /// let saga = Action::new("saga").key(&("order-42",))?;
+    /// let request = ClaimRequest {
+    ///     key: &saga,
+    ///     fingerprint: &Fingerprint::from(saga),
+    ///     action: "saga",
+    ///     lease: Duration::from_secs(10),
+    ///     ttl: Duration::from_secs(3600),
+    ///     on_stale: OnStale::TakeOver,
+    /// };
+    /// let Claim::Acquired { token, .. } = store.claim(&request).await? else { unreachable!() };
+    /// let stuck = SagaWrite::Status { status: SagaStatus::NeedsAttention, error: Some("refund failed") };
+    /// store.write_saga(&saga, "order-42", token, stuck).await?;
+    /// let _ = store.release(&saga, token).await?;
+    ///
+    /// // The operator finds it, refunds by hand, and says so.
+    /// let waiting = store.list_sagas(&SagaQuery::new().status(SagaStatus::NeedsAttention)).await?;
+    /// assert_eq!(waiting[0].id, "order-42");
+    /// assert!(store.resolve_saga(&waiting[0].key, "refunded by hand, OPS-7").await?);
+    /// assert!(!store.resolve_saga(&saga, "again").await?, "resolved once");
+    /// let log = store.read_saga(&saga).await?.expect("the log");
+    /// assert_eq!((log.status, log.note.as_deref()), (SagaStatus::Resolved, Some("refunded by hand, OPS-7")));
+    /// # Ok::<(), idem_runtime::Error>(())
+    /// # }).unwrap();
+    /// ```
+    async fn resolve_saga(&self, saga: &Key, note: &str) -> Result<bool, Error> {
+        let _ = (saga, note);
+        Err(unsupported::<Self>("resolve_saga"))
+    }
+}
+
+/// The error of a store that does not answer an operator's query.
+fn unsupported<S: ?Sized>(query: &str) -> Error {
+    Error::store(
+        std::any::type_name::<S>(),
+        None,
+        format!("this store does not implement `{query}`, which operators' tools need"),
+    )
 }

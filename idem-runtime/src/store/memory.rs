@@ -12,6 +12,7 @@ use crate::store::{
     RecordCount, RecordKind, RecordQuery, RecordTally, SagaLog, SagaQuery, SagaStatus, SagaWrite,
     StaleSaga, Status, Store, StoredOutcome, Verdict, Waiters, Write,
 };
+use crate::store::{Inspect, SagaStore};
 use crate::Error;
 
 /// A store in this process's memory: fast, and gone when the process ends.
@@ -438,7 +439,10 @@ impl Store for MemoryStore {
         let purged = self.inner.state().purge(now);
         Ok(u64::try_from(purged).unwrap_or(u64::MAX))
     }
+}
 
+#[async_trait]
+impl SagaStore for MemoryStore {
     async fn write_saga(
         &self,
         saga: &Key,
@@ -498,7 +502,10 @@ impl Store for MemoryStore {
         });
         Ok(stale.take(limit).collect())
     }
+}
 
+#[async_trait]
+impl Inspect for MemoryStore {
     async fn list_records(&self, query: &RecordQuery) -> Result<Vec<Record>, Error> {
         let inner = &self.inner;
         let state = inner.state();

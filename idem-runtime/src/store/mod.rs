@@ -34,14 +34,14 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
-pub use inspect::{RecordCount, RecordKind, RecordQuery, RecordTally, SagaQuery};
+pub use inspect::{Inspect, RecordCount, RecordKind, RecordQuery, RecordTally, SagaQuery};
 pub use memory::MemoryStore;
 pub use open::{open, open_existing};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "redis")]
 pub use redis::{RedisStore, RedisStoreBuilder};
-pub use saga_log::{SagaLog, SagaStatus, SagaWrite, StaleSaga, StepRecord, StepState};
+pub use saga_log::{SagaLog, SagaStatus, SagaStore, SagaWrite, StaleSaga, StepRecord, StepState};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
@@ -242,6 +242,10 @@ pub struct Record {
 /// Where idem keeps its records: one trait for every backend, with the atomic [`claim`] at its
 /// heart. Stores are cheap handles (`Clone`), shared by every task that calls through them.
 ///
+/// A store is three traits: this one, the claim protocol; [`SagaStore`], the sagas' logs; and
+/// [`Inspect`], what operators ask (its methods default to "unsupported", so a store of
+/// one's own may leave them out with `impl Inspect for MyStore {}`).
+///
 /// Every implementation must pass the conformance suite in `idem_runtime::conformance`
 /// (feature `conformance`), which holds the rules below as tests.
 ///
@@ -288,7 +292,7 @@ pub struct Record {
 ///
 /// [`claim`]: Store::claim
 #[async_trait]
-pub trait Store: Send + Sync + fmt::Debug {
+pub trait Store: SagaStore + Inspect + Send + Sync + fmt::Debug {
     /// A short name for errors and logs: `"memory"`, `"sqlite"`, …
     fn name(&self) -> &'static str;
 
@@ -364,7 +368,7 @@ pub trait Store: Send + Sync + fmt::Debug {
     ///   action's TTL ([`ClaimRequest::ttl`]) has run out too since the lease ended (each
     ///   heartbeat moves that moment): until then the next caller of the same payload resumes
     ///   them. A claim that has a saga log is never purged this way: `idem::recover` (through
-    ///   [`Store::stale_sagas`]) or an operator needs it. A claim made by an idem that did not
+    ///   [`SagaStore::stale_sagas`]) or an operator needs it. A claim made by an idem that did not
     ///   record the TTL is kept as before.
     ///
     /// Records parked for review, claims whose lease still runs, and the logs of sagas that
@@ -373,221 +377,4 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// store may also delete such records by itself (Redis does, at that moment); what it
     /// counts here is then what is left to tidy of them (its expiry index).
     async fn purge_expired(&self) -> Result<u64, Error>;
-
-    /// Write to the log of the saga whose claim is `saga` (its id is `id`), if `token` still
-    /// holds that claim (in progress under it); otherwise write nothing and answer
-    /// [`Ownership::Lost`]. The log is created by its first write, with status
-    /// [`SagaStatus::Running`] unless the write sets another.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use idem_runtime::store::{
-    ///     Claim, ClaimRequest, MemoryStore, Ownership, SagaStatus, SagaWrite, StepRecord, StepState, Store,
-    /// };
-    /// use idem_runtime::{Action, Fingerprint, OnStale};
-    ///
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-    /// let store = MemoryStore::new();
-    /// let saga = Action::new("saga").key(&("order-42",))?;
-    /// let request = ClaimRequest {
-    ///     key: &saga,
-    ///     fingerprint: &Fingerprint::from(saga),
-    ///     action: "saga",
-    ///     lease: Duration::from_secs(10),
-    ///     ttl: Duration::from_secs(3600),
-    ///     on_stale: OnStale::TakeOver,
-    /// };
-    /// let Claim::Acquired { token, .. } = store.claim(&request).await? else { unreachable!() };
-    ///
-    /// // The intent of step 0, before its side effect …
-    /// let mut step = StepRecord {
-    ///     index: 0,
-    ///     name: "charge_payment".into(),
-    ///     key: Action::new("saga_step").key(&("order-42", 0, "charge_payment"))?,
-    ///     irreversible: false,
-    ///     args: br#"["ada",1999]"#.to_vec(),
-    ///     state: StepState::Started,
-    ///     output: None,
-    ///     error: None,
-    /// };
-    /// assert_eq!(store.write_saga(&saga, "order-42", token, SagaWrite::Step(&step)).await?, Ownership::Held);
-    /// // … and its output after.
-    /// step.state = StepState::Done;
-    /// step.output = Some(br#"{"charge":"ch_1"}"#.to_vec());
-    /// assert_eq!(store.write_saga(&saga, "order-42", token, SagaWrite::Step(&step)).await?, Ownership::Held);
-    ///
-    /// let log = store.read_saga(&saga).await?.expect("the log");
-    /// assert_eq!((log.id.as_str(), log.status), ("order-42", SagaStatus::Running));
-    /// assert_eq!(log.steps, vec![step.clone()]);
-    ///
-    /// // A writer whose claim was taken over writes nothing.
-    /// let stale = SagaWrite::Status { status: SagaStatus::Completed, error: None };
-    /// assert_eq!(store.write_saga(&saga, "order-42", token + 1, stale).await?, Ownership::Lost);
-    /// # Ok::<(), idem_runtime::Error>(())
-    /// # }).unwrap();
-    /// ```
-    async fn write_saga(
-        &self,
-        saga: &Key,
-        id: &str,
-        token: FencingToken,
-        write: SagaWrite<'_>,
-    ) -> Result<Ownership, Error>;
-
-    /// The log of the saga whose claim is `saga`, if there is one.
-    async fn read_saga(&self, saga: &Key) -> Result<Option<SagaLog>, Error>;
-
-    /// Up to `limit` sagas that are running or compensating while their claim's lease has
-    /// run out: their owner died. `idem::recover` takes them over.
-    async fn stale_sagas(&self, limit: usize) -> Result<Vec<StaleSaga>, Error>;
-
-    // ---- What operators ask (the `idem` command); the protocol never calls these. ----------
-    //
-    // Each has a default that says the store cannot answer, so that a store written before
-    // they existed still compiles; every store in this crate answers them all, and so do `&S`,
-    // `Arc<S>` and `Box<S>` of one.
-
-    /// The records that `query` selects, newest first (by when the key was first claimed),
-    /// expired ones included until they are purged (or until a store that deletes them by
-    /// itself did: Redis).
-    ///
-    /// ```
-    /// use idem_runtime::store::{MemoryStore, RecordKind, RecordQuery, Store};
-    /// use idem_runtime::Action;
-    ///
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-    /// let store = MemoryStore::new();
-    /// Action::new("send_email")
-    ///     .call(&("ada",))?
-    ///     .run::<_, idem_runtime::Error, _>(&store, async { Ok(String::from("msg-1")) })
-    ///     .await?;
-    /// let done = store.list_records(&RecordQuery::new().kind(RecordKind::Completed)).await?;
-    /// assert_eq!(done.len(), 1);
-    /// assert_eq!(done[0].action, "send_email");
-    /// assert!(store.list_records(&RecordQuery::new().kind(RecordKind::InProgress)).await?.is_empty());
-    /// # Ok::<(), idem_runtime::Error>(())
-    /// # }).unwrap();
-    /// ```
-    async fn list_records(&self, query: &RecordQuery) -> Result<Vec<Record>, Error> {
-        let _ = query;
-        Err(unsupported(self.name(), "list_records"))
-    }
-
-    /// How many records there are of each action and kind, sorted by action then kind.
-    ///
-    /// ```
-    /// use idem_runtime::store::{MemoryStore, RecordCount, RecordKind, Store};
-    /// use idem_runtime::Action;
-    ///
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-    /// let store = MemoryStore::new();
-    /// for customer in ["ada", "grace"] {
-    ///     Action::new("send_email")
-    ///         .call(&(customer,))?
-    ///         .run::<_, idem_runtime::Error, _>(&store, async { Ok(1) })
-    ///         .await?;
-    /// }
-    /// assert_eq!(
-    ///     store.record_counts().await?,
-    ///     [RecordCount::new("send_email".into(), RecordKind::Completed, 2)]
-    /// );
-    /// # Ok::<(), idem_runtime::Error>(())
-    /// # }).unwrap();
-    /// ```
-    async fn record_counts(&self) -> Result<Vec<RecordCount>, Error> {
-        Err(unsupported(self.name(), "record_counts"))
-    }
-
-    /// How many records [`Store::purge_expired`] would delete now.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use idem_runtime::store::{MemoryStore, Store};
-    /// use idem_runtime::Action;
-    ///
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-    /// let store = MemoryStore::new();
-    /// let brief = Action::new("ping").ttl(Duration::from_millis(1));
-    /// for n in 0..3 {
-    ///     brief.call(&(n,))?.run::<_, idem_runtime::Error, _>(&store, async { Ok(n) }).await?;
-    /// }
-    /// tokio::time::sleep(Duration::from_millis(10)).await;
-    /// assert_eq!(store.count_expired().await?, 3);
-    /// // Two at a time, as an operator's tool shows progress:
-    /// assert_eq!(store.purge_expired_batch(2).await?, 2);
-    /// assert_eq!(store.purge_expired_batch(2).await?, 1);
-    /// assert_eq!(store.purge_expired_batch(2).await?, 0);
-    /// # Ok::<(), idem_runtime::Error>(())
-    /// # }).unwrap();
-    /// ```
-    async fn count_expired(&self) -> Result<u64, Error> {
-        Err(unsupported(self.name(), "count_expired"))
-    }
-
-    /// Like [`Store::purge_expired`], but deletes at most `limit` records of either kind
-    /// (expired results, with the logs of the sagas they ended, and dead claims); returns how
-    /// many. Called in a loop until it returns 0, it
-    /// purges everything `purge_expired` would, with progress to show on the way (see the
-    /// example on [`Store::count_expired`]).
-    async fn purge_expired_batch(&self, limit: usize) -> Result<u64, Error> {
-        let _ = limit;
-        Err(unsupported(self.name(), "purge_expired_batch"))
-    }
-
-    /// The saga logs that `query` selects, most recently written first, with their steps
-    /// (see the example on [`Store::resolve_saga`]).
-    async fn list_sagas(&self, query: &SagaQuery) -> Result<Vec<SagaLog>, Error> {
-        let _ = query;
-        Err(unsupported(self.name(), "list_sagas"))
-    }
-
-    /// Marks the saga whose claim is `saga` as settled by hand, keeping `note` in its log:
-    /// atomically, and only if it is [`SagaStatus::NeedsAttention`]; returns whether it was.
-    /// Later runs of the saga get [`Error::SagaResolved`] with the note.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use idem_runtime::store::{Claim, ClaimRequest, MemoryStore, SagaQuery, SagaStatus, SagaWrite, Store};
-    /// use idem_runtime::{Action, Fingerprint, OnStale};
-    ///
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-    /// let store = MemoryStore::new();
-    /// // A saga whose refund kept failing, left for an operator (as `Saga::run` leaves one).
-    /// let saga = Action::new("saga").key(&("order-42",))?;
-    /// let request = ClaimRequest {
-    ///     key: &saga,
-    ///     fingerprint: &Fingerprint::from(saga),
-    ///     action: "saga",
-    ///     lease: Duration::from_secs(10),
-    ///     ttl: Duration::from_secs(3600),
-    ///     on_stale: OnStale::TakeOver,
-    /// };
-    /// let Claim::Acquired { token, .. } = store.claim(&request).await? else { unreachable!() };
-    /// let stuck = SagaWrite::Status { status: SagaStatus::NeedsAttention, error: Some("refund failed") };
-    /// store.write_saga(&saga, "order-42", token, stuck).await?;
-    /// let _ = store.release(&saga, token).await?;
-    ///
-    /// // The operator finds it, refunds by hand, and says so.
-    /// let waiting = store.list_sagas(&SagaQuery::new().status(SagaStatus::NeedsAttention)).await?;
-    /// assert_eq!(waiting[0].id, "order-42");
-    /// assert!(store.resolve_saga(&waiting[0].key, "refunded by hand, OPS-7").await?);
-    /// assert!(!store.resolve_saga(&saga, "again").await?, "resolved once");
-    /// let log = store.read_saga(&saga).await?.expect("the log");
-    /// assert_eq!((log.status, log.note.as_deref()), (SagaStatus::Resolved, Some("refunded by hand, OPS-7")));
-    /// # Ok::<(), idem_runtime::Error>(())
-    /// # }).unwrap();
-    /// ```
-    async fn resolve_saga(&self, saga: &Key, note: &str) -> Result<bool, Error> {
-        let _ = (saga, note);
-        Err(unsupported(self.name(), "resolve_saga"))
-    }
-}
-
-/// The error of a store that does not answer an operator's query.
-fn unsupported(store: &'static str, query: &str) -> Error {
-    Error::store(
-        store,
-        None,
-        format!("this store does not implement `{query}`, which operators' tools need"),
-    )
 }

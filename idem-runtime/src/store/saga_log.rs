@@ -17,11 +17,15 @@
 use std::fmt;
 use std::time::SystemTime;
 
+use async_trait::async_trait;
+
 use crate::key::{Fingerprint, Key};
+use crate::store::{FencingToken, Ownership};
+use crate::Error;
 
 /// Where a saga is.
 ///
-/// See the example on [`Store::write_saga`](crate::Store::write_saga).
+/// See the example on [`SagaStore::write_saga`](crate::store::SagaStore::write_saga).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum SagaStatus {
@@ -40,7 +44,7 @@ pub enum SagaStatus {
     /// that runs it to run it again and carry it forward.
     Interrupted,
     /// It needed attention and an operator settled it by hand
-    /// ([`Store::resolve_saga`](crate::Store::resolve_saga)); the log keeps their note. It is
+    /// ([`Inspect::resolve_saga`](crate::store::Inspect::resolve_saga)); the log keeps their note. It is
     /// over: later runs of its id get [`Error::SagaResolved`](crate::Error::SagaResolved).
     Resolved,
 }
@@ -87,7 +91,7 @@ impl SagaStatus {
     }
 
     /// Whether a saga in this status has an owner at work (or one that died): what
-    /// [`Store::stale_sagas`](crate::Store::stale_sagas) looks for.
+    /// [`SagaStore::stale_sagas`](crate::store::SagaStore::stale_sagas) looks for.
     pub const fn is_active(self) -> bool {
         matches!(self, SagaStatus::Running | SagaStatus::Compensating)
     }
@@ -101,7 +105,7 @@ impl fmt::Display for SagaStatus {
 
 /// Where one step of a saga is.
 ///
-/// See the example on [`Store::write_saga`](crate::Store::write_saga).
+/// See the example on [`SagaStore::write_saga`](crate::store::SagaStore::write_saga).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StepState {
     /// Its intent is logged and its body may have run: until its output is logged, the step
@@ -152,7 +156,7 @@ impl fmt::Display for StepState {
 
 /// One step in a saga's log.
 ///
-/// See the example on [`Store::write_saga`](crate::Store::write_saga).
+/// See the example on [`SagaStore::write_saga`](crate::store::SagaStore::write_saga).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepRecord {
     /// Its place in the saga, from 0.
@@ -173,7 +177,7 @@ pub struct StepRecord {
     pub error: Option<String>,
 }
 
-/// A saga's log, as [`Store::read_saga`](crate::Store::read_saga) returns it.
+/// A saga's log, as [`SagaStore::read_saga`](crate::store::SagaStore::read_saga) returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SagaLog {
@@ -223,7 +227,7 @@ impl SagaLog {
 
 /// One write to a saga's log.
 ///
-/// See the example on [`Store::write_saga`](crate::Store::write_saga).
+/// See the example on [`SagaStore::write_saga`](crate::store::SagaStore::write_saga).
 #[derive(Debug, Clone, Copy)]
 pub enum SagaWrite<'a> {
     /// Set the saga's status (and the error that explains it), creating the log if needed.
@@ -259,4 +263,76 @@ impl StaleSaga {
             fingerprint,
         }
     }
+}
+
+/// The sagas' half of a store: each saga's log, written under the fencing token of the saga's
+/// claim, and the sagas whose owner died. Every [`Store`](crate::Store) is one.
+#[async_trait]
+pub trait SagaStore: Send + Sync {
+    /// Write to the log of the saga whose claim is `saga` (its id is `id`), if `token` still
+    /// holds that claim (in progress under it); otherwise write nothing and answer
+    /// [`Ownership::Lost`]. The log is created by its first write, with status
+    /// [`SagaStatus::Running`] unless the write sets another.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idem_runtime::store::{
+    ///     Claim, ClaimRequest, MemoryStore, Ownership, SagaStatus, SagaStore, SagaWrite, StepRecord, StepState, Store,
+    /// };
+    /// use idem_runtime::{Action, Fingerprint, OnStale};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let store = MemoryStore::new();
+    /// let saga = Action::new("saga").key(&("order-42",))?;
+    /// let request = ClaimRequest {
+    ///     key: &saga,
+    ///     fingerprint: &Fingerprint::from(saga),
+    ///     action: "saga",
+    ///     lease: Duration::from_secs(10),
+    ///     ttl: Duration::from_secs(3600),
+    ///     on_stale: OnStale::TakeOver,
+    /// };
+    /// let Claim::Acquired { token, .. } = store.claim(&request).await? else { unreachable!() };
+    ///
+    /// // The intent of step 0, before its side effect …
+    /// let mut step = StepRecord {
+    ///     index: 0,
+    ///     name: "charge_payment".into(),
+    ///     key: Action::new("saga_step").key(&("order-42", 0, "charge_payment"))?,
+    ///     irreversible: false,
+    ///     args: br#"["ada",1999]"#.to_vec(),
+    ///     state: StepState::Started,
+    ///     output: None,
+    ///     error: None,
+    /// };
+    /// assert_eq!(store.write_saga(&saga, "order-42", token, SagaWrite::Step(&step)).await?, Ownership::Held);
+    /// // … and its output after.
+    /// step.state = StepState::Done;
+    /// step.output = Some(br#"{"charge":"ch_1"}"#.to_vec());
+    /// assert_eq!(store.write_saga(&saga, "order-42", token, SagaWrite::Step(&step)).await?, Ownership::Held);
+    ///
+    /// let log = store.read_saga(&saga).await?.expect("the log");
+    /// assert_eq!((log.id.as_str(), log.status), ("order-42", SagaStatus::Running));
+    /// assert_eq!(log.steps, vec![step.clone()]);
+    ///
+    /// // A writer whose claim was taken over writes nothing.
+    /// let stale = SagaWrite::Status { status: SagaStatus::Completed, error: None };
+    /// assert_eq!(store.write_saga(&saga, "order-42", token + 1, stale).await?, Ownership::Lost);
+    /// # Ok::<(), idem_runtime::Error>(())
+    /// # }).unwrap();
+    /// ```
+    async fn write_saga(
+        &self,
+        saga: &Key,
+        id: &str,
+        token: FencingToken,
+        write: SagaWrite<'_>,
+    ) -> Result<Ownership, Error>;
+
+    /// The log of the saga whose claim is `saga`, if there is one.
+    async fn read_saga(&self, saga: &Key) -> Result<Option<SagaLog>, Error>;
+
+    /// Up to `limit` sagas that are running or compensating while their claim's lease has
+    /// run out: their owner died. `idem::recover` takes them over.
+    async fn stale_sagas(&self, limit: usize) -> Result<Vec<StaleSaga>, Error>;
 }

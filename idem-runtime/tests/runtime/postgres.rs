@@ -5,6 +5,7 @@
 //! PostgreSQL installed, every test passes by skipping, with the reason printed (under
 //! `CI=true` they fail instead).
 
+use idem_runtime::store::SagaStore;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! Leases that a live owner keeps on SQLite (issue 12, point 6): purging expired results, however
 //! many, never stalls the heartbeats of a caller that is still running its body.
 
+use idem_runtime::store::Inspect;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

@@ -33,6 +33,7 @@ use crate::store::{
     RecordQuery, SagaLog, SagaQuery, SagaStatus, SagaWrite, StaleSaga, Store, StoredOutcome,
     Waiters,
 };
+use crate::store::{Inspect, SagaStore};
 use crate::{Error, OnStale};
 
 pub use open::PostgresStoreBuilder;
@@ -415,7 +416,10 @@ impl Store for PostgresStore {
             }
         }
     }
+}
 
+#[async_trait]
+impl SagaStore for PostgresStore {
     async fn write_saga(
         &self,
         saga: &Key,
@@ -493,7 +497,10 @@ impl Store for PostgresStore {
         }
         Ok(stale)
     }
+}
 
+#[async_trait]
+impl Inspect for PostgresStore {
     async fn list_records(&self, query: &RecordQuery) -> Result<Vec<Record>, Error> {
         if !query.key_prefix_can_match() {
             return Ok(Vec::new());

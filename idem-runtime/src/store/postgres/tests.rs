@@ -6,7 +6,7 @@ use super::open::SCHEMA_SQL;
 use super::{PostgresStore, SCHEMA_VERSION};
 use crate::conformance::servers::PostgresServer;
 use crate::key::Key;
-use crate::store::{SagaStatus, Store};
+use crate::store::{Inspect, SagaStatus, SagaStore};
 
 async fn admin(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, NoTls)

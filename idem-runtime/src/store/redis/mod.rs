@@ -45,6 +45,7 @@ use crate::store::{
     millis, Claim, ClaimRequest, FencingToken, Ownership, Record, RecordCount, RecordQuery,
     SagaLog, SagaQuery, SagaWrite, StaleSaga, Store, StoredOutcome,
 };
+use crate::store::{Inspect, SagaStore};
 use crate::Error;
 
 mod decode;
@@ -556,7 +557,10 @@ impl Store for RedisStore {
     async fn purge_expired(&self) -> Result<u64, Error> {
         self.purge().await
     }
+}
 
+#[async_trait]
+impl SagaStore for RedisStore {
     async fn write_saga(
         &self,
         saga: &Key,
@@ -657,7 +661,10 @@ impl Store for RedisStore {
         }
         Ok(stale)
     }
+}
 
+#[async_trait]
+impl Inspect for RedisStore {
     /// The records that `query` selects, newest first. Redis keeps no index by action or
     /// time: this walks every record of the store with `SCAN` (one round trip per page of
     /// about 1000 keys of the server, the heads of the records found on a page read in the

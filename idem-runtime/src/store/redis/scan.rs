@@ -225,7 +225,7 @@ fn scan_page(value: Value) -> Result<(u64, Vec<Vec<u8>>), String> {
     ))
 }
 
-/// The order of [`list_records`](crate::store::Store::list_records): newest first, then by
+/// The order of [`list_records`](crate::store::Inspect::list_records): newest first, then by
 /// key.
 fn newest_record_first(a: &Record, b: &Record) -> std::cmp::Ordering {
     b.created_at
@@ -233,7 +233,7 @@ fn newest_record_first(a: &Record, b: &Record) -> std::cmp::Ordering {
         .then_with(|| a.key.cmp(&b.key))
 }
 
-/// The order of [`list_sagas`](crate::store::Store::list_sagas): most recently written first,
+/// The order of [`list_sagas`](crate::store::Inspect::list_sagas): most recently written first,
 /// then by id (and key).
 fn newest_saga_first(a: &SagaLog, b: &SagaLog) -> std::cmp::Ordering {
     b.updated_at
@@ -291,8 +291,8 @@ mod tests {
     use crate::call::Action;
     use crate::conformance::servers::RedisServer;
     use crate::key::Fingerprint;
-    use crate::store::OnStale;
     use crate::store::{Claim, ClaimRequest, Ownership, Store, StoredOutcome};
+    use crate::store::{Inspect, OnStale};
 
     static TOUCH: Action = Action::new("touch");
 

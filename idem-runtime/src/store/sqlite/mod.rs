@@ -40,6 +40,7 @@ use crate::store::{
     millis, Claim, ClaimRequest, FencingToken, Found, Opening, Ownership, Record, RecordCount,
     RecordQuery, SagaLog, SagaQuery, SagaWrite, StaleSaga, Store, StoredOutcome, Waiters,
 };
+use crate::store::{Inspect, SagaStore};
 use crate::Error;
 
 use inspect::{list_records, list_sagas, record_counts, resolve_saga};
@@ -76,7 +77,7 @@ const PURGE_PAUSE: Duration = Duration::from_millis(50);
 ///
 /// Expired results and dead claims (see [`Store::purge_expired`]) are purged when the store
 /// opens, in the background after every 1024 recorded results, and by
-/// [`purge_expired`](Store::purge_expired) (or [in batches](Store::purge_expired_batch)).
+/// [`purge_expired`](Store::purge_expired) (or [in batches](Inspect::purge_expired_batch)).
 /// Every purge deletes at most 500 records per
 /// transaction (whatever batch its caller asks for) and pauses between transactions, so that however large the backlog, the
 /// heartbeats of the callers running bodies (in this process or another) get through.
@@ -352,7 +353,10 @@ impl Store for SqliteStore {
     async fn purge_expired(&self) -> Result<u64, Error> {
         self.purge_in_batches(usize::MAX).await
     }
+}
 
+#[async_trait]
+impl SagaStore for SqliteStore {
     async fn write_saga(
         &self,
         saga: &Key,
@@ -388,7 +392,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl Inspect for SqliteStore {
     async fn list_records(&self, query: &RecordQuery) -> Result<Vec<Record>, Error> {
         let query = query.clone();
         self.on(Use::Read, None, move |connection| {

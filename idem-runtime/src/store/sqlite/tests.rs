@@ -1,5 +1,6 @@
 //! The SQLite store's own tests: corrupt rows, files of older and newer versions, purges.
 
+use crate::store::{Inspect, SagaStore};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -9,8 +10,8 @@ use super::inspect::list_records_sql;
 use super::open::{MIGRATIONS, SCHEMA};
 use super::records::{claim, OwnedClaim};
 use super::{SqliteStore, Use, PURGE_BATCH, SCHEMA_VERSION};
-use crate::store::OnStale;
 use crate::key::{Fingerprint, Key};
+use crate::store::OnStale;
 use crate::store::{
     Claim, Ownership, RecordKind, RecordQuery, SagaStatus, SagaWrite, Status, Store,
 };
