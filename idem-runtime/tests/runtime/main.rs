@@ -2,6 +2,7 @@
 
 mod canonical_python;
 mod key_vectors;
+mod layers;
 mod postgres;
 mod python;
 mod redis;
