@@ -5,7 +5,8 @@ use proc_macro2::TokenStream;
 use quote::ToTokens;
 use syn::visit_mut::VisitMut;
 use syn::{
-    FnArg, GenericParam, Ident, ItemFn, Pat, ReturnType, Type, TypeImplTrait, TypeReference,
+    FnArg, GenericParam, Ident, ItemFn, Pat, ReturnType, Signature, Type, TypeImplTrait,
+    TypeReference,
 };
 
 use crate::errors::Errors;
@@ -28,49 +29,70 @@ pub(crate) struct Step {
 impl Step {
     pub(crate) fn read(item: ItemFn) -> Result<Step, syn::Error> {
         let mut errors = Errors::default();
-        let sig = &item.sig;
-        if let Some(constness) = &sig.constness {
-            errors.at(constness, "a saga step cannot be a `const fn`");
+        check_signature(&item.sig, &mut errors);
+        let arguments = arguments(&item.sig, &mut errors);
+        check_output(&item.sig, &mut errors);
+        errors.finish(Step { item, arguments })
+    }
+
+    /// The type the step's future returns.
+    pub(crate) fn output(&self) -> &Type {
+        match &self.item.sig.output {
+            ReturnType::Type(_, ty) => ty,
+            ReturnType::Default => unreachable!("checked by Step::read"),
         }
-        if sig.asyncness.is_none() {
-            errors.at(
+    }
+}
+
+/// What the signature cannot be: `const`, not `async`, `unsafe`, `extern`, generic over
+/// types, variadic.
+fn check_signature(sig: &Signature, errors: &mut Errors) {
+    if let Some(constness) = &sig.constness {
+        errors.at(constness, "a saga step cannot be a `const fn`");
+    }
+    if sig.asyncness.is_none() {
+        errors.at(
                 sig.fn_token,
                 "#[saga_step] works on `async fn` only: a saga awaits each step and logs its output before the next one starts",
             );
-        }
-        if let Some(unsafety) = &sig.unsafety {
-            errors.at(
+    }
+    if let Some(unsafety) = &sig.unsafety {
+        errors.at(
                 unsafety,
                 "a saga step cannot be `unsafe`: recovery calls it by name from the saga log, where no caller upholds its safety contract",
             );
+    }
+    if let Some(abi) = &sig.abi {
+        errors.at(
+            abi,
+            "a saga step cannot be `extern`: it is a Rust `async fn` that recovery calls by name",
+        );
+    }
+    for param in &sig.generics.params {
+        if !matches!(param, GenericParam::Lifetime(_)) {
+            errors.at(param, NOT_CONCRETE);
         }
-        if let Some(abi) = &sig.abi {
-            errors.at(
-                abi,
-                "a saga step cannot be `extern`: it is a Rust `async fn` that recovery calls by name",
-            );
-        }
-        for param in &sig.generics.params {
-            if !matches!(param, GenericParam::Lifetime(_)) {
-                errors.at(param, NOT_CONCRETE);
-            }
-        }
-        if let Some(variadic) = &sig.variadic {
-            errors.at(variadic, "a saga step cannot be variadic");
-        }
-        let mut arguments = Vec::new();
-        for input in &sig.inputs {
-            let typed = match input {
-                FnArg::Receiver(receiver) => {
-                    errors.at(
+    }
+    if let Some(variadic) = &sig.variadic {
+        errors.at(variadic, "a saga step cannot be variadic");
+    }
+}
+
+/// The step's arguments, each a plain name of a type that can be logged and read back.
+fn arguments(sig: &Signature, errors: &mut Errors) -> Vec<StepArgument> {
+    let mut arguments = Vec::new();
+    for input in &sig.inputs {
+        let typed = match input {
+            FnArg::Receiver(receiver) => {
+                errors.at(
                         receiver,
                         "a saga step must be a free function: recovery calls it by name with the arguments read back from the log",
                     );
-                    continue;
-                }
-                FnArg::Typed(typed) => typed,
-            };
-            match &*typed.ty {
+                continue;
+            }
+            FnArg::Typed(typed) => typed,
+        };
+        match &*typed.ty {
                 Type::Reference(reference) if reference.mutability.is_some() => errors.at(
                     &typed.ty,
                     "a saga step cannot take a `&mut` argument: recovery calls it with arguments read back from the log, so its changes would reach no one; take the value or `&T`, and return what changed",
@@ -82,9 +104,9 @@ impl Step {
                     &typed.ty,
                     "a saga step cannot take a `&'static` argument: recovery passes a reference to the value it read back from the log, which lives only as long as the call; take `&T`",
                 ),
-                ty => FindImplTrait(&mut errors).visit_type_mut(&mut ty.clone()),
+                ty => FindImplTrait(errors).visit_type_mut(&mut ty.clone()),
             }
-            match &*typed.pat {
+        match &*typed.pat {
                 Pat::Ident(pat) if pat.subpat.is_none() && pat.by_ref.is_none() => {
                     arguments.push(StepArgument {
                         name: pat.ident.clone(),
@@ -97,8 +119,13 @@ impl Step {
                     "a saga step needs a plain name for each argument: its value is logged, then read back for recovery and the compensation",
                 ),
             }
-        }
-        match &sig.output {
+    }
+    arguments
+}
+
+/// The return type: a `Result` whose `Ok` type does not borrow.
+fn check_output(sig: &Signature, errors: &mut Errors) {
+    match &sig.output {
             ReturnType::Default => errors.at(
                 sig,
                 "a saga step returns `Result<T, E>`: add the return type (`T` is logged for the compensation, `E: From<idem::Error> + Display` carries idem's own errors)",
@@ -112,16 +139,6 @@ impl Step {
                 }
             }
         }
-        errors.finish(Step { item, arguments })
-    }
-
-    /// The type the step's future returns.
-    pub(crate) fn output(&self) -> &Type {
-        match &self.item.sig.output {
-            ReturnType::Type(_, ty) => ty,
-            ReturnType::Default => unreachable!("checked by Step::read"),
-        }
-    }
 }
 
 const NOT_CONCRETE: &str = "a saga step cannot be generic over types or constants: recovery calls it by name with the arguments read back from the log, so each argument needs one concrete type (lifetimes are fine)";
