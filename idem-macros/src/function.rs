@@ -61,10 +61,24 @@ impl Function {
                     skipped: args.skip.contains(&pat.ident),
                     by_reference: matches!(*typed.ty, Type::Reference(_)),
                 }),
-                other => errors.at(
-                    other,
-                    "#[idempotent] needs a plain name for each argument, to put it in the key or `skip` it",
-                ),
+                // `Parameters(req): Parameters<SendEmail>`, `(a, b): (u32, u32)`, `Order { id, .. }`:
+                // each name the pattern binds is an argument of the key, in order.
+                pattern => {
+                    let mut bound = Vec::new();
+                    bindings(pattern, &mut bound);
+                    if bound.is_empty() {
+                        errors.at(
+                            pattern,
+                            "#[idempotent] needs a name for each argument, to put it in the key or `skip` it: this pattern binds none",
+                        );
+                    }
+                    arguments.extend(bound.into_iter().map(|name| Argument {
+                        skipped: args.skip.contains(&name),
+                        written: name.to_token_stream(),
+                        name,
+                        by_reference: false,
+                    }));
+                }
             }
         }
         let is_async = found.is_some();
@@ -147,6 +161,27 @@ impl Function {
                 _ => {}
             }
         }
+    }
+}
+
+/// The names a pattern binds, in the order they are written (`Parameters(req)` binds `req`;
+/// `Order { id, total: amount, .. }` binds `id` and `amount`).
+fn bindings(pattern: &Pat, found: &mut Vec<Ident>) {
+    match pattern {
+        Pat::Ident(pat) => {
+            found.push(pat.ident.clone());
+            if let Some((_, sub)) = &pat.subpat {
+                bindings(sub, found);
+            }
+        }
+        Pat::TupleStruct(tuple) => tuple.elems.iter().for_each(|p| bindings(p, found)),
+        Pat::Tuple(tuple) => tuple.elems.iter().for_each(|p| bindings(p, found)),
+        Pat::Struct(strukt) => strukt.fields.iter().for_each(|f| bindings(&f.pat, found)),
+        Pat::Reference(reference) => bindings(&reference.pat, found),
+        Pat::Slice(slice) => slice.elems.iter().for_each(|p| bindings(p, found)),
+        Pat::Paren(paren) => bindings(&paren.pat, found),
+        Pat::Type(typed) => bindings(&typed.pat, found),
+        _ => {}
     }
 }
 

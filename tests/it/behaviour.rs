@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use idem::store::{MemoryStore, Store};
 use idem::{current_call, current_key, idempotent, observe, Action, Disposition, Key};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::support::{Ledger, Receipt, ToolError};
@@ -508,4 +508,51 @@ async fn a_call_dropped_inside_its_body_is_resumed_after_its_lease() {
         (2, true),
         "then replayed"
     );
+}
+
+/// An extractor, as MCP and web frameworks hand a tool its input: `Parameters(req)`.
+struct Parameters<T>(T);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Booking {
+    flight: String,
+    seat: u32,
+}
+
+#[tokio::test]
+async fn pattern_arguments_form_the_key_from_their_bindings() {
+    #[idempotent(store = store, skip = [store, ledger], name = "behaviour_book")]
+    async fn book(
+        store: &MemoryStore,
+        ledger: &Ledger,
+        Parameters(req): Parameters<Booking>,
+    ) -> Result<String, ToolError> {
+        Ok(format!(
+            "{} seat {} #{}",
+            req.flight,
+            req.seat,
+            ledger.record()
+        ))
+    }
+    let (store, ledger) = (MemoryStore::new(), Ledger::new());
+    let request = || {
+        Parameters(Booking {
+            flight: "LH-400".into(),
+            seat: 12,
+        })
+    };
+    let first = book(&store, &ledger, request()).await.unwrap();
+    let again = book(&store, &ledger, request()).await.unwrap();
+    assert_eq!(first, "LH-400 seat 12 #1");
+    assert_eq!(again, first, "replayed");
+    let other = Parameters(Booking {
+        flight: "LH-400".into(),
+        seat: 13,
+    });
+    assert_eq!(
+        book(&store, &ledger, other).await.unwrap(),
+        "LH-400 seat 13 #2",
+        "another booking is another key"
+    );
+    assert_eq!(ledger.count(), 2);
 }
