@@ -470,3 +470,61 @@ async fn a_dead_owners_call_is_settled_by_verify() {
     assert_eq!(how, Some(Disposition::Verified));
     assert_eq!(bodies(who, "pay 800"), 1);
 }
+
+/// A ticket office that deduplicates by key: recovery may run it again to learn its outcome,
+/// but never while the saga is being undone.
+#[saga_step(irreversible, rerun_safe)]
+async fn d_dedup_ticket(customer: &str) -> Result<String, ToolError> {
+    serve(customer, "ticket").await
+}
+
+/// Found in review: a saga killed while being undone (its log says compensating) with an
+/// irreversible `rerun_safe` step in doubt was recovered as a running saga would be, and the
+/// ticket was issued during the rollback.
+#[tokio::test]
+async fn recovery_of_a_saga_being_undone_never_runs_its_irreversible_step() {
+    use idem::store::{Claim, ClaimRequest, SagaStore, SagaWrite, StepRecord};
+    use idem::{Action, Fingerprint, OnStale};
+
+    let (store, who) = (MemoryStore::new(), "rd-undoing");
+    let saga = Action::new("saga").key(&(who,)).unwrap();
+    let fingerprint = Fingerprint::from(saga);
+    let request = ClaimRequest {
+        key: &saga,
+        fingerprint: &fingerprint,
+        action: "saga",
+        lease: Duration::from_millis(50),
+        ttl: Duration::from_secs(3600),
+        on_stale: OnStale::TakeOver,
+    };
+    let Claim::Acquired { token, .. } = store.claim(&request).await.unwrap() else {
+        panic!("a fresh saga is acquired");
+    };
+    // The ticket's intent is logged; its owner's code then failed and began to undo the saga,
+    // and the process died there.
+    let ticket = StepRecord {
+        index: 0,
+        name: "d_dedup_ticket".into(),
+        key: Action::new("saga_step").key(&(who, 0)).unwrap(),
+        irreversible: true,
+        args: br#"["rd-undoing"]"#.to_vec(),
+        state: StepState::Started,
+        output: None,
+        error: None,
+    };
+    let logged = store.write_saga(&saga, who, token, SagaWrite::Step(&ticket));
+    assert_eq!(logged.await.unwrap(), idem::store::Ownership::Held);
+    let undoing = SagaWrite::Status {
+        status: SagaStatus::Compensating,
+        error: Some("the ticket office timed out"),
+    };
+    let logged = store.write_saga(&saga, who, token, undoing);
+    assert_eq!(logged.await.unwrap(), idem::store::Ownership::Held);
+
+    let report = recover_when_stale(&store).await;
+    assert_eq!(report.needs_attention, [who], "{report}");
+    assert_eq!(bodies(who, "ticket"), 0, "never run during the rollback");
+    let (status, steps) = saga_status(&store, who).await;
+    assert_eq!(status, SagaStatus::NeedsAttention);
+    assert_eq!(steps[0], ("d_dedup_ticket".into(), StepState::Started));
+}

@@ -51,10 +51,19 @@ pub(crate) async fn learn(
 ) -> Learned {
     let context = run.context(def.name(), step.key, true);
     let retry = run.policy.compensation_retry;
+    // Before each try, the claim must still be this run's (a fenced heartbeat), as before each
+    // compensation: an owner that was taken over stops, rather than run the step beside the
+    // new one.
+    let owned = || async {
+        run.still_owner()
+            .await
+            .map_err(crate::saga::step::StepFailure::Idem)
+    };
     if let Some(verify) = def.verifier() {
         let asked = retry
-            .run(def.name(), 0, || {
-                in_call(context.clone(), verify(step.args.clone()))
+            .run(def.name(), 0, || async {
+                owned().await?;
+                in_call(context.clone(), verify(step.args.clone())).await
             })
             .await;
         return match asked {
@@ -71,8 +80,9 @@ pub(crate) async fn learn(
         );
     }
     let rerun = retry
-        .run(def.name(), 0, || {
-            in_call(context.clone(), def.run(step.args.clone()))
+        .run(def.name(), 0, || async {
+            owned().await?;
+            in_call(context.clone(), def.run(step.args.clone())).await
         })
         .await;
     match rerun {

@@ -313,6 +313,13 @@ where
             None,
         ),
     };
+    if run.pivot().is_some() {
+        // Past the pivot a step in doubt is settled before anyone is told to carry it
+        // forward: carried forward blind, it could happen twice.
+        if let Err(attention) = doubt::settle_doubt(&run, doubt::Settling::Rollback).await? {
+            return Err(SagaEnd::NeedsAttention(attention));
+        }
+    }
     if let Some(pivot) = run.pivot() {
         let problem = format!(
             "it failed after its irreversible step `{pivot}` succeeded, so it cannot be undone and must be carried forward: {error}"

@@ -22,9 +22,11 @@ use crate::Error;
 /// For each such saga, it takes over the claim (one recovering process per saga, however
 /// many run at once), then works from the log:
 ///
-/// 1. a step left in doubt (intent logged, no output) is run again under its own key, so that
-///    the service it calls deduplicates and answers with the first run's result: that is its
-///    output;
+/// 1. a step left in doubt (intent logged, no output) is settled: its `verify` is asked, or it
+///    is run again under its own key where that cannot make a second effect (a reversible
+///    step, or `rerun_safe`; never an irreversible step of a saga that was being undone), so
+///    that the service it calls answers with the first run's result. A step that stays in
+///    doubt leaves the saga NEEDS_ATTENTION, "may have happened", with nothing undone;
 /// 2. a saga past an irreversible step that succeeded cannot be undone: it is marked
 ///    [`Interrupted`](crate::store::SagaStatus::Interrupted) and its claim let go, for the
 ///    code that runs it to run it again (which replays the finished steps and goes on);
@@ -198,7 +200,13 @@ async fn finish(run: &Run<'_>) -> Result<Finished, SagaEnd<Error>> {
         return Err(SagaEnd::Idem(unlinked));
     }
     run.state().steps = log.steps.clone();
-    if let Err(attention) = settle_doubt(run, Settling::Recovery).await? {
+    // A saga that was being undone is settled as a rollback is: nothing runs forward.
+    let settling = if log.status == SagaStatus::Compensating {
+        Settling::Rollback
+    } else {
+        Settling::Recovery
+    };
+    if let Err(attention) = settle_doubt(run, settling).await? {
         return Err(SagaEnd::NeedsAttention(attention));
     }
     if log.status == SagaStatus::Running && run.pivot().is_some() {

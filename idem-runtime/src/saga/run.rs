@@ -195,7 +195,14 @@ impl<'a> Run<'a> {
             return steps
                 .iter()
                 .filter(|s| s.state != StepState::Done)
-                .map(|s| format!("carry `{}` (step {}) forward", s.name, s.index))
+                .map(|s| match s.state {
+                    // It may have happened: carrying it forward blind could make it twice.
+                    StepState::Started => format!(
+                        "find out whether `{}` (step {}) happened, and carry it forward only if it did not",
+                        s.name, s.index
+                    ),
+                    _ => format!("carry `{}` (step {}) forward", s.name, s.index),
+                })
                 .collect();
         }
         steps
