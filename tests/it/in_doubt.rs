@@ -435,6 +435,11 @@ async fn an_ambiguous_error_under_review_is_parked_for_an_operator() {
     let (store, who) = (MemoryStore::new(), "rd-review");
     let first = pay_reviewed(&store, who).await;
     assert!(matches!(first, Err(ToolError::Transient(_))), "{first:?}");
+    // Parked at once, by the call that met the doubt: a key nobody calls again is not left
+    // to the purge of dead claims (found in review).
+    let key = idem::Action::new("pay_reviewed").key(&(who,)).unwrap();
+    let record = store.get(&key).await.unwrap().expect("kept");
+    assert_eq!(record.status, idem::store::Status::NeedsReview);
     let again = pay_reviewed(&store, who).await;
     let Err(ToolError::Idem(message)) = again else {
         panic!("parked for review, got {again:?}");

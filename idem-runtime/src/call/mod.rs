@@ -364,8 +364,10 @@ where
     let owner = Owner {
         store,
         key,
+        fingerprint: call.fingerprint,
         token,
         action,
+        name: action.name(),
         in_doubt: AtomicBool::new(false),
     };
     // The heartbeat covers recording the outcome too: a store that is slow to take it (a

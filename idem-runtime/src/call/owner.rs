@@ -8,16 +8,20 @@ use crate::call::codec::Codec;
 use crate::call::context::{CallShared, Verified};
 use crate::call::outcome::Disposition;
 use crate::call::Failed;
+use crate::key::Fingerprint;
 use crate::key::Key;
-use crate::store::{FencingToken, Ownership, Store, StoredOutcome};
+use crate::store::{Claim, ClaimRequest, FencingToken, OnStale, Ownership, Store, StoredOutcome};
 use crate::Error;
 
 /// The caller that holds a key, and the three ways it lets go of it.
 pub(crate) struct Owner<'a> {
     pub(crate) store: &'a dyn Store,
     pub(crate) key: Key,
+    pub(crate) fingerprint: Fingerprint,
     pub(crate) token: FencingToken,
     pub(crate) action: &'a Action,
+    /// The action's name as this call knows it (a method's includes its type).
+    pub(crate) name: &'static str,
     /// The body's outcome is unknown: the claim is to be left in doubt, not released.
     pub(crate) in_doubt: AtomicBool,
 }
@@ -163,14 +167,42 @@ impl Owner<'_> {
     /// `verify`, then `on_stale`. Should the store fail, the lease runs out by itself.
     pub(crate) async fn leave_in_doubt(&self) {
         match self.store.leave_in_doubt(&self.key, self.token).await {
+            Ok(Ownership::Held) if self.action.settings().on_stale == OnStale::Review => {
+                self.park_for_review().await;
+            }
             Ok(Ownership::Held) => {
                 tracing::warn!(target: "idem", key = %self.key, "the call's outcome is unknown; the key is left in doubt");
             }
             Ok(Ownership::Lost) => {
-                tracing::warn!(target: "idem", key = %self.key, "the key was taken over before it could be left in doubt");
+                tracing::warn!(target: "idem", key = %self.key, "the key was settled or taken over before it could be left in doubt");
             }
             Err(error) => {
                 tracing::warn!(target: "idem", key = %self.key, %error, "the key could not be marked in doubt; it is in doubt once its lease runs out");
+            }
+        }
+    }
+
+    /// Parks the key left in doubt for an operator at once (`on_stale = review`), rather than
+    /// at the next call: a key nobody calls again would otherwise be purged with the dead
+    /// claims once its TTL ran out, and the doubt forgotten. The claim that parks it is the
+    /// one any next caller would make.
+    async fn park_for_review(&self) {
+        let settings = self.action.settings();
+        let request = ClaimRequest {
+            key: &self.key,
+            fingerprint: &self.fingerprint,
+            action: self.name,
+            lease: settings.lease,
+            ttl: settings.ttl,
+            on_stale: OnStale::Review,
+        };
+        match self.store.claim(&request).await {
+            Ok(Claim::NeedsReview { .. }) => {
+                tracing::warn!(target: "idem", key = %self.key, "the call's outcome is unknown; the key waits for an operator's review");
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(target: "idem", key = %self.key, %error, "the key could not be parked for review; the next call parks it");
             }
         }
     }
