@@ -131,13 +131,12 @@ pub fn call<'a>(
 
 /// The call of a method's `action` (`S` is its `Self`): the action's default name becomes
 /// `S::name` before the key is derived.
-pub fn call_method<'a, S: ?Sized>(
-    action: &'a Action,
+pub fn call_method<S: ?Sized>(
+    action: &'static Action,
     key: &[KeyArg<'_>],
     payload: Option<&[KeyArg<'_>]>,
-) -> Result<Call<'a>, Error> {
-    action.bind_self::<S>();
-    action.call_with_args(key, payload)
+) -> Result<Call<'static>, Error> {
+    action.for_self::<S>().call_with_args(key, payload)
 }
 
 pub use crate::call::ActionRegistration;

@@ -100,3 +100,98 @@ fn the_clash_error_names_both_functions() {
         "{text}"
     );
 }
+
+/// Found in review: concrete impls on one generic type (`Handler<Email>`, `Handler<Charge>`)
+/// each have a `static` action, and both were named `Handler::call` with one origin: equal
+/// arguments shared keys, and the charge was answered with the email's result.
+struct Handler<T> {
+    store: MemoryStore,
+    kind: std::marker::PhantomData<T>,
+}
+
+struct Email;
+struct Charge;
+
+static HANDLED: Ledger = Ledger::new();
+
+impl Handler<Email> {
+    #[idempotent(store = &self.store)]
+    async fn call(&self, customer: &str) -> Result<String, ToolError> {
+        Ok(format!("email #{}", HANDLED.record()))
+    }
+}
+
+impl Handler<Charge> {
+    #[idempotent(store = &self.store)]
+    async fn call(&self, customer: &str) -> Result<String, ToolError> {
+        Ok(format!("charge #{}", HANDLED.record()))
+    }
+}
+
+#[tokio::test]
+async fn impls_on_one_generic_type_do_not_share_keys() {
+    let store = MemoryStore::new();
+    let email = Handler::<Email> {
+        store: store.clone(),
+        kind: std::marker::PhantomData,
+    };
+    let charge = Handler::<Charge> {
+        store: store.clone(),
+        kind: std::marker::PhantomData,
+    };
+    assert!(email.call("id-7").await.unwrap().starts_with("email"));
+    assert!(charge.call("id-7").await.unwrap().starts_with("charge"));
+    let records = store.list_records(&RecordQuery::new()).await.unwrap();
+    let mut actions: Vec<String> = records.into_iter().map(|r| r.action).collect();
+    actions.sort();
+    assert_eq!(actions, ["Handler<Charge>::call", "Handler<Email>::call"]);
+}
+
+/// Found in review: one `static` serves every implementor of a trait's default method, and
+/// the first implementor called named it for all.
+trait Tool {
+    const EFFECT: &'static str;
+    fn store(&self) -> &MemoryStore;
+
+    #[idempotent(store = self.store())]
+    async fn call(&self, customer: &str) -> Result<String, ToolError> {
+        Ok(format!("{} #{}", Self::EFFECT, HANDLED.record()))
+    }
+}
+
+struct Notify(MemoryStore);
+struct Refund(MemoryStore);
+
+impl Tool for Notify {
+    const EFFECT: &'static str = "notify";
+    fn store(&self) -> &MemoryStore {
+        &self.0
+    }
+}
+
+impl Tool for Refund {
+    const EFFECT: &'static str = "refund";
+    fn store(&self) -> &MemoryStore {
+        &self.0
+    }
+}
+
+#[tokio::test]
+async fn implementors_of_a_default_method_do_not_share_keys() {
+    let store = MemoryStore::new();
+    let (notify, refund) = (Notify(store.clone()), Refund(store.clone()));
+    assert!(notify.call("id-9").await.unwrap().starts_with("notify"));
+    assert!(
+        refund.call("id-9").await.unwrap().starts_with("refund"),
+        "run, not replayed"
+    );
+    let again = refund.call("id-9").await.unwrap();
+    assert!(
+        again.starts_with("refund"),
+        "its own result replayed: {again}"
+    );
+    let records = store.list_records(&RecordQuery::new()).await.unwrap();
+    let mut actions: Vec<String> = records.into_iter().map(|r| r.action).collect();
+    actions.sort();
+    assert_eq!(actions, ["Notify::call", "Refund::call"]);
+}

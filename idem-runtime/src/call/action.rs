@@ -84,8 +84,10 @@ pub struct Action {
     /// Whether `name` is a method's bare name, to be prefixed with its `Self` type at its
     /// first call (`SendEmail::call`).
     prefixed: bool,
-    /// A method's name and origin once its type is known.
-    bound: OnceLock<(&'static str, &'static str)>,
+    /// A method action's first `Self` type (its `type_name`) and the action made for it; the
+    /// actions of other `Self` types (a trait's default method, instantiations of a generic
+    /// impl) are found in `identity::for_self`.
+    bound: OnceLock<(&'static str, &'static Action)>,
     /// The answer of the identity check, once made (`Some`: the clashing functions).
     checked: OnceLock<Option<(String, String)>>,
     deriver: OnceLock<KeyDeriver>,
@@ -181,9 +183,9 @@ impl Action {
     }
 
     /// The action's name (part of every key). A method's default name includes its `Self`
-    /// type (`SendEmail::call`) once it has been called.
-    pub fn name(&self) -> &'static str {
-        self.bound.get().map_or(self.name, |(name, _)| name)
+    /// type (`SendEmail::call`): its calls run under an action of that name.
+    pub const fn name(&self) -> &'static str {
+        self.name
     }
 
     /// `namespace/name@version`: what makes the action's keys.
@@ -196,31 +198,58 @@ impl Action {
         (!self.method).then(|| self.identity())
     }
 
-    /// The function the action belongs to, once known.
+    /// The function the action belongs to.
     pub(crate) fn origin(&self) -> Option<&'static str> {
-        self.bound.get().map(|(_, origin)| *origin).or(self.origin)
+        self.origin
     }
 
-    /// Learns a method action's `Self` type (the type `S`): its name becomes `S::name`.
-    pub(crate) fn bind_self<S: ?Sized>(&self) {
+    /// The action a method's call runs under, for its `Self` type `S`: the same settings, the
+    /// name `S::method` unless `name = …` fixed it, and `S`'s path as its origin. Each `Self`
+    /// type has its own (made once): one `static` serves every implementor of a trait's default
+    /// method and every instantiation of a generic impl, and they must not share keys.
+    pub(crate) fn for_self<S: ?Sized>(&'static self) -> &'static Action {
         if !self.method {
-            return;
+            return self;
         }
-        self.bound.get_or_init(|| {
-            let full = std::any::type_name::<S>();
-            let short = crate::call::identity::short_type_name(full);
-            let path = crate::call::identity::type_path(full);
-            let function = self
-                .origin
-                .map_or(self.name, |o| o.rsplit("::").next().unwrap_or(o));
-            let name: &'static str = if self.prefixed {
-                Box::leak(format!("{short}::{}", self.name).into_boxed_str())
-            } else {
-                self.name
-            };
-            let origin: &'static str = Box::leak(format!("{path}::{function}").into_boxed_str());
-            (name, origin)
-        });
+        let type_name = std::any::type_name::<S>();
+        if let Some((bound, action)) = self.bound.get() {
+            if std::ptr::eq(*bound, type_name) || *bound == type_name {
+                return action;
+            }
+            return crate::call::identity::for_self(self, type_name);
+        }
+        let action = crate::call::identity::for_self(self, type_name);
+        let _ = self.bound.set((type_name, action));
+        action
+    }
+
+    /// The action of this method for the `Self` type named `type_name`, made anew (leaked
+    /// once per type by `identity::for_self`).
+    pub(crate) fn made_for(&self, type_name: &str) -> Action {
+        let function = self
+            .origin
+            .map_or(self.name, |o| o.rsplit("::").next().unwrap_or(o));
+        let (name, origin) = if self.prefixed {
+            let short = crate::call::identity::short_type_name(type_name);
+            (
+                format!("{short}::{}", self.name),
+                format!("{type_name}::{function}"),
+            )
+        } else {
+            // A name fixed by `name = …` is one action for every instantiation of the type.
+            let path = crate::call::identity::type_path(type_name);
+            (self.name.to_owned(), format!("{path}::{function}"))
+        };
+        Action {
+            name: Box::leak(name.into_boxed_str()),
+            origin: Some(Box::leak(origin.into_boxed_str())),
+            method: false,
+            prefixed: false,
+            bound: OnceLock::new(),
+            checked: OnceLock::new(),
+            deriver: OnceLock::new(),
+            ..*self
+        }
     }
 
     /// Refuses to derive keys for an action whose identity another function has.

@@ -83,11 +83,38 @@ pub(crate) fn check(identity: String, origin: &str) -> Result<(), Error> {
     }
 }
 
-/// `crate::tools::SendEmail<crate::Mail>` → `SendEmail`: the last segment of a type's path,
-/// without its generic arguments (one action for every instantiation of a generic impl).
-pub(crate) fn short_type_name(full: &str) -> &str {
-    let base = full.split('<').next().unwrap_or(full);
-    base.rsplit("::").next().unwrap_or(base)
+/// `crate::tools::Handler<crate::tools::SendEmail>` → `Handler<SendEmail>`: the type as
+/// written in its own module, every path shortened to its last segment (generic arguments
+/// kept: `Handler<SendEmail>` and `Handler<ChargeCard>` are two tools).
+pub(crate) fn short_type_name(full: &str) -> String {
+    let mut short = String::with_capacity(full.len());
+    let mut segment = String::new();
+    let mut chars = full.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ':' && chars.peek() == Some(&':') {
+            chars.next();
+            segment.clear(); // a path segment before `::`: dropped
+        } else if c.is_alphanumeric() || c == '_' {
+            segment.push(c);
+        } else {
+            short.push_str(&segment);
+            segment.clear();
+            short.push(c);
+        }
+    }
+    short.push_str(&segment);
+    short
+}
+
+/// The actions made for each method's `Self` types beyond the first (see
+/// `Action::for_self`), by the method's `static` and the type's name.
+pub(crate) fn for_self(method: &'static Action, type_name: &'static str) -> &'static Action {
+    static MADE: OnceLock<Mutex<HashMap<(usize, &'static str), &'static Action>>> = OnceLock::new();
+    let made = MADE.get_or_init(Mutex::default);
+    let mut made = made.lock().unwrap_or_else(PoisonError::into_inner);
+    let at = std::ptr::from_ref(method) as usize;
+    made.entry((at, type_name))
+        .or_insert_with(|| Box::leak(Box::new(method.made_for(type_name))))
 }
 
 /// `crate::tools::SendEmail<crate::Mail>` → `crate::tools::SendEmail`.
@@ -104,7 +131,11 @@ mod tests {
         assert_eq!(short_type_name("app::tools::SendEmail"), "SendEmail");
         assert_eq!(
             short_type_name("app::Wrapper<alloc::string::String>"),
-            "Wrapper"
+            "Wrapper<String>"
+        );
+        assert_eq!(
+            short_type_name("app::Handler<app::tools::Pair<u8, &str>>"),
+            "Handler<Pair<u8, &str>>"
         );
         assert_eq!(short_type_name("Plain"), "Plain");
         assert_eq!(type_path("app::Wrapper<app::Inner>"), "app::Wrapper");
