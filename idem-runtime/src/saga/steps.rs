@@ -361,7 +361,8 @@ enum Forward {
 }
 
 /// Settles a step in doubt before the saga goes on: its `verify` first (once: the saga's code
-/// decides whether to try again), else a run again where that is safe.
+/// cannot go on past a step in doubt: it is settled by the rollback, with retries), else a run
+/// again where that is safe.
 async fn settle_forward(run: &Run<'_>, def: &'static StepDef, step: &StepRecord) -> Forward {
     if let Some(verify) = def.verifier() {
         let context = run.context(def.name(), step.key, true);
