@@ -7,6 +7,7 @@ pub(crate) mod default_store;
 mod give_back;
 pub(crate) mod heartbeat;
 mod identity;
+pub(crate) mod metrics;
 mod outcome;
 mod owner;
 
@@ -17,6 +18,7 @@ use std::time::Instant;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tracing::Instrument;
 
 pub use action::{Action, ActionSettings, OnConflict};
 pub(crate) use codec::FinalErrors;
@@ -32,6 +34,7 @@ use crate::Error;
 use codec::replay;
 use context::{in_call, report};
 use heartbeat::with_heartbeat;
+use metrics::Meter;
 use owner::Owner;
 
 /// One call of an [`Action`]: its key and payload fingerprint, ready to [`run`](Call::run).
@@ -174,7 +177,8 @@ impl<E> Failed<E> {
     }
 }
 
-/// The protocol, with the call's event and the report to [`observe`](crate::observe).
+/// The protocol in the call's span, with the call's event, its metrics (feature `metrics`)
+/// and the report to [`observe`](crate::observe).
 pub(crate) async fn execute<R, T, E, F>(
     call: Call<'_>,
     store: &dyn Store,
@@ -186,9 +190,15 @@ where
 {
     // Two reads of the clock are a good part of a fast call's cost: skip them when nobody
     // listens to the event (no subscriber, or one that filters `idem` out). A subscriber
-    // installed while a call runs sees `elapsed_us = 0` for that call.
+    // installed while a call runs sees `elapsed_us = 0` for that call. The histograms of the
+    // `metrics` feature share this read, or make their own (`Meter`); without the feature,
+    // `Meter` is empty. The span is only built when a subscriber takes it.
     let started = call_event_enabled().then(Instant::now);
-    let result = protocol(call, store, codec, body).await;
+    let meter = Meter::start(started);
+    let span = metrics::span(call.action.name(), &call.key);
+    let result = protocol(call, store, codec, body, meter)
+        .instrument(span)
+        .await;
     let (outcome, failed) = match &result {
         Ok((_, disposition)) => {
             report(*disposition);
@@ -200,6 +210,7 @@ where
         }
         Err(failed) => (failed.outcome(), true),
     };
+    metrics::count(call.action.name(), outcome, failed);
     tracing::info!(
         target: "idem",
         action = call.action.name(),
@@ -217,10 +228,12 @@ where
 /// The event of a call that failed before it could claim its key (no store, arguments with
 /// no JSON form): the same event as [`execute`]'s, without the key it never had.
 pub(crate) fn failed_before_claim(action: &Action, error: &Error) {
+    let outcome = "error";
+    metrics::count(action.name(), outcome, true);
     tracing::info!(
         target: "idem",
         action = action.name(),
-        outcome = "error",
+        outcome,
         failed = true,
         error = %error,
         "idempotent call",
@@ -241,12 +254,17 @@ async fn protocol<R, T, E, F>(
     store: &dyn Store,
     codec: &Codec<R, T, E>,
     body: F,
+    meter: Meter,
 ) -> Result<(T, Disposition), Failed<E>>
 where
     F: Future<Output = R>,
 {
-    match claim(call, store).await? {
-        Claimed::Owner { token, resumed } => run(call, store, codec, token, resumed, body).await,
+    let claimed = claim(call, store).await;
+    let meter = meter.claimed(call.action.name());
+    match claimed? {
+        Claimed::Owner { token, resumed } => {
+            run(call, store, codec, token, resumed, body, meter).await
+        }
         Claimed::Recorded { outcome, how } => replay(outcome, codec, &call.key, how),
     }
 }
@@ -349,6 +367,7 @@ async fn run<R, T, E, F>(
     token: FencingToken,
     resumed: bool,
     body: F,
+    meter: Meter,
 ) -> Result<(T, Disposition), Failed<E>>
 where
     F: Future<Output = R>,
@@ -374,6 +393,7 @@ where
     // busy file, retries) does not let the lease run out under a live owner.
     let run_and_settle = async {
         let output = in_call(context, body).await;
+        meter.body_ended(action.name());
         owner.settle(codec, output, how, &shared).await
     };
     let lease = action.settings().lease;

@@ -3,6 +3,8 @@
 mod canonical_python;
 mod key_vectors;
 mod layers;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod postgres;
 mod python;
 mod redis;
