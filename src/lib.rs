@@ -79,6 +79,10 @@ pub use idem_runtime::{
 };
 pub use idem_runtime::{recover, Recover, RecoveryReport, Retry, Saga, StepCall, Steps};
 
+/// The names of the metrics idem records (feature `metrics`), and `describe()`.
+#[cfg(feature = "metrics")]
+pub use idem_runtime::metrics;
+
 /// Where idem keeps its records: the [`Store`](store::Store) trait and its stores.
 pub mod store {
     pub use idem_runtime::store::*;
