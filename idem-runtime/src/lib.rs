@@ -46,6 +46,9 @@ pub mod store;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+#[cfg(feature = "http")]
+pub mod http;
+
 #[doc(hidden)]
 pub mod private;
 

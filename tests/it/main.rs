@@ -14,6 +14,7 @@ mod example_payment_agent;
 mod examples;
 mod faulty_store;
 mod fleet;
+mod http;
 mod identity;
 mod in_doubt;
 mod processes;

@@ -13,6 +13,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("call", 2),
     ("saga", 3),
     ("private", 4),
+    ("http", 3),
     ("conformance", 5),
 ];
 
