@@ -118,8 +118,8 @@ impl<'a> Steps<'a> {
             return Err(E::from(run.broke(error)));
         }
         running.armed = true;
-        let result = run_body(run, def, &intent, in_doubt, body).await;
-        log_outcome(run, intent, in_doubt, &result, &mut running).await?;
+        let (result, happened) = run_body(run, def, &intent, in_doubt, body).await;
+        log_outcome(run, intent, in_doubt || happened, &result, &mut running).await?;
         result
     }
 
@@ -384,17 +384,20 @@ async fn settle_forward(run: &Run<'_>, def: &'static StepDef, step: &StepRecord)
 }
 
 /// Runs the step's body under its key; past an irreversible step that succeeded, a failure is
-/// retried forward with the saga's `forward_retry` policy (nothing can be undone there).
+/// retried forward with the saga's `forward_retry` policy (nothing can be undone there). The
+/// flag says that an error may hide an effect that happened (a retry whose output does not
+/// read back): the step is then left in doubt, not logged as failed.
 async fn run_body<F, T, E>(
     run: &Run<'_>,
     def: &'static StepDef,
     intent: &StepRecord,
     resumed: bool,
     body: F,
-) -> Result<T, E>
+) -> (Result<T, E>, bool)
 where
     F: Future<Output = Result<T, E>>,
     T: DeserializeOwned,
+    E: From<Error>,
 {
     let name = def.name();
     let context = run.context(name, intent.key, resumed);
@@ -412,11 +415,21 @@ where
                 })
                 .await;
             match retried.map(|bytes| serde_json::from_slice::<T>(&bytes)) {
-                Ok(Ok(value)) => Ok(value),
-                _ => Err(error),
+                Ok(Ok(value)) => (Ok(value), false),
+                // The retry ran the step, and its output does not read back: it happened, so
+                // it is not logged as failed (a rollback would skip it), but left in doubt.
+                Ok(Err(decode)) => (
+                    Err(E::from(Error::codec(
+                        "the output of a saga step run again",
+                        Some(&intent.key),
+                        decode,
+                    ))),
+                    true,
+                ),
+                Err(_) => (Err(error), false),
             }
         }
-        result => result,
+        result => (result, false),
     }
 }
 
