@@ -4,11 +4,13 @@
 //! that timed out is sent again, a session that dropped is opened again, a restarted agent
 //! replays the step it was on, two copies of an agent work the same task. This server offers
 //! three tools with real side effects, `send_email`, `charge_card` and `create_ticket`, over
-//! stdio with `rmcp`, the official Rust SDK. Each tool calls an `#[idempotent]` function
-//! on a SQLite store, so every duplicate, from the same session or from another server
-//! process on the same file, gets the first call's answer (the same message, charge or ticket
+//! stdio with `rmcp`, the official Rust SDK. Each tool is one method, `#[idempotent]` and
+//! `#[tool]` stacked, on a SQLite store, so every duplicate `tools/call` (a new JSON-RPC id,
+//! the same arguments), from the same session or from another server process on the same
+//! file, gets the first call's `CallToolResult` (the same message, charge, decline or ticket
 //! id) and nothing is sent, charged or filed twice. The tools say so to the client
-//! (`idempotentHint`).
+//! (`idempotentHint`). idem's refusals reach the client as MCP errors naming the key (feature
+//! `rmcp`).
 //!
 //! The mail relay, the payment provider and the ticket tracker are fakes that append one line
 //! per real effect to a ledger file, so the effects of every server process can be counted.
@@ -50,10 +52,12 @@ use std::sync::Arc;
 
 use idem::idempotent;
 use idem::store::SqliteStore;
+use rmcp::handler::server::common::schema_for_output;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{CallToolResult, ContentBlock};
 use rmcp::transport::stdio;
-use rmcp::{tool, tool_handler, tool_router, Json, ServerHandler, ServiceExt};
+use rmcp::{tool, tool_handler, tool_router, ErrorData, ServerHandler, ServiceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
@@ -96,36 +100,6 @@ struct Ticket {
     title: String,
 }
 
-/// What goes wrong in a tool: idem refusing a call, or a service failing.
-#[derive(Debug)]
-enum ToolError {
-    Idem(idem::Error),
-    Service(std::io::Error),
-}
-
-impl From<idem::Error> for ToolError {
-    fn from(error: idem::Error) -> Self {
-        ToolError::Idem(error)
-    }
-}
-
-impl From<std::io::Error> for ToolError {
-    fn from(error: std::io::Error) -> Self {
-        ToolError::Service(error)
-    }
-}
-
-impl std::fmt::Display for ToolError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ToolError::Idem(error) => write!(f, "{error}"),
-            ToolError::Service(error) => write!(f, "the service failed: {error}"),
-        }
-    }
-}
-
-impl std::error::Error for ToolError {}
-
 // ---- The services: fakes that write down every real effect ---------------------------------
 
 /// The outside world the tools act on: a mail relay, a payment provider, a ticket tracker.
@@ -137,7 +111,7 @@ struct Services {
 }
 
 impl Services {
-    async fn send_mail(&self, to: &str, subject: &str, body: &str) -> Result<String, ToolError> {
+    async fn send_mail(&self, to: &str, subject: &str, body: &str) -> std::io::Result<String> {
         let message_id = format!("<{}@mail.example.com>", fresh_hex());
         self.record(&format!(
             "email {message_id} to={to} subject={subject:?} bytes={}",
@@ -156,7 +130,7 @@ impl Services {
         order_id: &str,
         amount_cents: u64,
         idempotency_key: &str,
-    ) -> Result<String, ToolError> {
+    ) -> std::io::Result<String> {
         let charge_id = format!("ch_{}", fresh_hex());
         self.record(&format!(
             "charge {charge_id} customer={customer_id} order={order_id} \
@@ -167,7 +141,25 @@ impl Services {
         Ok(charge_id)
     }
 
-    async fn open_ticket(&self, title: &str, body: &str) -> Result<String, ToolError> {
+    /// The provider declines a charge over the card's limit; a decline is written down too.
+    async fn decline(
+        &self,
+        customer_id: &str,
+        order_id: &str,
+        amount_cents: u64,
+        idempotency_key: &str,
+    ) -> std::io::Result<String> {
+        let decline_id = format!("dc_{}", fresh_hex());
+        self.record(&format!(
+            "decline {decline_id} customer={customer_id} order={order_id} amount_cents={amount_cents} \
+             idempotency_key={idempotency_key}"
+        ))
+        .await?;
+        tracing::info!(target: "mcp_server", %decline_id, %customer_id, amount_cents, "payments: declined");
+        Ok(decline_id)
+    }
+
+    async fn open_ticket(&self, title: &str, body: &str) -> std::io::Result<String> {
         let ticket_id = format!("TCK-{}", fresh_hex()[..8].to_uppercase());
         self.record(&format!(
             "ticket {ticket_id} title={title:?} bytes={}",
@@ -203,70 +195,18 @@ fn fresh_hex() -> String {
     format!("{:016x}", hasher.finish())
 }
 
-// ---- The side effects, each run once per key -----------------------------------------------
+// ---- The MCP server: each tool one definition, `#[idempotent]` above `#[tool]` ---------------
 //
-// Plain async functions, independent of MCP: the tools below are thin adapters. Each has a
-// fixed `name`, so that renaming the function keeps its keys, and leaves the service handle
-// out of the key (`skip`).
+// `#[idempotent]` is written above `#[tool]`: attributes apply top first, and `#[tool]` turns
+// the `async fn` into one returning a boxed future, which `#[idempotent]` would not take. The
+// key is made of what `Parameters(…)` binds (the request's fields, as JSON); the service handle
+// is `&self`, never part of a key. Each tool has a fixed `name`, so that renaming the method
+// keeps its keys. A tool returns `Result<CallToolResult, ErrorData>`: the `CallToolResult` is
+// recorded and replayed as it is, and idem's own errors (`In progress`, other arguments under
+// the same key, waiting for review) become MCP errors through the `rmcp` feature's
+// `From<idem::Error> for ErrorData`.
 
-/// The same email to the same person (recipient, subject and body) is sent once a day.
-#[idempotent(name = "send_email", ttl = "24h", skip = [mail])]
-async fn send_email(
-    mail: &Services,
-    to: &str,
-    subject: &str,
-    body: &str,
-) -> Result<EmailReceipt, ToolError> {
-    let message_id = mail.send_mail(to, subject, body).await?;
-    Ok(EmailReceipt {
-        message_id,
-        to: to.to_owned(),
-    })
-}
-
-/// An order is charged once. The key is the customer and the order; the amount is the
-/// payload, so the same order with another amount is refused (`PayloadMismatch`) instead of
-/// charged again or answered with the first charge. A charge interrupted by a crash waits for
-/// an operator (`on_stale = review`) rather than risk a second one.
-#[idempotent(
-    name = "charge_card",
-    key = [customer_id, order_id],
-    skip = [payments],
-    ttl = "30d",
-    on_stale = review
-)]
-async fn charge_card(
-    payments: &Services,
-    customer_id: &str,
-    order_id: &str,
-    amount_cents: u64,
-) -> Result<Charge, ToolError> {
-    let key = idem::current_key()
-        .map(|key| key.to_string())
-        .unwrap_or_default();
-    let charge_id = payments
-        .charge(customer_id, order_id, amount_cents, &key)
-        .await?;
-    Ok(Charge {
-        charge_id,
-        order_id: order_id.to_owned(),
-        amount_cents,
-    })
-}
-
-/// The same ticket (title and body) is filed once a day.
-#[idempotent(name = "create_ticket", ttl = "24h", skip = [tracker])]
-async fn create_ticket(tracker: &Services, title: &str, body: &str) -> Result<Ticket, ToolError> {
-    let ticket_id = tracker.open_ticket(title, body).await?;
-    Ok(Ticket {
-        ticket_id,
-        title: title.to_owned(),
-    })
-}
-
-// ---- The MCP server ------------------------------------------------------------------------
-
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 struct SendEmailParams {
     /// The recipient's address.
     to: String,
@@ -274,7 +214,7 @@ struct SendEmailParams {
     body: String,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 struct ChargeCardParams {
     /// The customer whose card on file is charged.
     customer_id: String,
@@ -284,13 +224,29 @@ struct ChargeCardParams {
     amount_cents: u64,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 struct CreateTicketParams {
     title: String,
     body: String,
 }
 
-/// The tool server: MCP in front, idempotent functions behind.
+/// The largest charge the fake provider accepts: above it, the card is declined.
+const CARD_LIMIT_CENTS: u64 = 1_000_000;
+
+/// A failing service, as the MCP error of the call: the key is released, so a retry runs
+/// the tool again.
+fn service_failed(error: std::io::Error) -> ErrorData {
+    ErrorData::internal_error(format!("the service failed: {error}"), None)
+}
+
+/// A structured answer (its text too, for clients that read only text).
+fn answer(value: &impl Serialize) -> Result<CallToolResult, ErrorData> {
+    let value = serde_json::to_value(value)
+        .map_err(|error| ErrorData::internal_error(error.to_string(), None))?;
+    Ok(CallToolResult::structured(value))
+}
+
+/// The tool server: each tool is idempotent itself.
 #[derive(Debug, Clone)]
 struct AgentTools {
     services: Services,
@@ -306,6 +262,8 @@ impl AgentTools {
         }
     }
 
+    /// The same email to the same person (recipient, subject and body) is sent once a day.
+    #[idempotent(name = "send_email", ttl = "24h")]
     #[tool(
         description = "Send an email. Safe to retry: the same recipient, subject and body \
                        are sent once, and every retry gets the first call's receipt.",
@@ -313,46 +271,90 @@ impl AgentTools {
             idempotent_hint = true,
             destructive_hint = false,
             open_world_hint = true
-        )
+        ),
+        output_schema = schema_for_output::<EmailReceipt>()
     )]
     async fn send_email(
         &self,
         Parameters(email): Parameters<SendEmailParams>,
-    ) -> Result<Json<EmailReceipt>, String> {
-        send_email(&self.services, &email.to, &email.subject, &email.body)
+    ) -> Result<CallToolResult, ErrorData> {
+        let message_id = self
+            .services
+            .send_mail(&email.to, &email.subject, &email.body)
             .await
-            .map(Json)
-            .map_err(|error| error.to_string())
+            .map_err(service_failed)?;
+        answer(&EmailReceipt {
+            message_id,
+            to: email.to,
+        })
     }
 
+    /// An order is charged once. The key is the customer and the order; the amount is the
+    /// payload, so the same order with another amount is refused (`PayloadMismatch`, an
+    /// `invalid_params` error) instead of charged again or answered with the first charge. A
+    /// charge interrupted by a crash waits for an operator (`on_stale = review`) rather than
+    /// risk a second one. A declined card is an answer (`isError`), recorded like a charge:
+    /// a retry is told the same decline, and the card is not tried again.
+    #[idempotent(
+        name = "charge_card",
+        key = [charge.customer_id, charge.order_id],
+        ttl = "30d",
+        on_stale = review
+    )]
     #[tool(
         description = "Charge the customer's card for an order. Safe to retry: an order is \
-                       charged once, and every retry gets the first charge. The same order \
-                       with another amount is refused.",
+                       charged once, and every retry gets the first charge (or the first \
+                       decline). The same order with another amount is refused.",
         annotations(
             idempotent_hint = true,
             destructive_hint = false,
             open_world_hint = true
-        )
+        ),
+        output_schema = schema_for_output::<Charge>()
     )]
     async fn charge_card(
         &self,
         Parameters(charge): Parameters<ChargeCardParams>,
-    ) -> Result<Json<Charge>, String> {
-        let (customer, order) = (&charge.customer_id, &charge.order_id);
-        charge_card(&self.services, customer, order, charge.amount_cents)
+    ) -> Result<CallToolResult, ErrorData> {
+        // The provider is told the call's key, as real payment APIs are.
+        let key = idem::current_key()
+            .map(|key| key.to_string())
+            .unwrap_or_default();
+        let payments = &self.services;
+        if charge.amount_cents > CARD_LIMIT_CENTS {
+            let decline_id = payments
+                .decline(
+                    &charge.customer_id,
+                    &charge.order_id,
+                    charge.amount_cents,
+                    &key,
+                )
+                .await
+                .map_err(service_failed)?;
+            return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                "card declined ({decline_id}): {} cents for order {} is over the card's \
+                 limit; nothing was charged",
+                charge.amount_cents, charge.order_id
+            ))]));
+        }
+        let charge_id = payments
+            .charge(
+                &charge.customer_id,
+                &charge.order_id,
+                charge.amount_cents,
+                &key,
+            )
             .await
-            .map(Json)
-            .map_err(|error| match error {
-                // Said so that the model can tell what to do next.
-                ToolError::Idem(idem::Error::PayloadMismatch { .. }) => format!(
-                    "order {order} of {customer} was already charged with another amount: \
-                     refused, nothing charged ({error})"
-                ),
-                error => error.to_string(),
-            })
+            .map_err(service_failed)?;
+        answer(&Charge {
+            charge_id,
+            order_id: charge.order_id,
+            amount_cents: charge.amount_cents,
+        })
     }
 
+    /// The same ticket (title and body) is filed once a day.
+    #[idempotent(name = "create_ticket", ttl = "24h")]
     #[tool(
         description = "File a support ticket. Safe to retry: the same title and body are \
                        filed once, and every retry gets the first ticket.",
@@ -360,16 +362,22 @@ impl AgentTools {
             idempotent_hint = true,
             destructive_hint = false,
             open_world_hint = true
-        )
+        ),
+        output_schema = schema_for_output::<Ticket>()
     )]
     async fn create_ticket(
         &self,
         Parameters(ticket): Parameters<CreateTicketParams>,
-    ) -> Result<Json<Ticket>, String> {
-        create_ticket(&self.services, &ticket.title, &ticket.body)
+    ) -> Result<CallToolResult, ErrorData> {
+        let ticket_id = self
+            .services
+            .open_ticket(&ticket.title, &ticket.body)
             .await
-            .map(Json)
-            .map_err(|error| error.to_string())
+            .map_err(service_failed)?;
+        answer(&Ticket {
+            ticket_id,
+            title: ticket.title,
+        })
     }
 }
 

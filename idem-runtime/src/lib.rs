@@ -49,6 +49,10 @@ pub mod conformance;
 #[cfg(feature = "http")]
 pub mod http;
 
+// Feature `rmcp`: `From<Error> for rmcp::ErrorData` (an impl, nothing to name).
+#[cfg(feature = "rmcp")]
+mod rmcp;
+
 #[doc(hidden)]
 pub mod private;
 

@@ -1,7 +1,10 @@
 //! The MCP tool server example, driven by a client nobody here wrote: the official MCP
 //! Python SDK (`mcp` from PyPI), through `tests/mcp/client.py`. Two sessions, two server
-//! processes on one SQLite file, each tool called again and again with the same arguments:
-//! every answer must be the first one, and the services must have acted once per call.
+//! processes on one SQLite file, each tool (one method, `#[idempotent]` and `#[tool]`
+//! stacked) called again and again with the same arguments, each call a new JSON-RPC
+//! request: every answer must be the first one (a declined card, `isError`, included), idem's
+//! refusal must arrive as an MCP error naming the key, and the services must have acted once
+//! per call.
 //!
 //! The interpreter is `$IDEM_PYTHON`, else `python3`. Without it or without the `mcp`
 //! package the test says why and skips; under `CI=true` it fails instead.
@@ -123,17 +126,20 @@ fn mcp_server_answers_repeated_calls_from_two_sessions_with_one_effect_each() {
     // Every call with the same tool and arguments got the same answer, in both sessions.
     let calls = report["calls"].as_array().expect("calls");
     let mut answers: BTreeMap<(String, String), Vec<(&Value, &Value)>> = BTreeMap::new();
+    let mut declined = Vec::new();
     let mut refused = Vec::new();
     for call in calls {
-        if call["is_error"] == true {
+        if call.get("error").is_some() {
             refused.push(call);
-            continue;
+        } else if call["is_error"] == true {
+            declined.push(call);
+        } else {
+            let tool = call["tool"].as_str().expect("a tool name").to_owned();
+            answers
+                .entry((tool, call["arguments"].to_string()))
+                .or_default()
+                .push((&call["session"], &call["answer"]));
         }
-        let tool = call["tool"].as_str().expect("a tool name").to_owned();
-        answers
-            .entry((tool, call["arguments"].to_string()))
-            .or_default()
-            .push((&call["session"], &call["answer"]));
     }
     assert_eq!(answers.len(), 3, "one distinct call per tool: {calls:#?}");
     for ((tool, arguments), seen) in &answers {
@@ -158,17 +164,49 @@ fn mcp_server_answers_repeated_calls_from_two_sessions_with_one_effect_each() {
         }
     }
 
-    // The same order with another amount is refused, not charged and not replayed.
+    // A result with `isError` (the card declined) is an answer: recorded and replayed like
+    // any result, to the retry and to the other session; the card was tried once.
+    assert_eq!(
+        declined.len(),
+        3,
+        "three calls of the declined charge: {declined:#?}"
+    );
+    for call in &declined {
+        assert_eq!(call["tool"], "charge_card");
+        assert_eq!(
+            call["text"], declined[0]["text"],
+            "the first decline, replayed ({sdk})"
+        );
+    }
+    assert!(
+        declined[0]["text"]
+            .to_string()
+            .contains("card declined (dc_"),
+        "the decline says so: {}",
+        declined[0]
+    );
+    assert_eq!(declined[2]["session"], 2);
+
+    // The same order with another amount is refused with an MCP error (invalid params) that
+    // names the key: not charged and not replayed.
     assert_eq!(refused.len(), 1, "exactly one refused call: {refused:#?}");
     let refusal = refused[0];
     assert_eq!(refusal["tool"], "charge_card");
     assert_eq!(refusal["session"], 2);
+    let error = &refusal["error"];
+    assert_eq!(error["code"], -32602, "invalid params: {refusal}");
     assert!(
-        refusal["text"]
-            .to_string()
-            .contains("already charged with another amount"),
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("first called with different arguments")),
         "the refusal says why: {refusal}"
     );
+    assert_eq!(error["data"]["idem"], "payload_mismatch", "{refusal}");
+    assert_eq!(error["data"]["retry"], false, "{refusal}");
+    let key = error["data"]["key"]
+        .as_str()
+        .expect("the key in the error's data");
+    assert_eq!(key.len(), 64, "{refusal}");
 
     // The services acted once per distinct call, and the answers name those effects.
     let ledger = std::fs::read_to_string(&ledger).expect("the services' ledger");
@@ -185,6 +223,10 @@ fn mcp_server_answers_repeated_calls_from_two_sessions_with_one_effect_each() {
         ("ticket", "create_ticket", "ticket_id"),
     ] {
         let lines = effects(&ledger, kind);
+        if kind == "charge" {
+            // The charge was made under the key the refusal names (sent downstream).
+            assert!(lines.iter().all(|line| line.contains(key)), "{ledger}");
+        }
         assert_eq!(
             lines.len(),
             1,
@@ -196,9 +238,16 @@ fn mcp_server_answers_repeated_calls_from_two_sessions_with_one_effect_each() {
             "the answer of {tool} names the effect ({id}):\n{ledger}"
         );
     }
+    let declines = effects(&ledger, "decline");
+    assert_eq!(declines.len(), 1, "the card was tried once:\n{ledger}");
+    let decline_id = declines[0].split_whitespace().nth(1).expect("a decline id");
+    assert!(
+        declined[0]["text"].to_string().contains(decline_id),
+        "the decline replayed is the provider's one:\n{ledger}"
+    );
     assert_eq!(
         ledger.lines().count(),
-        3,
+        4,
         "nothing else happened:\n{ledger}"
     );
 }

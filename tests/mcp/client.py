@@ -6,13 +6,16 @@ starts SERVER (the built example) as an MCP stdio server twice, one session each
 an agent that retries and an agent that was restarted would use it:
 
 - session 1 lists the tools, sends the same email twice (a retry after a timeout), charges
-  an order, and files the same ticket from two concurrent calls (two copies of the agent);
+  an order, charges another order over the card's limit twice (a declined card, an answer
+  with isError), and files the same ticket from two concurrent calls (two copies of the
+  agent);
 - session 2, a second server process on the same store, makes the same calls again, and
   charges the same order with another amount, which must be refused.
 
-It prints what it saw as one JSON object on stdout: the tools with their idempotentHint,
-and every call with its arguments and the server's answer. Judging the answers is left to
-the caller (tests/it/example_mcp_server.rs).
+Every call is a new JSON-RPC request (a new id), as a retry is. It prints what it saw as one
+JSON object on stdout: the tools with their idempotentHint, and every call with its
+arguments and the server's answer, or the MCP error it got (code, message, data). Judging
+the answers is left to the caller (tests/it/example_mcp_server.rs).
 """
 
 import importlib.metadata
@@ -23,6 +26,11 @@ import anyio
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
+try:
+    from mcp.shared.exceptions import MCPError
+except ImportError:  # mcp 1.x
+    from mcp.shared.exceptions import McpError as MCPError
+
 EMAIL = {
     "to": "ada@example.com",
     "subject": "Your quote Q-2026-0042",
@@ -30,6 +38,8 @@ EMAIL = {
 }
 CHARGE = {"customer_id": "cus_ada", "order_id": "order-42", "amount_cents": 124900}
 CHANGED_CHARGE = {**CHARGE, "amount_cents": 249800}
+# Over the fake provider's limit: the card is declined.
+DECLINED_CHARGE = {"customer_id": "cus_ada", "order_id": "order-43", "amount_cents": 5000000}
 TICKET = {
     "title": "Invoice address for order-42",
     "body": "Ada asks to send the invoice to accounts@ada.example.com.",
@@ -42,17 +52,18 @@ def wire(model):
 
 
 async def call(session, number, calls, tool, arguments):
-    result = wire(await session.call_tool(tool, arguments))
-    calls.append(
-        {
-            "session": number,
-            "tool": tool,
-            "arguments": arguments,
-            "is_error": bool(result.get("isError", False)),
-            "answer": result.get("structuredContent"),
-            "text": [c.get("text") for c in result.get("content", []) if c.get("type") == "text"],
-        }
-    )
+    seen = {"session": number, "tool": tool, "arguments": arguments}
+    try:
+        result = wire(await session.call_tool(tool, arguments))
+    except MCPError as error:
+        seen["error"] = {"code": error.code, "message": error.message, "data": error.data}
+    else:
+        seen["is_error"] = bool(result.get("isError", False))
+        seen["answer"] = result.get("structuredContent")
+        seen["text"] = [
+            c.get("text") for c in result.get("content", []) if c.get("type") == "text"
+        ]
+    calls.append(seen)
 
 
 async def session(server, number, calls, tools):
@@ -70,6 +81,9 @@ async def session(server, number, calls, tools):
                 await call(session, number, calls, "send_email", EMAIL)
                 await call(session, number, calls, "send_email", EMAIL)
                 await call(session, number, calls, "charge_card", CHARGE)
+                # The card is declined; the agent tries again.
+                await call(session, number, calls, "charge_card", DECLINED_CHARGE)
+                await call(session, number, calls, "charge_card", DECLINED_CHARGE)
                 # Two copies of the agent file the same ticket at the same moment.
                 async with anyio.create_task_group() as copies:
                     for _ in range(2):
@@ -79,6 +93,7 @@ async def session(server, number, calls, tools):
                 await call(session, number, calls, "send_email", EMAIL)
                 await call(session, number, calls, "charge_card", CHARGE)
                 await call(session, number, calls, "create_ticket", TICKET)
+                await call(session, number, calls, "charge_card", DECLINED_CHARGE)
                 # A confused agent charges the same order with another amount.
                 await call(session, number, calls, "charge_card", CHANGED_CHARGE)
 

@@ -14,6 +14,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("saga", 3),
     ("private", 4),
     ("http", 3),
+    ("rmcp", 3),
     ("conformance", 5),
 ];
 
