@@ -47,6 +47,11 @@
 //! - [`current_key`], [`current_call`]: what a body passes downstream (an `Idempotency-Key`).
 //! - `http` (feature `http`): a `reqwest-middleware` layer that sends [`current_key`] as
 //!   `Idempotency-Key`, and `is_ambiguous` for `in_doubt`.
+//! - feature `rmcp`: `#[idempotent]` stacked with rmcp's `#[tool]` on an MCP tool, its
+//!   `idem::Error`s turned into MCP errors (`From<idem::Error> for rmcp::ErrorData`); see
+//!   `examples/mcp_server.rs`.
+//! - `metrics` (feature `metrics`): counters and histograms of calls through the `metrics`
+//!   facade, names in the [`idempotent`] manual.
 //! - [`observe`]: whether a call executed or replayed, for callers that care.
 //! - [`Action`] and [`Call`]: the same protocol without the macro.
 //! - [`saga_step`], [`Saga`], [`recover`]: steps that are undone in reverse order when a later
