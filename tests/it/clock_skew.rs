@@ -117,6 +117,10 @@ async fn lease_is_kept_by_the_server(url: &str, offset: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn redis_leases_ignore_a_client_clock_ten_minutes_off() {
     let Some(server) = RedisServer::shared() else {
         return;
@@ -127,6 +131,10 @@ async fn redis_leases_ignore_a_client_clock_ten_minutes_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn postgres_leases_ignore_a_client_clock_ten_minutes_off() {
     let Some(server) = PostgresServer::shared() else {
         return;

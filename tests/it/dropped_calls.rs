@@ -92,6 +92,10 @@ async fn a_call_dropped_while_it_claims_gives_its_claim_back_on_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn a_call_dropped_while_it_claims_gives_its_claim_back_on_redis() {
     let Some(server) = RedisServer::shared() else {
         return;
@@ -124,6 +128,10 @@ async fn a_call_dropped_while_it_claims_gives_its_claim_back_on_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn a_call_dropped_while_it_claims_gives_its_claim_back_on_postgres() {
     let Some(server) = PostgresServer::shared() else {
         return;

@@ -90,6 +90,10 @@ fn assert_on_store(url: &str, name: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 fn with_idem_on_redis() {
     let Some(server) = RedisServer::shared() else {
         return;
@@ -98,6 +102,10 @@ fn with_idem_on_redis() {
 }
 
 #[test]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 fn with_idem_on_postgres() {
     let Some(server) = PostgresServer::shared() else {
         return;

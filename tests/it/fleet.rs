@@ -158,6 +158,10 @@ fn a_fleet_on_one_sqlite_file_runs_each_key_once() {
 }
 
 #[test]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 fn a_fleet_on_redis_runs_each_key_once() {
     let Some(server) = RedisServer::shared() else {
         return;
@@ -167,6 +171,10 @@ fn a_fleet_on_redis_runs_each_key_once() {
 }
 
 #[test]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 fn a_fleet_on_postgres_runs_each_key_once() {
     let Some(server) = PostgresServer::shared() else {
         return;

@@ -561,6 +561,10 @@ fn a_saga_killed_at_any_point_is_recovered_with_no_double_effect() {
 }
 
 #[test]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 fn a_saga_killed_at_any_point_is_recovered_with_no_double_effect_on_redis() {
     let Some(server) = RedisServer::shared() else {
         return;
@@ -569,6 +573,10 @@ fn a_saga_killed_at_any_point_is_recovered_with_no_double_effect_on_redis() {
 }
 
 #[test]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 fn a_saga_killed_at_any_point_is_recovered_with_no_double_effect_on_postgres() {
     let Some(server) = PostgresServer::shared() else {
         return;
@@ -582,6 +590,10 @@ fn a_charge_killed_in_doubt_and_answered_409_is_never_reported_compensated() {
 }
 
 #[test]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 fn a_charge_killed_in_doubt_and_answered_409_is_never_reported_compensated_on_redis() {
     let Some(server) = RedisServer::shared() else {
         return;
@@ -590,6 +602,10 @@ fn a_charge_killed_in_doubt_and_answered_409_is_never_reported_compensated_on_re
 }
 
 #[test]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 fn a_charge_killed_in_doubt_and_answered_409_is_never_reported_compensated_on_postgres() {
     let Some(server) = PostgresServer::shared() else {
         return;
@@ -603,6 +619,10 @@ fn a_declined_charge_run_again_and_killed_in_doubt_is_refunded() {
 }
 
 #[test]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 fn a_declined_charge_run_again_and_killed_in_doubt_is_refunded_on_redis() {
     let Some(server) = RedisServer::shared() else {
         return;
@@ -615,6 +635,10 @@ fn a_declined_charge_run_again_and_killed_in_doubt_is_refunded_on_redis() {
 }
 
 #[test]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 fn a_declined_charge_run_again_and_killed_in_doubt_is_refunded_on_postgres() {
     let Some(server) = PostgresServer::shared() else {
         return;

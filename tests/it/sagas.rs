@@ -964,6 +964,10 @@ async fn the_saga_story_on_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn the_saga_story_on_redis() {
     let Some(server) = RedisServer::shared() else {
         return;
@@ -976,6 +980,10 @@ async fn the_saga_story_on_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn the_saga_story_on_postgres() {
     let Some(server) = PostgresServer::shared() else {
         return;

@@ -27,6 +27,10 @@ async fn ship_each(store: &dyn Store, orders: std::ops::Range<u32>) -> Vec<Resul
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn a_redis_restart_fails_the_calls_it_meets_and_duplicates_nothing() {
     let Some(server) = RedisServer::own() else {
         return;
@@ -84,6 +88,10 @@ async fn ship_parcel(store: &dyn Store, parcel: u32) -> Result<String, Error> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn terminated_postgres_backends_fail_the_calls_they_serve_and_duplicate_nothing() {
     let Some(server) = PostgresServer::shared() else {
         return;

@@ -77,18 +77,23 @@ pub(crate) const LONG: Duration = Duration::from_secs(60);
 /// With `reopen = |store| …` (a closure giving a future of a second handle on the same
 /// records: another connection, another client), the races are also run across two handles,
 /// which is where a store's own atomicity (file locks, server-side scripts) is tested.
+///
+/// Attributes written before `$name` go on each test of a store on a server
+/// (`available = …`): `#[cfg_attr(no_server, ignore = "why")]` lists the tests as ignored,
+/// with the reason, where the server cannot run (see this repository's `build.rs`).
 #[macro_export]
 macro_rules! conformance_tests {
     // For stores on a server the tests start: `$make_store` gives a future of
     // `Option<store>`, `None` when the server cannot run here (each test then returns at
     // once; `servers::*::shared()` prints why, and fails instead under `CI=true`).
-    ($name:ident, available = $make_store:expr, reopen = $reopen:expr) => {
+    ($(#[$attr:meta])* $name:ident, available = $make_store:expr, reopen = $reopen:expr) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
-            $crate::conformance_tests!(@all optional $make_store);
+            $crate::conformance_tests!(@all optional [$(#[$attr])*] $make_store);
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[$attr])*
             async fn races_across_two_handles() {
                 let Some(first) = $make_store.await else { return };
                 let second = ($reopen)(&first).await;
@@ -100,14 +105,14 @@ macro_rules! conformance_tests {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
-            $crate::conformance_tests!(@all required $make_store);
+            $crate::conformance_tests!(@all required [] $make_store);
         }
     };
     ($name:ident, $make_store:expr, reopen = $reopen:expr) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
-            $crate::conformance_tests!(@all required $make_store);
+            $crate::conformance_tests!(@all required [] $make_store);
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn races_across_two_handles() {
@@ -117,8 +122,8 @@ macro_rules! conformance_tests {
             }
         }
     };
-    (@all $mode:ident $make_store:expr) => {
-        $crate::conformance_tests!(@each $mode $make_store;
+    (@all $mode:ident [$(#[$attr:meta])*] $make_store:expr) => {
+        $crate::conformance_tests!(@each $mode [$(#[$attr])*] $make_store;
             claim_complete_replay,
             second_claim_sees_in_progress,
             payload_mismatch_is_refused,
@@ -156,7 +161,7 @@ macro_rules! conformance_tests {
             a_dead_claim_is_purged_after_its_lease_and_ttl,
         );
     };
-    (@each required $make_store:expr; $($check:ident),* $(,)?) => {
+    (@each required [] $make_store:expr; $($check:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $check() {
@@ -165,14 +170,18 @@ macro_rules! conformance_tests {
             }
         )*
     };
-    (@each optional $make_store:expr; $($check:ident),* $(,)?) => {
+    (@each optional $attrs:tt $make_store:expr; $($check:ident),* $(,)?) => {
         $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() {
-                let Some(store) = $make_store.await else { return };
-                $crate::conformance::$check(&store).await;
-            }
+            $crate::conformance_tests!(@one $attrs $make_store; $check);
         )*
+    };
+    (@one [$(#[$attr:meta])*] $make_store:expr; $check:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $(#[$attr])*
+        async fn $check() {
+            let Some(store) = $make_store.await else { return };
+            $crate::conformance::$check(&store).await;
+        }
     };
 }
 

@@ -37,6 +37,10 @@ async fn fresh_store() -> Option<PostgresStore> {
 }
 
 conformance_tests!(
+    #[cfg_attr(
+        idem_no_postgres,
+        ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+    )]
     postgres,
     available = fresh_store(),
     reopen = |store: &PostgresStore| {
@@ -97,6 +101,10 @@ fn request<'a>(key: &'a Key, fingerprint: &'a Fingerprint) -> ClaimRequest<'a> {
 /// runs again without harm, and is all a store needs: one that connects without migrating
 /// (`connect_existing`) claims, records and reads on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn the_schema_file_loads_into_a_fresh_schema() {
     let Some(server) = PostgresServer::shared() else {
         return;
@@ -141,6 +149,10 @@ async fn the_schema_file_loads_into_a_fresh_schema() {
 /// role that may not create anything, keeps the records (and the fencing sequence), and the
 /// schema's version row is the one the first connect wrote.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn a_second_connect_migrates_nothing_and_keeps_the_records() {
     let Some(server) = PostgresServer::shared() else {
         return;
@@ -223,6 +235,10 @@ async fn a_second_connect_migrates_nothing_and_keeps_the_records() {
 /// Stores that connect at the same moment to a schema that does not exist yet all succeed,
 /// and share one set of tables.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn stores_connecting_at_once_to_a_new_schema_all_succeed() {
     let Some(server) = PostgresServer::shared() else {
         return;
@@ -269,6 +285,10 @@ async fn stores_connecting_at_once_to_a_new_schema_all_succeed() {
 /// A row that another program wrote (or a disk fault left) is an error naming its key, never
 /// a panic; so is a saga log with an unknown status.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn a_corrupt_row_is_an_error_naming_its_key() {
     let Some(server) = PostgresServer::shared() else {
         return;
@@ -333,6 +353,10 @@ async fn a_corrupt_row_is_an_error_naming_its_key() {
 /// kept, and one whose owner died is not purged (its TTL is unknown), while the claims made
 /// after the migration record theirs and are purged once their lease and TTL ran out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn a_version_2_schema_gets_the_claims_ttl() {
     let Some(server) = PostgresServer::shared() else {
         return;
@@ -376,6 +400,10 @@ async fn a_version_2_schema_gets_the_claims_ttl() {
 
 /// A schema made by a newer idem is refused, not written to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn a_schema_from_a_newer_idem_is_refused() {
     let Some(server) = PostgresServer::shared() else {
         return;
@@ -395,6 +423,10 @@ async fn a_schema_from_a_newer_idem_is_refused() {
 /// An operator's look (`connect_existing`, `store::open_existing`) changes nothing: a
 /// mistyped schema is an error, not a new empty schema; an older schema is not migrated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn connecting_to_an_existing_schema_changes_nothing() {
     let Some(server) = PostgresServer::shared() else {
         return;
@@ -453,6 +485,10 @@ async fn connecting_to_an_existing_schema_changes_nothing() {
 /// A purge removes every expired result however many there are (it deletes them in
 /// batches), with the logs of the sagas they ended, and nothing else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn purge_removes_a_large_backlog_in_batches() {
     let Some(server) = PostgresServer::shared() else {
         return;
@@ -514,6 +550,10 @@ async fn purge_removes_a_large_backlog_in_batches() {
 
 /// A store on a pool built by the application (for TLS, or its own settings).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn a_store_on_a_pool_of_your_own() {
     let Some(server) = PostgresServer::shared() else {
         return;
@@ -541,6 +581,10 @@ async fn a_store_on_a_pool_of_your_own() {
 
 /// A store error says what the server said, not only that there was one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn errors_say_what_the_server_said() {
     let Some(server) = PostgresServer::shared() else {
         return;
@@ -583,6 +627,10 @@ async fn errors_say_what_the_server_said() {
 /// `store::open` with a `postgres://` URL and a schema reaches the same records as a store
 /// made by hand on that schema.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn a_postgres_url_opens_the_store_on_its_schema() {
     let Some(server) = PostgresServer::shared() else {
         return;

@@ -20,6 +20,10 @@ fn unique() -> u64 {
 }
 
 conformance_tests!(
+    #[cfg_attr(
+        idem_no_redis,
+        ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+    )]
     redis,
     available = fresh(),
     reopen = |store: &RedisStore| {
@@ -64,6 +68,10 @@ async fn waiting_for_the_replica() -> Option<RedisStore> {
 // The whole suite again with every acknowledged write waiting for a replica: the writes
 // that pipeline a `WAIT` behind their script answer as they do without it.
 conformance_tests!(
+    #[cfg_attr(
+        idem_no_redis,
+        ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+    )]
     redis_with_a_replica,
     available = waiting_for_the_replica(),
     reopen = |store: &RedisStore| {
@@ -83,6 +91,10 @@ conformance_tests!(
 /// `store::open` with a `redis://` URL and a prefix reaches the same records as a store made
 /// by hand with that prefix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn a_redis_url_opens_the_store_with_its_prefix() {
     let Some(server) = RedisServer::shared() else {
         return;
@@ -102,6 +114,10 @@ async fn a_redis_url_opens_the_store_with_its_prefix() {
 /// An operator's look (`store::open_existing`) at a prefix no agent used is an error (a
 /// mistyped prefix or database number), not an empty store; after a claim it opens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn an_unused_prefix_is_not_an_existing_store() {
     let Some(server) = RedisServer::shared() else {
         return;
@@ -141,6 +157,10 @@ fn limited(policy: &str) -> Option<RedisServer> {
 /// `volatile-*` the results, which have a TTL) is refused by `connect`, with a message that
 /// names the policy, says what eviction breaks and names the option that accepts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn connect_refuses_a_server_that_may_evict_keys() {
     for policy in ["allkeys-lru", "volatile-ttl"] {
         let Some(server) = limited(policy) else {
@@ -162,6 +182,10 @@ async fn connect_refuses_a_server_that_may_evict_keys() {
 
 /// `noeviction` on a server with a memory limit is what idem needs: it connects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn connect_accepts_noeviction() {
     let Some(server) = limited("noeviction") else {
         return;
@@ -173,6 +197,10 @@ async fn connect_accepts_noeviction() {
 
 /// A managed Redis that refuses `CONFIG` cannot be checked: connect goes on (and warns).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn connect_goes_on_when_config_is_refused() {
     let Some(server) = RedisServer::own_with(&[
         "--maxmemory",
@@ -194,6 +222,10 @@ async fn connect_goes_on_when_config_is_refused() {
 /// The same evicting server connects when the risk is accepted: by the builder, or by
 /// `store::open` with `?accept_eviction=true` (and without it, `store::open` refuses too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn accepting_eviction_connects_to_an_evicting_server() {
     let Some(server) = limited("allkeys-lru") else {
         return;
@@ -220,6 +252,10 @@ async fn accepting_eviction_connects_to_an_evicting_server() {
 /// With no memory limit (`maxmemory 0`) the server evicts nothing whatever its policy: it
 /// connects (with a warning that a limit set later would start evicting).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn an_evicting_policy_without_a_memory_limit_connects() {
     let Some(server) =
         RedisServer::own_with(&["--maxmemory", "0", "--maxmemory-policy", "allkeys-lru"])
@@ -251,6 +287,10 @@ async fn send(
 /// Asked to wait for a replica that is not there, a call fails with a store error saying so
 /// before its body runs (the claim is not acknowledged), and gives its claim back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn without_the_replicas_asked_for_a_call_fails_before_its_body_runs() {
     use idem_runtime::store::Store;
     let Some(server) = RedisServer::own() else {
@@ -283,6 +323,10 @@ async fn without_the_replicas_asked_for_a_call_fails_before_its_body_runs() {
 /// Asked to wait for a replica that is not there, recording a result is a store error
 /// (the result is on the primary only: a failover could lose it), though the primary has it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn without_the_replicas_asked_for_complete_is_a_store_error() {
     use idem_runtime::store::{Claim, ClaimRequest, Status, Store, StoredOutcome};
     let Some(server) = RedisServer::own() else {
@@ -324,6 +368,10 @@ async fn without_the_replicas_asked_for_complete_is_a_store_error() {
 /// With the replica asked for linked, a call runs, and once it returns the replica has its
 /// result (`WAIT` answered for it); the second call replays it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn with_a_replica_a_result_is_on_the_replica_when_the_call_returns() {
     use idem_runtime::store::{Status, Store};
     let Some(primary) = RedisServer::own() else {

@@ -30,6 +30,10 @@ async fn version_of(admin: &tokio_postgres::Client, schema: &str) -> i64 {
 /// A schema of version 1 (before `idem_sagas.note`) is upgraded in place by the next
 /// store that connects: a saga that needed attention then is kept, and can be resolved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn a_version_1_schema_is_upgraded_in_place() {
     let Some(server) = PostgresServer::shared() else {
         return;
@@ -72,6 +76,10 @@ async fn a_version_1_schema_is_upgraded_in_place() {
 /// `schema.sql` can be run again, as teams that migrate themselves may: on a schema in
 /// place it changes nothing, and it never lowers the version of one a newer idem made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
 async fn the_schema_file_runs_again_and_never_lowers_the_version() {
     let Some(server) = PostgresServer::shared() else {
         return;

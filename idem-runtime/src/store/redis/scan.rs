@@ -336,6 +336,10 @@ mod tests {
     /// `SCAN` pattern, so a store does not list the records of another prefix its unescaped
     /// pattern would match.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        idem_no_redis,
+        ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+    )]
     async fn a_prefix_with_glob_characters_lists_only_its_own_records() {
         let Some(globby) = store(r"ops[1]*?\:").await else {
             return;
@@ -374,6 +378,10 @@ mod tests {
     /// More records than a `SCAN` page and than the kept newest hold: each is listed and
     /// counted once, a limit keeps the head of the full order, and a key prefix narrows.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        idem_no_redis,
+        ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+    )]
     async fn listings_walk_many_pages() {
         let Some(store) = store("pages:").await else {
             return;

@@ -98,6 +98,10 @@ mod tests {
     /// syntax error in a `.lua` file fails here, not on a customer's first call.
     #[cfg(feature = "conformance")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        idem_no_redis,
+        ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+    )]
     async fn every_script_loads_into_redis() {
         let Some(server) = crate::conformance::servers::RedisServer::shared() else {
             return;
