@@ -11,6 +11,7 @@ mod events;
 mod example_agent_demo;
 mod example_mcp_server;
 mod example_payment_agent;
+mod example_rig_agent;
 mod examples;
 mod faulty_store;
 mod fleet;
