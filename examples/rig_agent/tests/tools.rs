@@ -14,34 +14,10 @@ use rig::tool::{ContextValue, ErasedTool, PortableTool, Tool, ToolContext};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-#[derive(Debug)]
-enum ToolError {
-    Idem(idem::Error),
-    Context(rig::tool::ToolContextError),
-}
+#[path = "../src/tool_error.rs"]
+mod tool_error;
 
-impl From<idem::Error> for ToolError {
-    fn from(error: idem::Error) -> Self {
-        ToolError::Idem(error)
-    }
-}
-
-impl From<rig::tool::ToolContextError> for ToolError {
-    fn from(error: rig::tool::ToolContextError) -> Self {
-        ToolError::Context(error)
-    }
-}
-
-impl std::fmt::Display for ToolError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ToolError::Idem(error) => write!(f, "{error}"),
-            ToolError::Context(error) => write!(f, "{error}"),
-        }
-    }
-}
-
-impl std::error::Error for ToolError {}
+use tool_error::ToolError;
 
 /// Arguments with free-form fields: a `serde_json::Map`, kept in insertion order here.
 #[derive(Debug, Clone, Serialize, Deserialize)]
