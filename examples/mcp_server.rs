@@ -3,12 +3,12 @@
 //! Agents reach their tools over the Model Context Protocol, and MCP clients retry: a request
 //! that timed out is sent again, a session that dropped is opened again, a restarted agent
 //! replays the step it was on, two copies of an agent work the same task. This server offers
-//! three tools with real side effects, `send_email`, `charge_card` and `create_ticket`, over
-//! stdio with `rmcp`, the official Rust SDK. Each tool is one method, `#[idempotent]` and
+//! four tools with real side effects, `send_email`, `charge_card`, `create_ticket` and
+//! `refund_charge` (which asks the user first), over stdio with `rmcp`, the official Rust SDK. Each tool is one method, `#[idempotent]` and
 //! `#[tool]` stacked, on a SQLite store, so every duplicate `tools/call` (a new JSON-RPC id,
 //! the same arguments), from the same session or from another server process on the same
 //! file, gets the first call's `CallToolResult` (the same message, charge, decline or ticket
-//! id) and nothing is sent, charged or filed twice. The tools say so to the client
+//! id) and nothing is sent, charged, filed or refunded twice. The tools say so to the client
 //! (`idempotentHint`). idem's refusals reach the client as MCP errors naming the key (feature
 //! `rmcp`).
 //!
@@ -56,16 +56,19 @@ use rmcp::handler::server::common::schema_for_output;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock};
+use rmcp::service::ElicitationError;
 use rmcp::transport::stdio;
-use rmcp::{tool, tool_handler, tool_router, ErrorData, ServerHandler, ServiceExt};
+use rmcp::{
+    tool, tool_handler, tool_router, ErrorData, Peer, RoleServer, ServerHandler, ServiceExt,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 const USAGE: &str = "usage: mcp_server [--db PATH] [--ledger PATH]
 
-An MCP tool server on stdio whose tools (send_email, charge_card, create_ticket) act once
-per distinct call, however often the call is repeated.
+An MCP tool server on stdio whose tools (send_email, charge_card, create_ticket,
+refund_charge) act once per distinct call, however often the call is repeated.
   --db PATH      idem's SQLite store (env IDEM_MCP_DB; default: idem-mcp-server.db in the temp dir)
   --ledger PATH  where the fake services record each real effect
                  (env IDEM_MCP_LEDGER; default: idem-mcp-ledger.log in the temp dir)";
@@ -98,6 +101,15 @@ struct Ticket {
     /// The tracker's ticket id.
     ticket_id: String,
     title: String,
+}
+
+/// A refund of a charge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+struct Refund {
+    /// The provider's refund id.
+    refund_id: String,
+    charge_id: String,
+    amount_cents: u64,
 }
 
 // ---- The services: fakes that write down every real effect ---------------------------------
@@ -157,6 +169,16 @@ impl Services {
         .await?;
         tracing::info!(target: "mcp_server", %decline_id, %customer_id, amount_cents, "payments: declined");
         Ok(decline_id)
+    }
+
+    async fn refund(&self, charge_id: &str, amount_cents: u64) -> std::io::Result<String> {
+        let refund_id = format!("re_{}", fresh_hex());
+        self.record(&format!(
+            "refund {refund_id} charge={charge_id} amount_cents={amount_cents}"
+        ))
+        .await?;
+        tracing::info!(target: "mcp_server", %refund_id, %charge_id, amount_cents, "payments: refunded");
+        Ok(refund_id)
     }
 
     async fn open_ticket(&self, title: &str, body: &str) -> std::io::Result<String> {
@@ -229,6 +251,22 @@ struct CreateTicketParams {
     title: String,
     body: String,
 }
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+struct RefundChargeParams {
+    /// The charge to refund, as `charge_card` answered it.
+    charge_id: String,
+    /// The amount to give back, in cents.
+    amount_cents: u64,
+}
+
+/// The question `refund_charge` asks the user (an MCP elicitation) before any money moves.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+struct RefundApproval {
+    /// Yes to give the money back.
+    approve: bool,
+}
+rmcp::elicit_safe!(RefundApproval);
 
 /// The largest charge the fake provider accepts: above it, the card is declined.
 const CARD_LIMIT_CENTS: u64 = 1_000_000;
@@ -353,6 +391,70 @@ impl AgentTools {
         })
     }
 
+    /// A charge is refunded once, and only after the user says yes. The tool asks them inside
+    /// the call (an MCP elicitation, a request to the client), holding the key while they
+    /// answer: only the call's final answer is recorded, never the question. A "no" (declined,
+    /// cancelled, or `approve: false`) is an `Err`, so nothing is recorded and the key is
+    /// released: the agent's retry asks again. Once a refund is made, every retry gets it
+    /// back without asking the user a second time. `peer` (the client's session) is skipped:
+    /// it is how the tool reaches the user, not part of what the call does.
+    #[idempotent(
+        name = "refund_charge",
+        key = [refund.charge_id],
+        skip = [peer],
+        ttl = "30d",
+        on_stale = review
+    )]
+    #[tool(
+        description = "Refund a charge, once the user approves it. Safe to retry: a charge \
+                       is refunded once, and every retry gets the first refund without \
+                       asking again. A refund the user did not approve is an error.",
+        annotations(
+            idempotent_hint = true,
+            destructive_hint = false,
+            open_world_hint = true
+        ),
+        output_schema = schema_for_output::<Refund>()
+    )]
+    async fn refund_charge(
+        &self,
+        peer: Peer<RoleServer>,
+        Parameters(refund): Parameters<RefundChargeParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let question = format!(
+            "Refund {} cents of charge {} to the customer?",
+            refund.amount_cents, refund.charge_id
+        );
+        match peer.elicit::<RefundApproval>(question).await {
+            Ok(Some(RefundApproval { approve: true })) => {}
+            Ok(_) | Err(ElicitationError::UserDeclined | ElicitationError::UserCancelled) => {
+                return Err(ErrorData::invalid_request(
+                    format!(
+                        "the user did not approve the refund of {}: nothing was refunded",
+                        refund.charge_id
+                    ),
+                    None,
+                ));
+            }
+            Err(error) => {
+                return Err(ErrorData::internal_error(
+                    format!("cannot ask the user to approve the refund: {error}"),
+                    None,
+                ));
+            }
+        }
+        let refund_id = self
+            .services
+            .refund(&refund.charge_id, refund.amount_cents)
+            .await
+            .map_err(service_failed)?;
+        answer(&Refund {
+            refund_id,
+            charge_id: refund.charge_id,
+            amount_cents: refund.amount_cents,
+        })
+    }
+
     /// The same ticket (title and body) is filed once a day.
     #[idempotent(name = "create_ticket", ttl = "24h")]
     #[tool(
@@ -457,7 +559,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         target: "mcp_server",
         db = %config.db.display(),
         ledger = %config.ledger.display(),
-        "serving send_email, charge_card, create_ticket on stdio"
+        "serving send_email, charge_card, create_ticket, refund_charge on stdio"
     );
 
     let services = Services {

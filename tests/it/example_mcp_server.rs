@@ -4,7 +4,9 @@
 //! stacked) called again and again with the same arguments, each call a new JSON-RPC
 //! request: every answer must be the first one (a declined card, `isError`, included), idem's
 //! refusal must arrive as an MCP error naming the key, and the services must have acted once
-//! per call.
+//! per call. The refund tool asks the user first (an MCP elicitation, a request from the
+//! server to the client, inside the call): a "no" is an error that records nothing, the
+//! "yes" that follows refunds once, and the retries after it replay without asking again.
 //!
 //! The interpreter is `$IDEM_PYTHON`, else `python3`. Without it or without the `mcp`
 //! package the test says why and skips; under `CI=true` it fails instead.
@@ -118,7 +120,15 @@ fn mcp_server_answers_repeated_calls_from_two_sessions_with_one_effect_each() {
     // The tools are listed, each telling the client it is safe to retry.
     let tools = report["tools"].as_array().expect("tools");
     let names: Vec<&str> = tools.iter().filter_map(|t| t["name"].as_str()).collect();
-    assert_eq!(names, ["charge_card", "create_ticket", "send_email"]);
+    assert_eq!(
+        names,
+        [
+            "charge_card",
+            "create_ticket",
+            "refund_charge",
+            "send_email"
+        ]
+    );
     for tool in tools {
         assert_eq!(tool["idempotentHint"], true, "{tool}");
     }
@@ -128,8 +138,11 @@ fn mcp_server_answers_repeated_calls_from_two_sessions_with_one_effect_each() {
     let mut answers: BTreeMap<(String, String), Vec<(&Value, &Value)>> = BTreeMap::new();
     let mut declined = Vec::new();
     let mut refused = Vec::new();
+    let mut not_approved = Vec::new();
     for call in calls {
-        if call.get("error").is_some() {
+        if call.get("error").is_some() && call["tool"] == "refund_charge" {
+            not_approved.push(call);
+        } else if call.get("error").is_some() {
             refused.push(call);
         } else if call["is_error"] == true {
             declined.push(call);
@@ -141,7 +154,7 @@ fn mcp_server_answers_repeated_calls_from_two_sessions_with_one_effect_each() {
                 .push((&call["session"], &call["answer"]));
         }
     }
-    assert_eq!(answers.len(), 3, "one distinct call per tool: {calls:#?}");
+    assert_eq!(answers.len(), 4, "one distinct call per tool: {calls:#?}");
     for ((tool, arguments), seen) in &answers {
         let sessions: Vec<&Value> = seen.iter().map(|(session, _)| *session).collect();
         assert!(
@@ -208,8 +221,6 @@ fn mcp_server_answers_repeated_calls_from_two_sessions_with_one_effect_each() {
         .expect("the key in the error's data");
     assert_eq!(key.len(), 64, "{refusal}");
 
-    // The services acted once per distinct call, and the answers name those effects.
-    let ledger = std::fs::read_to_string(&ledger).expect("the services' ledger");
     let answer = |tool: &str| {
         answers
             .iter()
@@ -217,10 +228,60 @@ fn mcp_server_answers_repeated_calls_from_two_sessions_with_one_effect_each() {
             .map(|(_, seen)| seen[0].1)
             .expect("an answer")
     };
+
+    // The refund asked the user inside the call. The first question was declined: an error,
+    // nothing recorded (the key released), so the next call asked again; the user approved
+    // and the charge was refunded. The retry after it and the other session's call got that
+    // refund (checked with the answers above) and asked nobody: two questions in all, both
+    // before the one refund.
+    let questions = report["questions"].as_array().expect("questions");
+    assert_eq!(
+        questions.len(),
+        2,
+        "the user is asked until they approve, then never again: {questions:#?}"
+    );
+    let charge_id = answer("charge_card")["charge_id"]
+        .as_str()
+        .expect("a charge id");
+    for question in questions {
+        assert_eq!(question["session"], 1, "{question}");
+        assert!(
+            question["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(charge_id)),
+            "the question names the charge: {question}"
+        );
+    }
+    assert_eq!(not_approved.len(), 1, "{not_approved:#?}");
+    let declined_refund = not_approved[0];
+    assert_eq!(declined_refund["session"], 1);
+    assert_eq!(
+        declined_refund["error"]["code"], -32600,
+        "{declined_refund}"
+    );
+    assert!(
+        declined_refund["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("did not approve")),
+        "{declined_refund}"
+    );
+    let refund_calls: Vec<&Value> = calls
+        .iter()
+        .filter(|call| call["tool"] == "refund_charge")
+        .collect();
+    assert_eq!(refund_calls.len(), 4, "{refund_calls:#?}");
+    assert!(
+        refund_calls[0].get("error").is_some(),
+        "the declined question came first: {refund_calls:#?}"
+    );
+
+    // The services acted once per distinct call, and the answers name those effects.
+    let ledger = std::fs::read_to_string(&ledger).expect("the services' ledger");
     for (kind, tool, id) in [
         ("email", "send_email", "message_id"),
         ("charge", "charge_card", "charge_id"),
         ("ticket", "create_ticket", "ticket_id"),
+        ("refund", "refund_charge", "refund_id"),
     ] {
         let lines = effects(&ledger, kind);
         if kind == "charge" {
@@ -245,9 +306,13 @@ fn mcp_server_answers_repeated_calls_from_two_sessions_with_one_effect_each() {
         declined[0]["text"].to_string().contains(decline_id),
         "the decline replayed is the provider's one:\n{ledger}"
     );
+    assert!(
+        effects(&ledger, "refund")[0].contains(charge_id),
+        "the refund is of the charge:\n{ledger}"
+    );
     assert_eq!(
         ledger.lines().count(),
-        4,
+        5,
         "nothing else happened:\n{ledger}"
     );
 }
