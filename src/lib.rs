@@ -42,6 +42,8 @@
 //!   [`store::SqliteStore`] (feature `sqlite`, on by default) as the embedded durable store,
 //!   `store::RedisStore` (feature `redis`) and `store::PostgresStore` (feature `postgres`)
 //!   for fleets of agents; [`store::open`] opens any of them from a URL.
+//!   [`store::ReplayCache`] in front of any of them answers a process's repeated replays from
+//!   memory.
 //! - [`Error`]: what idem adds to a call's errors; the function's error type implements
 //!   `From<idem::Error>`.
 //! - [`current_key`], [`current_call`]: what a body passes downstream (an `Idempotency-Key`).

@@ -19,6 +19,7 @@ mod http;
 mod identity;
 mod in_doubt;
 mod processes;
+mod replay_cache;
 mod saga_crashes;
 mod saga_regressions;
 mod saga_world;

@@ -316,6 +316,7 @@ async fn claim<E>(call: Call<'_>, store: &dyn Store) -> Result<Claimed, Failed<E
             Claim::Completed {
                 fingerprint,
                 outcome,
+                ..
             } => {
                 same_payload(fingerprint)?;
                 let how = if waited {

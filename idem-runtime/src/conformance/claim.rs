@@ -37,9 +37,15 @@ pub async fn claim_complete_replay(store: &dyn Store) {
             Claim::Completed {
                 fingerprint,
                 outcome,
+                expires_in,
             } => {
                 assert_eq!(fingerprint, Fingerprint::from(k));
                 assert_eq!(outcome, StoredOutcome::Ok(b"\"receipt\"".to_vec()));
+                // What is left of the TTL (`complete_ok` keeps results `LONG`): never more,
+                // and not yet run out (a cache in front of a store may say less: its own
+                // bound).
+                let left = expires_in.expect("the store says how long it keeps the result");
+                assert!(left <= LONG && !left.is_zero(), "{left:?} of {LONG:?}");
             }
             other => panic!("expected the recorded result, got {other:?}"),
         }

@@ -71,55 +71,73 @@ macro_rules! forward_store {
                 (**self).purge_expired().await
             }
         }
-
-        #[async_trait]
-        impl<S: Store + ?Sized> SagaStore for $pointer {
-            async fn write_saga(
-                &self,
-                saga: &Key,
-                id: &str,
-                token: FencingToken,
-                write: SagaWrite<'_>,
-            ) -> Result<Ownership, Error> {
-                (**self).write_saga(saga, id, token, write).await
-            }
-
-            async fn read_saga(&self, saga: &Key) -> Result<Option<SagaLog>, Error> {
-                (**self).read_saga(saga).await
-            }
-
-            async fn stale_sagas(&self, limit: usize) -> Result<Vec<StaleSaga>, Error> {
-                (**self).stale_sagas(limit).await
-            }
-        }
-
-        #[async_trait]
-        impl<S: Store + ?Sized> Inspect for $pointer {
-            async fn list_records(&self, query: &RecordQuery) -> Result<Vec<Record>, Error> {
-                (**self).list_records(query).await
-            }
-
-            async fn record_counts(&self) -> Result<Vec<RecordCount>, Error> {
-                (**self).record_counts().await
-            }
-
-            async fn count_expired(&self) -> Result<u64, Error> {
-                (**self).count_expired().await
-            }
-
-            async fn purge_expired_batch(&self, limit: usize) -> Result<u64, Error> {
-                (**self).purge_expired_batch(limit).await
-            }
-
-            async fn list_sagas(&self, query: &SagaQuery) -> Result<Vec<SagaLog>, Error> {
-                (**self).list_sagas(query).await
-            }
-
-            async fn resolve_saga(&self, saga: &Key, note: &str) -> Result<bool, Error> {
-                (**self).resolve_saga(saga, note).await
-            }
-        }
     )*};
 }
 
 forward_store!(&S, Arc<S>, Box<S>);
+
+/// `SagaStore` and `Inspect` forwarded to an inner store, the same for every wrapper:
+/// `[generics] Type, |this| expression reaching the inner store from this`.
+macro_rules! forward_logs_and_inspect {
+    ([$($generics:tt)*] $ty:ty, |$this:ident| $inner:expr) => {
+    // `inner!(self)` is the inner store of a method's `self`.
+    macro_rules! inner {
+        ($self_:expr) => {{
+            let $this = $self_;
+            $inner
+        }};
+    }
+    #[async_trait]
+    impl<$($generics)*> SagaStore for $ty {
+        async fn write_saga(
+            &self,
+            saga: &Key,
+            id: &str,
+            token: FencingToken,
+            write: SagaWrite<'_>,
+        ) -> Result<Ownership, Error> {
+            inner!(self).write_saga(saga, id, token, write).await
+        }
+
+        async fn read_saga(&self, saga: &Key) -> Result<Option<SagaLog>, Error> {
+            inner!(self).read_saga(saga).await
+        }
+
+        async fn stale_sagas(&self, limit: usize) -> Result<Vec<StaleSaga>, Error> {
+            inner!(self).stale_sagas(limit).await
+        }
+    }
+
+    #[async_trait]
+    impl<$($generics)*> Inspect for $ty {
+        async fn list_records(&self, query: &RecordQuery) -> Result<Vec<Record>, Error> {
+            inner!(self).list_records(query).await
+        }
+
+        async fn record_counts(&self) -> Result<Vec<RecordCount>, Error> {
+            inner!(self).record_counts().await
+        }
+
+        async fn count_expired(&self) -> Result<u64, Error> {
+            inner!(self).count_expired().await
+        }
+
+        async fn purge_expired_batch(&self, limit: usize) -> Result<u64, Error> {
+            inner!(self).purge_expired_batch(limit).await
+        }
+
+        async fn list_sagas(&self, query: &SagaQuery) -> Result<Vec<SagaLog>, Error> {
+            inner!(self).list_sagas(query).await
+        }
+
+        async fn resolve_saga(&self, saga: &Key, note: &str) -> Result<bool, Error> {
+            inner!(self).resolve_saga(saga, note).await
+        }
+    }
+    };
+}
+pub(crate) use forward_logs_and_inspect;
+
+forward_logs_and_inspect!([S: Store + ?Sized] &S, |this| &**this);
+forward_logs_and_inspect!([S: Store + ?Sized] Arc<S>, |this| &**this);
+forward_logs_and_inspect!([S: Store + ?Sized] Box<S>, |this| &**this);

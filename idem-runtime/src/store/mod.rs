@@ -23,6 +23,7 @@ mod open;
 mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
+mod replay_cache;
 mod rules;
 mod saga_log;
 #[cfg(feature = "sqlite")]
@@ -41,6 +42,7 @@ pub use open::{open, open_existing};
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "redis")]
 pub use redis::{RedisStore, RedisStoreBuilder};
+pub use replay_cache::ReplayCache;
 pub use saga_log::{SagaLog, SagaStatus, SagaStore, SagaWrite, StaleSaga, StepRecord, StepState};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
@@ -142,6 +144,10 @@ pub enum Claim {
         fingerprint: Fingerprint,
         /// The result.
         outcome: StoredOutcome,
+        /// How long the store keeps the result from the moment it answered (what is left of
+        /// its TTL), or `None` when the store does not say. A cache of results
+        /// ([`ReplayCache`]) keeps a result no longer than this.
+        expires_in: Option<Duration>,
     },
     /// Another caller owns the key. A record whose lease has run out but which was not taken
     /// over (its payload differs from the request's) is reported here too, with a zero

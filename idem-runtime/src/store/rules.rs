@@ -31,6 +31,7 @@ impl Found {
             (Status::Completed, Some(outcome)) => Claim::Completed {
                 fingerprint: self.fingerprint,
                 outcome,
+                expires_in: self.expires_at_ms.map(|at| remaining(Some(at), now_ms)),
             },
             (Status::NeedsReview, _) => Claim::NeedsReview {
                 fingerprint: self.fingerprint,

@@ -1,7 +1,7 @@
 //! Every store passes the whole conformance suite.
 
 use idem_runtime::conformance_tests;
-use idem_runtime::store::{MemoryStore, SqliteStore};
+use idem_runtime::store::{MemoryStore, ReplayCache, SqliteStore};
 
 conformance_tests!(
     memory,
@@ -18,21 +18,39 @@ conformance_tests!(memory_in_an_arc, async {
     std::sync::Arc::new(MemoryStore::new())
 });
 
+// A cache of results in front of a store changes none of the protocol's answers: the suite
+// through `ReplayCache`, on memory, and on SQLite where a reopened handle is another
+// process with a cache of its own.
+conformance_tests!(memory_behind_a_replay_cache, async {
+    ReplayCache::new(MemoryStore::new())
+});
+
+conformance_tests!(
+    sqlite_behind_a_replay_cache,
+    async { ReplayCache::new(sqlite_file().await) },
+    reopen = |store: &ReplayCache<SqliteStore>| {
+        let file = store.inner().path().to_path_buf();
+        async move { ReplayCache::new(SqliteStore::open(file).await.expect("open the file again")) }
+    }
+);
+
 conformance_tests!(
     sqlite,
-    async {
-        // Each test gets its own file; the folder is removed when the process ends.
-        let folder = std::env::temp_dir().join(format!("idem-conformance-{}", std::process::id()));
-        std::fs::create_dir_all(&folder).expect("a temporary folder");
-        let file = folder.join(format!("{}.db", unique()));
-        SqliteStore::open(file).await.expect("open the store")
-    },
+    sqlite_file(),
     reopen = |store: &SqliteStore| {
         // Another handle on the same file: its own connections, as another process would have.
         let file = store.path().to_path_buf();
         async move { SqliteStore::open(file).await.expect("open the file again") }
     }
 );
+
+/// A store on a file of its own for each test; the folder is removed when the process ends.
+async fn sqlite_file() -> SqliteStore {
+    let folder = std::env::temp_dir().join(format!("idem-conformance-{}", std::process::id()));
+    std::fs::create_dir_all(&folder).expect("a temporary folder");
+    let file = folder.join(format!("{}.db", unique()));
+    SqliteStore::open(file).await.expect("open the store")
+}
 
 fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};

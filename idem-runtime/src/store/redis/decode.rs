@@ -95,9 +95,12 @@ pub(super) fn claim_answer(value: Value) -> Result<Claim, String> {
         "completed" => {
             let fingerprint = fingerprint(next()?)?;
             let kind = text(&next()?)?;
+            let outcome = outcome(&kind, bytes(next()?)?)?;
+            let left = number(&next()?)?;
             Claim::Completed {
                 fingerprint,
-                outcome: outcome(&kind, bytes(next()?)?)?,
+                outcome,
+                expires_in: u64::try_from(left).ok().map(Duration::from_millis),
             }
         }
         "in_progress" => Claim::InProgress {

@@ -9,7 +9,8 @@
 --
 -- A claim expires (natively) at the end of its lease plus the action's TTL, unless the key
 -- has a saga log. Returns {'acquired', token, resumed}, {'completed', fingerprint, kind,
--- bytes}, {'in_progress', fingerprint, token, lease_remaining_ms} or {'review', fingerprint}.
+-- bytes, ms left of its TTL or -1}, {'in_progress', fingerprint, token, lease_remaining_ms}
+-- or {'review', fingerprint}.
 local lease, ttl = tonumber(ARGV[3]), tonumber(ARGV[6])
 local r = redis.call('HMGET', KEYS[1], 'st', 'tk', 'fp', 'oc', 'rs', 'ex')
 local st, ex = r[1], tonumber(r[6])
@@ -36,7 +37,7 @@ end
 if not st then return acquire(false) end
 if st == 'completed' then
   if expired then return acquire(false) end
-  return {'completed', r[3], r[4], r[5]}
+  return {'completed', r[3], r[4], r[5], ex and ex - now or -1}
 end
 if st == 'needs_review' then return {'review', r[3]} end
 if not expired then return {'in_progress', r[3], tonumber(r[2]), ex - now} end
