@@ -7,8 +7,8 @@ use tokio_postgres::Row;
 
 use crate::key::{Fingerprint, Key};
 use crate::store::{
-    Claim, ClaimRequest, FencingToken, Found, Record, SagaLog, SagaStatus, Status, StepRecord,
-    StepState, StoredOutcome,
+    decide, Claim, ClaimRequest, FencingToken, Found, Record, SagaLog, SagaStatus, Status,
+    StepRecord, StepState, StoredOutcome, Verdict,
 };
 use crate::Error;
 
@@ -173,6 +173,56 @@ pub(super) enum Attempt {
     Done(Claim),
     /// The record changed between the statement's snapshot and its write: run it again.
     Raced,
+}
+
+/// What the first look of a claim (`peek`) decides: the answer, if reading was enough.
+pub(super) enum Peek {
+    /// The record as it is: a result, a live owner, a key parked for review.
+    Report(Claim),
+    /// No record: insert one.
+    Insert,
+    /// A record to replace (an expired result, a dead owner): the full claim.
+    Replace,
+}
+
+/// Reads the `peek` row (none: no record) and applies the claim rule (`store::rules`) to it.
+pub(super) fn peek_answer(row: Option<&Row>, request: &ClaimRequest<'_>) -> Result<Peek, Error> {
+    let Some(row) = row else {
+        return Ok(Peek::Insert);
+    };
+    let key = Some(request.key);
+    let what = "a record";
+    let status: String = column(row, 0, what, key)?;
+    let token: i64 = column(row, 1, what, key)?;
+    let fingerprint: Vec<u8> = column(row, 2, what, key)?;
+    let outcome: Option<String> = column(row, 3, what, key)?;
+    let result: Option<Vec<u8>> = column(row, 4, what, key)?;
+    let expires_at_ms: Option<i64> = column(row, 5, what, key)?;
+    let now_ms: i64 = column(row, 6, what, key)?;
+    let (found, outcome) = found(
+        request.key,
+        &status,
+        token,
+        &fingerprint,
+        outcome.as_deref(),
+        result,
+        expires_at_ms,
+    )?;
+    Ok(match decide(&found, request, now_ms) {
+        Verdict::Report => Peek::Report(found.report(outcome, now_ms)),
+        Verdict::Write(_) => Peek::Replace,
+    })
+}
+
+/// The token of the `insert` statement's row, or `None` when a record was made since.
+pub(super) fn inserted(rows: &[Row], key: &Key) -> Result<Option<FencingToken>, Error> {
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    let token: i64 = column(row, 0, "a record", Some(key))?;
+    FencingToken::try_from(token)
+        .map(Some)
+        .map_err(|_| corrupt("a record", Some(key), "negative token"))
 }
 
 pub(super) fn claim_answer(row: &Row, request: &ClaimRequest<'_>) -> Result<Attempt, Error> {

@@ -38,7 +38,10 @@ use crate::{Error, OnStale};
 
 pub use open::PostgresStoreBuilder;
 
-use decode::{claim_answer, column, corrupt, count, listed_key, record, saga_log, Attempt};
+use decode::{
+    claim_answer, column, corrupt, count, inserted, listed_key, peek_answer, record, saga_log,
+    Attempt, Peek,
+};
 use open::quote_ident;
 use statements::Statements;
 
@@ -308,6 +311,31 @@ impl Store for PostgresStore {
         let ttl = duration_ms(request.ttl);
         let review = request.on_stale == OnStale::Review;
         for _ in 0..CLAIM_ATTEMPTS {
+            // A plain read first: a replay (the common duplicate) costs one SELECT, and a
+            // fresh key one INSERT after it, instead of the full statement below.
+            let peeked = self.query(Some(key), &self.inner.sql.peek, &[&hex]).await?;
+            match peek_answer(peeked.first(), request)? {
+                Peek::Report(claim) => return Ok(claim),
+                Peek::Insert => {
+                    let rows = self
+                        .query(
+                            Some(key),
+                            &self.inner.sql.insert,
+                            &[&hex, &request.action, &fingerprint, &lease, &ttl],
+                        )
+                        .await?;
+                    match inserted(&rows, key)? {
+                        Some(token) => {
+                            return Ok(Claim::Acquired {
+                                token,
+                                resumed: false,
+                            })
+                        }
+                        None => continue, // made since the look: look again
+                    }
+                }
+                Peek::Replace => {}
+            }
             let rows = self
                 .query(
                     Some(key),

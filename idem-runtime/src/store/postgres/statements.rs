@@ -19,6 +19,8 @@ fn epoch_ms(expression: &str) -> String {
 /// The statements, written once for the store's schema.
 pub(super) struct Statements {
     // The claim protocol.
+    pub(super) peek: String,
+    pub(super) insert: String,
     pub(super) claim: String,
     pub(super) get: String,
     pub(super) held: String,
@@ -45,6 +47,8 @@ impl Statements {
     pub(super) fn new(s: &str) -> Self {
         Statements {
             // The claim protocol.
+            peek: peek(s),
+            insert: insert(s),
             claim: claim(s),
             get: get(s),
             held: held(s),
@@ -131,7 +135,37 @@ fn saga_columns() -> String {
 
 // The claim protocol.
 
-/// The claim: what it does to a record it may replace is take the place of a dead owner under
+/// A claim's first look, a plain read (no row lock, no transaction id, so no commit to
+/// flush): the record's columns as [`peek_answer`](super::decode::peek_answer) reads them,
+/// and the server's clock. Most claims are decided here: a replay, a live owner, a key
+/// parked for review are reported as read; a key with no record is inserted (`insert`); only
+/// a record to replace (an expired result, a dead owner) takes the full `claim`.
+fn peek(s: &str) -> String {
+    format!(
+        "SELECT status, token, fingerprint, outcome, result, {expires_ms}, {now_ms}
+         FROM {s}.idem_records WHERE key = $1::text",
+        expires_ms = epoch_ms("expires_at"),
+        now_ms = epoch_ms("clock_timestamp()"),
+    )
+}
+
+/// The claim of a key that had no record at the first look: a new claim under a new token,
+/// or nothing when a record was made since (the claim then looks again).
+fn insert(s: &str) -> String {
+    let sequence = quote_literal(&format!("{s}.idem_fencing_token"));
+    format!(
+        "INSERT INTO {s}.idem_records
+             (key, action, status, token, fingerprint, created_at, expires_at, takeovers, ttl_ms)
+         VALUES ($1::text, $2::text, 'in_progress', nextval({sequence}), $3::bytea,
+                 clock_timestamp(), clock_timestamp() + $4::bigint * interval '1 millisecond', 0,
+                 $5::bigint)
+         ON CONFLICT (key) DO NOTHING
+         RETURNING token"
+    )
+}
+
+/// The full claim, for a record the first look found replaceable (and, run again, for one
+/// that changed under it): what it does to a record it may replace is take the place of a dead owner under
 /// a new token, or (on_stale = review, `$5`) park the key for an operator, or start afresh over
 /// an expired result. The token of a takeover is drawn here, after the row is locked, so it is
 /// larger than any the record had. Its answer: what it wrote, and the record as its snapshot
