@@ -101,7 +101,7 @@ async fn send_quote_default_fresh(
     Ok(receipt(quote_id, amount_cents))
 }
 
-#[idempotent(name = "send_quote")]
+#[idempotent(name = "send_quote_default_store")]
 async fn send_quote_default(
     customer_id: &str,
     quote_id: &str,
