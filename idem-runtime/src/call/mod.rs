@@ -196,7 +196,7 @@ where
     let started = call_event_enabled().then(Instant::now);
     let meter = Meter::start(started);
     let span = metrics::span(call.action.name(), &call.key);
-    let result = protocol(call, store, codec, body, meter)
+    let result = Box::pin(protocol(call, store, codec, body, meter))
         .instrument(span)
         .await;
     let (outcome, failed) = match &result {
@@ -262,8 +262,11 @@ where
     let claimed = claim(call, store).await;
     let meter = meter.claimed(call.action.name());
     match claimed? {
+        // Boxed: the run's state (the body, its heartbeat, the settling of its outcome) is
+        // the largest part of a call's future, and every layer above would copy it by value
+        // (a few KB per move), replays included, which never run it.
         Claimed::Owner { token, resumed } => {
-            run(call, store, codec, token, resumed, body, meter).await
+            Box::pin(run(call, store, codec, token, resumed, body, meter)).await
         }
         Claimed::Recorded { outcome, how } => replay(outcome, codec, &call.key, how),
     }
