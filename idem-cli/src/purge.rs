@@ -29,8 +29,8 @@ printed at the end.
 
 Stores purge on their own too, so there is often little left: SQLite purges whenever a store
 opens the file (this command's included) and every 1024 recorded results; PostgreSQL every
-1024 recorded results; Redis deletes an expired result at its TTL by itself, and this command
-only trims the index that pointed at it.";
+1024 recorded results; Redis deletes an expired record by itself when it expires, so this
+command finds none there (it deletes the expiry index an older idem kept, if it is left).";
 
 /// `idem purge`.
 #[derive(Debug, Args)]

@@ -1006,7 +1006,7 @@ async fn purge_deletes_expired_records(env: Env) {
     assert_eq!(dry_run(), expired);
     // What the count covers depends on the store: PostgreSQL and SQLite keep expired results
     // until they are purged, and list them (the command opens the store as it is, purging
-    // nothing); Redis deletes them at their TTL and the purge trims its expiry index, so the
+    // nothing); Redis deletes them at their TTL (the purge finds none left), so the
     // listing no longer has them.
     let listed = env.idem(&["keys", "--limit", "2000", "--json"]).json();
     let listed = listed.as_array().expect("an array");

@@ -9,7 +9,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{
-    acquired, claim, claim_token, complete_ok, fingerprint, key, past, request, LONG, SHORT,
+    acquired, claim, claim_token, complete_ok, fingerprint, key, past, request, still_stored, LONG,
+    SHORT,
 };
 use crate::call::{Action, OnConflict};
 use crate::key::{Fingerprint, Key};
@@ -575,7 +576,8 @@ pub async fn purge_removes_only_expired_results(store: &dyn Store) {
     assert_eq!(complete_ok(store, &kept, t, b"2").await, Ownership::Held);
     claim_token(store, &running, SHORT).await;
     past(SHORT).await;
-    assert_eq!(store.purge_expired().await.expect("purge"), 1);
+    let left = still_stored(store, &[expiring]).await;
+    assert_eq!(store.purge_expired().await.expect("purge"), left);
     assert_eq!(store.get(&expiring).await.expect("get"), None);
     assert!(store.get(&kept).await.expect("get").is_some());
     assert!(
@@ -637,10 +639,19 @@ pub async fn a_dead_claim_is_purged_after_its_lease_and_ttl(store: &dyn Store) {
     // Lease and TTL ran out for `dead` and `in_doubt`, not the TTL of `resumable`: the two
     // are purged, one batch at a time.
     past(SHORT).await;
-    assert_eq!(store.count_expired().await.expect("count_expired"), 2);
-    assert_eq!(store.purge_expired_batch(1).await.expect("purge"), 1);
-    assert_eq!(store.count_expired().await.expect("count_expired"), 1);
-    assert_eq!(store.purge_expired_batch(10).await.expect("purge"), 1);
+    // Two to purge, or none where the store deleted them itself when they expired (Redis).
+    let left = still_stored(store, &[dead, in_doubt]).await;
+    assert!(left == 2 || left == 0, "{left}");
+    assert_eq!(store.count_expired().await.expect("count_expired"), left);
+    assert_eq!(store.purge_expired_batch(1).await.expect("purge"), left / 2);
+    assert_eq!(
+        store.count_expired().await.expect("count_expired"),
+        left / 2
+    );
+    assert_eq!(
+        store.purge_expired_batch(10).await.expect("purge"),
+        left / 2
+    );
     assert_eq!(store.purge_expired_batch(10).await.expect("purge"), 0);
     assert_eq!(store.count_expired().await.expect("count_expired"), 0);
     assert_eq!(store.get(&dead).await.expect("get"), None, "a dead claim");

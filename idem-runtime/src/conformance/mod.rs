@@ -239,6 +239,18 @@ async fn complete_ok(store: &dyn Store, key: &Key, token: FencingToken, bytes: &
         .expect("complete")
 }
 
+/// How many of `keys` still have a record: what a purge has left to delete and count. A
+/// store that deletes expired records itself, when they expire (Redis), has none left.
+pub(crate) async fn still_stored(store: &dyn Store, keys: &[Key]) -> u64 {
+    let mut left = 0;
+    for key in keys {
+        if store.get(key).await.expect("get").is_some() {
+            left += 1;
+        }
+    }
+    left
+}
+
 pub(crate) async fn past(duration: Duration) {
     tokio::time::sleep(duration + Duration::from_millis(40)).await;
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::call::Action;
-use crate::conformance::{claim_token, past, LONG, SHORT};
+use crate::conformance::{claim_token, past, still_stored, LONG, SHORT};
 use crate::key::{Fingerprint, Key};
 use crate::store::OnStale;
 use crate::store::{
@@ -277,10 +277,20 @@ pub async fn purge_expired_in_batches(store: &dyn Store) {
     );
     past(SHORT).await;
 
-    assert_eq!(store.count_expired().await.expect("count_expired"), 5);
-    assert_eq!(store.purge_expired_batch(2).await.expect("purge"), 2);
-    assert_eq!(store.count_expired().await.expect("count_expired"), 3);
-    assert_eq!(store.purge_expired_batch(10).await.expect("purge"), 3);
+    // Five to purge, or none where the store deleted them itself when they expired (Redis).
+    let left = still_stored(store, &expiring).await;
+    assert!(left == 5 || left == 0, "{left}");
+    let first = left.min(2);
+    assert_eq!(store.count_expired().await.expect("count_expired"), left);
+    assert_eq!(store.purge_expired_batch(2).await.expect("purge"), first);
+    assert_eq!(
+        store.count_expired().await.expect("count_expired"),
+        left - first
+    );
+    assert_eq!(
+        store.purge_expired_batch(10).await.expect("purge"),
+        left - first
+    );
     assert_eq!(store.purge_expired_batch(10).await.expect("purge"), 0);
     assert_eq!(store.count_expired().await.expect("count_expired"), 0);
     for key in &expiring {
@@ -423,7 +433,7 @@ pub async fn resolve_saga_settles_only_what_needs_attention(store: &dyn Store) {
 
 /// A key whose result expired and was claimed again (not completed yet) leaves nothing
 /// expired to count or purge: the claim replaced the old result. (Redis, which deletes an
-/// expired result by itself, once kept its expiry entry and counted it.)
+/// expired result by itself, once kept an expiry entry for it and counted that.)
 pub async fn a_reclaimed_key_leaves_nothing_expired(store: &dyn Store) {
     let key = EMAIL.key(&("reclaimed", 1)).expect("canonical");
     let token = token_as(store, "send_email", &key, LONG, OnStale::TakeOver).await;

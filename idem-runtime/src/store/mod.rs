@@ -380,7 +380,7 @@ pub trait Store: SagaStore + Inspect + Send + Sync + fmt::Debug {
     /// Records parked for review, claims whose lease still runs, and the logs of sagas that
     /// need attention, were interrupted or were resolved are kept: those are for an operator,
     /// their code, or a live owner. The rule is `Found::is_purgeable` in `store::rules`. A
-    /// store may also delete such records by itself (Redis does, at that moment); what it
-    /// counts here is then what is left to tidy of them (its expiry index).
+    /// store may also delete such records by itself (Redis does, at that moment); it counts
+    /// here only what is left of them, none for Redis.
     async fn purge_expired(&self) -> Result<u64, Error>;
 }

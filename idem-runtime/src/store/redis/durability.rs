@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
-use super::scripts::RELEASE;
 use super::{failed, RedisStore};
 use crate::key::Key;
-use crate::store::FencingToken;
+use crate::store::{FencingToken, Store};
 use crate::Error;
 
 /// What too few replicas mean for a write the store has made: it may not survive.
@@ -250,13 +249,7 @@ impl RedisStore {
         let Err(error) = self.wait_for_replicas(key, "the claim", so).await else {
             return Ok(());
         };
-        let mut invocation = RELEASE.prepare_invoke();
-        invocation
-            .key(self.record_key(key))
-            .key(self.global("expiry"))
-            .arg(token)
-            .arg(key.to_string());
-        if let Err(release) = self.run::<i64>(Some(key), &invocation).await {
+        if let Err(release) = Store::release(self, key, token).await {
             tracing::warn!(
                 target: "idem",
                 key = %key,

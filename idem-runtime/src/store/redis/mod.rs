@@ -9,18 +9,19 @@
 //! <prefix>{<key>}:s       hash: a saga's log head (id, status, error, updated, note)
 //! <prefix>{<key>}:steps   hash: a saga's steps, fields "<index>:<field>"
 //! <prefix>tokens          counter: the fencing tokens
-//! <prefix>expiry          sorted set: records by when Redis deletes them (for the purge)
 //! <prefix>sagas           sorted set: sagas running or being undone (for recovery)
 //! ```
 //!
 //! Redis deletes a record itself (native expiry) when the purge would: a completed record,
 //! with its saga log, at the end of its TTL; a claim at the end of its lease plus the action's
 //! TTL (`PEXPIREAT`, moved by each heartbeat), unless it has a saga log (then it never
-//! expires: recovery needs it) or is parked for review (`PERSIST`). The expiry index holds the
-//! same moments, so that `count_expired` and the purge can say how many went.
+//! expires: recovery needs it) or is parked for review (`PERSIST`). So the purge has nothing
+//! left to delete, and `count_expired` nothing to count. (An older idem kept an expiry index,
+//! `<prefix>expiry`, to count them: 31 % of a record's memory and two commands per call. The
+//! purge deletes it.)
 //!
 //! The `{<key>}` hash tag keeps a record and its saga log in one cluster slot. The token
-//! counter and the two indexes are single keys, so the store runs on one Redis server (with
+//! counter and the sagas index are single keys, so the store runs on one Redis server (with
 //! replicas), not on Redis Cluster.
 //!
 //! The operators' queries (`list_records`, `record_counts`, `list_sagas`) have no index by
@@ -32,8 +33,6 @@
 //! saga logs; `scan.rs` the operators' walks; `durability.rs` the eviction check on
 //! `connect` and the `WAIT` for replicas. This file: the store, its builder, the `Store` impl.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -55,11 +54,7 @@ mod scripts;
 
 use decode::{claim_answer, corrupt, fields, fingerprint, record, saga_log, step_fields};
 use durability::{memory_policy, Replicas};
-use scripts::{CLAIM, COMPLETE, EXPIRED, HEARTBEAT, RELEASE, RESOLVE, WRITE_SAGA};
-
-/// After how many recorded results (of one store handle) the expiry index is trimmed of the
-/// records that expired (the records themselves expire natively, on time).
-const PURGE_EVERY: u64 = 64;
+use scripts::{CLAIM, COMPLETE, HEARTBEAT, RELEASE, RESOLVE, WRITE_SAGA};
 
 /// The hashes of one kind the store keeps per key (`<prefix>{<key>}<suffix>`), as the
 /// operators' listings walk them: the fields they read of each first (all but the bulky
@@ -157,7 +152,6 @@ pub struct RedisStore {
     connection: ConnectionManager,
     prefix: String,
     replicas: Option<Replicas>,
-    recorded: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -302,7 +296,6 @@ impl RedisStoreBuilder {
             connection,
             prefix: self.prefix,
             replicas: self.replicas,
-            recorded: Arc::default(),
         })
     }
 }
@@ -397,18 +390,6 @@ impl RedisStore {
         )
     }
 
-    /// The results whose TTL ran out by the server's clock, as the expiry index holds them:
-    /// counted (`None`), or trimmed from the index, the oldest first, at most `trim` of them.
-    async fn expired(&self, trim: Option<u64>) -> Result<u64, Error> {
-        let mut invocation = EXPIRED.prepare_invoke();
-        invocation.key(self.global("expiry"));
-        match trim {
-            Some(at_most) => invocation.arg(at_most),
-            None => invocation.arg("count"),
-        };
-        self.run(None, &invocation).await
-    }
-
     fn global(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
@@ -425,10 +406,17 @@ impl RedisStore {
             .map_err(failed(key))
     }
 
-    /// Trims the expiry index of the records Redis deleted by now (the results whose TTL ran
-    /// out, with their saga logs, and the dead claims), and says how many there were.
+    /// What a purge does on Redis, which deletes expired records itself: it deletes the
+    /// expiry index an older idem kept (`<prefix>expiry`), if it is still there, and has no
+    /// record left to delete or count.
     async fn purge(&self) -> Result<u64, Error> {
-        self.expired(Some(u64::MAX)).await
+        let mut connection = self.connection.clone();
+        redis::cmd("UNLINK")
+            .arg(self.global("expiry"))
+            .query_async::<i64>(&mut connection)
+            .await
+            .map_err(failed(None))?;
+        Ok(0)
     }
 }
 
@@ -457,7 +445,6 @@ impl Store for RedisStore {
         invocation
             .key(self.record_key(key))
             .key(self.global("tokens"))
-            .key(self.global("expiry"))
             .key(self.saga_keys(key).0)
             .arg(&request.fingerprint.as_bytes()[..])
             .arg(request.action)
@@ -466,7 +453,6 @@ impl Store for RedisStore {
                 crate::store::OnStale::TakeOver => "takeover",
                 crate::store::OnStale::Review => "review",
             })
-            .arg(key.to_string())
             .arg(millis(request.ttl));
         let answer: Value = self.run(Some(key), &invocation).await?;
         let claim = claim_answer(answer).map_err(corrupt(key, "a record"))?;
@@ -491,34 +477,21 @@ impl Store for RedisStore {
         let mut invocation = COMPLETE.prepare_invoke();
         invocation
             .key(self.record_key(key))
-            .key(self.global("expiry"))
             .key(head)
             .key(steps)
             .arg(token)
             .arg(kind)
             .arg(bytes)
-            .arg(millis(ttl))
-            .arg(key.to_string());
+            .arg(millis(ttl));
         let held: i64 = self
             .run_acknowledged(key, &invocation, "the result", |held| *held == 1)
             .await?;
-        let due = self.recorded.fetch_add(1, Ordering::Relaxed) % PURGE_EVERY == PURGE_EVERY - 1;
-        if held == 1 && due {
-            // A store nobody purges stays small; the result is recorded whatever this says.
-            if let Err(error) = self.purge().await {
-                tracing::warn!(target: "idem", %error, "purging expired results failed");
-            }
-        }
         Ok(ownership(held))
     }
 
     async fn release(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
         let mut invocation = RELEASE.prepare_invoke();
-        invocation
-            .key(self.record_key(key))
-            .key(self.global("expiry"))
-            .arg(token)
-            .arg(key.to_string());
+        invocation.key(self.record_key(key)).arg(token);
         Ok(ownership(self.run(Some(key), &invocation).await?))
     }
 
@@ -532,10 +505,8 @@ impl Store for RedisStore {
         invocation
             .key(self.record_key(key))
             .key(self.saga_keys(key).0)
-            .key(self.global("expiry"))
             .arg(token)
-            .arg(millis(lease))
-            .arg(key.to_string());
+            .arg(millis(lease));
         let held = self
             .run_acknowledged(key, &invocation, "the extended lease", |held| *held == 1)
             .await?;
@@ -575,7 +546,6 @@ impl SagaStore for RedisStore {
             .key(head)
             .key(steps)
             .key(self.global("sagas"))
-            .key(self.global("expiry"))
             .arg(token)
             .arg(id)
             .arg(saga.to_string());
@@ -691,20 +661,18 @@ impl Inspect for RedisStore {
         self.count_records().await
     }
 
-    /// How many records `purge_expired` would count now: the members of the expiry index due
-    /// by the server's clock (one script, `ZCOUNT`). Redis deleted those records (results, with
-    /// the logs of the sagas they ended, at their TTL; dead claims at their lease end plus
-    /// TTL); the purge trims the index.
+    /// None: Redis deletes expired records itself, when they expire (results with the logs of
+    /// the sagas they ended at their TTL, dead claims at their lease end plus TTL), so none is
+    /// left for a purge.
     async fn count_expired(&self) -> Result<u64, Error> {
-        self.expired(None).await
+        Ok(0)
     }
 
-    /// Like `purge_expired`, at most `limit` records: they went when they expired (Redis
-    /// expires them natively), and this trims up to `limit` of them from the expiry index, the
-    /// oldest first (one script).
+    /// As `purge_expired`: nothing is left to delete (Redis deleted the expired records when
+    /// they expired), and an older idem's expiry index is deleted if it is still there.
     async fn purge_expired_batch(&self, limit: usize) -> Result<u64, Error> {
-        self.expired(Some(u64::try_from(limit).unwrap_or(u64::MAX)))
-            .await
+        let _ = limit;
+        self.purge().await
     }
 
     /// The saga logs that `query` selects, most recently written first, with their steps.

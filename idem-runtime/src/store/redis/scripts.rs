@@ -28,7 +28,6 @@ const CLAIM_LUA: &str = with_clock!("claim.lua");
 const COMPLETE_LUA: &str = with_clock!("complete.lua");
 const RELEASE_LUA: &str = include_str!("scripts/release.lua");
 const HEARTBEAT_LUA: &str = with_clock!("heartbeat.lua");
-const EXPIRED_LUA: &str = with_clock!("expired.lua");
 const RESOLVE_LUA: &str = with_clock!("resolve.lua");
 const WRITE_SAGA_LUA: &str = with_clock!("write_saga.lua");
 
@@ -44,9 +43,6 @@ pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEA
 /// Extends a lease if the token still owns the record (`scripts/heartbeat.lua`).
 pub(super) static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| Script::new(HEARTBEAT_LUA));
 
-/// Counts or trims the expired members of the expiry index (`scripts/expired.lua`).
-pub(super) static EXPIRED: LazyLock<Script> = LazyLock::new(|| Script::new(EXPIRED_LUA));
-
 /// Settles a saga that needs attention by hand (`scripts/resolve.lua`).
 pub(super) static RESOLVE: LazyLock<Script> = LazyLock::new(|| Script::new(RESOLVE_LUA));
 
@@ -55,13 +51,12 @@ pub(super) static WRITE_SAGA: LazyLock<Script> = LazyLock::new(|| Script::new(WR
 
 /// Every script: its name, its source and the `Script` the store runs.
 #[cfg(test)]
-fn all() -> [(&'static str, &'static str, &'static Script); 7] {
+fn all() -> [(&'static str, &'static str, &'static Script); 6] {
     [
         ("claim", CLAIM_LUA, &CLAIM),
         ("complete", COMPLETE_LUA, &COMPLETE),
         ("release", RELEASE_LUA, &RELEASE),
         ("heartbeat", HEARTBEAT_LUA, &HEARTBEAT),
-        ("expired", EXPIRED_LUA, &EXPIRED),
         ("resolve", RESOLVE_LUA, &RESOLVE),
         ("write_saga", WRITE_SAGA_LUA, &WRITE_SAGA),
     ]

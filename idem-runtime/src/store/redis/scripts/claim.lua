@@ -2,16 +2,15 @@
 --
 -- KEYS[1] the record hash       ARGV[1] the fingerprint (32 bytes)
 -- KEYS[2] the token counter     ARGV[2] the action
--- KEYS[3] the expiry index      ARGV[3] the lease, ms
--- KEYS[4] the saga log head     ARGV[4] 'takeover' or 'review' (a stale claim's fate)
---                               ARGV[5] the key (its member in the expiry index)
---                               ARGV[6] the action's TTL, ms
+-- KEYS[3] the saga log head     ARGV[3] the lease, ms
+--                               ARGV[4] 'takeover' or 'review' (a stale claim's fate)
+--                               ARGV[5] the action's TTL, ms
 --
 -- A claim expires (natively) at the end of its lease plus the action's TTL, unless the key
 -- has a saga log. Returns {'acquired', token, resumed}, {'completed', fingerprint, kind,
 -- bytes, ms left of its TTL or -1}, {'in_progress', fingerprint, token, lease_remaining_ms}
 -- or {'review', fingerprint}.
-local lease, ttl = tonumber(ARGV[3]), tonumber(ARGV[6])
+local lease, ttl = tonumber(ARGV[3]), tonumber(ARGV[5])
 local r = redis.call('HMGET', KEYS[1], 'st', 'tk', 'fp', 'oc', 'rs', 'ex')
 local st, ex = r[1], tonumber(r[6])
 local expired = ex ~= nil and ex <= now
@@ -24,13 +23,10 @@ local function acquire(resumed)
     redis.call('HSET', KEYS[1], 'st', 'in_progress', 'tk', token, 'fp', ARGV[1],
       'ac', ARGV[2], 'ca', now, 'ex', now + lease, 'tl', ttl)
   end
-  -- Replaces the expiry entry of a result Redis already deleted itself (it would be stale).
-  if redis.call('EXISTS', KEYS[4]) == 1 then
+  if redis.call('EXISTS', KEYS[3]) == 1 then
     redis.call('PERSIST', KEYS[1])
-    redis.call('ZREM', KEYS[3], ARGV[5])
   else
     redis.call('PEXPIREAT', KEYS[1], now + lease + ttl)
-    redis.call('ZADD', KEYS[3], now + lease + ttl, ARGV[5])
   end
   return {'acquired', token, resumed and 1 or 0}
 end
@@ -46,5 +42,4 @@ if ARGV[4] == 'takeover' then return acquire(true) end
 redis.call('HSET', KEYS[1], 'st', 'needs_review')
 redis.call('HDEL', KEYS[1], 'ex')
 redis.call('PERSIST', KEYS[1])
-redis.call('ZREM', KEYS[3], ARGV[5])
 return {'review', r[3]}

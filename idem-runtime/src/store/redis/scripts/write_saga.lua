@@ -1,12 +1,12 @@
 -- write_saga: one write to a saga's log, if the token still owns the saga's record (in
--- progress). The first one makes the record last (no expiry, out of the expiry index):
--- recovery needs the claim of a saga whose owner died.
+-- progress). The first one makes the record last (no expiry): recovery needs the claim of
+-- a saga whose owner died.
 --
 -- KEYS[1] the record hash       ARGV[1] the token
 -- KEYS[2] the saga log head     ARGV[2] the saga's id
--- KEYS[3] the saga log steps    ARGV[3] the key (its member in the indexes)
+-- KEYS[3] the saga log steps    ARGV[3] the key (its member in the sagas index)
 -- KEYS[4] the sagas index       ARGV[4..] 'status', <status>, <has_error 0|1>, <error>
--- KEYS[5] the expiry index             or 'step', <index>, <field>, <value>, …
+--                                      or 'step', <index>, <field>, <value>, …
 --
 -- Returns 1 (held) or 0 (lost).
 local r = redis.call('HMGET', KEYS[1], 'st', 'tk')
@@ -14,7 +14,6 @@ if r[2] ~= ARGV[1] or r[1] ~= 'in_progress' then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('HSET', KEYS[2], 'id', ARGV[2], 'status', 'running')
   redis.call('PERSIST', KEYS[1])
-  redis.call('ZREM', KEYS[5], ARGV[3])
 end
 redis.call('HSET', KEYS[2], 'updated', now)
 if ARGV[4] == 'status' then
