@@ -36,8 +36,9 @@
 //! natively, the `fresh-kept` records are flushed (Redis) after their rows, and the
 //! PostgreSQL tables are truncated before each fresh row.
 //!
-//! CPU time per call: of this process (`/proc/self/stat`) and of the server (`redis-server`,
-//! or the postmaster and all its children) over the measured window, divided by the calls.
+//! CPU time per call: of this process and of the server (`redis-server`, or the postmaster
+//! and all its children, with those that ended in the window), from `/proc`, over the
+//! measured window, divided by the calls.
 //!
 //! Round trips are counted afterwards, one call at a time: on Redis with `MONITOR`, which
 //! shows each command a client sent (`[0 127.0.0.1:port]`) apart from the commands a Lua
@@ -49,6 +50,8 @@
 //! For a quick look: `IDEM_BENCH_ROUND_MS=500` (the length of a round), `IDEM_BENCH_CALLERS=64`
 //! (or `1,16`), `IDEM_BENCH_ONLY=redis` (or `postgresql-replay`, …: the rows whose
 //! `<store>-<call>` contains it; round trips are counted only for a whole store).
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -64,6 +67,8 @@ use idem::store::{PostgresStore, RedisStore, Store};
 use idem_runtime::conformance::servers::{PostgresServer, RedisServer};
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
+
+use common::{info_commandstats, redis_cmd, Cpu};
 
 /// The concurrencies of the rows.
 const CALLERS: [usize; 3] = [1, 16, 64];
@@ -290,79 +295,6 @@ fn round_length() -> Duration {
     Duration::from_millis(ms)
 }
 
-/// Which server's processes to charge server CPU time to.
-#[derive(Clone, Copy)]
-enum Server {
-    Redis(u16),
-    Postgres(u16),
-}
-
-/// `(pid, ppid, comm, cpu seconds)` of the processes in /proc.
-fn processes() -> Vec<(u32, u32, String, f64)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            let (head, rest) = stat.rsplit_once(')')?;
-            let comm = head.split_once('(')?.1.to_owned();
-            // After `)`: state ppid … utime (14th field of the line) stime (15th).
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let ppid = fields.get(1)?.parse().ok()?;
-            let ticks: f64 =
-                fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-            Some((pid, ppid, comm, ticks / 100.0))
-        })
-        .collect()
-}
-
-fn cmdline(pid: u32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|bytes| String::from_utf8_lossy(&bytes).replace('\0', " "))
-        .unwrap_or_default()
-}
-
-impl Server {
-    /// CPU seconds used so far by this server: redis-server, or the postmaster and its
-    /// children (backends, WAL writer, checkpointer, autovacuum).
-    fn cpu(self) -> f64 {
-        let all = processes();
-        match self {
-            Server::Redis(port) => all
-                .iter()
-                .filter(|(pid, _, comm, _)| {
-                    comm == "redis-server" && cmdline(*pid).contains(&port.to_string())
-                })
-                .map(|p| p.3)
-                .sum(),
-            Server::Postgres(port) => {
-                let flag = format!("-p {port} ");
-                let Some(postmaster) = all
-                    .iter()
-                    .find(|(pid, _, comm, _)| comm == "postgres" && cmdline(*pid).contains(&flag))
-                else {
-                    return 0.0;
-                };
-                all.iter()
-                    .filter(|p| p.0 == postmaster.0 || p.1 == postmaster.0)
-                    .map(|p| p.3)
-                    .sum()
-            }
-        }
-    }
-}
-
-/// CPU seconds used so far by this process (the callers, the clients).
-fn own_cpu() -> f64 {
-    processes()
-        .into_iter()
-        .find(|p| p.0 == std::process::id())
-        .map_or(0.0, |p| p.3)
-}
-
 /// What one round measured.
 #[derive(Clone, Copy)]
 struct Sample {
@@ -374,7 +306,7 @@ struct Sample {
 
 /// One round: `callers` tasks call in a loop; calls per second over the measured window, and
 /// the CPU time spent per call by this process and by the server over that window.
-async fn round(work: &Work, callers: usize, server: Server) -> Sample {
+async fn round(work: &Work, callers: usize, server: Cpu) -> Sample {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..callers)
@@ -389,11 +321,14 @@ async fn round(work: &Work, callers: usize, server: Server) -> Sample {
         })
         .collect();
     tokio::time::sleep(WARM_UP).await;
-    let (client, served) = (own_cpu(), server.cpu());
+    let (client, served) = (Cpu::ThisProcess.seconds(), server.seconds());
     let (before, started) = (done.load(Ordering::Relaxed), Instant::now());
     tokio::time::sleep(round_length()).await;
     let (after, elapsed) = (done.load(Ordering::Relaxed), started.elapsed());
-    let (client, served) = (own_cpu() - client, server.cpu() - served);
+    let (client, served) = (
+        Cpu::ThisProcess.seconds() - client,
+        server.seconds() - served,
+    );
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.expect("a caller panicked");
@@ -428,7 +363,7 @@ async fn compare(
     callers: usize,
     idem: &Work,
     raw: &Work,
-    server: Server,
+    server: Cpu,
 ) -> Option<Row> {
     let (mut idem_rates, mut raw_rates) = (Vec::new(), Vec::new());
     if !wanted(store, call) {
@@ -502,7 +437,7 @@ async fn redis_rows(server: &RedisServer, rows: &mut Vec<Row>) {
                         kept,
                     },
                     &Work::RedisRawFresh(raw.clone(), ttl_ms),
-                    Server::Redis(server.port()),
+                    Cpu::Redis(server.port()),
                 )
                 .await,
             );
@@ -525,7 +460,7 @@ async fn redis_rows(server: &RedisServer, rows: &mut Vec<Row>) {
                 callers,
                 &Work::IdemReplay(store.clone()),
                 &Work::RedisRawReplay(raw.clone()),
-                Server::Redis(server.port()),
+                Cpu::Redis(server.port()),
             )
             .await,
         );
@@ -737,18 +672,6 @@ async fn redis_round_trips(server: &RedisServer) -> Vec<(String, String)> {
     found
 }
 
-/// Sends one command and returns its answer.
-async fn admin(connection: &ConnectionManager, args: &[&str]) -> redis::Value {
-    let mut command = redis::cmd(args[0]);
-    for arg in &args[1..] {
-        command.arg(*arg);
-    }
-    command
-        .query_async(&mut connection.clone())
-        .await
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
 fn text_of(value: &redis::Value) -> String {
     match value {
         redis::Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
@@ -758,37 +681,18 @@ fn text_of(value: &redis::Value) -> String {
     }
 }
 
-/// `INFO commandstats` over `calls` (after `CONFIG RESETSTAT`): by command, (calls, µs). The
-/// time of an `EVALSHA` includes the commands its script runs, which are counted again under
-/// their own names.
+/// `INFO commandstats` over `calls` (after `CONFIG RESETSTAT`): by command, (calls, µs),
+/// without the commands sent to measure (`CONFIG`, `INFO`, the `ECHO` marks).
 async fn command_stats<F: std::future::Future<Output = ()>>(
     connection: &ConnectionManager,
     calls: F,
 ) -> BTreeMap<String, (u64, u64)> {
-    admin(connection, &["CONFIG", "RESETSTAT"]).await;
+    let _: () = redis_cmd(connection, &["CONFIG", "RESETSTAT"]).await;
     calls.await;
-    let info = text_of(&admin(connection, &["INFO", "commandstats"]).await);
-    let mut stats = BTreeMap::new();
-    // cmdstat_evalsha:calls=1000,usec=7380,usec_per_call=7.38,rejected_calls=0,failed_calls=0
-    for line in info.lines() {
-        let Some((name, fields)) = line
-            .strip_prefix("cmdstat_")
-            .and_then(|rest| rest.split_once(':'))
-        else {
-            continue;
-        };
-        if matches!(name, "config" | "info" | "echo") || name.starts_with("config|") {
-            continue;
-        }
-        let field = |key: &str| {
-            fields
-                .split(',')
-                .find_map(|f| f.strip_prefix(key))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        stats.insert(name.to_owned(), (field("calls="), field("usec=")));
-    }
+    let mut stats = info_commandstats(connection).await;
+    stats.retain(|name, _| {
+        !(matches!(name.as_str(), "config" | "info" | "echo") || name.starts_with("config|"))
+    });
     stats
 }
 
@@ -828,22 +732,22 @@ async fn script_times<F: std::future::Future<Output = ()>>(
     connection: &ConnectionManager,
     calls: F,
 ) -> BTreeMap<String, (u64, u64)> {
-    admin(connection, &["CONFIG", "SET", "slowlog-max-len", "100000"]).await;
-    admin(
+    let _: () = redis_cmd(connection, &["CONFIG", "SET", "slowlog-max-len", "100000"]).await;
+    let _: () = redis_cmd(
         connection,
         &["CONFIG", "SET", "slowlog-log-slower-than", "0"],
     )
     .await;
-    admin(connection, &["SLOWLOG", "RESET"]).await;
+    let _: () = redis_cmd(connection, &["SLOWLOG", "RESET"]).await;
     calls.await;
-    admin(
+    let _: () = redis_cmd(
         connection,
         &["CONFIG", "SET", "slowlog-log-slower-than", "10000"],
     )
     .await;
-    let logged = admin(connection, &["SLOWLOG", "GET", "-1"]).await;
-    admin(connection, &["SLOWLOG", "RESET"]).await;
-    admin(connection, &["CONFIG", "SET", "slowlog-max-len", "128"]).await;
+    let logged: redis::Value = redis_cmd(connection, &["SLOWLOG", "GET", "-1"]).await;
+    let _: () = redis_cmd(connection, &["SLOWLOG", "RESET"]).await;
+    let _: () = redis_cmd(connection, &["CONFIG", "SET", "slowlog-max-len", "128"]).await;
     let redis::Value::Array(entries) = logged else {
         panic!("SLOWLOG GET answered {logged:?}");
     };
@@ -865,9 +769,9 @@ async fn script_times<F: std::future::Future<Output = ()>>(
         let words: Vec<String> = args.iter().map(text_of).collect();
         let name = match words.first().map(|w| w.to_lowercase()).as_deref() {
             Some("evalsha") => match (words.get(2).map(String::as_str), words.len()) {
+                // EVALSHA, the hash, the number of keys, the keys, the arguments.
                 (Some("3"), 11) => "claim",
-                (Some("4"), 13) => "complete",
-                (Some("4"), 8) => "purge",
+                (Some("3"), 10) => "complete",
                 _ => "other script",
             },
             Some("zrange") => "zrange",
@@ -962,7 +866,7 @@ async fn postgres_rows(server: &PostgresServer, rows: &mut Vec<Row>) {
                         kept,
                     },
                     &Work::PgRawFresh(pool.clone(), ttl_ms),
-                    Server::Postgres(server.port()),
+                    Cpu::Postgres(server.port()),
                 )
                 .await,
             );
@@ -977,7 +881,7 @@ async fn postgres_rows(server: &PostgresServer, rows: &mut Vec<Row>) {
                 callers,
                 &Work::IdemReplay(store.clone()),
                 &Work::PgRawReplay(pool.clone()),
-                Server::Postgres(server.port()),
+                Cpu::Postgres(server.port()),
             )
             .await,
         );
