@@ -21,6 +21,7 @@
 //! | `keys [--status S] [--action NAME] [--limit N] [--json]` | lists records, newest first: action, key prefix, status, owner token, age, expiry |
 //! | `show KEY [--json]` | one record (a unique key prefix is enough), its stored result pretty-printed |
 //! | `unlock KEY [--yes] [--force]` | releases a stuck IN_PROGRESS or NEEDS_REVIEW record, so the next call runs its body; asks first unless `--yes`; refuses a live lease, or the claim of a running saga (`idem::recover`'s job), unless `--force` |
+//! | `forget KEY [--yes]` | deletes a recorded result (or a recorded final error) before its TTL runs out, so the next call runs its body again; asks first unless `--yes`; refuses anything but a completed record, and a saga's outcome |
 //! | `settle KEY --result JSON [--ttl SECONDS] [--yes] [--force]` | records the result of a call left in doubt (its owner died, its error was ambiguous, or it waits for review), once you know its effect happened: every later call replays it; the same refusals as `unlock` |
 //! | `sagas [--status S] [--limit N] [--json]` | lists saga logs, most recently written first |
 //! | `saga ID [--json]` | one saga: status, error, note, and each step's state, arguments, output and error |
@@ -101,6 +102,7 @@ macro_rules! note {
 }
 pub(crate) use note;
 
+mod forget;
 mod purge;
 mod records;
 mod sagas;
@@ -170,6 +172,9 @@ enum Command {
     /// Release a stuck IN_PROGRESS or NEEDS_REVIEW record so the next call runs its body
     #[command(long_about = records::UNLOCK_HELP)]
     Unlock(records::UnlockArgs),
+    /// Delete a recorded result before its TTL runs out, so the next call runs its body
+    #[command(long_about = forget::FORGET_HELP)]
+    Forget(forget::ForgetArgs),
     /// Record the result of a call left in doubt, once you know its effect happened
     #[command(long_about = settle::SETTLE_HELP)]
     Settle(settle::SettleArgs),
@@ -301,6 +306,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Keys(args) => records::keys(&ctx, &args, &mut out).await,
         Command::Show(args) => records::show(&ctx, &args, &mut out).await,
         Command::Unlock(args) => records::unlock(&ctx, &args, &mut out).await,
+        Command::Forget(args) => forget::forget(&ctx, &args, &mut out).await,
         Command::Settle(args) => settle::settle(&ctx, &args, &mut out).await,
         Command::Sagas(args) => sagas::list(&ctx, &args, &mut out).await,
         Command::Saga(args) => sagas::show(&ctx, &args, &mut out).await,

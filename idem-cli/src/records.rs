@@ -355,7 +355,7 @@ fn confirm(question: &str) -> Result<bool, Failure> {
 }
 
 /// The one record whose key starts with `prefix`.
-async fn find(ctx: &Ctx, prefix: &str) -> Result<Record, Failure> {
+pub(crate) async fn find(ctx: &Ctx, prefix: &str) -> Result<Record, Failure> {
     if let Ok(key) = Key::from_str(prefix) {
         return match ctx.store.get(&key).await {
             Ok(Some(record)) => Ok(record),

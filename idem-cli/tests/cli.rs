@@ -1142,7 +1142,80 @@ async fn settle_records_the_result_of_a_key_in_doubt(env: Env) {
     assert!(why.contains("nothing to settle"), "{why}");
 }
 
+/// Counts its runs: a result to forget, whose next call runs the body again.
+#[idem::idempotent(skip = [store, runs], store = store)]
+async fn print_label(
+    store: &dyn Store,
+    runs: &AtomicUsize,
+    order: &str,
+) -> Result<usize, ToolError> {
+    let _ = order;
+    Ok(runs.fetch_add(1, Ordering::SeqCst) + 1)
+}
+
+/// `forget`: deletes a recorded result (value or final error) after asking, so the next call
+/// runs its body; refuses a key in progress or parked for review.
+async fn forget_deletes_a_recorded_result_and_refuses_the_rest(env: Env) {
+    let store = &*env.store;
+    let runs = AtomicUsize::new(0);
+    assert_eq!(print_label(store, &runs, "order-7").await, Ok(1));
+    assert_eq!(
+        print_label(store, &runs, "order-7").await,
+        Ok(1),
+        "replayed"
+    );
+    let listing = env
+        .idem(&["keys", "--action", "print_label", "--json"])
+        .json();
+    let key = key_of(&listing, "print_label");
+
+    let why = env
+        .idem_with_stdin(&["forget", &key[..12]], "n\n")
+        .fails(1)
+        .to_owned();
+    assert!(why.contains("not forgotten"), "{why}");
+    assert_eq!(
+        print_label(store, &runs, "order-7").await,
+        Ok(1),
+        "still replayed"
+    );
+
+    let forgot = env.idem(&["forget", &key[..12], "--yes"]).ok().to_owned();
+    assert!(
+        forgot.contains("forgot key") && forgot.contains(&key),
+        "{forgot}"
+    );
+    assert_eq!(
+        print_label(store, &runs, "order-7").await,
+        Ok(2),
+        "forgotten: the body ran again"
+    );
+
+    // What is not a recorded result is refused, and stays.
+    let ledger = AtomicUsize::new(0);
+    fill_records(store, &ledger).await;
+    let listing = env.idem(&["keys", "--json"]).json();
+    for action in ["export_report", "wire_transfer"] {
+        let key = key_of(&listing, action);
+        let why = env
+            .idem(&["forget", &key[..12], "--yes"])
+            .fails(1)
+            .to_owned();
+        assert!(why.contains("only a recorded result is forgotten"), "{why}");
+    }
+    let declined = key_of(&listing, "charge_card");
+    let forgot = env
+        .idem(&["forget", &declined[..12], "--yes"])
+        .ok()
+        .to_owned();
+    assert!(
+        forgot.contains("was failed"),
+        "a recorded error is forgotten too: {forgot}"
+    );
+}
+
 on_every_store!(
+    forget_deletes_a_recorded_result_and_refuses_the_rest,
     settle_records_the_result_of_a_key_in_doubt,
     records_are_listed_shown_and_counted,
     unlock_refuses_what_it_must_and_releases_the_rest,

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use idem::idempotent;
 use idem::store::{
-    Claim, ClaimRequest, MemoryStore, ReplayCache, SqliteStore, Store, StoredOutcome,
+    Claim, ClaimRequest, Inspect, MemoryStore, Ownership, ReplayCache, SqliteStore, Store,
+    StoredOutcome,
 };
 use idem::{Action, Fingerprint, OnStale};
 
@@ -279,4 +280,53 @@ async fn unlock_and_settle_are_seen_at_once() {
             );
         }
     }
+}
+
+/// `forget_result` (what `idem forget` does): made through the cache, the result is dropped
+/// here too and the next call runs the body; made through another handle (another process:
+/// the operator's command), this process replays the deleted result until the entry ages out.
+#[tokio::test(start_paused = true)]
+async fn a_result_forgotten_elsewhere_is_replayed_until_max_age() {
+    let store = ReplayCache::new(MemoryStore::new()).max_age(Duration::from_secs(10));
+    let ledger = Ledger::new();
+    let key = Action::new("replay_cache_send").key(&("ada",)).unwrap();
+    let first = send(&store, &ledger, "ada").await.unwrap();
+    send(&store, &ledger, "ada").await.unwrap(); // learned
+
+    // Elsewhere: the store's own handle.
+    let token = store
+        .inner()
+        .get(&key)
+        .await
+        .unwrap()
+        .expect("the record")
+        .token;
+    let forgotten = store.inner().forget_result(&key, token).await.unwrap();
+    assert_eq!(forgotten, Ownership::Held);
+    assert_eq!(send(&store, &ledger, "ada").await.unwrap(), first);
+    assert_eq!(
+        ledger.count(),
+        1,
+        "replayed from the cache, although forgotten"
+    );
+    tokio::time::advance(Duration::from_secs(11)).await;
+    let second = send(&store, &ledger, "ada").await.unwrap();
+    assert_ne!(
+        second, first,
+        "aged out: the store had nothing, so the body ran"
+    );
+    send(&store, &ledger, "ada").await.unwrap(); // learned again
+
+    // Through the cache: dropped here at once.
+    let token = store.get(&key).await.unwrap().expect("the record").token;
+    assert_eq!(
+        store.forget_result(&key, token).await.unwrap(),
+        Ownership::Held
+    );
+    let third = send(&store, &ledger, "ada").await.unwrap();
+    assert_ne!(
+        third, second,
+        "forgotten through the cache: the body ran at once"
+    );
+    assert_eq!(ledger.count(), 3);
 }

@@ -45,8 +45,8 @@ pub use claim::{
     wait_returns_when_the_key_is_released,
 };
 pub use operator::{
-    a_reclaimed_key_leaves_nothing_expired, list_records_filters_and_orders,
-    list_sagas_filters_by_status_and_id, purge_expired_in_batches,
+    a_reclaimed_key_leaves_nothing_expired, forget_result_deletes_only_a_recorded_result,
+    list_records_filters_and_orders, list_sagas_filters_by_status_and_id, purge_expired_in_batches,
     record_counts_by_action_and_kind, resolve_saga_settles_only_what_needs_attention,
 };
 pub use races::{
@@ -154,6 +154,7 @@ macro_rules! conformance_tests {
             purge_expired_in_batches,
             list_sagas_filters_by_status_and_id,
             resolve_saga_settles_only_what_needs_attention,
+            forget_result_deletes_only_a_recorded_result,
             a_reclaimed_key_leaves_nothing_expired,
             a_claim_left_in_doubt_follows_on_stale_at_once,
             a_shared_handle_is_the_same_store,

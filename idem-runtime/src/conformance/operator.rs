@@ -453,3 +453,68 @@ pub async fn a_reclaimed_key_leaves_nothing_expired(store: &dyn Store) {
     let record = store.get(&key).await.expect("get").expect("the new claim");
     assert_eq!((record.status, record.token), (Status::InProgress, again));
 }
+
+/// `forget_result` deletes a recorded result (a value or a recorded error) under the token
+/// it was recorded with, and nothing else: not under another token, not a claim in progress
+/// or parked for review, not a saga's outcome; the next claim of a forgotten key is a new
+/// one, under a larger token.
+pub async fn forget_result_deletes_only_a_recorded_result(store: &dyn Store) {
+    let Filled {
+        sent,
+        declined,
+        running,
+        review,
+    } = fill(store).await;
+    let token_of = |key: Key| async move {
+        let record = store.get(&key).await.expect("get").expect("a record");
+        record.token
+    };
+    let sent_token = token_of(sent).await;
+    let forget = |key: Key, token| async move {
+        store
+            .forget_result(&key, token)
+            .await
+            .expect("forget_result")
+    };
+
+    assert_eq!(
+        forget(sent, sent_token + 1).await,
+        Ownership::Lost,
+        "another token"
+    );
+    for key in [running, review] {
+        let token = token_of(key).await;
+        assert_eq!(forget(key, token).await, Ownership::Lost, "not a result");
+        assert!(store.get(&key).await.expect("get").is_some());
+    }
+    assert_eq!(forget(sent, sent_token).await, Ownership::Held);
+    assert_eq!(store.get(&sent).await.expect("get"), None);
+    assert_eq!(
+        forget(sent, sent_token).await,
+        Ownership::Lost,
+        "gone already"
+    );
+    let declined_token = token_of(declined).await;
+    assert_eq!(forget(declined, declined_token).await, Ownership::Held);
+    let again = token_as(store, "send_email", &sent, LONG, OnStale::TakeOver).await;
+    assert!(again > sent_token, "a new claim, under a larger token");
+
+    // A saga's outcome goes with its log: not forgotten.
+    let saga = EMAIL.key(&("forget-saga", 1)).expect("canonical");
+    let token = claim_token(store, &saga, LONG).await;
+    let done = SagaWrite::Status {
+        status: SagaStatus::Completed,
+        error: None,
+    };
+    let written = store.write_saga(&saga, "forget-saga", token, done).await;
+    assert_eq!(written.expect("write_saga"), Ownership::Held);
+    let ok = StoredOutcome::Ok(b"null".to_vec());
+    let completed = store.complete(&saga, token, ok, LONG).await;
+    assert_eq!(completed.expect("complete"), Ownership::Held);
+    assert_eq!(
+        forget(saga, token).await,
+        Ownership::Lost,
+        "a saga's outcome"
+    );
+    assert!(store.read_saga(&saga).await.expect("read_saga").is_some());
+}

@@ -77,9 +77,13 @@ macro_rules! forward_store {
 forward_store!(&S, Arc<S>, Box<S>);
 
 /// `SagaStore` and `Inspect` forwarded to an inner store, the same for every wrapper:
-/// `[generics] Type, |this| expression reaching the inner store from this`.
+/// `[generics] Type, |this| expression reaching the inner store from this`, and optionally
+/// `on_forget = |this, key| expression` run before a `forget_result` is forwarded.
 macro_rules! forward_logs_and_inspect {
-    ([$($generics:tt)*] $ty:ty, |$this:ident| $inner:expr) => {
+    (
+        [$($generics:tt)*] $ty:ty, |$this:ident| $inner:expr
+        $(, on_forget = |$forget_this:ident, $forget_key:ident| $on_forget:expr)?
+    ) => {
     // `inner!(self)` is the inner store of a method's `self`.
     macro_rules! inner {
         ($self_:expr) => {{
@@ -132,6 +136,14 @@ macro_rules! forward_logs_and_inspect {
 
         async fn resolve_saga(&self, saga: &Key, note: &str) -> Result<bool, Error> {
             inner!(self).resolve_saga(saga, note).await
+        }
+
+        async fn forget_result(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
+            $({
+                let ($forget_this, $forget_key) = (self, key);
+                $on_forget;
+            })?
+            inner!(self).forget_result(key, token).await
         }
     }
     };

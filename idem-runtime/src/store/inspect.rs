@@ -10,7 +10,7 @@ use std::fmt;
 use async_trait::async_trait;
 
 use crate::key::Key;
-use crate::store::{Record, SagaLog, SagaStatus, Status, StoredOutcome};
+use crate::store::{FencingToken, Ownership, Record, SagaLog, SagaStatus, Status, StoredOutcome};
 use crate::Error;
 
 /// What an operator sorts records by: the protocol's [`Status`], with the completed records
@@ -492,6 +492,47 @@ pub trait Inspect: Send + Sync {
     async fn resolve_saga(&self, saga: &Key, note: &str) -> Result<bool, Error> {
         let _ = (saga, note);
         Err(unsupported::<Self>("resolve_saga"))
+    }
+
+    /// Deletes a recorded result before its TTL runs out, so that the next call of the key
+    /// runs its body again: atomically, and only if the record is completed under `token`
+    /// (the token an operator read) and is not a saga's (a saga's outcome goes with its log).
+    /// [`Ownership::Lost`] when the record is anything else, or changed meanwhile.
+    ///
+    /// A process that keeps results in a [`ReplayCache`](crate::store::ReplayCache) replays
+    /// the result until its entry ages out, unless the deletion goes through that cache.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idem_runtime::store::{Claim, ClaimRequest, Inspect, MemoryStore, Ownership, Store, StoredOutcome};
+    /// use idem_runtime::{Action, Fingerprint, OnStale};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let store = MemoryStore::new();
+    /// let key = Action::new("send_email").key(&("ada@example.com",))?;
+    /// let request = ClaimRequest {
+    ///     key: &key,
+    ///     fingerprint: &Fingerprint::from(key),
+    ///     action: "send_email",
+    ///     lease: Duration::from_secs(10),
+    ///     ttl: Duration::from_secs(3600),
+    ///     on_stale: OnStale::TakeOver,
+    /// };
+    /// let Claim::Acquired { token, .. } = store.claim(&request).await? else { unreachable!() };
+    /// let ok = StoredOutcome::Ok(br#""a result recorded by a bug""#.to_vec());
+    /// let _ = store.complete(&key, token, ok, Duration::from_secs(3600)).await?;
+    ///
+    /// // The operator reads the record, and deletes it under the token it has.
+    /// let record = store.get(&key).await?.expect("the record");
+    /// assert_eq!(store.forget_result(&key, record.token).await?, Ownership::Held);
+    /// assert_eq!(store.get(&key).await?, None);
+    /// assert!(matches!(store.claim(&request).await?, Claim::Acquired { .. }));
+    /// # Ok::<(), idem_runtime::Error>(())
+    /// # }).unwrap();
+    /// ```
+    async fn forget_result(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
+        let _ = (key, token);
+        Err(unsupported::<Self>("forget_result"))
     }
 }
 

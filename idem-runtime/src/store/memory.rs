@@ -567,6 +567,20 @@ impl Inspect for MemoryStore {
         Ok(found)
     }
 
+    async fn forget_result(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
+        let mut state = self.inner.state();
+        let forgettable = !state.sagas.contains_key(key)
+            && state
+                .records
+                .get(key)
+                .is_some_and(|entry| entry.status == Status::Completed && entry.token == token);
+        if !forgettable {
+            return Ok(Ownership::Lost);
+        }
+        state.records.remove(key);
+        Ok(Ownership::Held)
+    }
+
     async fn resolve_saga(&self, saga: &Key, note: &str) -> Result<bool, Error> {
         let now = self.inner.now_ms();
         let mut state = self.inner.state();

@@ -58,13 +58,15 @@ use crate::Error;
 /// # Operators, while a result is cached
 ///
 /// A completed record changes in the store only when its TTL runs out (the cache drops it by
-/// then too) or when someone deletes it: an operator by hand, or code of one's own. **Such a
-/// deletion is not seen by a process that holds the result: it replays the deleted result
-/// until the entry is `max_age` old.** Choose `max_age` as the longest such delay you
-/// accept. What the `idem` command offers does not meet the cache: `unlock` and `settle` act
-/// on keys in progress, in doubt or parked for review, which are never cached, so the next
-/// call sees what they did at once; `purge` deletes only results whose TTL ran out, which no
-/// cache holds. [`ReplayCache::forget`] drops a key from this process's cache.
+/// then too) or when it is deleted: by `idem forget KEY` ([`Inspect::forget_result`]), by
+/// hand, or by code of one's own. **A deletion made elsewhere is not seen by a process that
+/// holds the result: it replays the deleted result until the entry is `max_age` old.** Choose
+/// `max_age` as the longest such delay you accept. A deletion through this handle
+/// (`forget_result` on the cache) drops the entry here at once; [`ReplayCache::forget`] drops
+/// one from this process's cache only. `idem unlock` and `idem settle` never meet the cache:
+/// they act on keys in progress, in doubt or parked for review, which are never cached, so the
+/// next call sees what they did at once. `idem purge` deletes only results whose TTL ran out,
+/// which no cache holds.
 ///
 /// # Where it pays
 ///
@@ -360,4 +362,8 @@ impl<S: Store> Store for ReplayCache<S> {
     }
 }
 
-forward_logs_and_inspect!([S: Store] ReplayCache<S>, |this| &this.store);
+// An operator's deletion made through this handle drops the result here too.
+forward_logs_and_inspect!(
+    [S: Store] ReplayCache<S>, |this| &this.store,
+    on_forget = |this, key| this.forget(key)
+);

@@ -607,6 +607,21 @@ impl Inspect for PostgresStore {
             .collect()
     }
 
+    async fn forget_result(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
+        let deleted = self
+            .execute(
+                Some(key),
+                &self.inner.sql.forget_result,
+                &[&key.to_string(), &to_sql(token)],
+            )
+            .await?;
+        Ok(if deleted == 1 {
+            Ownership::Held
+        } else {
+            Ownership::Lost
+        })
+    }
+
     async fn resolve_saga(&self, saga: &Key, note: &str) -> Result<bool, Error> {
         let resolved = self
             .execute(

@@ -40,6 +40,7 @@ pub(super) struct Statements {
     pub(super) record_counts: String,
     pub(super) list_sagas: String,
     pub(super) resolve_saga: String,
+    pub(super) forget_result: String,
 }
 
 impl Statements {
@@ -68,6 +69,7 @@ impl Statements {
             record_counts: record_counts(s),
             list_sagas: list_sagas(s),
             resolve_saga: resolve_saga(s),
+            forget_result: forget_result(s),
         }
     }
 }
@@ -415,6 +417,15 @@ fn list_sagas(s: &str) -> String {
                LIMIT $3::bigint) AS g
          LEFT JOIN {s}.idem_saga_steps t ON t.saga = g.key
          ORDER BY g.updated_at DESC, g.id COLLATE \"C\", g.key COLLATE \"C\", t.idx"
+    )
+}
+
+/// Deletes a result recorded under a token, unless it is a saga's.
+fn forget_result(s: &str) -> String {
+    format!(
+        "DELETE FROM {s}.idem_records
+         WHERE key = $1::text AND token = $2::bigint AND status = 'completed'
+           AND NOT EXISTS (SELECT 1 FROM {s}.idem_sagas WHERE key = $1::text)"
     )
 }
 

@@ -54,7 +54,7 @@ mod scripts;
 
 use decode::{claim_answer, corrupt, fields, fingerprint, record, saga_log, step_fields};
 use durability::{memory_policy, Replicas};
-use scripts::{CLAIM, COMPLETE, HEARTBEAT, RELEASE, RESOLVE, WRITE_SAGA};
+use scripts::{CLAIM, COMPLETE, FORGET, HEARTBEAT, RELEASE, RESOLVE, WRITE_SAGA};
 
 /// The hashes of one kind the store keeps per key (`<prefix>{<key>}<suffix>`), as the
 /// operators' listings walk them: the fields they read of each first (all but the bulky
@@ -680,6 +680,16 @@ impl Inspect for RedisStore {
     /// their heads), then reads the `limit` newest with their steps in one more round trip.
     async fn list_sagas(&self, query: &SagaQuery) -> Result<Vec<SagaLog>, Error> {
         self.scan_sagas(query).await
+    }
+
+    /// Deletes a result recorded under `token` (not a saga's): one script.
+    async fn forget_result(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
+        let mut invocation = FORGET.prepare_invoke();
+        invocation
+            .key(self.record_key(key))
+            .key(self.saga_keys(key).0)
+            .arg(token);
+        Ok(ownership(self.run(Some(key), &invocation).await?))
     }
 
     /// Settles a saga that needs attention, keeping `note` in its log head: one script that

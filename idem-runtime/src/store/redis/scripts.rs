@@ -27,6 +27,7 @@ macro_rules! with_clock {
 const CLAIM_LUA: &str = with_clock!("claim.lua");
 const COMPLETE_LUA: &str = with_clock!("complete.lua");
 const RELEASE_LUA: &str = include_str!("scripts/release.lua");
+const FORGET_LUA: &str = include_str!("scripts/forget.lua");
 const HEARTBEAT_LUA: &str = with_clock!("heartbeat.lua");
 const RESOLVE_LUA: &str = with_clock!("resolve.lua");
 const WRITE_SAGA_LUA: &str = with_clock!("write_saga.lua");
@@ -40,6 +41,9 @@ pub(super) static COMPLETE: LazyLock<Script> = LazyLock::new(|| Script::new(COMP
 /// Gives a claim back if the token still owns it (`scripts/release.lua`).
 pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
 
+/// Deletes a result recorded under a token, unless it is a saga's (`scripts/forget.lua`).
+pub(super) static FORGET: LazyLock<Script> = LazyLock::new(|| Script::new(FORGET_LUA));
+
 /// Extends a lease if the token still owns the record (`scripts/heartbeat.lua`).
 pub(super) static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| Script::new(HEARTBEAT_LUA));
 
@@ -51,11 +55,12 @@ pub(super) static WRITE_SAGA: LazyLock<Script> = LazyLock::new(|| Script::new(WR
 
 /// Every script: its name, its source and the `Script` the store runs.
 #[cfg(test)]
-fn all() -> [(&'static str, &'static str, &'static Script); 6] {
+fn all() -> [(&'static str, &'static str, &'static Script); 7] {
     [
         ("claim", CLAIM_LUA, &CLAIM),
         ("complete", COMPLETE_LUA, &COMPLETE),
         ("release", RELEASE_LUA, &RELEASE),
+        ("forget", FORGET_LUA, &FORGET),
         ("heartbeat", HEARTBEAT_LUA, &HEARTBEAT),
         ("resolve", RESOLVE_LUA, &RESOLVE),
         ("write_saga", WRITE_SAGA_LUA, &WRITE_SAGA),

@@ -5,7 +5,8 @@ use rusqlite::{params, params_from_iter, Connection};
 
 use crate::key::Key;
 use crate::store::{
-    Record, RecordCount, RecordKind, RecordQuery, RecordTally, SagaLog, SagaQuery, Status,
+    FencingToken, Ownership, Record, RecordCount, RecordKind, RecordQuery, RecordTally, SagaLog,
+    SagaQuery, Status,
 };
 use crate::Error;
 
@@ -183,6 +184,29 @@ pub(super) fn list_sagas(
 }
 
 /// Marks the saga `saga` resolved with `note` if it needs attention.
+pub(super) fn forget_result(
+    connection: &mut Connection,
+    key: &Key,
+    token: FencingToken,
+) -> Result<Ownership, Error> {
+    // A token past i64::MAX was never handed out here: nothing to delete.
+    let Ok(token) = i64::try_from(token) else {
+        return Ok(Ownership::Lost);
+    };
+    let (transaction, _) = begin_write(connection)?;
+    let deleted = transaction
+        .prepare_cached(statements::FORGET_RESULT)
+        .map_err(db)?
+        .execute(params![key.to_string(), token])
+        .map_err(db)?;
+    transaction.commit().map_err(db)?;
+    Ok(if deleted == 1 {
+        Ownership::Held
+    } else {
+        Ownership::Lost
+    })
+}
+
 pub(super) fn resolve_saga(
     connection: &mut Connection,
     saga: &Key,

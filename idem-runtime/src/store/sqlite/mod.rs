@@ -43,7 +43,7 @@ use crate::store::{
 use crate::store::{Inspect, SagaStore};
 use crate::Error;
 
-use inspect::{list_records, list_sagas, record_counts, resolve_saga};
+use inspect::{forget_result, list_records, list_sagas, record_counts, resolve_saga};
 use open::open_file;
 use purge::count_expired;
 use records::{claim, complete, fenced, heartbeat, read, OwnedClaim};
@@ -422,6 +422,14 @@ impl Inspect for SqliteStore {
         let query = query.clone();
         self.on(Use::Read, None, move |connection| {
             list_sagas(connection, &query)
+        })
+        .await
+    }
+
+    async fn forget_result(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
+        let owned_key = *key;
+        self.on(Use::Write, Some(key), move |connection| {
+            forget_result(connection, &owned_key, token)
         })
         .await
     }
