@@ -19,7 +19,7 @@
 //! Bytes per record:
 //!
 //! - Redis (`RedisServer::shared()`, prefix `idem:`): `MEMORY USAGE … SAMPLES 0` of the record
-//!   hashes `idem:{<key>}:r`, averaged over up to 10,000 of them (the keys come from
+//!   strings `idem:{<key>}:r`, averaged over up to 10,000 of them (the keys come from
 //!   `idem::current_key()` in the body); the token counter `idem:tokens` (one key for all
 //!   records); and the growth of `INFO memory`'s `used_memory` over the load, per
 //!   record, which also holds what `MEMORY USAGE` leaves out (the keyspace's and the expiry
@@ -76,7 +76,7 @@ use common::{info_commandstats, redis_cmd, Cpu};
 
 /// How many records each store gets unless `IDEM_FOOTPRINT_RECORDS` says.
 const DEFAULT_RECORDS: u64 = 100_000;
-/// How many Redis record hashes `MEMORY USAGE` is asked about.
+/// How many Redis records `MEMORY USAGE` is asked about.
 const SAMPLE: usize = 10_000;
 /// Replays per fresh call: 20 % of all calls are replays.
 const REPLAY_SHARE: f64 = 0.2;
@@ -320,7 +320,8 @@ async fn redis(server: &RedisServer, records: u64, notes: &mut Vec<String>) -> R
                 .arg(&hash)
                 .arg("SAMPLES")
                 .arg(0);
-            pipe.cmd("HGET").arg(&hash).arg("st");
+            // The record's first byte is its status (`c`: completed).
+            pipe.cmd("GETRANGE").arg(&hash).arg(0).arg(0);
         }
         let answers: Vec<redis::Value> = pipe
             .query_async(&mut admin.clone())
@@ -329,6 +330,11 @@ async fn redis(server: &RedisServer, records: u64, notes: &mut Vec<String>) -> R
         for pair in answers.chunks(2) {
             let bytes: i64 = redis::from_redis_value(&pair[0]).expect("a record's usage");
             let state: String = redis::from_redis_value(&pair[1]).expect("a record's status");
+            let state = if state == "c" {
+                "completed".to_owned()
+            } else {
+                state
+            };
             total += bytes;
             *states.entry(state).or_default() += 1;
         }
@@ -803,7 +809,7 @@ fn main() {
     if let Some(r) = &redis {
         let sum = r.record_hash + r.tokens;
         println!(
-            "| Redis | record hash `idem:{{key}}:r` (`MEMORY USAGE`, {}, mean of {}) | {:.0} |",
+            "| Redis | record `idem:{{key}}:r` (`MEMORY USAGE`, {}, mean of {}) | {:.0} |",
             r.hash_encoding,
             count(SAMPLE.min(records as usize) as f64),
             r.record_hash

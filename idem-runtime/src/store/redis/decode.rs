@@ -1,21 +1,21 @@
-//! From what Redis answers to what the store hands out: the hashes of records and saga logs,
-//! and the answers of the claim script, read into `Record`, `Claim` and `SagaLog`; and the
-//! fields a saga step is written as, the other way.
+//! From what Redis answers to what the store hands out: records (`record.rs` reads their
+//! format), the hashes of saga logs and the answers of the claim script, read into `Record`,
+//! `Claim` and `SagaLog`; and the fields a saga step is written as, the other way.
 //!
 //! ```text
-//! {st: completed, tk: 7, fp: <32 bytes>, oc: ok, rs: <bytes>, …}  → Record
-//! [in_progress, <fingerprint>, 7, 1500]                            → Claim::InProgress
-//! {0:name: charge, 0:state: done, …, 1:name: …}                    → [StepRecord]
+//! c|7|0|…|ok|10|send_email{"id":"m-1"} + PTTL 3600000   → Record
+//! [in_progress, <fingerprint>, 7, 1500]                  → Claim::InProgress
+//! {0:name: charge, 0:state: done, …, 1:name: …}          → [StepRecord]
 //! ```
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::Value;
 
-use super::RECORDS;
+use super::record::{State, Stored};
 use crate::key::{Fingerprint, Key};
 use crate::store::{
-    Claim, FencingToken, Record, SagaLog, SagaStatus, Status, StepRecord, StepState, StoredOutcome,
+    Claim, FencingToken, Record, SagaLog, SagaStatus, StepRecord, StepState, StoredOutcome,
 };
 use crate::Error;
 
@@ -60,11 +60,12 @@ fn number(value: &Value) -> Result<i64, String> {
     }
 }
 
-pub(super) fn fingerprint(value: Value) -> Result<Fingerprint, String> {
-    let bytes: [u8; 32] = bytes(value)?
-        .try_into()
-        .map_err(|_| "the fingerprint is not 32 bytes".to_owned())?;
-    Ok(Fingerprint::from_bytes(bytes))
+/// A fingerprint as the scripts answer it: 64 hex digits.
+fn fingerprint(value: Value) -> Result<Fingerprint, String> {
+    let key: Key = text(&value)?
+        .parse()
+        .map_err(|_| "the fingerprint is not 64 hex digits".to_owned())?;
+    Ok(Fingerprint::from_bytes(*key.as_bytes()))
 }
 
 fn outcome(kind: &str, bytes: Vec<u8>) -> Result<StoredOutcome, String> {
@@ -121,46 +122,35 @@ fn wall(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-pub(super) fn record(key: &Key, hash: Vec<(String, Vec<u8>)>) -> Result<Option<Record>, String> {
-    if hash.is_empty() {
+/// The record of `key` from its value (`GET`) and its `PEXPIRETIME`, `now_ms` the time it was
+/// read (milliseconds since the epoch); none for no value, or a record as good as gone (a
+/// tombstone, a result past its TTL: `Stored::is_gone`).
+pub(super) fn record(
+    key: &Key,
+    value: Value,
+    expiry: Value,
+    now_ms: i64,
+) -> Result<Option<Record>, String> {
+    if value == Value::Nil {
         return Ok(None);
     }
-    let mut status = None;
-    let (mut tok, mut fp, mut kind, mut result) = (None, None, None, None);
-    let (mut created, mut expires, mut action) = (None, None, String::new());
-    for (name, value) in hash {
-        match name.as_str() {
-            "st" => status = Some(String::from_utf8_lossy(&value).into_owned()),
-            "tk" => tok = Some(number(&Value::BulkString(value))?),
-            "fp" => fp = Some(fingerprint(Value::BulkString(value))?),
-            "oc" => kind = Some(String::from_utf8_lossy(&value).into_owned()),
-            "rs" => result = Some(value),
-            "ca" => created = Some(number(&Value::BulkString(value))?),
-            "ex" => expires = Some(number(&Value::BulkString(value))?),
-            "ac" => action = String::from_utf8_lossy(&value).into_owned(),
-            _ => {}
-        }
-    }
-    let status = status
-        .as_deref()
-        .and_then(Status::parse)
-        .ok_or("unknown status")?;
-    let outcome = match (kind, result) {
-        (Some(kind), Some(bytes)) => Some(outcome(&kind, bytes)?),
-        _ => None,
+    let stored = Stored::decode(&bytes(value)?)?;
+    let expiry = number(&expiry)?;
+    let State::Is(status) = stored.state else {
+        return Ok(None);
     };
-    if status == Status::Completed && outcome.is_none() {
-        return Err("completed without a result".into());
+    if stored.is_gone(now_ms, expiry) {
+        return Ok(None);
     }
     Ok(Some(Record {
         key: *key,
-        action,
+        action: stored.action.clone(),
         status,
-        token: token(tok.ok_or("no token")?)?,
-        fingerprint: fp.ok_or("no fingerprint")?,
-        outcome,
-        created_at: wall(created.unwrap_or(0)),
-        expires_at: expires.map(wall),
+        token: stored.token,
+        fingerprint: stored.fingerprint,
+        expires_at: stored.ends_at_ms(expiry).map(wall),
+        created_at: wall(stored.created_ms),
+        outcome: stored.outcome,
     }))
 }
 
@@ -179,19 +169,6 @@ pub(super) fn named(names: &[&str], value: Value) -> Result<Vec<(String, Vec<u8>
         .filter(|(_, value)| !matches!(value, Value::Nil))
         .map(|(name, value)| Ok(((*name).to_owned(), bytes(value)?)))
         .collect()
-}
-
-/// A record read without its result (the fields of [`RECORDS`]): what filters and orders
-/// need. Its outcome, if any, holds no bytes.
-pub(super) fn record_head(
-    key: &Key,
-    mut head: Vec<(String, Vec<u8>)>,
-) -> Result<Option<Record>, Error> {
-    if head.is_empty() {
-        return Ok(None);
-    }
-    head.push(("rs".to_owned(), Vec::new()));
-    record(key, head).map_err(corrupt(key, RECORDS.what))
 }
 
 /// The log of a saga from its head and steps (empty: read without its steps).

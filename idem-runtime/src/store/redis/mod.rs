@@ -1,11 +1,18 @@
 //! `RedisStore`: records on a Redis server, for agents on many machines.
 //!
-//! Every write is one Lua script, run atomically by the server, that checks the fencing token
-//! and reads the server's clock (`TIME`): the clocks of the callers never matter.
+//! A claim is one round trip of native commands, `SET <record> <claim> NX GET PX <lease +
+//! TTL>` and `PTTL` (`claim.rs`): it makes a claim where there is no record, and
+//! otherwise reads the record as it is (a replay, a live owner, a key parked for review) with
+//! no script on either path. Every other write, and a claim that must change a record (a dead
+//! owner taken over or parked, a released key claimed again), is one Lua script, run
+//! atomically by the server, that checks the fencing token and reads the server's clock
+//! (`TIME`): the clocks of the callers never matter. A claim's lease is in its key's expiry
+//! (the lease end plus the action's TTL), so the `SET` needs no clock. Fencing tokens of
+//! fresh claims come from blocks the store reserves (`tokens.rs`).
 //!
 //! ```text
-//! <prefix>{<key>}:r       hash: the record (status, token, fingerprint, outcome, times, action,
-//!                         and a claim's TTL)
+//! <prefix>{<key>}:r       string: the record (status, token, lease end, TTL, created,
+//!                         fingerprint, outcome kind, action, result; see `record.rs`)
 //! <prefix>{<key>}:s       hash: a saga's log head (id, status, error, updated, note)
 //! <prefix>{<key>}:steps   hash: a saga's steps, fields "<index>:<field>"
 //! <prefix>tokens          counter: the fencing tokens
@@ -42,19 +49,23 @@ use redis::Value;
 use crate::key::Key;
 use crate::store::{
     millis, Claim, ClaimRequest, FencingToken, Ownership, Record, RecordCount, RecordQuery,
-    SagaLog, SagaQuery, SagaWrite, StaleSaga, Store, StoredOutcome,
+    SagaLog, SagaQuery, SagaWrite, StaleSaga, Status, Store, StoredOutcome,
 };
 use crate::store::{Inspect, SagaStore};
 use crate::Error;
 
+mod claim;
 mod decode;
 mod durability;
+mod record;
 mod scan;
 mod scripts;
+mod tokens;
 
-use decode::{claim_answer, corrupt, fields, fingerprint, record, saga_log, step_fields};
+use decode::{corrupt, fields, record, saga_log, step_fields};
 use durability::{memory_policy, Replicas};
-use scripts::{CLAIM, COMPLETE, FORGET, HEARTBEAT, RELEASE, RESOLVE, WRITE_SAGA};
+use record::{State, Stored};
+use scripts::{COMPLETE, FORGET, HEARTBEAT, RELEASE, RESOLVE, WRITE_SAGA};
 
 /// The hashes of one kind the store keeps per key (`<prefix>{<key>}<suffix>`), as the
 /// operators' listings walk them: the fields they read of each first (all but the bulky
@@ -65,10 +76,10 @@ struct Hashes {
     what: &'static str,
 }
 
-/// The records, read without their result.
+/// The records (strings, read whole).
 const RECORDS: Hashes = Hashes {
     suffix: ":r",
-    head: &["st", "tk", "fp", "oc", "ca", "ex", "ac"],
+    head: &[],
     what: "a record",
 };
 
@@ -152,6 +163,7 @@ pub struct RedisStore {
     connection: ConnectionManager,
     prefix: String,
     replicas: Option<Replicas>,
+    tokens: std::sync::Arc<tokens::Tokens>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -296,6 +308,7 @@ impl RedisStoreBuilder {
             connection,
             prefix: self.prefix,
             replicas: self.replicas,
+            tokens: std::sync::Arc::default(),
         })
     }
 }
@@ -420,6 +433,17 @@ impl RedisStore {
     }
 }
 
+/// This machine's clock, in milliseconds since the epoch: when a native claim was made (the
+/// record's `created`, for operators), and the moment a record was read, for the times an
+/// operator is shown.
+fn wall_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
 /// The server's clock, in milliseconds since the epoch.
 async fn server_now_ms(connection: &mut ConnectionManager) -> Result<i64, Error> {
     let (seconds, micros): (i64, i64) = redis::cmd("TIME")
@@ -441,21 +465,10 @@ impl Store for RedisStore {
 
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
         let key = request.key;
-        let mut invocation = CLAIM.prepare_invoke();
-        invocation
-            .key(self.record_key(key))
-            .key(self.global("tokens"))
-            .key(self.saga_keys(key).0)
-            .arg(&request.fingerprint.as_bytes()[..])
-            .arg(request.action)
-            .arg(millis(request.lease))
-            .arg(match request.on_stale {
-                crate::store::OnStale::TakeOver => "takeover",
-                crate::store::OnStale::Review => "review",
-            })
-            .arg(millis(request.ttl));
-        let answer: Value = self.run(Some(key), &invocation).await?;
-        let claim = claim_answer(answer).map_err(corrupt(key, "a record"))?;
+        let claim = match self.claim_natively(request).await? {
+            Some(claim) => claim,
+            None => self.claim_by_script(request).await?,
+        };
         if let Claim::Acquired { token, .. } = claim {
             self.replicated_claim(key, token).await?;
         }
@@ -504,7 +517,6 @@ impl Store for RedisStore {
         let mut invocation = HEARTBEAT.prepare_invoke();
         invocation
             .key(self.record_key(key))
-            .key(self.saga_keys(key).0)
             .arg(token)
             .arg(millis(lease));
         let held = self
@@ -515,14 +527,18 @@ impl Store for RedisStore {
 
     async fn get(&self, key: &Key) -> Result<Option<Record>, Error> {
         let mut connection = self.connection.clone();
-        let hash: Value = redis::cmd("HGETALL")
-            .arg(self.record_key(key))
+        let record_key = self.record_key(key);
+        let (value, expiry, (seconds, micros)): (Value, Value, (i64, i64)) = redis::pipe()
+            .cmd("GET")
+            .arg(&record_key)
+            .cmd("PEXPIRETIME")
+            .arg(&record_key)
+            .cmd("TIME")
             .query_async(&mut connection)
             .await
             .map_err(failed(Some(key)))?;
-        fields(hash)
-            .and_then(|hash| record(key, hash))
-            .map_err(corrupt(key, "a record"))
+        let now_ms = seconds * 1000 + micros / 1000;
+        record(key, value, expiry, now_ms).map_err(corrupt(key, "a record"))
     }
 
     async fn purge_expired(&self) -> Result<u64, Error> {
@@ -605,28 +621,24 @@ impl SagaStore for RedisStore {
                 continue;
             };
             let (head, _) = self.saga_keys(&key);
-            let (record, id): (
-                (Option<String>, Option<i64>, Option<Vec<u8>>),
-                Option<String>,
-            ) = redis::pipe()
-                .cmd("HMGET")
-                .arg(self.record_key(&key))
-                .arg("st")
-                .arg("ex")
-                .arg("fp")
+            let record_key = self.record_key(&key);
+            let (value, expiry, id): (Option<Vec<u8>>, i64, Option<String>) = redis::pipe()
+                .cmd("GET")
+                .arg(&record_key)
+                .cmd("PEXPIRETIME")
+                .arg(&record_key)
                 .cmd("HGET")
                 .arg(head)
                 .arg("id")
                 .query_async(&mut connection)
                 .await
                 .map_err(failed(Some(&key)))?;
-            let (status, expires, fp) = record;
-            let dead_owner =
-                status.as_deref() == Some("in_progress") && expires.is_some_and(|at| at <= now);
-            if let (true, Some(fp), Some(id)) = (dead_owner, fp, id) {
-                let fingerprint =
-                    fingerprint(Value::BulkString(fp)).map_err(corrupt(&key, "a record"))?;
-                stale.push(StaleSaga::new(key, id, fingerprint));
+            let Some(value) = value else { continue };
+            let stored = Stored::decode(&value).map_err(corrupt(&key, "a record"))?;
+            let dead_owner = stored.state == State::Is(Status::InProgress)
+                && stored.ends_at_ms(expiry).is_some_and(|at| at <= now);
+            if let (true, Some(id)) = (dead_owner, id) {
+                stale.push(StaleSaga::new(key, id, stored.fingerprint));
             }
         }
         Ok(stale)

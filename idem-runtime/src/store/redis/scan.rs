@@ -1,19 +1,20 @@
 //! The operators' walks over the store: Redis keeps no index by action or time, so listing
-//! and counting records or saga logs walks their hashes with `SCAN`, a page at a time, and
+//! and counting records or saga logs walks their keys with `SCAN`, a page at a time, and
 //! keeps the newest while it goes.
 //!
 //! ```text
-//! SCAN 0 MATCH idem:{ab??…?}:r   → page 1 of names
-//! HMGET <page 1 heads> + SCAN c1 → heads of page 1, page 2 of names   (one round trip)
-//! …                              → the `limit` newest heads → HGETALL each (one round trip)
+//! SCAN 0 MATCH idem:{ab??…?}:r              → page 1 of names
+//! GET + PTTL <page 1 records> + SCAN c1     → the records of page 1, page 2 of names (one trip)
+//! SCAN 0 MATCH idem:{????…?}:s              → saga logs: HMGET of their heads the same way,
+//! …                                           then the `limit` newest in full (one round trip)
 //! ```
 
 use std::collections::HashSet;
 
 use redis::Value;
 
-use super::decode::{bytes, corrupt, fields, named, record, record_head, saga_log, text};
-use super::{failed, Hashes, RedisStore, RECORDS, SAGA_LOGS};
+use super::decode::{bytes, corrupt, fields, named, record, saga_log, text};
+use super::{failed, wall_now_ms, Hashes, RedisStore, RECORDS, SAGA_LOGS};
 use crate::key::Key;
 use crate::store::{Record, RecordCount, RecordKind, RecordQuery, RecordTally, SagaLog, SagaQuery};
 use crate::Error;
@@ -70,14 +71,16 @@ impl RedisStore {
         Ok(replies)
     }
 
-    /// Walks the `hashes` that match `pattern` with `SCAN` and hands each key, once, to
-    /// `each` with the fields of its head that are set (none: the hash went in the meantime).
-    /// The fields of one page are read in the round trip that asks for the next page.
+    /// Walks the keys of `hashes` that match `pattern` with `SCAN` and hands each key, once,
+    /// to `each` with the answers of the `per_key` commands `read` adds for it. One page's
+    /// reads go in the round trip that asks for the next page.
     async fn scan(
         &self,
         pattern: &str,
         hashes: &Hashes,
-        mut each: impl FnMut(Key, Vec<(String, Vec<u8>)>) -> Result<(), Error>,
+        per_key: usize,
+        read: impl Fn(&mut redis::Pipeline, &Key),
+        mut each: impl FnMut(Key, Vec<Value>) -> Result<(), Error>,
     ) -> Result<(), Error> {
         // SCAN may hand out a key twice (when the server resizes its table meanwhile).
         let mut seen = HashSet::new();
@@ -86,9 +89,7 @@ impl RedisStore {
         while cursor.is_some() || !page.is_empty() {
             let mut pipe = redis::pipe();
             for key in &page {
-                pipe.cmd("HMGET")
-                    .arg(self.hash_key(key, hashes.suffix))
-                    .arg(hashes.head);
+                read(&mut pipe, key);
             }
             if let Some(cursor) = cursor {
                 pipe.cmd("SCAN")
@@ -98,7 +99,7 @@ impl RedisStore {
                     .arg("COUNT")
                     .arg(SCAN_COUNT);
             }
-            let answers = page.len() + usize::from(cursor.is_some());
+            let answers = page.len() * per_key + usize::from(cursor.is_some());
             let mut replies = self.send(&pipe, answers).await?;
             let next = match cursor {
                 Some(_) => Some(
@@ -112,9 +113,10 @@ impl RedisStore {
                 ),
                 None => None,
             };
-            for (key, reply) in page.drain(..).zip(replies) {
-                let head = named(hashes.head, reply).map_err(corrupt(&key, hashes.what))?;
-                each(key, head)?;
+            let mut replies = replies.into_iter();
+            for key in page.drain(..) {
+                // `send` checked that there are `per_key` answers a key.
+                each(key, replies.by_ref().take(per_key).collect())?;
             }
             if let Some((next, names)) = next {
                 cursor = (next != 0).then_some(next);
@@ -128,43 +130,48 @@ impl RedisStore {
         Ok(())
     }
 
-    /// The records that match `query`, with their results, newest first: a scan of the record
-    /// heads (no results), then one pipeline that reads the `limit` newest in full.
+    /// Walks every record that matches `pattern` (those as good as gone left out), each read
+    /// whole with its `PEXPIRETIME`.
+    async fn scan_all_records(
+        &self,
+        pattern: &str,
+        mut each: impl FnMut(Record),
+    ) -> Result<(), Error> {
+        let now_ms = wall_now_ms();
+        let read = |pipe: &mut redis::Pipeline, key: &Key| {
+            let name = self.record_key(key);
+            pipe.cmd("GET").arg(&name).cmd("PEXPIRETIME").arg(&name);
+        };
+        self.scan(pattern, &RECORDS, 2, read, |key, mut answers| {
+            let expiry = answers.pop().unwrap_or(Value::Nil);
+            let value = answers.pop().unwrap_or(Value::Nil);
+            let found = record(&key, value, expiry, now_ms).map_err(corrupt(&key, RECORDS.what))?;
+            found.into_iter().for_each(&mut each);
+            Ok(())
+        })
+        .await
+    }
+
+    /// The records that match `query`, with their results, newest first: one scan that reads
+    /// each record whole and keeps the `limit` newest.
     pub(super) async fn scan_records(&self, query: &RecordQuery) -> Result<Vec<Record>, Error> {
         let hex = query.key_prefix.as_deref().unwrap_or_default();
         let mut newest = Newest::new(query.limit, newest_record_first);
-        self.scan(&self.pattern(hex, &RECORDS), &RECORDS, |key, head| {
-            newest.extend(record_head(&key, head)?.filter(|head| query.matches(head)));
-            Ok(())
+        self.scan_all_records(&self.pattern(hex, &RECORDS), |record| {
+            if query.matches(&record) {
+                newest.push(record);
+            }
         })
         .await?;
-        let chosen: Vec<Key> = newest.into_vec().iter().map(|head| head.key).collect();
-        let mut pipe = redis::pipe();
-        for key in &chosen {
-            pipe.cmd("HGETALL").arg(self.record_key(key));
-        }
-        let replies = self.send(&pipe, chosen.len()).await?;
-        let mut records = Vec::with_capacity(chosen.len());
-        for (key, reply) in chosen.iter().zip(replies) {
-            let found = fields(reply)
-                .and_then(|hash| record(key, hash))
-                .map_err(corrupt(key, RECORDS.what))?;
-            // A record that went or changed since its head was read is left out.
-            records.extend(found.filter(|record| query.matches(record)));
-        }
-        records.sort_by(newest_record_first);
-        Ok(records)
+        Ok(newest.into_vec())
     }
 
-    /// How many records there are of each action and kind, from their heads.
+    /// How many records there are of each action and kind.
     pub(super) async fn count_records(&self) -> Result<Vec<RecordCount>, Error> {
         let mut tally = RecordTally::new();
-        self.scan(&self.pattern("", &RECORDS), &RECORDS, |key, head| {
-            if let Some(head) = record_head(&key, head)? {
-                let kind = RecordKind::of(head.status, head.outcome.as_ref());
-                tally.add(&head.action, kind, 1);
-            }
-            Ok(())
+        self.scan_all_records(&self.pattern("", &RECORDS), |record| {
+            let kind = RecordKind::of(record.status, record.outcome.as_ref());
+            tally.add(&record.action, kind, 1);
         })
         .await?;
         Ok(tally.into_counts())
@@ -177,11 +184,25 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let mut newest = Newest::new(query.limit, newest_saga_first);
-        self.scan(&self.pattern("", &SAGA_LOGS), &SAGA_LOGS, |key, head| {
-            let log = saga_log(&key, head, Vec::new()).map_err(corrupt(&key, SAGA_LOGS.what))?;
-            newest.extend(log.filter(|log| query.matches(log)));
-            Ok(())
-        })
+        let read = |pipe: &mut redis::Pipeline, key: &Key| {
+            pipe.cmd("HMGET")
+                .arg(self.hash_key(key, SAGA_LOGS.suffix))
+                .arg(SAGA_LOGS.head);
+        };
+        self.scan(
+            &self.pattern("", &SAGA_LOGS),
+            &SAGA_LOGS,
+            1,
+            read,
+            |key, mut answers| {
+                let reply = answers.pop().unwrap_or(Value::Nil);
+                let head = named(SAGA_LOGS.head, reply).map_err(corrupt(&key, SAGA_LOGS.what))?;
+                let log =
+                    saga_log(&key, head, Vec::new()).map_err(corrupt(&key, SAGA_LOGS.what))?;
+                newest.extend(log.filter(|log| query.matches(log)));
+                Ok(())
+            },
+        )
         .await?;
         let chosen: Vec<Key> = newest.into_vec().iter().map(|log| log.key).collect();
         let mut pipe = redis::pipe();

@@ -6,15 +6,17 @@
 //! server's `TIME`, in milliseconds):
 //!
 //! ```text
-//! CLAIM source = prelude.lua ++ claim.lua     (local now = …; local lease, ttl = …)
-//! RELEASE      =                release.lua   (no clock)
+//! CLAIM source = prelude.lua ++ record.lua ++ claim.lua    (local now = …; decode, encode; …)
+//! RELEASE      =                record.lua ++ release.lua  (no clock)
+//! RESOLVE      = prelude.lua ++               resolve.lua  (a saga log, no record)
 //! ```
 
 use std::sync::LazyLock;
 
 use redis::Script;
 
-/// The source of the script in `scripts/<file>`, with the clock prelude in front of it.
+/// The source of the script in `scripts/<file>`, with the clock prelude in front of it, and
+/// the record's format (`scripts/record.lua`) for a script that reads or writes a record.
 macro_rules! with_clock {
     ($file:literal) => {
         concat!(
@@ -22,15 +24,33 @@ macro_rules! with_clock {
             include_str!(concat!("scripts/", $file))
         )
     };
+    ($file:literal, record) => {
+        concat!(
+            include_str!("scripts/prelude.lua"),
+            include_str!("scripts/record.lua"),
+            include_str!(concat!("scripts/", $file))
+        )
+    };
 }
 
-const CLAIM_LUA: &str = with_clock!("claim.lua");
-const COMPLETE_LUA: &str = with_clock!("complete.lua");
-const RELEASE_LUA: &str = include_str!("scripts/release.lua");
-const FORGET_LUA: &str = include_str!("scripts/forget.lua");
-const HEARTBEAT_LUA: &str = with_clock!("heartbeat.lua");
+/// The source of the script in `scripts/<file>`, which needs no clock, with the record's
+/// format in front of it.
+macro_rules! with_record {
+    ($file:literal) => {
+        concat!(
+            include_str!("scripts/record.lua"),
+            include_str!(concat!("scripts/", $file))
+        )
+    };
+}
+
+const CLAIM_LUA: &str = with_clock!("claim.lua", record);
+const COMPLETE_LUA: &str = with_clock!("complete.lua", record);
+const RELEASE_LUA: &str = with_record!("release.lua");
+const FORGET_LUA: &str = with_record!("forget.lua");
+const HEARTBEAT_LUA: &str = with_clock!("heartbeat.lua", record);
 const RESOLVE_LUA: &str = with_clock!("resolve.lua");
-const WRITE_SAGA_LUA: &str = with_clock!("write_saga.lua");
+const WRITE_SAGA_LUA: &str = with_clock!("write_saga.lua", record);
 
 /// The claim rule of `store::rules`, in the server (`scripts/claim.lua`).
 pub(super) static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
@@ -92,6 +112,16 @@ mod tests {
                 "{name}.lua uses `now` only with the prelude in front"
             );
         }
+    }
+
+    /// A key lives at least as long in the scripts as a token block is trusted in Rust.
+    #[test]
+    fn the_shortest_life_of_a_key_is_the_shortest_ttl_of_a_block_token() {
+        let line = format!(
+            "local SHORTEST_MS = {}",
+            super::super::tokens::FRESH_BLOCK_TTL.as_millis()
+        );
+        assert!(include_str!("scripts/record.lua").contains(&line), "{line}");
     }
 
     /// Every script compiles on a real server (`SCRIPT LOAD`), as the one the store runs: a

@@ -1,45 +1,56 @@
--- claim: the claim rule of `store::rules`, in the server.
+-- claim: the claim rule of `store::rules`, in the server, for the claims that change a
+-- record (a dead owner taken over or parked for review, an expired result, a dead claim past
+-- its TTL or a released key claimed afresh) and for the claims of actions whose TTL is too
+-- short for a token from a block. A claim of a key with no record is one native
+-- `SET … NX GET` in `claim.rs`, which comes here when it finds a record it must change.
 --
--- KEYS[1] the record hash       ARGV[1] the fingerprint (32 bytes)
--- KEYS[2] the token counter     ARGV[2] the action
--- KEYS[3] the saga log head     ARGV[3] the lease, ms
+-- KEYS[1] the record            ARGV[1] the fingerprint (64 hex digits)
+-- KEYS[2] the saga log head     ARGV[2] the action
+--                               ARGV[3] the lease, ms
 --                               ARGV[4] 'takeover' or 'review' (a stale claim's fate)
 --                               ARGV[5] the action's TTL, ms
+--                               ARGV[6] the new token (drawn from the counter)
 --
--- A claim expires (natively) at the end of its lease plus the action's TTL, unless the key
--- has a saga log. Returns {'acquired', token, resumed}, {'completed', fingerprint, kind,
--- bytes, ms left of its TTL or -1}, {'in_progress', fingerprint, token, lease_remaining_ms}
--- or {'review', fingerprint}.
+-- A claim made here keeps its lease end in the record, and its key expires at the lease end
+-- plus the action's TTL (at least SHORTEST_MS), unless the key has a saga log. Returns
+-- {'acquired', token, resumed}, {'completed', fingerprint, kind, bytes, ms left of its TTL},
+-- {'in_progress', fingerprint, token, lease_remaining_ms} or {'review', fingerprint}.
 local lease, ttl = tonumber(ARGV[3]), tonumber(ARGV[5])
-local r = redis.call('HMGET', KEYS[1], 'st', 'tk', 'fp', 'oc', 'rs', 'ex')
-local st, ex = r[1], tonumber(r[6])
-local expired = ex ~= nil and ex <= now
+local r = decode(redis.call('GET', KEYS[1]))
+local pttl = redis.call('PTTL', KEYS[1])
+-- The lease end (in progress) or the result's end (completed), server ms.
+local function ends(rec)
+  if rec.le > 0 then return rec.le end
+  if pttl < 0 then return now end
+  if rec.st == 'p' then return now + pttl - rec.tl end
+  return now + pttl
+end
 local function acquire(resumed)
-  local token = redis.call('INCR', KEYS[2])
-  if resumed then
-    redis.call('HSET', KEYS[1], 'tk', token, 'ex', now + lease, 'tl', ttl)
-  else
-    if st then redis.call('DEL', KEYS[1]) end
-    redis.call('HSET', KEYS[1], 'st', 'in_progress', 'tk', token, 'fp', ARGV[1],
-      'ac', ARGV[2], 'ca', now, 'ex', now + lease, 'tl', ttl)
+  local rec = r
+  if not resumed then
+    rec = {st = 'p', ca = string.format('%d', now), fp = ARGV[1], oc = '-', action = ARGV[2],
+      result = ''}
   end
-  if redis.call('EXISTS', KEYS[3]) == 1 then
-    redis.call('PERSIST', KEYS[1])
+  rec.tk, rec.tl, rec.le = ARGV[6], ttl, now + lease
+  if redis.call('EXISTS', KEYS[2]) == 1 then
+    redis.call('SET', KEYS[1], encode(rec))
   else
-    redis.call('PEXPIREAT', KEYS[1], now + lease + ttl)
+    redis.call('SET', KEYS[1], encode(rec), 'PX', math.max(lease + ttl, SHORTEST_MS))
   end
-  return {'acquired', token, resumed and 1 or 0}
+  return {'acquired', tonumber(ARGV[6]), resumed and 1 or 0}
 end
-if not st then return acquire(false) end
-if st == 'completed' then
-  if expired then return acquire(false) end
-  return {'completed', r[3], r[4], r[5], ex and ex - now or -1}
+if not r or r.st == 'z' then return acquire(false) end
+if r.st == 'r' then return {'review', r.fp} end
+local ex = ends(r)
+if r.st == 'c' then
+  if ex <= now then return acquire(false) end
+  return {'completed', r.fp, r.oc, r.result, ex - now}
 end
-if st == 'needs_review' then return {'review', r[3]} end
-if not expired then return {'in_progress', r[3], tonumber(r[2]), ex - now} end
-if r[3] ~= ARGV[1] then return {'in_progress', r[3], tonumber(r[2]), 0} end
+if ex > now then return {'in_progress', r.fp, tonumber(r.tk), ex - now} end
+-- A dead claim past its TTL (not a saga's, which never expires) is as good as gone.
+if pttl >= 0 and ex + r.tl <= now then return acquire(false) end
+if r.fp ~= ARGV[1] then return {'in_progress', r.fp, tonumber(r.tk), 0} end
 if ARGV[4] == 'takeover' then return acquire(true) end
-redis.call('HSET', KEYS[1], 'st', 'needs_review')
-redis.call('HDEL', KEYS[1], 'ex')
-redis.call('PERSIST', KEYS[1])
-return {'review', r[3]}
+r.st, r.le = 'r', 0
+redis.call('SET', KEYS[1], encode(r))
+return {'review', r.fp}

@@ -1,22 +1,24 @@
 -- complete: records the outcome if the token still owns the record (in progress or parked
 -- for review), or holds it if it completed it already.
 --
--- KEYS[1] the record hash       ARGV[1] the token
+-- KEYS[1] the record            ARGV[1] the token
 -- KEYS[2] the saga log head     ARGV[2] the outcome's kind, 'ok' or 'err'
 -- KEYS[3] the saga log steps    ARGV[3] the outcome's bytes
 --                               ARGV[4] the TTL, ms
 --
--- Redis expires the record, and the saga log with it, when its TTL runs out. Returns 1
--- (held) or 0 (lost).
-local r = redis.call('HMGET', KEYS[1], 'st', 'tk')
-if r[2] ~= ARGV[1] then return 0 end
-if r[1] == 'completed' then return 1 end
-if r[1] ~= 'in_progress' and r[1] ~= 'needs_review' then return 0 end
-local ex = now + tonumber(ARGV[4])
-redis.call('HSET', KEYS[1], 'st', 'completed', 'oc', ARGV[2], 'rs', ARGV[3], 'ex', ex)
-redis.call('PEXPIREAT', KEYS[1], ex)
+-- Redis expires the record, and the saga log with it, when its TTL runs out (a TTL shorter
+-- than SHORTEST_MS is kept in the record, whose key lives SHORTEST_MS). Returns 1 (held) or
+-- 0 (lost).
+local r = decode(redis.call('GET', KEYS[1]))
+if not r or r.tk ~= ARGV[1] then return 0 end
+if r.st == 'c' then return 1 end
+if r.st ~= 'p' and r.st ~= 'r' then return 0 end
+local ttl = math.max(tonumber(ARGV[4]), 1)
+r.st, r.oc, r.result = 'c', ARGV[2], ARGV[3]
+if ttl < SHORTEST_MS then r.le = now + ttl else r.le = 0 end
+redis.call('SET', KEYS[1], encode(r), 'PX', math.max(ttl, SHORTEST_MS))
 if redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('PEXPIREAT', KEYS[2], ex)
-  redis.call('PEXPIREAT', KEYS[3], ex)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('PEXPIRE', KEYS[3], ttl)
 end
 return 1

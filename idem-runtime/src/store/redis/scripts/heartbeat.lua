@@ -1,16 +1,22 @@
--- heartbeat: extends the lease if the token still owns the record, in progress, and with it
--- the moment the claim expires natively: the lease end plus the TTL the claim recorded,
--- unless the key has a saga log or the claim recorded no TTL (an older idem made it).
+-- heartbeat: extends the lease if the token still owns the record, in progress: the key's
+-- expiry (the lease end plus the action's TTL), and the lease end the record holds, if it
+-- holds one (a claim made by the script; a saga's claim, whose key never expires).
 --
--- KEYS[1] the record hash       ARGV[1] the token
--- KEYS[2] the saga log head     ARGV[2] the lease, ms
+-- KEYS[1] the record            ARGV[1] the token
+--                               ARGV[2] the lease, ms
 --
 -- Returns 1 (held) or 0 (lost).
-local r = redis.call('HMGET', KEYS[1], 'st', 'tk', 'tl')
-if r[2] ~= ARGV[1] or r[1] ~= 'in_progress' then return 0 end
-local ex = now + tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], 'ex', ex)
-if r[3] and redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('PEXPIREAT', KEYS[1], ex + tonumber(r[3]))
+local r = decode(redis.call('GET', KEYS[1]))
+if not r or r.tk ~= ARGV[1] or r.st ~= 'p' then return 0 end
+local lease = tonumber(ARGV[2])
+if r.le > 0 then
+  r.le = now + lease
+  if redis.call('PTTL', KEYS[1]) == -1 then
+    redis.call('SET', KEYS[1], encode(r))
+  else
+    redis.call('SET', KEYS[1], encode(r), 'PX', math.max(lease + r.tl, SHORTEST_MS))
+  end
+else
+  redis.call('PEXPIRE', KEYS[1], math.max(lease + r.tl, 1))
 end
 return 1

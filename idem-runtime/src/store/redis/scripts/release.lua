@@ -1,10 +1,10 @@
--- release: deletes the record if the token still owns it (in progress or parked for
--- review). Needs no clock.
+-- release: lets go of the record if the token still owns it (in progress or parked for
+-- review), leaving a tombstone of its token for a moment (see `tombstone` in record.lua).
 --
--- KEYS[1] the record hash       ARGV[1] the token
+-- KEYS[1] the record            ARGV[1] the token
 --
 -- Returns 1 (held) or 0 (lost).
-local r = redis.call('HMGET', KEYS[1], 'st', 'tk')
-if r[2] ~= ARGV[1] or (r[1] ~= 'in_progress' and r[1] ~= 'needs_review') then return 0 end
-redis.call('DEL', KEYS[1])
+local r = decode(redis.call('GET', KEYS[1]))
+if not r or r.tk ~= ARGV[1] or (r.st ~= 'p' and r.st ~= 'r') then return 0 end
+tombstone(KEYS[1], r)
 return 1

@@ -1,19 +1,23 @@
 -- write_saga: one write to a saga's log, if the token still owns the saga's record (in
--- progress). The first one makes the record last (no expiry): recovery needs the claim of
--- a saga whose owner died.
+-- progress). The first one makes the record last (no expiry, its lease end kept in the
+-- record): recovery needs the claim of a saga whose owner died.
 --
--- KEYS[1] the record hash       ARGV[1] the token
+-- KEYS[1] the record            ARGV[1] the token
 -- KEYS[2] the saga log head     ARGV[2] the saga's id
 -- KEYS[3] the saga log steps    ARGV[3] the key (its member in the sagas index)
 -- KEYS[4] the sagas index       ARGV[4..] 'status', <status>, <has_error 0|1>, <error>
 --                                      or 'step', <index>, <field>, <value>, …
 --
 -- Returns 1 (held) or 0 (lost).
-local r = redis.call('HMGET', KEYS[1], 'st', 'tk')
-if r[2] ~= ARGV[1] or r[1] ~= 'in_progress' then return 0 end
+local r = decode(redis.call('GET', KEYS[1]))
+if not r or r.tk ~= ARGV[1] or r.st ~= 'p' then return 0 end
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl ~= -1 then
+  if r.le == 0 then r.le = now + math.max(pttl, 0) - r.tl end
+  redis.call('SET', KEYS[1], encode(r))
+end
 if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('HSET', KEYS[2], 'id', ARGV[2], 'status', 'running')
-  redis.call('PERSIST', KEYS[1])
 end
 redis.call('HSET', KEYS[2], 'updated', now)
 if ARGV[4] == 'status' then

@@ -1,0 +1,119 @@
+//! A claim on Redis: one round trip of native commands for a key with no record (a fresh
+//! call) and for a record to report (a replay, a live owner, a key parked for review), and a
+//! script for a record the claim must change.
+//!
+//! ```text
+//! SET r <claim> NX GET PX <lease + ttl>; PTTL r        (one pipeline)
+//!   nil                  → acquired (the token came from the store's block)
+//!   a record to report   → store::rules says Report: its answer, nothing written
+//!   a record to change   → INCR the counter, then scripts/claim.lua (takeover, review,
+//!                          an expired result or a tombstone claimed afresh)
+//! ```
+
+use redis::Value;
+
+use super::decode::{bytes, claim_answer, corrupt};
+use super::record::{hex, State, Stored};
+use super::scripts::CLAIM;
+use super::tokens::{draw, FRESH_BLOCK_TTL};
+use super::{failed, wall_now_ms, RedisStore};
+use crate::store::{decide, millis, Claim, ClaimRequest, Found, OnStale, Verdict};
+use crate::Error;
+
+impl RedisStore {
+    /// The claim as one native round trip, or `None` when the record must be changed by the
+    /// script (or the action's TTL is too short for a token from a block).
+    pub(super) async fn claim_natively(
+        &self,
+        request: &ClaimRequest<'_>,
+    ) -> Result<Option<Claim>, Error> {
+        let key = request.key;
+        if request.ttl < FRESH_BLOCK_TTL {
+            return Ok(None);
+        }
+        let token = self
+            .tokens
+            .next(&self.connection, &self.global("tokens"))
+            .await?;
+        let ttl_ms = millis(request.ttl);
+        let claim = Stored::claim(
+            token,
+            ttl_ms,
+            wall_now_ms(),
+            *request.fingerprint,
+            request.action,
+        );
+        let record_key = self.record_key(key);
+        let mut connection = self.connection.clone();
+        // One pipeline, not a transaction: the decision rests on the record `SET … GET`
+        // returned, atomically with the claim; the `PTTL` read after it only times a lease or
+        // a result (a record that changed in between is one whose owner is alive, or one the
+        // script looks at again).
+        let (previous, pttl): (Value, i64) = redis::pipe()
+            .cmd("SET")
+            .arg(&record_key)
+            .arg(claim.encode())
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(millis(request.lease).saturating_add(ttl_ms).max(1))
+            .cmd("PTTL")
+            .arg(&record_key)
+            .query_async(&mut connection)
+            .await
+            .map_err(failed(Some(key)))?;
+        if previous == Value::Nil {
+            return Ok(Some(Claim::Acquired {
+                token,
+                resumed: false,
+            }));
+        }
+        let found = bytes(previous)
+            .and_then(|value| Stored::decode(&value))
+            .map_err(corrupt(key, "a record"))?;
+        // A tombstone, or a record whose times it keeps itself (a saga's claim, short TTLs):
+        // the script, which reads the server's clock, decides.
+        let State::Is(status) = found.state else {
+            return Ok(None);
+        };
+        if found.lease_end_ms > 0 || pttl < 0 {
+            return Ok(None);
+        }
+        // The record's times in its key's expiry, on a timeline whose now is 0: a record
+        // whose key exists has not run out (Redis deletes it when it does).
+        let now_ms = 0;
+        let rule = Found {
+            status,
+            token: found.token,
+            fingerprint: found.fingerprint,
+            expires_at_ms: found.ends_at_ms(pttl),
+            claim_ttl_ms: Some(found.ttl_ms),
+        };
+        Ok(match decide(&rule, request, now_ms) {
+            Verdict::Report => Some(rule.report(found.outcome, now_ms)),
+            Verdict::Write(_) => None,
+        })
+    }
+
+    /// The claim by `scripts/claim.lua`, under a token drawn from the counter: larger than
+    /// any the key had, as a takeover's must be.
+    pub(super) async fn claim_by_script(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
+        let key = request.key;
+        let token = draw(&self.connection, &self.global("tokens"), 1).await?;
+        let mut invocation = CLAIM.prepare_invoke();
+        invocation
+            .key(self.record_key(key))
+            .key(self.saga_keys(key).0)
+            .arg(hex(request.fingerprint.as_bytes()))
+            .arg(request.action)
+            .arg(millis(request.lease))
+            .arg(match request.on_stale {
+                OnStale::TakeOver => "takeover",
+                OnStale::Review => "review",
+            })
+            .arg(millis(request.ttl))
+            .arg(token);
+        let answer: Value = self.run(Some(key), &invocation).await?;
+        claim_answer(answer).map_err(corrupt(key, "a record"))
+    }
+}

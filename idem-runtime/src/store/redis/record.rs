@@ -1,0 +1,244 @@
+//! A record as Redis keeps it: one string, so that a claim is one native command
+//! (`SET … NX GET`) and a replay one read, with no script on either path.
+//!
+//! ```text
+//! <status>|<token>|<lease end>|<ttl>|<created>|<fingerprint>|<outcome>|<action length>|<action><result>
+//! p|7|0|86400000|1764979200000|9f3a…(64 hex)|-|10|send_email
+//! c|7|0|86400000|1764979200000|9f3a…|ok|10|send_email{"id":"msg-1"}
+//! ```
+//!
+//! - status: `p` in progress, `c` completed, `r` parked for review, `z` released (a tombstone
+//!   kept for a moment, so that the next claim draws a token from the counter: see
+//!   `scripts/release.lua`);
+//! - lease end: milliseconds of the server's clock, or `0` when the lease ends where the key's
+//!   own expiry minus the TTL says (a claim's key expires at its lease end plus the action's
+//!   TTL; `PTTL` reads it): so a claim made by `SET` needs no clock, and a heartbeat moves the
+//!   key's expiry. Records that never expire (a saga's claim) keep it explicit;
+//! - ttl: the action's TTL (how long a dead claim is kept after its lease);
+//! - created: when the key was first claimed (milliseconds since the epoch);
+//! - outcome: `-`, `ok` or `err`, the kind of the result that follows the action.
+//!
+//! `scripts/record.lua` reads and writes the same format in the server.
+
+use crate::key::{Fingerprint, Key};
+use crate::store::{FencingToken, Status, StoredOutcome};
+
+/// A record, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Stored {
+    pub(super) state: State,
+    pub(super) token: FencingToken,
+    /// The lease end in the server's milliseconds; 0: the key's expiry minus `ttl_ms`.
+    pub(super) lease_end_ms: i64,
+    pub(super) ttl_ms: i64,
+    pub(super) created_ms: i64,
+    pub(super) fingerprint: Fingerprint,
+    pub(super) outcome: Option<StoredOutcome>,
+    pub(super) action: String,
+}
+
+/// Where a record is: a protocol status, or released a moment ago.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum State {
+    Is(Status),
+    Released,
+}
+
+impl Stored {
+    /// A new claim of `action` under `token`, with the lease in the key's expiry.
+    pub(super) fn claim(
+        token: FencingToken,
+        ttl_ms: i64,
+        created_ms: i64,
+        fingerprint: Fingerprint,
+        action: &str,
+    ) -> Self {
+        Stored {
+            state: State::Is(Status::InProgress),
+            token,
+            lease_end_ms: 0,
+            ttl_ms,
+            created_ms,
+            fingerprint,
+            outcome: None,
+            action: action.to_owned(),
+        }
+    }
+
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let status = match self.state {
+            State::Is(Status::InProgress) => 'p',
+            State::Is(Status::Completed) => 'c',
+            State::Is(Status::NeedsReview) => 'r',
+            State::Released => 'z',
+        };
+        let (kind, result): (&str, &[u8]) = match &self.outcome {
+            None => ("-", &[]),
+            Some(StoredOutcome::Ok(bytes)) => ("ok", bytes),
+            Some(StoredOutcome::Err(bytes)) => ("err", bytes),
+        };
+        let mut out = format!(
+            "{status}|{}|{}|{}|{}|{}|{kind}|{}|{}",
+            self.token,
+            self.lease_end_ms,
+            self.ttl_ms,
+            self.created_ms,
+            hex(self.fingerprint.as_bytes()),
+            self.action.len(),
+            self.action,
+        )
+        .into_bytes();
+        out.extend_from_slice(result);
+        out
+    }
+
+    /// Reads a record, checking every field: a foreign or corrupt value is an error saying
+    /// what is wrong, never a panic.
+    pub(super) fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let mut rest = bytes;
+        let mut field = |name: &str| -> Result<&[u8], String> {
+            let end = rest
+                .iter()
+                .position(|&b| b == b'|')
+                .ok_or_else(|| format!("no {name}"))?;
+            let (value, tail) = rest.split_at(end);
+            rest = &tail[1..];
+            Ok(value)
+        };
+        let state = match field("status")? {
+            b"p" => State::Is(Status::InProgress),
+            b"c" => State::Is(Status::Completed),
+            b"r" => State::Is(Status::NeedsReview),
+            b"z" => State::Released,
+            other => {
+                return Err(format!(
+                    "unknown status {:?}",
+                    String::from_utf8_lossy(other)
+                ))
+            }
+        };
+        let token = number(field("token")?, "token")?;
+        let lease_end_ms = number(field("lease end")?, "lease end")?;
+        let ttl_ms = number(field("ttl")?, "ttl")?;
+        let created_ms = number(field("created")?, "created")?;
+        let fingerprint = unhex(field("fingerprint")?)?;
+        let kind = field("outcome")?.to_vec();
+        let action_len = usize::try_from(number(field("action length")?, "action length")?)
+            .map_err(|_| "a negative action length".to_owned())?;
+        if rest.len() < action_len {
+            return Err("a short action".to_owned());
+        }
+        let (action, result) = rest.split_at(action_len);
+        let action = String::from_utf8(action.to_vec()).map_err(|e| e.to_string())?;
+        let outcome = match kind.as_slice() {
+            b"-" => None,
+            b"ok" => Some(StoredOutcome::Ok(result.to_vec())),
+            b"err" => Some(StoredOutcome::Err(result.to_vec())),
+            other => {
+                return Err(format!(
+                    "unknown outcome {:?}",
+                    String::from_utf8_lossy(other)
+                ))
+            }
+        };
+        if state == State::Is(Status::Completed) && outcome.is_none() {
+            return Err("completed without a result".to_owned());
+        }
+        Ok(Stored {
+            state,
+            token: FencingToken::try_from(token).map_err(|_| format!("negative token {token}"))?,
+            lease_end_ms,
+            ttl_ms,
+            created_ms,
+            fingerprint,
+            outcome,
+            action,
+        })
+    }
+
+    /// When the lease ends (in progress) or the result goes (completed), in the server's
+    /// milliseconds, given the key's `PEXPIRETIME` (`expiry`: -1 none, -2 no key); `None` for
+    /// a record that waits for an operator.
+    pub(super) fn ends_at_ms(&self, expiry: i64) -> Option<i64> {
+        let from_expiry = |minus: i64| if expiry >= 0 { expiry - minus } else { 0 };
+        match self.state {
+            State::Is(Status::NeedsReview) => None,
+            _ if self.lease_end_ms > 0 => Some(self.lease_end_ms),
+            State::Is(Status::InProgress) => Some(from_expiry(self.ttl_ms)),
+            State::Is(Status::Completed) => Some(from_expiry(0)),
+            State::Released => Some(0),
+        }
+    }
+
+    /// Whether the record is as good as gone at `now_ms` (the server's milliseconds): a
+    /// tombstone, a result whose TTL ran out, or a claim (not a saga's: those never expire)
+    /// whose lease and the action's TTL after it ran out. A record is kept a moment longer
+    /// than that (see `SHORTEST_MS` in `scripts/record.lua`); a claim treats it as no record,
+    /// and operators do not see it, as if Redis had deleted it on time.
+    pub(super) fn is_gone(&self, now_ms: i64, expiry: i64) -> bool {
+        let ended = self.ends_at_ms(expiry).is_some_and(|at| at <= now_ms);
+        match self.state {
+            State::Released => true,
+            State::Is(Status::Completed) => ended,
+            State::Is(Status::InProgress) => {
+                expiry >= 0
+                    && self
+                        .ends_at_ms(expiry)
+                        .is_some_and(|at| at.saturating_add(self.ttl_ms) <= now_ms)
+            }
+            State::Is(Status::NeedsReview) => false,
+        }
+    }
+}
+
+fn number(bytes: &[u8], name: &str) -> Result<i64, String> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| format!("the {name} is not a number"))
+}
+
+/// 32 bytes as 64 lowercase hex digits, as records and scripts write fingerprints.
+pub(super) fn hex(bytes: &[u8; 32]) -> String {
+    Key::from_bytes(*bytes).to_string()
+}
+
+fn unhex(bytes: &[u8]) -> Result<Fingerprint, String> {
+    let key: Key = std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| "the fingerprint is not 64 hex digits".to_owned())?;
+    Ok(Fingerprint::from_bytes(*key.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim() -> Stored {
+        let fingerprint = Fingerprint::from_bytes([7; 32]);
+        Stored::claim(42, 86_400_000, 1_764_979_200_000, fingerprint, "send|email")
+    }
+
+    #[test]
+    fn a_record_reads_back_as_it_was_written() {
+        let mut record = claim();
+        assert_eq!(Stored::decode(&record.encode()), Ok(record.clone()));
+        record.state = State::Is(Status::Completed);
+        record.outcome = Some(StoredOutcome::Ok(b"{\"id\":\"a|b\"}".to_vec()));
+        assert_eq!(Stored::decode(&record.encode()), Ok(record.clone()));
+        record.outcome = Some(StoredOutcome::Err(Vec::new()));
+        assert_eq!(Stored::decode(&record.encode()), Ok(record));
+    }
+
+    #[test]
+    fn foreign_or_cut_values_are_errors() {
+        let whole = claim().encode();
+        for cut in 0..whole.len() {
+            assert!(Stored::decode(&whole[..cut]).is_err(), "cut at {cut}");
+        }
+        for foreign in [&b"hello"[..], b"q|1|0|0|0|", b"p|-1|0|0|0|"] {
+            assert!(Stored::decode(foreign).is_err());
+        }
+    }
+}

@@ -1,0 +1,30 @@
+-- record: the record's format (see `record.rs`), read and written in the server. Put in
+-- front of the scripts that touch a record by `scripts.rs`.
+--
+--   <status>|<token>|<lease end>|<ttl>|<created>|<fingerprint>|<outcome>|<action length>|<action><result>
+local function decode(value)
+  if not value then return nil end
+  local st, tk, le, tl, ca, fp, oc, alen, at = string.match(value,
+    '^(%a)|(%d+)|(%d+)|(%d+)|(%d+)|(%x+)|([%-%a]+)|(%d+)|()')
+  if not st then error({err = 'corrupt idem record'}) end
+  alen = tonumber(alen)
+  return {st = st, tk = tk, le = tonumber(le), tl = tonumber(tl), ca = ca, fp = fp, oc = oc,
+    action = string.sub(value, at, at + alen - 1), result = string.sub(value, at + alen)}
+end
+local function encode(r)
+  return r.st .. '|' .. r.tk .. '|' .. string.format('%d', r.le) .. '|' ..
+    string.format('%d', r.tl) .. '|' .. r.ca .. '|' .. r.fp .. '|' .. r.oc .. '|' ..
+    #r.action .. '|' .. r.action .. r.result
+end
+-- The shortest a record's key lives, ms: longer than a store handle uses a block of tokens
+-- (`tokens.rs`), so that a key claimed again after its record went draws its token from the
+-- counter, larger than the record's, not from an older block. A record whose lease and TTL,
+-- or whose result's TTL, are shorter keeps them in its lease end field, and is as good as gone
+-- once they ran out (`Stored::is_gone`). `FRESH_BLOCK_TTL` in `tokens.rs` is the same.
+local SHORTEST_MS = 1500
+-- Leaves a tombstone of a record's token: the next claim draws a new token from the counter
+-- (larger than this one), as a fresh claim right after the record went could not.
+local function tombstone(key, r)
+  r.st, r.le, r.oc, r.result = 'z', 0, '-', ''
+  redis.call('SET', key, encode(r), 'PX', SHORTEST_MS)
+end

@@ -1,0 +1,116 @@
+//! Fencing tokens for claims made with one native command: a store handle reserves them from
+//! the server's counter a block at a time (`INCRBY`), and uses a block for at most
+//! [`BLOCK_AGE`].
+//!
+//! Tokens are unique (blocks never overlap), and grow the way fencing needs: every block is
+//! reserved after every token handed out before it, so a claim's token is larger than that of
+//! any claim made more than [`BLOCK_AGE`] earlier. An earlier owner of the same key is one of
+//! those whenever the key could be claimed afresh: its record went by itself (its TTL, or its
+//! lease and the action's TTL) no sooner than the action's TTL after its claim, and claims of
+//! actions with a shorter TTL than [`FRESH_BLOCK_TTL`] draw their token from the counter
+//! itself; a released key keeps a tombstone that sends the next claim to the counter too; and
+//! a takeover (the owner's lease ran out) always draws from the counter. The counter is one
+//! key touched by no script, so the store's scripts stay within one key's hash slot.
+
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use tokio::sync::Mutex;
+
+use crate::store::FencingToken;
+use crate::Error;
+
+/// How many tokens one `INCRBY` reserves.
+const BLOCK: u64 = 1024;
+
+/// How long a reserved block is used.
+pub(super) const BLOCK_AGE: Duration = Duration::from_secs(1);
+
+/// The shortest action TTL whose fresh claims take their token from a block; below it (with a
+/// margin over [`BLOCK_AGE`]) a claim draws its token from the counter.
+pub(super) const FRESH_BLOCK_TTL: Duration = Duration::from_millis(1500);
+
+/// The tokens a store handle (and its clones) has reserved and not handed out yet.
+#[derive(Debug, Default)]
+pub(super) struct Tokens {
+    /// The current block: held for a few instructions at a time.
+    block: std::sync::Mutex<Option<Block>>,
+    /// Held by the one task that reserves the next block, while the others wait for it.
+    refill: Mutex<()>,
+}
+
+#[derive(Debug)]
+struct Block {
+    next: u64,
+    last: u64,
+    reserved: Instant,
+}
+
+impl Tokens {
+    /// A token from the current block, reserving a new one (one round trip, once per
+    /// [`BLOCK`] tokens or [`BLOCK_AGE`]) when it is used up or too old.
+    pub(super) async fn next(
+        &self,
+        connection: &ConnectionManager,
+        counter: &str,
+    ) -> Result<FencingToken, Error> {
+        if let Some(token) = self.take() {
+            return Ok(token);
+        }
+        let _refilling = self.refill.lock().await;
+        if let Some(token) = self.take() {
+            return Ok(token); // another task reserved a block meanwhile
+        }
+        let reserved = Instant::now();
+        let last = draw(connection, counter, BLOCK).await?;
+        let first = last - BLOCK + 1;
+        *self.block() = Some(Block {
+            next: first + 1,
+            last,
+            reserved,
+        });
+        Ok(first)
+    }
+
+    fn take(&self) -> Option<FencingToken> {
+        let mut block = self.block();
+        let current = block.as_mut()?;
+        if current.next > current.last || current.reserved.elapsed() >= BLOCK_AGE {
+            return None;
+        }
+        current.next += 1;
+        Some(current.next - 1)
+    }
+
+    fn block(&self) -> std::sync::MutexGuard<'_, Option<Block>> {
+        // Every write leaves the block whole: a poisoned lock holds a usable one.
+        self.block
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// `INCRBY counter n`: the last of `n` new tokens, larger than any handed out before.
+pub(super) async fn draw(
+    connection: &ConnectionManager,
+    counter: &str,
+    n: u64,
+) -> Result<FencingToken, Error> {
+    let mut connection = connection.clone();
+    let last: i64 = redis::cmd("INCRBY")
+        .arg(counter)
+        .arg(n)
+        .query_async(&mut connection)
+        .await
+        .map_err(|error| Error::store("redis", None, error))?;
+    FencingToken::try_from(last)
+        .ok()
+        .filter(|last| *last >= n)
+        .ok_or_else(|| {
+            Error::store(
+                "redis",
+                None,
+                format!("the token counter {counter} is {last}"),
+            )
+        })
+}
