@@ -42,8 +42,8 @@
 //! Server CPU per call:
 //!
 //! - Redis: `INFO commandstats` (after `CONFIG RESETSTAT`) over the load of fresh calls and
-//!   over the replays: the time inside the `EVALSHA`s (which includes the commands their
-//!   scripts run) per call; and the CPU time of the `redis-server` process (`/proc`, user +
+//!   over the replays: the time inside every command per call (an upper bound where scripts
+//!   run: their own commands count inside the `EVALSHA` and again by name); and the CPU time of the `redis-server` process (`/proc`, user +
 //!   system: the event loop, the sockets and the commands) over the same window, per call;
 //! - PostgreSQL: the CPU time of the postmaster and all its children (backends, WAL writer,
 //!   checkpointer, autovacuum; with those that ended in the window, which the postmaster's
@@ -227,14 +227,12 @@ fn info_field(info: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in INFO"))
 }
 
-/// µs per call inside the scripts the client sent, and every command per call (for the log).
+/// µs per call inside every command (an upper bound: `commandstats` counts a script's own
+/// commands inside its `EVALSHA` and again by their names; a claim or replay that sends native
+/// commands only is exact), and every command per call (for the log).
 fn describe_stats(stats: &BTreeMap<String, (u64, u64)>, calls: u64) -> (f64, String) {
     let calls = calls as f64;
-    let sent: u64 = stats
-        .iter()
-        .filter(|(name, _)| name.starts_with("eval"))
-        .map(|(_, (_, usec))| usec)
-        .sum();
+    let sent: u64 = stats.values().map(|(_, usec)| usec).sum();
     let all = stats
         .iter()
         .map(|(name, (count, usec))| {

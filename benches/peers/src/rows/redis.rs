@@ -1,0 +1,278 @@
+//! Redis rows, all on one `redis-server` started for the run: idem's `RedisStore` (and the
+//! same behind a `ReplayCache`, for replays), `idempotent` 0.3's `ValkeyStore`, and the raw
+//! commands a claim needs, sent through redis 0.32's `ConnectionManager` with the settings
+//! idem's store gives its own (timeouts of 2 s to connect and 5 s per response).
+//!
+//! Raw, fresh: `SET k in_progress NX PX 10000`, the body, `SET k <result JSON> XX PX 2000`
+//! (2 round trips). Raw, replay: `GET k` and decoding the JSON (1 round trip). Fresh entries
+//! are kept 2 s by all three, so that expiry works as it would in production.
+//!
+//! Each round starts on an empty database (`FLUSHDB`) with reset statistics (`CONFIG
+//! RESETSTAT`), and ends by reading `INFO commandstats`: the note of a row says which
+//! commands the server ran per call and the time it spent in them.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use idem::store::{RedisStore, ReplayCache, Store};
+use idem_runtime::conformance::servers::RedisServer;
+use idempotent::store::valkey::ValkeyStore;
+use redis::aio::ConnectionManager;
+
+use super::{counted, Mode, RoundResult, System};
+use crate::call::{body, IdemCall, IdemFn, Receipt, AMOUNT, CUSTOMER};
+use crate::measure::{next_number, Call, Timing};
+use crate::peers::idempotent::IdempotentCall;
+
+/// How long fresh entries are kept, by every system.
+const FRESH_TTL: Duration = Duration::from_secs(2);
+const REPLAY_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The raw claim's lease (idem's default lease).
+const LEASE_MS: u64 = 10_000;
+
+/// The clients of the Redis rows, made once for the run.
+pub struct RedisEnv {
+    pub port: u16,
+    idem: Arc<dyn Store>,
+    replay_cache: Arc<dyn Store>,
+    idempotent: Arc<ValkeyStore>,
+    raw: ConnectionManager,
+    admin: ConnectionManager,
+}
+
+impl RedisEnv {
+    pub async fn connect(server: &RedisServer) -> Result<Self, String> {
+        let url = server.url();
+        let idem = RedisStore::connect(&url)
+            .await
+            .map_err(|e| format!("idem RedisStore: {e}"))?;
+        let cached = RedisStore::connect(&url)
+            .await
+            .map_err(|e| format!("idem RedisStore: {e}"))?;
+        let replay_cache = ReplayCache::new(cached)
+            .max_entries(10_000)
+            .max_age(Duration::from_secs(30));
+        let client = redis1::Client::open(url.as_str()).map_err(|e| e.to_string())?;
+        let idempotent = ValkeyStore::new(client)
+            .await
+            .map_err(|e| format!("idempotent ValkeyStore: {e}"))?;
+        let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(2))
+            .set_response_timeout(Duration::from_secs(5))
+            .set_factor(2)
+            .set_max_delay(200)
+            .set_number_of_retries(1);
+        let raw = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let admin = client
+            .get_connection_manager()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(RedisEnv {
+            port: server.port(),
+            idem: Arc::new(idem),
+            replay_cache: Arc::new(replay_cache),
+            idempotent: Arc::new(idempotent),
+            raw,
+            admin,
+        })
+    }
+
+    /// The idem store the saga rows run on.
+    pub fn idem_store(&self) -> Arc<dyn Store> {
+        self.idem.clone()
+    }
+
+    /// A connection for the raw writes of the saga rows.
+    pub fn raw_connection(&self) -> ConnectionManager {
+        self.raw.clone()
+    }
+
+    /// Sends an administrative command (`FLUSHDB`, `CONFIG RESETSTAT`, `INFO …`).
+    pub async fn admin(&self, args: &[&str]) -> Result<redis::Value, String> {
+        let mut command = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            command.arg(*arg);
+        }
+        command
+            .query_async(&mut self.admin.clone())
+            .await
+            .map_err(|e| format!("{}: {e}", args.join(" ")))
+    }
+
+    /// An empty database and reset statistics, before a round.
+    pub async fn reset(&self) -> Result<(), String> {
+        self.admin(&["FLUSHDB"]).await?;
+        self.admin(&["CONFIG", "RESETSTAT"]).await?;
+        Ok(())
+    }
+
+    /// The two commands the server spent most time in since the last reset, per call of the
+    /// round: how many of each, and the time inside them.
+    pub async fn server_note(&self, calls: u64) -> Result<String, String> {
+        let info = match self.admin(&["INFO", "commandstats"]).await? {
+            redis::Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            redis::Value::VerbatimString { text, .. } => text,
+            other => return Err(format!("INFO answered {other:?}")),
+        };
+        let mut commands: Vec<(String, u64, u64)> = info
+            .lines()
+            .filter_map(|line| {
+                let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+                let field = |key: &str| {
+                    stats
+                        .split(',')
+                        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                        .and_then(|v| v.parse::<u64>().ok())
+                };
+                Some((name.to_owned(), field("calls")?, field("usec")?))
+            })
+            .filter(|(name, _, _)| {
+                !(name.starts_with("config") || name.starts_with("info") || name == "flushdb")
+            })
+            .collect();
+        commands.sort_by_key(|c| std::cmp::Reverse(c.2));
+        let calls = calls.max(1) as f64;
+        let parts: Vec<String> = commands
+            .iter()
+            .take(2)
+            .map(|(name, count, usec)| {
+                format!(
+                    "{name}×{:.2} {:.1}µs",
+                    *count as f64 / calls,
+                    *usec as f64 / calls
+                )
+            })
+            .collect();
+        Ok(format!("server/call: {}", parts.join(", ")))
+    }
+}
+
+/// One round of a Redis row.
+pub async fn round(
+    env: &RedisEnv,
+    system: System,
+    mode: Mode,
+    callers: usize,
+    timing: Timing,
+) -> Result<RoundResult, String> {
+    env.reset().await?;
+    let bodies = Arc::new(AtomicU64::new(0));
+    let replay = (mode == Mode::Replay).then(next_number);
+    let idem_fn = match replay {
+        None => IdemFn::FreshRedis,
+        Some(order) => IdemFn::Replay { order },
+    };
+    let mut result = match system {
+        System::IdemRedis | System::IdemRedisReplayCache => {
+            let store = if system == System::IdemRedis {
+                env.idem.clone()
+            } else {
+                env.replay_cache.clone()
+            };
+            let call = IdemCall {
+                store,
+                bodies: bodies.clone(),
+                function: idem_fn,
+            };
+            counted(Arc::new(call), &bodies, 0, mode, 1, callers, timing).await
+        }
+        System::IdempotentRedis => {
+            let call = IdempotentCall {
+                store: env.idempotent.clone(),
+                ttl: if replay.is_some() {
+                    REPLAY_TTL
+                } else {
+                    FRESH_TTL
+                },
+                bodies: bodies.clone(),
+                replay,
+            };
+            counted(Arc::new(call), &bodies, 0, mode, 1, callers, timing).await
+        }
+        System::RawRedis => {
+            let raw = Arc::new(RawRedis {
+                connection: env.raw.clone(),
+                bodies: bodies.clone(),
+                replay,
+            });
+            if let Some(order) = replay {
+                raw.fresh(order, REPLAY_TTL).await?;
+            }
+            counted(raw, &bodies, 0, mode, 1, callers, timing).await
+        }
+        other => return Err(format!("{other:?} is not a Redis row")),
+    };
+    result.extra = Some(env.server_note(result.measured.calls).await?);
+    Ok(result)
+}
+
+/// The raw commands.
+struct RawRedis {
+    connection: ConnectionManager,
+    bodies: Arc<AtomicU64>,
+    replay: Option<u64>,
+}
+
+impl RawRedis {
+    /// `SET NX PX`, the body, `SET XX PX`.
+    async fn fresh(&self, order: u64, ttl: Duration) -> Result<(), String> {
+        let key = format!("raw:{order}");
+        let mut connection = self.connection.clone();
+        let claimed: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg("in_progress")
+            .arg("NX")
+            .arg("PX")
+            .arg(LEASE_MS)
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| format!("SET NX: {e}"))?;
+        if claimed.is_none() {
+            return Err(format!("raw Redis: key {key} was taken"));
+        }
+        let receipt = body(&self.bodies, CUSTOMER, order, AMOUNT);
+        let result = serde_json::to_vec(&receipt).map_err(|e| e.to_string())?;
+        let recorded: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(result)
+            .arg("XX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| format!("SET XX: {e}"))?;
+        recorded
+            .map(|_| ())
+            .ok_or_else(|| format!("raw Redis: key {key} was not recorded"))
+    }
+
+    /// `GET` and decoding.
+    async fn replay(&self, order: u64) -> Result<(), String> {
+        let bytes: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(format!("raw:{order}"))
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| format!("GET: {e}"))?;
+        let bytes = bytes.ok_or("raw Redis: the result is gone")?;
+        let receipt: Receipt = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        if receipt.is_for(order) {
+            Ok(())
+        } else {
+            Err(format!("raw Redis: a wrong answer {receipt:?}"))
+        }
+    }
+}
+
+impl Call for RawRedis {
+    async fn call(&self, n: u64) -> Result<(), String> {
+        match self.replay {
+            None => self.fresh(n, FRESH_TTL).await,
+            Some(order) => self.replay(order).await,
+        }
+    }
+}

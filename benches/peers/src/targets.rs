@@ -1,0 +1,200 @@
+//! The targets, one line each, from the medians of this run only (ratios within the run):
+//! `target <what>: met (<ratios>)`, `target <what>: MISSED (<ratios>)`, or
+//! `target <what>: not measured (<why>)`.
+
+use crate::results::Results;
+use crate::rows::{Mode, System};
+
+/// A ratio at one number of callers, and whether it meets its bound.
+struct Check {
+    callers: usize,
+    ratio: f64,
+    met: bool,
+}
+
+/// `target <what>: …` from the checks at the callers wanted; `not measured` when one of them
+/// has no figure.
+fn line(what: &str, wanted: &[usize], checks: impl Fn(usize) -> Option<Check>) -> String {
+    let mut found = Vec::new();
+    for &callers in wanted {
+        match checks(callers) {
+            Some(check) => found.push(check),
+            None => {
+                return format!(
+                    "target {what}: not measured (no figure at {callers} caller{}: not run, skipped or failed)",
+                    if callers == 1 { "" } else { "s" }
+                )
+            }
+        }
+    }
+    if found.is_empty() {
+        return format!("target {what}: not measured (none of its callers were run)");
+    }
+    let ratios: Vec<String> = found
+        .iter()
+        .map(|c| format!("x{} {:.2}", c.callers, c.ratio))
+        .collect();
+    let verdict = if found.iter().all(|c| c.met) {
+        "met"
+    } else {
+        "MISSED"
+    };
+    format!("target {what}: {verdict} ({})", ratios.join(", "))
+}
+
+/// `a / b` of two medians, checked against `at_least`.
+fn at_least(
+    results: &Results,
+    a: (System, Mode),
+    b: (System, Mode),
+    callers: usize,
+    bound: f64,
+) -> Option<Check> {
+    let ratio = results.median(a.0, a.1, callers)? / results.median(b.0, b.1, callers)?;
+    Some(Check {
+        callers,
+        ratio,
+        met: ratio >= bound,
+    })
+}
+
+/// The targets of this run.
+pub fn lines(results: &Results) -> Vec<String> {
+    let all = [1, 16, 64];
+    let mut out = Vec::new();
+
+    for mode in [Mode::Fresh, Mode::Replay] {
+        // idem's overhead over the plain call against cached's: ≤ 1 is met.
+        out.push(line(
+            &format!(
+                "memory overhead {} ≤ cached (idem's µs over plain / cached's)",
+                mode.name()
+            ),
+            &results.callers,
+            |c| {
+                let idem = results.overhead_us(System::IdemMemory, mode, c)?;
+                let cached = results.overhead_us(System::Cached, mode, c)?;
+                Some(Check {
+                    callers: c,
+                    ratio: idem / cached,
+                    met: idem <= cached,
+                })
+            },
+        ));
+    }
+
+    out.push(line("Redis fresh idem ≥ 1.1× idempotent", &all, |c| {
+        at_least(
+            results,
+            (System::IdemRedis, Mode::Fresh),
+            (System::IdempotentRedis, Mode::Fresh),
+            c,
+            1.1,
+        )
+    }));
+    out.push(line("Redis replay idem ≥ 1.25× idempotent", &all, |c| {
+        at_least(
+            results,
+            (System::IdemRedis, Mode::Replay),
+            (System::IdempotentRedis, Mode::Replay),
+            c,
+            1.25,
+        )
+    }));
+    out.push(line(
+        "Redis replay idem ≥ 0.85× raw GET at 1 caller, ≥ 0.70× at 16 and 64",
+        &all,
+        |c| {
+            at_least(
+                results,
+                (System::IdemRedis, Mode::Replay),
+                (System::RawRedis, Mode::Replay),
+                c,
+                if c == 1 { 0.85 } else { 0.70 },
+            )
+        },
+    ));
+    out.push(line(
+        "PostgreSQL replay idem ≥ 0.85× raw SELECT",
+        &all,
+        |c| {
+            at_least(
+                results,
+                (System::IdemPostgres, Mode::Replay),
+                (System::RawPostgres, Mode::Replay),
+                c,
+                0.85,
+            )
+        },
+    ));
+    out.push(line(
+        "PostgreSQL fresh idem ≥ 0.70× raw writes",
+        &all,
+        |c| {
+            at_least(
+                results,
+                (System::IdemPostgres, Mode::Fresh),
+                (System::RawPostgres, Mode::Fresh),
+                c,
+                0.70,
+            )
+        },
+    ));
+    for mode in [Mode::Fresh, Mode::Replay] {
+        out.push(line(
+            &format!(
+                "SQLite {} idem ahead of agent-effects at 1 and 16 callers (idem / agent-effects)",
+                mode.name()
+            ),
+            &[1, 16],
+            |c| {
+                let check = at_least(
+                    results,
+                    (System::IdemSqlite, mode),
+                    (System::AgentEffectsSqlite, mode),
+                    c,
+                    1.0,
+                )?;
+                Some(Check {
+                    met: check.ratio > 1.0,
+                    ..check
+                })
+            },
+        ));
+    }
+    for (store, saga, raw) in [
+        ("SQLite", System::SagaSqlite, System::RawLogSqlite),
+        ("Redis", System::SagaRedis, System::RawLogRedis),
+        ("PostgreSQL", System::SagaPostgres, System::RawLogPostgres),
+    ] {
+        // Time of a saga / time of its 6 raw log writes = a step's time / its 2 writes
+        // (the saga's own claim and outcome included).
+        out.push(line(
+            &format!("saga step ≤ its intent + outcome writes, {store} (saga time / raw log time)"),
+            &results.callers,
+            |c| {
+                let ratio =
+                    results.median(raw, Mode::Fresh, c)? / results.median(saga, Mode::Fresh, c)?;
+                Some(Check {
+                    callers: c,
+                    ratio,
+                    met: ratio <= 1.0,
+                })
+            },
+        ));
+    }
+    out.push(line(
+        "replay cache ≥ 10× raw GET at 1 caller",
+        &[1],
+        |c| {
+            at_least(
+                results,
+                (System::IdemRedisReplayCache, Mode::Replay),
+                (System::RawRedis, Mode::Replay),
+                c,
+                10.0,
+            )
+        },
+    ));
+    out
+}
