@@ -213,6 +213,20 @@ pub struct SagaEnv<'a> {
     pub postgres: Option<&'a PgEnv>,
 }
 
+/// One round of `call`: fresh sagas, each of `STEPS` step bodies, counted from `since`.
+async fn saga_round<C: Call>(call: C, since: u64, callers: usize, timing: Timing) -> RoundResult {
+    counted(
+        Arc::new(call),
+        &STEP_BODIES,
+        since,
+        Mode::Fresh,
+        STEPS,
+        callers,
+        timing,
+    )
+    .await
+}
+
 /// One round of a saga row.
 pub async fn round(
     env: &SagaEnv<'_>,
@@ -221,7 +235,6 @@ pub async fn round(
     timing: Timing,
 ) -> Result<RoundResult, String> {
     let since = STEP_BODIES.load(Ordering::SeqCst);
-    let fresh = Mode::Fresh;
     let result = match system {
         System::SagaSqlite | System::RawLogSqlite => {
             let path = round_file(env.folder, &format!("{system:?}").to_lowercase());
@@ -232,32 +245,14 @@ pub async fn round(
                 let call = SagaCall {
                     store: Arc::new(store),
                 };
-                counted(
-                    Arc::new(call),
-                    &STEP_BODIES,
-                    since,
-                    fresh,
-                    STEPS,
-                    callers,
-                    timing,
-                )
-                .await
+                saga_round(call, since, callers, timing).await
             } else {
                 let writer = durable_connection(&path)?;
                 writer
                     .execute_batch(SQLITE_STEPS)
                     .map_err(|e| e.to_string())?;
                 let raw = RawLog::Sqlite(Arc::new(Mutex::new(writer)));
-                counted(
-                    Arc::new(raw),
-                    &STEP_BODIES,
-                    since,
-                    fresh,
-                    STEPS,
-                    callers,
-                    timing,
-                )
-                .await
+                saga_round(raw, since, callers, timing).await
             };
             remove_file(&path);
             result
@@ -269,28 +264,10 @@ pub async fn round(
                 let call = SagaCall {
                     store: redis.idem_store(),
                 };
-                counted(
-                    Arc::new(call),
-                    &STEP_BODIES,
-                    since,
-                    fresh,
-                    STEPS,
-                    callers,
-                    timing,
-                )
-                .await
+                saga_round(call, since, callers, timing).await
             } else {
                 let raw = RawLog::Redis(redis.raw_connection());
-                counted(
-                    Arc::new(raw),
-                    &STEP_BODIES,
-                    since,
-                    fresh,
-                    STEPS,
-                    callers,
-                    timing,
-                )
-                .await
+                saga_round(raw, since, callers, timing).await
             };
             result.extra = Some(redis.server_note(result.measured.calls).await?);
             result
@@ -302,28 +279,10 @@ pub async fn round(
                 let call = SagaCall {
                     store: postgres.idem_store(),
                 };
-                counted(
-                    Arc::new(call),
-                    &STEP_BODIES,
-                    since,
-                    fresh,
-                    STEPS,
-                    callers,
-                    timing,
-                )
-                .await
+                saga_round(call, since, callers, timing).await
             } else {
                 let raw = RawLog::Postgres(postgres.pool().clone());
-                counted(
-                    Arc::new(raw),
-                    &STEP_BODIES,
-                    since,
-                    fresh,
-                    STEPS,
-                    callers,
-                    timing,
-                )
-                .await
+                saga_round(raw, since, callers, timing).await
             }
         }
         other => return Err(format!("{other:?} is not a saga row")),

@@ -33,14 +33,14 @@ impl RedisStore {
         }
         let token = self
             .tokens
-            .next(&self.connection, &self.global("tokens"))
+            .next(&self.connection, || self.global("tokens"))
             .await?;
         let ttl_ms = millis(request.ttl);
-        let claim = Stored::claim(
+        let claim = Stored::encode_claim(
             token,
             ttl_ms,
             wall_now_ms(),
-            *request.fingerprint,
+            request.fingerprint,
             request.action,
         );
         let record_key = self.record_key(key);
@@ -52,7 +52,7 @@ impl RedisStore {
         let (previous, pttl): (Value, i64) = redis::pipe()
             .cmd("SET")
             .arg(&record_key)
-            .arg(claim.encode())
+            .arg(claim)
             .arg("NX")
             .arg("GET")
             .arg("PX")
@@ -69,7 +69,7 @@ impl RedisStore {
             }));
         }
         let found = bytes(previous)
-            .and_then(|value| Stored::decode(&value))
+            .and_then(Stored::decode_owned)
             .map_err(corrupt(key, "a record"))?;
         // A tombstone, or a record whose times it keeps itself (a saga's claim, short TTLs):
         // the script, which reads the server's clock, decides.

@@ -161,7 +161,8 @@ const SAGA_LOGS: Hashes = Hashes {
 #[derive(Clone)]
 pub struct RedisStore {
     connection: ConnectionManager,
-    prefix: String,
+    /// Shared by the clones (a call's claim is made through one, see `Store::shared`).
+    prefix: std::sync::Arc<str>,
     replicas: Option<Replicas>,
     tokens: std::sync::Arc<tokens::Tokens>,
 }
@@ -306,7 +307,7 @@ impl RedisStoreBuilder {
             .allowed(self.accept_eviction)?;
         Ok(RedisStore {
             connection,
-            prefix: self.prefix,
+            prefix: self.prefix.into(),
             replicas: self.replicas,
             tokens: std::sync::Arc::default(),
         })
@@ -356,7 +357,7 @@ impl RedisStore {
     /// The same store, writing its keys under `prefix` (several applications can share one
     /// server, each under its own prefix).
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
+        self.prefix = prefix.into().into();
         self
     }
 

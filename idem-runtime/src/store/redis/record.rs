@@ -45,26 +45,33 @@ pub(super) enum State {
 }
 
 impl Stored {
-    /// A new claim of `action` under `token`, with the lease in the key's expiry.
-    pub(super) fn claim(
+    /// A new claim of `action` under `token`, with the lease in the key's expiry, encoded
+    /// (as `scripts/record.lua` writes a record, without making one first).
+    pub(super) fn encode_claim(
         token: FencingToken,
         ttl_ms: i64,
         created_ms: i64,
-        fingerprint: Fingerprint,
+        fingerprint: &Fingerprint,
         action: &str,
-    ) -> Self {
-        Stored {
-            state: State::Is(Status::InProgress),
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128 + action.len());
+        write_head(
+            &mut out,
+            'p',
             token,
-            lease_end_ms: 0,
+            0,
             ttl_ms,
             created_ms,
             fingerprint,
-            outcome: None,
-            action: action.to_owned(),
-        }
+            "-",
+            action,
+        );
+        out
     }
 
+    /// The record as the scripts write it (the store itself writes only claims; the tests
+    /// read back what this writes).
+    #[cfg(test)]
     pub(super) fn encode(&self) -> Vec<u8> {
         let status = match self.state {
             State::Is(Status::InProgress) => 'p',
@@ -77,24 +84,49 @@ impl Stored {
             Some(StoredOutcome::Ok(bytes)) => ("ok", bytes),
             Some(StoredOutcome::Err(bytes)) => ("err", bytes),
         };
-        let mut out = format!(
-            "{status}|{}|{}|{}|{}|{}|{kind}|{}|{}",
+        let mut out = Vec::with_capacity(128 + self.action.len() + result.len());
+        write_head(
+            &mut out,
+            status,
             self.token,
             self.lease_end_ms,
             self.ttl_ms,
             self.created_ms,
-            hex(self.fingerprint.as_bytes()),
-            self.action.len(),
-            self.action,
-        )
-        .into_bytes();
+            &self.fingerprint,
+            kind,
+            &self.action,
+        );
         out.extend_from_slice(result);
         out
+    }
+
+    /// [`Stored::decode`] of a value the caller owns: its result is the value's tail, moved
+    /// out rather than copied.
+    pub(super) fn decode_owned(mut bytes: Vec<u8>) -> Result<Self, String> {
+        let (mut stored, result_at) = Self::decode_head(&bytes)?;
+        if let Some(StoredOutcome::Ok(result) | StoredOutcome::Err(result)) =
+            stored.outcome.as_mut()
+        {
+            *result = bytes.split_off(result_at);
+        }
+        Ok(stored)
     }
 
     /// Reads a record, checking every field: a foreign or corrupt value is an error saying
     /// what is wrong, never a panic.
     pub(super) fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let (mut stored, result_at) = Self::decode_head(bytes)?;
+        if let Some(StoredOutcome::Ok(result) | StoredOutcome::Err(result)) =
+            stored.outcome.as_mut()
+        {
+            *result = bytes[result_at..].to_vec();
+        }
+        Ok(stored)
+    }
+
+    /// The record without its result's bytes (an outcome's are left empty), and where the
+    /// result starts in `bytes`.
+    fn decode_head(bytes: &[u8]) -> Result<(Self, usize), String> {
         let mut rest = bytes;
         let mut field = |name: &str| -> Result<&[u8], String> {
             let end = rest
@@ -122,18 +154,10 @@ impl Stored {
         let ttl_ms = number(field("ttl")?, "ttl")?;
         let created_ms = number(field("created")?, "created")?;
         let fingerprint = unhex(field("fingerprint")?)?;
-        let kind = field("outcome")?.to_vec();
-        let action_len = usize::try_from(number(field("action length")?, "action length")?)
-            .map_err(|_| "a negative action length".to_owned())?;
-        if rest.len() < action_len {
-            return Err("a short action".to_owned());
-        }
-        let (action, result) = rest.split_at(action_len);
-        let action = String::from_utf8(action.to_vec()).map_err(|e| e.to_string())?;
-        let outcome = match kind.as_slice() {
+        let outcome = match field("outcome")? {
             b"-" => None,
-            b"ok" => Some(StoredOutcome::Ok(result.to_vec())),
-            b"err" => Some(StoredOutcome::Err(result.to_vec())),
+            b"ok" => Some(StoredOutcome::Ok(Vec::new())),
+            b"err" => Some(StoredOutcome::Err(Vec::new())),
             other => {
                 return Err(format!(
                     "unknown outcome {:?}",
@@ -141,10 +165,14 @@ impl Stored {
                 ))
             }
         };
+        let action_len = usize::try_from(number(field("action length")?, "action length")?)
+            .map_err(|_| "a negative action length".to_owned())?;
+        let action = rest.get(..action_len).ok_or("a short action")?;
+        let action = String::from_utf8(action.to_vec()).map_err(|e| e.to_string())?;
         if state == State::Is(Status::Completed) && outcome.is_none() {
             return Err("completed without a result".to_owned());
         }
-        Ok(Stored {
+        let stored = Stored {
             state,
             token: FencingToken::try_from(token).map_err(|_| format!("negative token {token}"))?,
             lease_end_ms,
@@ -153,7 +181,8 @@ impl Stored {
             fingerprint,
             outcome,
             action,
-        })
+        };
+        Ok((stored, bytes.len() - rest.len() + action_len))
     }
 
     /// When the lease ends (in progress) or the result goes (completed), in the server's
@@ -191,6 +220,29 @@ impl Stored {
     }
 }
 
+/// Writes a record up to its result: `<status>|<token>|…|<action length>|<action>`.
+#[allow(clippy::too_many_arguments)] // the record's fields, in their order
+fn write_head(
+    out: &mut Vec<u8>,
+    status: char,
+    token: FencingToken,
+    lease_end_ms: i64,
+    ttl_ms: i64,
+    created_ms: i64,
+    fingerprint: &Fingerprint,
+    kind: &str,
+    action: &str,
+) {
+    use std::io::Write;
+    // Writing to a `Vec` cannot fail.
+    let _ = write!(
+        out,
+        "{status}|{token}|{lease_end_ms}|{ttl_ms}|{created_ms}|"
+    );
+    push_hex(out, fingerprint.as_bytes());
+    let _ = write!(out, "|{kind}|{}|{action}", action.len());
+}
+
 fn number(bytes: &[u8], name: &str) -> Result<i64, String> {
     std::str::from_utf8(bytes)
         .ok()
@@ -200,7 +252,17 @@ fn number(bytes: &[u8], name: &str) -> Result<i64, String> {
 
 /// 32 bytes as 64 lowercase hex digits, as records and scripts write fingerprints.
 pub(super) fn hex(bytes: &[u8; 32]) -> String {
-    Key::from_bytes(*bytes).to_string()
+    let mut out = Vec::with_capacity(64);
+    push_hex(&mut out, bytes);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8; 32]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)]);
+        out.push(DIGITS[usize::from(byte & 0xf)]);
+    }
 }
 
 fn unhex(bytes: &[u8]) -> Result<Fingerprint, String> {
@@ -217,16 +279,27 @@ mod tests {
 
     fn claim() -> Stored {
         let fingerprint = Fingerprint::from_bytes([7; 32]);
-        Stored::claim(42, 86_400_000, 1_764_979_200_000, fingerprint, "send|email")
+        let encoded = Stored::encode_claim(
+            42,
+            86_400_000,
+            1_764_979_200_000,
+            &fingerprint,
+            "send|email",
+        );
+        Stored::decode(&encoded).expect("a claim reads back")
     }
 
     #[test]
     fn a_record_reads_back_as_it_was_written() {
         let mut record = claim();
+        assert_eq!(record.action, "send|email");
+        assert_eq!(record.state, State::Is(Status::InProgress));
         assert_eq!(Stored::decode(&record.encode()), Ok(record.clone()));
+        assert_eq!(Stored::decode_owned(record.encode()), Ok(record.clone()));
         record.state = State::Is(Status::Completed);
         record.outcome = Some(StoredOutcome::Ok(b"{\"id\":\"a|b\"}".to_vec()));
         assert_eq!(Stored::decode(&record.encode()), Ok(record.clone()));
+        assert_eq!(Stored::decode_owned(record.encode()), Ok(record.clone()));
         record.outcome = Some(StoredOutcome::Err(Vec::new()));
         assert_eq!(Stored::decode(&record.encode()), Ok(record));
     }

@@ -52,7 +52,7 @@ impl Tokens {
     pub(super) async fn next(
         &self,
         connection: &ConnectionManager,
-        counter: &str,
+        counter: impl FnOnce() -> String,
     ) -> Result<FencingToken, Error> {
         if let Some(token) = self.take() {
             return Ok(token);
@@ -62,7 +62,7 @@ impl Tokens {
             return Ok(token); // another task reserved a block meanwhile
         }
         let reserved = Instant::now();
-        let last = draw(connection, counter, BLOCK).await?;
+        let last = draw(connection, &counter(), BLOCK).await?;
         let first = last - BLOCK + 1;
         *self.block() = Some(Block {
             next: first + 1,
