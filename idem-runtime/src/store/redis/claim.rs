@@ -10,14 +10,17 @@
 //!                          an expired result or a tombstone claimed afresh)
 //! ```
 
+use std::time::Instant;
+
 use redis::Value;
 
 use super::decode::{bytes, claim_answer, corrupt};
 use super::record::{hex, State, Stored};
-use super::scripts::CLAIM;
+use super::scripts::{CLAIM, RETOKEN};
 use super::tokens::{draw, FRESH_BLOCK_TTL};
 use super::{failed, wall_now_ms, RedisStore};
-use crate::store::{decide, millis, Claim, ClaimRequest, Found, OnStale, Verdict};
+use crate::key::Key;
+use crate::store::{decide, millis, Claim, ClaimRequest, FencingToken, Found, OnStale, Verdict};
 use crate::Error;
 
 impl RedisStore {
@@ -27,14 +30,24 @@ impl RedisStore {
         &self,
         request: &ClaimRequest<'_>,
     ) -> Result<Option<Claim>, Error> {
-        let key = request.key;
         if request.ttl < FRESH_BLOCK_TTL {
             return Ok(None);
         }
-        let token = self
+        let (token, reserved) = self
             .tokens
             .next(&self.connection, || self.global("tokens"))
             .await?;
+        self.claim_with_token(request, token, reserved).await
+    }
+
+    /// The native claim under `token`, from a block reserved at `reserved`.
+    async fn claim_with_token(
+        &self,
+        request: &ClaimRequest<'_>,
+        token: FencingToken,
+        reserved: Instant,
+    ) -> Result<Option<Claim>, Error> {
+        let key = request.key;
         let ttl_ms = millis(request.ttl);
         let claim = Stored::encode_claim(
             token,
@@ -63,6 +76,11 @@ impl RedisStore {
             .await
             .map_err(failed(Some(key)))?;
         if previous == Value::Nil {
+            // Made. A `SET` that reached the server late may carry a token smaller than one
+            // handed out for this key meanwhile (`tokens.rs`): it gets a new one first.
+            if reserved.elapsed() >= FRESH_BLOCK_TTL {
+                return self.retoken(key, token).await;
+            }
             return Ok(Some(Claim::Acquired {
                 token,
                 resumed: false,
@@ -95,6 +113,20 @@ impl RedisStore {
         })
     }
 
+    /// The native claim of `key` under `late`, now under a token drawn from the counter
+    /// (`scripts/retoken.lua`); `None` if the claim was lost meanwhile (the script's claim
+    /// then decides).
+    async fn retoken(&self, key: &Key, late: FencingToken) -> Result<Option<Claim>, Error> {
+        let token = draw(&self.connection, &self.global("tokens"), 1).await?;
+        let mut invocation = RETOKEN.prepare_invoke();
+        invocation.key(self.record_key(key)).arg(late).arg(token);
+        let held: i64 = self.run(Some(key), &invocation).await?;
+        Ok((held == 1).then_some(Claim::Acquired {
+            token,
+            resumed: false,
+        }))
+    }
+
     /// The claim by `scripts/claim.lua`, under a token drawn from the counter: larger than
     /// any the key had, as a takeover's must be.
     pub(super) async fn claim_by_script(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
@@ -115,5 +147,75 @@ impl RedisStore {
             .arg(token);
         let answer: Value = self.run(Some(key), &invocation).await?;
         claim_answer(answer).map_err(corrupt(key, "a record"))
+    }
+}
+
+#[cfg(all(test, feature = "conformance"))]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::conformance::servers::RedisServer;
+    use crate::key::Fingerprint;
+    use crate::store::Store;
+    use crate::Action;
+
+    /// A claim whose `SET` reached the server late (the process stalled after taking its
+    /// token) runs under a token drawn from the counter since, larger than any handed out
+    /// meanwhile; one in time keeps its block's token.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        idem_no_redis,
+        ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+    )]
+    async fn a_claim_that_reached_the_server_late_gets_a_token_from_the_counter() {
+        let Some(server) = RedisServer::shared() else {
+            return;
+        };
+        let store = RedisStore::connect(&server.url())
+            .await
+            .expect("connect")
+            .with_prefix("late-claims:");
+        let claim = |n: u32, token, reserved| {
+            let store = &store;
+            async move {
+                let key = Action::new("late").key(&(n,)).expect("a key");
+                let fingerprint = Fingerprint::from(key);
+                let request = ClaimRequest {
+                    key: &key,
+                    fingerprint: &fingerprint,
+                    action: "late",
+                    lease: Duration::from_secs(10),
+                    ttl: Duration::from_secs(3600),
+                    on_stale: OnStale::TakeOver,
+                };
+                let claim = store.claim_with_token(&request, token, reserved).await;
+                let record = store.get(&key).await.expect("get").expect("the claim");
+                (claim.expect("claim"), record.token)
+            }
+        };
+        let counter = store.global("tokens");
+        let old = draw(&store.connection, &counter, 1).await.expect("a token");
+        let since = draw(&store.connection, &counter, 1).await.expect("another");
+        let stalled = Instant::now()
+            .checked_sub(FRESH_BLOCK_TTL + Duration::from_millis(1))
+            .expect("an instant in the past");
+
+        let (late, stored) = claim(1, old, stalled).await;
+        let Some(Claim::Acquired { token, .. }) = late else {
+            panic!("acquired: {late:?}")
+        };
+        assert!(token > since, "{token} after {since}");
+        assert_eq!(stored, token, "the record holds the new token");
+
+        let (in_time, stored) = claim(2, old, Instant::now()).await;
+        assert_eq!(
+            in_time,
+            Some(Claim::Acquired {
+                token: old,
+                resumed: false
+            })
+        );
+        assert_eq!(stored, old);
     }
 }

@@ -48,6 +48,7 @@ const CLAIM_LUA: &str = with_clock!("claim.lua", record);
 const COMPLETE_LUA: &str = with_clock!("complete.lua", record);
 const RELEASE_LUA: &str = with_record!("release.lua");
 const FORGET_LUA: &str = with_record!("forget.lua");
+const RETOKEN_LUA: &str = with_record!("retoken.lua");
 const HEARTBEAT_LUA: &str = with_clock!("heartbeat.lua", record);
 const RESOLVE_LUA: &str = with_clock!("resolve.lua");
 const WRITE_SAGA_LUA: &str = with_clock!("write_saga.lua", record);
@@ -64,6 +65,9 @@ pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEA
 /// Deletes a result recorded under a token, unless it is a saga's (`scripts/forget.lua`).
 pub(super) static FORGET: LazyLock<Script> = LazyLock::new(|| Script::new(FORGET_LUA));
 
+/// Gives a late native claim a token from the counter (`scripts/retoken.lua`).
+pub(super) static RETOKEN: LazyLock<Script> = LazyLock::new(|| Script::new(RETOKEN_LUA));
+
 /// Extends a lease if the token still owns the record (`scripts/heartbeat.lua`).
 pub(super) static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| Script::new(HEARTBEAT_LUA));
 
@@ -75,12 +79,13 @@ pub(super) static WRITE_SAGA: LazyLock<Script> = LazyLock::new(|| Script::new(WR
 
 /// Every script: its name, its source and the `Script` the store runs.
 #[cfg(test)]
-fn all() -> [(&'static str, &'static str, &'static Script); 7] {
+fn all() -> [(&'static str, &'static str, &'static Script); 8] {
     [
         ("claim", CLAIM_LUA, &CLAIM),
         ("complete", COMPLETE_LUA, &COMPLETE),
         ("release", RELEASE_LUA, &RELEASE),
         ("forget", FORGET_LUA, &FORGET),
+        ("retoken", RETOKEN_LUA, &RETOKEN),
         ("heartbeat", HEARTBEAT_LUA, &HEARTBEAT),
         ("resolve", RESOLVE_LUA, &RESOLVE),
         ("write_saga", WRITE_SAGA_LUA, &WRITE_SAGA),

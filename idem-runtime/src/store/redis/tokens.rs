@@ -4,7 +4,10 @@
 //!
 //! Tokens are unique (blocks never overlap), and grow the way fencing needs: every block is
 //! reserved after every token handed out before it, so a claim's token is larger than that of
-//! any claim made more than [`BLOCK_AGE`] earlier. An earlier owner of the same key is one of
+//! any claim made more than [`BLOCK_AGE`] earlier. (A claim whose answer comes back more than
+//! [`FRESH_BLOCK_TTL`] after its block was reserved, which a stalled process or a long queue
+//! could make, exchanges its token for one drawn from the counter before its body runs:
+//! `claim.rs`.) An earlier owner of the same key is one of
 //! those whenever the key could be claimed afresh: its record went by itself (its TTL, or its
 //! lease and the action's TTL) no sooner than the action's TTL after its claim, and claims of
 //! actions with a shorter TTL than [`FRESH_BLOCK_TTL`] draw their token from the counter
@@ -49,17 +52,18 @@ struct Block {
 impl Tokens {
     /// A token from the current block, reserving a new one (one round trip, once per
     /// [`BLOCK`] tokens or [`BLOCK_AGE`]) when it is used up or too old.
+    /// Returns the token with the moment its block was reserved.
     pub(super) async fn next(
         &self,
         connection: &ConnectionManager,
         counter: impl FnOnce() -> String,
-    ) -> Result<FencingToken, Error> {
-        if let Some(token) = self.take() {
-            return Ok(token);
+    ) -> Result<(FencingToken, Instant), Error> {
+        if let Some(taken) = self.take() {
+            return Ok(taken);
         }
         let _refilling = self.refill.lock().await;
-        if let Some(token) = self.take() {
-            return Ok(token); // another task reserved a block meanwhile
+        if let Some(taken) = self.take() {
+            return Ok(taken); // another task reserved a block meanwhile
         }
         let reserved = Instant::now();
         let last = draw(connection, &counter(), BLOCK).await?;
@@ -69,17 +73,17 @@ impl Tokens {
             last,
             reserved,
         });
-        Ok(first)
+        Ok((first, reserved))
     }
 
-    fn take(&self) -> Option<FencingToken> {
+    fn take(&self) -> Option<(FencingToken, Instant)> {
         let mut block = self.block();
         let current = block.as_mut()?;
         if current.next > current.last || current.reserved.elapsed() >= BLOCK_AGE {
             return None;
         }
         current.next += 1;
-        Some(current.next - 1)
+        Some((current.next - 1, current.reserved))
     }
 
     fn block(&self) -> std::sync::MutexGuard<'_, Option<Block>> {
