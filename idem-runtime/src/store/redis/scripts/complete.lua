@@ -15,9 +15,12 @@ if r.st == 'c' then return 1 end
 if r.st ~= 'p' and r.st ~= 'r' then return 0 end
 local ttl = math.max(tonumber(ARGV[4]), 1)
 r.st, r.oc, r.result = 'c', ARGV[2], ARGV[3]
+local saga = r.le > 0 or r.st == 'r'
 if ttl < SHORTEST_MS then r.le = now + ttl else r.le = 0 end
 redis.call('SET', KEYS[1], encode(r), 'PX', math.max(ttl, SHORTEST_MS))
-if redis.call('EXISTS', KEYS[2]) == 1 then
+-- Only a claim that holds its lease end (`write_saga` makes a saga's claim so) or one parked
+-- for review can have a saga log: a claim made by the native `SET` is checked no further.
+if saga and redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('PEXPIRE', KEYS[2], ttl)
   redis.call('PEXPIRE', KEYS[3], ttl)
 end
