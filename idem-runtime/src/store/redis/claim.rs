@@ -20,7 +20,9 @@ use super::scripts::{CLAIM, RETOKEN};
 use super::tokens::{draw, FRESH_BLOCK_TTL};
 use super::{failed, wall_now_ms, RedisStore};
 use crate::key::Key;
-use crate::store::{decide, millis, Claim, ClaimRequest, FencingToken, Found, OnStale, Verdict};
+use crate::store::{
+    decide, millis, Claim, ClaimRequest, FencingToken, Found, OnStale, Status, Verdict,
+};
 use crate::Error;
 
 impl RedisStore {
@@ -75,9 +77,22 @@ impl RedisStore {
             .query_async(&mut connection)
             .await
             .map_err(failed(Some(key)))?;
-        if previous == Value::Nil {
-            // Made. A `SET` that reached the server late may carry a token smaller than one
-            // handed out for this key meanwhile (`tokens.rs`): it gets a new one first.
+        let found = match previous {
+            Value::Nil => None,
+            value => Some(
+                bytes(value)
+                    .and_then(Stored::decode_owned)
+                    .map_err(corrupt(key, "a record"))?,
+            ),
+        };
+        // Made: no record was there; or the record is this very claim, made by an earlier
+        // send of this `SET` whose answer was lost (tokens are unique: no one else has it).
+        let made = found.as_ref().is_none_or(|found| {
+            found.state == State::Is(Status::InProgress) && found.token == token
+        });
+        if made {
+            // A `SET` that reached the server late may carry a token smaller than one handed
+            // out for this key meanwhile (`tokens.rs`): it gets a new one first.
             if reserved.elapsed() >= FRESH_BLOCK_TTL {
                 return self.retoken(key, token).await;
             }
@@ -86,9 +101,9 @@ impl RedisStore {
                 resumed: false,
             }));
         }
-        let found = bytes(previous)
-            .and_then(Stored::decode_owned)
-            .map_err(corrupt(key, "a record"))?;
+        let Some(found) = found else {
+            return Ok(None); // unreachable: no record is a claim made
+        };
         // A tombstone, or a record whose times it keeps itself (a saga's claim, short TTLs):
         // the script, which reads the server's clock, decides.
         let State::Is(status) = found.state else {
@@ -162,7 +177,7 @@ mod tests {
 
     /// A claim whose `SET` reached the server late (the process stalled after taking its
     /// token) runs under a token drawn from the counter since, larger than any handed out
-    /// meanwhile; one in time keeps its block's token.
+    /// meanwhile; one in time keeps its block's token, and so does that claim sent again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[cfg_attr(
         idem_no_redis,
@@ -217,5 +232,16 @@ mod tests {
             })
         );
         assert_eq!(stored, old);
+
+        // The same `SET` sent again (its first answer lost): the claim is this one's.
+        let (again, stored) = claim(2, old, Instant::now()).await;
+        assert_eq!(again, in_time, "a re-sent claim gets its own token back");
+        assert_eq!(stored, old);
+        // Another claim of that key, under another token, finds it in progress.
+        let (other, _) = claim(2, since, Instant::now()).await;
+        assert!(
+            matches!(other, Some(Claim::InProgress { token, .. }) if token == old),
+            "{other:?}"
+        );
     }
 }
