@@ -175,6 +175,32 @@ pub(super) enum Attempt {
     Raced,
 }
 
+/// A record from the columns `status, token, fingerprint, outcome, result, expires_ms` of
+/// `row`, from `first` on (as `peek` and the claim's snapshot select them), `status` already
+/// read, checked.
+fn found_from(
+    row: &Row,
+    first: usize,
+    status: &str,
+    key: &Key,
+) -> Result<(Found, Option<StoredOutcome>), Error> {
+    let (what, some) = ("a record", Some(key));
+    let token: Option<i64> = column(row, first + 1, what, some)?;
+    let fingerprint: Option<Vec<u8>> = column(row, first + 2, what, some)?;
+    let outcome: Option<String> = column(row, first + 3, what, some)?;
+    let result: Option<Vec<u8>> = column(row, first + 4, what, some)?;
+    let expires_at_ms: Option<i64> = column(row, first + 5, what, some)?;
+    found(
+        key,
+        status,
+        token.ok_or_else(|| corrupt(what, some, "no token"))?,
+        &fingerprint.ok_or_else(|| corrupt(what, some, "no fingerprint"))?,
+        outcome.as_deref(),
+        result,
+        expires_at_ms,
+    )
+}
+
 /// What the first look of a claim (`peek`) decides: the answer, if reading was enough.
 pub(super) enum Peek {
     /// The record as it is: a result, a live owner, a key parked for review.
@@ -190,24 +216,9 @@ pub(super) fn peek_answer(row: Option<&Row>, request: &ClaimRequest<'_>) -> Resu
     let Some(row) = row else {
         return Ok(Peek::Insert);
     };
-    let key = Some(request.key);
-    let what = "a record";
-    let status: String = column(row, 0, what, key)?;
-    let token: i64 = column(row, 1, what, key)?;
-    let fingerprint: Vec<u8> = column(row, 2, what, key)?;
-    let outcome: Option<String> = column(row, 3, what, key)?;
-    let result: Option<Vec<u8>> = column(row, 4, what, key)?;
-    let expires_at_ms: Option<i64> = column(row, 5, what, key)?;
-    let now_ms: i64 = column(row, 6, what, key)?;
-    let (found, outcome) = found(
-        request.key,
-        &status,
-        token,
-        &fingerprint,
-        outcome.as_deref(),
-        result,
-        expires_at_ms,
-    )?;
+    let status: String = column(row, 0, "a record", Some(request.key))?;
+    let (found, outcome) = found_from(row, 0, &status, request.key)?;
+    let now_ms: i64 = column(row, 6, "a record", Some(request.key))?;
     Ok(match decide(&found, request, now_ms) {
         Verdict::Report => Peek::Report(found.report(outcome, now_ms)),
         Verdict::Write(_) => Peek::Replace,
@@ -252,20 +263,7 @@ pub(super) fn claim_answer(row: &Row, request: &ClaimRequest<'_>) -> Result<Atte
         // The snapshot's record could be replaced, but the record the write met could not.
         return Ok(Attempt::Raced);
     }
-    let token: Option<i64> = column(row, 4, what, key)?;
-    let fingerprint: Option<Vec<u8>> = column(row, 5, what, key)?;
-    let outcome: Option<String> = column(row, 6, what, key)?;
-    let result: Option<Vec<u8>> = column(row, 7, what, key)?;
-    let expires_at_ms: Option<i64> = column(row, 8, what, key)?;
+    let (found, outcome) = found_from(row, 3, &status, request.key)?;
     let now_ms: i64 = column(row, 10, what, key)?;
-    let (found, outcome) = found(
-        request.key,
-        &status,
-        token.ok_or_else(|| corrupt(what, key, "no token"))?,
-        &fingerprint.ok_or_else(|| corrupt(what, key, "no fingerprint"))?,
-        outcome.as_deref(),
-        result,
-        expires_at_ms,
-    )?;
     Ok(Attempt::Done(found.report(outcome, now_ms)))
 }

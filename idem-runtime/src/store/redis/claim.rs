@@ -77,20 +77,19 @@ impl RedisStore {
             .query_async(&mut connection)
             .await
             .map_err(failed(Some(key)))?;
-        let found = match previous {
-            Value::Nil => None,
-            value => Some(
-                bytes(value)
-                    .and_then(Stored::decode_owned)
-                    .map_err(corrupt(key, "a record"))?,
-            ),
-        };
         // Made: no record was there; or the record is this very claim, made by an earlier
         // send of this `SET` whose answer was lost (tokens are unique: no one else has it).
-        let made = found.as_ref().is_none_or(|found| {
-            found.state == State::Is(Status::InProgress) && found.token == token
-        });
-        if made {
+        let found = match previous {
+            Value::Nil => None,
+            value => bytes(value)
+                .and_then(Stored::decode_owned)
+                .map_err(corrupt(key, "a record"))
+                .map(Some)?
+                .filter(|found| {
+                    found.state != State::Is(Status::InProgress) || found.token != token
+                }),
+        };
+        let Some(found) = found else {
             // A `SET` that reached the server late may carry a token smaller than one handed
             // out for this key meanwhile (`tokens.rs`): it gets a new one first.
             if reserved.elapsed() >= FRESH_BLOCK_TTL {
@@ -100,9 +99,6 @@ impl RedisStore {
                 token,
                 resumed: false,
             }));
-        }
-        let Some(found) = found else {
-            return Ok(None); // unreachable: no record is a claim made
         };
         // A tombstone, or a record whose times it keeps itself (a saga's claim, short TTLs):
         // the script, which reads the server's clock, decides.

@@ -205,15 +205,12 @@ impl Stored {
     /// than that (see `SHORTEST_MS` in `scripts/record.lua`); a claim treats it as no record,
     /// and operators do not see it, as if Redis had deleted it on time.
     pub(super) fn is_gone(&self, now_ms: i64, expiry: i64) -> bool {
-        let ended = self.ends_at_ms(expiry).is_some_and(|at| at <= now_ms);
+        let ends = self.ends_at_ms(expiry);
         match self.state {
             State::Released => true,
-            State::Is(Status::Completed) => ended,
+            State::Is(Status::Completed) => ends.is_some_and(|at| at <= now_ms),
             State::Is(Status::InProgress) => {
-                expiry >= 0
-                    && self
-                        .ends_at_ms(expiry)
-                        .is_some_and(|at| at.saturating_add(self.ttl_ms) <= now_ms)
+                expiry >= 0 && ends.is_some_and(|at| at.saturating_add(self.ttl_ms) <= now_ms)
             }
             State::Is(Status::NeedsReview) => false,
         }
