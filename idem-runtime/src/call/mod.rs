@@ -133,6 +133,53 @@ impl<'a> Call<'a> {
         let codec = Codec::<Result<T, E>, T, E>::new().caching_errors(is_final);
         answer(execute(self, store, &codec, body).await, &codec)
     }
+
+    /// As [`run`](Call::run), but an error for which `is_ambiguous` returns true leaves the
+    /// key in doubt instead of releasing it: the effect may have happened (the connection was
+    /// cut after the request went out, the service died mid-call), so the next call follows
+    /// the action's `on_stale` (runs again with [`CallContext::resumed`] true, or waits for an
+    /// operator's review) instead of running the body as if nothing had happened. This is
+    /// `#[idempotent(in_doubt = …)]` without the macro.
+    ///
+    /// ```
+    /// use idem_runtime::{store::MemoryStore, Action, Error, OnStale};
+    ///
+    /// #[derive(Debug)]
+    /// enum SendError { Cut, Idem(Error) }
+    /// impl From<Error> for SendError {
+    ///     fn from(e: Error) -> Self { SendError::Idem(e) }
+    /// }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// static SEND: Action = Action::new("send_email").on_stale(OnStale::Review);
+    /// let store = MemoryStore::new();
+    /// let cut = |e: &SendError| matches!(e, SendError::Cut);
+    ///
+    /// // The connection was cut after the email went out: nobody knows whether it was sent.
+    /// let first = SEND.call(&("ada@example.com", "quote-7")).unwrap();
+    /// let sent = first.run_in_doubt_on::<String, _, _>(&store, cut, async { Err(SendError::Cut) }).await;
+    /// assert!(matches!(sent, Err(SendError::Cut)));
+    ///
+    /// // The retry does not send it blind: the key waits for an operator.
+    /// let retry = SEND.call(&("ada@example.com", "quote-7")).unwrap();
+    /// let again = retry.run_in_doubt_on::<String, _, _>(&store, cut, async { Ok("msg-2".into()) }).await;
+    /// assert!(matches!(again, Err(SendError::Idem(Error::NeedsReview { .. }))));
+    /// # });
+    /// ```
+    pub async fn run_in_doubt_on<T, E, F>(
+        self,
+        store: &dyn Store,
+        is_ambiguous: fn(&E) -> bool,
+        body: F,
+    ) -> Result<Outcome<T>, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+        F: Future<Output = Result<T, E>>,
+    {
+        let codec = Codec::<Result<T, E>, T, E>::new().in_doubt(is_ambiguous);
+        answer(execute(self, store, &codec, body).await, &codec)
+    }
 }
 
 fn answer<R, T, E>(
