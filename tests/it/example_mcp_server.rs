@@ -12,57 +12,17 @@
 //! package the test says why and skips; under `CI=true` it fails instead.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
 
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/client.py");
 
-fn under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
+#[path = "../mcp/support.rs"]
+mod support;
 
-/// A Python that has the MCP SDK, or why there is none.
-fn python_with_mcp() -> Result<String, String> {
-    let python = std::env::var("IDEM_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let output = Command::new(&python)
-        .args(["-c", "import mcp"])
-        .output()
-        .map_err(|error| format!("cannot run {python}: {error}"))?;
-    if output.status.success() {
-        Ok(python)
-    } else {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let why = stderr.lines().last().unwrap_or("no reason given");
-        Err(format!("{python} cannot import the MCP SDK: {why}"))
-    }
-}
-
-/// A directory removed when the test ends, however it ends.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let unique = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let path =
-            std::env::temp_dir().join(format!("idem-mcp-test-{}-{unique}", std::process::id()));
-        std::fs::create_dir_all(&path).expect("cannot create a directory in the temp dir");
-        TempDir(path)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use support::TempDir;
 
 /// The ledger's lines of one kind (`email`, `charge`, `ticket`): one per real effect.
 fn effects<'a>(ledger: &'a str, kind: &str) -> Vec<&'a str> {
@@ -96,20 +56,8 @@ fn run_client(python: &str, server: &Path, db: &Path, ledger: &Path) -> Value {
 #[test]
 fn mcp_server_answers_repeated_calls_from_two_sessions_with_one_effect_each() {
     let server = crate::examples::example("mcp_server");
-    let python = match python_with_mcp() {
-        Ok(python) => python,
-        Err(reason) => {
-            assert!(
-                !under_ci(),
-                "{reason}: CI must install the MCP Python SDK (pip install mcp) into the \
-                 interpreter IDEM_PYTHON points at"
-            );
-            eprintln!(
-                "skipping the MCP client test: {reason}; `pip install mcp`, or point \
-                 IDEM_PYTHON at an interpreter that has it"
-            );
-            return;
-        }
+    let Some(python) = support::python_with_mcp("the MCP client test") else {
+        return;
     };
     let dir = TempDir::new();
     let (db, ledger) = (dir.join("idem.db"), dir.join("ledger.log"));
