@@ -28,10 +28,12 @@
 //! | `resolve ID --note TEXT [--key PREFIX]` | marks a NEEDS_ATTENTION saga as settled by hand, keeping the note |
 //! | `purge [--expired] [--dry-run]` | deletes the expired records, 1000 at a time (a progress bar on a terminal when there are more), and prints the count |
 //! | `stats [--json]` | counts of records by action and status |
+//! | `mcp-proxy [--config FILE] [--upstream URL] [--listen ADDR] -- COMMAND…` | an MCP server in front of another (a command on stdio, or a streamable-HTTP URL): each `tools/call` runs once per tool and arguments, its result replayed to retries, other sessions and other copies of the agent; everything else passes through (`idem mcp-proxy --help`) |
 //!
 //! # The store
 //!
-//! `--store URL` or the environment variable `IDEM_STORE`: `sqlite://path/to/idem.db` (or
+//! `--store URL` or the environment variable `IDEM_STORE` (`mcp-proxy` opens it as agents
+//! do, creating it, and without one uses `$XDG_STATE_HOME/idem/mcp-proxy.db`): `sqlite://path/to/idem.db` (or
 //! `sqlite:///absolute/path.db`; the file must exist: the command never creates a database),
 //! `redis://host:port/db?prefix=billing:`, `postgres://user@host/db?schema=idem`. `memory:` is
 //! refused: a memory store lives inside the process that made it, so a new process would see
@@ -103,6 +105,7 @@ macro_rules! note {
 pub(crate) use note;
 
 mod forget;
+mod mcp_proxy;
 mod purge;
 mod records;
 mod sagas;
@@ -190,6 +193,9 @@ enum Command {
     Purge(purge::PurgeArgs),
     /// Count records by action and status
     Stats(stats::StatsArgs),
+    /// Put idem in front of an MCP server: each tool call runs once, retries get its result
+    #[command(name = "mcp-proxy", long_about = mcp_proxy::MCP_PROXY_HELP)]
+    McpProxy(mcp_proxy::McpProxyArgs),
 }
 
 /// Why a command did not do what it was asked, and the exit code that says so.
@@ -259,10 +265,16 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let outcome = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // An operator's command is one request after another; the proxy serves agents (and
+    // waits on the store and the server) at once.
+    let runtime = if matches!(cli.command, Command::McpProxy(_)) {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    }
+    .enable_all()
+    .build();
+    let outcome = match runtime {
         Ok(runtime) => runtime.block_on(run(cli)),
         Err(error) => Err(Failure::refused(format!(
             "cannot start the async runtime: {error}"
@@ -292,6 +304,13 @@ fn report(failure: Failure) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    // The proxy opens its store as agents do (creating it), and has a default one.
+    if matches!(cli.command, Command::McpProxy(_)) {
+        let Command::McpProxy(args) = cli.command else {
+            return Ok(());
+        };
+        return mcp_proxy::run(cli.store.as_deref(), args).await;
+    }
     let url = cli.store.as_deref().map(str::trim).unwrap_or_default();
     if url.is_empty() {
         return Err(Failure::usage(
@@ -303,6 +322,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let stdout = io::stdout();
     let mut out = stdout.lock();
     match cli.command {
+        Command::McpProxy(args) => mcp_proxy::run(Some(url), args).await,
         Command::Keys(args) => records::keys(&ctx, &args, &mut out).await,
         Command::Show(args) => records::show(&ctx, &args, &mut out).await,
         Command::Unlock(args) => records::unlock(&ctx, &args, &mut out).await,
@@ -369,7 +389,7 @@ async fn open(url: &str) -> Result<Ctx, Failure> {
 }
 
 /// `url` with the password of its user info, if any, replaced by `***`.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

@@ -23,6 +23,9 @@ use tokio::sync::Notify;
 #[path = "../examples/tools/mod.rs"]
 mod tools;
 
+#[path = "cli/mcp_proxy.rs"]
+mod mcp_proxy;
+
 use tools::{Receipt, ToolError};
 
 /// Completes: a `completed` record with a value.
