@@ -162,6 +162,20 @@ pub fn lines(results: &Results) -> Vec<String> {
             },
         ));
     }
+    // Group commit: concurrent callers share the fsync of a claim and of a result.
+    out.push(line(
+        "SQLite fresh at 16 callers ≥ 3.5× at 1 caller (group commit)",
+        &[16],
+        |c| {
+            let ratio = results.median(System::IdemSqlite, Mode::Fresh, c)?
+                / results.median(System::IdemSqlite, Mode::Fresh, 1)?;
+            Some(Check {
+                callers: c,
+                ratio,
+                met: ratio >= 3.5,
+            })
+        },
+    ));
     for (store, saga, raw) in [
         ("SQLite", System::SagaSqlite, System::RawLogSqlite),
         ("Redis", System::SagaRedis, System::RawLogRedis),

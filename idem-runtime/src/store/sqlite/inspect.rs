@@ -12,7 +12,7 @@ use crate::Error;
 
 use super::records::{check, raw_row};
 use super::saga_log::{raw_saga, saga_log};
-use super::{begin_write, db, statements};
+use super::{db, statements};
 
 /// The `outcome` of the records of `kind`, where it tells kinds apart: a completed record is
 /// `failed` when it recorded an error. With [`RecordKind::status`], the one mapping between
@@ -185,7 +185,7 @@ pub(super) fn list_sagas(
 
 /// Marks the saga `saga` resolved with `note` if it needs attention.
 pub(super) fn forget_result(
-    connection: &mut Connection,
+    transaction: &Connection,
     key: &Key,
     token: FencingToken,
 ) -> Result<Ownership, Error> {
@@ -193,13 +193,11 @@ pub(super) fn forget_result(
     let Ok(token) = i64::try_from(token) else {
         return Ok(Ownership::Lost);
     };
-    let (transaction, _) = begin_write(connection)?;
     let deleted = transaction
         .prepare_cached(statements::FORGET_RESULT)
         .map_err(db)?
         .execute(params![key.to_string(), token])
         .map_err(db)?;
-    transaction.commit().map_err(db)?;
     Ok(if deleted == 1 {
         Ownership::Held
     } else {
@@ -208,16 +206,15 @@ pub(super) fn forget_result(
 }
 
 pub(super) fn resolve_saga(
-    connection: &mut Connection,
+    transaction: &Connection,
+    now: i64,
     saga: &Key,
     note: &str,
 ) -> Result<bool, Error> {
-    let (transaction, now) = begin_write(connection)?;
     let changed = transaction
         .prepare_cached(statements::RESOLVE_SAGA)
         .map_err(db)?
         .execute(params![saga.to_string(), note, now])
         .map_err(db)?;
-    transaction.commit().map_err(db)?;
     Ok(changed == 1)
 }

@@ -8,7 +8,9 @@
 //!
 //! ```text
 //! mod.rs         SqliteStore, its connections, and its Store impl (each method hands one
-//!                function below to a connection)
+//!                function below to the writer, or to the reading connection)
+//! writer.rs      group commit: the thread that runs every write, queued writes sharing a
+//!                transaction and its fsync
 //! open.rs        opening a file: connections, schema.sql, migrations/
 //! records.rs     the claim protocol: claim, complete, heartbeat, release, read
 //! purge.rs       expired results and dead claims, in batches
@@ -25,6 +27,7 @@ mod saga_log;
 mod statements;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection};
 use tokio::sync::Mutex;
 
 use crate::key::Key;
@@ -48,6 +51,7 @@ use open::open_file;
 use purge::count_expired;
 use records::{claim, complete, fenced, heartbeat, read, OwnedClaim};
 use saga_log::{read_saga, stale_sagas, write_saga, OwnedSagaWrite};
+use writer::Writer;
 
 /// The schema this version writes; a file with a larger `user_version` is refused.
 const SCHEMA_VERSION: i64 = 4;
@@ -70,7 +74,10 @@ const PURGE_PAUSE: Duration = Duration::from_millis(50);
 /// tasks and for several processes on the same file.
 ///
 /// Claims run in `BEGIN IMMEDIATE` transactions, so two processes never own one key; SQLite
-/// serialises them and each waits up to 5 s for the file's write lock. Leases and TTLs are
+/// serialises them and each waits up to 5 s for the file's write lock. In a process, the
+/// writes of concurrent callers share transactions (group commit): one fsync for all that
+/// queued while the last one committed, and each caller answered once its write is durable.
+/// A replay is one read, which never waits for the writes. Leases and TTLs are
 /// measured on the machine's wall clock, which every process on the file shares (a large
 /// step of that clock ends leases early or late), read once the write lock is held: waiting
 /// for another process does not eat a lease.
@@ -101,10 +108,10 @@ pub struct SqliteStore {
 #[derive(Debug)]
 struct Inner {
     path: PathBuf,
-    /// Claims, results, releases, heartbeats, purge batches: every write, one at a time, in
-    /// the order they asked (tokio's mutex is fair), so a heartbeat never waits for more than
-    /// the writes queued before it.
-    writer: Arc<Mutex<Connection>>,
+    /// Claims, results, releases, heartbeats, purge batches: every write, in the order they
+    /// asked, in batches that share a commit (`writer.rs`), so a heartbeat never waits for
+    /// more than the writes queued before it.
+    writer: Writer,
     /// Waiters' looks and `get`: in WAL mode they never wait for the writer, and the
     /// writer's heartbeats never queue behind them.
     reader: Arc<Mutex<Connection>>,
@@ -112,13 +119,6 @@ struct Inner {
     recorded: AtomicU64,
     /// Whether a background purge is under way (one at a time is enough).
     purging: AtomicBool,
-}
-
-/// Which of the store's connections a piece of work runs on.
-#[derive(Debug, Clone, Copy)]
-enum Use {
-    Write,
-    Read,
 }
 
 /// A record as read from the file.
@@ -195,7 +195,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
-                writer: Arc::new(Mutex::new(writer)),
+                writer: Writer::start(writer)?,
                 reader: Arc::new(Mutex::new(reader)),
                 waiters: Waiters::default(),
                 recorded: AtomicU64::new(0),
@@ -209,19 +209,15 @@ impl SqliteStore {
         &self.inner.path
     }
 
-    /// Runs `work` on one of the connections, on a thread where blocking is allowed, once
-    /// the work asked before it on that connection is done.
-    async fn on<R, W>(&self, use_: Use, key: Option<&Key>, work: W) -> Result<R, Error>
+    /// Runs `work` on the reading connection, on a thread where blocking is allowed, once
+    /// the reads asked before it are done.
+    async fn reading<R, W>(&self, key: Option<&Key>, work: W) -> Result<R, Error>
     where
         R: Send + 'static,
         W: FnOnce(&mut Connection) -> Result<R, Error> + Send + 'static,
     {
-        let connection = match use_ {
-            Use::Write => &self.inner.writer,
-            Use::Read => &self.inner.reader,
-        };
         // Taken here, not on the blocking thread: the queue is in the order of the calls.
-        let mut connection = Arc::clone(connection).lock_owned().await;
+        let mut connection = Arc::clone(&self.inner.reader).lock_owned().await;
         let done = tokio::task::spawn_blocking(move || work(&mut connection)).await;
         match done {
             Ok(result) => result.map_err(|e| match key {
@@ -231,21 +227,21 @@ impl SqliteStore {
             Err(join) => Err(Error::store("sqlite", key, join)),
         }
     }
+
+    /// Runs `work` in the writer's next transaction, at the time it runs (read once the
+    /// file's write lock is held: a lease counted from before would lose the wait), and
+    /// returns its result once that transaction has committed.
+    async fn writing<R, W>(&self, key: Option<&Key>, work: W) -> Result<R, Error>
+    where
+        R: Send + 'static,
+        W: FnOnce(&Connection, i64) -> Result<R, Error> + Send + 'static,
+    {
+        self.inner.writer.write(key, work).await
+    }
 }
 
 fn db(error: rusqlite::Error) -> Error {
     Error::store("sqlite", None, error)
-}
-
-/// Begins a write transaction (`BEGIN IMMEDIATE`: it waits for the file's write lock) and
-/// reads the clock once the lock is held. A lease or TTL counted from a time read before the
-/// wait would lose the time spent waiting for another process's lock (up to
-/// [`BUSY_TIMEOUT`]), and could end before it was written.
-fn begin_write(connection: &mut Connection) -> Result<(Transaction<'_>, i64), Error> {
-    let transaction = connection
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(db)?;
-    Ok((transaction, now_ms()))
 }
 
 fn now_ms() -> i64 {
@@ -278,8 +274,22 @@ impl Store for SqliteStore {
             ttl: request.ttl,
             on_stale: request.on_stale,
         };
-        self.on(Use::Write, Some(request.key), move |connection| {
-            claim(connection, &owned)
+        // A live result is stable until it expires: a replay is one read, on the reading
+        // connection, queued behind no write.
+        let key = *request.key;
+        let replay = self
+            .reading(Some(request.key), move |connection| {
+                let now = now_ms();
+                Ok(read(connection, &key)?
+                    .filter(|row| row.found.is_live_result(now))
+                    .map(|row| row.report(now)))
+            })
+            .await?;
+        if let Some(replay) = replay {
+            return Ok(replay);
+        }
+        self.writing(Some(request.key), move |connection, now| {
+            claim(connection, now, &owned)
         })
         .await
     }
@@ -293,8 +303,8 @@ impl Store for SqliteStore {
     ) -> Result<Ownership, Error> {
         let owned_key = *key;
         let ownership = self
-            .on(Use::Write, Some(key), move |connection| {
-                complete(connection, &owned_key, token, outcome, ttl)
+            .writing(Some(key), move |connection, now| {
+                complete(connection, now, &owned_key, token, outcome, ttl)
             })
             .await?;
         self.inner.waiters.wake(key);
@@ -309,7 +319,7 @@ impl Store for SqliteStore {
     async fn release(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
         let hex = key.to_string();
         let ownership = self
-            .on(Use::Write, Some(key), move |connection| {
+            .writing(Some(key), move |connection, _| {
                 fenced(connection, statements::RELEASE, params![hex, token as i64])
             })
             .await?;
@@ -324,15 +334,15 @@ impl Store for SqliteStore {
         lease: Duration,
     ) -> Result<Ownership, Error> {
         let owned_key = *key;
-        self.on(Use::Write, Some(key), move |connection| {
-            heartbeat(connection, &owned_key, token, lease)
+        self.writing(Some(key), move |connection, now| {
+            heartbeat(connection, now, &owned_key, token, lease)
         })
         .await
     }
 
     async fn wait(&self, key: &Key, token: FencingToken, at_most: Duration) -> Result<(), Error> {
         let owned_key = *key;
-        let still_held = self.on(Use::Read, Some(key), move |connection| {
+        let still_held = self.reading(Some(key), move |connection| {
             let now = now_ms();
             Ok(read(connection, &owned_key)?.is_some_and(|row| row.found.held_by(token, now)))
         });
@@ -343,9 +353,7 @@ impl Store for SqliteStore {
     async fn get(&self, key: &Key) -> Result<Option<Record>, Error> {
         let owned_key = *key;
         let row = self
-            .on(Use::Read, Some(key), move |connection| {
-                read(connection, &owned_key)
-            })
+            .reading(Some(key), move |connection| read(connection, &owned_key))
             .await?;
         Ok(row.map(|row| row.into_record(*key)))
     }
@@ -372,25 +380,23 @@ impl SagaStore for SqliteStore {
             },
             SagaWrite::Step(step) => OwnedSagaWrite::Step(step.clone()),
         };
-        self.on(Use::Write, Some(saga), move |connection| {
-            write_saga(connection, &owned_key, &id, token, &write)
+        self.writing(Some(saga), move |connection, now| {
+            write_saga(connection, now, &owned_key, &id, token, &write)
         })
         .await
     }
 
     async fn read_saga(&self, saga: &Key) -> Result<Option<SagaLog>, Error> {
         let owned_key = *saga;
-        self.on(Use::Read, Some(saga), move |connection| {
+        self.reading(Some(saga), move |connection| {
             read_saga(connection, &owned_key)
         })
         .await
     }
 
     async fn stale_sagas(&self, limit: usize) -> Result<Vec<StaleSaga>, Error> {
-        self.on(Use::Read, None, move |connection| {
-            stale_sagas(connection, limit)
-        })
-        .await
+        self.reading(None, move |connection| stale_sagas(connection, limit))
+            .await
     }
 }
 
@@ -398,19 +404,17 @@ impl SagaStore for SqliteStore {
 impl Inspect for SqliteStore {
     async fn list_records(&self, query: &RecordQuery) -> Result<Vec<Record>, Error> {
         let query = query.clone();
-        self.on(Use::Read, None, move |connection| {
-            list_records(connection, &query)
-        })
-        .await
+        self.reading(None, move |connection| list_records(connection, &query))
+            .await
     }
 
     async fn record_counts(&self) -> Result<Vec<RecordCount>, Error> {
-        self.on(Use::Read, None, |connection| record_counts(connection))
+        self.reading(None, |connection| record_counts(connection))
             .await
     }
 
     async fn count_expired(&self) -> Result<u64, Error> {
-        self.on(Use::Read, None, |connection| count_expired(connection))
+        self.reading(None, |connection| count_expired(connection))
             .await
     }
 
@@ -420,15 +424,13 @@ impl Inspect for SqliteStore {
 
     async fn list_sagas(&self, query: &SagaQuery) -> Result<Vec<SagaLog>, Error> {
         let query = query.clone();
-        self.on(Use::Read, None, move |connection| {
-            list_sagas(connection, &query)
-        })
-        .await
+        self.reading(None, move |connection| list_sagas(connection, &query))
+            .await
     }
 
     async fn forget_result(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
         let owned_key = *key;
-        self.on(Use::Write, Some(key), move |connection| {
+        self.writing(Some(key), move |connection, _| {
             forget_result(connection, &owned_key, token)
         })
         .await
@@ -436,8 +438,8 @@ impl Inspect for SqliteStore {
 
     async fn resolve_saga(&self, saga: &Key, note: &str) -> Result<bool, Error> {
         let (owned_key, note) = (*saga, note.to_owned());
-        self.on(Use::Write, Some(saga), move |connection| {
-            resolve_saga(connection, &owned_key, &note)
+        self.writing(Some(saga), move |connection, now| {
+            resolve_saga(connection, now, &owned_key, &note)
         })
         .await
     }

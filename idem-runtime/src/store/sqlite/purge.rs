@@ -8,17 +8,14 @@ use rusqlite::{params, Connection};
 
 use crate::Error;
 
-use super::{
-    begin_write, db, now_ms, statements, Inner, SqliteStore, Use, PURGE_BATCH, PURGE_PAUSE,
-};
+use super::{db, now_ms, statements, Inner, SqliteStore, PURGE_BATCH, PURGE_PAUSE};
 
 /// Deletes the expired results and dead claims (`expired!` in [`statements`]; at most `limit`, the oldest
 /// expiries first) and the logs of the sagas those results ended, in one transaction; returns
-/// how many records. Keep `limit` small (see
-/// [`PURGE_BATCH`]): the transaction holds the file's write lock.
-pub(super) fn purge(connection: &mut Connection, limit: usize) -> Result<u64, Error> {
+/// how many records. Keep `limit` small (see [`PURGE_BATCH`]): the writer's transaction holds
+/// the file's write lock, and the writes batched with it wait for it.
+pub(super) fn purge(transaction: &Connection, now: i64, limit: usize) -> Result<u64, Error> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let (transaction, now) = begin_write(connection)?;
     let delete = |statement: &str| {
         transaction
             .prepare_cached(statement)
@@ -29,7 +26,6 @@ pub(super) fn purge(connection: &mut Connection, limit: usize) -> Result<u64, Er
     delete(statements::PURGE_STEPS)?;
     delete(statements::PURGE_SAGAS)?;
     let purged = delete(statements::PURGE_RECORDS)?;
-    transaction.commit().map_err(db)?;
     Ok(u64::try_from(purged).unwrap_or(u64::MAX))
 }
 
@@ -44,8 +40,8 @@ pub(super) fn count_expired(connection: &Connection) -> Result<u64, Error> {
 }
 
 impl SqliteStore {
-    /// Purges up to `at_most` expired results, [`PURGE_BATCH`] at a time, each batch a
-    /// transaction of its own and a turn of its own on the writer; returns how many.
+    /// Purges up to `at_most` expired results, [`PURGE_BATCH`] at a time, each a write of its
+    /// own on the writer; returns how many.
     ///
     /// Between batches it pauses as long as the last one took (up to [`PURGE_PAUSE`]): in this
     /// process the writer is fair anyway, but another process on the file waits for the write
@@ -57,7 +53,9 @@ impl SqliteStore {
             let limit = left.min(PURGE_BATCH);
             let started = Instant::now();
             let batch = self
-                .on(Use::Write, None, move |connection| purge(connection, limit))
+                .inner
+                .writer
+                .write(None, move |connection, now| purge(connection, now, limit))
                 .await?;
             purged = purged.saturating_add(batch);
             left = left.saturating_sub(usize::try_from(batch).unwrap_or(usize::MAX));

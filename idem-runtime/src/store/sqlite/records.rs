@@ -11,7 +11,7 @@ use crate::store::{
 };
 use crate::Error;
 
-use super::{begin_write, db, now_ms, statements, Row};
+use super::{db, statements, Row};
 
 /// A record's columns as SQLite returns them ([`statements::READ`]), before they are checked.
 pub(super) type RawRow = (
@@ -102,29 +102,30 @@ pub(super) struct OwnedClaim {
     pub(super) on_stale: crate::store::OnStale,
 }
 
-pub(super) fn claim(connection: &mut Connection, request: &OwnedClaim) -> Result<Claim, Error> {
-    let key = &request.key;
-    let borrowed = ClaimRequest {
-        key,
-        fingerprint: &request.fingerprint,
-        action: &request.action,
-        lease: request.lease,
-        ttl: request.ttl,
-        on_stale: request.on_stale,
-    };
-    // A live result is stable until it expires: answer a replay with one read, without the
-    // file's write lock.
-    let now = now_ms();
-    if let Some(row) = read(connection, key)? {
-        if row.found.is_live_result(now) {
-            return Ok(row.report(now));
+impl OwnedClaim {
+    /// The request as the rules and the `Store` trait take it.
+    pub(super) fn borrowed(&self) -> ClaimRequest<'_> {
+        ClaimRequest {
+            key: &self.key,
+            fingerprint: &self.fingerprint,
+            action: &self.action,
+            lease: self.lease,
+            ttl: self.ttl,
+            on_stale: self.on_stale,
         }
     }
+}
 
-    let (transaction, now) = begin_write(connection)?;
-    let write = match read(&transaction, key)? {
+/// Claims `request.key` inside the writer's transaction, at `now` (see [`super::writer`]).
+pub(super) fn claim(
+    transaction: &Connection,
+    now: i64,
+    request: &OwnedClaim,
+) -> Result<Claim, Error> {
+    let key = &request.key;
+    let write = match read(transaction, key)? {
         None => Write::Insert,
-        Some(row) => match decide(&row.found, &borrowed, now) {
+        Some(row) => match decide(&row.found, &request.borrowed(), now) {
             Verdict::Report => return Ok(row.report(now)),
             Verdict::Write(write) => write,
         },
@@ -134,7 +135,7 @@ pub(super) fn claim(connection: &mut Connection, request: &OwnedClaim) -> Result
     let hex = key.to_string();
     let claim = match write {
         Write::Insert => {
-            let token = next_token(&transaction)?;
+            let token = next_token(transaction)?;
             transaction
                 .prepare_cached(statements::INSERT_CLAIM)
                 .map_err(db)?
@@ -154,7 +155,7 @@ pub(super) fn claim(connection: &mut Connection, request: &OwnedClaim) -> Result
             }
         }
         Write::TakeOver => {
-            let token = next_token(&transaction)?;
+            let token = next_token(transaction)?;
             transaction
                 .prepare_cached(statements::TAKE_OVER)
                 .map_err(db)?
@@ -176,7 +177,6 @@ pub(super) fn claim(connection: &mut Connection, request: &OwnedClaim) -> Result
             }
         }
     };
-    transaction.commit().map_err(db)?;
     Ok(claim)
 }
 
@@ -198,10 +198,11 @@ pub(super) fn fenced(
     })
 }
 
-/// Records `outcome` as the result of `key` if `token` still owns it; its TTL counts from the
-/// time the write lock is held.
+/// Records `outcome` as the result of `key` if `token` still owns it; its TTL counts from
+/// `now`, read once the write lock is held.
 pub(super) fn complete(
-    connection: &mut Connection,
+    transaction: &Connection,
+    now: i64,
     key: &Key,
     token: FencingToken,
     outcome: StoredOutcome,
@@ -211,9 +212,8 @@ pub(super) fn complete(
         StoredOutcome::Ok(bytes) => ("ok", bytes),
         StoredOutcome::Err(bytes) => ("err", bytes),
     };
-    let (transaction, now) = begin_write(connection)?;
     let mut ownership = fenced(
-        &transaction,
+        transaction,
         statements::COMPLETE,
         params![
             key.to_string(),
@@ -225,32 +225,29 @@ pub(super) fn complete(
     )?;
     // A retry of a completion that committed but whose answer was lost: still ours.
     if ownership == Ownership::Lost
-        && read(&transaction, key)?.is_some_and(|row| row.found.completed_by(token))
+        && read(transaction, key)?.is_some_and(|row| row.found.completed_by(token))
     {
         ownership = Ownership::Held;
     }
-    transaction.commit().map_err(db)?;
     Ok(ownership)
 }
 
-/// Extends the lease of `key` to `lease` from now if `token` still owns it, now being read
-/// once the write lock is held (see [`begin_write`]).
+/// Extends the lease of `key` to `lease` from `now` (read once the write lock is held) if
+/// `token` still owns it.
 pub(super) fn heartbeat(
-    connection: &mut Connection,
+    transaction: &Connection,
+    now: i64,
     key: &Key,
     token: FencingToken,
     lease: Duration,
 ) -> Result<Ownership, Error> {
-    let (transaction, now) = begin_write(connection)?;
-    let ownership = fenced(
-        &transaction,
+    fenced(
+        transaction,
         statements::HEARTBEAT,
         params![
             key.to_string(),
             token as i64,
             now.saturating_add(millis(lease))
         ],
-    )?;
-    transaction.commit().map_err(db)?;
-    Ok(ownership)
+    )
 }

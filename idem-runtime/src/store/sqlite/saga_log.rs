@@ -9,7 +9,7 @@ use crate::store::{
 use crate::Error;
 
 use super::records::read;
-use super::{begin_write, db, now_ms, statements, to_wall};
+use super::{db, now_ms, statements, to_wall};
 
 /// What a saga write needs, owned, to move to the blocking thread.
 pub(super) enum OwnedSagaWrite {
@@ -21,14 +21,14 @@ pub(super) enum OwnedSagaWrite {
 }
 
 pub(super) fn write_saga(
-    connection: &mut Connection,
+    transaction: &Connection,
+    now: i64,
     saga: &Key,
     id: &str,
     token: FencingToken,
     write: &OwnedSagaWrite,
 ) -> Result<Ownership, Error> {
-    let (transaction, now) = begin_write(connection)?;
-    let held = read(&transaction, saga)?.is_some_and(|row| row.found.renewed_by(token));
+    let held = read(transaction, saga)?.is_some_and(|row| row.found.renewed_by(token));
     if !held {
         return Ok(Ownership::Lost);
     }
@@ -59,7 +59,6 @@ pub(super) fn write_saga(
             ])
             .map_err(db)?;
     }
-    transaction.commit().map_err(db)?;
     Ok(Ownership::Held)
 }
 

@@ -9,7 +9,7 @@ use rusqlite::{params, params_from_iter, Connection};
 use super::inspect::list_records_sql;
 use super::open::{MIGRATIONS, SCHEMA};
 use super::records::{claim, OwnedClaim};
-use super::{SqliteStore, Use, PURGE_BATCH, SCHEMA_VERSION};
+use super::{SqliteStore, PURGE_BATCH, SCHEMA_VERSION};
 use crate::key::{Fingerprint, Key};
 use crate::store::OnStale;
 use crate::store::{
@@ -139,8 +139,8 @@ async fn a_corrupt_record_is_an_error_naming_its_key() {
     for key in [bad_status, bad_fingerprint] {
         let owned = request(&key);
         let claimed = store
-            .on(Use::Write, Some(&key), move |connection| {
-                claim(connection, &owned)
+            .writing(Some(&key), move |connection, now| {
+                claim(connection, now, &owned)
             })
             .await;
         match claimed {
@@ -173,9 +173,7 @@ async fn a_version_1_file_is_upgraded_in_place() {
     let saga = Key::from_bytes([6; 32]);
     let owned = request(&saga);
     let claimed = store
-        .on(Use::Write, None, move |connection| {
-            claim(connection, &owned)
-        })
+        .writing(None, move |connection, now| claim(connection, now, &owned))
         .await
         .expect("claim");
     let Claim::Acquired { token, .. } = claimed else {
@@ -284,9 +282,7 @@ async fn a_version_3_file_is_upgraded_in_place() {
         ..request(&dying)
     };
     let claimed = store
-        .on(Use::Write, None, move |connection| {
-            claim(connection, &owned)
-        })
+        .writing(None, move |connection, now| claim(connection, now, &owned))
         .await
         .expect("claim");
     assert!(matches!(claimed, Claim::Acquired { .. }), "{claimed:?}");
@@ -460,4 +456,135 @@ async fn opening_the_store_purges_expired_results() {
     let store = SqliteStore::open(&path).await.expect("reopen");
     assert_eq!(store.get(&expired).await.expect("get"), None);
     assert!(store.get(&live).await.expect("get").is_some());
+}
+
+/// A raw connection to the store's file, as another process would have.
+fn other_process(path: &Path, busy: Duration) -> Connection {
+    let connection = Connection::open(path).expect("open the file");
+    connection.busy_timeout(busy).expect("busy timeout");
+    connection
+}
+
+/// A write that errs is rolled back to its savepoint, what it wrote undone, and answered with
+/// its error; the writes batched with it commit.
+#[tokio::test]
+async fn a_failed_write_fails_alone_in_its_batch() {
+    use super::writer::{commit_batch, pending, Counts};
+    let path = temp_file("batch-failure.db");
+    let store = SqliteStore::open(&path).await.expect("open");
+    let [first, failing, last] = [[21; 32], [22; 32], [23; 32]].map(Key::from_bytes);
+    let (a, a_answer) = pending(move |connection, now| claim(connection, now, &request(&first)));
+    let (b, b_answer) = pending(move |connection, now| {
+        claim(connection, now, &request(&failing))?;
+        Err::<Claim, _>(Error::store("sqlite", None, "refused after writing"))
+    });
+    let (c, c_answer) = pending(move |connection, now| claim(connection, now, &request(&last)));
+    let counts = Counts::default();
+    let mut connection = other_process(&path, Duration::from_secs(5));
+    commit_batch(&mut connection, vec![a, b, c], &counts);
+
+    assert!(matches!(
+        a_answer.await.unwrap(),
+        Ok(Claim::Acquired { .. })
+    ));
+    assert!(b_answer.await.unwrap().is_err());
+    assert!(matches!(
+        c_answer.await.unwrap(),
+        Ok(Claim::Acquired { .. })
+    ));
+    assert!(store.get(&first).await.unwrap().is_some());
+    assert_eq!(
+        store.get(&failing).await.unwrap(),
+        None,
+        "its write was undone"
+    );
+    assert!(store.get(&last).await.unwrap().is_some());
+    assert_eq!(counts.commits.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+/// A batch that cannot begin (another process holds the write lock past the busy timeout)
+/// fails every write in it, and runs none.
+#[tokio::test]
+async fn a_batch_that_cannot_begin_fails_each_of_its_writes() {
+    use super::writer::{commit_batch, pending, Counts};
+    let path = temp_file("batch-busy.db");
+    let store = SqliteStore::open(&path).await.expect("open");
+    let holder = other_process(&path, Duration::from_secs(5));
+    holder
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("hold the write lock");
+    let keys = [[24; 32], [25; 32]].map(Key::from_bytes);
+    let (writes, answers): (Vec<_>, Vec<_>) = keys
+        .iter()
+        .map(|key| {
+            let key = *key;
+            pending(move |connection, now| claim(connection, now, &request(&key)))
+        })
+        .unzip();
+    let mut connection = other_process(&path, Duration::from_millis(50));
+    commit_batch(&mut connection, writes, &Counts::default());
+    for answer in answers {
+        let error = answer
+            .await
+            .unwrap()
+            .expect_err("the batch could not begin");
+        assert!(error.to_string().contains("locked"), "{error}");
+    }
+    holder.execute_batch("ROLLBACK").expect("let go");
+    for key in &keys {
+        assert_eq!(store.get(key).await.unwrap(), None);
+    }
+}
+
+/// Claims that queue while a batch waits for the file share the next commit: sixteen
+/// claims, at most two commits, every claim acquired and durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_share_a_commit() {
+    use std::sync::atomic::Ordering;
+    let path = temp_file("group-commit.db");
+    let store = SqliteStore::open(&path).await.expect("open");
+    let counts = &store.inner.writer.counts();
+    let commits_before = counts.commits.load(Ordering::Relaxed);
+    let taken_before = counts.taken.load(Ordering::Acquire);
+
+    // Another process holds the file: the writer's first batch waits in BEGIN, the other
+    // claims queue behind it.
+    let holder = other_process(&path, Duration::from_secs(5));
+    holder
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("hold the write lock");
+    let claims: Vec<_> = (0..16u8)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let key = Key::from_bytes([100 + n; 32]);
+                let request = request(&key);
+                store
+                    .claim(&request.borrowed())
+                    .await
+                    .map(|claim| (key, claim))
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while counts.queued.load(Ordering::Acquire) + counts.taken.load(Ordering::Acquire)
+        - taken_before
+        < 16
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the claims never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    holder.execute_batch("COMMIT").expect("let go");
+
+    for claim in claims {
+        let (key, claim) = claim.await.unwrap().expect("claim");
+        assert!(matches!(claim, Claim::Acquired { .. }), "{claim:?}");
+        let record = store.get(&key).await.unwrap().expect("durable");
+        assert_eq!(record.status, Status::InProgress);
+    }
+    let commits = counts.commits.load(Ordering::Relaxed) - commits_before;
+    assert!(commits <= 2, "16 claims took {commits} commits");
 }
