@@ -77,7 +77,7 @@ const PURGE_PAUSE: Duration = Duration::from_millis(50);
 /// serialises them and each waits up to 5 s for the file's write lock. In a process, the
 /// writes of concurrent callers share transactions (group commit): one fsync for all that
 /// queued while the last one committed, and each caller answered once its write is durable.
-/// A replay is one read, which never waits for the writes. Leases and TTLs are
+/// A replay is one read, taken before the next batch begins, without the write lock. Leases and TTLs are
 /// measured on the machine's wall clock, which every process on the file shares (a large
 /// step of that clock ends leases early or late), read once the write lock is held: waiting
 /// for another process does not eat a lease.
@@ -274,24 +274,21 @@ impl Store for SqliteStore {
             ttl: request.ttl,
             on_stale: request.on_stale,
         };
-        // A live result is stable until it expires: a replay is one read, on the reading
-        // connection, queued behind no write.
+        // A live result is stable until it expires: a replay is one read, before the
+        // batch's transaction, without the file's write lock.
         let key = *request.key;
-        let replay = self
-            .reading(Some(request.key), move |connection| {
-                let now = now_ms();
-                Ok(read(connection, &key)?
-                    .filter(|row| row.found.is_live_result(now))
-                    .map(|row| row.report(now)))
+        let replay: writer::Look<Claim> = Box::new(move |connection| {
+            let now = now_ms();
+            Ok(read(connection, &key)?
+                .filter(|row| row.found.is_live_result(now))
+                .map(|row| row.report(now)))
+        });
+        self.inner
+            .writer
+            .write_unless(Some(request.key), Some(replay), move |connection, now| {
+                claim(connection, now, &owned)
             })
-            .await?;
-        if let Some(replay) = replay {
-            return Ok(replay);
-        }
-        self.writing(Some(request.key), move |connection, now| {
-            claim(connection, now, &owned)
-        })
-        .await
+            .await
     }
 
     async fn complete(

@@ -13,7 +13,7 @@ use super::{SqliteStore, PURGE_BATCH, SCHEMA_VERSION};
 use crate::key::{Fingerprint, Key};
 use crate::store::OnStale;
 use crate::store::{
-    Claim, Ownership, RecordKind, RecordQuery, SagaStatus, SagaWrite, Status, Store,
+    Claim, Ownership, RecordKind, RecordQuery, SagaStatus, SagaWrite, Status, Store, StoredOutcome,
 };
 use crate::Error;
 
@@ -587,4 +587,43 @@ async fn concurrent_claims_share_a_commit() {
     }
     let commits = counts.commits.load(Ordering::Relaxed) - commits_before;
     assert!(commits <= 2, "16 claims took {commits} commits");
+}
+
+/// A replay is a look at the file before the batch begins: it needs neither a commit nor the
+/// write lock, so it is answered while another process holds the file.
+#[tokio::test]
+async fn a_replay_needs_no_commit_and_no_write_lock() {
+    use std::sync::atomic::Ordering;
+    let path = temp_file("replay-look.db");
+    let store = SqliteStore::open(&path).await.expect("open");
+    let key = Key::from_bytes([31; 32]);
+    let owned = request(&key);
+    let Claim::Acquired { token, .. } = store.claim(&owned.borrowed()).await.expect("claim") else {
+        panic!("a free key is acquired");
+    };
+    let recorded = store
+        .complete(
+            &key,
+            token,
+            StoredOutcome::Ok(b"1".to_vec()),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(recorded.expect("complete"), Ownership::Held);
+    let commits = store.inner.writer.counts().commits.load(Ordering::Relaxed);
+
+    let holder = other_process(&path, Duration::from_secs(5));
+    holder
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("hold the write lock");
+    let replay = tokio::time::timeout(Duration::from_secs(30), store.claim(&owned.borrowed()))
+        .await
+        .expect("answered while the lock is held")
+        .expect("replay");
+    assert!(matches!(replay, Claim::Completed { .. }), "{replay:?}");
+    holder.execute_batch("ROLLBACK").expect("let go");
+    assert_eq!(
+        store.inner.writer.counts().commits.load(Ordering::Relaxed),
+        commits
+    );
 }

@@ -36,14 +36,22 @@ const MOST_PER_BATCH: usize = 64;
 
 /// One write, run by the writer thread inside a batch's transaction.
 pub(super) trait Write: Send {
+    /// Looks at the file before the batch begins (outside any transaction): whether that
+    /// look answered the caller, so that the write is not needed (a claim that finds a live
+    /// result: a replay, without the write lock).
+    fn answered_by_a_look(&mut self, connection: &Connection) -> bool;
     /// Runs the write's statements on `connection` at `now` (ms); whether they succeeded.
     fn run(&mut self, connection: &Connection, now: i64) -> bool;
     /// Answers the caller once the batch has ended: `Ok` if it committed.
     fn answer(self: Box<Self>, committed: Result<(), Error>);
 }
 
+/// A look at the file that may answer a write's caller without the write (`Some`).
+pub(super) type Look<R> = Box<dyn FnOnce(&Connection) -> Result<Option<R>, Error> + Send>;
+
 /// A write and the caller waiting for its answer.
 struct Pending<R, W> {
+    look: Option<Look<R>>,
     work: Option<W>,
     key: Option<Key>,
     done: Option<Result<R, Error>>,
@@ -55,6 +63,25 @@ where
     R: Send,
     W: FnOnce(&Connection, i64) -> Result<R, Error> + Send,
 {
+    fn answered_by_a_look(&mut self, connection: &Connection) -> bool {
+        let Some(look) = self.look.take() else {
+            return false;
+        };
+        let looked = catch_unwind(AssertUnwindSafe(|| look(connection)))
+            .unwrap_or_else(|_| Err(Error::store("sqlite", None, "a look panicked")));
+        match looked {
+            Ok(None) => false,
+            Ok(Some(value)) => {
+                self.done = Some(Ok(value));
+                true
+            }
+            Err(error) => {
+                self.done = Some(Err(error));
+                true
+            }
+        }
+    }
+
     fn run(&mut self, connection: &Connection, now: i64) -> bool {
         let Some(work) = self.work.take() else {
             return false;
@@ -126,8 +153,25 @@ impl Writer {
         R: Send + 'static,
         W: FnOnce(&Connection, i64) -> Result<R, Error> + Send + 'static,
     {
+        self.write_unless(key, None, work).await
+    }
+
+    /// As [`write`](Self::write), unless `look`, run first on the writer's connection
+    /// outside any transaction, answers: then its answer is the result, at once, and the
+    /// write is not run.
+    pub(super) async fn write_unless<R, W>(
+        &self,
+        key: Option<&Key>,
+        look: Option<Look<R>>,
+        work: W,
+    ) -> Result<R, Error>
+    where
+        R: Send + 'static,
+        W: FnOnce(&Connection, i64) -> Result<R, Error> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
+            look,
             work: Some(work),
             key: key.copied(),
             done: None,
@@ -168,7 +212,18 @@ fn write_batches(
         }
         counts.queued.fetch_sub(batch.len(), Ordering::AcqRel);
         counts.taken.fetch_add(batch.len(), Ordering::AcqRel);
-        commit_batch(&mut connection, batch, counts);
+        // The looks first: those they answer (replays) need no transaction, no fsync.
+        let mut writes = Vec::with_capacity(batch.len());
+        for mut write in batch {
+            if write.answered_by_a_look(&connection) {
+                write.answer(Ok(()));
+            } else {
+                writes.push(write);
+            }
+        }
+        if !writes.is_empty() {
+            commit_batch(&mut connection, writes, counts);
+        }
     }
 }
 
@@ -190,15 +245,27 @@ pub(super) fn commit_batch(
             return;
         }
     };
-    for write in &mut batch {
-        let outcome = savepoint(&transaction, |connection| write.run(connection, now_ms()));
-        if let Err(error) = outcome {
-            // The savepoint itself failed: the transaction can no longer be trusted.
+    if let [only] = batch.as_mut_slice() {
+        // Alone in its batch, a write needs no savepoint: if it fails, the transaction is
+        // rolled back whole, and the write's own error is its answer.
+        if !only.run(&transaction, now_ms()) {
             drop(transaction);
             for write in batch {
-                write.answer(Err(error.clone()));
+                write.answer(Ok(()));
             }
             return;
+        }
+    } else {
+        for write in &mut batch {
+            let outcome = savepoint(&transaction, |connection| write.run(connection, now_ms()));
+            if let Err(error) = outcome {
+                // The savepoint itself failed: the transaction can no longer be trusted.
+                drop(transaction);
+                for write in batch {
+                    write.answer(Err(error.clone()));
+                }
+                return;
+            }
         }
     }
     let committed = transaction.commit().map_err(db);
@@ -230,6 +297,7 @@ where
 {
     let (reply, answer) = oneshot::channel();
     let pending = Pending {
+        look: None,
         work: Some(work),
         key: None,
         done: None,
