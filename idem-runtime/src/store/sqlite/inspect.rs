@@ -183,7 +183,7 @@ pub(super) fn list_sagas(
     Ok(logs)
 }
 
-/// Marks the saga `saga` resolved with `note` if it needs attention.
+/// Deletes the completed record of `key` if `token` recorded it (an operator's `forget`).
 pub(super) fn forget_result(
     transaction: &Connection,
     key: &Key,
@@ -205,6 +205,7 @@ pub(super) fn forget_result(
     })
 }
 
+/// Marks the saga `saga` resolved with `note` at `now` if it needs attention.
 pub(super) fn resolve_saga(
     transaction: &Connection,
     now: i64,

@@ -109,8 +109,8 @@ pub struct SqliteStore {
 struct Inner {
     path: PathBuf,
     /// Claims, results, releases, heartbeats, purge batches: every write, in the order they
-    /// asked, in batches that share a commit (`writer.rs`), so a heartbeat never waits for
-    /// more than the writes queued before it.
+    /// asked, in batches that share a commit (`writer.rs`), so a heartbeat waits for the
+    /// writes queued before it and those batched with it (at most 64), and one fsync.
     writer: Writer,
     /// Waiters' looks and `get`: in WAL mode they never wait for the writer, and the
     /// writer's heartbeats never queue behind them.
@@ -230,13 +230,19 @@ impl SqliteStore {
 
     /// Runs `work` in the writer's next transaction, at the time it runs (read once the
     /// file's write lock is held: a lease counted from before would lose the wait), and
-    /// returns its result once that transaction has committed.
-    async fn writing<R, W>(&self, key: Option<&Key>, work: W) -> Result<R, Error>
+    /// returns its result once that transaction has committed; unless `look`, run first
+    /// outside any transaction, answers (see `writer.rs`).
+    async fn writing<R, W>(
+        &self,
+        key: Option<&Key>,
+        look: Option<writer::Look<R>>,
+        work: W,
+    ) -> Result<R, Error>
     where
         R: Send + 'static,
         W: FnOnce(&Connection, i64) -> Result<R, Error> + Send + 'static,
     {
-        self.inner.writer.write(key, work).await
+        self.inner.writer.write(key, look, work).await
     }
 }
 
@@ -283,12 +289,10 @@ impl Store for SqliteStore {
                 .filter(|row| row.found.is_live_result(now))
                 .map(|row| row.report(now)))
         });
-        self.inner
-            .writer
-            .write_unless(Some(request.key), Some(replay), move |connection, now| {
-                claim(connection, now, &owned)
-            })
-            .await
+        self.writing(Some(request.key), Some(replay), move |connection, now| {
+            claim(connection, now, &owned)
+        })
+        .await
     }
 
     async fn complete(
@@ -300,7 +304,7 @@ impl Store for SqliteStore {
     ) -> Result<Ownership, Error> {
         let owned_key = *key;
         let ownership = self
-            .writing(Some(key), move |connection, now| {
+            .writing(Some(key), None, move |connection, now| {
                 complete(connection, now, &owned_key, token, outcome, ttl)
             })
             .await?;
@@ -316,7 +320,7 @@ impl Store for SqliteStore {
     async fn release(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
         let hex = key.to_string();
         let ownership = self
-            .writing(Some(key), move |connection, _| {
+            .writing(Some(key), None, move |connection, _| {
                 fenced(connection, statements::RELEASE, params![hex, token as i64])
             })
             .await?;
@@ -331,7 +335,7 @@ impl Store for SqliteStore {
         lease: Duration,
     ) -> Result<Ownership, Error> {
         let owned_key = *key;
-        self.writing(Some(key), move |connection, now| {
+        self.writing(Some(key), None, move |connection, now| {
             heartbeat(connection, now, &owned_key, token, lease)
         })
         .await
@@ -377,7 +381,7 @@ impl SagaStore for SqliteStore {
             },
             SagaWrite::Step(step) => OwnedSagaWrite::Step(step.clone()),
         };
-        self.writing(Some(saga), move |connection, now| {
+        self.writing(Some(saga), None, move |connection, now| {
             write_saga(connection, now, &owned_key, &id, token, &write)
         })
         .await
@@ -427,7 +431,7 @@ impl Inspect for SqliteStore {
 
     async fn forget_result(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
         let owned_key = *key;
-        self.writing(Some(key), move |connection, _| {
+        self.writing(Some(key), None, move |connection, _| {
             forget_result(connection, &owned_key, token)
         })
         .await
@@ -435,7 +439,7 @@ impl Inspect for SqliteStore {
 
     async fn resolve_saga(&self, saga: &Key, note: &str) -> Result<bool, Error> {
         let (owned_key, note) = (*saga, note.to_owned());
-        self.writing(Some(saga), move |connection, now| {
+        self.writing(Some(saga), None, move |connection, now| {
             resolve_saga(connection, now, &owned_key, &note)
         })
         .await

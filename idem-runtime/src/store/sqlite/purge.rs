@@ -53,9 +53,9 @@ impl SqliteStore {
             let limit = left.min(PURGE_BATCH);
             let started = Instant::now();
             let batch = self
-                .inner
-                .writer
-                .write(None, move |connection, now| purge(connection, now, limit))
+                .writing(None, None, move |connection, now| {
+                    purge(connection, now, limit)
+                })
                 .await?;
             purged = purged.saturating_add(batch);
             left = left.saturating_sub(usize::try_from(batch).unwrap_or(usize::MAX));

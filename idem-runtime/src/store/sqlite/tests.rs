@@ -139,7 +139,7 @@ async fn a_corrupt_record_is_an_error_naming_its_key() {
     for key in [bad_status, bad_fingerprint] {
         let owned = request(&key);
         let claimed = store
-            .writing(Some(&key), move |connection, now| {
+            .writing(Some(&key), None, move |connection, now| {
                 claim(connection, now, &owned)
             })
             .await;
@@ -173,7 +173,9 @@ async fn a_version_1_file_is_upgraded_in_place() {
     let saga = Key::from_bytes([6; 32]);
     let owned = request(&saga);
     let claimed = store
-        .writing(None, move |connection, now| claim(connection, now, &owned))
+        .writing(None, None, move |connection, now| {
+            claim(connection, now, &owned)
+        })
         .await
         .expect("claim");
     let Claim::Acquired { token, .. } = claimed else {
@@ -282,7 +284,9 @@ async fn a_version_3_file_is_upgraded_in_place() {
         ..request(&dying)
     };
     let claimed = store
-        .writing(None, move |connection, now| claim(connection, now, &owned))
+        .writing(None, None, move |connection, now| {
+            claim(connection, now, &owned)
+        })
         .await
         .expect("claim");
     assert!(matches!(claimed, Claim::Acquired { .. }), "{claimed:?}");
@@ -473,12 +477,16 @@ async fn a_failed_write_fails_alone_in_its_batch() {
     let path = temp_file("batch-failure.db");
     let store = SqliteStore::open(&path).await.expect("open");
     let [first, failing, last] = [[21; 32], [22; 32], [23; 32]].map(Key::from_bytes);
-    let (a, a_answer) = pending(move |connection, now| claim(connection, now, &request(&first)));
-    let (b, b_answer) = pending(move |connection, now| {
+    let (a, a_answer) = pending(None, move |connection, now| {
+        claim(connection, now, &request(&first))
+    });
+    let (b, b_answer) = pending(None, move |connection, now| {
         claim(connection, now, &request(&failing))?;
         Err::<Claim, _>(Error::store("sqlite", None, "refused after writing"))
     });
-    let (c, c_answer) = pending(move |connection, now| claim(connection, now, &request(&last)));
+    let (c, c_answer) = pending(None, move |connection, now| {
+        claim(connection, now, &request(&last))
+    });
     let counts = Counts::default();
     let mut connection = other_process(&path, Duration::from_secs(5));
     commit_batch(&mut connection, vec![a, b, c], &counts);
@@ -518,7 +526,9 @@ async fn a_batch_that_cannot_begin_fails_each_of_its_writes() {
         .iter()
         .map(|key| {
             let key = *key;
-            pending(move |connection, now| claim(connection, now, &request(&key)))
+            pending(None, move |connection, now| {
+                claim(connection, now, &request(&key))
+            })
         })
         .unzip();
     let mut connection = other_process(&path, Duration::from_millis(50));
@@ -545,7 +555,7 @@ async fn concurrent_claims_share_a_commit() {
     let store = SqliteStore::open(&path).await.expect("open");
     let counts = &store.inner.writer.counts();
     let commits_before = counts.commits.load(Ordering::Relaxed);
-    let taken_before = counts.taken.load(Ordering::Acquire);
+    let sent_before = counts.sent.load(Ordering::Acquire);
 
     // Another process holds the file: the writer's first batch waits in BEGIN, the other
     // claims queue behind it.
@@ -566,11 +576,9 @@ async fn concurrent_claims_share_a_commit() {
             })
         })
         .collect();
+    // Every claim is in the writer's queue (or its first batch) before the file is let go.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while counts.queued.load(Ordering::Acquire) + counts.taken.load(Ordering::Acquire)
-        - taken_before
-        < 16
-    {
+    while counts.sent.load(Ordering::Acquire) - sent_before < 16 {
         assert!(
             std::time::Instant::now() < deadline,
             "the claims never queued"
@@ -625,5 +633,61 @@ async fn a_replay_needs_no_commit_and_no_write_lock() {
     assert_eq!(
         store.inner.writer.counts().commits.load(Ordering::Relaxed),
         commits
+    );
+}
+
+/// Alone in its batch, a write that fails after writing is undone with the whole
+/// transaction; a write that panics fails alone and the writer goes on; a look that errs
+/// answers with its error and writes nothing.
+#[tokio::test]
+async fn failing_writes_and_looks_leave_nothing_behind() {
+    use super::writer::{commit_batch, pending, Counts};
+    let path = temp_file("batch-alone.db");
+    let store = SqliteStore::open(&path).await.expect("open");
+    let [alone, beside, looked] = [[41; 32], [42; 32], [43; 32]].map(Key::from_bytes);
+    let counts = Counts::default();
+    let mut connection = other_process(&path, Duration::from_secs(5));
+
+    let (write, answer) = pending(None, move |connection, now| {
+        claim(connection, now, &request(&alone))?;
+        Err::<Claim, _>(Error::store("sqlite", None, "refused after writing"))
+    });
+    commit_batch(&mut connection, vec![write], &counts);
+    assert!(answer.await.unwrap().is_err());
+    assert_eq!(
+        store.get(&alone).await.unwrap(),
+        None,
+        "its write was undone"
+    );
+
+    let (panics, panicked) = pending(None, |_: &Connection, _| -> Result<Claim, Error> {
+        panic!("a bug in a write")
+    });
+    let (fine, answer) = pending(None, move |connection, now| {
+        claim(connection, now, &request(&beside))
+    });
+    commit_batch(&mut connection, vec![panics, fine], &counts);
+    let error = panicked.await.unwrap().expect_err("the panic is an error");
+    assert!(error.to_string().contains("panicked"), "{error}");
+    assert!(matches!(answer.await.unwrap(), Ok(Claim::Acquired { .. })));
+    assert!(store.get(&beside).await.unwrap().is_some());
+
+    // Through the store's own writer: a look that errs is the answer, the write never runs.
+    let look: super::writer::Look<Claim> =
+        Box::new(|_| Err(Error::store("sqlite", None, "the look failed")));
+    let owned = request(&looked);
+    let looked_at = store
+        .writing(Some(&looked), Some(look), move |connection, now| {
+            claim(connection, now, &owned)
+        })
+        .await;
+    assert!(looked_at
+        .unwrap_err()
+        .to_string()
+        .contains("the look failed"));
+    assert_eq!(store.get(&looked).await.unwrap(), None);
+    assert!(
+        store.claim(&request(&looked).borrowed()).await.is_ok(),
+        "the writer goes on"
     );
 }

@@ -3,22 +3,24 @@
 //! fsync, then answers each caller.
 //!
 //! With one caller this is a transaction per write, as before. With many, the fsync (about
-//! 230 µs on the machines this was measured on, and the whole cost of a write) is shared:
-//! the callers that queued while one batch committed form the next.
+//! 190 µs on the machines this was measured on, and most of a write's cost) is shared: the
+//! callers that queued while one batch committed form the next.
 //!
 //! The guarantees are the single write's:
 //! - a caller is answered only after its batch has committed: a claim is durable before its
 //!   body runs, a result before it is returned;
-//! - a write that fails (a corrupt record, a constraint) is rolled back to its savepoint and
-//!   answered with its error; the others in its batch commit;
+//! - a write that fails (a corrupt record, a constraint, a panic) is rolled back to its
+//!   savepoint and answered with its error; the others in its batch commit;
 //! - a batch that cannot begin (another process holds the file's write lock past the busy
 //!   timeout) or commit (the disk failed) fails exactly the writes in it;
 //! - each write reads the clock when it runs, after the file's write lock is held: a lease
 //!   or TTL counted from a time read before the wait (up to the busy timeout, for another
-//!   process's lock) could end before it was written.
+//!   process's lock) could end before it was written;
+//! - a claim may first look at the file, outside any transaction: a live result found there
+//!   is the answer (a replay needs neither the write lock nor a commit).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -34,11 +36,10 @@ use super::{db, now_ms};
 /// at most this many writes and one fsync.
 const MOST_PER_BATCH: usize = 64;
 
-/// One write, run by the writer thread inside a batch's transaction.
-pub(super) trait Write: Send {
+/// One write queued for the writer thread.
+pub(super) trait BatchedWrite: Send {
     /// Looks at the file before the batch begins (outside any transaction): whether that
-    /// look answered the caller, so that the write is not needed (a claim that finds a live
-    /// result: a replay, without the write lock).
+    /// look answered the caller, so that the write is not needed.
     fn answered_by_a_look(&mut self, connection: &Connection) -> bool;
     /// Runs the write's statements on `connection` at `now` (ms); whether they succeeded.
     fn run(&mut self, connection: &Connection, now: i64) -> bool;
@@ -52,13 +53,36 @@ pub(super) type Look<R> = Box<dyn FnOnce(&Connection) -> Result<Option<R>, Error
 /// A write and the caller waiting for its answer.
 struct Pending<R, W> {
     look: Option<Look<R>>,
+    /// A claim (it came with a look): skipped when its caller has gone, for nobody would
+    /// run the body it claims for (a runtime shutting down drops the caller's task and the
+    /// task that would give the claim back).
+    claim: bool,
     work: Option<W>,
     key: Option<Key>,
     done: Option<Result<R, Error>>,
     reply: oneshot::Sender<Result<R, Error>>,
 }
 
-impl<R, W> Write for Pending<R, W>
+impl<R, W> Pending<R, W> {
+    fn new(
+        key: Option<&Key>,
+        look: Option<Look<R>>,
+        work: W,
+    ) -> (Self, oneshot::Receiver<Result<R, Error>>) {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            claim: look.is_some(),
+            look,
+            work: Some(work),
+            key: key.copied(),
+            done: None,
+            reply,
+        };
+        (pending, answer)
+    }
+}
+
+impl<R, W> BatchedWrite for Pending<R, W>
 where
     R: Send,
     W: FnOnce(&Connection, i64) -> Result<R, Error> + Send,
@@ -86,6 +110,10 @@ where
         let Some(work) = self.work.take() else {
             return false;
         };
+        if self.claim && self.reply.is_closed() {
+            self.done = Some(Err(Error::store("sqlite", None, "the caller went away")));
+            return false;
+        }
         // A write that panics fails alone, like one that errs, and the thread lives on.
         let done = catch_unwind(AssertUnwindSafe(|| work(connection, now)))
             .unwrap_or_else(|_| Err(Error::store("sqlite", None, "a write panicked")));
@@ -113,17 +141,15 @@ where
 /// last handle is dropped.
 #[derive(Debug)]
 pub(super) struct Writer {
-    jobs: mpsc::Sender<Box<dyn Write>>,
+    jobs: mpsc::Sender<Box<dyn BatchedWrite>>,
     counts: Arc<Counts>,
 }
 
-/// What the writer has done (for the tests: how many writes shared a commit).
+/// What the writer has done: read by the tests to see writes share commits.
 #[derive(Debug, Default)]
 pub(super) struct Counts {
-    /// Writes sent and not yet taken into a batch.
-    pub(super) queued: AtomicUsize,
-    /// Writes taken into batches, in all.
-    pub(super) taken: AtomicUsize,
+    /// Writes in the queue or taken from it, in all.
+    pub(super) sent: AtomicU64,
     /// Transactions committed.
     pub(super) commits: AtomicU64,
 }
@@ -147,19 +173,10 @@ impl Writer {
     }
 
     /// Runs `work` in the next batch (inside its transaction, at the time it runs) and
-    /// returns its result once the batch has committed.
-    pub(super) async fn write<R, W>(&self, key: Option<&Key>, work: W) -> Result<R, Error>
-    where
-        R: Send + 'static,
-        W: FnOnce(&Connection, i64) -> Result<R, Error> + Send + 'static,
-    {
-        self.write_unless(key, None, work).await
-    }
-
-    /// As [`write`](Self::write), unless `look`, run first on the writer's connection
-    /// outside any transaction, answers: then its answer is the result, at once, and the
-    /// write is not run.
-    pub(super) async fn write_unless<R, W>(
+    /// returns its result once the batch has committed; unless `look`, run first on the
+    /// writer's connection outside any transaction, answers: then its answer is the result,
+    /// at once, and `work` is not run.
+    pub(super) async fn write<R, W>(
         &self,
         key: Option<&Key>,
         look: Option<Look<R>>,
@@ -169,23 +186,15 @@ impl Writer {
         R: Send + 'static,
         W: FnOnce(&Connection, i64) -> Result<R, Error> + Send + 'static,
     {
-        let (reply, answer) = oneshot::channel();
-        let pending = Pending {
-            look,
-            work: Some(work),
-            key: key.copied(),
-            done: None,
-            reply,
-        };
-        self.counts.queued.fetch_add(1, Ordering::AcqRel);
+        let (pending, answer) = Pending::new(key, look, work);
         if self.jobs.send(Box::new(pending)).is_err() {
-            self.counts.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(Error::store(
                 "sqlite",
                 key,
                 "the store's writer thread has stopped",
             ));
         }
+        self.counts.sent.fetch_add(1, Ordering::AcqRel);
         answer.await.unwrap_or_else(|_| {
             Err(Error::store(
                 "sqlite",
@@ -199,7 +208,7 @@ impl Writer {
 /// The writer thread: a batch at a time, until every handle is gone.
 fn write_batches(
     mut connection: Connection,
-    queue: &mpsc::Receiver<Box<dyn Write>>,
+    queue: &mpsc::Receiver<Box<dyn BatchedWrite>>,
     counts: &Counts,
 ) {
     while let Ok(first) = queue.recv() {
@@ -210,12 +219,11 @@ fn write_batches(
                 Err(_) => break,
             }
         }
-        counts.queued.fetch_sub(batch.len(), Ordering::AcqRel);
-        counts.taken.fetch_add(batch.len(), Ordering::AcqRel);
-        // The looks first: those they answer (replays) need no transaction, no fsync.
+        // The looks first: those they answer (replays) need no transaction, no fsync. A
+        // look reads committed rows only if no transaction is open on the connection.
         let mut writes = Vec::with_capacity(batch.len());
         for mut write in batch {
-            if write.answered_by_a_look(&connection) {
+            if connection.is_autocommit() && write.answered_by_a_look(&connection) {
                 write.answer(Ok(()));
             } else {
                 writes.push(write);
@@ -231,50 +239,53 @@ fn write_batches(
 /// write.
 pub(super) fn commit_batch(
     connection: &mut Connection,
-    batch: Vec<Box<dyn Write>>,
+    mut batch: Vec<Box<dyn BatchedWrite>>,
     counts: &Counts,
 ) {
-    let mut batch = batch;
-    let transaction = match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(transaction) => transaction,
-        Err(error) => {
-            let error = db(error);
-            for write in batch {
-                write.answer(Err(error.clone()));
-            }
-            return;
-        }
-    };
-    if let [only] = batch.as_mut_slice() {
-        // Alone in its batch, a write needs no savepoint: if it fails, the transaction is
-        // rolled back whole, and the write's own error is its answer.
-        if !only.run(&transaction, now_ms()) {
-            drop(transaction);
-            for write in batch {
-                write.answer(Ok(()));
-            }
-            return;
-        }
-    } else {
-        for write in &mut batch {
-            let outcome = savepoint(&transaction, |connection| write.run(connection, now_ms()));
-            if let Err(error) = outcome {
-                // The savepoint itself failed: the transaction can no longer be trusted.
-                drop(transaction);
-                for write in batch {
-                    write.answer(Err(error.clone()));
-                }
-                return;
-            }
-        }
-    }
-    let committed = transaction.commit().map_err(db);
-    if committed.is_ok() {
-        counts.commits.fetch_add(1, Ordering::Relaxed);
+    let committed = run_batch(connection, &mut batch, counts);
+    // A rollback that failed inside rusqlite's drop would leave the connection in the
+    // batch's transaction, where the next looks would read its uncommitted rows.
+    if !connection.is_autocommit() {
+        let _ = connection.execute_batch("ROLLBACK");
     }
     for write in batch {
         write.answer(committed.clone());
     }
+}
+
+/// The batch's transaction: `Ok` once committed. A write that failed is answered with its
+/// own error whatever this says.
+fn run_batch(
+    connection: &mut Connection,
+    batch: &mut [Box<dyn BatchedWrite>],
+    counts: &Counts,
+) -> Result<(), Error> {
+    let transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db)?;
+    if let [only] = batch {
+        // Alone in its batch, a write needs no savepoint: if it fails, the transaction is
+        // rolled back whole (dropped), and the write's own error is its answer.
+        if !only.run(&transaction, now_ms()) {
+            return Ok(());
+        }
+    } else {
+        for write in batch.iter_mut() {
+            savepoint(&transaction, |connection| write.run(connection, now_ms()))?;
+            // SQLite rolls back the whole transaction on some errors (a full disk, an I/O
+            // error): the writes before this one would not be in it any more.
+            if transaction.is_autocommit() {
+                return Err(Error::store(
+                    "sqlite",
+                    None,
+                    "the batch's transaction was rolled back by SQLite",
+                ));
+            }
+        }
+    }
+    transaction.commit().map_err(db)?;
+    counts.commits.fetch_add(1, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Runs `write` in a savepoint, rolled back if it reports failure.
@@ -282,26 +293,29 @@ fn savepoint(
     connection: &Connection,
     write: impl FnOnce(&Connection) -> bool,
 ) -> Result<(), Error> {
-    connection.execute_batch("SAVEPOINT write").map_err(db)?;
+    let run = |sql: &str| {
+        connection
+            .prepare_cached(sql)
+            .and_then(|mut statement| statement.execute([]))
+            .map_err(db)
+    };
+    run("SAVEPOINT write")?;
     if !write(connection) {
-        connection.execute_batch("ROLLBACK TO write").map_err(db)?;
+        run("ROLLBACK TO write")?;
     }
-    connection.execute_batch("RELEASE write").map_err(db)
+    run("RELEASE write").map(drop)
 }
 
+/// A write for [`commit_batch`], and where its answer arrives (for the tests).
 #[cfg(test)]
-pub(super) fn pending<R, W>(work: W) -> (Box<dyn Write>, oneshot::Receiver<Result<R, Error>>)
+pub(super) fn pending<R, W>(
+    look: Option<Look<R>>,
+    work: W,
+) -> (Box<dyn BatchedWrite>, oneshot::Receiver<Result<R, Error>>)
 where
     R: Send + 'static,
     W: FnOnce(&Connection, i64) -> Result<R, Error> + Send + 'static,
 {
-    let (reply, answer) = oneshot::channel();
-    let pending = Pending {
-        look: None,
-        work: Some(work),
-        key: None,
-        done: None,
-        reply,
-    };
+    let (pending, answer) = Pending::new(None, look, work);
     (Box::new(pending), answer)
 }
