@@ -168,6 +168,16 @@ Exit codes:
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Operate(Operate),
+    /// Put idem in front of an MCP server: each tool call runs once, retries get its result
+    #[command(name = "mcp-proxy", long_about = mcp_proxy::MCP_PROXY_HELP)]
+    McpProxy(mcp_proxy::McpProxyArgs),
+}
+
+/// The operator's commands: they look at a store as it is and settle what is in it.
+#[derive(Debug, Subcommand)]
+enum Operate {
     /// List records, newest first: action, key prefix, status, owner token, age, expiry
     Keys(records::KeysArgs),
     /// Show one record and its stored result (a unique key prefix is enough)
@@ -193,9 +203,6 @@ enum Command {
     Purge(purge::PurgeArgs),
     /// Count records by action and status
     Stats(stats::StatsArgs),
-    /// Put idem in front of an MCP server: each tool call runs once, retries get its result
-    #[command(name = "mcp-proxy", long_about = mcp_proxy::MCP_PROXY_HELP)]
-    McpProxy(mcp_proxy::McpProxyArgs),
 }
 
 /// Why a command did not do what it was asked, and the exit code that says so.
@@ -304,14 +311,16 @@ fn report(failure: Failure) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    // The proxy opens its store as agents do (creating it), and has a default one.
-    if matches!(cli.command, Command::McpProxy(_)) {
-        let Command::McpProxy(args) = cli.command else {
-            return Ok(());
-        };
-        return mcp_proxy::run(cli.store.as_deref(), args).await;
+    match cli.command {
+        // The proxy opens its store as agents do (creating it), and has a default one.
+        Command::McpProxy(args) => mcp_proxy::run(cli.store.as_deref(), args).await,
+        Command::Operate(command) => operate(cli.store.as_deref(), command).await,
     }
-    let url = cli.store.as_deref().map(str::trim).unwrap_or_default();
+}
+
+/// Runs an operator's command on the store at `url`, opened as it is.
+async fn operate(url: Option<&str>, command: Operate) -> Result<(), Failure> {
+    let url = url.map(str::trim).unwrap_or_default();
     if url.is_empty() {
         return Err(Failure::usage(
             "no store given: pass --store URL or set IDEM_STORE \
@@ -321,18 +330,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let ctx = open(url).await?;
     let stdout = io::stdout();
     let mut out = stdout.lock();
-    match cli.command {
-        Command::McpProxy(args) => mcp_proxy::run(Some(url), args).await,
-        Command::Keys(args) => records::keys(&ctx, &args, &mut out).await,
-        Command::Show(args) => records::show(&ctx, &args, &mut out).await,
-        Command::Unlock(args) => records::unlock(&ctx, &args, &mut out).await,
-        Command::Forget(args) => forget::forget(&ctx, &args, &mut out).await,
-        Command::Settle(args) => settle::settle(&ctx, &args, &mut out).await,
-        Command::Sagas(args) => sagas::list(&ctx, &args, &mut out).await,
-        Command::Saga(args) => sagas::show(&ctx, &args, &mut out).await,
-        Command::Resolve(args) => sagas::resolve(&ctx, &args, &mut out).await,
-        Command::Purge(args) => purge::purge(&ctx, &args, &mut out).await,
-        Command::Stats(args) => stats::stats(&ctx, &args, &mut out).await,
+    match command {
+        Operate::Keys(args) => records::keys(&ctx, &args, &mut out).await,
+        Operate::Show(args) => records::show(&ctx, &args, &mut out).await,
+        Operate::Unlock(args) => records::unlock(&ctx, &args, &mut out).await,
+        Operate::Forget(args) => forget::forget(&ctx, &args, &mut out).await,
+        Operate::Settle(args) => settle::settle(&ctx, &args, &mut out).await,
+        Operate::Sagas(args) => sagas::list(&ctx, &args, &mut out).await,
+        Operate::Saga(args) => sagas::show(&ctx, &args, &mut out).await,
+        Operate::Resolve(args) => sagas::resolve(&ctx, &args, &mut out).await,
+        Operate::Purge(args) => purge::purge(&ctx, &args, &mut out).await,
+        Operate::Stats(args) => stats::stats(&ctx, &args, &mut out).await,
     }?;
     out.flush()?;
     Ok(())

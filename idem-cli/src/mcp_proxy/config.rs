@@ -1,7 +1,9 @@
 //! The proxy's configuration file (TOML): what it deduplicates, and how.
 //!
 //! ```toml
-//! # The upstream's name in every key (default: the name the server gives itself).
+//! # The upstream's identity in every key (default: the name the server gives itself and a
+//! # digest of its command line or URL). Name it to share results between machines that
+//! # start the same server from different paths.
 //! server = "mail"
 //! # A new version gives every call new keys: the way to retire recorded results on purpose.
 //! version = 1
@@ -32,7 +34,8 @@ use serde::Deserialize;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Config {
-    /// The upstream's identity in keys; `None`: the `serverInfo.name` it reports.
+    /// The upstream's identity in keys; `None`: the `serverInfo.name` it reports with a
+    /// digest of how it is reached.
     pub(crate) server: Option<String>,
     /// Part of every key.
     #[serde(default = "first_version")]

@@ -11,6 +11,11 @@ use serde_json::{json, Value};
 
 use super::config::{Config, ToolPolicy};
 
+/// The `data.idem` of idem's own MCP errors that say the call did not run (feature `rmcp`,
+/// `idem_runtime::rmcp`): another call holds the key, other arguments under it, a key
+/// waiting for review.
+const IDEM_REFUSALS: [&str; 3] = ["in_progress", "payload_mismatch", "needs_review"];
+
 /// Why the server gave no result for a call.
 #[derive(Debug)]
 pub(crate) enum Unanswered {
@@ -54,7 +59,7 @@ pub(crate) enum NotRecorded {
     /// A result with `isError: true`, not to be recorded (`record_errors = false`): the key
     /// is released, the result passed on, and a retry runs the tool again.
     ToolError(CallToolResult),
-    /// The server asks for more input, or answers with a task: not the call's final answer.
+    /// The server asks for more input (MRTR's `input_required`): not the call's answer.
     /// The key is released; the retry that brings the input runs it.
     NotFinal(CallToolResponse),
     /// The call's effect may have happened, and nobody can tell: the server's connection was
@@ -89,11 +94,13 @@ impl NotRecorded {
             ErrorCode::METHOD_NOT_FOUND,
             ErrorCode::INVALID_PARAMS,
         ];
-        // An idem-wrapped server's own refusal (`data.idem`): that server holds the truth.
+        // An idem-wrapped server's own refusal: nothing ran, that server holds the truth.
         let idem_refusal = error
             .data
             .as_ref()
-            .is_some_and(|data| data.get("idem").is_some());
+            .and_then(|data| data.get("idem"))
+            .and_then(Value::as_str)
+            .is_some_and(|kind| IDEM_REFUSALS.contains(&kind));
         if refused.contains(&error.code) || idem_refusal {
             NotRecorded::Refused(error)
         } else {
@@ -148,7 +155,13 @@ pub(crate) fn judge(
             Err(NotRecorded::ToolError(result))
         }
         CallToolResponse::Complete(result) => Ok(result),
-        other => Err(NotRecorded::NotFinal(other)),
+        input @ CallToolResponse::InputRequired(_) => Err(NotRecorded::NotFinal(input)),
+        // A task is work the server has started, which the proxy cannot follow (it offers
+        // its agents no tasks): the effect may happen, the key stays in doubt.
+        _ => Err(NotRecorded::InDoubt(ErrorData::internal_error(
+            "the server answered the tool call with a task, which idem mcp-proxy does not follow",
+            None,
+        ))),
     }
 }
 
@@ -205,7 +218,7 @@ impl Tool {
     /// The call's key and payload: the key is made of the arguments the policy names (all of
     /// them by default; a pointer to nothing counts as `null`), the payload of all of them, so
     /// that the same key with other arguments is refused, never answered with another call's
-    /// result.
+    /// result. Omitted arguments are `{}`.
     pub(crate) fn call(
         &self,
         arguments: Option<&JsonObject>,

@@ -109,6 +109,13 @@ impl Front {
             .shared
             .agents
             .call_started(self.session, context.peer.clone());
+        if context.ct.is_cancelled() {
+            // Given up before it was sent (while it waited for a duplicate, say): nothing ran.
+            return Err(Unanswered::NotSent(ErrorData::invalid_request(
+                "idem mcp-proxy: the agent cancelled the call before it was sent",
+                None,
+            )));
+        }
         let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
         let handle = self
             .shared
@@ -204,6 +211,7 @@ impl ServerHandler for Front {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let shared = &*self.shared;
+        let _answering = shared.agents.tool_call();
         // A tool the server does not list goes to it as it is (and its answer says so).
         let Some(read_only) = shared.tool_listed(&params.name).await? else {
             return self.pass(params, &context).await;

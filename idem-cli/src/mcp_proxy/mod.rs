@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
 use idem_runtime::store;
@@ -51,7 +51,8 @@ In an MCP client's configuration, put `idem mcp-proxy --` before the server's co
 
 The store is --store (or IDEM_STORE); without one, a SQLite file in
 $XDG_STATE_HOME/idem/mcp-proxy.db (~/.local/state/idem/mcp-proxy.db). Every proxy of the same
-server on the same store shares its results; use redis:// or postgres:// across machines.
+server (its name and its command line or URL, or `server = \"…\"` in --config) on the same
+store shares its results; use redis:// or postgres:// across machines.
 
 A call whose effect may have happened but whose answer never came (the server died, the
 connection was cut, the agent cancelled it after it was sent, an internal error) is left in
@@ -77,10 +78,6 @@ pub(crate) struct McpProxyArgs {
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
 }
-
-/// The name an rmcp server reports when its code gives none (`Implementation::from_build_env`
-/// in rmcp is the crate's own name): shared by unrelated servers.
-const RMCP_DEFAULT_NAME: &str = "rmcp";
 
 /// How long the proxy waits, when the server has exited, for the calls in flight to answer
 /// their agents with their errors before it exits too.
@@ -121,20 +118,13 @@ pub(crate) async fn run(store_url: Option<&str>, args: McpProxyArgs) -> Result<(
         .peer()
         .peer_info()
         .ok_or_else(|| Failure::refused("the MCP server did not say what it is"))?;
-    // The server's name makes its keys, unless the configuration names it: a server that
-    // gives no name is named by how it is reached.
-    let id = config
-        .server
-        .clone()
-        .or_else(|| told.server_info.as_ref().map(|info| info.name.clone()))
-        .unwrap_or_else(|| upstream.to_string());
-    if config.server.is_none() && id == RMCP_DEFAULT_NAME {
-        note!(
-            "idem mcp-proxy: the server calls itself `{id}`, the name rmcp gives a server that \
-             names none: the keys of its tools would meet those of any other server so named \
-             on this store; give it a name of its own with `server = \"…\"` in --config"
-        );
-    }
+    let id = match &config.server {
+        Some(name) => name.clone(),
+        None => default_identity(
+            told.server_info.as_ref().map(|i| i.name.as_str()),
+            &upstream,
+        ),
+    };
     let info = server_config(&told)?;
     let shared = Arc::new(Shared::new(
         store,
@@ -151,7 +141,11 @@ pub(crate) async fn run(store_url: Option<&str>, args: McpProxyArgs) -> Result<(
     let served = match args.listen {
         Some(address) => tokio::select! {
             served = listen(address, Arc::clone(&shared)) => served,
-            _ = &mut server_ended => return Err(Failure::refused("the MCP server exited")),
+            _ = &mut server_ended => {
+                // As on stdio: the calls in flight end (in doubt) and are answered first.
+                shared.agents.until_idle(DRAIN).await;
+                return Err(Failure::refused("the MCP server exited"));
+            }
         },
         None => serve_stdio(&shared, &agents, &mut server_ended).await,
     };
@@ -180,12 +174,9 @@ async fn serve_stdio(
     tokio::select! {
         _ = &mut agent_ended => Ok(()),
         _ = server_ended => {
-            // The calls in flight answer their agent with their errors (in doubt) first.
-            let until = Instant::now() + DRAIN;
-            while agents.calls_in_flight() > 0 && Instant::now() < until {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // The calls in flight end first (in doubt, their keys marked), and rmcp sends
+            // the answers of ended calls before it closes the session.
+            agents.until_idle(DRAIN).await;
             agent_stopped.cancel();
             let _ = agent_ended.await;
             Err(Failure::refused("the MCP server exited"))
@@ -196,6 +187,14 @@ async fn serve_stdio(
 /// Serves agents on streamable HTTP at `address`, each session (or, for agents without
 /// sessions, each request) with a front of its own over the one server.
 async fn listen(address: SocketAddr, shared: Arc<Shared>) -> Result<(), Failure> {
+    if !address.ip().is_loopback() {
+        // The proxy has no authentication of its own, and rmcp's listener takes only
+        // loopback hosts (DNS rebinding): serving others is a reverse proxy's job.
+        return Err(Failure::usage(format!(
+            "--listen {address}: give a loopback address (127.0.0.1:PORT); to serve other \
+             machines, put an HTTP server with authentication in front of it"
+        )));
+    }
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|error| Failure::refused(format!("cannot listen on {address}: {error}")))?;
@@ -221,11 +220,33 @@ async fn listen(address: SocketAddr, shared: Arc<Shared>) -> Result<(), Failure>
     }
 }
 
-/// What the agents are told of the server: what it told the proxy.
+/// The server's identity in keys: its name and a digest of how it is reached (its command
+/// line or URL), so that two servers of the same name, or one server started against two
+/// databases, never share results. `server = "…"` in the configuration replaces it, for a
+/// fleet whose machines start the same server with different paths.
+fn default_identity(name: Option<&str>, upstream: &Upstream) -> String {
+    use sha2::Digest as _;
+    let launch: Vec<u8> = match upstream {
+        Upstream::Command(argv) => argv.join("\0").into_bytes(),
+        Upstream::Url(url) => url.clone().into_bytes(),
+    };
+    let digest = sha2::Sha256::digest(&launch);
+    let short: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}@{short}", name.unwrap_or("mcp-server"))
+}
+
+/// What the agents are told of the server: what it told the proxy, without the extensions
+/// (tasks, skills, …) whose methods the proxy does not pass on.
 fn server_config(told: &rmcp::model::ServerPeerInfo) -> Result<rmcp::model::ServerConfig, Failure> {
     let mut value = serde_json::to_value(told).map_err(|error| {
         Failure::refused(format!("cannot read the server's description: {error}"))
     })?;
+    if let Some(capabilities) = value
+        .get_mut("capabilities")
+        .and_then(|c| c.as_object_mut())
+    {
+        capabilities.remove("extensions");
+    }
     if value.get("serverInfo").is_none() {
         value["serverInfo"] = serde_json::json!({ "name": "mcp-server", "version": "" });
     }
@@ -257,4 +278,28 @@ fn default_store() -> Result<String, Failure> {
         .map_err(|error| Failure::refused(format!("cannot create {}: {error}", dir.display())))?;
     let path = dir.join("mcp-proxy.db");
     Ok(format!("sqlite://{}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{default_identity, Upstream};
+
+    #[test]
+    fn servers_reached_differently_never_share_an_identity() {
+        let command =
+            |args: &[&str]| Upstream::Command(args.iter().map(|a| (*a).to_owned()).collect());
+        let a = default_identity(Some("sql"), &command(&["sql-server", "--db", "a.db"]));
+        let b = default_identity(Some("sql"), &command(&["sql-server", "--db", "b.db"]));
+        assert_ne!(a, b, "one server against two databases");
+        assert!(a.starts_with("sql@"), "{a}");
+        assert_eq!(
+            a,
+            default_identity(Some("sql"), &command(&["sql-server", "--db", "a.db"]))
+        );
+        // Arguments are not run together: `a b` and `ab` differ.
+        let joined = default_identity(Some("sql"), &command(&["sql-server", "--dba.db"]));
+        assert_ne!(a, joined);
+        let url = default_identity(None, &Upstream::Url("http://127.0.0.1:9/mcp".into()));
+        assert!(url.starts_with("mcp-server@"), "{url}");
+    }
 }

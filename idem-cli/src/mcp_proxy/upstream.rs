@@ -3,7 +3,7 @@
 //! roots) and what it tells it (progress, log messages, changed lists) to the agent.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rmcp::model::{
@@ -12,7 +12,8 @@ use rmcp::model::{
     ElicitResult, Implementation, ListRootsResult, LoggingMessageNotificationParam,
     ProgressNotificationParam, ProgressToken, ResourceUpdatedNotificationParam,
 };
-use rmcp::service::{NotificationContext, RequestContext, RunningService};
+use rmcp::model::{ClientResult, Request, RequestNoParam, ServerRequest};
+use rmcp::service::{NotificationContext, PeerRequestOptions, RequestContext, RunningService};
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{ClientHandler, ErrorData, Peer, RoleClient, RoleServer, ServiceExt};
 
@@ -73,6 +74,22 @@ impl Upstream {
 pub(crate) struct Agents {
     next: AtomicU64,
     state: Mutex<Routes>,
+    /// Tool calls being answered (from the agent's request to the proxy's answer, store
+    /// writes included), and a wake-up when the last one ends.
+    tool_calls: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// A tool call being answered, counted until it is dropped.
+#[derive(Debug)]
+pub(crate) struct ToolCall<'a>(&'a Agents);
+
+impl Drop for ToolCall<'_> {
+    fn drop(&mut self) {
+        if self.0.tool_calls.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -137,9 +154,24 @@ impl Agents {
         routes.sessions.push((session, agent));
     }
 
-    /// How many calls wait for the server.
-    pub(crate) fn calls_in_flight(&self) -> usize {
-        self.routes().in_flight.len()
+    /// A tool call starts: counted until the returned guard is dropped.
+    pub(crate) fn tool_call(&self) -> ToolCall<'_> {
+        self.tool_calls.fetch_add(1, Ordering::AcqRel);
+        ToolCall(self)
+    }
+
+    /// Waits, at most `at_most`, until no tool call is being answered.
+    pub(crate) async fn until_idle(&self, at_most: std::time::Duration) {
+        let waiting = async {
+            loop {
+                let idle = self.idle.notified();
+                if self.tool_calls.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        let _ = tokio::time::timeout(at_most, waiting).await;
     }
 
     /// A call of `agent`, in session `session`, now waits for the server.
@@ -204,6 +236,44 @@ fn passed_back(error: rmcp::ServiceError) -> ErrorData {
     }
 }
 
+impl ToAgents {
+    /// Sends the server's request to the agent it is for (see [`Agents::agent_for_request`])
+    /// and returns the agent's answer. If the server gives up on its request first, the
+    /// agent is told so, under the id the proxy gave the request (not the server's).
+    async fn ask(
+        &self,
+        what: &str,
+        request: ServerRequest,
+        context: &RequestContext<RoleClient>,
+    ) -> Result<ClientResult, ErrorData> {
+        let agent = self.agents.agent_for_request(what)?;
+        let handle = agent
+            .send_cancellable_request(request, PeerRequestOptions::no_options())
+            .await
+            .map_err(passed_back)?;
+        let id = handle.id.clone();
+        tokio::select! {
+            answer = handle.await_response() => answer.map_err(passed_back),
+            () = context.ct.cancelled() => {
+                let cancelled = CancelledNotificationParam::new(
+                    Some(id),
+                    Some("cancelled by the server".into()),
+                );
+                let _ = agent.notify_cancelled(cancelled).await;
+                Err(ErrorData::internal_error("idem mcp-proxy: the server cancelled its request", None))
+            }
+        }
+    }
+}
+
+/// An answer of the agent that is not the one its request asks for.
+fn unexpected(answer: &ClientResult) -> ErrorData {
+    ErrorData::internal_error(
+        format!("idem mcp-proxy: the agent answered with something else: {answer:?}"),
+        None,
+    )
+}
+
 impl ClientHandler for ToAgents {
     fn get_info(&self) -> ClientConfig {
         // The proxy cannot know what its agents support before they connect: it offers the
@@ -225,41 +295,52 @@ impl ClientHandler for ToAgents {
     async fn create_elicitation(
         &self,
         request: ElicitRequestParams,
-        _: RequestContext<RoleClient>,
+        context: RequestContext<RoleClient>,
     ) -> Result<ElicitResult, ErrorData> {
-        let agent = self.agents.agent_for_request("question (elicitation)")?;
-        agent.create_elicitation(request).await.map_err(passed_back)
+        let request = ServerRequest::ElicitRequest(Request::new(request));
+        match self
+            .ask("question (elicitation)", request, &context)
+            .await?
+        {
+            ClientResult::ElicitResult(result) => Ok(result),
+            other => Err(unexpected(&other)),
+        }
     }
 
     async fn create_message(
         &self,
         params: CreateMessageRequestParams,
-        _: RequestContext<RoleClient>,
+        context: RequestContext<RoleClient>,
     ) -> Result<CreateMessageResult, ErrorData> {
-        let agent = self.agents.agent_for_request("sampling request")?;
-        agent.create_message(params).await.map_err(passed_back)
+        let request = ServerRequest::CreateMessageRequest(Request::new(params));
+        match self.ask("sampling request", request, &context).await? {
+            ClientResult::CreateMessageResult(result) => Ok(*result),
+            other => Err(unexpected(&other)),
+        }
     }
 
     async fn list_roots(
         &self,
-        _: RequestContext<RoleClient>,
+        context: RequestContext<RoleClient>,
     ) -> Result<ListRootsResult, ErrorData> {
-        let agent = self.agents.agent_for_request("roots request")?;
-        agent.list_roots().await.map_err(passed_back)
+        let request = ServerRequest::ListRootsRequest(RequestNoParam {
+            method: Default::default(),
+            extensions: Default::default(),
+        });
+        match self.ask("roots request", request, &context).await? {
+            ClientResult::ListRootsResult(result) => Ok(result),
+            other => Err(unexpected(&other)),
+        }
     }
 
     async fn on_custom_request(
         &self,
         request: CustomRequest,
-        _: RequestContext<RoleClient>,
+        context: RequestContext<RoleClient>,
     ) -> Result<CustomResult, ErrorData> {
-        let agent = self.agents.agent_for_request("request")?;
-        let answer = agent
-            .send_request(rmcp::model::ServerRequest::CustomRequest(request))
-            .await
-            .map_err(passed_back)?;
-        match answer {
-            rmcp::model::ClientResult::CustomResult(result) => Ok(result),
+        let request = ServerRequest::CustomRequest(request);
+        match self.ask("request", request, &context).await? {
+            ClientResult::CustomResult(result) => Ok(result),
             other => Ok(CustomResult::new(
                 serde_json::to_value(other).unwrap_or_default(),
             )),
@@ -319,17 +400,6 @@ impl ClientHandler for ToAgents {
     async fn on_prompt_list_changed(&self, _: NotificationContext<RoleClient>) {
         if let Some(agent) = self.agents.agent_for_notification() {
             let _ = agent.notify_prompt_list_changed().await;
-        }
-    }
-
-    async fn on_cancelled(
-        &self,
-        params: CancelledNotificationParam,
-        _: NotificationContext<RoleClient>,
-    ) {
-        // The server gave up a request it had sent the agent (a question): the agent is told.
-        if let Some(agent) = self.agents.agent_for_notification() {
-            let _ = agent.notify_cancelled(params).await;
         }
     }
 
