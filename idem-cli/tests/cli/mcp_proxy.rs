@@ -658,3 +658,57 @@ fn the_readme_agent_sends_its_email_once() {
         "the default store"
     );
 }
+
+/// The configuration file, per tool: a declined card recorded and replayed
+/// (`record_errors`), a tool passed through (`off`), a key made of one argument (`key`):
+/// the same order with another amount is refused, not charged and not answered with the
+/// first charge.
+#[test]
+fn the_configuration_records_errors_passes_tools_through_and_picks_key_fields() {
+    let Some(world) = World::new("the mcp-proxy configuration test") else {
+        return;
+    };
+    let config = world.config(
+        "proxy.toml",
+        r#"
+        [tools.charge_card]
+        record_errors = true
+        key = ["/order_id"]
+        [tools.create_ticket]
+        off = true
+        "#,
+    );
+    let config = config.display().to_string();
+    let declined = call(
+        "charge_card",
+        json!({ "order_id": "o-7", "amount_cents": 900_000 }),
+    );
+    let other_amount = call(
+        "charge_card",
+        json!({ "order_id": "o-7", "amount_cents": 1_000 }),
+    );
+    let ticket = call("create_ticket", json!({ "title": "Refund request" }));
+    let report = world.session(
+        &["--config", &config],
+        &[],
+        &json!([declined, declined, other_amount, ticket, ticket]),
+    );
+    // The decline is recorded: the retry gets it, the card was tried once.
+    assert_eq!(calls(&report)[0]["is_error"], true, "{report:#}");
+    assert_eq!(
+        calls(&report)[1]["text"],
+        calls(&report)[0]["text"],
+        "{report:#}"
+    );
+    assert_eq!(world.executions("decline").len(), 1);
+    // The key is the order: the same order with another amount is refused.
+    assert_eq!(
+        error(&report, 2)["data"]["idem"],
+        "payload_mismatch",
+        "{report:#}"
+    );
+    assert_eq!(world.executions("charge").len(), 0);
+    // A tool configured off runs every time.
+    assert_ne!(answer(&report, 3), answer(&report, 4));
+    assert_eq!(world.executions("ticket").len(), 2);
+}
