@@ -58,10 +58,10 @@ pub(crate) enum NotRecorded {
     Refused(ErrorData),
     /// A result with `isError: true`, not to be recorded (`record_errors = false`): the key
     /// is released, the result passed on, and a retry runs the tool again.
-    ToolError(CallToolResult),
+    ToolError(Box<CallToolResult>),
     /// The server asks for more input (MRTR's `input_required`): not the call's answer.
     /// The key is released; the retry that brings the input runs it.
-    NotFinal(CallToolResponse),
+    NotFinal(Box<CallToolResponse>),
     /// The call's effect may have happened, and nobody can tell: the server's connection was
     /// lost mid-call, the agent cancelled it after it was sent, or the server failed with an
     /// internal error. The key is left in doubt.
@@ -117,8 +117,8 @@ impl NotRecorded {
     ) -> Result<CallToolResponse, ErrorData> {
         match self {
             NotRecorded::Refused(error) => Err(error),
-            NotRecorded::ToolError(result) => Ok(CallToolResponse::Complete(result)),
-            NotRecorded::NotFinal(response) => Ok(response),
+            NotRecorded::ToolError(result) => Ok(CallToolResponse::Complete(*result)),
+            NotRecorded::NotFinal(response) => Ok(*response),
             NotRecorded::Idem(error) => Err(ErrorData::from(error)),
             NotRecorded::InDoubt(cause) => {
                 let next = match policy.on_stale {
@@ -152,10 +152,10 @@ pub(crate) fn judge(
         CallToolResponse::Complete(result)
             if result.is_error == Some(true) && !policy.record_errors =>
         {
-            Err(NotRecorded::ToolError(result))
+            Err(NotRecorded::ToolError(Box::new(result)))
         }
         CallToolResponse::Complete(result) => Ok(result),
-        input @ CallToolResponse::InputRequired(_) => Err(NotRecorded::NotFinal(input)),
+        input @ CallToolResponse::InputRequired(_) => Err(NotRecorded::NotFinal(Box::new(input))),
         // A task is work the server has started, which the proxy cannot follow (it offers
         // its agents no tasks): the effect may happen, the key stays in doubt.
         _ => Err(NotRecorded::InDoubt(ErrorData::internal_error(
