@@ -431,10 +431,24 @@ fn agents_on_streamable_http_share_the_records_of_agents_on_stdio() {
         .expect("start the proxy");
     let url = listening_url(&mut proxy);
     let quote = email("Quote Q-9");
-    let over_http = world.report(world.start_client(&["--url", &url], &json!([quote, quote]), &[]));
+    // The refund asks the user inside the call: the question travels over HTTP too.
+    let refund = call("refund_charge", json!({ "charge_id": "ch_9" }));
+    let over_http = world.report(world.start_client(
+        &["--url", &url],
+        &json!([quote, quote, refund, refund]),
+        &[],
+    ));
     let _ = proxy.kill();
     let _ = proxy.wait();
     assert_eq!(answer(&over_http, 0), answer(&over_http, 1));
+    assert_eq!(answer(&over_http, 2)["refund_id"], "re_1", "{over_http:#}");
+    assert_eq!(answer(&over_http, 3), answer(&over_http, 2));
+    assert_eq!(
+        over_http["questions"],
+        json!(["Refund ch_9?"]),
+        "{over_http:#}"
+    );
+    assert_eq!(world.executions("refund").len(), 1);
     let on_stdio = world.session(&[], &[], &json!([quote]));
     assert_eq!(answer(&on_stdio, 0), answer(&over_http, 0));
     assert_eq!(world.executions("email").len(), 1);
