@@ -643,3 +643,125 @@ async fn a_postgres_url_opens_the_store_on_its_schema() {
     let by_hand = connect(&server.url(), &schema).await;
     idem_runtime::conformance::races_across_two_handles(&*opened, &by_hand).await;
 }
+
+/// Holds `schema`'s records table locked (another session's `LOCK TABLE … ACCESS
+/// EXCLUSIVE`, in an open transaction) until the returned client rolls back.
+async fn lock_records(url: &str, schema: &str) -> tokio_postgres::Client {
+    let holder = raw_client(url).await;
+    holder
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE \"{schema}\".idem_records IN ACCESS EXCLUSIVE MODE"
+        ))
+        .await
+        .expect("lock the records table");
+    holder
+}
+
+/// A statement stuck behind a lock fails its call once the statement timeout has passed (the
+/// server cancels it), instead of holding the caller forever; nothing was claimed, and once
+/// the lock is gone the store works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn a_stuck_statement_fails_its_call_after_the_statement_timeout() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    let schema = unique_schema("stuck");
+    let store = PostgresStore::builder(server.url())
+        .schema(&schema)
+        .statement_timeout(Duration::from_millis(300))
+        .connect()
+        .await
+        .expect("connect");
+    let key = Action::new("stuck").key(&(1,)).expect("key");
+    let fingerprint = Fingerprint::from(key);
+
+    let holder = lock_records(&server.url(), &schema).await;
+    let stuck = tokio::time::timeout(
+        Duration::from_secs(60),
+        store.claim(&request(&key, &fingerprint)),
+    )
+    .await
+    .expect("the call ends by itself");
+    let error = stuck.expect_err("the claim cannot run while the table is locked");
+    assert!(matches!(error, Error::Store { .. }), "{error}");
+    assert!(error.to_string().contains("statement timeout"), "{error}");
+    holder.batch_execute("ROLLBACK").await.expect("unlock");
+
+    assert_eq!(
+        store.get(&key).await.expect("get"),
+        None,
+        "nothing was claimed"
+    );
+    assert!(matches!(
+        store
+            .claim(&request(&key, &fingerprint))
+            .await
+            .expect("claim"),
+        Claim::Acquired { .. }
+    ));
+}
+
+/// On a pool of your own the server's timeout is yours to set; the store's own wait still
+/// ends a stuck call (5 s after its statement timeout), and closes the connection rather
+/// than giving it back to the pool behind the stuck statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn the_stores_own_wait_ends_a_stuck_call_on_a_pool_of_your_own() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    let mut config = deadpool_postgres::Config::new();
+    config.url = Some(server.url());
+    let pool = config
+        .create_pool(
+            Some(deadpool_postgres::Runtime::Tokio1),
+            tokio_postgres::NoTls,
+        )
+        .expect("a pool");
+    let schema = unique_schema("stuck_own_pool");
+    let store = PostgresStore::with_pool(pool.clone())
+        .schema(&schema)
+        .statement_timeout(Duration::from_millis(100))
+        .connect()
+        .await
+        .expect("connect on the pool");
+    let key = Action::new("stuck_own_pool").key(&(1,)).expect("key");
+    let fingerprint = Fingerprint::from(key);
+
+    // The connection that set up the schema waits in the pool: the claim takes it.
+    let connections = pool.status().size;
+    assert!(connections >= 1, "{:?}", pool.status());
+    let holder = lock_records(&server.url(), &schema).await;
+    let stuck = tokio::time::timeout(
+        Duration::from_secs(60),
+        store.claim(&request(&key, &fingerprint)),
+    )
+    .await
+    .expect("the call ends by itself");
+    let error = stuck.expect_err("the claim cannot run while the table is locked");
+    assert!(error.to_string().contains("no answer within"), "{error}");
+    assert_eq!(
+        pool.status().size,
+        connections - 1,
+        "the stuck connection is closed, not given back to the pool"
+    );
+    holder.batch_execute("ROLLBACK").await.expect("unlock");
+    assert!(matches!(
+        store
+            .claim(&request(&key, &fingerprint))
+            .await
+            .expect("claim"),
+        Claim::Acquired { .. }
+    ));
+    assert!(
+        pool.status().size <= connections + 1,
+        "the stuck connection was not given back to the pool"
+    );
+}

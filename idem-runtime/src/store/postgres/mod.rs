@@ -119,6 +119,8 @@ pub struct PostgresStore {
 
 struct Inner {
     pool: Pool,
+    /// How long a statement's answer is waited for (see `statement_timeout`).
+    answer_within: Duration,
     schema: String,
     sql: Statements,
     waiters: Waiters,
@@ -138,11 +140,12 @@ impl fmt::Debug for PostgresStore {
 
 impl PostgresStore {
     /// A store on `pool` whose schema `schema` is in place.
-    fn on(pool: Pool, schema: String) -> Self {
+    fn on(pool: Pool, schema: String, answer_within: Duration) -> Self {
         PostgresStore {
             inner: Arc::new(Inner {
                 sql: Statements::new(&quote_ident(&schema)),
                 pool,
+                answer_within,
                 schema,
                 waiters: Waiters::default(),
                 recorded: AtomicU64::new(0),
@@ -168,46 +171,57 @@ impl PostgresStore {
         self.inner.pool.get().await.map_err(|e| failed(key, &e))
     }
 
-    /// A connection, and `statement` prepared on it (once per connection).
-    async fn prepared(
-        &self,
-        key: Option<&Key>,
-        statement: &str,
-    ) -> Result<(deadpool_postgres::Object, tokio_postgres::Statement), Error> {
-        let client = self.client(key).await?;
-        let prepared = client
-            .prepare_cached(statement)
-            .await
-            .map_err(|e| failed(key, &e))?;
-        Ok((client, prepared))
-    }
-
-    /// Runs `statement` and returns its rows.
+    /// Runs `statement` (prepared once per connection) and returns its rows.
     async fn query(
         &self,
         key: Option<&Key>,
         statement: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
-        let (client, prepared) = self.prepared(key, statement).await?;
-        client
-            .query(&prepared, params)
-            .await
-            .map_err(|e| failed(key, &e))
+        let client = self.client(key).await?;
+        let work = async {
+            let prepared = client.prepare_cached(statement).await?;
+            client.query(&prepared, params).await
+        };
+        // Preparing waits for the table's locks too: both are under the wait.
+        match tokio::time::timeout(self.inner.answer_within, work).await {
+            Ok(rows) => rows.map_err(|e| failed(key, &e)),
+            Err(_) => Err(self.unanswered(client, key)),
+        }
     }
 
-    /// Runs `statement` and returns how many rows it changed.
+    /// Runs `statement` (prepared once per connection) and returns how many rows it changed.
     async fn execute(
         &self,
         key: Option<&Key>,
         statement: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64, Error> {
-        let (client, prepared) = self.prepared(key, statement).await?;
-        client
-            .execute(&prepared, params)
-            .await
-            .map_err(|e| failed(key, &e))
+        let client = self.client(key).await?;
+        let work = async {
+            let prepared = client.prepare_cached(statement).await?;
+            client.execute(&prepared, params).await
+        };
+        match tokio::time::timeout(self.inner.answer_within, work).await {
+            Ok(changed) => changed.map_err(|e| failed(key, &e)),
+            Err(_) => Err(self.unanswered(client, key)),
+        }
+    }
+
+    /// A statement whose answer did not come in time: its connection is closed, not given
+    /// back to the pool (its next user would wait behind the statement), and the call
+    /// fails. Whether the statement took effect is left to the protocol's own checks (see
+    /// `PostgresStoreBuilder::statement_timeout`).
+    fn unanswered(&self, client: deadpool_postgres::Object, key: Option<&Key>) -> Error {
+        drop(deadpool_postgres::Object::take(client));
+        Error::store(
+            "postgres",
+            key,
+            format!(
+                "no answer within {} s; the connection was closed",
+                self.inner.answer_within.as_secs_f64()
+            ),
+        )
     }
 
     /// Runs `statement`, which answers one row of one boolean.

@@ -21,6 +21,16 @@ const POOL_WAIT: Duration = Duration::from_secs(30);
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long one statement may run unless told otherwise: far longer than any of the store's
+/// statements takes (milliseconds), short enough that a stuck server fails a call instead
+/// of holding it forever.
+const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How much longer than the statement timeout the store waits for an answer: the server's
+/// own cancellation comes first, and this covers what it does not (a commit waiting for a
+/// synchronous standby, a connection whose packets stopped arriving).
+const ANSWER_MARGIN: Duration = Duration::from_secs(5);
+
 /// How to connect a [`PostgresStore`]: the schema its tables live in, the size of its pool.
 ///
 /// ```no_run
@@ -42,6 +52,7 @@ pub struct PostgresStoreBuilder {
     source: Source,
     schema: String,
     pool_size: usize,
+    statement_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -85,6 +96,32 @@ impl PostgresStoreBuilder {
         self
     }
 
+    /// How long one of the store's statements may run (30 s unless set): the server cancels
+    /// it after that (`statement_timeout`, set on the store's own connections), and the
+    /// store gives up waiting for its answer 5 s later in any case, closing the connection
+    /// (a commit waiting for a synchronous standby that is gone is not covered by the
+    /// server's timeout). The call fails with [`Error::Store`], and nothing runs. A write
+    /// that committed although its answer never came is found by the protocol's own checks:
+    /// a result recorded again finds itself recorded; a claim whose caller gave up holds the
+    /// key until its lease runs out, and the next caller takes it over.
+    ///
+    /// On a pool given to [`PostgresStore::with_pool`] only the store's own wait applies: set
+    /// `statement_timeout` in that pool's configuration.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), idem_runtime::Error> {
+    /// let store = idem_runtime::store::PostgresStore::builder("postgres://idem@db.internal/agents")
+    ///     .statement_timeout(std::time::Duration::from_secs(5))
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
     /// Opens the pool, creates or migrates the schema if needed, and returns the store.
     ///
     /// Fails with [`Error::Store`] if the URL is not a PostgreSQL connection string, the
@@ -100,9 +137,15 @@ impl PostgresStoreBuilder {
     /// # }
     /// ```
     pub async fn connect(self) -> Result<PostgresStore, Error> {
+        let answer_within = self.answer_within();
         let (pool, schema) = self.pool()?;
         migrate(&pool, &schema).await?;
-        Ok(PostgresStore::on(pool, schema))
+        Ok(PostgresStore::on(pool, schema, answer_within))
+    }
+
+    /// How long the store waits for a statement's answer.
+    fn answer_within(&self) -> Duration {
+        self.statement_timeout.saturating_add(ANSWER_MARGIN)
     }
 
     /// Opens the pool and returns the store, for an operator's look: changes nothing by
@@ -121,6 +164,7 @@ impl PostgresStoreBuilder {
     /// # }
     /// ```
     pub async fn connect_existing(self) -> Result<PostgresStore, Error> {
+        let answer_within = self.answer_within();
         let (pool, schema) = self.pool()?;
         let client = pool.get().await.map_err(|e| failed(None, &e))?;
         let found = version(&client, &schema).await.map_err(|e| {
@@ -132,7 +176,7 @@ impl PostgresStoreBuilder {
         })?;
         drop(client);
         match found {
-            Some(SCHEMA_VERSION) => Ok(PostgresStore::on(pool, schema)),
+            Some(SCHEMA_VERSION) => Ok(PostgresStore::on(pool, schema, answer_within)),
             None => Err(Error::store(
                 "postgres",
                 None,
@@ -162,14 +206,15 @@ impl PostgresStoreBuilder {
         }
         let pool = match self.source {
             Source::Pool(pool) => pool,
-            Source::Url(url) => open_pool(&url, self.pool_size)?,
+            Source::Url(url) => open_pool(&url, self.pool_size, self.statement_timeout)?,
         };
         Ok((pool, schema))
     }
 }
 
-/// The pool for `url`, with the store's defaults.
-fn open_pool(url: &str, size: usize) -> Result<Pool, Error> {
+/// The pool for `url`, with the store's defaults, and `statement_timeout` on its connections
+/// unless the URL's `options` set one.
+fn open_pool(url: &str, size: usize, statement_timeout: Duration) -> Result<Pool, Error> {
     let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
         Error::store(
             "postgres",
@@ -182,6 +227,11 @@ fn open_pool(url: &str, size: usize) -> Result<Pool, Error> {
     }
     if config.get_application_name().is_none() {
         config.application_name("idem");
+    }
+    let options = config.get_options().unwrap_or_default().to_owned();
+    if !options.contains("statement_timeout") {
+        let ms = statement_timeout.as_millis().max(1);
+        config.options(format!("{options} -c statement_timeout={ms}").trim());
     }
     let manager = Manager::from_config(
         config,
@@ -316,6 +366,7 @@ impl PostgresStore {
             source: Source::Url(url.into()),
             schema: "public".to_owned(),
             pool_size: DEFAULT_POOL_SIZE,
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
         }
     }
 
@@ -337,6 +388,7 @@ impl PostgresStore {
             source: Source::Pool(pool),
             schema: "public".to_owned(),
             pool_size: DEFAULT_POOL_SIZE,
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
         }
     }
 }
