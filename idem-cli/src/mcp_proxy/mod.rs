@@ -19,6 +19,7 @@
 mod config;
 mod dedup;
 mod front;
+mod listener;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -29,8 +30,6 @@ use std::time::Duration;
 
 use clap::Args;
 use idem_runtime::store;
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::ServiceExt;
 
 use crate::Failure;
@@ -200,24 +199,10 @@ async fn listen(address: SocketAddr, shared: Arc<Shared>) -> Result<(), Failure>
         .map_err(|error| Failure::refused(format!("cannot listen on {address}: {error}")))?;
     let bound = listener.local_addr().unwrap_or(address);
     note!("idem mcp-proxy: listening on http://{bound}/mcp");
-    let service = StreamableHttpService::new(
-        move || Ok(Front::new(Arc::clone(&shared))),
-        Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default(),
-    );
-    loop {
-        let (stream, _) = listener
-            .accept()
-            .await
-            .map_err(|error| Failure::refused(format!("cannot accept on {bound}: {error}")))?;
-        let service = hyper_util::service::TowerToHyperService::new(service.clone());
-        tokio::spawn(async move {
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await;
-        });
-    }
+    let failed = listener::serve(listener, move || Front::new(Arc::clone(&shared))).await;
+    Err(Failure::refused(format!(
+        "cannot accept on {bound}: {failed}"
+    )))
 }
 
 /// The server's identity in keys: its name and a digest of how it is reached (its command
