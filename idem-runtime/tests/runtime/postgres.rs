@@ -51,6 +51,18 @@ conformance_tests!(
     }
 );
 
+/// A pool built as a user who brings their own would build it (deadpool-postgres's config).
+fn own_pool(url: &str) -> deadpool_postgres::Pool {
+    let mut config = deadpool_postgres::Config::new();
+    config.url = Some(url.to_owned());
+    config
+        .create_pool(
+            Some(deadpool_postgres::Runtime::Tokio1),
+            tokio_postgres::NoTls,
+        )
+        .expect("a pool")
+}
+
 /// A plain client, to look at the tables as an operator (or a foreign program) would.
 async fn raw_client(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
@@ -558,14 +570,7 @@ async fn a_store_on_a_pool_of_your_own() {
     let Some(server) = PostgresServer::shared() else {
         return;
     };
-    let mut config = deadpool_postgres::Config::new();
-    config.url = Some(server.url());
-    let pool = config
-        .create_pool(
-            Some(deadpool_postgres::Runtime::Tokio1),
-            tokio_postgres::NoTls,
-        )
-        .expect("a pool");
+    let pool = own_pool(&server.url());
     let store = PostgresStore::with_pool(pool)
         .schema(unique_schema("own_pool"))
         .connect()
@@ -717,14 +722,7 @@ async fn the_stores_own_wait_ends_a_stuck_call_on_a_pool_of_your_own() {
     let Some(server) = PostgresServer::shared() else {
         return;
     };
-    let mut config = deadpool_postgres::Config::new();
-    config.url = Some(server.url());
-    let pool = config
-        .create_pool(
-            Some(deadpool_postgres::Runtime::Tokio1),
-            tokio_postgres::NoTls,
-        )
-        .expect("a pool");
+    let pool = own_pool(&server.url());
     let schema = unique_schema("stuck_own_pool");
     let store = PostgresStore::with_pool(pool.clone())
         .schema(&schema)
