@@ -400,3 +400,102 @@ async fn with_a_replica_a_result_is_on_the_replica_when_the_call_returns() {
     assert_eq!(send(&store, 3, &runs).await.expect("replayed"), 3);
     assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+/// A saga's claim whose owner lost its lease is parked for review (its lease end cleared);
+/// when that owner records its outcome after all, the saga's log takes the record's TTL with
+/// it, instead of outliving it for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn a_parked_sagas_claim_completed_takes_its_saga_log_with_it() {
+    use std::time::{Duration, Instant};
+
+    use idem_runtime::store::{
+        Claim, ClaimRequest, OnStale, Ownership, SagaStatus, SagaStore, SagaWrite, Store,
+        StoredOutcome,
+    };
+    use idem_runtime::{Action, Fingerprint};
+
+    let Some(store) = fresh().await else {
+        return;
+    };
+    let key = Action::new("parked_saga").key(&(1,)).expect("key");
+    let fingerprint = Fingerprint::from(key);
+    let request = |lease_ms: u64, on_stale: OnStale| ClaimRequest {
+        key: &key,
+        fingerprint: &fingerprint,
+        action: "parked_saga",
+        lease: Duration::from_millis(lease_ms),
+        ttl: Duration::from_secs(3600),
+        on_stale,
+    };
+    let Claim::Acquired { token, .. } =
+        store.claim(&request(200, OnStale::TakeOver)).await.unwrap()
+    else {
+        panic!("a free key is acquired");
+    };
+    let running = SagaWrite::Status {
+        status: SagaStatus::Running,
+        error: None,
+    };
+    assert_eq!(
+        store
+            .write_saga(&key, "saga-1", token, running)
+            .await
+            .unwrap(),
+        Ownership::Held
+    );
+    // Once the lease has run out, the next caller parks the key for review.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match store
+            .claim(&request(60_000, OnStale::Review))
+            .await
+            .unwrap()
+        {
+            Claim::NeedsReview { .. } => break,
+            Claim::InProgress { .. } => {}
+            other => panic!("the key is held, then parked: {other:?}"),
+        }
+        assert!(Instant::now() < deadline, "the lease never ran out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let recorded = store
+        .complete(
+            &key,
+            token,
+            StoredOutcome::Ok(b"1".to_vec()),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(recorded, Ownership::Held);
+
+    let server = RedisServer::shared().expect("the server");
+    let client = ::redis::Client::open(server.url()).expect("a client");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a connection");
+    for suffix in [":s", ":steps"] {
+        let name = format!("{}{{{key}}}{suffix}", store.prefix());
+        let exists: i64 = ::redis::cmd("EXISTS")
+            .arg(&name)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        if suffix == ":s" {
+            assert_eq!(exists, 1, "the saga's log head is there");
+        }
+        if exists == 1 {
+            let ttl: i64 = ::redis::cmd("PTTL")
+                .arg(&name)
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+            assert!(ttl > 0, "{name} expires with the record, PTTL {ttl}");
+        }
+    }
+}

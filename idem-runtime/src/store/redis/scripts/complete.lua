@@ -14,8 +14,9 @@ if not r or r.tk ~= ARGV[1] then return 0 end
 if r.st == 'c' then return 1 end
 if r.st ~= 'p' and r.st ~= 'r' then return 0 end
 local ttl = math.max(tonumber(ARGV[4]), 1)
-r.st, r.oc, r.result = 'c', ARGV[2], ARGV[3]
+-- Read before the record changes: a claim parked for review has lost its lease end.
 local saga = r.le > 0 or r.st == 'r'
+r.st, r.oc, r.result = 'c', ARGV[2], ARGV[3]
 if ttl < SHORTEST_MS then r.le = now + ttl else r.le = 0 end
 redis.call('SET', KEYS[1], encode(r), 'PX', math.max(ttl, SHORTEST_MS))
 -- Only a claim that holds its lease end (`write_saga` makes a saga's claim so) or one parked
