@@ -8,11 +8,11 @@ use idem_runtime::store::Store;
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResponse, CallToolResult,
     CancelledNotificationParam, ClientRequest, CompleteRequestParams, CompleteResult,
-    CustomNotification, CustomRequest, CustomResult, ErrorCode, GetPromptRequestParams,
-    GetPromptResponse, InitializeRequestParams, InitializeResult, ListPromptsResult,
-    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
-    ReadResourceRequestParams, ReadResourceResponse, ServerConfig, ServerResult,
-    SetLevelRequestParams, SubscribeRequestParams, UnsubscribeRequestParams,
+    CustomNotification, CustomRequest, CustomResult, GetPromptRequestParams, GetPromptResponse,
+    InitializeRequestParams, InitializeResult, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams,
+    ReadResourceResponse, ServerConfig, ServerResult, SetLevelRequestParams,
+    SubscribeRequestParams, UnsubscribeRequestParams,
 };
 use rmcp::service::{NotificationContext, PeerRequestOptions, RequestContext};
 use rmcp::{ErrorData, Peer, RoleClient, RoleServer, ServerHandler, ServiceError};
@@ -178,14 +178,7 @@ impl Front {
 
 /// The server's error as it is, or the proxy's word for a server that did not answer.
 fn unanswered(error: ServiceError) -> ErrorData {
-    match error {
-        ServiceError::McpError(error) => error,
-        other => ErrorData::new(
-            ErrorCode::INTERNAL_ERROR,
-            format!("idem mcp-proxy: the server did not answer: {other}"),
-            None,
-        ),
-    }
+    super::not_answered_by("the server", error)
 }
 
 impl ServerHandler for Front {

@@ -37,6 +37,18 @@ use config::Config;
 use front::{Front, Shared};
 use upstream::{Agents, Upstream};
 
+/// A peer's MCP error as it is, or the proxy's word for a peer (`the server`, `the agent`)
+/// that gave no answer (its connection closed, the request could not be sent).
+fn not_answered_by(peer: &str, error: rmcp::ServiceError) -> rmcp::ErrorData {
+    match error {
+        rmcp::ServiceError::McpError(error) => error,
+        other => rmcp::ErrorData::internal_error(
+            format!("idem mcp-proxy: {peer} did not answer: {other}"),
+            None,
+        ),
+    }
+}
+
 /// The help of `idem mcp-proxy`.
 pub(crate) const MCP_PROXY_HELP: &str = "\
 Put idem in front of an MCP server: every tools/call of the same tool with the same arguments

@@ -48,13 +48,11 @@ impl Upstream {
                 let mut command = tokio::process::Command::new(program);
                 command.args(args);
                 let child = TokioChildProcess::new(command)
-                    .map_err(|error| format!("cannot start `{}`: {error}", argv.join(" ")))?;
-                client.serve(child).await.map_err(|error| {
-                    format!(
-                        "`{}` did not start as an MCP server: {error}",
-                        argv.join(" ")
-                    )
-                })
+                    .map_err(|error| format!("cannot start `{self}`: {error}"))?;
+                client
+                    .serve(child)
+                    .await
+                    .map_err(|error| format!("`{self}` did not start as an MCP server: {error}"))
             }
             Upstream::Url(url) => {
                 let transport = StreamableHttpClientTransport::from_uri(url.as_str());
@@ -227,13 +225,7 @@ pub(crate) struct ToAgents {
 
 /// The agent's error, or the transport's, as the answer to the server.
 fn passed_back(error: rmcp::ServiceError) -> ErrorData {
-    match error {
-        rmcp::ServiceError::McpError(error) => error,
-        other => ErrorData::internal_error(
-            format!("idem mcp-proxy: the agent did not answer: {other}"),
-            None,
-        ),
-    }
+    super::not_answered_by("the agent", error)
 }
 
 impl ToAgents {
