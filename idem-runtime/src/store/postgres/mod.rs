@@ -183,11 +183,8 @@ impl PostgresStore {
             let prepared = client.prepare_cached(statement).await?;
             client.query(&prepared, params).await
         };
-        // Preparing waits for the table's locks too: both are under the wait.
-        match tokio::time::timeout(self.inner.answer_within, work).await {
-            Ok(rows) => rows.map_err(|e| failed(key, &e)),
-            Err(_) => Err(self.unanswered(client, key)),
-        }
+        let answer = tokio::time::timeout(self.inner.answer_within, work).await;
+        self.answered(client, key, answer)
     }
 
     /// Runs `statement` (prepared once per connection) and returns how many rows it changed.
@@ -202,26 +199,35 @@ impl PostgresStore {
             let prepared = client.prepare_cached(statement).await?;
             client.execute(&prepared, params).await
         };
-        match tokio::time::timeout(self.inner.answer_within, work).await {
-            Ok(changed) => changed.map_err(|e| failed(key, &e)),
-            Err(_) => Err(self.unanswered(client, key)),
-        }
+        let answer = tokio::time::timeout(self.inner.answer_within, work).await;
+        self.answered(client, key, answer)
     }
 
-    /// A statement whose answer did not come in time: its connection is closed, not given
-    /// back to the pool (its next user would wait behind the statement), and the call
-    /// fails. Whether the statement took effect is left to the protocol's own checks (see
-    /// `PostgresStoreBuilder::statement_timeout`).
-    fn unanswered(&self, client: deadpool_postgres::Object, key: Option<&Key>) -> Error {
-        drop(deadpool_postgres::Object::take(client));
-        Error::store(
-            "postgres",
-            key,
-            format!(
-                "no answer within {} s; the connection was closed",
-                self.inner.answer_within.as_secs_f64()
-            ),
-        )
+    /// The answer of a statement run (prepared included: preparing waits for the table's
+    /// locks too) under the store's wait. One whose answer did not come in time fails the
+    /// call, and its connection is closed, not given back to the pool (its next user would
+    /// wait behind the statement). Whether the statement took effect is left to the
+    /// protocol's own checks (see `PostgresStoreBuilder::statement_timeout`).
+    fn answered<T>(
+        &self,
+        client: deadpool_postgres::Object,
+        key: Option<&Key>,
+        answer: Result<Result<T, tokio_postgres::Error>, tokio::time::error::Elapsed>,
+    ) -> Result<T, Error> {
+        match answer {
+            Ok(answer) => answer.map_err(|e| failed(key, &e)),
+            Err(_) => {
+                drop(deadpool_postgres::Object::take(client));
+                Err(Error::store(
+                    "postgres",
+                    key,
+                    format!(
+                        "no answer within {} s; the connection was closed",
+                        self.inner.answer_within.as_secs_f64()
+                    ),
+                ))
+            }
+        }
     }
 
     /// Runs `statement`, which answers one row of one boolean.
@@ -629,11 +635,7 @@ impl Inspect for PostgresStore {
                 &[&key.to_string(), &to_sql(token)],
             )
             .await?;
-        Ok(if deleted == 1 {
-            Ownership::Held
-        } else {
-            Ownership::Lost
-        })
+        Ok(ownership(deleted == 1))
     }
 
     async fn resolve_saga(&self, saga: &Key, note: &str) -> Result<bool, Error> {

@@ -3,7 +3,7 @@
 //! `Claim` and `SagaLog`; and the fields a saga step is written as, the other way.
 //!
 //! ```text
-//! c|7|0|…|ok|10|send_email{"id":"m-1"} + PTTL 3600000   → Record
+//! c|7|0|…|ok|10|send_email{"id":"m-1"} + PEXPIRETIME      → Record
 //! [in_progress, <fingerprint>, 7, 1500]                  → Claim::InProgress
 //! {0:name: charge, 0:state: done, …, 1:name: …}          → [StepRecord]
 //! ```
@@ -134,7 +134,7 @@ pub(super) fn record(
     if value == Value::Nil {
         return Ok(None);
     }
-    let stored = Stored::decode(&bytes(value)?)?;
+    let stored = Stored::decode_owned(bytes(value)?)?;
     let expiry = number(&expiry)?;
     let State::Is(status) = stored.state else {
         return Ok(None);

@@ -32,11 +32,13 @@
 //! replicas), not on Redis Cluster.
 //!
 //! The operators' queries (`list_records`, `record_counts`, `list_sagas`) have no index by
-//! action or time to read: they walk the store's hashes with `SCAN`, a page at a time, which
+//! action or time to read: they walk the store's keys with `SCAN`, a page at a time, which
 //! costs a round trip per page and a pass over the whole keyspace of the server.
 //!
-//! Where each part lives: `scripts/*.lua` the writes (loaded by `scripts.rs`, the clock read
-//! once in `scripts/prelude.lua`); `decode.rs` Redis's answers read into records, claims and
+//! Where each part lives: `claim.rs` the claim (native commands, a script for what must
+//! change); `record.rs` a record's format; `tokens.rs` the fencing tokens' blocks;
+//! `scripts/*.lua` the writes (loaded by `scripts.rs`, the clock read once in
+//! `scripts/prelude.lua`); `decode.rs` Redis's answers read into records, claims and
 //! saga logs; `scan.rs` the operators' walks; `durability.rs` the eviction check on
 //! `connect` and the `WAIT` for replicas. This file: the store, its builder, the `Store` impl.
 
@@ -635,7 +637,7 @@ impl SagaStore for RedisStore {
                 .await
                 .map_err(failed(Some(&key)))?;
             let Some(value) = value else { continue };
-            let stored = Stored::decode(&value).map_err(corrupt(&key, "a record"))?;
+            let stored = Stored::decode_owned(value).map_err(corrupt(&key, "a record"))?;
             let dead_owner = stored.state == State::Is(Status::InProgress)
                 && stored.ends_at_ms(expiry).is_some_and(|at| at <= now);
             if let (true, Some(id)) = (dead_owner, id) {

@@ -100,8 +100,9 @@ impl Stored {
         out
     }
 
-    /// [`Stored::decode`] of a value the caller owns: its result is the value's tail, moved
-    /// out rather than copied.
+    /// Reads a record the caller owns, checking every field (a foreign or corrupt value is an
+    /// error saying what is wrong, never a panic); its result is the value's tail, moved out
+    /// rather than copied.
     pub(super) fn decode_owned(mut bytes: Vec<u8>) -> Result<Self, String> {
         let (mut stored, result_at) = Self::decode_head(&bytes)?;
         if let Some(StoredOutcome::Ok(result) | StoredOutcome::Err(result)) =
@@ -114,14 +115,9 @@ impl Stored {
 
     /// Reads a record, checking every field: a foreign or corrupt value is an error saying
     /// what is wrong, never a panic.
+    #[cfg(test)]
     pub(super) fn decode(bytes: &[u8]) -> Result<Self, String> {
-        let (mut stored, result_at) = Self::decode_head(bytes)?;
-        if let Some(StoredOutcome::Ok(result) | StoredOutcome::Err(result)) =
-            stored.outcome.as_mut()
-        {
-            *result = bytes[result_at..].to_vec();
-        }
-        Ok(stored)
+        Self::decode_owned(bytes.to_vec())
     }
 
     /// The record without its result's bytes (an outcome's are left empty), and where the

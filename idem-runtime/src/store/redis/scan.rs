@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! SCAN 0 MATCH idem:{ab??…?}:r              → page 1 of names
-//! GET + PTTL <page 1 records> + SCAN c1     → the records of page 1, page 2 of names (one trip)
+//! GET + PEXPIRETIME <page 1> + SCAN c1      → the records of page 1, page 2 of names (one trip)
 //! SCAN 0 MATCH idem:{????…?}:s              → saga logs: HMGET of their heads the same way,
 //! …                                           then the `limit` newest in full (one round trip)
 //! ```

@@ -10,7 +10,7 @@ use crate::store::{
 };
 use crate::Error;
 
-use super::records::{check, raw_row};
+use super::records::{check, fenced, raw_row};
 use super::saga_log::{raw_saga, saga_log};
 use super::{db, statements};
 
@@ -193,16 +193,11 @@ pub(super) fn forget_result(
     let Ok(token) = i64::try_from(token) else {
         return Ok(Ownership::Lost);
     };
-    let deleted = transaction
-        .prepare_cached(statements::FORGET_RESULT)
-        .map_err(db)?
-        .execute(params![key.to_string(), token])
-        .map_err(db)?;
-    Ok(if deleted == 1 {
-        Ownership::Held
-    } else {
-        Ownership::Lost
-    })
+    fenced(
+        transaction,
+        statements::FORGET_RESULT,
+        params![key.to_string(), token],
+    )
 }
 
 /// Marks the saga `saga` resolved with `note` at `now` if it needs attention.

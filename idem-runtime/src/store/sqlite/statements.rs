@@ -171,12 +171,12 @@ pub(super) fn list_sagas(filter: &str) -> String {
     )
 }
 
-/// A saga that needs attention, resolved with the operator's note.
 /// Deletes a result recorded under a token, unless it is a saga's.
 pub(super) const FORGET_RESULT: &str =
     "DELETE FROM idem_records WHERE key = ?1 AND token = ?2 AND status = 'completed'
      AND NOT EXISTS (SELECT 1 FROM idem_sagas WHERE key = ?1)";
 
+/// A saga that needs attention, resolved with the operator's note.
 pub(super) const RESOLVE_SAGA: &str =
     "UPDATE idem_sagas SET status = 'resolved', note = ?2, updated_at_ms = ?3
      WHERE key = ?1 AND status = 'needs_attention'";
