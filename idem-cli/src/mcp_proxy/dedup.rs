@@ -123,7 +123,7 @@ impl NotRecorded {
             NotRecorded::InDoubt(cause) => {
                 let next = match policy.on_stale {
                     idem_runtime::OnStale::Review => "the key waits for an operator (`idem show`, `idem settle`, `idem unlock`)",
-                    _ => "the next call with the same arguments runs the tool again, marked as resumed",
+                    _ => "the next call with the same arguments runs the tool again (a takeover in idem's record)",
                 };
                 Err(ErrorData::new(
                     ErrorCode::INTERNAL_ERROR,

@@ -67,8 +67,8 @@ store shares its results; use redis:// or postgres:// across machines.
 
 A call whose effect may have happened but whose answer never came (the server died, the
 connection was cut, the agent cancelled it after it was sent, an internal error) is left in
-doubt: the next call with the same arguments runs the tool again marked as resumed
-(on_stale = \"takeover\", the default) or waits for an operator (on_stale = \"review\"). A
+doubt: the next call with the same arguments runs the tool again, as a takeover in idem's
+record (on_stale = \"takeover\", the default) or waits for an operator (on_stale = \"review\"). A
 result with isError: true is not recorded unless record_errors = true.";
 
 /// `idem mcp-proxy [--config FILE] [--upstream URL] [--listen ADDR] -- COMMAND…`
