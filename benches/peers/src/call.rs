@@ -7,6 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use idem::idempotent;
 use idem::store::Store;
@@ -150,10 +151,31 @@ pub enum IdemFn {
 }
 
 /// A caller of an idem function on a store.
+/// How long a replayed key is kept, by every system that has a TTL: longer than any round.
+pub const REPLAY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// idem's call of a row (see [`IdemFn`]).
 pub struct IdemCall {
     pub store: Arc<dyn Store>,
     pub bodies: Arc<AtomicU64>,
     pub function: IdemFn,
+}
+
+impl IdemCall {
+    /// idem's call on `store`: `fresh` for a fresh row, the replay of `order` for a replay
+    /// row.
+    pub fn new(
+        store: Arc<dyn Store>,
+        bodies: &Arc<AtomicU64>,
+        fresh: IdemFn,
+        replay: Option<u64>,
+    ) -> Self {
+        IdemCall {
+            store,
+            bodies: Arc::clone(bodies),
+            function: replay.map_or(fresh, |order| IdemFn::Replay { order }),
+        }
+    }
 }
 
 impl Call for IdemCall {

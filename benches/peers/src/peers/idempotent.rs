@@ -16,7 +16,7 @@ use idempotent::fingerprint::{DefaultFingerprintStrategy, FingerprintStrategy};
 use idempotent::store::{IdempotencyStore, InsertResult};
 use idempotent::{CachedResponse, IdempotencyEntry, IdempotencyKey, Metadata};
 
-use crate::call::{body, Receipt, AMOUNT, CUSTOMER};
+use crate::call::{body, Receipt, AMOUNT, CUSTOMER, REPLAY_TTL};
 use crate::measure::{Call, Retrying};
 
 /// One call through `store`, with entries kept `ttl`.
@@ -76,6 +76,24 @@ pub struct IdempotentCall<S> {
     pub ttl: Duration,
     pub bodies: Arc<AtomicU64>,
     pub replay: Option<u64>,
+}
+
+impl<S> IdempotentCall<S> {
+    /// `idempotent`'s call on `store`: entries kept `fresh_ttl` for a fresh row, or
+    /// [`REPLAY_TTL`] for the replay of `order`.
+    pub fn new(
+        store: Arc<S>,
+        fresh_ttl: Duration,
+        bodies: &Arc<AtomicU64>,
+        replay: Option<u64>,
+    ) -> Self {
+        IdempotentCall {
+            store,
+            ttl: replay.map_or(fresh_ttl, |_| REPLAY_TTL),
+            bodies: Arc::clone(bodies),
+            replay,
+        }
+    }
 }
 
 impl<S: IdempotencyStore> Call for IdempotentCall<S> {

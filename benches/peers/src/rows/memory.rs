@@ -14,7 +14,7 @@ use std::time::Duration;
 use agent_effects::Runtime;
 use idem::store::{MemoryStore, Store};
 
-use super::{counted, Mode, RoundResult, System};
+use super::{once_per_call, Mode, RoundResult, System};
 use crate::call::{IdemCall, IdemFn, PlainCall};
 use crate::measure::{next_number, Timing};
 use crate::peers::agent_effects::EffectCall;
@@ -23,8 +23,6 @@ use crate::peers::idempotent::IdempotentCall;
 
 /// The TTL of fresh entries, for the systems that have one (idem's is in its attribute).
 const FRESH_TTL: Duration = Duration::from_millis(100);
-/// The TTL of a replayed key: longer than any round.
-const REPLAY_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// One round of a memory row.
 pub async fn round(
@@ -40,43 +38,26 @@ pub async fn round(
             let call = PlainCall {
                 bodies: bodies.clone(),
             };
-            counted(Arc::new(call), &bodies, 0, mode, 1, callers, timing).await
+            once_per_call(Arc::new(call), &bodies, mode, callers, timing).await
         }
         System::IdemMemory => {
             let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-            let function = match replay {
-                None => IdemFn::FreshMemory,
-                Some(order) => IdemFn::Replay { order },
-            };
-            let call = IdemCall {
-                store,
-                bodies: bodies.clone(),
-                function,
-            };
-            counted(Arc::new(call), &bodies, 0, mode, 1, callers, timing).await
+            let call = IdemCall::new(store, &bodies, IdemFn::FreshMemory, replay);
+            once_per_call(Arc::new(call), &bodies, mode, callers, timing).await
         }
         System::Cached => {
             let call = CachedCall {
                 bodies: bodies.clone(),
                 replay,
             };
-            counted(Arc::new(call), &bodies, 0, mode, 1, callers, timing).await
+            once_per_call(Arc::new(call), &bodies, mode, callers, timing).await
         }
         System::IdempotentMemory => {
             // Its store is an actor task fed by a channel of `buffer` requests; expired
             // entries are swept every `sweep_interval`.
             let store = idempotent::store::memory::MemoryStore::new(1024, FRESH_TTL);
-            let call = IdempotentCall {
-                store: Arc::new(store),
-                ttl: if replay.is_some() {
-                    REPLAY_TTL
-                } else {
-                    FRESH_TTL
-                },
-                bodies: bodies.clone(),
-                replay,
-            };
-            counted(Arc::new(call), &bodies, 0, mode, 1, callers, timing).await
+            let call = IdempotentCall::new(Arc::new(store), FRESH_TTL, &bodies, replay);
+            once_per_call(Arc::new(call), &bodies, mode, callers, timing).await
         }
         System::AgentEffectsMemory => {
             let call = EffectCall {
@@ -84,7 +65,7 @@ pub async fn round(
                 bodies: bodies.clone(),
                 replay,
             };
-            counted(Arc::new(call), &bodies, 0, mode, 1, callers, timing).await
+            once_per_call(Arc::new(call), &bodies, mode, callers, timing).await
         }
         other => return Err(format!("{other:?} is not a memory row")),
     };

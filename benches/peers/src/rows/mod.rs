@@ -273,10 +273,21 @@ pub struct RoundResult {
     pub extra: Option<String>,
 }
 
-/// Measures `call`, whose body counts into `bodies`, and checks the count since `since` (the
-/// count before the round's key was first called: a raw replay row calls it before the
-/// round): once per call (`fresh`; `per_call` bodies for a saga of several steps), or once in
-/// all (`replay`).
+/// [`counted`] for a row whose counter starts at 0 and whose call runs one body: every row
+/// but the sagas'.
+pub async fn once_per_call<C: Call>(
+    call: Arc<C>,
+    bodies: &AtomicU64,
+    mode: Mode,
+    callers: usize,
+    timing: Timing,
+) -> RoundResult {
+    counted(call, bodies, 0, mode, 1, callers, timing).await
+}
+
+/// Measures `call`, whose body counts into `bodies`, and checks the count since `since` (what
+/// the counter held before the round: the sagas' counter is shared by their rows): once per
+/// call (`fresh`; `per_call` bodies for a saga of several steps), or once in all (`replay`).
 pub async fn counted<C: Call>(
     call: Arc<C>,
     bodies: &AtomicU64,

@@ -24,7 +24,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use idem::store::{PostgresStore, Store};
 use idem_runtime::conformance::servers::PostgresServer;
 
-use super::{counted, Mode, RoundResult, System};
+use super::{once_per_call, Mode, RoundResult, System};
 use crate::call::{body, IdemCall, IdemFn, Receipt, AMOUNT, CUSTOMER};
 use crate::measure::{next_number, Call, Timing};
 use crate::peers::agent_effects::EffectCall;
@@ -135,16 +135,8 @@ pub async fn round(
     let replay = (mode == Mode::Replay).then(next_number);
     let result = match system {
         System::IdemPostgres => {
-            let function = match replay {
-                None => IdemFn::FreshKept,
-                Some(order) => IdemFn::Replay { order },
-            };
-            let call = IdemCall {
-                store: env.idem.clone(),
-                bodies: bodies.clone(),
-                function,
-            };
-            counted(Arc::new(call), &bodies, 0, mode, 1, callers, timing).await
+            let call = IdemCall::new(env.idem.clone(), &bodies, IdemFn::FreshKept, replay);
+            once_per_call(Arc::new(call), &bodies, mode, callers, timing).await
         }
         System::AgentEffectsPostgres => {
             let call = EffectCall {
@@ -152,7 +144,7 @@ pub async fn round(
                 bodies: bodies.clone(),
                 replay,
             };
-            counted(Arc::new(call), &bodies, 0, mode, 1, callers, timing).await
+            once_per_call(Arc::new(call), &bodies, mode, callers, timing).await
         }
         System::RawPostgres => {
             let raw = Arc::new(RawPostgres {
@@ -163,7 +155,7 @@ pub async fn round(
             if let Some(order) = replay {
                 raw.fresh(order).await?;
             }
-            counted(raw, &bodies, 0, mode, 1, callers, timing).await
+            once_per_call(raw, &bodies, mode, callers, timing).await
         }
         other => return Err(format!("{other:?} is not a PostgreSQL row")),
     };

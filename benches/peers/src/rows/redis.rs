@@ -20,14 +20,13 @@ use idem_runtime::conformance::servers::RedisServer;
 use idempotent::store::valkey::ValkeyStore;
 use redis::aio::ConnectionManager;
 
-use super::{counted, Mode, RoundResult, System};
-use crate::call::{body, IdemCall, IdemFn, Receipt, AMOUNT, CUSTOMER};
+use super::{once_per_call, Mode, RoundResult, System};
+use crate::call::{body, IdemCall, IdemFn, Receipt, AMOUNT, CUSTOMER, REPLAY_TTL};
 use crate::measure::{next_number, Call, Timing};
 use crate::peers::idempotent::IdempotentCall;
 
 /// How long fresh entries are kept, by every system.
 const FRESH_TTL: Duration = Duration::from_secs(2);
-const REPLAY_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The raw claim's lease (idem's default lease).
 const LEASE_MS: u64 = 10_000;
 
@@ -163,10 +162,6 @@ pub async fn round(
     env.reset().await?;
     let bodies = Arc::new(AtomicU64::new(0));
     let replay = (mode == Mode::Replay).then(next_number);
-    let idem_fn = match replay {
-        None => IdemFn::FreshRedis,
-        Some(order) => IdemFn::Replay { order },
-    };
     let mut result = match system {
         System::IdemRedis | System::IdemRedisReplayCache => {
             let store = if system == System::IdemRedis {
@@ -174,25 +169,12 @@ pub async fn round(
             } else {
                 env.replay_cache.clone()
             };
-            let call = IdemCall {
-                store,
-                bodies: bodies.clone(),
-                function: idem_fn,
-            };
-            counted(Arc::new(call), &bodies, 0, mode, 1, callers, timing).await
+            let call = IdemCall::new(store, &bodies, IdemFn::FreshRedis, replay);
+            once_per_call(Arc::new(call), &bodies, mode, callers, timing).await
         }
         System::IdempotentRedis => {
-            let call = IdempotentCall {
-                store: env.idempotent.clone(),
-                ttl: if replay.is_some() {
-                    REPLAY_TTL
-                } else {
-                    FRESH_TTL
-                },
-                bodies: bodies.clone(),
-                replay,
-            };
-            counted(Arc::new(call), &bodies, 0, mode, 1, callers, timing).await
+            let call = IdempotentCall::new(env.idempotent.clone(), FRESH_TTL, &bodies, replay);
+            once_per_call(Arc::new(call), &bodies, mode, callers, timing).await
         }
         System::RawRedis => {
             let raw = Arc::new(RawRedis {
@@ -203,7 +185,7 @@ pub async fn round(
             if let Some(order) = replay {
                 raw.fresh(order, REPLAY_TTL).await?;
             }
-            counted(raw, &bodies, 0, mode, 1, callers, timing).await
+            once_per_call(raw, &bodies, mode, callers, timing).await
         }
         other => return Err(format!("{other:?} is not a Redis row")),
     };

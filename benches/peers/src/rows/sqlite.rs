@@ -19,7 +19,7 @@ use idem::store::{SqliteStore, Store};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::Mutex;
 
-use super::{counted, Mode, RoundResult, System};
+use super::{once_per_call, Mode, RoundResult, System};
 use crate::call::{body, IdemCall, IdemFn, Receipt, AMOUNT, CUSTOMER};
 use crate::measure::{next_number, Call, Timing};
 use crate::peers::agent_effects::EffectCall;
@@ -54,16 +54,8 @@ pub async fn round(
                     .await
                     .map_err(|e| format!("idem SqliteStore: {e}"))?,
             );
-            let function = match replay {
-                None => IdemFn::FreshKept,
-                Some(order) => IdemFn::Replay { order },
-            };
-            let call = IdemCall {
-                store,
-                bodies: bodies.clone(),
-                function,
-            };
-            counted(Arc::new(call), &bodies, 0, mode, 1, callers, timing).await
+            let call = IdemCall::new(store, &bodies, IdemFn::FreshKept, replay);
+            once_per_call(Arc::new(call), &bodies, mode, callers, timing).await
         }
         System::AgentEffectsSqlite => {
             let store = agent_effects_sqlite::SqliteStore::open(&path)
@@ -74,14 +66,14 @@ pub async fn round(
                 bodies: bodies.clone(),
                 replay,
             };
-            counted(Arc::new(call), &bodies, 0, mode, 1, callers, timing).await
+            once_per_call(Arc::new(call), &bodies, mode, callers, timing).await
         }
         System::RawSqlite => {
             let raw = Arc::new(RawSqlite::open(&path, bodies.clone(), replay)?);
             if let Some(order) = replay {
                 raw.fresh(order).await?;
             }
-            counted(raw, &bodies, 0, mode, 1, callers, timing).await
+            once_per_call(raw, &bodies, mode, callers, timing).await
         }
         other => return Err(format!("{other:?} is not a SQLite row")),
     };
