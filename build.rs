@@ -1,12 +1,13 @@
 //! Which tests cannot run here, decided when the tests are built, so that `cargo test` lists
 //! them as ignored, with the reason, instead of passing them without running anything.
 //!
-//! The tests that need a Redis or PostgreSQL server carry
-//! `#[cfg_attr(idem_no_redis, ignore = "…")]` (or `idem_no_postgres`). This script sets
-//! `idem_no_redis` when `redis-server` is not on `PATH`, and `idem_no_postgres` when PostgreSQL's
-//! `initdb` and `pg_ctl` are neither on `PATH` nor in `/usr/lib/postgresql/<version>/bin`.
-//! `IDEM_TEST_SERVERS` chooses instead: `none`, or the servers the tests may use (`redis`,
-//! `postgres`, `redis,postgres`). Under `CI=true` it sets nothing: the tests run, and fail
+//! The tests that need a Redis, Valkey or PostgreSQL server carry
+//! `#[cfg_attr(idem_no_redis, ignore = "…")]` (or `idem_no_valkey`, `idem_no_postgres`). This
+//! script sets `idem_no_redis` when `redis-server` or `redis-cli` is not on `PATH`,
+//! `idem_no_valkey` when `valkey-server` or `redis-cli` is not, and `idem_no_postgres` when
+//! PostgreSQL's `initdb` and `pg_ctl` are neither on `PATH` nor in
+//! `/usr/lib/postgresql/<version>/bin`. `IDEM_TEST_SERVERS` chooses instead: `none`, or the
+//! servers the tests may use (`redis`, `valkey`, `postgres`, `redis,postgres`, …). Under `CI=true` it sets nothing: the tests run, and fail
 //! when their server is missing (`conformance::servers`), so that CI never passes by running
 //! nothing.
 //!
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
-    println!("cargo::rustc-check-cfg=cfg(idem_no_redis, idem_no_postgres)");
+    println!("cargo::rustc-check-cfg=cfg(idem_no_redis, idem_no_valkey, idem_no_postgres)");
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
     let in_the_repository = [Some(manifest.as_path()), manifest.parent()]
         .into_iter()
@@ -40,19 +41,24 @@ fn main() {
         Some(list) => list.split(',').any(|word| {
             let word = word.trim();
             assert!(
-                ["redis", "postgres"].contains(&word),
-                "IDEM_TEST_SERVERS={list}: expected `none` or a list of redis, postgres"
+                ["redis", "valkey", "postgres"].contains(&word),
+                "IDEM_TEST_SERVERS={list}: expected `none` or a list of redis, valkey, postgres"
             );
             word == server
         }),
     };
     let postgres_folders = postgres_folders();
-    let redis = allowed("redis") && found("redis-server", &[]);
+    let cli = found("redis-cli", &[]);
+    let redis = allowed("redis") && found("redis-server", &[]) && cli;
+    let valkey = allowed("valkey") && found("valkey-server", &[]) && cli;
     let postgres = allowed("postgres")
         && found("initdb", &postgres_folders)
         && found("pg_ctl", &postgres_folders);
     if !redis {
         println!("cargo::rustc-cfg=idem_no_redis");
+    }
+    if !valkey {
+        println!("cargo::rustc-cfg=idem_no_valkey");
     }
     if !postgres {
         println!("cargo::rustc-cfg=idem_no_postgres");

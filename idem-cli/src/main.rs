@@ -106,6 +106,7 @@ pub(crate) use note;
 
 mod forget;
 mod mcp_proxy;
+mod migrate;
 mod purge;
 mod records;
 mod sagas;
@@ -173,6 +174,9 @@ enum Command {
     /// Put idem in front of an MCP server: each tool call runs once, retries get its result
     #[command(name = "mcp-proxy", long_about = mcp_proxy::MCP_PROXY_HELP)]
     McpProxy(mcp_proxy::McpProxyArgs),
+    /// Move a Redis store written by an older idem into the layout this idem reads
+    #[command(long_about = migrate::MIGRATE_HELP)]
+    Migrate(migrate::MigrateArgs),
 }
 
 /// The operator's commands: they look at a store as it is and settle what is in it.
@@ -315,6 +319,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         // The proxy opens its store as agents do (creating it), and has a default one.
         Command::McpProxy(args) => mcp_proxy::run(cli.store.as_deref(), args).await,
         Command::Operate(command) => operate(cli.store.as_deref(), command).await,
+        Command::Migrate(args) => {
+            let mut out = io::stdout().lock();
+            migrate::migrate(cli.store.as_deref(), &args, &mut out).await?;
+            out.flush()?;
+            Ok(())
+        }
     }
 }
 
@@ -366,7 +376,7 @@ async fn open(url: &str) -> Result<Ctx, Failure> {
                 )));
             }
         }
-        "redis" | "rediss" | "postgres" | "postgresql" => {}
+        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" | "postgres" | "postgresql" => {}
         _ => {
             return Err(Failure::usage(format!(
                 "`{shown}` is not a store URL: expected sqlite://…, redis://… or postgres://…"

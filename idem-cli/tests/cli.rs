@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use idem::store::{RecordQuery, Store};
 use idem::{saga_step, Retry, Saga};
-use idem_runtime::conformance::servers::{PostgresServer, RedisServer};
+use idem_runtime::conformance::servers::{Flavor, PostgresServer, RedisCluster, RedisServer};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -279,6 +279,7 @@ async fn fill_records(store: &dyn Store, ledger: &AtomicUsize) {
 enum Backend {
     Sqlite,
     Redis,
+    RedisCluster,
     Postgres,
 }
 
@@ -339,6 +340,14 @@ async fn fresh(backend: Backend, scenario: &str) -> Option<Env> {
             let server = RedisServer::shared()?;
             (
                 format!("{}?prefix=cli:{scenario}:", server.url()),
+                "redis",
+                Vec::new(),
+            )
+        }
+        Backend::RedisCluster => {
+            let cluster = RedisCluster::shared(Flavor::Redis)?;
+            (
+                format!("{}?prefix=cli:{scenario}:", cluster.url()),
                 "redis",
                 Vec::new(),
             )
@@ -984,13 +993,14 @@ async fn purge_deletes_expired_records(env: Env) {
     // after which the store purges on its own).
     let pings = match env.backend {
         Backend::Postgres => 1010,
-        Backend::Sqlite | Backend::Redis => 25,
+        Backend::Sqlite | Backend::Redis | Backend::RedisCluster => 25,
     };
     for n in 0..pings {
         assert_eq!(ping(store, n).await, Ok(n));
     }
     send_quote(store, "ada", "Q-1").await.expect("send");
-    until_expired(store, "ping", matches!(env.backend, Backend::Redis)).await;
+    let redis = matches!(env.backend, Backend::Redis | Backend::RedisCluster);
+    until_expired(store, "ping", redis).await;
 
     // The dry run counts and deletes nothing: asked twice, it says the same.
     let dry_run = || {
@@ -1026,12 +1036,14 @@ async fn purge_deletes_expired_records(env: Env) {
                 "nothing deleted by the dry run"
             );
         }
-        Backend::Redis => assert_eq!(listed.len(), 1, "results go at their TTL"),
+        Backend::Redis | Backend::RedisCluster => {
+            assert_eq!(listed.len(), 1, "results go at their TTL");
+        }
     }
     match env.backend {
         Backend::Postgres => assert_eq!(expired, 1010, "more than one batch to purge"),
         Backend::Sqlite => assert_eq!(expired, 25, "every expired ping, none purged by opening"),
-        Backend::Redis => {}
+        Backend::Redis | Backend::RedisCluster => {}
     }
 
     let purged = env.idem(&["purge"]);
@@ -1094,6 +1106,9 @@ macro_rules! on_every_store {
         on_store!(sqlite, super::Backend::Sqlite, [], [$($scenario),*]);
         on_store!(redis, super::Backend::Redis, [
             #[cfg_attr(idem_no_redis, ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out")]
+        ], [$($scenario),*]);
+        on_store!(redis_cluster, super::Backend::RedisCluster, [
+            #[cfg_attr(idem_no_redis, ignore = "redis-server or redis-cli is not installed, or IDEM_TEST_SERVERS leaves it out")]
         ], [$($scenario),*]);
         on_store!(postgres, super::Backend::Postgres, [
             #[cfg_attr(idem_no_postgres, ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out")]
@@ -1485,4 +1500,78 @@ fn the_build_scripts_that_skip_server_tests_are_one() {
     let runtime = include_str!("../../idem-runtime/build.rs");
     assert_eq!(include_str!("../build.rs"), runtime, "idem-cli/build.rs");
     assert_eq!(include_str!("../../build.rs"), runtime, "build.rs");
+}
+
+// ---- Layouts ---------------------------------------------------------------------------------
+
+/// `idem migrate` moves a Redis store an older idem wrote (layout 1) into the current layout:
+/// before, an operator's look is refused with what to do; after, the record is listed; run
+/// again, it says there is nothing left to move. A SQLite store has nothing to migrate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn migrate_moves_an_older_redis_layout() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let prefix = format!("cli:layout{}:", std::process::id());
+    let url = format!("{}?prefix={prefix}", server.url());
+    let key = idem::Action::new("old").key(&(1,)).expect("a key");
+    let fingerprint: String = idem::Fingerprint::from(key)
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let client = ::redis::Client::open(server.url()).expect("a client");
+    let mut raw = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a connection");
+    ::redis::pipe()
+        .cmd("SET")
+        .arg(format!("{prefix}tokens"))
+        .arg(3)
+        .ignore()
+        .cmd("SET")
+        .arg(format!("{prefix}{{{key}}}:r"))
+        .arg(format!(
+            "c|3|0|86400000|1764979200000|{fingerprint}|ok|3|old{{\"n\":1}}"
+        ))
+        .arg("PX")
+        .arg(600_000)
+        .ignore()
+        .query_async::<()>(&mut raw)
+        .await
+        .expect("write layout 1");
+
+    let refused = run_idem(&["--store", &url, "keys"], &[], "");
+    assert!(
+        refused.fails(1).contains("idem --store <url> migrate"),
+        "{refused:#?}"
+    );
+
+    let moved = run_idem(&["--store", &url, "migrate"], &[], "");
+    assert!(
+        moved.ok().ends_with(
+            "moved from layout 1 to 2: 1 records, 0 saga logs, 0 running sagas indexed\n"
+        ),
+        "{moved:#?}"
+    );
+    let listed = run_idem(&["--store", &url, "keys", "--json"], &[], "").json();
+    assert_eq!(listed[0]["key"], key.to_string(), "{listed}");
+    let again = run_idem(&["--store", &url, "migrate"], &[], "");
+    assert!(
+        again
+            .ok()
+            .ends_with("is in the current layout (2): nothing moved\n"),
+        "{again:#?}"
+    );
+
+    let sqlite = fresh(Backend::Sqlite, "migrate").await.expect("sqlite");
+    assert!(sqlite
+        .idem(&["migrate"])
+        .ok()
+        .contains("nothing to migrate"));
 }

@@ -37,11 +37,13 @@ use async_trait::async_trait;
 
 pub use inspect::{Inspect, RecordCount, RecordKind, RecordQuery, RecordTally, SagaQuery};
 pub use memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use open::migrate_layout;
 pub use open::{open, open_existing};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "redis")]
-pub use redis::{RedisStore, RedisStoreBuilder};
+pub use redis::{Migrated, RedisStore, RedisStoreBuilder};
 pub use replay_cache::ReplayCache;
 pub use saga_log::{SagaLog, SagaStatus, SagaStore, SagaWrite, StaleSaga, StepRecord, StepState};
 #[cfg(feature = "sqlite")]

@@ -12,6 +12,7 @@ use crate::Error;
 /// | `memory:` | a new [`MemoryStore`] | always |
 /// | `sqlite://path/to/idem.db`, `sqlite:///abs/idem.db` | `SqliteStore` | `sqlite` |
 /// | `redis://host:port/db` | `RedisStore` | `redis` |
+/// | `redis+cluster://host:port,host:port` (a Redis Cluster) | `RedisStore` | `redis` |
 /// | `postgres://user@host:port/db`, `postgresql://…` | `PostgresStore` | `postgres` |
 ///
 /// `redis://…?prefix=billing:` sets the Redis store's key prefix (`idem:` by default),
@@ -81,15 +82,10 @@ async fn open_as(url: &str, opening: Opening) -> Result<Arc<dyn Store>, Error> {
             }
             sqlite(path, opening).await
         }
-        "redis" | "rediss" => {
-            let (url, prefix) = take_param(url, "prefix");
-            let (url, accept) = take_param(&url, "accept_eviction");
-            let accept_eviction = match accept.as_deref() {
-                None | Some("false") => false,
-                Some("true") => true,
-                Some(other) => {
-                    return refused(format!("accept_eviction is true or false, not {other:?}"))
-                }
+        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => {
+            let (url, prefix, accept_eviction) = match redis_options(url) {
+                Ok(options) => options,
+                Err(why) => return refused(why),
             };
             redis(&url, prefix, accept_eviction, opening).await
         }
@@ -127,6 +123,50 @@ async fn sqlite(path: &str, opening: Opening) -> Result<Arc<dyn Store>, Error> {
 #[cfg(not(feature = "sqlite"))]
 async fn sqlite(path: &str, _: Opening) -> Result<Arc<dyn Store>, Error> {
     Err(without("sqlite", path))
+}
+
+/// A Redis URL without idem's own parameters, and those: the prefix, and whether a server
+/// that may evict keys is accepted.
+fn redis_options(url: &str) -> Result<(String, Option<String>, bool), String> {
+    let (url, prefix) = take_param(url, "prefix");
+    let (url, accept) = take_param(&url, "accept_eviction");
+    let accept_eviction = match accept.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(format!("accept_eviction is true or false, not {other:?}")),
+    };
+    Ok((url, prefix, accept_eviction))
+}
+
+/// Moves the keys of the Redis store at `url` (`redis://…` or `redis+cluster://…`, with its
+/// `?prefix=`) from an older layout of idem's into the one this idem reads, as
+/// [`RedisStoreBuilder::migrate_layout`](crate::store::RedisStoreBuilder::migrate_layout)
+/// does: `Some` with what was moved. The other stores have no layout to move (SQLite and
+/// PostgreSQL migrate their schema themselves when an agent opens them): `None`.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let nothing = idem_runtime::store::migrate_layout("sqlite:///var/lib/idem.db").await?;
+/// assert!(nothing.is_none());
+/// # Ok::<(), idem_runtime::Error>(())
+/// # }).unwrap();
+/// ```
+#[cfg(feature = "redis")]
+pub async fn migrate_layout(url: &str) -> Result<Option<crate::store::Migrated>, Error> {
+    let scheme = url.split_once(':').map_or(url, |(scheme, _)| scheme);
+    if !matches!(
+        scheme,
+        "redis" | "rediss" | "redis+cluster" | "rediss+cluster"
+    ) {
+        return Ok(None);
+    }
+    let (url, prefix, accept_eviction) = redis_options(url)
+        .map_err(|why| Error::store("url", None, format!("cannot open {url:?}: {why}")))?;
+    let mut builder = crate::store::RedisStore::builder(url).accept_eviction(accept_eviction);
+    if let Some(prefix) = prefix {
+        builder = builder.prefix(prefix);
+    }
+    builder.migrate_layout().await.map(Some)
 }
 
 /// `url` without its query parameter `name`, and that parameter's value.

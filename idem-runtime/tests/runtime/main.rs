@@ -8,5 +8,6 @@ mod metrics;
 mod postgres;
 mod python;
 mod redis;
+mod redis_cluster;
 mod sqlite_leases;
 mod stores;

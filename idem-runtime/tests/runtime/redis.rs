@@ -13,7 +13,7 @@ async fn fresh() -> Option<RedisStore> {
     Some(store.with_prefix(format!("t{}:", unique())))
 }
 
-fn unique() -> u64 {
+pub(crate) fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
@@ -480,7 +480,9 @@ async fn a_parked_sagas_claim_completed_takes_its_saga_log_with_it() {
         .await
         .expect("a connection");
     for suffix in [":s", ":steps"] {
-        let name = format!("{}{{{key}}}{suffix}", store.prefix());
+        // The store's layout: `<prefix>{<bucket>}:<key><suffix>`.
+        let hex = key.to_string();
+        let name = format!("{}{{{}}}:{hex}{suffix}", store.prefix(), &hex[..3]);
         let exists: i64 = ::redis::cmd("EXISTS")
             .arg(&name)
             .query_async(&mut connection)
@@ -498,4 +500,157 @@ async fn a_parked_sagas_claim_completed_takes_its_saga_log_with_it() {
             assert!(ttl > 0, "{name} expires with the record, PTTL {ttl}");
         }
     }
+}
+
+/// A store written by an older idem (Redis layout 1: a record named `<prefix>{<key>}:r`, one
+/// index of running sagas, no claim id) is refused by `connect`, with what to do, never
+/// misread as empty; `migrate_layout` moves it, after which its result replays and its
+/// running saga is found by recovery. A layout from a newer idem is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn an_older_layout_is_refused_until_migrated() {
+    use std::time::Duration;
+
+    use idem_runtime::store::{Claim, ClaimRequest, OnStale, SagaStore, Store, StoredOutcome};
+    use idem_runtime::{Action, Fingerprint};
+
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let prefix = format!("old{}:", unique());
+    let client = ::redis::Client::open(server.url()).expect("a client");
+    let mut raw = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a connection");
+    let old = Action::new("old");
+    let (done, running) = (
+        old.key(&(1,)).expect("a key"),
+        old.key(&(2,)).expect("a key"),
+    );
+    let fingerprint = |key| {
+        Fingerprint::from(key)
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let v1 = |status: &str, token: u32, lease_end: u64, outcome: &str, key, result: &str| {
+        format!(
+            "{status}|{token}|{lease_end}|86400000|1764979200000|{}|{outcome}|3|old{result}",
+            fingerprint(key)
+        )
+    };
+    let mut pipe = ::redis::pipe();
+    pipe.cmd("SET")
+        .arg(format!("{prefix}tokens"))
+        .arg(7)
+        .ignore();
+    pipe.cmd("SET")
+        .arg(format!("{prefix}{{{done}}}:r"))
+        .arg(v1("c", 6, 0, "ok", done, "{\"n\":1}"))
+        .arg("PX")
+        .arg(600_000)
+        .ignore();
+    // A saga's claim whose owner died long ago: its lease end is in the record.
+    pipe.cmd("SET")
+        .arg(format!("{prefix}{{{running}}}:r"))
+        .arg(v1("p", 7, 1_000, "-", running, ""))
+        .ignore();
+    pipe.cmd("HSET")
+        .arg(format!("{prefix}{{{running}}}:s"))
+        .arg(&[("id", "saga-1"), ("status", "running"), ("updated", "1")])
+        .ignore();
+    pipe.cmd("HSET")
+        .arg(format!("{prefix}{{{running}}}:steps"))
+        .arg(&[
+            ("0:name", "charge".to_owned()),
+            ("0:key", done.to_string()),
+            ("0:irreversible", "0".to_owned()),
+            ("0:args", "[]".to_owned()),
+            ("0:state", "started".to_owned()),
+        ])
+        .ignore();
+    pipe.cmd("ZADD")
+        .arg(format!("{prefix}sagas"))
+        .arg(0)
+        .arg(running.to_string())
+        .ignore();
+    pipe.query_async::<()>(&mut raw)
+        .await
+        .expect("write layout 1");
+
+    let builder = RedisStore::builder(server.url()).prefix(&prefix);
+    let refused = builder.clone().connect().await.expect_err("layout 1");
+    assert!(
+        refused.to_string().contains("older idem") && refused.to_string().contains("migrate"),
+        "{refused}"
+    );
+
+    let moved = builder.clone().migrate_layout().await.expect("migrate");
+    assert_eq!(
+        (
+            moved.from_layout,
+            moved.records,
+            moved.saga_logs,
+            moved.running_sagas
+        ),
+        (1, 2, 1, 1)
+    );
+    let again = builder.clone().migrate_layout().await.expect("again");
+    assert_eq!((again.from_layout, again.records), (2, 0));
+    let leftover: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!(
+            "{prefix}{{????????????????????????????????????????????????????????????????}}*"
+        ))
+        .query_async(&mut raw)
+        .await
+        .expect("KEYS");
+    assert!(leftover.is_empty(), "layout-1 names left: {leftover:?}");
+
+    let store = builder.connect().await.expect("layout 2 now");
+    let fingerprint = Fingerprint::from(done);
+    let claim = store
+        .claim(&ClaimRequest {
+            key: &done,
+            fingerprint: &fingerprint,
+            action: "old",
+            lease: Duration::from_secs(10),
+            ttl: Duration::from_secs(3600),
+            on_stale: OnStale::TakeOver,
+        })
+        .await
+        .expect("claim");
+    assert!(
+        matches!(
+            &claim,
+            Claim::Completed { outcome: StoredOutcome::Ok(bytes), .. } if bytes == b"{\"n\":1}"
+        ),
+        "the old result replays: {claim:?}"
+    );
+    let stale = store.stale_sagas(10).await.expect("stale sagas");
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    assert_eq!((stale[0].key, stale[0].id.as_str()), (running, "saga-1"));
+    let log = store
+        .read_saga(&running)
+        .await
+        .expect("read")
+        .expect("a log");
+    assert_eq!(log.steps.len(), 1);
+
+    ::redis::cmd("SET")
+        .arg(format!("{prefix}layout"))
+        .arg("3")
+        .query_async::<()>(&mut raw)
+        .await
+        .expect("SET");
+    let newer = RedisStore::builder(server.url())
+        .prefix(&prefix)
+        .connect()
+        .await
+        .expect_err("a newer layout");
+    assert!(newer.to_string().contains("newer idem"), "{newer}");
 }

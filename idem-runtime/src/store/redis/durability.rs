@@ -4,8 +4,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-
+use super::connection::Connection;
 use super::{failed, RedisStore};
 use crate::key::Key;
 use crate::store::{FencingToken, Store};
@@ -67,9 +66,7 @@ pub(super) enum MemoryPolicy {
 
 /// Reads `maxmemory-policy` and `maxmemory` (two `CONFIG GET`s in one round trip: asking
 /// for both in one is Redis 7 only).
-pub(super) async fn memory_policy(
-    connection: &mut ConnectionManager,
-) -> Result<MemoryPolicy, Error> {
+pub(super) async fn memory_policy(connection: &mut Connection) -> Result<MemoryPolicy, Error> {
     let mut pipe = redis::pipe();
     pipe.cmd("CONFIG")
         .arg("GET")
@@ -219,13 +216,19 @@ impl RedisStore {
     }
 
     /// With replicas asked for, waits until they have every write of the connection so far
-    /// (`WAIT`); `what` names the write for errors, `so` what follows from too few.
+    /// (`WAIT`) on the master of `key`; `what` names the write for errors, `so` what follows
+    /// from too few. The `WAIT` follows a read of the key's record in one pipeline, which a
+    /// cluster sends to that key's master: a `WAIT` alone would go to every master.
     async fn wait_for_replicas(&self, key: &Key, what: &str, so: &str) -> Result<(), Error> {
         let Some(replicas) = self.replicas else {
             return Ok(());
         };
         let mut connection = self.connection.clone();
-        let acknowledged: i64 = redis::cmd("WAIT")
+        let (acknowledged,): (i64,) = redis::pipe()
+            .cmd("PTTL")
+            .arg(self.record_key(key))
+            .ignore()
+            .cmd("WAIT")
             .arg(replicas.count)
             .arg(replicas.timeout_ms())
             .query_async(&mut connection)

@@ -10,13 +10,18 @@
 //! (the lease end plus the action's TTL), so the `SET` needs no clock. Fencing tokens of
 //! fresh claims come from blocks the store reserves (`tokens.rs`).
 //!
+//! The keys sit in 4,096 buckets (the first three hex digits of a call's key), each bucket a
+//! hash tag, so that every script and pipeline touches one cluster slot: the store runs on
+//! one server (`redis://`) and on Redis Cluster (`redis+cluster://`) alike (`layout.rs`):
+//!
 //! ```text
-//! <prefix>{<key>}:r       string: the record (status, token, lease end, TTL, created,
-//!                         fingerprint, outcome kind, action, result; see `record.rs`)
-//! <prefix>{<key>}:s       hash: a saga's log head (id, status, error, updated, note)
-//! <prefix>{<key>}:steps   hash: a saga's steps, fields "<index>:<field>"
-//! <prefix>tokens          counter: the fencing tokens
-//! <prefix>sagas           sorted set: sagas running or being undone (for recovery)
+//! <prefix>{9f3}:9f3a…:r   string: the record (status, token, claim id, lease end, TTL,
+//!                         created, fingerprint, outcome kind, action, result; `record.rs`)
+//! <prefix>{9f3}:9f3a…:s   hash: a saga's log head (id, status, error, updated, note)
+//! <prefix>{9f3}:9f3a…:steps  hash: a saga's steps, fields "<index>:<field>"
+//! <prefix>{9f3}:sagas     sorted set: the bucket's sagas running or being undone (recovery)
+//! <prefix>tokens          counter: the fencing tokens (reserved in blocks, by no script)
+//! <prefix>layout          the layout of the keys under the prefix
 //! ```
 //!
 //! Redis deletes a record itself (native expiry) when the purge would: a completed record,
@@ -27,16 +32,15 @@
 //! `<prefix>expiry`, to count them: 31 % of a record's memory and two commands per call. The
 //! purge deletes it.)
 //!
-//! The `{<key>}` hash tag keeps a record and its saga log in one cluster slot. The token
-//! counter and the sagas index are single keys, so the store runs on one Redis server (with
-//! replicas), not on Redis Cluster.
-//!
 //! The operators' queries (`list_records`, `record_counts`, `list_sagas`) have no index by
-//! action or time to read: they walk the store's keys with `SCAN`, a page at a time, which
-//! costs a round trip per page and a pass over the whole keyspace of the server.
+//! action or time to read: they walk the store's keys with `SCAN`, a page at a time, on every
+//! master, which costs a round trip per page and a pass over the whole keyspace. Recovery
+//! reads the index of running sagas of every bucket.
 //!
-//! Where each part lives: `claim.rs` the claim (native commands, a script for what must
-//! change); `record.rs` a record's format; `tokens.rs` the fencing tokens' blocks;
+//! Where each part lives: `connection.rs` one server or a cluster; `layout.rs` the key
+//! names, their buckets, the layout check and the migration from an older one; `claim.rs`
+//! the claim (native commands, a script for what must change); `claim_ids.rs` the claim ids
+//! beside the tokens; `record.rs` a record's format; `tokens.rs` the fencing tokens' blocks;
 //! `scripts/*.lua` the writes (loaded by `scripts.rs`, the clock read once in
 //! `scripts/prelude.lua`); `decode.rs` Redis's answers read into records, claims and
 //! saga logs; `scan.rs` the operators' walks; `durability.rs` the eviction check on
@@ -45,7 +49,6 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::Value;
 
 use crate::key::Key;
@@ -57,19 +60,26 @@ use crate::store::{Inspect, SagaStore};
 use crate::Error;
 
 mod claim;
+mod claim_ids;
+mod connection;
 mod decode;
 mod durability;
+mod layout;
 mod record;
 mod scan;
 mod scripts;
 mod tokens;
 
+use claim_ids::ClaimIds;
+use connection::{Connection, Target};
 use decode::{corrupt, fields, record, saga_log, step_fields};
 use durability::{memory_policy, Replicas};
+use layout::bucket;
+pub use layout::Migrated;
 use record::{State, Stored};
 use scripts::{COMPLETE, FORGET, HEARTBEAT, RELEASE, RESOLVE, WRITE_SAGA};
 
-/// The hashes of one kind the store keeps per key (`<prefix>{<key>}<suffix>`), as the
+/// The hashes of one kind the store keeps per key (`<prefix>{<bucket>}:<key><suffix>`), as the
 /// operators' listings walk them: the fields they read of each first (all but the bulky
 /// ones), and what a hash is called in errors.
 struct Hashes {
@@ -92,9 +102,10 @@ const SAGA_LOGS: Hashes = Hashes {
     what: "a saga log",
 };
 
-/// The store on a Redis server: atomic Lua scripts with fencing tokens, leases and TTLs on
-/// the server's clock, completed records expired natively. Cheap to clone (one multiplexed
-/// connection that reconnects by itself).
+/// The store on a Redis server or a Redis Cluster (Valkey too): atomic Lua scripts with
+/// fencing tokens and claim ids, leases and TTLs on the server's clock, completed records
+/// expired natively. Cheap to clone (one multiplexed connection that reconnects by itself, or
+/// the cluster client's connections).
 ///
 /// ```no_run
 /// use idem_runtime::{set_default_store, store::RedisStore};
@@ -102,9 +113,19 @@ const SAGA_LOGS: Hashes = Hashes {
 /// # async fn start() -> Result<(), idem_runtime::Error> {
 /// let store = RedisStore::connect("redis://127.0.0.1:6379/").await?.with_prefix("billing:idem:");
 /// set_default_store(store);
+/// // A cluster, found from any of its nodes:
+/// let fleet = RedisStore::connect("redis+cluster://10.0.0.1:6379,10.0.0.2:6379").await?;
 /// # Ok(())
 /// # }
 /// ```
+///
+/// # Layouts
+///
+/// The store's keys sit in 4,096 buckets, each a hash tag, so that every script touches one
+/// cluster slot; the layout is kept in `<prefix>layout` (now `2`). A store written by an
+/// idem from before (layout 1, which wrote no layout key) or by a newer one is refused by
+/// [`connect`](RedisStoreBuilder::connect) with an error saying what to do, never read as
+/// empty: [`RedisStoreBuilder::migrate_layout`] (`idem migrate`) moves a layout-1 store.
 ///
 /// # Durability
 ///
@@ -162,17 +183,19 @@ const SAGA_LOGS: Hashes = Hashes {
 /// `docs/redis.md` in the repository has the same with a configuration to copy.
 #[derive(Clone)]
 pub struct RedisStore {
-    connection: ConnectionManager,
+    connection: Connection,
     /// Shared by the clones (a call's claim is made through one, see `Store::shared`).
     prefix: std::sync::Arc<str>,
     replicas: Option<Replicas>,
     tokens: std::sync::Arc<tokens::Tokens>,
+    claim_ids: std::sync::Arc<ClaimIds>,
 }
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
             .field("prefix", &self.prefix)
+            .field("cluster", &self.connection.is_cluster())
             .finish_non_exhaustive()
     }
 }
@@ -288,22 +311,37 @@ impl RedisStoreBuilder {
     /// # }
     /// ```
     pub async fn connect(self) -> Result<RedisStore, Error> {
-        let client = redis::Client::open(self.url.as_str()).map_err(failed(None))?;
-        let waited = self.replicas.map_or(Duration::ZERO, |r| r.timeout);
-        // A call that meets a dropped connection fails fast with a store error (the caller
-        // retries the call, not idem); the next one reconnects. The client's own reconnect
-        // backoff multiplies its delay by `factor` each time, from one second: kept short.
+        let store = self.open().await?;
+        store.check_layout().await?;
+        Ok(store)
+    }
+
+    /// Connects, and moves the keys under the prefix from an older layout of idem's into the
+    /// one this idem reads (see [Layouts](RedisStore#layouts)); a store already in it is left
+    /// as it is. Stop the agents of the older idem first: a key they write meanwhile stays in
+    /// the old layout, where the new one does not look. Running it again is harmless: it
+    /// moves what is left.
+    ///
+    /// ```no_run
+    /// # async fn upgrade() -> Result<(), idem_runtime::Error> {
+    /// let moved = idem_runtime::store::RedisStore::builder("redis://127.0.0.1:6379/")
+    ///     .migrate_layout()
+    ///     .await?;
+    /// println!("{} records moved from layout {}", moved.records, moved.from_layout);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn migrate_layout(self) -> Result<Migrated, Error> {
+        self.open().await?.migrate().await
+    }
+
+    /// Connects and checks the memory policy, not the layout.
+    async fn open(self) -> Result<RedisStore, Error> {
+        let target = Target::of(&self.url)?;
         // A `WAIT` answers after its own timeout: the response timeout leaves room for it.
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(2))
-            .set_response_timeout(Duration::from_secs(5).saturating_add(waited))
-            .set_factor(2)
-            .set_max_delay(200)
-            .set_number_of_retries(1);
-        let mut connection = client
-            .get_connection_manager_with_config(config)
-            .await
-            .map_err(failed(None))?;
+        let waited = self.replicas.map_or(Duration::ZERO, |r| r.timeout);
+        let response = Duration::from_secs(5).saturating_add(waited);
+        let mut connection = Connection::open(&target, response).await?;
         memory_policy(&mut connection)
             .await?
             .allowed(self.accept_eviction)?;
@@ -312,6 +350,7 @@ impl RedisStoreBuilder {
             prefix: self.prefix.into(),
             replicas: self.replicas,
             tokens: std::sync::Arc::default(),
+            claim_ids: std::sync::Arc::default(),
         })
     }
 }
@@ -320,9 +359,11 @@ impl RedisStore {
     /// The default prefix of every key the store writes.
     pub const DEFAULT_PREFIX: &'static str = "idem:";
 
-    /// Connects to the server at `url` (`redis://host:port/db`), with the prefix `idem:`:
+    /// Connects to the server at `url` (`redis://host:port/db`), or to the cluster whose nodes
+    /// it names (`redis+cluster://host:port,host:port`), with the prefix `idem:`:
     /// [`RedisStore::builder`]`(url).connect()`. Operations time out after 5 s; a dropped
-    /// connection is re-made by the next call. A server whose `maxmemory-policy` may evict
+    /// connection is re-made by the next call (on a cluster: once the slot's master, or the
+    /// replica promoted in its place, answers). A server whose `maxmemory-policy` may evict
     /// keys is refused (see [`RedisStoreBuilder::accept_eviction`]).
     ///
     /// ```no_run
@@ -335,8 +376,8 @@ impl RedisStore {
         Self::builder(url).connect().await
     }
 
-    /// A builder for a store on the server at `url`, to choose the prefix, accept a server
-    /// that may evict keys, or wait for replicas.
+    /// A builder for a store on the server at `url` (or the cluster, `redis+cluster://…`), to
+    /// choose the prefix, accept a server that may evict keys, or wait for replicas.
     ///
     /// ```no_run
     /// # async fn start() -> Result<(), idem_runtime::Error> {
@@ -356,8 +397,38 @@ impl RedisStore {
         }
     }
 
+    /// A builder for a store on the Redis Cluster that `nodes` belong to (`host:port`, or
+    /// `redis://[user:password@]host:port` URLs): the cluster client finds the others from
+    /// any one of them. The same as [`builder`](Self::builder) with
+    /// `redis+cluster://host:port,host:port`.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), idem_runtime::Error> {
+    /// let store = idem_runtime::store::RedisStore::cluster(["10.0.0.1:6379", "10.0.0.2:6379"])
+    ///     .prefix("billing:")
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn cluster<N: AsRef<str>>(nodes: impl IntoIterator<Item = N>) -> RedisStoreBuilder {
+        let hosts: Vec<String> = nodes
+            .into_iter()
+            .map(|node| {
+                let node = node.as_ref();
+                node.strip_prefix("redis://")
+                    .unwrap_or(node)
+                    .trim_end_matches('/')
+                    .to_owned()
+            })
+            .collect();
+        Self::builder(format!("redis+cluster://{}", hosts.join(",")))
+    }
+
     /// The same store, writing its keys under `prefix` (several applications can share one
-    /// server, each under its own prefix).
+    /// server, each under its own prefix). The keys under it are not checked for their layout
+    /// as [`connect`](RedisStoreBuilder::connect) checks those of the builder's prefix: give
+    /// the prefix to the builder ([`RedisStoreBuilder::prefix`]) where the keys may be old.
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into().into();
         self
@@ -391,8 +462,14 @@ impl RedisStore {
             .map_err(failed(None))
     }
 
+    /// `<prefix>{<bucket>}:<key><suffix>`: a name of `key`'s, in its bucket.
     fn hash_key(&self, key: &Key, suffix: &str) -> String {
-        format!("{}{{{key}}}{suffix}", self.prefix)
+        format!("{}{{{}}}:{key}{suffix}", self.prefix, bucket(key))
+    }
+
+    /// `<prefix>{<bucket>}:sagas`: the bucket's index of running sagas.
+    fn saga_index(&self, bucket: &str) -> String {
+        format!("{}{{{bucket}}}:sagas", self.prefix)
     }
 
     fn record_key(&self, key: &Key) -> String {
@@ -447,15 +524,6 @@ fn wall_now_ms() -> i64 {
         })
 }
 
-/// The server's clock, in milliseconds since the epoch.
-async fn server_now_ms(connection: &mut ConnectionManager) -> Result<i64, Error> {
-    let (seconds, micros): (i64, i64) = redis::cmd("TIME")
-        .query_async(connection)
-        .await
-        .map_err(failed(None))?;
-    Ok(seconds * 1000 + micros / 1000)
-}
-
 #[async_trait]
 impl Store for RedisStore {
     fn name(&self) -> &'static str {
@@ -468,11 +536,13 @@ impl Store for RedisStore {
 
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
         let key = request.key;
-        let claim = match self.claim_natively(request).await? {
+        let claim_id = self.claim_ids.draw();
+        let claim = match self.claim_natively(request, claim_id).await? {
             Some(claim) => claim,
-            None => self.claim_by_script(request).await?,
+            None => self.claim_by_script(request, claim_id).await?,
         };
         if let Claim::Acquired { token, .. } = claim {
+            self.claim_ids.remember(key, token, claim_id);
             self.replicated_claim(key, token).await?;
         }
         Ok(claim)
@@ -498,17 +568,31 @@ impl Store for RedisStore {
             .arg(token)
             .arg(kind)
             .arg(bytes)
-            .arg(millis(ttl));
+            .arg(millis(ttl))
+            .arg(self.claim_ids.of(key, token));
         let held: i64 = self
             .run_acknowledged(key, &invocation, "the result", |held| *held == 1)
             .await?;
+        self.claim_ids.forget(key, token);
         Ok(ownership(held))
     }
 
     async fn release(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
         let mut invocation = RELEASE.prepare_invoke();
-        invocation.key(self.record_key(key)).arg(token);
-        Ok(ownership(self.run(Some(key), &invocation).await?))
+        invocation
+            .key(self.record_key(key))
+            .arg(token)
+            .arg(self.claim_ids.of(key, token));
+        let held = self.run(Some(key), &invocation).await?;
+        self.claim_ids.forget(key, token);
+        Ok(ownership(held))
+    }
+
+    async fn leave_in_doubt(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
+        let held = self.heartbeat(key, token, Duration::ZERO).await?;
+        // The owner writes no more: whoever settles the key claims it afresh.
+        self.claim_ids.forget(key, token);
+        Ok(held)
     }
 
     async fn heartbeat(
@@ -521,7 +605,8 @@ impl Store for RedisStore {
         invocation
             .key(self.record_key(key))
             .arg(token)
-            .arg(millis(lease));
+            .arg(millis(lease))
+            .arg(self.claim_ids.of(key, token));
         let held = self
             .run_acknowledged(key, &invocation, "the extended lease", |held| *held == 1)
             .await?;
@@ -564,10 +649,11 @@ impl SagaStore for RedisStore {
             .key(self.record_key(saga))
             .key(head)
             .key(steps)
-            .key(self.global("sagas"))
+            .key(self.saga_index(&bucket(saga)))
             .arg(token)
             .arg(id)
-            .arg(saga.to_string());
+            .arg(saga.to_string())
+            .arg(self.claim_ids.of(saga, token));
         match write {
             SagaWrite::Status { status, error } => {
                 invocation
@@ -605,46 +691,73 @@ impl SagaStore for RedisStore {
             .map_err(corrupt(saga, SAGA_LOGS.what))
     }
 
+    /// The sagas whose owner died, from the index of running sagas of every bucket: one
+    /// `ZRANGE` per bucket, all sent at once (on one server they share the connection's
+    /// pipeline; on a cluster each goes to its bucket's master), then one read per saga
+    /// found, with the clock of the saga's own master.
     async fn stale_sagas(&self, limit: usize) -> Result<Vec<StaleSaga>, Error> {
-        let mut connection = self.connection.clone();
-        let members: Vec<String> = redis::cmd("ZRANGE")
-            .arg(self.global("sagas"))
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut connection)
-            .await
-            .map_err(failed(None))?;
-        let now = server_now_ms(&mut connection).await?;
+        let indexes = futures_util::future::try_join_all(layout::all_buckets().map(|bucket| {
+            let mut connection = self.connection.clone();
+            let index = self.saga_index(&bucket);
+            async move {
+                redis::cmd("ZRANGE")
+                    .arg(index)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async::<Vec<String>>(&mut connection)
+                    .await
+                    .map_err(failed(None))
+            }
+        }))
+        .await?;
         let mut stale = Vec::new();
-        for member in members {
+        for member in indexes.into_iter().flatten() {
             if stale.len() >= limit {
                 break;
             }
             let Ok(key) = member.parse::<Key>() else {
                 continue;
             };
-            let (head, _) = self.saga_keys(&key);
-            let record_key = self.record_key(&key);
-            let (value, expiry, id): (Option<Vec<u8>>, i64, Option<String>) = redis::pipe()
-                .cmd("GET")
-                .arg(&record_key)
-                .cmd("PEXPIRETIME")
-                .arg(&record_key)
-                .cmd("HGET")
-                .arg(head)
-                .arg("id")
-                .query_async(&mut connection)
-                .await
-                .map_err(failed(Some(&key)))?;
-            let Some(value) = value else { continue };
-            let stored = Stored::decode_owned(value).map_err(corrupt(&key, "a record"))?;
-            let dead_owner = stored.state == State::Is(Status::InProgress)
-                && stored.ends_at_ms(expiry).is_some_and(|at| at <= now);
-            if let (true, Some(id)) = (dead_owner, id) {
-                stale.push(StaleSaga::new(key, id, stored.fingerprint));
-            }
+            stale.extend(self.stale_saga(&key).await?);
         }
         Ok(stale)
+    }
+}
+
+impl RedisStore {
+    /// The saga of `key`, if its owner died: its record in progress with its lease run out,
+    /// on the clock of the master that holds it (the `TIME` goes in the same pipeline, to the
+    /// same node).
+    async fn stale_saga(&self, key: &Key) -> Result<Option<StaleSaga>, Error> {
+        let (head, _) = self.saga_keys(key);
+        let record_key = self.record_key(key);
+        let mut connection = self.connection.clone();
+        let (value, expiry, id, (seconds, micros)): (
+            Option<Vec<u8>>,
+            i64,
+            Option<String>,
+            (i64, i64),
+        ) = redis::pipe()
+            .cmd("GET")
+            .arg(&record_key)
+            .cmd("PEXPIRETIME")
+            .arg(&record_key)
+            .cmd("HGET")
+            .arg(head)
+            .arg("id")
+            .cmd("TIME")
+            .query_async(&mut connection)
+            .await
+            .map_err(failed(Some(key)))?;
+        let now = seconds * 1000 + micros / 1000;
+        let Some(value) = value else { return Ok(None) };
+        let stored = Stored::decode_owned(value).map_err(corrupt(key, "a record"))?;
+        let dead_owner = stored.state == State::Is(Status::InProgress)
+            && stored.ends_at_ms(expiry).is_some_and(|at| at <= now);
+        Ok(match (dead_owner, id) {
+            (true, Some(id)) => Some(StaleSaga::new(*key, id, stored.fingerprint)),
+            _ => None,
+        })
     }
 }
 

@@ -2,14 +2,19 @@
 //! (`SET … NX GET`) and a replay one read, with no script on either path.
 //!
 //! ```text
-//! <status>|<token>|<lease end>|<ttl>|<created>|<fingerprint>|<outcome>|<action length>|<action><result>
-//! p|7|0|86400000|1764979200000|9f3a…(64 hex)|-|10|send_email
-//! c|7|0|86400000|1764979200000|9f3a…|ok|10|send_email{"id":"msg-1"}
+//! <status>|<token>|<claim id>|<lease end>|<ttl>|<created>|<fingerprint>|<outcome>|<action length>|<action><result>
+//! p|7|12345678901234567|0|86400000|1764979200000|9f3a…(64 hex)|-|10|send_email
+//! c|7|12345678901234567|0|86400000|1764979200000|9f3a…|ok|10|send_email{"id":"msg-1"}
 //! ```
 //!
 //! - status: `p` in progress, `c` completed, `r` parked for review, `z` released (a tombstone
 //!   kept for a moment, so that the next claim draws a token from the counter: see
 //!   `scripts/release.lua`);
+//! - claim id: a random number the claim's owner drew (`0`: none, a record moved from layout
+//!   1). A claim sent again (its answer lost, re-sent by the client) finds its own claim id
+//!   and gets its own token back; the owner's writes check it beside the token, so that a
+//!   token handed out twice (a token counter that went back in a failover) never lets one
+//!   owner write over another's claim;
 //! - lease end: milliseconds of the server's clock, or `0` when the lease ends where the key's
 //!   own expiry minus the TTL says (a claim's key expires at its lease end plus the action's
 //!   TTL; `PTTL` reads it): so a claim made by `SET` needs no clock, and a heartbeat moves the
@@ -28,6 +33,8 @@ use crate::store::{FencingToken, Status, StoredOutcome};
 pub(super) struct Stored {
     pub(super) state: State,
     pub(super) token: FencingToken,
+    /// The random id of the claim that holds the record (0: none).
+    pub(super) claim_id: u64,
     /// The lease end in the server's milliseconds; 0: the key's expiry minus `ttl_ms`.
     pub(super) lease_end_ms: i64,
     pub(super) ttl_ms: i64,
@@ -49,6 +56,7 @@ impl Stored {
     /// (as `scripts/record.lua` writes a record, without making one first).
     pub(super) fn encode_claim(
         token: FencingToken,
+        claim_id: u64,
         ttl_ms: i64,
         created_ms: i64,
         fingerprint: &Fingerprint,
@@ -59,6 +67,7 @@ impl Stored {
             &mut out,
             'p',
             token,
+            claim_id,
             0,
             ttl_ms,
             created_ms,
@@ -89,6 +98,7 @@ impl Stored {
             &mut out,
             status,
             self.token,
+            self.claim_id,
             self.lease_end_ms,
             self.ttl_ms,
             self.created_ms,
@@ -146,6 +156,10 @@ impl Stored {
             }
         };
         let token = number(field("token")?, "token")?;
+        let claim_id = std::str::from_utf8(field("claim id")?)
+            .ok()
+            .and_then(|text| text.parse::<u64>().ok())
+            .ok_or("the claim id is not a number")?;
         let lease_end_ms = number(field("lease end")?, "lease end")?;
         let ttl_ms = number(field("ttl")?, "ttl")?;
         let created_ms = number(field("created")?, "created")?;
@@ -171,6 +185,7 @@ impl Stored {
         let stored = Stored {
             state,
             token: FencingToken::try_from(token).map_err(|_| format!("negative token {token}"))?,
+            claim_id,
             lease_end_ms,
             ttl_ms,
             created_ms,
@@ -179,6 +194,25 @@ impl Stored {
             action,
         };
         Ok((stored, bytes.len() - rest.len() + action_len))
+    }
+
+    /// A record as layout 1 wrote it (no claim id), in the current format, with a claim id
+    /// of 0; checked by reading it back.
+    pub(super) fn from_layout_one(old: &[u8]) -> Result<Vec<u8>, String> {
+        // `<status>|<token>|` then the rest, unchanged.
+        let after_token = old
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b'|')
+            .nth(1)
+            .map(|(at, _)| at + 1)
+            .ok_or("a record of layout 1 with no token")?;
+        let mut new = Vec::with_capacity(old.len() + 2);
+        new.extend_from_slice(&old[..after_token]);
+        new.extend_from_slice(b"0|");
+        new.extend_from_slice(&old[after_token..]);
+        Self::decode_head(&new)?;
+        Ok(new)
     }
 
     /// When the lease ends (in progress) or the result goes (completed), in the server's
@@ -219,6 +253,7 @@ fn write_head(
     out: &mut Vec<u8>,
     status: char,
     token: FencingToken,
+    claim_id: u64,
     lease_end_ms: i64,
     ttl_ms: i64,
     created_ms: i64,
@@ -230,7 +265,7 @@ fn write_head(
     // Writing to a `Vec` cannot fail.
     let _ = write!(
         out,
-        "{status}|{token}|{lease_end_ms}|{ttl_ms}|{created_ms}|"
+        "{status}|{token}|{claim_id}|{lease_end_ms}|{ttl_ms}|{created_ms}|"
     );
     push_hex(out, fingerprint.as_bytes());
     let _ = write!(out, "|{kind}|{}|{action}", action.len());
@@ -274,6 +309,7 @@ mod tests {
         let fingerprint = Fingerprint::from_bytes([7; 32]);
         let encoded = Stored::encode_claim(
             42,
+            u64::MAX,
             86_400_000,
             1_764_979_200_000,
             &fingerprint,
@@ -303,8 +339,26 @@ mod tests {
         for cut in 0..whole.len() {
             assert!(Stored::decode(&whole[..cut]).is_err(), "cut at {cut}");
         }
-        for foreign in [&b"hello"[..], b"q|1|0|0|0|", b"p|-1|0|0|0|"] {
+        for foreign in [
+            &b"hello"[..],
+            b"q|1|0|0|0|",
+            b"p|-1|0|0|0|",
+            b"p|1|-1|0|0|0|",
+        ] {
             assert!(Stored::decode(foreign).is_err());
         }
+    }
+
+    #[test]
+    fn a_layout_one_record_gets_a_claim_id_of_zero() {
+        let mut record = claim();
+        record.claim_id = 0;
+        let new = record.encode();
+        let old: Vec<u8> = String::from_utf8(new.clone())
+            .expect("text")
+            .replacen("|0|", "|", 1)
+            .into_bytes();
+        assert_eq!(Stored::from_layout_one(&old), Ok(new));
+        assert!(Stored::from_layout_one(b"p").is_err());
     }
 }

@@ -3,17 +3,21 @@
 //! keeps the newest while it goes.
 //!
 //! ```text
-//! SCAN 0 MATCH idem:{ab??…?}:r              → page 1 of names
-//! GET + PEXPIRETIME <page 1> + SCAN c1      → the records of page 1, page 2 of names (one trip)
-//! SCAN 0 MATCH idem:{????…?}:s              → saga logs: HMGET of their heads the same way,
-//! …                                           then the `limit` newest in full (one round trip)
+//! on every master (one server: the server):
+//! SCAN 0 MATCH idem:{ab?}:ab??…?:r          → page 1 of names
+//! GET + PEXPIRETIME <page 1> ‖ SCAN c1       → the records of page 1, page 2 of names (sent
+//!                                             at once; on a cluster the reads go per bucket)
+//! SCAN 0 MATCH idem:{???}:????…?:s          → saga logs: HMGET of their heads the same way,
+//! …                                           then the `limit` newest in full
 //! ```
 
 use std::collections::HashSet;
 
 use redis::Value;
 
+use super::connection::Master;
 use super::decode::{bytes, corrupt, fields, named, record, saga_log, text};
+use super::layout::{bucket, BUCKET_DIGITS};
 use super::{failed, wall_now_ms, Hashes, RedisStore, RECORDS, SAGA_LOGS};
 use crate::key::Key;
 use crate::store::{Record, RecordCount, RecordKind, RecordQuery, RecordTally, SagaLog, SagaQuery};
@@ -27,34 +31,33 @@ const KEY_HEX_LEN: usize = 64;
 
 impl RedisStore {
     /// The `SCAN` pattern of the `hashes` whose key starts with `hex` (lowercase hex digits,
-    /// at most a key's length): `<prefix>{<hex>??…?}<suffix>`, the store's prefix escaped.
+    /// at most a key's length): `<prefix>{<bucket>}:<hex>??…?<suffix>`, the store's prefix
+    /// escaped, the bucket's digits those of `hex` as far as it goes.
     pub(super) fn pattern(&self, hex: &str, hashes: &Hashes) -> String {
-        let mut pattern = String::with_capacity(self.prefix.len() + KEY_HEX_LEN + 8);
-        for c in self.prefix.chars() {
-            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-                pattern.push('\\');
-            }
-            pattern.push(c);
-        }
-        pattern.push('{');
-        pattern.push_str(hex);
-        pattern.push_str(&"?".repeat(KEY_HEX_LEN.saturating_sub(hex.len())));
-        pattern.push('}');
-        pattern.push_str(hashes.suffix);
-        pattern
+        let wild = |from: usize, to: usize| "?".repeat(to.saturating_sub(from));
+        let bucket = hex.get(..BUCKET_DIGITS).unwrap_or(hex);
+        format!(
+            "{}{{{bucket}{}}}:{hex}{}{}",
+            escaped(&self.prefix),
+            wild(bucket.len(), BUCKET_DIGITS),
+            wild(hex.len(), KEY_HEX_LEN),
+            hashes.suffix
+        )
     }
 
     /// The key in the name of one of the `hashes`, if the name is one of theirs.
     fn key_in(&self, name: &[u8], hashes: &Hashes) -> Option<Key> {
-        let hex = name
+        let rest = name
             .strip_prefix(self.prefix.as_bytes())?
             .strip_prefix(b"{")?
-            .strip_suffix(hashes.suffix.as_bytes())?
-            .strip_suffix(b"}")?;
-        std::str::from_utf8(hex).ok()?.parse().ok()
+            .strip_suffix(hashes.suffix.as_bytes())?;
+        let hex = rest.get(BUCKET_DIGITS..)?.strip_prefix(b"}:")?;
+        let key: Key = std::str::from_utf8(hex).ok()?.parse().ok()?;
+        (rest.get(..BUCKET_DIGITS)? == bucket(&key).as_bytes()).then_some(key)
     }
 
-    /// Sends `pipe` and checks that it got `answers` answers.
+    /// Sends `pipe` (whose commands touch one bucket, on a cluster) and checks that it got
+    /// `answers` answers.
     async fn send(&self, pipe: &redis::Pipeline, answers: usize) -> Result<Vec<Value>, Error> {
         if answers == 0 {
             return Ok(Vec::new());
@@ -71,9 +74,75 @@ impl RedisStore {
         Ok(replies)
     }
 
-    /// Walks the keys of `hashes` that match `pattern` with `SCAN` and hands each key, once,
-    /// to `each` with the answers of the `per_key` commands `read` adds for it. One page's
-    /// reads go in the round trip that asks for the next page.
+    /// The answers of the `per_key` commands `read` adds for each of `keys`, in their order:
+    /// one pipeline on one server; on a cluster, which refuses a pipeline across slots, one
+    /// per bucket, all sent at once.
+    async fn read_keys(
+        &self,
+        keys: &[Key],
+        per_key: usize,
+        read: &impl Fn(&mut redis::Pipeline, &Key),
+    ) -> Result<Vec<Vec<Value>>, Error> {
+        let groups: Vec<Vec<usize>> = if self.connection.is_cluster() {
+            let mut by_bucket: std::collections::BTreeMap<String, Vec<usize>> =
+                std::collections::BTreeMap::new();
+            for (at, key) in keys.iter().enumerate() {
+                by_bucket.entry(bucket(key)).or_default().push(at);
+            }
+            by_bucket.into_values().collect()
+        } else {
+            vec![(0..keys.len()).collect()]
+        };
+        let pipes: Vec<(redis::Pipeline, usize)> = groups
+            .iter()
+            .map(|group| {
+                let mut pipe = redis::pipe();
+                for &at in group {
+                    read(&mut pipe, &keys[at]);
+                }
+                (pipe, group.len() * per_key)
+            })
+            .collect();
+        let replies = futures_util::future::try_join_all(
+            pipes
+                .iter()
+                .map(|(pipe, answers)| self.send(pipe, *answers)),
+        )
+        .await?;
+        let mut answers = vec![Vec::new(); keys.len()];
+        for (group, replies) in groups.iter().zip(replies) {
+            let mut replies = replies.into_iter();
+            for &at in group {
+                // `send` checked that there are `per_key` answers a key.
+                answers[at] = replies.by_ref().take(per_key).collect();
+            }
+        }
+        Ok(answers)
+    }
+
+    /// The page of `SCAN` at `cursor` on `master`: the next cursor (0 at the end) and the
+    /// names found.
+    async fn next_page(
+        &self,
+        master: &Master,
+        cursor: u64,
+        pattern: &str,
+    ) -> Result<(u64, Vec<Vec<u8>>), Error> {
+        let command = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT)
+            .clone();
+        let page = self.connection.on(master, &command).await?;
+        scan_page(page)
+            .map_err(|problem| Error::store("redis", None, format!("SCAN answered {problem}")))
+    }
+
+    /// Walks the keys of `hashes` that match `pattern` with `SCAN` on every master and hands
+    /// each key, once, to `each` with the answers of the `per_key` commands `read` adds for
+    /// it. One page's reads go out with the request for the next page.
     async fn scan(
         &self,
         pattern: &str,
@@ -84,47 +153,30 @@ impl RedisStore {
     ) -> Result<(), Error> {
         // SCAN may hand out a key twice (when the server resizes its table meanwhile).
         let mut seen = HashSet::new();
-        let mut cursor = Some(0u64);
-        let mut page: Vec<Key> = Vec::new();
-        while cursor.is_some() || !page.is_empty() {
-            let mut pipe = redis::pipe();
-            for key in &page {
-                read(&mut pipe, key);
-            }
-            if let Some(cursor) = cursor {
-                pipe.cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(pattern)
-                    .arg("COUNT")
-                    .arg(SCAN_COUNT);
-            }
-            let answers = page.len() * per_key + usize::from(cursor.is_some());
-            let mut replies = self.send(&pipe, answers).await?;
-            let next = match cursor {
-                Some(_) => Some(
-                    replies
-                        .pop()
-                        .ok_or_else(|| "no answer".to_owned())
-                        .and_then(scan_page)
-                        .map_err(|problem| {
-                            Error::store("redis", None, format!("SCAN answered {problem}"))
-                        })?,
-                ),
-                None => None,
-            };
-            let mut replies = replies.into_iter();
-            for key in page.drain(..) {
-                // `send` checked that there are `per_key` answers a key.
-                each(key, replies.by_ref().take(per_key).collect())?;
-            }
-            if let Some((next, names)) = next {
-                cursor = (next != 0).then_some(next);
-                page = names
-                    .iter()
-                    .filter_map(|name| self.key_in(name, hashes))
-                    .filter(|key| seen.insert(*key))
-                    .collect();
+        for master in self.connection.masters().await? {
+            let mut cursor = Some(0u64);
+            let mut page: Vec<Key> = Vec::new();
+            while cursor.is_some() || !page.is_empty() {
+                let next = async {
+                    match cursor {
+                        Some(cursor) => self.next_page(&master, cursor, pattern).await.map(Some),
+                        None => Ok(None),
+                    }
+                };
+                let (next, answers) =
+                    futures_util::future::try_join(next, self.read_keys(&page, per_key, &read))
+                        .await?;
+                for (key, answers) in page.drain(..).zip(answers) {
+                    each(key, answers)?;
+                }
+                if let Some((next, names)) = next {
+                    cursor = (next != 0).then_some(next);
+                    page = names
+                        .iter()
+                        .filter_map(|name| self.key_in(name, hashes))
+                        .filter(|key| seen.insert(*key))
+                        .collect();
+                }
             }
         }
         Ok(())
@@ -205,15 +257,15 @@ impl RedisStore {
         )
         .await?;
         let chosen: Vec<Key> = newest.into_vec().iter().map(|log| log.key).collect();
-        let mut pipe = redis::pipe();
-        for key in &chosen {
+        let read = |pipe: &mut redis::Pipeline, key: &Key| {
             let (head, steps) = self.saga_keys(key);
             pipe.cmd("HGETALL").arg(head).cmd("HGETALL").arg(steps);
-        }
-        let mut replies = self.send(&pipe, 2 * chosen.len()).await?.into_iter();
+        };
+        let replies = self.read_keys(&chosen, 2, &read).await?;
         let mut logs = Vec::with_capacity(chosen.len());
-        for key in &chosen {
-            // `send` checked that there are two answers a key.
+        for (key, replies) in chosen.iter().zip(replies) {
+            // `read_keys` checked that there are two answers a key.
+            let mut replies = replies.into_iter();
             let mut next = || replies.next().unwrap_or(Value::Nil);
             let (head, steps_hash) = (next(), next());
             let found = fields(head)
@@ -227,8 +279,20 @@ impl RedisStore {
     }
 }
 
+/// `prefix` as a `SCAN` pattern matches it literally: `*`, `?`, `[`, `]` and `\` escaped.
+pub(super) fn escaped(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 8);
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern
+}
+
 /// A page of `SCAN`: the next cursor (0 at the end) and the names found.
-fn scan_page(value: Value) -> Result<(u64, Vec<Vec<u8>>), String> {
+pub(super) fn scan_page(value: Value) -> Result<(u64, Vec<Vec<u8>>), String> {
     let Value::Array(items) = value else {
         return Err(format!("{value:?}"));
     };

@@ -17,9 +17,9 @@
 
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
 use tokio::sync::Mutex;
 
+use super::connection::Connection;
 use crate::store::FencingToken;
 use crate::Error;
 
@@ -55,7 +55,7 @@ impl Tokens {
     /// Returns the token with the moment its block was reserved.
     pub(super) async fn next(
         &self,
-        connection: &ConnectionManager,
+        connection: &Connection,
         counter: impl FnOnce() -> String,
     ) -> Result<(FencingToken, Instant), Error> {
         if let Some(taken) = self.take() {
@@ -96,7 +96,7 @@ impl Tokens {
 
 /// `INCRBY counter n`: the last of `n` new tokens, larger than any handed out before.
 pub(super) async fn draw(
-    connection: &ConnectionManager,
+    connection: &Connection,
     counter: &str,
     n: u64,
 ) -> Result<FencingToken, Error> {

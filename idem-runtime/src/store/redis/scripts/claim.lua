@@ -10,6 +10,7 @@
 --                               ARGV[4] 'takeover' or 'review' (a stale claim's fate)
 --                               ARGV[5] the action's TTL, ms
 --                               ARGV[6] the new token (drawn from the counter)
+--                               ARGV[7] the claim id (random, the claimer's)
 --
 -- A claim made here keeps its lease end in the record, and its key expires at the lease end
 -- plus the action's TTL (at least SHORTEST_MS), unless the key has a saga log. Returns
@@ -31,7 +32,7 @@ local function acquire(resumed)
     rec = {st = 'p', ca = string.format('%d', now), fp = ARGV[1], oc = '-', action = ARGV[2],
       result = ''}
   end
-  rec.tk, rec.tl, rec.le = ARGV[6], ttl, now + lease
+  rec.tk, rec.id, rec.tl, rec.le = ARGV[6], ARGV[7], ttl, now + lease
   if redis.call('EXISTS', KEYS[2]) == 1 then
     redis.call('SET', KEYS[1], encode(rec))
   else
@@ -40,6 +41,14 @@ local function acquire(resumed)
   return {'acquired', tonumber(ARGV[6]), resumed and 1 or 0}
 end
 if not r or r.st == 'z' then return acquire(false) end
+-- This very claim, made by an earlier send whose answer was lost (the client sent it again):
+-- its own token back. No heartbeat has moved its lease yet (its owner has no answer), so a
+-- fresh claim still has its lease end one lease after its creation (or none: made by the
+-- native `SET`); a takeover kept the creation time of the claim it took over.
+if r.st == 'p' and r.id == ARGV[7] then
+  local fresh = r.le == 0 or r.le - lease == tonumber(r.ca)
+  return {'acquired', tonumber(r.tk), fresh and 0 or 1}
+end
 if r.st == 'r' then return {'review', r.fp} end
 local ex = ends(r)
 if r.st == 'c' then

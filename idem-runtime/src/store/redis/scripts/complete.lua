@@ -5,12 +5,13 @@
 -- KEYS[2] the saga log head     ARGV[2] the outcome's kind, 'ok' or 'err'
 -- KEYS[3] the saga log steps    ARGV[3] the outcome's bytes
 --                               ARGV[4] the TTL, ms
+--                               ARGV[5] the claim id ('' for an operator's write)
 --
 -- Redis expires the record, and the saga log with it, when its TTL runs out (a TTL shorter
 -- than SHORTEST_MS is kept in the record, whose key lives SHORTEST_MS). Returns 1 (held) or
 -- 0 (lost).
 local r = decode(redis.call('GET', KEYS[1]))
-if not r or r.tk ~= ARGV[1] then return 0 end
+if not owns(r, ARGV[1], ARGV[5]) then return 0 end
 if r.st == 'c' then return 1 end
 if r.st ~= 'p' and r.st ~= 'r' then return 0 end
 local ttl = math.max(tonumber(ARGV[4]), 1)

@@ -7,7 +7,7 @@
 --
 -- Returns 1 (forgotten) or 0 (anything else, or changed meanwhile).
 local r = decode(redis.call('GET', KEYS[1]))
-if not r or r.st ~= 'c' or r.tk ~= ARGV[1] then return 0 end
+if not owns(r, ARGV[1], '') or r.st ~= 'c' then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 tombstone(KEYS[1], r)
 return 1

@@ -4,10 +4,11 @@
 --
 -- KEYS[1] the record            ARGV[1] the token
 --                               ARGV[2] the lease, ms
+--                               ARGV[3] the claim id ('' if this handle did not claim it)
 --
 -- Returns 1 (held) or 0 (lost).
 local r = decode(redis.call('GET', KEYS[1]))
-if not r or r.tk ~= ARGV[1] or r.st ~= 'p' then return 0 end
+if not owns(r, ARGV[1], ARGV[3]) or r.st ~= 'p' then return 0 end
 local lease = tonumber(ARGV[2])
 if r.le > 0 then
   r.le = now + lease

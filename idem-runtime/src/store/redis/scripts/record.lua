@@ -1,18 +1,18 @@
 -- record: the record's format (see `record.rs`), read and written in the server. Put in
 -- front of the scripts that touch a record by `scripts.rs`.
 --
---   <status>|<token>|<lease end>|<ttl>|<created>|<fingerprint>|<outcome>|<action length>|<action><result>
+--   <status>|<token>|<claim id>|<lease end>|<ttl>|<created>|<fingerprint>|<outcome>|<action length>|<action><result>
 local function decode(value)
   if not value then return nil end
-  local st, tk, le, tl, ca, fp, oc, alen, at = string.match(value,
-    '^(%a)|(%d+)|(%d+)|(%d+)|(%d+)|(%x+)|([%-%a]+)|(%d+)|()')
+  local st, tk, id, le, tl, ca, fp, oc, alen, at = string.match(value,
+    '^(%a)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|(%x+)|([%-%a]+)|(%d+)|()')
   if not st then error({err = 'corrupt idem record'}) end
   alen = tonumber(alen)
-  return {st = st, tk = tk, le = tonumber(le), tl = tonumber(tl), ca = ca, fp = fp, oc = oc,
+  return {st = st, tk = tk, id = id, le = tonumber(le), tl = tonumber(tl), ca = ca, fp = fp, oc = oc,
     action = string.sub(value, at, at + alen - 1), result = string.sub(value, at + alen)}
 end
 local function encode(r)
-  return r.st .. '|' .. r.tk .. '|' .. string.format('%d', r.le) .. '|' ..
+  return r.st .. '|' .. r.tk .. '|' .. r.id .. '|' .. string.format('%d', r.le) .. '|' ..
     string.format('%d', r.tl) .. '|' .. r.ca .. '|' .. r.fp .. '|' .. r.oc .. '|' ..
     #r.action .. '|' .. r.action .. r.result
 end
@@ -22,6 +22,11 @@ end
 -- or whose result's TTL, are shorter keeps them in its lease end field, and is as good as gone
 -- once they ran out (`Stored::is_gone`). `FRESH_BLOCK_TTL` in `tokens.rs` is the same.
 local SHORTEST_MS = 1500
+-- Whether the owner of `token` with claim id `id` holds the record `r`: its token, and its
+-- claim id unless `id` is '' (an operator's write, by the token read from the record).
+local function owns(r, token, id)
+  return r and r.tk == token and (id == '' or r.id == id)
+end
 -- Leaves a tombstone of a record's token: the next claim draws a new token from the counter
 -- (larger than this one), as a fresh claim right after the record went could not.
 local function tombstone(key, r)

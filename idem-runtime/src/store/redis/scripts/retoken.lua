@@ -5,10 +5,11 @@
 --
 -- KEYS[1] the record            ARGV[1] the old token
 --                               ARGV[2] the new token
+--                               ARGV[3] the claim id
 --
 -- Returns 1 (held, now under the new token) or 0 (lost).
 local r = decode(redis.call('GET', KEYS[1]))
-if not r or r.tk ~= ARGV[1] or r.st ~= 'p' then return 0 end
+if not owns(r, ARGV[1], ARGV[3]) or r.st ~= 'p' then return 0 end
 r.tk = ARGV[2]
 redis.call('SET', KEYS[1], encode(r), 'KEEPTTL')
 return 1

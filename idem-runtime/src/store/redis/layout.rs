@@ -1,0 +1,353 @@
+//! Where the store's keys live, and which layout wrote them.
+//!
+//! Every key the store writes for a call sits in its **bucket**: the first three hex digits of
+//! the call's key, 4,096 buckets in all. The bucket is the key name's hash tag, so a record,
+//! its saga log and the bucket's index of running sagas share one cluster slot, and every
+//! script and pipeline touches one slot: the store runs on Redis Cluster as on one server.
+//! 4,096 buckets hash to slots spread within a few percent over up to 30 masters.
+//!
+//! ```text
+//! <prefix>{9f3}:9f3a…(64 hex):r       string: the record (see `record.rs`)
+//! <prefix>{9f3}:9f3a…:s               hash: a saga's log head (id, status, error, updated, note)
+//! <prefix>{9f3}:9f3a…:steps           hash: a saga's steps, fields "<index>:<field>"
+//! <prefix>{9f3}:sagas                 sorted set: the bucket's sagas running or being undone
+//! <prefix>tokens                      counter: the fencing tokens (touched by no script)
+//! <prefix>layout                      "2": the layout of the keys under the prefix
+//! ```
+//!
+//! The token counter is one key for the whole store: a handle reserves a block of tokens
+//! from it at a time (`tokens.rs`), once per 1,024 claims or per second, with `INCRBY`, a
+//! command of its own. A counter per bucket would cost a round trip for most claims, since a
+//! handle's claims spread over 4,096 buckets.
+//!
+//! A prefix with a `{` in it moves the hash tag into the prefix: every key of the store then
+//! hashes to one slot, which is correct, but puts the whole store on one master.
+//!
+//! **Layouts.** Layout 1 (idem before the bucket) named a record `<prefix>{<key>}:r`, kept the
+//! running sagas in one index `<prefix>sagas`, and had no claim id in its records; it never
+//! wrote `<prefix>layout`. [`connect`](super::RedisStoreBuilder::connect) reads the layout
+//! and refuses a store written by another one, saying what to do, rather than misread it:
+//! [`migrate_layout`](super::RedisStoreBuilder::migrate_layout) (`idem migrate` on the
+//! command line) rewrites a layout-1 store into this one.
+
+use redis::Value;
+
+use super::connection::Master;
+use super::record::Stored;
+use super::{failed, RedisStore};
+use crate::key::Key;
+use crate::Error;
+
+/// The layout this idem writes, as `<prefix>layout` holds it.
+pub(super) const LAYOUT: &str = "2";
+
+/// How many hex digits of a key name its bucket.
+pub(super) const BUCKET_DIGITS: usize = 3;
+
+/// How many buckets there are: 16 to the power of [`BUCKET_DIGITS`].
+pub(super) const BUCKETS: u32 = 1 << (4 * BUCKET_DIGITS);
+
+/// The bucket of `key`: the first [`BUCKET_DIGITS`] of its hex.
+pub(super) fn bucket(key: &Key) -> String {
+    let mut hex = key.to_string();
+    hex.truncate(BUCKET_DIGITS);
+    hex
+}
+
+/// Every bucket, in order.
+pub(super) fn all_buckets() -> impl Iterator<Item = String> {
+    (0..BUCKETS).map(|bucket| format!("{bucket:0width$x}", width = BUCKET_DIGITS))
+}
+
+/// What [`RedisStoreBuilder::migrate_layout`](super::RedisStoreBuilder::migrate_layout) moved
+/// from an older layout into the current one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Migrated {
+    /// The layout the store had: 1, or 2 when it was already current (nothing moved).
+    pub from_layout: u32,
+    /// Records moved.
+    pub records: u64,
+    /// Saga logs moved (a head and its steps).
+    pub saga_logs: u64,
+    /// Running sagas moved into their bucket's index.
+    pub running_sagas: u64,
+}
+
+/// What a store's `<prefix>layout` and token counter say about the keys under the prefix.
+#[derive(Debug, PartialEq, Eq)]
+enum Found {
+    /// The current layout (or nothing yet: it is written now).
+    Current,
+    /// Layout 1: a token counter and no layout key.
+    One,
+    /// A layout this idem does not know (a newer idem wrote it).
+    Other(String),
+}
+
+impl RedisStore {
+    /// `<prefix>layout`.
+    fn layout_key(&self) -> String {
+        self.global("layout")
+    }
+
+    /// Which layout wrote the keys under the prefix; an empty prefix is marked as the current
+    /// layout's.
+    async fn found_layout(&self) -> Result<Found, Error> {
+        let mut connection = self.connection.clone();
+        // Two commands, not a pipeline: on a cluster the two keys are in different slots.
+        let layout: Option<String> = redis::cmd("GET")
+            .arg(self.layout_key())
+            .query_async(&mut connection)
+            .await
+            .map_err(failed(None))?;
+        match layout.as_deref() {
+            Some(LAYOUT) => return Ok(Found::Current),
+            Some(other) => return Ok(Found::Other(other.to_owned())),
+            None => {}
+        }
+        if self.is_in_use().await? {
+            return Ok(Found::One);
+        }
+        // `NX`: a store some other agent marked meanwhile keeps its mark, which is read back.
+        let marked: Option<String> = redis::cmd("SET")
+            .arg(self.layout_key())
+            .arg(LAYOUT)
+            .arg("NX")
+            .arg("GET")
+            .query_async(&mut connection)
+            .await
+            .map_err(failed(None))?;
+        Ok(match marked.as_deref() {
+            None | Some(LAYOUT) => Found::Current,
+            Some(other) => Found::Other(other.to_owned()),
+        })
+    }
+
+    /// `Ok` if the keys under the prefix are in the layout this idem reads; an error that says
+    /// what to do otherwise.
+    pub(super) async fn check_layout(&self) -> Result<(), Error> {
+        let problem = match self.found_layout().await? {
+            Found::Current => return Ok(()),
+            Found::One => format!(
+                "the keys under the prefix {:?} were written by an older idem (Redis layout 1, \
+                 before records were grouped into buckets for Redis Cluster): stop the agents \
+                 that use it and run `idem --store <url> migrate` once (or \
+                 RedisStore::builder(url).migrate_layout()), then start them again",
+                self.prefix()
+            ),
+            Found::Other(layout) => format!(
+                "the keys under the prefix {:?} are in Redis layout {layout:?}, which this idem \
+                 does not know (it reads layout {LAYOUT}): a newer idem wrote them; upgrade idem",
+                self.prefix()
+            ),
+        };
+        Err(Error::store("redis", None, problem))
+    }
+
+    /// Moves a layout-1 store into the current layout; nothing if it is current already.
+    pub(super) async fn migrate(&self) -> Result<Migrated, Error> {
+        match self.found_layout().await? {
+            Found::Current => {
+                return Ok(Migrated {
+                    from_layout: 2,
+                    ..Migrated::default()
+                })
+            }
+            Found::Other(layout) => {
+                let problem = format!(
+                    "the keys under the prefix {:?} are in Redis layout {layout:?}, which this \
+                     idem does not know: it cannot migrate them",
+                    self.prefix()
+                );
+                return Err(Error::store("redis", None, problem));
+            }
+            Found::One => {}
+        }
+        let mut migrated = Migrated {
+            from_layout: 1,
+            ..Migrated::default()
+        };
+        for master in self.connection.masters().await? {
+            for name in self.old_names(&master, ":r").await? {
+                migrated.records += u64::from(self.move_record(&name).await?);
+            }
+            for name in self.old_names(&master, ":s").await? {
+                migrated.saga_logs += u64::from(self.move_saga_log(&name).await?);
+            }
+        }
+        migrated.running_sagas = self.move_saga_index().await?;
+        let mut connection = self.connection.clone();
+        redis::cmd("UNLINK")
+            .arg(self.global("expiry"))
+            .query_async::<i64>(&mut connection)
+            .await
+            .map_err(failed(None))?;
+        redis::cmd("SET")
+            .arg(self.layout_key())
+            .arg(LAYOUT)
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(failed(None))?;
+        Ok(migrated)
+    }
+
+    /// The layout-1 names on `master` ending in `suffix` (`<prefix>{<64 hex>}<suffix>`), with
+    /// the keys they hold.
+    async fn old_names(&self, master: &Master, suffix: &str) -> Result<Vec<(Key, Vec<u8>)>, Error> {
+        let pattern = format!(
+            "{}{{{}}}{suffix}",
+            super::scan::escaped(&self.prefix),
+            "?".repeat(64)
+        );
+        let mut names = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let command = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .clone();
+            let page = self.connection.on(master, &command).await?;
+            let (next, found) = super::scan::scan_page(page).map_err(|problem| {
+                Error::store("redis", None, format!("SCAN answered {problem}"))
+            })?;
+            for name in found {
+                let key = name
+                    .strip_prefix(self.prefix.as_bytes())
+                    .and_then(|rest| rest.strip_prefix(b"{"))
+                    .and_then(|rest| rest.strip_suffix(suffix.as_bytes()))
+                    .and_then(|rest| rest.strip_suffix(b"}"))
+                    .and_then(|hex| std::str::from_utf8(hex).ok())
+                    .and_then(|hex| hex.parse::<Key>().ok());
+                if let Some(key) = key {
+                    names.push((key, name));
+                }
+            }
+            if next == 0 {
+                return Ok(names);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Moves one layout-1 record to its bucket, with a claim id of 0 (no owner of a layout-1
+    /// claim runs any more) and its expiry; `false` if it went meanwhile.
+    async fn move_record(&self, (key, old): &(Key, Vec<u8>)) -> Result<bool, Error> {
+        let mut connection = self.connection.clone();
+        let (value, pttl): (Option<Vec<u8>>, i64) = redis::pipe()
+            .cmd("GET")
+            .arg(old)
+            .cmd("PTTL")
+            .arg(old)
+            .query_async(&mut connection)
+            .await
+            .map_err(failed(Some(key)))?;
+        let Some(value) = value else {
+            return Ok(false);
+        };
+        let value =
+            Stored::from_layout_one(&value).map_err(super::decode::corrupt(key, "a record"))?;
+        let mut set = redis::cmd("SET");
+        set.arg(self.record_key(key)).arg(value);
+        if pttl > 0 {
+            set.arg("PX").arg(pttl);
+        }
+        set.query_async::<()>(&mut connection)
+            .await
+            .map_err(failed(Some(key)))?;
+        redis::cmd("DEL")
+            .arg(old)
+            .query_async::<i64>(&mut connection)
+            .await
+            .map_err(failed(Some(key)))?;
+        Ok(true)
+    }
+
+    /// Moves one layout-1 saga log (its head and its steps) to its bucket, with its expiry.
+    async fn move_saga_log(&self, (key, old_head): &(Key, Vec<u8>)) -> Result<bool, Error> {
+        let old_steps = format!("{}{{{key}}}:steps", self.prefix);
+        let (head, steps) = self.saga_keys(key);
+        let mut moved = false;
+        for (old, new) in [(old_head.clone(), head), (old_steps.into_bytes(), steps)] {
+            let mut connection = self.connection.clone();
+            type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+            let (fields, pttl): (Fields, i64) = redis::pipe()
+                .cmd("HGETALL")
+                .arg(&old)
+                .cmd("PTTL")
+                .arg(&old)
+                .query_async(&mut connection)
+                .await
+                .map_err(failed(Some(key)))?;
+            if fields.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            pipe.cmd("DEL").arg(&new).ignore();
+            pipe.cmd("HSET").arg(&new).arg(&fields).ignore();
+            if pttl > 0 {
+                pipe.cmd("PEXPIRE").arg(&new).arg(pttl).ignore();
+            }
+            pipe.query_async::<()>(&mut connection)
+                .await
+                .map_err(failed(Some(key)))?;
+            redis::cmd("DEL")
+                .arg(&old)
+                .query_async::<i64>(&mut connection)
+                .await
+                .map_err(failed(Some(key)))?;
+            moved = true;
+        }
+        Ok(moved)
+    }
+
+    /// Moves the members of layout 1's `<prefix>sagas` into their buckets' indexes.
+    async fn move_saga_index(&self) -> Result<u64, Error> {
+        let mut connection = self.connection.clone();
+        let old = self.global("sagas");
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&old)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut connection)
+            .await
+            .map_err(failed(None))?;
+        let mut moved = 0;
+        for member in members {
+            let Ok(key) = member.parse::<Key>() else {
+                continue;
+            };
+            redis::cmd("ZADD")
+                .arg(self.saga_index(&bucket(&key)))
+                .arg(0)
+                .arg(&member)
+                .query_async::<Value>(&mut connection)
+                .await
+                .map_err(failed(Some(&key)))?;
+            moved += 1;
+        }
+        redis::cmd("DEL")
+            .arg(&old)
+            .query_async::<i64>(&mut connection)
+            .await
+            .map_err(failed(None))?;
+        Ok(moved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_the_first_hex_digits() {
+        let key: Key = "9f3a".repeat(16).parse().expect("a key");
+        assert_eq!(bucket(&key), "9f3");
+        let all: Vec<String> = all_buckets().collect();
+        assert_eq!(all.len(), 4096);
+        assert_eq!((all[0].as_str(), all[4095].as_str()), ("000", "fff"));
+    }
+}
