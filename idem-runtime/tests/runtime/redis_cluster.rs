@@ -129,3 +129,372 @@ async fn a_stores_keys_spread_over_every_master() {
         );
     }
 }
+
+// ---- Failover ----------------------------------------------------------------------------
+
+/// A call of `action` with argument `n` whose body counts its runs in `ledger` and returns a
+/// number no other run returns, so that a replay is told from a second run.
+async fn counted_call(
+    store: &RedisStore,
+    action: &idem_runtime::Action,
+    n: u64,
+    ledger: &Ledger,
+) -> Result<u64, idem_runtime::Error> {
+    let call = action.call(&(n,))?;
+    let outcome = call
+        .run::<u64, idem_runtime::Error, _>(store, async { Ok(ledger.run(n)) })
+        .await?;
+    Ok(outcome.into_inner())
+}
+
+/// How many times each body ran, and a unique number per run.
+#[derive(Default)]
+struct Ledger {
+    runs: std::sync::Mutex<std::collections::HashMap<u64, u32>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Ledger {
+    fn run(&self, n: u64) -> u64 {
+        *self.runs.lock().unwrap().entry(n).or_default() += 1;
+        self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The arguments whose body ran more than once.
+    fn twice(&self) -> Vec<(u64, u32)> {
+        let runs = self.runs.lock().unwrap();
+        let mut twice: Vec<(u64, u32)> = runs
+            .iter()
+            .filter(|(_, runs)| **runs > 1)
+            .map(|(n, runs)| (*n, *runs))
+            .collect();
+        twice.sort_unstable();
+        twice
+    }
+
+    fn ran(&self, n: u64) -> u32 {
+        self.runs.lock().unwrap().get(&n).copied().unwrap_or(0)
+    }
+}
+
+/// The slot of a key name, as the cluster computes it (`CLUSTER KEYSLOT`).
+async fn slot_of(node: &RedisServer, name: &str) -> u16 {
+    let client = redis::Client::open(node.url()).expect("a url");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to a node");
+    redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(name)
+        .query_async(&mut connection)
+        .await
+        .expect("CLUSTER KEYSLOT")
+}
+
+/// The first `count` arguments whose keys (under `action`) live on the master `port` now.
+async fn arguments_on(
+    cluster: &RedisCluster,
+    action: &idem_runtime::Action,
+    port: u16,
+    count: usize,
+) -> Vec<u64> {
+    let mut found = Vec::new();
+    let mut n = 0;
+    while found.len() < count {
+        let key = action.key(&(n,)).expect("a key").to_string();
+        let slot = slot_of(&cluster.nodes()[0], &format!("{{{}}}", &key[..3])).await;
+        if cluster.master_of_slot(slot).map(RedisServer::port) == Some(port) {
+            found.push(n);
+        }
+        n += 1;
+    }
+    found
+}
+
+/// A manual failover (`CLUSTER FAILOVER` sent to a replica) fails no call: calls made across
+/// it, through one store handle, all answer, each body once, and the handle goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server or redis-cli is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn a_manual_failover_fails_no_call() {
+    let Some(cluster) = RedisCluster::own(Flavor::Redis) else {
+        return;
+    };
+    let store = connect(&cluster.url(), "manual:").await;
+    let action = idem_runtime::Action::new("manual_failover");
+    let ledger = Ledger::default();
+    let master = cluster.master_of_slot(0).expect("a master of slot 0");
+    let replica = cluster.replica_of(master).expect("its replica");
+    let (master_port, replica_port) = (master.port(), replica.port());
+    let on_master = arguments_on(&cluster, &action, master_port, 200).await;
+
+    let calls = async {
+        let mut failed = Vec::new();
+        // Calls of keys on the master that fails over, and of keys anywhere.
+        for n in 0..400u64 {
+            let argument = if n % 2 == 0 {
+                on_master[usize::try_from(n / 2).expect("small")]
+            } else {
+                1_000_000 + n
+            };
+            if let Err(error) = counted_call(&store, &action, argument, &ledger).await {
+                failed.push((argument, error.to_string()));
+            }
+        }
+        failed
+    };
+    let failover = async {
+        // Once the calls are under way.
+        while ledger.next.load(std::sync::atomic::Ordering::SeqCst) < 100 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        tokio::task::spawn_blocking(move || {
+            let cluster = cluster;
+            let replica = cluster
+                .nodes()
+                .iter()
+                .find(|node| node.port() == replica_port)
+                .expect("the replica");
+            cluster.fail_over_to(replica).expect("a manual failover");
+            cluster
+        })
+        .await
+        .expect("the failover")
+    };
+    let (failed, cluster) = tokio::join!(calls, failover);
+    assert!(
+        failed.is_empty(),
+        "calls failed across a manual failover: {failed:?}"
+    );
+    assert_eq!(ledger.twice(), [], "bodies ran twice");
+    assert_eq!(
+        cluster.master_of_slot(0).map(RedisServer::port),
+        Some(replica_port),
+        "the replica serves the slot now"
+    );
+    // The same handle: a replay of a key on the promoted master.
+    let again = counted_call(&store, &action, on_master[0], &ledger).await;
+    assert!(again.is_ok(), "{again:?}");
+    assert_eq!(ledger.ran(on_master[0]), 1);
+}
+
+/// A master killed with `SIGKILL`: calls of its keys fail only until its replica takes over
+/// (3–5 s at `cluster-node-timeout 2000`), then the same store handle works again, and no
+/// body runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server or redis-cli is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn a_killed_master_fails_calls_only_until_its_replica_takes_over() {
+    use std::time::{Duration, Instant};
+
+    let Some(cluster) = RedisCluster::own(Flavor::Redis) else {
+        return;
+    };
+    let store = connect(&cluster.url(), "killed:").await;
+    let action = idem_runtime::Action::new("killed_master");
+    let ledger = Ledger::default();
+    let master = cluster.master_of_slot(0).expect("a master of slot 0");
+    let port = master.port();
+    // Keys on the master that is killed: one call each.
+    let mut arguments = arguments_on(&cluster, &action, port, 120).await.into_iter();
+    let mut next = || arguments.next().expect("enough keys on the master");
+    counted_call(&store, &action, next(), &ledger)
+        .await
+        .expect("a call before the kill");
+
+    master.crash().expect("SIGKILL the master");
+    let killed = Instant::now();
+    let mut failed = 0u32;
+    let back = loop {
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no call succeeded 30 s after the kill ({failed} failed)"
+        );
+        match counted_call(&store, &action, next(), &ledger).await {
+            Ok(_) => break killed.elapsed(),
+            Err(_) => failed += 1,
+        }
+    };
+    // From now on, every call works, through the same handle.
+    for _ in 0..50 {
+        counted_call(&store, &action, next(), &ledger)
+            .await
+            .expect("a call after the failover");
+    }
+    assert_eq!(ledger.twice(), [], "bodies ran twice");
+    assert_ne!(
+        cluster.master_of_slot(0).map(RedisServer::port),
+        Some(port),
+        "the replica took over"
+    );
+    eprintln!(
+        "failover figures: SIGKILL of a master, calls on its slots back after {} ms, {failed} \
+         calls failed meanwhile, 0 bodies run twice",
+        back.as_millis()
+    );
+}
+
+/// A fleet of agents (store handles of their own, waiting for a replica) calls the same keys
+/// while a master is killed: every key's body runs exactly once, and every agent gets that
+/// run's result, retrying the calls that failed during the failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server or redis-cli is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn a_fleet_across_a_failover_runs_each_body_once() {
+    use std::time::{Duration, Instant};
+
+    let Some(cluster) = RedisCluster::own(Flavor::Redis) else {
+        return;
+    };
+    const AGENTS: u64 = 4;
+    const KEYS: u64 = 60;
+    let mut agents = Vec::new();
+    for _ in 0..AGENTS {
+        agents.push(
+            RedisStore::builder(cluster.url())
+                .prefix("fleet:")
+                .wait_for_replicas(1, Duration::from_secs(1))
+                .connect()
+                .await
+                .expect("an agent's store"),
+        );
+    }
+    let action = idem_runtime::Action::new("fleet");
+    let ledger = Ledger::default();
+    let started = Instant::now();
+    let failed = std::sync::atomic::AtomicU32::new(0);
+    let agent = |store: &RedisStore, offset: u64| {
+        let (action, ledger, failed) = (&action, &ledger, &failed);
+        let store = store.clone();
+        async move {
+            let mut results = Vec::new();
+            for i in 0..KEYS {
+                let n = (i + offset * 7) % KEYS;
+                let result = loop {
+                    assert!(started.elapsed() < Duration::from_secs(60), "agent stuck");
+                    match counted_call(&store, action, n, ledger).await {
+                        Ok(result) => break result,
+                        Err(_) => {
+                            failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                };
+                results.push((n, result));
+                // Spread the calls over the failover.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            results
+        }
+    };
+    // A master killed, its replica promoted, and the killed node started again: it comes
+    // back as the new master's replica, which the agents' `WAIT` needs.
+    let cluster = std::sync::Arc::new(cluster);
+    let kill = {
+        let cluster = cluster.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::task::spawn_blocking(move || {
+                let master = cluster.master_of_slot(0).expect("a master");
+                let port = master.port();
+                master.crash().expect("SIGKILL a master");
+                let promoted = Instant::now();
+                while cluster
+                    .master_of_slot(0)
+                    .is_none_or(|now| now.port() == port)
+                {
+                    assert!(promoted.elapsed() < Duration::from_secs(30), "no promotion");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                master.restart().expect("the killed node starts again");
+                cluster
+                    .wait_until_healthy()
+                    .expect("it rejoins as a replica");
+            })
+            .await
+            .expect("the failover");
+        }
+    };
+    let (_, a, b, c, d) = tokio::join!(
+        kill,
+        agent(&agents[0], 0),
+        agent(&agents[1], 1),
+        agent(&agents[2], 2),
+        agent(&agents[3], 3)
+    );
+    assert_eq!(ledger.twice(), [], "bodies ran twice across the failover");
+    let mut seen = std::collections::HashMap::new();
+    for (n, result) in [a, b, c, d].into_iter().flatten() {
+        assert_eq!(
+            *seen.entry(n).or_insert(result),
+            result,
+            "key {n}: every agent gets the one run's result"
+        );
+    }
+    assert_eq!(seen.len() as u64, KEYS);
+    eprintln!(
+        "failover figures: a fleet of {AGENTS} agents over {KEYS} keys across a SIGKILL \
+         failover: {} calls failed and were retried, 0 bodies run twice",
+        failed.load(std::sync::atomic::Ordering::SeqCst)
+    );
+}
+
+/// With `wait_for_replicas`, on a cluster: a claim on a master whose replica lags (paused)
+/// is not acknowledged by it, so the call fails before its body runs, naming what was not
+/// acknowledged; once the replica is back, the same call runs its body once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server or redis-cli is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn a_claim_a_lagging_replica_did_not_acknowledge_never_runs_its_body() {
+    use std::time::Duration;
+
+    let Some(cluster) = RedisCluster::own(Flavor::Redis) else {
+        return;
+    };
+    let store = RedisStore::builder(cluster.url())
+        .prefix("lagging:")
+        .wait_for_replicas(1, Duration::from_millis(200))
+        .connect()
+        .await
+        .expect("connect");
+    let action = idem_runtime::Action::new("lagging");
+    let ledger = Ledger::default();
+    let master = cluster.master_of_slot(0).expect("a master of slot 0");
+    let replica = cluster.replica_of(master).expect("its replica");
+    let on_master = arguments_on(&cluster, &action, master.port(), 2).await;
+    counted_call(&store, &action, on_master[0], &ledger)
+        .await
+        .expect("a call while the replica keeps up");
+
+    replica.pause().expect("SIGSTOP the replica");
+    let refused = counted_call(&store, &action, on_master[1], &ledger).await;
+    replica.resume().expect("SIGCONT the replica");
+    let error = refused.expect_err("the replica did not acknowledge the claim");
+    assert!(
+        error
+            .to_string()
+            .contains("replicas asked for acknowledged it"),
+        "{error}"
+    );
+    assert_eq!(ledger.ran(on_master[1]), 0, "the body did not run");
+
+    // The claim was given back: the call runs once the replica answers again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match counted_call(&store, &action, on_master[1], &ledger).await {
+            Ok(_) => break,
+            Err(error) => assert!(std::time::Instant::now() < deadline, "{error}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ledger.ran(on_master[1]), 1);
+}

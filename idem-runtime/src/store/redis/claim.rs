@@ -18,7 +18,7 @@ use redis::Value;
 use super::decode::{bytes, claim_answer, corrupt};
 use super::record::{hex, State, Stored};
 use super::scripts::{CLAIM, RETOKEN};
-use super::tokens::{draw, FRESH_BLOCK_TTL};
+use super::tokens::FRESH_BLOCK_TTL;
 use super::{failed, wall_now_ms, RedisStore};
 use crate::key::Key;
 use crate::store::{
@@ -37,10 +37,7 @@ impl RedisStore {
         if request.ttl < FRESH_BLOCK_TTL {
             return Ok(None);
         }
-        let (token, reserved) = self
-            .tokens
-            .next(&self.connection, || self.global("tokens"))
-            .await?;
+        let (token, reserved) = self.tokens.next(self).await?;
         self.claim_with_token(request, token, reserved, claim_id)
             .await
     }
@@ -141,7 +138,7 @@ impl RedisStore {
         late: FencingToken,
         claim_id: u64,
     ) -> Result<Option<Claim>, Error> {
-        let token = draw(&self.connection, &self.global("tokens"), 1).await?;
+        let token = self.draw(1).await?;
         let mut invocation = RETOKEN.prepare_invoke();
         invocation
             .key(self.record_key(key))
@@ -163,7 +160,7 @@ impl RedisStore {
         claim_id: u64,
     ) -> Result<Claim, Error> {
         let key = request.key;
-        let token = draw(&self.connection, &self.global("tokens"), 1).await?;
+        let token = self.draw(1).await?;
         let mut invocation = CLAIM.prepare_invoke();
         invocation
             .key(self.record_key(key))
@@ -229,9 +226,8 @@ mod tests {
                 (claim.expect("claim"), record.token)
             }
         };
-        let counter = store.global("tokens");
-        let old = draw(&store.connection, &counter, 1).await.expect("a token");
-        let since = draw(&store.connection, &counter, 1).await.expect("another");
+        let old = store.draw(1).await.expect("a token");
+        let since = store.draw(1).await.expect("another");
         let stalled = Instant::now()
             .checked_sub(FRESH_BLOCK_TTL + Duration::from_millis(1))
             .expect("an instant in the past");

@@ -22,6 +22,13 @@ pub(super) struct Replicas {
 }
 
 impl Replicas {
+    /// `WAIT count timeout`.
+    pub(super) fn wait(self) -> redis::Cmd {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(self.count).arg(self.timeout_ms());
+        wait
+    }
+
     /// The timeout of `WAIT`, in milliseconds: at least 1, since `WAIT n 0` waits forever.
     fn timeout_ms(self) -> u64 {
         u64::try_from(self.timeout.as_millis())
@@ -31,7 +38,7 @@ impl Replicas {
 
     /// An error unless `acknowledged` replicas are enough for `what` (of `key`); `so` says
     /// what follows for the caller.
-    fn check(
+    pub(super) fn check(
         self,
         acknowledged: i64,
         key: Option<&Key>,
@@ -191,10 +198,7 @@ impl RedisStore {
             return self.run(Some(key), invocation).await;
         };
         let mut pipe = redis::pipe();
-        pipe.invoke_script(invocation)
-            .cmd("WAIT")
-            .arg(replicas.count)
-            .arg(replicas.timeout_ms());
+        pipe.invoke_script(invocation).add_command(replicas.wait());
         let mut connection = self.connection.clone();
         let answer = match pipe.query_async(&mut connection).await {
             // The server lost its scripts (a restart, SCRIPT FLUSH): the script did not run;
@@ -228,9 +232,7 @@ impl RedisStore {
             .cmd("PTTL")
             .arg(self.record_key(key))
             .ignore()
-            .cmd("WAIT")
-            .arg(replicas.count)
-            .arg(replicas.timeout_ms())
+            .add_command(replicas.wait())
             .query_async(&mut connection)
             .await
             .map_err(failed(Some(key)))?;

@@ -162,7 +162,8 @@ const SAGA_LOGS: Hashes = Hashes {
 ///   about the last second of acknowledged writes;
 /// - `maxmemory-policy noeviction` (a full server then refuses writes, and idem reports them);
 /// - against failover, [`RedisStoreBuilder::wait_for_replicas`]: the claims that acquired a
-///   key, recorded results, lease extensions and saga log entries are acknowledged only once
+///   key, reservations of fencing tokens, recorded results, lease extensions and saga log
+///   entries are acknowledged only once
 ///   that many replicas have them (`WAIT`), else the caller gets a store error (a claim is
 ///   then given back before the body runs). On the primary, `min-replicas-to-write` and
 ///   `min-replicas-max-lag` make a primary cut off from its replicas refuse writes instead of

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-use super::connection::Connection;
+use super::RedisStore;
 use crate::store::FencingToken;
 use crate::Error;
 
@@ -53,11 +53,7 @@ impl Tokens {
     /// A token from the current block, reserving a new one (one round trip, once per
     /// [`BLOCK`] tokens or [`BLOCK_AGE`]) when it is used up or too old.
     /// Returns the token with the moment its block was reserved.
-    pub(super) async fn next(
-        &self,
-        connection: &Connection,
-        counter: impl FnOnce() -> String,
-    ) -> Result<(FencingToken, Instant), Error> {
+    pub(super) async fn next(&self, store: &RedisStore) -> Result<(FencingToken, Instant), Error> {
         if let Some(taken) = self.take() {
             return Ok(taken);
         }
@@ -66,7 +62,7 @@ impl Tokens {
             return Ok(taken); // another task reserved a block meanwhile
         }
         let reserved = Instant::now();
-        let last = draw(connection, &counter(), BLOCK).await?;
+        let last = store.draw(BLOCK).await?;
         let first = last - BLOCK + 1;
         *self.block() = Some(Block {
             next: first + 1,
@@ -94,27 +90,36 @@ impl Tokens {
     }
 }
 
-/// `INCRBY counter n`: the last of `n` new tokens, larger than any handed out before.
-pub(super) async fn draw(
-    connection: &Connection,
-    counter: &str,
-    n: u64,
-) -> Result<FencingToken, Error> {
-    let mut connection = connection.clone();
-    let last: i64 = redis::cmd("INCRBY")
-        .arg(counter)
-        .arg(n)
-        .query_async(&mut connection)
-        .await
-        .map_err(|error| Error::store("redis", None, error))?;
-    FencingToken::try_from(last)
-        .ok()
-        .filter(|last| *last >= n)
-        .ok_or_else(|| {
-            Error::store(
-                "redis",
-                None,
-                format!("the token counter {counter} is {last}"),
-            )
-        })
+impl RedisStore {
+    /// `INCRBY <prefix>tokens n`: the last of `n` new tokens, larger than any handed out
+    /// before. With replicas asked for, a `WAIT` goes in the same pipeline (to the counter's
+    /// master): a reservation a failover could lose would hand the same tokens out again.
+    pub(super) async fn draw(&self, n: u64) -> Result<FencingToken, Error> {
+        let counter = self.global("tokens");
+        let mut pipe = redis::pipe();
+        pipe.cmd("INCRBY").arg(&counter).arg(n);
+        if let Some(replicas) = self.replicas {
+            pipe.add_command(replicas.wait());
+        }
+        let mut connection = self.connection.clone();
+        let answers: Vec<i64> = pipe
+            .query_async(&mut connection)
+            .await
+            .map_err(|error| Error::store("redis", None, error))?;
+        if let (Some(replicas), Some(acknowledged)) = (self.replicas, answers.get(1)) {
+            let so = "the tokens are not handed out, and the body does not run";
+            replicas.check(*acknowledged, None, "a reservation of fencing tokens", so)?;
+        }
+        let last = answers.first().copied().unwrap_or(-1);
+        FencingToken::try_from(last)
+            .ok()
+            .filter(|last| *last >= n)
+            .ok_or_else(|| {
+                Error::store(
+                    "redis",
+                    None,
+                    format!("the token counter {counter} is {last}"),
+                )
+            })
+    }
 }
