@@ -498,3 +498,78 @@ async fn a_claim_a_lagging_replica_did_not_acknowledge_never_runs_its_body() {
     }
     assert_eq!(ledger.ran(on_master[1]), 1);
 }
+
+/// `wait_for_replicas_on_disk` on Valkey (`WAITAOF`), with a primary and a replica that keep
+/// append-only files: a call runs while the replica writes; with the replica paused its claim
+/// is not acknowledged and the body does not run. Redis 7.0 has no `WAITAOF`: `connect`
+/// refuses the option there, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_valkey,
+    ignore = "valkey-server or redis-cli is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn waiting_for_replicas_on_disk_uses_waitaof_where_the_server_has_it() {
+    use std::time::Duration;
+
+    let aof = ["--appendonly", "yes", "--appendfsync", "always"];
+    let Some(primary) = RedisServer::own_of(Flavor::Valkey, &aof) else {
+        return;
+    };
+    let replica = RedisServer::replica_of_with(&primary, &aof).expect("a replica");
+    // After its first copy the replica rewrites its append-only file; it acknowledges
+    // `WAITAOF` once that is done.
+    let client = redis::Client::open(primary.url()).expect("a url");
+    let mut raw = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to the primary");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, on_disk): ((), (i64, i64)) = redis::pipe()
+            .cmd("SET")
+            .arg("probe")
+            .arg(1)
+            .cmd("WAITAOF")
+            .arg(0)
+            .arg(1)
+            .arg(200)
+            .query_async(&mut raw)
+            .await
+            .expect("WAITAOF");
+        if on_disk.1 == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica's AOF never acknowledged"
+        );
+    }
+    let store = RedisStore::builder(primary.url())
+        // A replica reports how far its append-only file is written about once a second
+        // (measured here: a `WAITAOF` answers in 10 ms to 1 s): the timeout leaves room.
+        .wait_for_replicas_on_disk(1, Duration::from_secs(2))
+        .connect()
+        .await
+        .expect("connect with WAITAOF");
+    let action = idem_runtime::Action::new("on_disk");
+    let ledger = Ledger::default();
+    counted_call(&store, &action, 1, &ledger)
+        .await
+        .expect("the replica has it on disk");
+
+    replica.pause().expect("SIGSTOP the replica");
+    let refused = counted_call(&store, &action, 2, &ledger).await;
+    replica.resume().expect("SIGCONT the replica");
+    let error = refused.expect_err("not on the replica's disk");
+    assert!(error.to_string().contains("(WAITAOF)"), "{error}");
+    assert_eq!(ledger.ran(2), 0, "the body did not run");
+
+    if let Some(redis) = RedisServer::shared() {
+        let refused = RedisStore::builder(redis.url())
+            .wait_for_replicas_on_disk(1, Duration::from_millis(300))
+            .connect()
+            .await
+            .expect_err("Redis 7.0 has no WAITAOF");
+        assert!(refused.to_string().contains("WAITAOF"), "{refused}");
+    }
+}

@@ -18,6 +18,7 @@ use super::{exchange, free_port, required_binary, temp_folder, wait_until, Keepe
 /// ```
 #[derive(Debug)]
 pub struct RedisServer {
+    flavor: Flavor,
     port: u16,
     folder: PathBuf,
     keeper: Keeper,
@@ -115,7 +116,7 @@ impl RedisServer {
     /// ```
     pub fn own_of(flavor: Flavor, args: &[&str]) -> Option<RedisServer> {
         let binary = flavor.required()?;
-        let started = Self::launch(&binary, false, args);
+        let started = Self::launch(flavor, &binary, false, args);
         Some(
             started.unwrap_or_else(|e| {
                 panic!("{} is installed but did not start: {e}", flavor.binary())
@@ -136,8 +137,27 @@ impl RedisServer {
     /// }
     /// ```
     pub fn replica_of(primary: &RedisServer) -> Option<RedisServer> {
+        Self::replica_of_with(primary, &[])
+    }
+
+    /// A replica of `primary`, of its flavor, started with `args` added to its command line
+    /// (`--appendonly yes`, for a replica that acknowledges `WAITAOF`), returned once it is
+    /// linked as [`replica_of`](Self::replica_of) says. `None` as for
+    /// [`shared`](Self::shared).
+    ///
+    /// ```no_run
+    /// use idem_runtime::conformance::servers::{Flavor, RedisServer};
+    ///
+    /// if let Some(primary) = RedisServer::own_of(Flavor::Valkey, &["--appendonly", "yes"]) {
+    ///     let replica = RedisServer::replica_of_with(&primary, &["--appendonly", "yes"]);
+    /// #   let _ = replica;
+    /// }
+    /// ```
+    pub fn replica_of_with(primary: &RedisServer, args: &[&str]) -> Option<RedisServer> {
         let port = primary.port.to_string();
-        let replica = Self::own_with(&["--replicaof", "127.0.0.1", &port])?;
+        let mut all = vec!["--replicaof", "127.0.0.1", &port];
+        all.extend_from_slice(args);
+        let replica = Self::own_of(primary.flavor, &all)?;
         let log = replica.folder.join("keeper.log");
         let linked = wait_until(Duration::from_secs(10), &log, || {
             info(replica.port, "replication").is_some_and(|info| {
@@ -154,11 +174,12 @@ impl RedisServer {
 
     fn start(durable: bool) -> Option<RedisServer> {
         let binary = Flavor::Redis.required()?;
-        let started = Self::launch(&binary, durable, &[]);
+        let started = Self::launch(Flavor::Redis, &binary, durable, &[]);
         Some(started.unwrap_or_else(|e| panic!("redis-server is installed but did not start: {e}")))
     }
 
     fn launch(
+        flavor: Flavor,
         binary: &std::path::Path,
         durable: bool,
         args: &[&str],
@@ -185,6 +206,7 @@ impl RedisServer {
         );
         let keeper = Keeper::spawn_controlled(&script, &log).map_err(|e| e.to_string())?;
         let server = RedisServer {
+            flavor,
             port,
             folder,
             keeper,

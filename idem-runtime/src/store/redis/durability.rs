@@ -13,20 +13,46 @@ use crate::Error;
 /// What too few replicas mean for a write the store has made: it may not survive.
 const LOSABLE: &str = "a failover now could lose it";
 
-/// How many replicas must have a write before the store acknowledges it, and how long it
-/// waits for them (`WAIT count timeout`).
+/// How many replicas must have a write before the store acknowledges it, how long it waits
+/// for them, and whether in their memory (`WAIT count timeout`) or on their disk (`WAITAOF 0
+/// count timeout`: in their append-only file).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Replicas {
     pub(super) count: u32,
     pub(super) timeout: Duration,
+    pub(super) on_disk: bool,
 }
 
 impl Replicas {
-    /// `WAIT count timeout`.
+    /// `WAIT count timeout`, or `WAITAOF 0 count timeout` on disk.
     pub(super) fn wait(self) -> redis::Cmd {
-        let mut wait = redis::cmd("WAIT");
+        let mut wait = redis::cmd(self.command());
+        if self.on_disk {
+            wait.arg(0);
+        }
         wait.arg(self.count).arg(self.timeout_ms());
         wait
+    }
+
+    fn command(self) -> &'static str {
+        if self.on_disk {
+            "WAITAOF"
+        } else {
+            "WAIT"
+        }
+    }
+
+    /// How many replicas acknowledged, as `WAIT` (a number) or `WAITAOF` (`[local,
+    /// replicas]`) answered.
+    fn acknowledged(self, answer: &redis::Value) -> Result<i64, String> {
+        match (self.on_disk, answer) {
+            (false, redis::Value::Int(replicas)) => Ok(*replicas),
+            (true, redis::Value::Array(counts)) => match counts.as_slice() {
+                [_, redis::Value::Int(replicas)] => Ok(*replicas),
+                _ => Err(format!("{} answered {answer:?}", self.command())),
+            },
+            _ => Err(format!("{} answered {answer:?}", self.command())),
+        }
     }
 
     /// The timeout of `WAIT`, in milliseconds: at least 1, since `WAIT n 0` waits forever.
@@ -40,20 +66,46 @@ impl Replicas {
     /// what follows for the caller.
     pub(super) fn check(
         self,
-        acknowledged: i64,
+        answer: &redis::Value,
         key: Option<&Key>,
         what: &str,
         so: &str,
     ) -> Result<(), Error> {
+        let acknowledged = self
+            .acknowledged(answer)
+            .map_err(|problem| Error::store("redis", key, problem))?;
         if acknowledged >= i64::from(self.count) {
             return Ok(());
         }
         let problem = format!(
             "{what} is on the primary, but only {acknowledged} of the {} replicas asked for \
-             acknowledged it within {:?} (WAIT): {so}",
-            self.count, self.timeout
+             acknowledged it within {:?} ({}): {so}",
+            self.count,
+            self.timeout,
+            self.command()
         );
         Err(Error::store("redis", key, problem))
+    }
+
+    /// `Ok` if the server knows the command this waits with (`WAITAOF` is Redis 7.2 and
+    /// later, and Valkey).
+    pub(super) async fn supported(self, connection: &mut Connection) -> Result<(), Error> {
+        if !self.on_disk {
+            return Ok(());
+        }
+        let info: Vec<redis::Value> = redis::cmd("COMMAND")
+            .arg("INFO")
+            .arg("WAITAOF")
+            .query_async(connection)
+            .await
+            .map_err(failed(None))?;
+        if matches!(info.first(), Some(redis::Value::Array(_))) {
+            return Ok(());
+        }
+        let problem = "waiting for replicas on disk (WAITAOF) needs Redis 7.2 or later, or \
+                       Valkey; this server does not know WAITAOF: wait for them in memory \
+                       (wait_for_replicas) instead";
+        Err(Error::store("redis", None, problem))
     }
 }
 
@@ -212,9 +264,9 @@ impl RedisStore {
             }
             answer => answer,
         };
-        let (answer, acknowledged): (T, i64) = answer.map_err(failed(Some(key)))?;
+        let (answer, acknowledged): (T, redis::Value) = answer.map_err(failed(Some(key)))?;
         if wrote(&answer) {
-            replicas.check(acknowledged, Some(key), what, LOSABLE)?;
+            replicas.check(&acknowledged, Some(key), what, LOSABLE)?;
         }
         Ok(answer)
     }
@@ -228,7 +280,7 @@ impl RedisStore {
             return Ok(());
         };
         let mut connection = self.connection.clone();
-        let (acknowledged,): (i64,) = redis::pipe()
+        let (acknowledged,): (redis::Value,) = redis::pipe()
             .cmd("PTTL")
             .arg(self.record_key(key))
             .ignore()
@@ -236,7 +288,7 @@ impl RedisStore {
             .query_async(&mut connection)
             .await
             .map_err(failed(Some(key)))?;
-        replicas.check(acknowledged, Some(key), what, so)
+        replicas.check(&acknowledged, Some(key), what, so)
     }
 
     /// With replicas asked for, waits for them to have the claim that handed out `token`.

@@ -102,15 +102,18 @@ impl RedisStore {
             pipe.add_command(replicas.wait());
         }
         let mut connection = self.connection.clone();
-        let answers: Vec<i64> = pipe
+        let answers: Vec<redis::Value> = pipe
             .query_async(&mut connection)
             .await
             .map_err(|error| Error::store("redis", None, error))?;
         if let (Some(replicas), Some(acknowledged)) = (self.replicas, answers.get(1)) {
             let so = "the tokens are not handed out, and the body does not run";
-            replicas.check(*acknowledged, None, "a reservation of fencing tokens", so)?;
+            replicas.check(acknowledged, None, "a reservation of fencing tokens", so)?;
         }
-        let last = answers.first().copied().unwrap_or(-1);
+        let last = match answers.first() {
+            Some(redis::Value::Int(last)) => *last,
+            _ => -1,
+        };
         FencingToken::try_from(last)
             .ok()
             .filter(|last| *last >= n)
