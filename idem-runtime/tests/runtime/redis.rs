@@ -654,3 +654,42 @@ async fn an_older_layout_is_refused_until_migrated() {
         .expect_err("a newer layout");
     assert!(newer.to_string().contains("newer idem"), "{newer}");
 }
+
+/// What the docs' table says of one Redis server without its append-only file: a restart
+/// forgets every record, so each call retried after it runs its body again. (With
+/// `appendfsync always`, `tests/it/server_faults.rs` shows a restart duplicating nothing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn without_its_append_only_file_a_restarted_redis_runs_every_retried_body_again() {
+    let Some(server) = RedisServer::own_with(&[]) else {
+        return;
+    };
+    let store = RedisStore::connect(&server.url()).await.expect("connect");
+    let runs = std::sync::atomic::AtomicU32::new(0);
+    for n in 0..20 {
+        send(&store, n, &runs).await.expect("a call");
+        send(&store, n, &runs).await.expect("a replay");
+    }
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 20);
+
+    server.stop().expect("stop redis");
+    server
+        .restart()
+        .expect("start it again, with nothing on disk");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut retried = 0;
+    while retried < 20 {
+        match send(&store, retried, &runs).await {
+            Ok(_) => retried += 1,
+            Err(error) => assert!(std::time::Instant::now() < deadline, "{error}"),
+        }
+    }
+    assert_eq!(
+        runs.load(std::sync::atomic::Ordering::SeqCst),
+        40,
+        "every retried body ran a second time"
+    );
+}

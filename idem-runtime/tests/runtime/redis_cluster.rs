@@ -258,13 +258,22 @@ async fn a_manual_failover_fails_no_call() {
                 .iter()
                 .find(|node| node.port() == replica_port)
                 .expect("the replica");
+            let started = std::time::Instant::now();
             cluster.fail_over_to(replica).expect("a manual failover");
-            cluster
+            let took = started.elapsed();
+            (cluster, took)
         })
         .await
         .expect("the failover")
     };
-    let (failed, cluster) = tokio::join!(calls, failover);
+    let (failed, (cluster, took)) = tokio::join!(calls, failover);
+    eprintln!(
+        "failover figures: CLUSTER FAILOVER, the replica a master after {} ms, {} calls \
+         failed, {} bodies run twice",
+        took.as_millis(),
+        failed.len(),
+        ledger.twice().len()
+    );
     assert!(
         failed.is_empty(),
         "calls failed across a manual failover: {failed:?}"
