@@ -122,7 +122,8 @@ async fn an_unused_prefix_is_not_an_existing_store() {
     let Some(server) = RedisServer::shared() else {
         return;
     };
-    let url = format!("{}?prefix=look{}:", server.url(), unique());
+    let prefix = format!("look{}:", unique());
+    let url = format!("{}?prefix={prefix}", server.url());
     let refused = idem_runtime::store::open_existing(&url)
         .await
         .expect_err("no agent used the prefix");
@@ -132,6 +133,17 @@ async fn an_unused_prefix_is_not_an_existing_store() {
             .contains("no idem store under the prefix"),
         "{refused}"
     );
+    let client = ::redis::Client::open(server.url()).expect("a client");
+    let mut raw = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a connection");
+    let written: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut raw)
+        .await
+        .expect("KEYS");
+    assert_eq!(written, Vec::<String>::new(), "the look wrote nothing");
     let agent = idem_runtime::store::open(&url)
         .await
         .expect("an agent's store");

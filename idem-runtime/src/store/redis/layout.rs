@@ -109,7 +109,17 @@ impl RedisStore {
         if self.is_in_use().await? {
             return Ok(Found::One);
         }
-        // `NX`: a store some other agent marked meanwhile keeps its mark, which is read back.
+        // Nothing under the prefix yet: the first reservation of tokens marks it
+        // (`mark_layout`), so that an operator's look writes nothing.
+        Ok(Found::Current)
+    }
+
+    /// Marks the prefix as written in the current layout, before a handle's first reservation
+    /// of tokens; an error if another layout's mark is there (a newer idem wrote it
+    /// meanwhile).
+    pub(super) async fn mark_layout(&self) -> Result<(), Error> {
+        let mut connection = self.connection.clone();
+        // `NX … GET`: a mark made meanwhile is kept, and read back.
         let marked: Option<String> = redis::cmd("SET")
             .arg(self.layout_key())
             .arg(LAYOUT)
@@ -118,10 +128,17 @@ impl RedisStore {
             .query_async(&mut connection)
             .await
             .map_err(failed(None))?;
-        Ok(match marked.as_deref() {
-            None | Some(LAYOUT) => Found::Current,
-            Some(other) => Found::Other(other.to_owned()),
-        })
+        match marked.as_deref() {
+            None | Some(LAYOUT) => Ok(()),
+            Some(other) => {
+                let problem = format!(
+                    "the keys under the prefix {:?} were marked as Redis layout {other:?} since \
+                     this store connected: a newer idem writes there; upgrade idem",
+                    self.prefix()
+                );
+                Err(Error::store("redis", None, problem))
+            }
+        }
     }
 
     /// `Ok` if the keys under the prefix are in the layout this idem reads; an error that says

@@ -470,6 +470,9 @@ impl RedisStore {
     /// the prefix to the builder ([`RedisStoreBuilder::prefix`]) where the keys may be old.
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into().into();
+        // Tokens come from the new prefix's counter: a block of another's could be smaller
+        // than tokens its keys had.
+        self.tokens = std::sync::Arc::default();
         self
     }
 

@@ -36,6 +36,9 @@ pub(super) const FRESH_BLOCK_TTL: Duration = Duration::from_millis(1500);
 /// The tokens a store handle (and its clones) has reserved and not handed out yet.
 #[derive(Debug, Default)]
 pub(super) struct Tokens {
+    /// Whether the handle has marked its prefix's layout (`layout.rs`), which it does before
+    /// its first reservation.
+    marked: std::sync::atomic::AtomicBool,
     /// The current block: held for a few instructions at a time.
     block: std::sync::Mutex<Option<Block>>,
     /// Held by the one task that reserves the next block, while the others wait for it.
@@ -95,6 +98,11 @@ impl RedisStore {
     /// before. With replicas asked for, a `WAIT` goes in the same pipeline (to the counter's
     /// master): a reservation a failover could lose would hand the same tokens out again.
     pub(super) async fn draw(&self, n: u64) -> Result<FencingToken, Error> {
+        use std::sync::atomic::Ordering;
+        if !self.tokens.marked.load(Ordering::Acquire) {
+            self.mark_layout().await?;
+            self.tokens.marked.store(true, Ordering::Release);
+        }
         let counter = self.global("tokens");
         let mut pipe = redis::pipe();
         pipe.cmd("INCRBY").arg(&counter).arg(n);
