@@ -150,6 +150,26 @@ impl Connection {
         Ok(masters)
     }
 
+    /// Sends `pipe` (of commands with no key, or keys on `master`) to `master`; the server's
+    /// errors come back as they are.
+    pub(super) async fn pipeline_on(
+        &self,
+        master: &Master,
+        pipe: &Pipeline,
+    ) -> redis::RedisResult<Vec<Value>> {
+        match (self, master) {
+            (Connection::Cluster(cluster), Master::At { host, port }) => {
+                let route = SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                };
+                let mut cluster = cluster.clone();
+                cluster.route_pipeline(pipe, 0, pipe.len(), route).await
+            }
+            _ => pipe.query_async(&mut self.clone()).await,
+        }
+    }
+
     /// Sends `command` to `master`.
     pub(super) async fn on(&self, master: &Master, command: &Cmd) -> Result<Value, Error> {
         match (self, master) {

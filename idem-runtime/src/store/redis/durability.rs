@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use super::connection::Connection;
+use redis::Value;
+
+use super::connection::{Connection, Master};
 use super::{failed, RedisStore};
 use crate::key::Key;
 use crate::store::{FencingToken, Store};
@@ -123,9 +125,12 @@ pub(super) enum MemoryPolicy {
     Unknown { why: String },
 }
 
-/// Reads `maxmemory-policy` and `maxmemory` (two `CONFIG GET`s in one round trip: asking
-/// for both in one is Redis 7 only).
-pub(super) async fn memory_policy(connection: &mut Connection) -> Result<MemoryPolicy, Error> {
+/// Reads `maxmemory-policy` and `maxmemory` of `master` (two `CONFIG GET`s in one round trip:
+/// asking for both in one is Redis 7 only).
+pub(super) async fn memory_policy(
+    connection: &Connection,
+    master: &Master,
+) -> Result<MemoryPolicy, Error> {
     let mut pipe = redis::pipe();
     pipe.cmd("CONFIG")
         .arg("GET")
@@ -134,8 +139,10 @@ pub(super) async fn memory_policy(connection: &mut Connection) -> Result<MemoryP
         .arg("GET")
         .arg("maxmemory");
     type Settings = std::collections::HashMap<String, String>;
-    let answer: Result<(Settings, Settings), redis::RedisError> =
-        pipe.query_async(connection).await;
+    let answer: Result<(Settings, Settings), redis::RedisError> = connection
+        .pipeline_on(master, &pipe)
+        .await
+        .and_then(|answers| redis::FromRedisValue::from_owned_redis_value(Value::Array(answers)));
     let (policy, limit) = match answer {
         Ok(answer) => answer,
         // The server answered with an error (an unknown command, no permission): it runs,

@@ -378,9 +378,12 @@ impl RedisStoreBuilder {
         let waited = self.replicas.map_or(Duration::ZERO, |r| r.timeout);
         let response = Duration::from_secs(5).saturating_add(waited);
         let mut connection = Connection::open(&target, response).await?;
-        memory_policy(&mut connection)
-            .await?
-            .allowed(self.accept_eviction)?;
+        // Every master keeps its share of the keys: each must keep them.
+        for master in connection.masters().await? {
+            memory_policy(&connection, &master)
+                .await?
+                .allowed(self.accept_eviction)?;
+        }
         if let Some(replicas) = self.replicas {
             replicas.supported(&mut connection).await?;
         }
