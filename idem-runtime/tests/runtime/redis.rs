@@ -602,6 +602,24 @@ async fn an_older_layout_is_refused_until_migrated() {
         "{refused}"
     );
 
+    // A handle given the prefix after `connect` (which checked another) refuses at its first
+    // claim, rather than mark the old store as new and miss its records.
+    let late = RedisStore::connect(&server.url())
+        .await
+        .expect("connect")
+        .with_prefix(&prefix);
+    let fingerprint = Fingerprint::from(done);
+    let request = ClaimRequest {
+        key: &done,
+        fingerprint: &fingerprint,
+        action: "old",
+        lease: Duration::from_secs(10),
+        ttl: Duration::from_secs(3600),
+        on_stale: OnStale::TakeOver,
+    };
+    let refused = late.claim(&request).await.expect_err("layout 1");
+    assert!(refused.to_string().contains("older idem"), "{refused}");
+
     let moved = builder.clone().migrate_layout().await.expect("migrate");
     assert_eq!(
         (
@@ -623,19 +641,24 @@ async fn an_older_layout_is_refused_until_migrated() {
         .expect("KEYS");
     assert!(leftover.is_empty(), "layout-1 names left: {leftover:?}");
 
-    let store = builder.connect().await.expect("layout 2 now");
-    let fingerprint = Fingerprint::from(done);
-    let claim = store
-        .claim(&ClaimRequest {
-            key: &done,
-            fingerprint: &fingerprint,
-            action: "old",
-            lease: Duration::from_secs(10),
-            ttl: Duration::from_secs(3600),
-            on_stale: OnStale::TakeOver,
-        })
+    // The moved keys kept their expiry: the result its TTL, the saga's claim none.
+    let hex = |key: idem_runtime::Key| {
+        let hex = key.to_string();
+        format!("{prefix}{{{}}}:{hex}:r", &hex[..3])
+    };
+    let (result_ttl, saga_ttl): (i64, i64) = ::redis::pipe()
+        .cmd("PTTL")
+        .arg(hex(done))
+        .cmd("PTTL")
+        .arg(hex(running))
+        .query_async(&mut raw)
         .await
-        .expect("claim");
+        .expect("PTTL");
+    assert!((1..=600_000).contains(&result_ttl), "{result_ttl}");
+    assert_eq!(saga_ttl, -1, "a saga's claim never expires");
+
+    let store = builder.connect().await.expect("layout 2 now");
+    let claim = store.claim(&request).await.expect("claim");
     assert!(
         matches!(
             &claim,

@@ -312,7 +312,9 @@ mod tests {
         assert!(matches!(other, Claim::InProgress { .. }), "{other:?}");
 
         // Once the lease ran out, a takeover; sent again, a takeover still.
+        let deadline = Instant::now() + Duration::from_secs(10);
         let took_over = loop {
+            assert!(Instant::now() < deadline, "the lease never ran out");
             tokio::time::sleep(Duration::from_millis(50)).await;
             match store
                 .claim_by_script(&request(60_000), 13)
@@ -336,5 +338,69 @@ mod tests {
             .await
             .expect("again");
         assert_eq!(again, took_over, "the same takeover, sent again");
+    }
+
+    /// The owner's writes check the claim id beside the token: under the same token, another
+    /// claim id (the token handed out twice, after a failover) owns nothing, so complete,
+    /// heartbeat, release and the saga log are refused; the owner's own id is held.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        idem_no_redis,
+        ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+    )]
+    async fn a_token_under_another_claim_id_owns_nothing() {
+        use crate::store::{Ownership, SagaStatus, SagaStore, SagaWrite, StoredOutcome};
+
+        let Some(server) = RedisServer::shared() else {
+            return;
+        };
+        let store = RedisStore::connect(&server.url())
+            .await
+            .expect("connect")
+            .with_prefix("claim-ids:");
+        let key = Action::new("ids").key(&(1,)).expect("a key");
+        let fingerprint = Fingerprint::from(key);
+        let request = ClaimRequest {
+            key: &key,
+            fingerprint: &fingerprint,
+            action: "ids",
+            lease: Duration::from_secs(60),
+            ttl: Duration::from_secs(3600),
+            on_stale: OnStale::TakeOver,
+        };
+        let Claim::Acquired { token, .. } = store.claim(&request).await.expect("claim") else {
+            panic!("a fresh key is acquired");
+        };
+        let own: u64 = store.claim_ids.of(&key, token).parse().expect("an id");
+        let running = || SagaWrite::Status {
+            status: SagaStatus::Running,
+            error: None,
+        };
+        let ok = || StoredOutcome::Ok(b"1".to_vec());
+        let ttl = Duration::from_secs(60);
+
+        let stranger = |store: &RedisStore| store.claim_ids.remember(&key, token, own + 1);
+        stranger(&store);
+        let lease = Duration::from_secs(60);
+        assert_eq!(
+            store.heartbeat(&key, token, lease).await.unwrap(),
+            Ownership::Lost
+        );
+        let saga = store.write_saga(&key, "saga-1", token, running()).await;
+        assert_eq!(saga.unwrap(), Ownership::Lost);
+        assert_eq!(store.release(&key, token).await.unwrap(), Ownership::Lost);
+        stranger(&store);
+        let completed = store.complete(&key, token, ok(), ttl).await.unwrap();
+        assert_eq!(completed, Ownership::Lost);
+
+        store.claim_ids.remember(&key, token, own);
+        assert_eq!(
+            store.heartbeat(&key, token, lease).await.unwrap(),
+            Ownership::Held
+        );
+        let saga = store.write_saga(&key, "saga-1", token, running()).await;
+        assert_eq!(saga.unwrap(), Ownership::Held);
+        let completed = store.complete(&key, token, ok(), ttl).await.unwrap();
+        assert_eq!(completed, Ownership::Held);
     }
 }

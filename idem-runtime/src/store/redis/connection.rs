@@ -74,6 +74,41 @@ impl Target {
     }
 }
 
+/// The `redis+cluster://` URL of the cluster that `nodes` (`host:port`, or
+/// `redis://[user:password@]host:port/` URLs) belong to: `rediss+cluster://` if any is
+/// `rediss://`, with the first user and password given.
+pub(super) fn cluster_url<N: AsRef<str>>(nodes: impl IntoIterator<Item = N>) -> String {
+    let (mut scheme, mut user, mut hosts) = ("redis", None, Vec::new());
+    for node in nodes {
+        let node = node.as_ref().trim();
+        let rest = if let Some(rest) = node.strip_prefix("rediss://") {
+            scheme = "rediss";
+            rest
+        } else {
+            node.strip_prefix("redis://").unwrap_or(node)
+        };
+        let rest = rest.split(['/', '?']).next().unwrap_or_default();
+        let host = match rest.rsplit_once('@') {
+            Some((credentials, host)) => {
+                user.get_or_insert_with(|| credentials.to_owned());
+                host
+            }
+            None => rest,
+        };
+        hosts.push(host.to_owned());
+    }
+    let user = user.map(|user| format!("{user}@")).unwrap_or_default();
+    format!("{scheme}+cluster://{user}{}", hosts.join(","))
+}
+
+/// The route of a command to the node at `host:port`.
+fn to_node(host: &str, port: u16) -> SingleNodeRoutingInfo {
+    SingleNodeRoutingInfo::ByAddress {
+        host: host.to_owned(),
+        port,
+    }
+}
+
 /// A connection to one server or to a cluster; cheap to clone (the clones share it).
 #[derive(Clone)]
 pub(super) enum Connection {
@@ -159,10 +194,7 @@ impl Connection {
     ) -> redis::RedisResult<Vec<Value>> {
         match (self, master) {
             (Connection::Cluster(cluster), Master::At { host, port }) => {
-                let route = SingleNodeRoutingInfo::ByAddress {
-                    host: host.clone(),
-                    port: *port,
-                };
+                let route = to_node(host, *port);
                 let mut cluster = cluster.clone();
                 cluster.route_pipeline(pipe, 0, pipe.len(), route).await
             }
@@ -174,10 +206,7 @@ impl Connection {
     pub(super) async fn on(&self, master: &Master, command: &Cmd) -> Result<Value, Error> {
         match (self, master) {
             (Connection::Cluster(cluster), Master::At { host, port }) => {
-                let route = SingleNodeRoutingInfo::ByAddress {
-                    host: host.clone(),
-                    port: *port,
-                };
+                let route = to_node(host, *port);
                 let mut cluster = cluster.clone();
                 cluster
                     .route_command(command, RoutingInfo::SingleNode(route))
@@ -286,6 +315,14 @@ mod tests {
             ])
         );
         assert!(Target::of("redis+cluster://").is_err());
+        assert_eq!(
+            cluster_url(["redis://u:p@a:1/", "u:p@b:2", "c:3"]),
+            "redis+cluster://u:p@a:1,b:2,c:3"
+        );
+        assert_eq!(
+            cluster_url(["rediss://a:1", "b:2"]),
+            "rediss+cluster://a:1,b:2"
+        );
         assert!(Target::of("redis+cluster://a:1/3").is_err());
     }
 }

@@ -20,8 +20,9 @@
 //! command of its own. A counter per bucket would cost a round trip for most claims, since a
 //! handle's claims spread over 4,096 buckets.
 //!
-//! A prefix with a `{` in it moves the hash tag into the prefix: every key of the store then
-//! hashes to one slot, which is correct, but puts the whole store on one master.
+//! Keep `{` and `}` out of the prefix: a whole `{…}` tag in it puts every key of the store in
+//! one slot (correct, on one master), and a lone or empty brace breaks the buckets (a cluster
+//! answers `CROSSSLOT`).
 //!
 //! **Layouts.** Layout 1 (idem before the bucket) named a record `<prefix>{<key>}:r`, kept the
 //! running sagas in one index `<prefix>sagas`, and had no claim id in its records; it never
@@ -115,9 +116,13 @@ impl RedisStore {
     }
 
     /// Marks the prefix as written in the current layout, before a handle's first reservation
-    /// of tokens; an error if another layout's mark is there (a newer idem wrote it
+    /// of tokens; an error if the keys under it are in another layout (a handle made with
+    /// `with_prefix`, whose prefix `connect` did not check, or a newer idem's mark made
     /// meanwhile).
     pub(super) async fn mark_layout(&self) -> Result<(), Error> {
+        // An unmarked prefix whose token counter exists is layout 1's: marking it would hide
+        // its records.
+        self.check_layout().await?;
         let mut connection = self.connection.clone();
         // `NX … GET`: a mark made meanwhile is kept, and read back.
         let marked: Option<String> = redis::cmd("SET")
@@ -220,17 +225,7 @@ impl RedisStore {
         let mut names = Vec::new();
         let mut cursor = 0u64;
         loop {
-            let command = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .clone();
-            let page = self.connection.on(master, &command).await?;
-            let (next, found) = super::scan::scan_page(page).map_err(|problem| {
-                Error::store("redis", None, format!("SCAN answered {problem}"))
-            })?;
+            let (next, found) = self.next_page(master, cursor, &pattern).await?;
             for name in found {
                 let key = name
                     .strip_prefix(self.prefix.as_bytes())
@@ -269,8 +264,9 @@ impl RedisStore {
             Stored::from_layout_one(&value).map_err(super::decode::corrupt(key, "a record"))?;
         let mut set = redis::cmd("SET");
         set.arg(self.record_key(key)).arg(value);
-        if pttl > 0 {
-            set.arg("PX").arg(pttl);
+        // -1: no expiry (a saga's claim, a record parked for review); 0: about to go.
+        if pttl >= 0 {
+            set.arg("PX").arg(pttl.max(1));
         }
         set.query_async::<()>(&mut connection)
             .await
@@ -305,8 +301,8 @@ impl RedisStore {
             let mut pipe = redis::pipe();
             pipe.cmd("DEL").arg(&new).ignore();
             pipe.cmd("HSET").arg(&new).arg(&fields).ignore();
-            if pttl > 0 {
-                pipe.cmd("PEXPIRE").arg(&new).arg(pttl).ignore();
+            if pttl >= 0 {
+                pipe.cmd("PEXPIRE").arg(&new).arg(pttl.max(1)).ignore();
             }
             pipe.query_async::<()>(&mut connection)
                 .await

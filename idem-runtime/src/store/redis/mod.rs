@@ -111,7 +111,10 @@ const SAGA_LOGS: Hashes = Hashes {
 /// use idem_runtime::{set_default_store, store::RedisStore};
 ///
 /// # async fn start() -> Result<(), idem_runtime::Error> {
-/// let store = RedisStore::connect("redis://127.0.0.1:6379/").await?.with_prefix("billing:idem:");
+/// let store = RedisStore::builder("redis://127.0.0.1:6379/")
+///     .prefix("billing:idem:")
+///     .connect()
+///     .await?;
 /// set_default_store(store);
 /// // A cluster, found from any of its nodes:
 /// let fleet = RedisStore::connect("redis+cluster://10.0.0.1:6379,10.0.0.2:6379").await?;
@@ -454,17 +457,7 @@ impl RedisStore {
     /// # }
     /// ```
     pub fn cluster<N: AsRef<str>>(nodes: impl IntoIterator<Item = N>) -> RedisStoreBuilder {
-        let hosts: Vec<String> = nodes
-            .into_iter()
-            .map(|node| {
-                let node = node.as_ref();
-                node.strip_prefix("redis://")
-                    .unwrap_or(node)
-                    .trim_end_matches('/')
-                    .to_owned()
-            })
-            .collect();
-        Self::builder(format!("redis+cluster://{}", hosts.join(",")))
+        Self::builder(connection::cluster_url(nodes))
     }
 
     /// The same store, writing its keys under `prefix` (several applications can share one
@@ -474,8 +467,10 @@ impl RedisStore {
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into().into();
         // Tokens come from the new prefix's counter: a block of another's could be smaller
-        // than tokens its keys had.
+        // than tokens its keys had. Its claims are remembered apart: two prefixes can hand
+        // out the same token for the same key.
         self.tokens = std::sync::Arc::default();
+        self.claim_ids = std::sync::Arc::default();
         self
     }
 
@@ -628,16 +623,18 @@ impl Store for RedisStore {
             .key(self.record_key(key))
             .arg(token)
             .arg(self.claim_ids.of(key, token));
-        let held = self.run(Some(key), &invocation).await?;
+        // Not tried again by the caller, whatever the answer: done with the claim.
+        let held = self.run(Some(key), &invocation).await;
         self.claim_ids.forget(key, token);
-        Ok(ownership(held))
+        Ok(ownership(held?))
     }
 
     async fn leave_in_doubt(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
-        let held = self.heartbeat(key, token, Duration::ZERO).await?;
-        // The owner writes no more: whoever settles the key claims it afresh.
+        let held = self.heartbeat(key, token, Duration::ZERO).await;
+        // The owner writes no more, whatever the answer: whoever settles the key claims it
+        // afresh.
         self.claim_ids.forget(key, token);
-        Ok(held)
+        held
     }
 
     async fn heartbeat(

@@ -122,7 +122,7 @@ impl RedisStore {
 
     /// The page of `SCAN` at `cursor` on `master`: the next cursor (0 at the end) and the
     /// names found.
-    async fn next_page(
+    pub(super) async fn next_page(
         &self,
         master: &Master,
         cursor: u64,
