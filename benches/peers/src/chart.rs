@@ -18,12 +18,14 @@ fn colour(system: System) -> RGBColor {
     use System::*;
     match system {
         Plain => RGBColor(120, 120, 120),
-        IdemMemory | IdemSqlite | IdemRedis | IdemPostgres => RGBColor(31, 119, 180),
+        IdemMemory | IdemSqlite | IdemRedis | IdemRedisCluster | IdemPostgres => {
+            RGBColor(31, 119, 180)
+        }
         IdemRedisReplayCache => RGBColor(23, 190, 207),
         Cached => RGBColor(44, 160, 44),
         IdempotentMemory | IdempotentRedis => RGBColor(255, 127, 14),
         AgentEffectsMemory | AgentEffectsSqlite | AgentEffectsPostgres => RGBColor(214, 39, 40),
-        RawSqlite | RawRedis | RawPostgres => RGBColor(60, 60, 60),
+        RawSqlite | RawRedis | RawRedisCluster | RawPostgres => RGBColor(60, 60, 60),
         // Sagas: a colour per store, lighter for the raw log writes.
         SagaSqlite => RGBColor(31, 119, 180),
         RawLogSqlite => RGBColor(140, 190, 225),
@@ -39,12 +41,12 @@ fn legend_name(system: System) -> &'static str {
     use System::*;
     match system {
         Plain => "plain call (no dedup)",
-        IdemMemory | IdemSqlite | IdemRedis | IdemPostgres => "idem",
+        IdemMemory | IdemSqlite | IdemRedis | IdemRedisCluster | IdemPostgres => "idem",
         IdemRedisReplayCache => "idem + ReplayCache",
         Cached => "cached 4.1",
         IdempotentMemory | IdempotentRedis => "idempotent 0.3",
         AgentEffectsMemory | AgentEffectsSqlite | AgentEffectsPostgres => "agent-effects 0.2",
-        RawSqlite | RawRedis | RawPostgres => "raw store commands",
+        RawSqlite | RawRedis | RawRedisCluster | RawPostgres => "raw store commands",
         other => other.label(),
     }
 }

@@ -8,16 +8,18 @@ pub const USAGE: &str = "\
 usage: cargo run --release --manifest-path benches/peers/Cargo.toml -- [options]
 
 Compares idem with its peers (cached, idempotent, agent-effects) and with the raw store
-commands, on the memory, SQLite, Redis and PostgreSQL stores, at several numbers of
-concurrent callers; starts its own redis-server and PostgreSQL. Prints one table and one
-line per target, and writes a chart (peers.svg).
+commands, on the memory, SQLite, Redis, Redis Cluster and PostgreSQL stores, at several
+numbers of concurrent callers; starts its own redis-server, Redis Cluster (3 masters + 3
+replicas) and PostgreSQL. Prints one table and one line per target, and writes a chart
+(peers.svg).
 
 options:
   --reps N          rounds of every row, interleaved (default 3)
   --callers LIST    concurrent callers, comma-separated (default 1,16,64)
   --secs S          measured seconds per round, after 0.25 s of warm-up (default 1.5)
   --out DIR         where peers.svg goes (default: benches/peers)
-  --only LIST       only these stores: memory,sqlite,redis,postgres,sagas (default all)
+  --only LIST       only these stores: memory,sqlite,redis,redis-cluster,postgres,sagas
+                    (default all)
   -h, --help        this text";
 
 /// What the command line asks for.
@@ -103,7 +105,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, 
                         .find(|f| f.word() == word.to_lowercase())
                         .ok_or_else(|| {
                             format!(
-                                "`--only` takes memory, sqlite, redis, postgres or sagas, not `{word}`"
+                                "`--only` takes memory, sqlite, redis, redis-cluster, postgres or sagas, not `{word}`"
                             )
                         })?;
                     if !only.contains(&family) {
@@ -147,6 +149,8 @@ mod tests {
         assert_eq!(options.callers, vec![1, 64]);
         assert_eq!(options.secs, 0.5);
         assert_eq!(options.only, vec![Family::Memory, Family::Redis]);
+        let options = parse(args("--only redis-cluster,redis")).unwrap().unwrap();
+        assert_eq!(options.only, vec![Family::Redis, Family::RedisCluster]);
         assert_eq!(parse(args("--help")).unwrap(), None);
     }
 

@@ -4,11 +4,12 @@
 //! cargo run --release --manifest-path benches/peers/Cargo.toml -- [--reps N] [--callers 1,16,64] [--secs S]
 //! ```
 //!
-//! Starts its own `redis-server` and PostgreSQL cluster (idem's conformance servers, on
-//! loopback ports), runs every row's rounds interleaved (repetition 1: every row once, at each
-//! number of callers; repetition 2: again, rows in the reverse order; …), then prints one
-//! table (median and min calls/s over the repetitions, and the dedup check of every row), one
-//! line per target, and writes the chart `peers.svg`.
+//! Starts its own `redis-server`, Redis Cluster (3 masters + 3 replicas) and PostgreSQL
+//! cluster (idem's conformance servers, on loopback ports), runs every row's rounds
+//! interleaved (repetition 1: every row once, at each number of callers; repetition 2: again,
+//! rows in the reverse order; …), then prints one table (median and min calls/s over the
+//! repetitions, and the dedup check of every row), one line per target (and informational
+//! ratios), and writes the chart `peers.svg`.
 //!
 //! Files: `cli.rs` (the command line), `call.rs` (the call every row makes), `measure.rs` (a
 //! round), `peers/` (how each peer is called), `rows/` (one module per store: what its rows
@@ -28,12 +29,13 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use idem_runtime::conformance::servers::{PostgresServer, RedisServer};
+use idem_runtime::conformance::servers::{Flavor, PostgresServer, RedisCluster, RedisServer};
 
 use crate::measure::Timing;
 use crate::results::Results;
 use crate::rows::postgres::PgEnv;
 use crate::rows::redis::RedisEnv;
+use crate::rows::redis_cluster::ClusterEnv;
 use crate::rows::sagas::SagaEnv;
 use crate::rows::{Family, Row, System};
 
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
 /// The servers a family needs, started (or found missing) once.
 struct Servers {
     redis: Result<RedisEnv, String>,
+    cluster: Result<ClusterEnv, String>,
     postgres: Result<PgEnv, String>,
 }
 
@@ -83,6 +86,15 @@ impl Servers {
         } else {
             Err("not asked for".into())
         };
+        let cluster = if wants(Family::RedisCluster) {
+            match tokio::task::spawn_blocking(|| RedisCluster::shared(Flavor::Redis)).await {
+                Ok(Some(cluster)) => ClusterEnv::connect(cluster).await,
+                Ok(None) => Err("redis-server or redis-cli is not installed".into()),
+                Err(error) => Err(format!("starting a Redis Cluster failed: {error}")),
+            }
+        } else {
+            Err("not asked for".into())
+        };
         let postgres = if wants(Family::Postgres) || wants(Family::Sagas) {
             match tokio::task::spawn_blocking(PostgresServer::shared).await {
                 Ok(Some(server)) => PgEnv::connect(server).await,
@@ -92,7 +104,11 @@ impl Servers {
         } else {
             Err("not asked for".into())
         };
-        Servers { redis, postgres }
+        Servers {
+            redis,
+            cluster,
+            postgres,
+        }
     }
 
     /// Why `system`'s rows cannot run, if they cannot.
@@ -101,6 +117,7 @@ impl Servers {
         match system {
             IdemRedis | IdemRedisReplayCache | IdempotentRedis | RawRedis | SagaRedis
             | RawLogRedis => self.redis.as_ref().err().cloned(),
+            IdemRedisCluster | RawRedisCluster => self.cluster.as_ref().err().cloned(),
             IdemPostgres | AgentEffectsPostgres | RawPostgres | SagaPostgres | RawLogPostgres => {
                 self.postgres.as_ref().err().cloned()
             }
@@ -123,6 +140,10 @@ async fn round(
         Family::Redis => {
             let env = servers.redis.as_ref().map_err(Clone::clone)?;
             rows::redis::round(env, row.system, row.mode, callers, timing).await
+        }
+        Family::RedisCluster => {
+            let env = servers.cluster.as_ref().map_err(Clone::clone)?;
+            rows::redis_cluster::round(env, row.system, row.mode, callers, timing).await
         }
         Family::Postgres => {
             let env = servers.postgres.as_ref().map_err(Clone::clone)?;
@@ -187,6 +208,10 @@ async fn run(options: cli::Options) -> ExitCode {
     match &servers.redis {
         Ok(env) => println!("Redis: redis-server on 127.0.0.1:{}", env.port),
         Err(why) => println!("Redis: {why}"),
+    }
+    match &servers.cluster {
+        Ok(env) => println!("Redis Cluster: 3 masters + 3 replicas, {}", env.url),
+        Err(why) => println!("Redis Cluster: {why}"),
     }
     match &servers.postgres {
         Ok(_) => println!(

@@ -1,6 +1,7 @@
 //! The targets, one line each, from the medians of this run only (ratios within the run):
 //! `target <what>: met (<ratios>)`, `target <what>: MISSED (<ratios>)`, or
-//! `target <what>: not measured (<why>)`.
+//! `target <what>: not measured (<why>)`; and ratios shown with no bound to meet,
+//! `info <what>: <ratios>`.
 
 use crate::results::Results;
 use crate::rows::{Mode, System};
@@ -40,6 +41,22 @@ fn line(what: &str, wanted: &[usize], checks: impl Fn(usize) -> Option<Check>) -
         "MISSED"
     };
     format!("target {what}: {verdict} ({})", ratios.join(", "))
+}
+
+/// `info <what>: x1 0.93, x16 0.81` at every number of callers run (`—` where either row
+/// has no figure): a ratio of two medians with no bound to meet.
+fn info(results: &Results, what: &str, a: (System, Mode), b: (System, Mode)) -> String {
+    let ratios: Vec<String> = results
+        .callers
+        .iter()
+        .map(
+            |&c| match (results.median(a.0, a.1, c), results.median(b.0, b.1, c)) {
+                (Some(a), Some(b)) => format!("x{c} {:.2}", a / b),
+                _ => format!("x{c} —"),
+            },
+        )
+        .collect();
+    format!("info {what}: {}", ratios.join(", "))
 }
 
 /// `a / b` of two medians, checked against `at_least`.
@@ -114,6 +131,17 @@ pub fn lines(results: &Results) -> Vec<String> {
             )
         },
     ));
+    for mode in [Mode::Fresh, Mode::Replay] {
+        out.push(info(
+            results,
+            &format!(
+                "Redis Cluster {} idem / raw commands on the cluster",
+                mode.name()
+            ),
+            (System::IdemRedisCluster, mode),
+            (System::RawRedisCluster, mode),
+        ));
+    }
     out.push(line(
         "PostgreSQL replay idem ≥ 0.85× raw SELECT",
         &all,

@@ -10,6 +10,7 @@
 pub mod memory;
 pub mod postgres;
 pub mod redis;
+pub mod redis_cluster;
 pub mod sagas;
 pub mod sqlite;
 
@@ -24,15 +25,17 @@ pub enum Family {
     Memory,
     Sqlite,
     Redis,
+    RedisCluster,
     Postgres,
     Sagas,
 }
 
 impl Family {
-    pub const ALL: [Family; 5] = [
+    pub const ALL: [Family; 6] = [
         Family::Memory,
         Family::Sqlite,
         Family::Redis,
+        Family::RedisCluster,
         Family::Postgres,
         Family::Sagas,
     ];
@@ -42,6 +45,7 @@ impl Family {
             Family::Memory => "memory",
             Family::Sqlite => "SQLite",
             Family::Redis => "Redis",
+            Family::RedisCluster => "Redis Cluster",
             Family::Postgres => "PostgreSQL",
             Family::Sagas => "sagas",
         }
@@ -53,6 +57,7 @@ impl Family {
             Family::Memory => "memory",
             Family::Sqlite => "sqlite",
             Family::Redis => "redis",
+            Family::RedisCluster => "redis-cluster",
             Family::Postgres => "postgres",
             Family::Sagas => "sagas",
         }
@@ -108,6 +113,11 @@ pub enum System {
     IdempotentRedis,
     /// redis 0.32: fresh `SET NX PX` + `SET XX PX`; replay `GET`.
     RawRedis,
+    /// `#[idempotent]` on `RedisStore` on a Redis Cluster of 3 masters (and a replica each).
+    IdemRedisCluster,
+    /// The raw commands of [`RawRedis`](System::RawRedis) on the same cluster, through redis
+    /// 0.32's cluster client.
+    RawRedisCluster,
     /// `#[idempotent]` on `PostgresStore` (schema `idem`, a pool of 16 shared with the raw
     /// statements).
     IdemPostgres,
@@ -137,6 +147,7 @@ impl System {
             Plain | IdemMemory | Cached | IdempotentMemory | AgentEffectsMemory => Family::Memory,
             IdemSqlite | AgentEffectsSqlite | RawSqlite => Family::Sqlite,
             IdemRedis | IdemRedisReplayCache | IdempotentRedis | RawRedis => Family::Redis,
+            IdemRedisCluster | RawRedisCluster => Family::RedisCluster,
             IdemPostgres | AgentEffectsPostgres | RawPostgres => Family::Postgres,
             SagaSqlite | SagaRedis | SagaPostgres | RawLogSqlite | RawLogRedis | RawLogPostgres => {
                 Family::Sagas
@@ -160,6 +171,8 @@ impl System {
             IdemRedisReplayCache => "idem + ReplayCache",
             IdempotentRedis => "idempotent 0.3",
             RawRedis => "raw commands",
+            IdemRedisCluster => "idem",
+            RawRedisCluster => "raw commands",
             IdemPostgres => "idem",
             AgentEffectsPostgres => "agent-effects 0.2",
             RawPostgres => "raw statements",
@@ -185,9 +198,9 @@ impl System {
             (AgentEffectsMemory, Mode::Replay) => "in-progress answered at once: caller retries",
             (IdemSqlite | AgentEffectsSqlite | RawSqlite, _) => "WAL, synchronous=FULL",
             (IdempotentRedis, _) => "EVAL script per op; ttl 2s (fresh)",
-            (RawRedis, Mode::Fresh) => "SET NX PX + SET XX PX",
-            (RawRedis, Mode::Replay) => "GET",
-            (IdemRedis, Mode::Fresh) => "ttl 2s",
+            (RawRedis | RawRedisCluster, Mode::Fresh) => "SET NX PX + SET XX PX",
+            (RawRedis | RawRedisCluster, Mode::Replay) => "GET",
+            (IdemRedis | IdemRedisCluster, Mode::Fresh) => "ttl 2s",
             (IdemRedisReplayCache, _) => "10k entries, 30 s",
             (RawPostgres, Mode::Fresh) => "INSERT ON CONFLICT + UPDATE",
             (RawPostgres, Mode::Replay) => "SELECT",
@@ -234,6 +247,8 @@ impl System {
             IdemRedisReplayCache,
             IdempotentRedis,
             RawRedis,
+            IdemRedisCluster,
+            RawRedisCluster,
             IdemPostgres,
             AgentEffectsPostgres,
             RawPostgres,

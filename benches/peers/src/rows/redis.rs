@@ -1,7 +1,8 @@
 //! Redis rows, all on one `redis-server` started for the run: idem's `RedisStore` (and the
 //! same behind a `ReplayCache`, for replays), `idempotent` 0.3's `ValkeyStore`, and the raw
 //! commands a claim needs, sent through redis 0.32's `ConnectionManager` with the settings
-//! idem's store gives its own (timeouts of 2 s to connect and 5 s per response).
+//! idem's store gives its own (timeouts of 2 s to connect and 5 s per response). The same raw
+//! commands run on a cluster too (`redis_cluster.rs`).
 //!
 //! Raw, fresh: `SET k in_progress NX PX 10000`, the body, `SET k <result JSON> XX PX 2000`
 //! (2 round trips). Raw, replay: `GET k` and decoding the JSON (1 round trip). Fresh entries
@@ -18,7 +19,7 @@ use std::time::Duration;
 use idem::store::{RedisStore, ReplayCache, Store};
 use idem_runtime::conformance::servers::RedisServer;
 use idempotent::store::valkey::ValkeyStore;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionLike, ConnectionManager};
 
 use super::{once_per_call, Mode, RoundResult, System};
 use crate::call::{body, IdemCall, IdemFn, Receipt, AMOUNT, CUSTOMER, REPLAY_TTL};
@@ -113,42 +114,84 @@ impl RedisEnv {
     /// The two commands the server spent most time in since the last reset, per call of the
     /// round: how many of each, and the time inside them.
     pub async fn server_note(&self, calls: u64) -> Result<String, String> {
-        let info = match self.admin(&["INFO", "commandstats"]).await? {
-            redis::Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-            redis::Value::VerbatimString { text, .. } => text,
-            other => return Err(format!("INFO answered {other:?}")),
-        };
-        let mut commands: Vec<(String, u64, u64)> = info
-            .lines()
-            .filter_map(|line| {
-                let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-                let field = |key: &str| {
-                    stats
-                        .split(',')
-                        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-                        .and_then(|v| v.parse::<u64>().ok())
-                };
-                Some((name.to_owned(), field("calls")?, field("usec")?))
-            })
-            .filter(|(name, _, _)| {
-                !(name.starts_with("config") || name.starts_with("info") || name == "flushdb")
-            })
-            .collect();
-        commands.sort_by_key(|c| std::cmp::Reverse(c.2));
-        let calls = calls.max(1) as f64;
-        let parts: Vec<String> = commands
-            .iter()
-            .take(2)
-            .map(|(name, count, usec)| {
-                format!(
-                    "{name}×{:.2} {:.1}µs",
-                    *count as f64 / calls,
-                    *usec as f64 / calls
-                )
-            })
-            .collect();
-        Ok(format!("server/call: {}", parts.join(", ")))
+        let info = info_text(self.admin(&["INFO", "commandstats"]).await?)?;
+        Ok(format!(
+            "server/call: {}",
+            per_call(&command_stats([info.as_str()]), calls)
+        ))
     }
+}
+
+/// The text of an answer to `INFO`.
+pub fn info_text(answer: redis::Value) -> Result<String, String> {
+    match answer {
+        redis::Value::BulkString(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+        redis::Value::VerbatimString { text, .. } => Ok(text),
+        other => Err(format!("INFO answered {other:?}")),
+    }
+}
+
+/// The commands in answers to `INFO commandstats` (one per server), summed over the answers,
+/// most time first: `(name, calls, µs)`. Commands that are not the rows' are left out.
+///
+/// ```text
+/// cmdstat_evalsha:calls=10,usec=80,usec_per_call=8.00,…   ─┐
+/// cmdstat_evalsha:calls=12,usec=90,…                       ─┴→ ("evalsha", 22, 170)
+/// ```
+pub fn command_stats<'a>(infos: impl IntoIterator<Item = &'a str>) -> Vec<(String, u64, u64)> {
+    let mut commands: Vec<(String, u64, u64)> = Vec::new();
+    for line in infos.into_iter().flat_map(str::lines) {
+        let Some((name, stats)) = line
+            .trim()
+            .strip_prefix("cmdstat_")
+            .and_then(|rest| rest.split_once(':'))
+        else {
+            continue;
+        };
+        let field = |key: &str| {
+            stats
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let (Some(count), Some(usec)) = (field("calls"), field("usec")) else {
+            continue;
+        };
+        // The benchmark's own commands, the cluster client's and the replicas' (`REPLCONF
+        // ACK`, once a second).
+        let others = [
+            "config", "info", "flushdb", "flushall", "cluster", "replconf",
+        ];
+        if others.iter().any(|other| name.starts_with(other)) {
+            continue;
+        }
+        match commands.iter_mut().find(|c| c.0 == name) {
+            Some(command) => {
+                command.1 += count;
+                command.2 += usec;
+            }
+            None => commands.push((name.to_owned(), count, usec)),
+        }
+    }
+    commands.sort_by_key(|c| std::cmp::Reverse(c.2));
+    commands
+}
+
+/// `evalsha×2.00 14.1µs, incrby×0.00 0.0µs`: the two commands of most time, per call.
+pub fn per_call(commands: &[(String, u64, u64)], calls: u64) -> String {
+    let calls = calls.max(1) as f64;
+    let parts: Vec<String> = commands
+        .iter()
+        .take(2)
+        .map(|(name, count, usec)| {
+            format!(
+                "{name}×{:.2} {:.1}µs",
+                *count as f64 / calls,
+                *usec as f64 / calls
+            )
+        })
+        .collect();
+    parts.join(", ")
 }
 
 /// One round of a Redis row.
@@ -177,15 +220,8 @@ pub async fn round(
             once_per_call(Arc::new(call), &bodies, mode, callers, timing).await
         }
         System::RawRedis => {
-            let raw = Arc::new(RawRedis {
-                connection: env.raw.clone(),
-                bodies: bodies.clone(),
-                replay,
-            });
-            if let Some(order) = replay {
-                raw.fresh(order, REPLAY_TTL).await?;
-            }
-            once_per_call(raw, &bodies, mode, callers, timing).await
+            let connection = env.raw.clone();
+            raw_commands(connection, &bodies, mode, replay, callers, timing).await?
         }
         other => return Err(format!("{other:?} is not a Redis row")),
     };
@@ -193,14 +229,39 @@ pub async fn round(
     Ok(result)
 }
 
-/// The raw commands.
-struct RawRedis {
-    connection: ConnectionManager,
+/// One round of the raw commands on `connection` (one server, or a cluster): a fresh row
+/// claims a new key each call; a replay row (`replay`: its key's number) reads back the one
+/// key recorded here before the round.
+pub async fn raw_commands<C>(
+    connection: C,
+    bodies: &Arc<AtomicU64>,
+    mode: Mode,
+    replay: Option<u64>,
+    callers: usize,
+    timing: Timing,
+) -> Result<RoundResult, String>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    let raw = Arc::new(RawRedis {
+        connection,
+        bodies: bodies.clone(),
+        replay,
+    });
+    if let Some(order) = replay {
+        raw.fresh(order, REPLAY_TTL).await?;
+    }
+    Ok(once_per_call(raw, bodies, mode, callers, timing).await)
+}
+
+/// The raw commands, on a `ConnectionManager` or a cluster's connection.
+struct RawRedis<C> {
+    connection: C,
     bodies: Arc<AtomicU64>,
     replay: Option<u64>,
 }
 
-impl RawRedis {
+impl<C: ConnectionLike + Clone + Send + Sync + 'static> RawRedis<C> {
     /// `SET NX PX`, the body, `SET XX PX`.
     async fn fresh(&self, order: u64, ttl: Duration) -> Result<(), String> {
         let key = format!("raw:{order}");
@@ -250,11 +311,31 @@ impl RawRedis {
     }
 }
 
-impl Call for RawRedis {
+impl<C: ConnectionLike + Clone + Send + Sync + 'static> Call for RawRedis<C> {
     async fn call(&self, n: u64) -> Result<(), String> {
         match self.replay {
             None => self.fresh(n, FRESH_TTL).await,
             Some(order) => self.replay(order).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{command_stats, per_call};
+
+    #[test]
+    fn commandstats_of_several_masters_are_summed() {
+        let a = "# Commandstats\r\ncmdstat_evalsha:calls=10,usec=80,usec_per_call=8.00,rejected_calls=0,failed_calls=0\r\ncmdstat_flushall:calls=1,usec=500\r\n";
+        let b = "# Commandstats\r\ncmdstat_evalsha:calls=12,usec=90,usec_per_call=7.50\r\ncmdstat_incrby:calls=1,usec=2\r\ncmdstat_cluster|slots:calls=3,usec=300\r\ncmdstat_replconf:calls=2,usec=1\r\n";
+        let commands = command_stats([a, b]);
+        assert_eq!(
+            commands,
+            vec![("evalsha".into(), 22, 170), ("incrby".into(), 1, 2)]
+        );
+        assert_eq!(
+            per_call(&commands, 10),
+            "evalsha×2.20 17.0µs, incrby×0.10 0.2µs"
+        );
     }
 }
