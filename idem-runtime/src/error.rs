@@ -52,8 +52,10 @@ pub enum Error {
         /// The action's name.
         action: &'static str,
     },
-    /// This caller's lease was taken over (it was paused or cut off for longer than the lease)
-    /// or the record was settled by an operator: its result was not recorded.
+    /// This caller no longer holds its key: its lease was taken over (it was paused or cut off
+    /// for longer than the lease), the record was settled by an operator, or the store lost
+    /// the claim (a failover to a replica that did not have it). Its result was not recorded;
+    /// when this comes after the body ran, the body's effect happened.
     LostOwnership {
         /// The key of the call.
         key: Key,
@@ -232,7 +234,8 @@ impl fmt::Display for Error {
             ),
             Error::LostOwnership { key, action } => write!(
                 f,
-                "`{action}` with key {key}: this caller's lease was taken over, \
+                "`{action}` with key {key}: this caller no longer holds the key (its lease \
+                 was taken over, an operator settled it, or the store lost the claim), \
                  its result was not recorded"
             ),
             Error::NeedsReview { key, action } => write!(

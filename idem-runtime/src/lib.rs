@@ -82,7 +82,7 @@ pub mod private;
 /// | `conflict` | refused: another caller holds the key (`on_conflict = fail`, or the wait ran out) |
 /// | `payload_mismatch` | refused: the key was used with another payload |
 /// | `needs_review` | refused: the key is parked for an operator |
-/// | `lost_ownership` | ran the body, but its lease was taken over (or an operator settled the key) before its result was recorded |
+/// | `lost_ownership` | ran the body, but its lease was taken over (or an operator settled the key, or the store lost the claim in a failover) before its result was recorded |
 /// | `error` | failed in idem or its store (no store, arguments with no JSON form, the store unreachable, …) |
 ///
 /// Without a recorder the facade records nothing, but it cannot say so: the feature costs each

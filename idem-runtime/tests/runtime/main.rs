@@ -6,6 +6,7 @@ mod layers;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod postgres;
+mod postgres_failover;
 mod python;
 mod redis;
 mod redis_cluster;

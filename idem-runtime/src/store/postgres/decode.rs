@@ -213,16 +213,33 @@ pub(super) enum Peek {
 
 /// Reads the `peek` row (none: no record) and applies the claim rule (`store::rules`) to it.
 pub(super) fn peek_answer(row: Option<&Row>, request: &ClaimRequest<'_>) -> Result<Peek, Error> {
-    let Some(row) = row else {
+    let Some((found, outcome, now_ms)) = peeked(row, request.key)? else {
         return Ok(Peek::Insert);
     };
-    let status: String = column(row, 0, "a record", Some(request.key))?;
-    let (found, outcome) = found_from(row, 0, &status, request.key)?;
-    let now_ms: i64 = column(row, 6, "a record", Some(request.key))?;
     Ok(match decide(&found, request, now_ms) {
         Verdict::Report => Peek::Report(found.report(outcome, now_ms)),
         Verdict::Write(_) => Peek::Replace,
     })
+}
+
+/// The record in the `peek` row of `key` (none: no record), its outcome and the store's
+/// clock, checked.
+fn peeked(
+    row: Option<&Row>,
+    key: &Key,
+) -> Result<Option<(Found, Option<StoredOutcome>, i64)>, Error> {
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let status: String = column(row, 0, "a record", Some(key))?;
+    let (found, outcome) = found_from(row, 0, &status, key)?;
+    let now_ms: i64 = column(row, 6, "a record", Some(key))?;
+    Ok(Some((found, outcome, now_ms)))
+}
+
+/// A record read back with the `peek` statement (none: no record), and the store's clock.
+pub(super) fn looked(row: Option<&Row>, key: &Key) -> Result<Option<(Found, i64)>, Error> {
+    Ok(peeked(row, key)?.map(|(found, _, now_ms)| (found, now_ms)))
 }
 
 /// The token of the `insert` statement's row, or `None` when a record was made since.

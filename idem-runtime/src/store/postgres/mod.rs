@@ -10,10 +10,12 @@
 //! open.rs        connecting: the builder, the pool, the schema created or migrated (schema.sql)
 //! statements.rs  every statement, written once per store for its schema, by concern
 //! decode.rs      rows as records, saga logs and claims, every field checked
+//! readback.rs    a write whose answer was lost: the record read back, and what it says
 //! ```
 
 mod decode;
 mod open;
+mod readback;
 mod statements;
 #[cfg(all(test, feature = "conformance"))]
 mod tests;
@@ -33,8 +35,9 @@ use crate::store::{
     RecordQuery, SagaLog, SagaQuery, SagaStatus, SagaWrite, StaleSaga, Store, StoredOutcome,
     Waiters,
 };
-use crate::store::{Inspect, SagaStore};
+use crate::store::{Found, Inspect, SagaStore};
 use crate::{Error, OnStale};
+use readback::{answer_lost, Unanswered};
 
 pub use open::PostgresStoreBuilder;
 
@@ -96,6 +99,13 @@ const CLAIM_ATTEMPTS: usize = 16;
 ///   on `created_at` would cost every claim a write, for a query an operator runs by hand).
 /// - **Connections**: a pool (deadpool-postgres) of 16 by default, without TLS; for TLS or
 ///   other pool settings build the pool yourself and use [`PostgresStore::with_pool`].
+/// - **Failover**: give every server in one URL with `target_session_attrs=read-write`
+///   (`postgresql://idem@db1,db2/agents?target_session_attrs=read-write`): each new
+///   connection goes to the server that takes writes, so after a standby is promoted the
+///   store reconnects by itself. A write whose answer never came back (the connection cut
+///   by the failover, the store's wait run out) is settled by reading its record back before
+///   the store answers (see [`statement_timeout`](PostgresStoreBuilder::statement_timeout)).
+///   What a failover can lose depends on the replication: see `docs/postgres.md`.
 ///
 /// Expired results and dead claims (see [`Store::purge_expired`]) are purged in the
 /// background every 1024 recorded results, and by
@@ -119,8 +129,13 @@ pub struct PostgresStore {
 
 struct Inner {
     pool: Pool,
+    /// How to open a connection of the store's own (for reading a record back), when the
+    /// store made the pool from a URL.
+    direct: Option<tokio_postgres::Config>,
     /// How long a statement's answer is waited for (see `statement_timeout`).
     answer_within: Duration,
+    /// How long a write whose answer was lost is settled for: the statement timeout.
+    read_back_within: Duration,
     schema: String,
     sql: Statements,
     waiters: Waiters,
@@ -140,12 +155,19 @@ impl fmt::Debug for PostgresStore {
 
 impl PostgresStore {
     /// A store on `pool` whose schema `schema` is in place.
-    fn on(pool: Pool, schema: String, answer_within: Duration) -> Self {
+    fn on(
+        pool: Pool,
+        schema: String,
+        direct: Option<tokio_postgres::Config>,
+        waits: Waits,
+    ) -> Self {
         PostgresStore {
             inner: Arc::new(Inner {
                 sql: Statements::new(&quote_ident(&schema)),
                 pool,
-                answer_within,
+                direct,
+                answer_within: waits.answer_within,
+                read_back_within: waits.read_back_within,
                 schema,
                 waiters: Waiters::default(),
                 recorded: AtomicU64::new(0),
@@ -171,14 +193,28 @@ impl PostgresStore {
         self.inner.pool.get().await.map_err(|e| failed(key, &e))
     }
 
-    /// Runs `statement` (prepared once per connection) and returns its rows.
+    /// Runs `statement` (prepared once per connection) and returns its rows: for a statement
+    /// that writes nothing, or whose lost answer nothing settles (see [`Self::write`]).
     async fn query(
         &self,
         key: Option<&Key>,
         statement: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
-        let client = self.client(key).await?;
+        self.attempt(key, statement, params)
+            .await
+            .map_err(Unanswered::into_error)
+    }
+
+    /// Runs `statement` (prepared once per connection) and returns its rows, or why there
+    /// are none: it failed, or its answer was lost.
+    async fn attempt(
+        &self,
+        key: Option<&Key>,
+        statement: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, Unanswered> {
+        let client = self.client(key).await.map_err(Unanswered::Unsent)?;
         let work = async {
             let prepared = client.prepare_cached(statement).await?;
             client.query(&prepared, params).await
@@ -201,31 +237,37 @@ impl PostgresStore {
         };
         let answer = tokio::time::timeout(self.inner.answer_within, work).await;
         self.answered(client, key, answer)
+            .map_err(Unanswered::into_error)
     }
 
     /// The answer of a statement run (prepared included: preparing waits for the table's
-    /// locks too) under the store's wait. One whose answer did not come in time fails the
-    /// call, and its connection is closed, not given back to the pool (its next user would
-    /// wait behind the statement). Whether the statement took effect is left to the
-    /// protocol's own checks (see `PostgresStoreBuilder::statement_timeout`).
+    /// locks too) under the store's wait. One whose answer did not come in time, or whose
+    /// connection broke, fails the call as [`Unanswered::Lost`]: it may have been written
+    /// (see [`Self::write`]). Its connection is closed, not given back to the pool (its next
+    /// user would wait behind the statement).
     fn answered<T>(
         &self,
         client: deadpool_postgres::Object,
         key: Option<&Key>,
         answer: Result<Result<T, tokio_postgres::Error>, tokio::time::error::Elapsed>,
-    ) -> Result<T, Error> {
+    ) -> Result<T, Unanswered> {
         match answer {
-            Ok(answer) => answer.map_err(|e| failed(key, &e)),
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(error)) if answer_lost(&error) => {
+                drop(deadpool_postgres::Object::take(client));
+                Err(Unanswered::Lost(failed(key, &error)))
+            }
+            Ok(Err(error)) => Err(Unanswered::Failed(failed(key, &error))),
             Err(_) => {
                 drop(deadpool_postgres::Object::take(client));
-                Err(Error::store(
+                Err(Unanswered::Lost(Error::store(
                     "postgres",
                     key,
                     format!(
                         "no answer within {} s; the connection was closed",
                         self.inner.answer_within.as_secs_f64()
                     ),
-                ))
+                )))
             }
         }
     }
@@ -237,11 +279,7 @@ impl PostgresStore {
         statement: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<bool, Error> {
-        let rows = self.query(Some(key), statement, params).await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| Error::store("postgres", Some(key), "the statement answered no row"))?;
-        row.try_get(0).map_err(|e| failed(Some(key), &e))
+        boolean(key, &self.query(Some(key), statement, params).await?)
     }
 
     /// Deletes up to `limit` expired results, with the logs of the sagas they ended, in one
@@ -262,6 +300,23 @@ impl PostgresStore {
         .await
     }
 }
+
+/// How long the store waits for a statement's answer, and for the record of a write whose
+/// answer was lost.
+#[derive(Debug, Clone, Copy)]
+struct Waits {
+    answer_within: Duration,
+    read_back_within: Duration,
+}
+
+/// The one boolean of a statement's one row.
+fn boolean(key: &Key, rows: &[Row]) -> Result<bool, Error> {
+    let row = rows
+        .first()
+        .ok_or_else(|| Error::store("postgres", Some(key), "the statement answered no row"))?;
+    row.try_get(0).map_err(|e| failed(Some(key), &e))
+}
+
 /// A store error naming `key`, with what the driver said.
 fn failed(key: Option<&Key>, error: &dyn std::error::Error) -> Error {
     Error::store("postgres", key, described(error))
@@ -338,10 +393,13 @@ impl Store for PostgresStore {
                 Peek::Report(claim) => return Ok(claim),
                 Peek::Insert => {
                     let rows = self
-                        .query(
-                            Some(key),
+                        .write(
+                            key,
+                            "the claim",
                             &self.inner.sql.insert,
                             &[&hex, &request.action, &fingerprint, &lease, &ttl],
+                            Ok,
+                            |found| readback::claimed(found, request.fingerprint),
                         )
                         .await?;
                     match inserted(&rows, key)? {
@@ -357,10 +415,13 @@ impl Store for PostgresStore {
                 Peek::Replace => {}
             }
             let rows = self
-                .query(
-                    Some(key),
+                .write(
+                    key,
+                    "the claim",
                     &self.inner.sql.claim,
                     &[&hex, &request.action, &fingerprint, &lease, &review, &ttl],
+                    Ok,
+                    |found| readback::claimed(found, request.fingerprint),
                 )
                 .await?;
             let row = rows
@@ -389,8 +450,9 @@ impl Store for PostgresStore {
             StoredOutcome::Err(bytes) => ("err", bytes),
         };
         let held = self
-            .ask(
+            .write(
                 key,
+                "recording the result",
                 &self.inner.sql.complete,
                 &[
                     &key.to_string(),
@@ -399,6 +461,8 @@ impl Store for PostgresStore {
                     &&bytes[..],
                     &duration_ms(ttl),
                 ],
+                |rows| boolean(key, &rows).map(ownership),
+                |found| readback::completed(found, token),
             )
             .await?;
         self.inner.waiters.wake(key);
@@ -410,19 +474,22 @@ impl Store for PostgresStore {
                 }
             });
         }
-        Ok(ownership(held))
+        Ok(held)
     }
 
     async fn release(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
-        let deleted = self
-            .execute(
-                Some(key),
+        let released = self
+            .write(
+                key,
+                "the release",
                 &self.inner.sql.release,
                 &[&key.to_string(), &to_sql(token)],
+                |rows| Ok(ownership(rows.len() == 1)),
+                |found| readback::released(found, token),
             )
             .await?;
         self.inner.waiters.wake(key);
-        Ok(ownership(deleted == 1))
+        Ok(released)
     }
 
     async fn heartbeat(
@@ -431,14 +498,15 @@ impl Store for PostgresStore {
         token: FencingToken,
         lease: Duration,
     ) -> Result<Ownership, Error> {
-        let renewed = self
-            .execute(
-                Some(key),
-                &self.inner.sql.heartbeat,
-                &[&key.to_string(), &to_sql(token), &duration_ms(lease)],
-            )
-            .await?;
-        Ok(ownership(renewed == 1))
+        self.write(
+            key,
+            "the heartbeat",
+            &self.inner.sql.heartbeat,
+            &[&key.to_string(), &to_sql(token), &duration_ms(lease)],
+            |rows| Ok(ownership(rows.len() == 1)),
+            |found| readback::renewed(found, token),
+        )
+        .await
     }
 
     async fn wait(&self, key: &Key, token: FencingToken, at_most: Duration) -> Result<(), Error> {
@@ -476,19 +544,26 @@ impl SagaStore for PostgresStore {
         write: SagaWrite<'_>,
     ) -> Result<Ownership, Error> {
         let hex = saga.to_string();
+        let fence = token;
         let token = to_sql(token);
-        let written = match write {
+        let written = |rows: Vec<Row>| Ok(ownership(!rows.is_empty()));
+        let judge = |found: Option<(&Found, i64)>| readback::renewed(found, fence);
+        match write {
             SagaWrite::Status { status, error } => {
-                self.query(
-                    Some(saga),
+                self.write(
+                    saga,
+                    "the saga log write",
                     &self.inner.sql.saga_status,
                     &[&hex, &token, &id, &status.as_str(), &error],
+                    written,
+                    judge,
                 )
-                .await?
+                .await
             }
             SagaWrite::Step(step) => {
-                self.query(
-                    Some(saga),
+                self.write(
+                    saga,
+                    "the saga log write",
                     &self.inner.sql.saga_step,
                     &[
                         &hex,
@@ -503,11 +578,12 @@ impl SagaStore for PostgresStore {
                         &step.output,
                         &step.error,
                     ],
+                    written,
+                    judge,
                 )
-                .await?
+                .await
             }
-        };
-        Ok(ownership(!written.is_empty()))
+        }
     }
 
     async fn read_saga(&self, saga: &Key) -> Result<Option<SagaLog>, Error> {

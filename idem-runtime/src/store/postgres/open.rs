@@ -7,7 +7,7 @@ use tokio_postgres::NoTls;
 
 use crate::Error;
 
-use super::{described, failed, PostgresStore, SCHEMA_VERSION};
+use super::{described, failed, PostgresStore, Waits, SCHEMA_VERSION};
 
 /// The schema, as a file that teams who run their own migrations can apply themselves.
 pub(super) const SCHEMA_SQL: &str = include_str!("schema.sql");
@@ -31,7 +31,28 @@ const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// synchronous standby, a connection whose packets stopped arriving).
 const ANSWER_MARGIN: Duration = Duration::from_secs(5);
 
-/// How to connect a [`PostgresStore`]: the schema its tables live in, the size of its pool.
+/// How to connect a [`PostgresStore`]: the schema its tables live in, the size of its pool,
+/// the statement timeout.
+///
+/// For a primary with standbys, give every server in the URL and ask for the one that takes
+/// writes, `target_session_attrs=read-write`: each new connection tries the hosts in turn and
+/// skips those that are down or read-only, so that after a standby is promoted the store
+/// reconnects to it by itself (see `docs/postgres.md` for the replication settings that make
+/// a failover lose nothing).
+///
+/// ```no_run
+/// use idem_runtime::store::PostgresStore;
+///
+/// # async fn start() -> Result<(), idem_runtime::Error> {
+/// let store = PostgresStore::builder(
+///     "postgresql://idem@db1.internal:5432,db2.internal:5432/agents?target_session_attrs=read-write",
+/// )
+/// .statement_timeout(std::time::Duration::from_secs(5))
+/// .connect()
+/// .await?;
+/// # Ok(())
+/// # }
+/// ```
 ///
 /// ```no_run
 /// use idem_runtime::store::PostgresStore;
@@ -100,13 +121,26 @@ impl PostgresStoreBuilder {
     /// it after that (`statement_timeout`, set on the store's own connections), and the
     /// store gives up waiting for its answer 5 s later in any case, closing the connection
     /// (a commit waiting for a synchronous standby that is gone is not covered by the
-    /// server's timeout). The call fails with [`Error::Store`], and nothing runs. A write
-    /// that committed although its answer never came is found by the protocol's own checks:
-    /// a result recorded again finds itself recorded; a claim whose caller gave up holds the
-    /// key until its lease runs out, and the next caller takes it over.
+    /// server's timeout).
+    ///
+    /// A statement the server refused wrote nothing: the call fails with [`Error::Store`].
+    /// A write whose answer never came back (the store's wait ran out, or the connection was
+    /// cut after the statement was sent: a failover, a backend terminated while its commit
+    /// waited for a standby) may have committed. Before it answers, the store reads the
+    /// record back on a new connection, trying again for up to this timeout (long enough to
+    /// wait out a failover), and answers as the record says: a result recorded under the
+    /// call's token is recorded, a release made is made, a write not made is run again (it
+    /// is fenced by the token, so that is safe), a key the token no longer holds is
+    /// [`Ownership::Lost`](crate::store::Ownership::Lost). A claim whose answer was lost
+    /// cannot be told from a duplicate's claim of the same payload (only the answer had its
+    /// token): if the record holds such a live claim, the call fails with [`Error::Store`]
+    /// without running its body, and a claim of its own runs out with its lease. If the
+    /// record cannot be read before this timeout runs out, the write fails with
+    /// [`Error::Store`] naming the key and saying that it may have been made.
     ///
     /// On a pool given to [`PostgresStore::with_pool`] only the store's own wait applies: set
-    /// `statement_timeout` in that pool's configuration.
+    /// `statement_timeout` in that pool's configuration. Records are read back on
+    /// connections of that pool.
     ///
     /// ```no_run
     /// # async fn start() -> Result<(), idem_runtime::Error> {
@@ -137,15 +171,19 @@ impl PostgresStoreBuilder {
     /// # }
     /// ```
     pub async fn connect(self) -> Result<PostgresStore, Error> {
-        let answer_within = self.answer_within();
-        let (pool, schema) = self.pool()?;
+        let waits = self.waits();
+        let (pool, schema, direct) = self.pool()?;
         migrate(&pool, &schema).await?;
-        Ok(PostgresStore::on(pool, schema, answer_within))
+        Ok(PostgresStore::on(pool, schema, direct, waits))
     }
 
-    /// How long the store waits for a statement's answer.
-    fn answer_within(&self) -> Duration {
-        self.statement_timeout.saturating_add(ANSWER_MARGIN)
+    /// How long the store waits for a statement's answer, and for the record of a write
+    /// whose answer was lost.
+    fn waits(&self) -> Waits {
+        Waits {
+            answer_within: self.statement_timeout.saturating_add(ANSWER_MARGIN),
+            read_back_within: self.statement_timeout,
+        }
     }
 
     /// Opens the pool and returns the store, for an operator's look: changes nothing by
@@ -164,8 +202,8 @@ impl PostgresStoreBuilder {
     /// # }
     /// ```
     pub async fn connect_existing(self) -> Result<PostgresStore, Error> {
-        let answer_within = self.answer_within();
-        let (pool, schema) = self.pool()?;
+        let waits = self.waits();
+        let (pool, schema, direct) = self.pool()?;
         let client = pool.get().await.map_err(|e| failed(None, &e))?;
         let found = version(&client, &schema).await.map_err(|e| {
             Error::store(
@@ -176,7 +214,7 @@ impl PostgresStoreBuilder {
         })?;
         drop(client);
         match found {
-            Some(SCHEMA_VERSION) => Ok(PostgresStore::on(pool, schema, answer_within)),
+            Some(SCHEMA_VERSION) => Ok(PostgresStore::on(pool, schema, direct, waits)),
             None => Err(Error::store(
                 "postgres",
                 None,
@@ -194,8 +232,9 @@ impl PostgresStoreBuilder {
         }
     }
 
-    /// The pool, and the schema name checked.
-    fn pool(self) -> Result<(Pool, String), Error> {
+    /// The pool, the schema name checked, and the configuration of the pool's connections
+    /// when the store makes the pool itself.
+    fn pool(self) -> Result<(Pool, String, Option<tokio_postgres::Config>), Error> {
         let schema = self.schema;
         if schema.is_empty() || schema.len() > 63 || schema.contains('\0') {
             return Err(Error::store(
@@ -204,17 +243,20 @@ impl PostgresStoreBuilder {
                 format!("{schema:?} is not a schema name (1 to 63 bytes, no NUL)"),
             ));
         }
-        let pool = match self.source {
-            Source::Pool(pool) => pool,
-            Source::Url(url) => open_pool(&url, self.pool_size, self.statement_timeout)?,
+        let (pool, direct) = match self.source {
+            Source::Pool(pool) => (pool, None),
+            Source::Url(url) => {
+                let config = pool_config(&url, self.statement_timeout)?;
+                (open_pool(config.clone(), self.pool_size)?, Some(config))
+            }
         };
-        Ok((pool, schema))
+        Ok((pool, schema, direct))
     }
 }
 
-/// The pool for `url`, with the store's defaults, and `statement_timeout` on its connections
-/// unless the URL's `options` set one.
-fn open_pool(url: &str, size: usize, statement_timeout: Duration) -> Result<Pool, Error> {
+/// The connections' configuration for `url`, with the store's defaults, and
+/// `statement_timeout` unless the URL's `options` set one.
+fn pool_config(url: &str, statement_timeout: Duration) -> Result<tokio_postgres::Config, Error> {
     let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
         Error::store(
             "postgres",
@@ -233,6 +275,11 @@ fn open_pool(url: &str, size: usize, statement_timeout: Duration) -> Result<Pool
         let ms = statement_timeout.as_millis().max(1);
         config.options(format!("{options} -c statement_timeout={ms}").trim());
     }
+    Ok(config)
+}
+
+/// A pool of `size` connections made with `config`.
+fn open_pool(config: tokio_postgres::Config, size: usize) -> Result<Pool, Error> {
     let manager = Manager::from_config(
         config,
         NoTls,
@@ -338,7 +385,9 @@ pub(super) fn quote_ident(name: &str) -> String {
 impl PostgresStore {
     /// Connects to the database at `url` (`postgres://user:password@host:port/database`, or
     /// the `key=value` form), with the store's tables in the schema `public`, creating them
-    /// if needed.
+    /// if needed. A URL may name several servers, `postgresql://idem@db1,db2/agents?
+    /// target_session_attrs=read-write`, to follow a failover (see
+    /// [`PostgresStoreBuilder`]).
     ///
     /// ```no_run
     /// # async fn start() -> Result<(), idem_runtime::Error> {

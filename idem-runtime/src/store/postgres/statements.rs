@@ -255,20 +255,22 @@ fn complete(s: &str) -> String {
     )
 }
 
-/// Gives the key back if the token still owns it.
+/// Gives the key back if the token still owns it; answers a row if it did.
 fn release(s: &str) -> String {
     format!(
         "DELETE FROM {s}.idem_records
-         WHERE key = $1::text AND token = $2::bigint AND status IN ('in_progress', 'needs_review')"
+         WHERE key = $1::text AND token = $2::bigint AND status IN ('in_progress', 'needs_review')
+         RETURNING 1"
     )
 }
 
-/// Extends the lease if the token still owns the key.
+/// Extends the lease if the token still owns the key; answers a row if it did.
 fn heartbeat(s: &str) -> String {
     format!(
         "UPDATE {s}.idem_records
          SET expires_at = clock_timestamp() + $3::bigint * interval '1 millisecond'
-         WHERE key = $1::text AND token = $2::bigint AND status = 'in_progress'"
+         WHERE key = $1::text AND token = $2::bigint AND status = 'in_progress'
+         RETURNING 1"
     )
 }
 
