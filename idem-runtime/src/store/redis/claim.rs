@@ -27,13 +27,14 @@ use crate::store::{
 use crate::Error;
 
 impl RedisStore {
-    /// The claim as one native round trip, or `None` when the record must be changed by the
-    /// script (or the action's TTL is too short for a token from a block).
+    /// The claim as one native round trip, with the record as this claim wrote it if it made
+    /// one; `None` when the record must be changed by the script (or the action's TTL is too
+    /// short for a token from a block).
     pub(super) async fn claim_natively(
         &self,
         request: &ClaimRequest<'_>,
         claim_id: u64,
-    ) -> Result<Option<Claim>, Error> {
+    ) -> Result<Option<(Claim, Option<Vec<u8>>)>, Error> {
         if request.ttl < FRESH_BLOCK_TTL {
             return Ok(None);
         }
@@ -43,14 +44,14 @@ impl RedisStore {
     }
 
     /// The native claim under `token`, from a block reserved at `reserved`, by the claim
-    /// `claim_id`.
+    /// `claim_id`, with the record it wrote if it made one.
     async fn claim_with_token(
         &self,
         request: &ClaimRequest<'_>,
         token: FencingToken,
         reserved: Instant,
         claim_id: u64,
-    ) -> Result<Option<Claim>, Error> {
+    ) -> Result<Option<(Claim, Option<Vec<u8>>)>, Error> {
         let key = request.key;
         let ttl_ms = millis(request.ttl);
         let claim = Stored::encode_claim(
@@ -70,7 +71,7 @@ impl RedisStore {
         let (previous, pttl): (Value, i64) = redis::pipe()
             .cmd("SET")
             .arg(&record_key)
-            .arg(claim)
+            .arg(&claim)
             .arg("NX")
             .arg("GET")
             .arg("PX")
@@ -98,12 +99,14 @@ impl RedisStore {
             // A `SET` that reached the server late may carry a token smaller than one handed
             // out for this key meanwhile (`tokens.rs`): it gets a new one first.
             if reserved.elapsed() >= FRESH_BLOCK_TTL {
-                return self.retoken(key, token, claim_id).await;
+                let retokened = self.retoken(key, token, claim_id).await?;
+                return Ok(retokened.map(|claim| (claim, None)));
             }
-            return Ok(Some(Claim::Acquired {
+            let acquired = Claim::Acquired {
                 token,
                 resumed: false,
-            }));
+            };
+            return Ok(Some((acquired, Some(claim))));
         };
         // A tombstone, or a record whose times it keeps itself (a saga's claim, short TTLs):
         // the script, which reads the server's clock, decides.
@@ -124,7 +127,7 @@ impl RedisStore {
             claim_ttl_ms: Some(found.ttl_ms),
         };
         Ok(match decide(&rule, request, now_ms) {
-            Verdict::Report => Some(rule.report(found.outcome, now_ms)),
+            Verdict::Report => Some((rule.report(found.outcome, now_ms), None)),
             Verdict::Write(_) => None,
         })
     }
@@ -221,7 +224,8 @@ mod tests {
                 };
                 let claim = store
                     .claim_with_token(&request, token, reserved, claim_id)
-                    .await;
+                    .await
+                    .map(|claim| claim.map(|(claim, _)| claim));
                 let record = store.get(&key).await.expect("get").expect("the claim");
                 (claim.expect("claim"), record.token)
             }
@@ -379,7 +383,7 @@ mod tests {
         let ok = || StoredOutcome::Ok(b"1".to_vec());
         let ttl = Duration::from_secs(60);
 
-        let stranger = |store: &RedisStore| store.claim_ids.remember(&key, token, own + 1);
+        let stranger = |store: &RedisStore| store.claim_ids.remember(&key, token, own + 1, None);
         stranger(&store);
         let lease = Duration::from_secs(60);
         assert_eq!(
@@ -393,7 +397,7 @@ mod tests {
         let completed = store.complete(&key, token, ok(), ttl).await.unwrap();
         assert_eq!(completed, Ownership::Lost);
 
-        store.claim_ids.remember(&key, token, own);
+        store.claim_ids.remember(&key, token, own, None);
         assert_eq!(
             store.heartbeat(&key, token, lease).await.unwrap(),
             Ownership::Held

@@ -22,7 +22,16 @@ pub(super) struct ClaimIds {
     /// Seeded at random per handle: the ids of two processes never follow one another.
     seed: std::collections::hash_map::RandomState,
     drawn: AtomicU64,
-    held: Mutex<HashMap<(Key, FencingToken), u64>>,
+    held: Mutex<HashMap<(Key, FencingToken), Held>>,
+}
+
+/// A claim this handle made.
+#[derive(Debug)]
+struct Held {
+    id: u64,
+    /// The record as the claim wrote it, for a claim made by the native `SET`: while the
+    /// record is unchanged, its result replaces it with one comparison (`complete.rs`).
+    written: Option<Vec<u8>>,
 }
 
 impl ClaimIds {
@@ -33,9 +42,16 @@ impl ClaimIds {
         hasher.finish().max(1)
     }
 
-    /// Remembers that the claim of `key` under `token` has `id`.
-    pub(super) fn remember(&self, key: &Key, token: FencingToken, id: u64) {
-        self.held().insert((*key, token), id);
+    /// Remembers that the claim of `key` under `token` has `id`, and the record it `written`,
+    /// if it made it with the native `SET`.
+    pub(super) fn remember(
+        &self,
+        key: &Key,
+        token: FencingToken,
+        id: u64,
+        written: Option<Vec<u8>>,
+    ) {
+        self.held().insert((*key, token), Held { id, written });
     }
 
     /// The id of the claim of `key` under `token` as the scripts take it: its digits, or ''
@@ -43,8 +59,14 @@ impl ClaimIds {
     pub(super) fn of(&self, key: &Key, token: FencingToken) -> String {
         self.held()
             .get(&(*key, token))
-            .map(u64::to_string)
+            .map(|held| held.id.to_string())
             .unwrap_or_default()
+    }
+
+    /// The record the claim of `key` under `token` wrote with the native `SET`, if this handle
+    /// made it so.
+    pub(super) fn written(&self, key: &Key, token: FencingToken) -> Option<Vec<u8>> {
+        self.held().get(&(*key, token))?.written.clone()
     }
 
     /// Forgets the claim of `key` under `token` (done with: completed, released, lost).
@@ -52,7 +74,7 @@ impl ClaimIds {
         self.held().remove(&(*key, token));
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<(Key, FencingToken), u64>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<(Key, FencingToken), Held>> {
         // Every write leaves the map whole: a poisoned lock holds a usable one.
         self.held
             .lock()
@@ -71,8 +93,9 @@ mod tests {
         assert_ne!(a, b);
         assert_ne!(a, ClaimIds::default().draw());
         let key = Key::from_bytes([1; 32]);
-        ids.remember(&key, 7, a);
+        ids.remember(&key, 7, a, Some(b"p|7".to_vec()));
         assert_eq!(ids.of(&key, 7), a.to_string());
+        assert_eq!(ids.written(&key, 7), Some(b"p|7".to_vec()));
         assert_eq!(ids.of(&key, 8), "");
         ids.forget(&key, 7);
         assert_eq!(ids.of(&key, 7), "");

@@ -278,6 +278,35 @@ impl RedisStore {
         Ok(answer)
     }
 
+    /// Runs `command`, a write whose answer the store hands to its caller as done, as
+    /// [`run_acknowledged`](Self::run_acknowledged) runs a script.
+    pub(super) async fn run_command_acknowledged<T: redis::FromRedisValue>(
+        &self,
+        key: &Key,
+        command: &redis::Cmd,
+        what: &str,
+        wrote: impl FnOnce(&T) -> bool,
+    ) -> Result<T, Error> {
+        let mut connection = self.connection.clone();
+        let Some(replicas) = self.replicas else {
+            return command
+                .query_async(&mut connection)
+                .await
+                .map_err(failed(Some(key)));
+        };
+        let mut pipe = redis::pipe();
+        pipe.add_command(command.clone())
+            .add_command(replicas.wait());
+        let (answer, acknowledged): (T, Value) = pipe
+            .query_async(&mut connection)
+            .await
+            .map_err(failed(Some(key)))?;
+        if wrote(&answer) {
+            replicas.check(&acknowledged, Some(key), what, LOSABLE)?;
+        }
+        Ok(answer)
+    }
+
     /// With replicas asked for, waits until they have every write of the connection so far
     /// (`WAIT`) on the master of `key`; `what` names the write for errors, `so` what follows
     /// from too few. The `WAIT` follows a read of the key's record in one pipeline, which a

@@ -3,7 +3,9 @@
 //! A claim is one round trip of native commands, `SET <record> <claim> NX GET PX <lease +
 //! TTL>` and `PTTL` (`claim.rs`): it makes a claim where there is no record, and
 //! otherwise reads the record as it is (a replay, a live owner, a key parked for review) with
-//! no script on either path. Every other write, and a claim that must change a record (a dead
+//! no script on either path. The result of such a claim, its record unchanged since, is one
+//! compare-and-set of the whole record (`SET … IFEQ` on Valkey, a three-line script on Redis
+//! 7: `in_place.rs`). Every other write, and a claim that must change a record (a dead
 //! owner taken over or parked, a released key claimed again), is one Lua script, run
 //! atomically by the server, that checks the fencing token and reads the server's clock
 //! (`TIME`): the clocks of the callers never matter. A claim's lease is in its key's expiry
@@ -40,7 +42,8 @@
 //! Where each part lives: `connection.rs` one server or a cluster; `layout.rs` the key
 //! names, their buckets, the layout check and the migration from an older one; `claim.rs`
 //! the claim (native commands, a script for what must change); `claim_ids.rs` the claim ids
-//! beside the tokens; `record.rs` a record's format; `tokens.rs` the fencing tokens' blocks;
+//! beside the tokens; `in_place.rs` a result over an unchanged claim; `record.rs` a record's
+//! format; `tokens.rs` the fencing tokens' blocks;
 //! `scripts/*.lua` the writes (loaded by `scripts.rs`, the clock read once in
 //! `scripts/prelude.lua`); `decode.rs` Redis's answers read into records, claims and
 //! saga logs; `scan.rs` the operators' walks; `durability.rs` the eviction check on
@@ -64,6 +67,7 @@ mod claim_ids;
 mod connection;
 mod decode;
 mod durability;
+mod in_place;
 mod layout;
 mod record;
 mod scan;
@@ -193,6 +197,8 @@ pub struct RedisStore {
     replicas: Option<Replicas>,
     tokens: std::sync::Arc<tokens::Tokens>,
     claim_ids: std::sync::Arc<ClaimIds>,
+    /// Whether the server takes `SET … IFEQ` (`in_place.rs`).
+    set_ifeq: bool,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -390,7 +396,9 @@ impl RedisStoreBuilder {
         if let Some(replicas) = self.replicas {
             replicas.supported(&mut connection).await?;
         }
+        let set_ifeq = in_place::knows_set_ifeq(&connection, &self.prefix).await;
         Ok(RedisStore {
+            set_ifeq,
             connection,
             prefix: self.prefix.into(),
             replicas: self.replicas,
@@ -577,12 +585,12 @@ impl Store for RedisStore {
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
         let key = request.key;
         let claim_id = self.claim_ids.draw();
-        let claim = match self.claim_natively(request, claim_id).await? {
-            Some(claim) => claim,
-            None => self.claim_by_script(request, claim_id).await?,
+        let (claim, written) = match self.claim_natively(request, claim_id).await? {
+            Some(found) => found,
+            None => (self.claim_by_script(request, claim_id).await?, None),
         };
         if let Claim::Acquired { token, .. } = claim {
-            self.claim_ids.remember(key, token, claim_id);
+            self.claim_ids.remember(key, token, claim_id, written);
             self.replicated_claim(key, token).await?;
         }
         Ok(claim)
@@ -599,6 +607,13 @@ impl Store for RedisStore {
             StoredOutcome::Ok(bytes) => ("ok", bytes),
             StoredOutcome::Err(bytes) => ("err", bytes),
         };
+        if let Some(held) = self
+            .complete_in_place(key, token, kind, &bytes, ttl)
+            .await?
+        {
+            self.claim_ids.forget(key, token);
+            return Ok(held);
+        }
         let (head, steps) = self.saga_keys(key);
         let mut invocation = COMPLETE.prepare_invoke();
         invocation

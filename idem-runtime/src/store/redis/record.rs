@@ -110,6 +110,35 @@ impl Stored {
         out
     }
 
+    /// The record `written` by a native claim (in progress, its lease in its key's expiry),
+    /// completed with the outcome `kind` (`ok` or `err`) and `result`: what
+    /// `scripts/complete.lua` writes over such a claim for a TTL of at least `SHORTEST_MS`.
+    /// `None` if `written` is not such a claim.
+    pub(super) fn completed(written: &[u8], kind: &str, result: &[u8]) -> Option<Vec<u8>> {
+        let (claim, _) = Self::decode_head(written).ok()?;
+        if claim.state != State::Is(Status::InProgress)
+            || claim.lease_end_ms != 0
+            || claim.outcome.is_some()
+        {
+            return None;
+        }
+        let mut out = Vec::with_capacity(written.len() + kind.len() + result.len());
+        write_head(
+            &mut out,
+            'c',
+            claim.token,
+            claim.claim_id,
+            0,
+            claim.ttl_ms,
+            claim.created_ms,
+            &claim.fingerprint,
+            kind,
+            &claim.action,
+        );
+        out.extend_from_slice(result);
+        Some(out)
+    }
+
     /// Reads a record the caller owns, checking every field (a foreign or corrupt value is an
     /// error saying what is wrong, never a panic); its result is the value's tail, moved out
     /// rather than copied.
@@ -331,6 +360,22 @@ mod tests {
         assert_eq!(Stored::decode_owned(record.encode()), Ok(record.clone()));
         record.outcome = Some(StoredOutcome::Err(Vec::new()));
         assert_eq!(Stored::decode(&record.encode()), Ok(record));
+    }
+
+    #[test]
+    fn a_claim_completed_in_place_is_what_the_script_writes() {
+        let claim = claim();
+        let mut done = claim.clone();
+        done.state = State::Is(Status::Completed);
+        done.outcome = Some(StoredOutcome::Err(b"declined".to_vec()));
+        assert_eq!(
+            Stored::completed(&claim.encode(), "err", b"declined"),
+            Some(done.encode())
+        );
+        assert_eq!(Stored::completed(&done.encode(), "ok", b"1"), None);
+        let mut saga = claim;
+        saga.lease_end_ms = 1;
+        assert_eq!(Stored::completed(&saga.encode(), "ok", b"1"), None);
     }
 
     #[test]

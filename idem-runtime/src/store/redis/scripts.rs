@@ -48,6 +48,7 @@ const CLAIM_LUA: &str = with_clock!("claim.lua", record);
 const COMPLETE_LUA: &str = with_clock!("complete.lua", record);
 const RELEASE_LUA: &str = with_record!("release.lua");
 const FORGET_LUA: &str = with_record!("forget.lua");
+const COMPLETE_IN_PLACE_LUA: &str = include_str!("scripts/complete_in_place.lua");
 const RETOKEN_LUA: &str = with_record!("retoken.lua");
 const HEARTBEAT_LUA: &str = with_clock!("heartbeat.lua", record);
 const RESOLVE_LUA: &str = with_clock!("resolve.lua");
@@ -65,6 +66,11 @@ pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEA
 /// Deletes a result recorded under a token, unless it is a saga's (`scripts/forget.lua`).
 pub(super) static FORGET: LazyLock<Script> = LazyLock::new(|| Script::new(FORGET_LUA));
 
+/// Records a result over an unchanged native claim, by comparing the whole record
+/// (`scripts/complete_in_place.lua`).
+pub(super) static COMPLETE_IN_PLACE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(COMPLETE_IN_PLACE_LUA));
+
 /// Gives a late native claim a token from the counter (`scripts/retoken.lua`).
 pub(super) static RETOKEN: LazyLock<Script> = LazyLock::new(|| Script::new(RETOKEN_LUA));
 
@@ -79,12 +85,17 @@ pub(super) static WRITE_SAGA: LazyLock<Script> = LazyLock::new(|| Script::new(WR
 
 /// Every script: its name, its source and the `Script` the store runs.
 #[cfg(test)]
-fn all() -> [(&'static str, &'static str, &'static Script); 8] {
+fn all() -> [(&'static str, &'static str, &'static Script); 9] {
     [
         ("claim", CLAIM_LUA, &CLAIM),
         ("complete", COMPLETE_LUA, &COMPLETE),
         ("release", RELEASE_LUA, &RELEASE),
         ("forget", FORGET_LUA, &FORGET),
+        (
+            "complete_in_place",
+            COMPLETE_IN_PLACE_LUA,
+            &COMPLETE_IN_PLACE,
+        ),
         ("retoken", RETOKEN_LUA, &RETOKEN),
         ("heartbeat", HEARTBEAT_LUA, &HEARTBEAT),
         ("resolve", RESOLVE_LUA, &RESOLVE),
