@@ -728,3 +728,48 @@ async fn without_its_append_only_file_a_restarted_redis_runs_every_retried_body_
         "every retried body ran a second time"
     );
 }
+
+/// Agents starting together on a prefix nobody used: each marks the layout before its first
+/// token reservation, while the others check it, and none of them takes the prefix for an
+/// older idem's (a race the fleet test met: the mark read before another agent made it, the
+/// token counter read after that agent drew from it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn agents_starting_together_on_a_new_prefix_all_claim() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    for round in 0..20 {
+        let prefix = format!("together{}:", unique());
+        let mut handles = Vec::new();
+        for _ in 0..8 {
+            handles.push(
+                RedisStore::connect(&server.url())
+                    .await
+                    .expect("connect")
+                    .with_prefix(&prefix),
+            );
+        }
+        let runs = std::sync::atomic::AtomicU32::new(0);
+        // Each agent a round trip or so behind the one before: one checks the prefix while
+        // another marks it and draws its first tokens.
+        let calls = handles.iter().enumerate().map(|(n, store)| {
+            let runs = &runs;
+            async move {
+                let behind = std::time::Duration::from_micros(150 * n as u64);
+                tokio::time::sleep(behind).await;
+                send(store, u32::try_from(n).expect("small"), runs).await
+            }
+        });
+        for (n, answer) in futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            answer.unwrap_or_else(|e| panic!("round {round}, agent {n}: {e}"));
+        }
+    }
+}

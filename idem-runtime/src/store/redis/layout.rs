@@ -95,24 +95,32 @@ impl RedisStore {
     /// Which layout wrote the keys under the prefix; an empty prefix is marked as the current
     /// layout's.
     async fn found_layout(&self) -> Result<Found, Error> {
-        let mut connection = self.connection.clone();
-        // Two commands, not a pipeline: on a cluster the two keys are in different slots.
-        let layout: Option<String> = redis::cmd("GET")
-            .arg(self.layout_key())
-            .query_async(&mut connection)
-            .await
-            .map_err(failed(None))?;
-        match layout.as_deref() {
-            Some(LAYOUT) => return Ok(Found::Current),
-            Some(other) => return Ok(Found::Other(other.to_owned())),
-            None => {}
+        let read_layout = || async {
+            let mut connection = self.connection.clone();
+            redis::cmd("GET")
+                .arg(self.layout_key())
+                .query_async::<Option<String>>(&mut connection)
+                .await
+                .map_err(failed(None))
+        };
+        let found = |layout: Option<String>| match layout.as_deref() {
+            None => None,
+            Some(LAYOUT) => Some(Found::Current),
+            Some(other) => Some(Found::Other(other.to_owned())),
+        };
+        // Separate commands, not a pipeline: on a cluster the keys are in different slots.
+        if let Some(found) = found(read_layout().await?) {
+            return Ok(found);
         }
-        if self.is_in_use().await? {
-            return Ok(Found::One);
+        if !self.is_in_use().await? {
+            // Nothing under the prefix yet: the first reservation of tokens marks it
+            // (`mark_layout`), so that an operator's look writes nothing.
+            return Ok(Found::Current);
         }
-        // Nothing under the prefix yet: the first reservation of tokens marks it
-        // (`mark_layout`), so that an operator's look writes nothing.
-        Ok(Found::Current)
+        // A counter and, a moment ago, no mark: another agent of this layout may have marked
+        // the prefix and drawn tokens in between (it marks before it draws), so the mark is
+        // read again, after the counter. Still none: the counter is layout 1's.
+        Ok(found(read_layout().await?).unwrap_or(Found::One))
     }
 
     /// Marks the prefix as written in the current layout, before a handle's first reservation
