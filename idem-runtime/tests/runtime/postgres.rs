@@ -98,7 +98,8 @@ async fn schema_version(admin: &tokio_postgres::Client, schema: &str) -> i64 {
 /// The schema as shipped for teams that migrate themselves.
 const SCHEMA_SQL: &str = include_str!("../../src/store/postgres/schema.sql");
 
-fn request<'a>(key: &'a Key, fingerprint: &'a Fingerprint) -> ClaimRequest<'a> {
+/// A claim request of the test action for `key`, with a lease and TTL no test outlives.
+pub(crate) fn request<'a>(key: &'a Key, fingerprint: &'a Fingerprint) -> ClaimRequest<'a> {
     ClaimRequest {
         key,
         fingerprint,

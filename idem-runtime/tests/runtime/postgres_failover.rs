@@ -17,12 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use idem_runtime::conformance::servers::PostgresServer;
-use idem_runtime::store::{
-    Claim, ClaimRequest, Ownership, PostgresStore, Status, Store, StoredOutcome,
-};
-use idem_runtime::{
-    observe, Action, Disposition, Error, Fingerprint, Key, OnConflict, OnStale, Outcome,
-};
+
+use super::postgres::request;
+use idem_runtime::store::{Claim, Ownership, PostgresStore, Status, Store, StoredOutcome};
+use idem_runtime::{observe, Action, Disposition, Error, Fingerprint, OnConflict, Outcome};
 
 /// How long a statement may run: long enough to ride out a failover (a fraction of a second
 /// here), short enough that a test that breaks ends soon.
@@ -132,17 +130,6 @@ async fn cut(primary: &Arc<PostgresServer>, pid: String) {
     })
     .await;
     assert_eq!(said.trim(), "t", "the backend was terminated");
-}
-
-fn request<'a>(key: &'a Key, fingerprint: &'a Fingerprint) -> ClaimRequest<'a> {
-    ClaimRequest {
-        key,
-        fingerprint,
-        action: "read_back",
-        lease: Duration::from_secs(60),
-        ttl: Duration::from_secs(3600),
-        on_stale: OnStale::TakeOver,
-    }
 }
 
 /// A commit whose answer never came back (the connection cut once the COMMIT had been made,

@@ -207,12 +207,9 @@ impl RedisStore {
             }
         }
         migrated.running_sagas = self.move_saga_index().await?;
+        // The expiry index of an older idem goes, as a purge deletes it.
+        self.purge().await?;
         let mut connection = self.connection.clone();
-        redis::cmd("UNLINK")
-            .arg(self.global("expiry"))
-            .query_async::<i64>(&mut connection)
-            .await
-            .map_err(failed(None))?;
         redis::cmd("SET")
             .arg(self.layout_key())
             .arg(LAYOUT)
