@@ -420,6 +420,69 @@ async fn asynchronous_replication_loses_a_claim_and_the_call_says_so() {
     );
 }
 
+/// The same loss, the other way round: after the promotion a second call of the key claims
+/// it and records its result before the first call's body ends. The promoted standby's token
+/// sequence had not seen the lost claim, so without more it hands the same token out again,
+/// and the first call's late `complete` would match the second's record and answer `Ok`.
+/// Tokens carry the server's timeline: the first call fails with `LostOwnership`, and the
+/// recorded result is the second call's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn a_token_of_the_old_timeline_owns_nothing_after_an_asynchronous_failover() {
+    static SEND: Action = Action::new("failover_async_reclaimed");
+    let Some(pair) = Pair::start(false).await else {
+        return;
+    };
+    let store = pair.store().await;
+    on(&pair.primary, PostgresServer::wait_replayed).await;
+    on(&pair.primary, PostgresServer::pause_replication).await;
+
+    let ledger = Arc::new(Ledger::default());
+    let (running, body_runs) = tokio::sync::oneshot::channel();
+    let (finish, body_may_end) = tokio::sync::oneshot::channel::<()>();
+    let first = tokio::spawn({
+        let (store, ledger) = (store.clone(), Arc::clone(&ledger));
+        async move {
+            SEND.call(&("order-3",))?
+                .run::<String, Error, _>(&store, async move {
+                    let output = ledger.run("order-3");
+                    let _ = running.send(());
+                    let _ = body_may_end.await;
+                    Ok(output)
+                })
+                .await
+        }
+    });
+    body_runs.await.expect("the body runs");
+    pair.fail_over().await;
+
+    let ledger_again = Arc::clone(&ledger);
+    let second = SEND
+        .call(&("order-3",))
+        .expect("key")
+        .run::<String, Error, _>(&store, async move { Ok(ledger_again.run("order-3")) })
+        .await
+        .expect("the second call, on the promoted standby");
+    assert_eq!(second, Outcome::Executed("order-3/run-2".to_owned()));
+
+    let _ = finish.send(());
+    let late = first.await.expect("the first call's task");
+    assert!(
+        matches!(late, Err(Error::LostOwnership { .. })),
+        "the first call's token owns nothing on the new timeline: {late:?}"
+    );
+    let third = SEND
+        .call(&("order-3",))
+        .expect("key")
+        .run::<String, Error, _>(&store, async { Ok("never".to_owned()) })
+        .await
+        .expect("the third call");
+    assert_eq!(third, Outcome::Replayed("order-3/run-2".to_owned()));
+}
+
 /// What one attempt of a fleet's call ended with.
 #[derive(Debug, Default)]
 struct Tally {

@@ -22,9 +22,11 @@
 -- Keys and fingerprints are SHA-256 digests: no argument of any call is stored in a key.
 -- Times are the server's (`clock_timestamp()`), never a client's.
 
--- Fencing tokens: every successful claim takes a new one. A sequence never hands out a
--- number twice, not even after the record that held it was released or purged, so a
--- fenced write by an owner that was taken over can never match.
+-- Fencing tokens: every successful claim takes a new one, the server's WAL timeline times
+-- 2^40 plus the next value of this sequence. A sequence never hands out a number twice, not
+-- even after the record that held it was released or purged, and a standby promoted after
+-- an asynchronous failover (whose sequence may lag) starts a new timeline: a fenced write by
+-- an owner that was taken over can never match.
 CREATE SEQUENCE IF NOT EXISTS idem_fencing_token AS bigint;
 
 -- One record per key: the claim protocol.

@@ -151,14 +151,29 @@ fn peek(s: &str) -> String {
     )
 }
 
+/// A new fencing token: the server's WAL timeline times 2^40, plus the next value of the
+/// store's sequence. A standby promoted after an asynchronous failover never saw the latest
+/// advances of the sequence (their commits were lost with the primary) and would hand those
+/// values out again, so that a claim lost in the failover and a new claim of its key could
+/// hold the same token; the promotion starts a new timeline, which puts every token it hands
+/// out above those of the old one. (Tokens of one timeline stay below the next as long as
+/// the sequence stays below 2^40, about 10^12 claims.)
+fn new_token(s: &str) -> String {
+    let sequence = quote_literal(&format!("{s}.idem_fencing_token"));
+    format!(
+        "(('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint \
+           * 1099511627776 + nextval({sequence}))"
+    )
+}
+
 /// The claim of a key that had no record at the first look: a new claim under a new token,
 /// or nothing when a record was made since (the claim then looks again).
 fn insert(s: &str) -> String {
-    let sequence = quote_literal(&format!("{s}.idem_fencing_token"));
+    let token = new_token(s);
     format!(
         "INSERT INTO {s}.idem_records
              (key, action, status, token, fingerprint, created_at, expires_at, takeovers, ttl_ms)
-         VALUES ($1::text, $2::text, 'in_progress', nextval({sequence}), $3::bytea,
+         VALUES ($1::text, $2::text, 'in_progress', {token}, $3::bytea,
                  clock_timestamp(), clock_timestamp() + $4::bigint * interval '1 millisecond', 0,
                  $5::bigint)
          ON CONFLICT (key) DO NOTHING
@@ -173,7 +188,7 @@ fn insert(s: &str) -> String {
 /// larger than any the record had. Its answer: what it wrote, and the record as its snapshot
 /// saw it (see [`claim_answer`](super::decode::claim_answer)).
 fn claim(s: &str) -> String {
-    let sequence = quote_literal(&format!("{s}.idem_fencing_token"));
+    let token = new_token(s);
     let now_ms = epoch_ms("clock_timestamp()");
     format!(
     "WITH cur AS (
@@ -185,7 +200,7 @@ fn claim(s: &str) -> String {
      claimed AS (
          INSERT INTO {s}.idem_records AS r
              (key, action, status, token, fingerprint, created_at, expires_at, takeovers, ttl_ms)
-         SELECT $1::text, $2::text, 'in_progress', nextval({sequence}), $3::bytea,
+         SELECT $1::text, $2::text, 'in_progress', {token}, $3::bytea,
                 clock_timestamp(), clock_timestamp() + $4::bigint * interval '1 millisecond', 0,
                 $6::bigint
          WHERE NOT EXISTS (SELECT 1 FROM cur WHERE NOT cur.claimable)
@@ -193,7 +208,7 @@ fn claim(s: &str) -> String {
              status      = CASE WHEN r.status = 'in_progress' AND $5::boolean
                                 THEN 'needs_review' ELSE 'in_progress' END,
              token       = CASE WHEN r.status = 'in_progress' AND $5::boolean
-                                THEN r.token ELSE nextval({sequence}) END,
+                                THEN r.token ELSE {token} END,
              action      = CASE WHEN r.status = 'completed' THEN excluded.action ELSE r.action END,
              fingerprint = excluded.fingerprint,
              outcome     = NULL,
