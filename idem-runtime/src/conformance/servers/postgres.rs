@@ -101,7 +101,7 @@ impl PostgresServer {
         // Up to 300 connections: each store of a test has a pool, and tests run in parallel.
         let script = format!(
             "{as_owner} '{pg_ctl}' -D '{data}' -l '{server_log}' -w -t 60 \
-               -o '-p {port} -c listen_addresses=127.0.0.1 -k {dir} -c max_connections=300 {options}' start \
+               -o '-p {port} -c listen_addresses=127.0.0.1 -k {dir} -c max_connections=300 -c dynamic_shared_memory_type=mmap {options}' start \
                && touch '{ready}' || exit 1; \
              cat >/dev/null; \
              {as_owner} '{pg_ctl}' -D '{data}' -m immediate -w stop; rm -rf '{dir}'",
@@ -412,6 +412,9 @@ impl PostgresServer {
         if let Some(segment) = segment {
             let _ = Command::new("ipcrm").args(["-m", &segment]).output();
         }
+        // The keeper's last `pg_ctl stop` reads this file: with the server gone, its process
+        // id could be another process's by then.
+        let _ = std::fs::remove_file(&pid_file);
         Ok(())
     }
 
