@@ -132,6 +132,10 @@ struct Inner {
     /// How to open a connection of the store's own (for reading a record back), when the
     /// store made the pool from a URL.
     direct: Option<tokio_postgres::Config>,
+    /// As many as the pool's connections: the connections of its own a store opens at once to
+    /// read records back, so that a fleet's writes failing over together do not open one
+    /// each (and reach the server's `max_connections`).
+    read_backs: tokio::sync::Semaphore,
     /// How long a statement's answer is waited for (see `statement_timeout`).
     answer_within: Duration,
     /// How long a write whose answer was lost is settled for: the statement timeout.
@@ -161,9 +165,11 @@ impl PostgresStore {
         direct: Option<tokio_postgres::Config>,
         waits: Waits,
     ) -> Self {
+        let read_backs = tokio::sync::Semaphore::new(pool.status().max_size.max(1));
         PostgresStore {
             inner: Arc::new(Inner {
                 sql: Statements::new(&quote_ident(&schema)),
+                read_backs,
                 pool,
                 direct,
                 answer_within: waits.answer_within,

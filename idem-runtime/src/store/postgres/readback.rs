@@ -239,8 +239,9 @@ impl PostgresStore {
 
     /// One read of the record of `key` on a new connection, within `left`: one of the
     /// store's own making when it opened the pool from a URL (a pooled one may still be a
-    /// connection to a server that is gone, and the pool may be busy), else one from the pool
-    /// given to it, closed if its answer does not come in time.
+    /// connection to a server that is gone, and the pool may be busy; no more of them at once
+    /// than the pool has connections), else one from the pool given to it, closed if its
+    /// answer does not come in time.
     async fn read_once(&self, key: &Key, left: Duration) -> Result<Option<Row>, String> {
         let hex = key.to_string();
         let statement = &self.inner.sql.peek;
@@ -248,6 +249,8 @@ impl PostgresStore {
         match &self.inner.direct {
             Some(config) => {
                 let read = async {
+                    // Never closed: the store holds it.
+                    let _turn = self.inner.read_backs.acquire().await.ok();
                     let (client, connection) = config.connect(NoTls).await?;
                     let driving = tokio::spawn(connection);
                     let row = client.query_opt(statement, &[&hex]).await;
