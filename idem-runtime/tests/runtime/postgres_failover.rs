@@ -17,10 +17,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use idem_runtime::conformance::servers::PostgresServer;
-
-use super::postgres::request;
 use idem_runtime::store::{Claim, Ownership, PostgresStore, Status, Store, StoredOutcome};
 use idem_runtime::{observe, Action, Disposition, Error, Fingerprint, OnConflict, Outcome};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::postgres::request;
 
 /// How long a statement may run: long enough to ride out a failover (a fraction of a second
 /// here), short enough that a test that breaks ends soon.
@@ -240,6 +242,50 @@ impl Ledger {
     }
 }
 
+/// What a call's task ends with: its answer, and how `observe` saw it answered.
+type Answered = (Result<Outcome<String>, Error>, Option<Disposition>);
+
+/// A call of `action` with `order` whose body counts its run in `ledger`, then waits until
+/// the sender returned says it may end: returned once the body runs, with the call's task.
+async fn call_held_open(
+    store: &PostgresStore,
+    action: &'static Action,
+    order: &'static str,
+    ledger: &Arc<Ledger>,
+) -> (JoinHandle<Answered>, oneshot::Sender<()>) {
+    let (running, body_runs) = oneshot::channel();
+    let (finish, body_may_end) = oneshot::channel::<()>();
+    let call = tokio::spawn({
+        let (store, ledger) = (store.clone(), Arc::clone(ledger));
+        observe(async move {
+            action
+                .call(&(order,))?
+                .run::<String, Error, _>(&store, async move {
+                    let output = ledger.run(order);
+                    let _ = running.send(());
+                    let _ = body_may_end.await;
+                    Ok(output)
+                })
+                .await
+        })
+    });
+    body_runs.await.expect("the body runs");
+    (call, finish)
+}
+
+/// A call of `action` with `order` whose body counts its run in `ledger`.
+async fn call_once(
+    store: &PostgresStore,
+    action: &Action,
+    order: &str,
+    ledger: &Arc<Ledger>,
+) -> Result<Outcome<String>, Error> {
+    action
+        .call(&(order,))?
+        .run::<String, Error, _>(store, async { Ok(ledger.run(order)) })
+        .await
+}
+
 static PROBE: Action = Action::new("failover_probe");
 
 /// Calls through `store` (each a fresh key, with an instant body) every 10 ms until one
@@ -284,22 +330,7 @@ async fn synchronous_replication_records_a_result_across_a_failover() {
     };
     let store = pair.store().await;
     let ledger = Arc::new(Ledger::default());
-    let (running, body_runs) = tokio::sync::oneshot::channel();
-    let (finish, body_may_end) = tokio::sync::oneshot::channel::<()>();
-    let call = tokio::spawn({
-        let (store, ledger) = (store.clone(), Arc::clone(&ledger));
-        observe(async move {
-            SEND.call(&("order-1",))?
-                .run::<String, Error, _>(&store, async move {
-                    let output = ledger.run("order-1");
-                    let _ = running.send(());
-                    let _ = body_may_end.await;
-                    Ok(output)
-                })
-                .await
-        })
-    });
-    body_runs.await.expect("the body runs");
+    let (call, finish) = call_held_open(&store, &SEND, "order-1", &ledger).await;
 
     // The body ends while no server takes writes: the old primary is gone, the standby is
     // not promoted yet.
@@ -321,13 +352,7 @@ async fn synchronous_replication_records_a_result_across_a_failover() {
         "the result is recorded on the promoted standby (not `ExecutedUnrecorded`)"
     );
 
-    let again = SEND
-        .call(&("order-1",))
-        .expect("key")
-        .run::<String, Error, _>(&store, {
-            let ledger = Arc::clone(&ledger);
-            async move { Ok(ledger.run("order-1")) }
-        })
+    let again = call_once(&store, &SEND, "order-1", &ledger)
         .await
         .expect("the retry");
     assert_eq!(again, Outcome::Replayed("order-1/run-1".to_owned()));
@@ -361,28 +386,13 @@ async fn asynchronous_replication_loses_a_claim_and_the_call_says_so() {
 
     let ledger = Arc::new(Ledger::default());
     let key = SEND.call(&("order-2",)).expect("key").key();
-    let (running, body_runs) = tokio::sync::oneshot::channel();
-    let (finish, body_may_end) = tokio::sync::oneshot::channel::<()>();
-    let call = tokio::spawn({
-        let (store, ledger) = (store.clone(), Arc::clone(&ledger));
-        async move {
-            SEND.call(&("order-2",))?
-                .run::<String, Error, _>(&store, async move {
-                    let output = ledger.run("order-2");
-                    let _ = running.send(());
-                    let _ = body_may_end.await;
-                    Ok(output)
-                })
-                .await
-        }
-    });
-    body_runs.await.expect("the body runs");
+    let (call, finish) = call_held_open(&store, &SEND, "order-2", &ledger).await;
     pair.fail_over().await;
     let claim = store.get(&key).await.expect("get");
     assert_eq!(claim, None, "the promoted standby never had the claim");
 
     let _ = finish.send(());
-    let outcome = call.await.expect("the call's task");
+    let (outcome, _) = call.await.expect("the call's task");
     let error = outcome.expect_err("a call whose claim was lost is never answered Ok");
     assert!(
         matches!(error, Error::LostOwnership { key: lost, .. } if lost == key),
@@ -391,14 +401,7 @@ async fn asynchronous_replication_loses_a_claim_and_the_call_says_so() {
     assert!(error.to_string().contains(&key.to_string()), "{error}");
 
     // The rules for a key with no record: the next call runs the body, and records it.
-    let next = |ledger: &Arc<Ledger>| {
-        let ledger = Arc::clone(ledger);
-        async move { Ok::<_, Error>(ledger.run("order-2")) }
-    };
-    let again = SEND
-        .call(&("order-2",))
-        .expect("key")
-        .run::<String, Error, _>(&store, next(&ledger))
+    let again = call_once(&store, &SEND, "order-2", &ledger)
         .await
         .expect("the next call");
     assert_eq!(again, Outcome::Executed("order-2/run-2".to_owned()));
@@ -407,10 +410,7 @@ async fn asynchronous_replication_loses_a_claim_and_the_call_says_so() {
         2,
         "the body ran twice: the claim was lost"
     );
-    let third = SEND
-        .call(&("order-2",))
-        .expect("key")
-        .run::<String, Error, _>(&store, next(&ledger))
+    let third = call_once(&store, &SEND, "order-2", &ledger)
         .await
         .expect("the third call");
     assert_eq!(third, Outcome::Replayed("order-2/run-2".to_owned()));
@@ -441,43 +441,21 @@ async fn a_token_of_the_old_timeline_owns_nothing_after_an_asynchronous_failover
     on(&pair.primary, PostgresServer::pause_replication).await;
 
     let ledger = Arc::new(Ledger::default());
-    let (running, body_runs) = tokio::sync::oneshot::channel();
-    let (finish, body_may_end) = tokio::sync::oneshot::channel::<()>();
-    let first = tokio::spawn({
-        let (store, ledger) = (store.clone(), Arc::clone(&ledger));
-        async move {
-            SEND.call(&("order-3",))?
-                .run::<String, Error, _>(&store, async move {
-                    let output = ledger.run("order-3");
-                    let _ = running.send(());
-                    let _ = body_may_end.await;
-                    Ok(output)
-                })
-                .await
-        }
-    });
-    body_runs.await.expect("the body runs");
+    let (first, finish) = call_held_open(&store, &SEND, "order-3", &ledger).await;
     pair.fail_over().await;
 
-    let ledger_again = Arc::clone(&ledger);
-    let second = SEND
-        .call(&("order-3",))
-        .expect("key")
-        .run::<String, Error, _>(&store, async move { Ok(ledger_again.run("order-3")) })
+    let second = call_once(&store, &SEND, "order-3", &ledger)
         .await
         .expect("the second call, on the promoted standby");
     assert_eq!(second, Outcome::Executed("order-3/run-2".to_owned()));
 
     let _ = finish.send(());
-    let late = first.await.expect("the first call's task");
+    let (late, _) = first.await.expect("the first call's task");
     assert!(
         matches!(late, Err(Error::LostOwnership { .. })),
         "the first call's token owns nothing on the new timeline: {late:?}"
     );
-    let third = SEND
-        .call(&("order-3",))
-        .expect("key")
-        .run::<String, Error, _>(&store, async { Ok("never".to_owned()) })
+    let third = call_once(&store, &SEND, "order-3", &ledger)
         .await
         .expect("the third call");
     assert_eq!(third, Outcome::Replayed("order-3/run-2".to_owned()));

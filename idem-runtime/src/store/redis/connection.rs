@@ -204,23 +204,15 @@ impl Connection {
 
     /// Sends `command` to `master`.
     pub(super) async fn on(&self, master: &Master, command: &Cmd) -> Result<Value, Error> {
-        match (self, master) {
-            (Connection::Cluster(cluster), Master::At { host, port }) => {
-                let route = to_node(host, *port);
-                let mut cluster = cluster.clone();
-                cluster
-                    .route_command(command, RoutingInfo::SingleNode(route))
-                    .await
-                    .map_err(failed(None))
-            }
-            _ => {
-                let mut connection = self.clone();
-                command
-                    .query_async(&mut connection)
-                    .await
-                    .map_err(failed(None))
-            }
-        }
+        let mut pipe = redis::pipe();
+        pipe.add_command(command.clone());
+        let mut answers = self
+            .pipeline_on(master, &pipe)
+            .await
+            .map_err(failed(None))?;
+        answers
+            .pop()
+            .ok_or_else(|| Error::store("redis", None, "a command got no answer"))
     }
 }
 

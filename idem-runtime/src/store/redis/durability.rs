@@ -13,7 +13,14 @@ use crate::store::{FencingToken, Store};
 use crate::Error;
 
 /// What too few replicas mean for a write the store has made: it may not survive.
-const LOSABLE: &str = "a failover now could lose it";
+pub(super) const LOSABLE: &str = "a failover now could lose it";
+
+/// A write whose answer waits for the replicas: a script, or one command.
+#[derive(Clone, Copy)]
+pub(super) enum Write<'a> {
+    Script(&'a redis::ScriptInvocation<'a>),
+    Command(&'a redis::Cmd),
+}
 
 /// How many replicas must have a write before the store acknowledges it, how long it waits
 /// for them, and whether in their memory (`WAIT count timeout`) or on their disk (`WAITAOF 0
@@ -253,56 +260,56 @@ impl RedisStore {
         what: &str,
         wrote: impl FnOnce(&T) -> bool,
     ) -> Result<T, Error> {
-        let Some(replicas) = self.replicas else {
-            return self.run(Some(key), invocation).await;
-        };
-        let mut pipe = redis::pipe();
-        pipe.invoke_script(invocation).add_command(replicas.wait());
-        let mut connection = self.connection.clone();
-        let answer = match pipe.query_async(&mut connection).await {
-            // The server lost its scripts (a restart, SCRIPT FLUSH): the script did not run;
-            // load it and send the pair again.
-            Err(error) if error.kind() == redis::ErrorKind::NoScriptError => {
-                invocation
-                    .load_async(&mut connection)
-                    .await
-                    .map_err(failed(Some(key)))?;
-                pipe.query_async(&mut connection).await
-            }
-            answer => answer,
-        };
-        let (answer, acknowledged): (T, redis::Value) = answer.map_err(failed(Some(key)))?;
-        if wrote(&answer) {
-            replicas.check(&acknowledged, Some(key), what, LOSABLE)?;
-        }
-        Ok(answer)
+        let write = Write::Script(invocation);
+        self.acknowledged(Some(key), write, what, LOSABLE, wrote)
+            .await
     }
 
-    /// Runs `command`, a write whose answer the store hands to its caller as done, as
-    /// [`run_acknowledged`](Self::run_acknowledged) runs a script.
-    pub(super) async fn run_command_acknowledged<T: redis::FromRedisValue>(
+    /// Sends `write`, followed by a `WAIT` for the replicas in the same round trip when they
+    /// are asked for (the pipeline goes to the master of the write's key); too few of them is
+    /// an error (`what` names the write, `so` what follows for the caller), unless `wrote`
+    /// says the answer is of a write that did nothing.
+    pub(super) async fn acknowledged<T: redis::FromRedisValue>(
         &self,
-        key: &Key,
-        command: &redis::Cmd,
+        key: Option<&Key>,
+        write: Write<'_>,
         what: &str,
+        so: &str,
         wrote: impl FnOnce(&T) -> bool,
     ) -> Result<T, Error> {
         let mut connection = self.connection.clone();
         let Some(replicas) = self.replicas else {
-            return command
-                .query_async(&mut connection)
-                .await
-                .map_err(failed(Some(key)));
+            return match write {
+                Write::Script(invocation) => self.run(key, invocation).await,
+                Write::Command(command) => command
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(failed(key)),
+            };
         };
         let mut pipe = redis::pipe();
-        pipe.add_command(command.clone())
-            .add_command(replicas.wait());
-        let (answer, acknowledged): (T, Value) = pipe
-            .query_async(&mut connection)
-            .await
-            .map_err(failed(Some(key)))?;
+        match write {
+            Write::Script(invocation) => pipe.invoke_script(invocation),
+            Write::Command(command) => pipe.add_command(command.clone()),
+        };
+        pipe.add_command(replicas.wait());
+        let answer = match (pipe.query_async(&mut connection).await, write) {
+            // The server lost its scripts (a restart, SCRIPT FLUSH): the script did not run;
+            // load it and send the pair again.
+            (Err(error), Write::Script(invocation))
+                if error.kind() == redis::ErrorKind::NoScriptError =>
+            {
+                invocation
+                    .load_async(&mut connection)
+                    .await
+                    .map_err(failed(key))?;
+                pipe.query_async(&mut connection).await
+            }
+            (answer, _) => answer,
+        };
+        let (answer, acknowledged): (T, Value) = answer.map_err(failed(key))?;
         if wrote(&answer) {
-            replicas.check(&acknowledged, Some(key), what, LOSABLE)?;
+            replicas.check(&acknowledged, key, what, so)?;
         }
         Ok(answer)
     }

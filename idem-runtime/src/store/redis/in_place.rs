@@ -14,6 +14,7 @@ use std::time::Duration;
 use redis::Value;
 
 use super::connection::Connection;
+use super::durability::{Write, LOSABLE};
 use super::record::Stored;
 use super::scripts::COMPLETE_IN_PLACE;
 use super::tokens::FRESH_BLOCK_TTL;
@@ -52,8 +53,11 @@ impl RedisStore {
                 .arg(written)
                 .arg("PX")
                 .arg(millis(ttl));
+            let write = Write::Command(&set);
             let answer: Value = self
-                .run_command_acknowledged(key, &set, "the result", |answer| *answer != Value::Nil)
+                .acknowledged(Some(key), write, "the result", LOSABLE, |answer| {
+                    *answer != Value::Nil
+                })
                 .await?;
             answer != Value::Nil
         } else {

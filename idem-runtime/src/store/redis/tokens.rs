@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
+use super::durability::Write;
 use super::RedisStore;
 use crate::store::FencingToken;
 use crate::Error;
@@ -104,24 +105,13 @@ impl RedisStore {
             self.tokens.marked.store(true, Ordering::Release);
         }
         let counter = self.global("tokens");
-        let mut pipe = redis::pipe();
-        pipe.cmd("INCRBY").arg(&counter).arg(n);
-        if let Some(replicas) = self.replicas {
-            pipe.add_command(replicas.wait());
-        }
-        let mut connection = self.connection.clone();
-        let answers: Vec<redis::Value> = pipe
-            .query_async(&mut connection)
-            .await
-            .map_err(|error| Error::store("redis", None, error))?;
-        if let (Some(replicas), Some(acknowledged)) = (self.replicas, answers.get(1)) {
-            let so = "the tokens are not handed out, and the body does not run";
-            replicas.check(acknowledged, None, "a reservation of fencing tokens", so)?;
-        }
-        let last = match answers.first() {
-            Some(redis::Value::Int(last)) => *last,
-            _ => -1,
-        };
+        let mut incrby = redis::cmd("INCRBY");
+        incrby.arg(&counter).arg(n);
+        let what = "a reservation of fencing tokens";
+        let so = "the tokens are not handed out, and the body does not run";
+        let last: i64 = self
+            .acknowledged(None, Write::Command(&incrby), what, so, |_| true)
+            .await?;
         FencingToken::try_from(last)
             .ok()
             .filter(|last| *last >= n)
