@@ -573,7 +573,7 @@ async fn waiting_for_replicas_on_disk_uses_waitaof_where_the_server_has_it() {
     }
     let store = RedisStore::builder(primary.url())
         // A replica reports how far its append-only file is written about once a second
-        // (measured here: a `WAITAOF` answers in 10 ms to 1 s): the timeout leaves room.
+        // (a `WAITAOF` may wait up to about that long): the timeout leaves room.
         .wait_for_replicas_on_disk(1, Duration::from_secs(2))
         .connect()
         .await
@@ -598,5 +598,50 @@ async fn waiting_for_replicas_on_disk_uses_waitaof_where_the_server_has_it() {
             .await
             .expect_err("Redis 7.0 has no WAITAOF");
         assert!(refused.to_string().contains("WAITAOF"), "{refused}");
+    }
+}
+
+/// What the docs say of the buckets' spread: the 4,096 bucket tags (`{000}` … `{fff}`), hashed
+/// to slots by the cluster itself (`CLUSTER KEYSLOT`), fall on 3 to 30 masters of equal slot
+/// ranges within 5 % of an even share each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server or redis-cli is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn the_buckets_spread_evenly_over_the_masters() {
+    let Some(cluster) = RedisCluster::shared(Flavor::Redis) else {
+        return;
+    };
+    let client = redis::Client::open(cluster.nodes()[0].url()).expect("a url");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to a node");
+    let mut pipe = redis::pipe();
+    for bucket in 0..4096u32 {
+        pipe.cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(format!("{{{bucket:03x}}}"));
+    }
+    let slots: Vec<u32> = pipe
+        .query_async(&mut connection)
+        .await
+        .expect("CLUSTER KEYSLOT");
+    for masters in [3u32, 10, 30] {
+        let mut buckets = vec![0u32; masters as usize];
+        for slot in &slots {
+            buckets[(slot * masters / 16_384) as usize] += 1;
+        }
+        let even = 4096.0 / f64::from(masters);
+        let worst = buckets
+            .iter()
+            .map(|&n| (f64::from(n) - even).abs() / even)
+            .fold(0.0, f64::max);
+        assert!(
+            worst < 0.05,
+            "{masters} masters: {buckets:?}, {:.1} % off an even share",
+            worst * 100.0
+        );
     }
 }

@@ -314,8 +314,8 @@ impl RedisStoreBuilder {
     /// replica without its append-only file never acknowledges. `count` 0 turns it off.
     ///
     /// It is slow: a replica reports how far its file is written about once a second, so a
-    /// write waits from a few milliseconds up to about a second (measured on Valkey 9 with
-    /// `appendfsync always`); give it a timeout of a second or more.
+    /// write may wait up to about a second (the test with a Valkey 9 replica needs a timeout
+    /// above that); give it a timeout of a second or more.
     ///
     /// ```no_run
     /// use std::time::Duration;
