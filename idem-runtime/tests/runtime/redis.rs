@@ -714,6 +714,9 @@ async fn without_its_append_only_file_a_restarted_redis_runs_every_retried_body_
     server
         .restart()
         .expect("start it again, with nothing on disk");
+    // Past the age of the handle's block of tokens (one second), so that its next claim
+    // reserves a new block and makes the token counter again on the empty server.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut retried = 0;
     while retried < 20 {
@@ -727,6 +730,14 @@ async fn without_its_append_only_file_a_restarted_redis_runs_every_retried_body_
         40,
         "every retried body ran a second time"
     );
+    // An agent started after the restart finds the counter the running one made again, and
+    // must not take the emptied server for an older idem's layout (the torture harness met
+    // this: every restarted agent refused to start).
+    let restarted = RedisStore::connect(&server.url())
+        .await
+        .expect("an agent started after the restart connects");
+    send(&restarted, 0, &runs).await.expect("and replays");
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 40);
 }
 
 /// Agents starting together on a prefix nobody used: each marks the layout before its first

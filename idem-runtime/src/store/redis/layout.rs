@@ -132,6 +132,12 @@ impl RedisStore {
         // An unmarked prefix whose token counter exists is layout 1's: marking it would hide
         // its records.
         self.check_layout().await?;
+        self.set_layout_mark().await
+    }
+
+    /// `SET <prefix>layout 2 NX GET`: marks the prefix unless a mark is there; an error if
+    /// that mark is another layout's.
+    pub(super) async fn set_layout_mark(&self) -> Result<(), Error> {
         let mut connection = self.connection.clone();
         // `NX … GET`: a mark made meanwhile is kept, and read back.
         let marked: Option<String> = redis::cmd("SET")

@@ -112,7 +112,7 @@ impl RedisStore {
         let last: i64 = self
             .acknowledged(None, Write::Command(&incrby), what, so, |_| true)
             .await?;
-        FencingToken::try_from(last)
+        let last = FencingToken::try_from(last)
             .ok()
             .filter(|last| *last >= n)
             .ok_or_else(|| {
@@ -121,6 +121,15 @@ impl RedisStore {
                     None,
                     format!("the token counter {counter} is {last}"),
                 )
-            })
+            })?;
+        if last == n {
+            // This reservation made the counter: the server lost its keys since this handle
+            // marked the prefix (a restart without persistence, a failover to an empty
+            // replica). Mark it again, or every agent started from now on would take a
+            // counter without a mark for an older idem's layout and refuse to start. No
+            // layout check first: a layout-1 store always has its counter.
+            self.set_layout_mark().await?;
+        }
+        Ok(last)
     }
 }
