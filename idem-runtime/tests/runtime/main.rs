@@ -7,6 +7,7 @@ mod layers;
 mod metrics;
 mod postgres;
 mod postgres_failover;
+mod properties;
 mod python;
 mod redis;
 mod redis_cluster;

@@ -19,6 +19,11 @@ pub(crate) fn required_under_ci(reason: &str) {
     );
 }
 
+/// The interpreter the cross-checks run: `$IDEM_PYTHON`, else `python3`.
+pub(crate) fn interpreter() -> String {
+    std::env::var("IDEM_PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
 /// A file removed when the test ends, however it ends.
 struct TempFile(PathBuf);
 
@@ -32,7 +37,7 @@ impl Drop for TempFile {
 /// interpreter's name and what it printed, or `None` (after saying why) when there is no
 /// interpreter outside CI.
 pub(crate) fn run_python(script: &str, input: &impl serde::Serialize) -> Option<(String, String)> {
-    let python = std::env::var("IDEM_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let python = interpreter();
     let unique = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());

@@ -284,3 +284,89 @@ pub(super) fn claim_answer(row: &Row, request: &ClaimRequest<'_>) -> Result<Atte
     let now_ms: i64 = column(row, 10, what, key)?;
     Ok(Attempt::Done(found.report(outcome, now_ms)))
 }
+
+/// Property tests of the byte-level checks under the row decoders: `found` reads the columns
+/// of a record once `tokio_postgres` has typed them, and accepts exactly the records idem
+/// writes; anything else is an error naming the key, never a panic.
+///
+/// Not covered here: the functions that take a `tokio_postgres::Row` (`record`, `saga_log`,
+/// `claim_answer`, `peek_answer`, `listed_key`), since a `Row` can only come from a server.
+/// Their column reads go through `column`, which turns a wrong type or a NULL into a codec
+/// error naming the key; what they read then goes through `found`, `Key::from_str`,
+/// `SagaStatus::parse` and `StepState::parse`, each tested on arbitrary input.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn status() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("in_progress".to_owned()),
+            Just("completed".to_owned()),
+            Just("needs_review".to_owned()),
+            "\\PC{0,12}",
+        ]
+    }
+
+    fn outcome() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![
+            Just(None),
+            Just(Some("ok".to_owned())),
+            Just(Some("err".to_owned())),
+            prop::option::of("\\PC{0,4}"),
+        ]
+    }
+
+    fn fingerprint() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            any::<[u8; 32]>().prop_map(Vec::from),
+            prop::collection::vec(any::<u8>(), 0..40),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn a_record_is_read_exactly_when_idem_could_have_written_it(
+            key in any::<[u8; 32]>().prop_map(Key::from_bytes),
+            status in status(),
+            token in any::<i64>(),
+            fingerprint in fingerprint(),
+            outcome in outcome(),
+            result in prop::option::of(any::<Vec<u8>>()),
+            expires_at_ms in prop::option::of(any::<i64>()),
+        ) {
+            let read = found(
+                &key,
+                &status,
+                token,
+                &fingerprint,
+                outcome.as_deref(),
+                result.clone(),
+                expires_at_ms,
+            );
+            let parsed = Status::parse(&status);
+            let outcome_ok = match (outcome.as_deref(), &result) {
+                (None, _) => parsed != Some(Status::Completed),
+                (Some("ok" | "err"), Some(_)) => true,
+                _ => false,
+            };
+            let valid = parsed.is_some() && fingerprint.len() == 32 && outcome_ok && token >= 0;
+            match read {
+                Ok((found, read_outcome)) => {
+                    prop_assert!(valid);
+                    prop_assert_eq!(Some(found.status), parsed);
+                    prop_assert_eq!(i64::try_from(found.token).ok(), Some(token));
+                    prop_assert_eq!(&found.fingerprint.as_bytes()[..], &fingerprint[..]);
+                    prop_assert_eq!(found.expires_at_ms, expires_at_ms);
+                    prop_assert_eq!(read_outcome.is_some(), outcome.is_some());
+                }
+                Err(error) => {
+                    prop_assert!(!valid, "a valid record refused: {}", error);
+                    prop_assert_eq!(error.key(), Some(&key));
+                    prop_assert!(error.to_string().contains(&key.to_string()), "{}", error);
+                }
+            }
+        }
+    }
+}

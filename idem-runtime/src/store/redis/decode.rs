@@ -268,3 +268,196 @@ fn steps(hash: Vec<(String, Vec<u8>)>) -> Result<Vec<StepRecord>, String> {
         })
         .collect()
 }
+
+/// Property tests: whatever Redis answers (a foreign value under idem's key, a damaged record,
+/// a script of another version), reading it gives an answer or an error, never a panic; and
+/// the error the store makes of it names the key.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::super::record::properties::stored;
+    use super::*;
+
+    /// Any value of the RESP2/RESP3 shapes the decoders meet, nested a few levels.
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Nil),
+            Just(Value::Okay),
+            any::<i64>().prop_map(Value::Int),
+            any::<Vec<u8>>().prop_map(Value::BulkString),
+            "[a-z_:0-9]{0,12}".prop_map(|text| Value::BulkString(text.into_bytes())),
+            "\\PC{0,12}".prop_map(Value::SimpleString),
+            any::<f64>().prop_map(Value::Double),
+            any::<bool>().prop_map(Value::Boolean),
+        ];
+        leaf.prop_recursive(3, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec((inner.clone(), inner.clone()), 0..4).prop_map(Value::Map),
+                prop::collection::vec(inner, 0..4).prop_map(Value::Set),
+            ]
+        })
+    }
+
+    /// Answers shaped like the claim script's: a known kind first, then anything.
+    fn claim_like() -> impl Strategy<Value = Value> {
+        let kind = prop_oneof![
+            Just("acquired"),
+            Just("completed"),
+            Just("in_progress"),
+            Just("review"),
+            Just("ok"),
+            Just("err"),
+        ];
+        let field = prop_oneof![
+            value(),
+            any::<i64>().prop_map(|n| Value::BulkString(n.to_string().into_bytes())),
+            any::<[u8; 32]>()
+                .prop_map(|fp| Value::BulkString(super::super::record::hex(&fp).into_bytes())),
+        ];
+        (kind, prop::collection::vec(field, 0..6)).prop_map(|(kind, rest)| {
+            let mut items = vec![Value::BulkString(kind.as_bytes().to_vec())];
+            items.extend(rest);
+            Value::Array(items)
+        })
+    }
+
+    /// Hash fields named as saga logs name them (`id`, `status`, …, `<index>:<field>`), with
+    /// values either plausible or random.
+    fn saga_fields() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
+        let name = prop_oneof![
+            Just("id".to_owned()),
+            Just("status".to_owned()),
+            Just("error".to_owned()),
+            Just("updated".to_owned()),
+            Just("note".to_owned()),
+            (0u32..3, "name|key|irreversible|args|state|output|error")
+                .prop_map(|(index, field)| format!("{index}:{field}")),
+            "\\PC{0,6}",
+        ];
+        let bytes = prop_oneof![
+            any::<Vec<u8>>(),
+            Just(b"running".to_vec()),
+            Just(b"done".to_vec()),
+            Just(b"1".to_vec()),
+            any::<[u8; 32]>().prop_map(|k| Key::from_bytes(k).to_string().into_bytes()),
+        ];
+        prop::collection::vec((name, bytes), 0..12)
+    }
+
+    fn step() -> impl Strategy<Value = StepRecord> {
+        (
+            0u32..1000,
+            "\\PC{0,8}",
+            any::<[u8; 32]>(),
+            any::<bool>(),
+            any::<Vec<u8>>(),
+            prop::sample::select(vec![
+                StepState::Started,
+                StepState::Done,
+                StepState::Failed,
+                StepState::Compensated,
+                StepState::CompensationFailed,
+            ]),
+            prop::option::of(any::<Vec<u8>>()),
+            prop::option::of("\\PC{0,8}"),
+        )
+            .prop_map(
+                |(index, name, key, irreversible, args, state, output, error)| StepRecord {
+                    index,
+                    name,
+                    key: Key::from_bytes(key),
+                    irreversible,
+                    args,
+                    state,
+                    output,
+                    error,
+                },
+            )
+    }
+
+    /// What the store makes of a decoder's complaint names the key.
+    fn names_the_key(key: &Key, problem: String) -> Result<(), TestCaseError> {
+        let error = corrupt(key, "a record")(problem);
+        prop_assert_eq!(error.key(), Some(key));
+        prop_assert!(error.to_string().contains(&key.to_string()), "{}", error);
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn any_answer_to_a_claim_decodes_or_is_an_error(answer in prop_oneof![value(), claim_like()]) {
+            let _ = claim_answer(answer);
+        }
+
+        #[test]
+        fn any_value_as_a_record_is_read_or_an_error_naming_the_key(
+            key in any::<[u8; 32]>().prop_map(Key::from_bytes),
+            value in value(),
+            expiry in value(),
+            now_ms in any::<i64>(),
+        ) {
+            if let Err(problem) = record(&key, value, expiry, now_ms) {
+                names_the_key(&key, problem)?;
+            }
+        }
+
+        /// Records with any field values (the clock fields of a foreign or damaged record
+        /// included) and any key expiry are read without a panic.
+        #[test]
+        fn any_record_with_any_expiry_is_read_or_an_error_naming_the_key(
+            key in any::<[u8; 32]>().prop_map(Key::from_bytes),
+            stored in stored(),
+            expiry in prop_oneof![Just(-2i64), Just(-1), any::<i64>()],
+            now_ms in any::<i64>(),
+        ) {
+            let value = Value::BulkString(stored.encode());
+            if let Err(problem) = record(&key, value, Value::Int(expiry), now_ms) {
+                names_the_key(&key, problem)?;
+            }
+        }
+
+        #[test]
+        fn any_value_as_hash_fields_is_read_or_an_error(value in value()) {
+            let _ = fields(value.clone());
+            let _ = named(&["id", "status", "error"], value);
+        }
+
+        #[test]
+        fn any_saga_hash_is_read_or_an_error(
+            key in any::<[u8; 32]>().prop_map(Key::from_bytes),
+            head in saga_fields(),
+            steps in saga_fields(),
+        ) {
+            let _ = saga_log(&key, head, steps);
+        }
+
+        /// The fields a step is written as read back as that step.
+        #[test]
+        fn a_saga_steps_fields_read_back_as_the_step(
+            key in any::<[u8; 32]>().prop_map(Key::from_bytes),
+            steps in prop::collection::btree_map(0u32..1000, step(), 0..4),
+        ) {
+            let steps: Vec<StepRecord> = steps
+                .into_iter()
+                .map(|(index, step)| StepRecord { index, ..step })
+                .collect();
+            let fields = steps
+                .iter()
+                .flat_map(|step| {
+                    step_fields(step)
+                        .into_iter()
+                        .map(move |(name, value)| (format!("{}:{name}", step.index), value))
+                })
+                .collect();
+            let head = vec![
+                ("id".to_owned(), b"order-42".to_vec()),
+                ("status".to_owned(), b"running".to_vec()),
+                ("updated".to_owned(), b"1".to_vec()),
+            ];
+            let log = saga_log(&key, head, fields);
+            prop_assert_eq!(log.map(|log| log.map(|log| log.steps)), Ok(Some(steps)));
+        }
+    }
+}

@@ -248,7 +248,14 @@ impl Stored {
     /// milliseconds, given the key's `PEXPIRETIME` (`expiry`: -1 none, -2 no key); `None` for
     /// a record that waits for an operator.
     pub(super) fn ends_at_ms(&self, expiry: i64) -> Option<i64> {
-        let from_expiry = |minus: i64| if expiry >= 0 { expiry - minus } else { 0 };
+        // Saturating: a damaged record's TTL can be any number, and must not overflow here.
+        let from_expiry = |minus: i64| {
+            if expiry >= 0 {
+                expiry.saturating_sub(minus)
+            } else {
+                0
+            }
+        };
         match self.state {
             State::Is(Status::NeedsReview) => None,
             _ if self.lease_end_ms > 0 => Some(self.lease_end_ms),
@@ -394,6 +401,20 @@ mod tests {
         }
     }
 
+    /// Found by `properties::a_records_end_is_defined_for_every_field_value`: a claim whose
+    /// TTL field is negative (no idem writes one; a damaged or foreign value can hold one)
+    /// made `ends_at_ms` subtract past `i64::MAX`, a panic in debug builds and a wrapped,
+    /// meaningless lease end in release builds, where the store must answer instead.
+    #[test]
+    fn a_negative_ttl_in_a_damaged_record_does_not_overflow_its_lease_end() {
+        let mut record = claim();
+        record.ttl_ms = -1_763_970_940_048_717_173;
+        let record = Stored::decode(&record.encode()).expect("the fields are numbers");
+        let expiry = 7_459_401_096_806_058_635;
+        assert_eq!(record.ends_at_ms(expiry), Some(i64::MAX));
+        assert!(!record.is_gone(0, expiry));
+    }
+
     #[test]
     fn a_layout_one_record_gets_a_claim_id_of_zero() {
         let mut record = claim();
@@ -405,5 +426,152 @@ mod tests {
             .into_bytes();
         assert_eq!(Stored::from_layout_one(&old), Ok(new));
         assert!(Stored::from_layout_one(b"p").is_err());
+    }
+}
+
+/// Property tests: a record reads back as written, and no value, foreign, cut or damaged,
+/// makes the decoder panic (a Redis key may hold anything another program or a failover
+/// left there; the store must answer an error naming the key, `decode::corrupt`).
+#[cfg(test)]
+pub(super) mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn status() -> impl Strategy<Value = State> {
+        prop_oneof![
+            Just(State::Is(Status::InProgress)),
+            Just(State::Is(Status::Completed)),
+            Just(State::Is(Status::NeedsReview)),
+            Just(State::Released),
+        ]
+    }
+
+    /// Records as the scripts write them: any field values, an outcome exactly when one may
+    /// be (a completed record always has one), actions and results holding the separator.
+    pub(in crate::store::redis) fn stored() -> impl Strategy<Value = Stored> {
+        let outcome = prop_oneof![
+            Just(None),
+            any::<Vec<u8>>().prop_map(|bytes| Some(StoredOutcome::Ok(bytes))),
+            any::<Vec<u8>>().prop_map(|bytes| Some(StoredOutcome::Err(bytes))),
+        ];
+        (
+            status(),
+            0..=i64::MAX as u64,
+            any::<u64>(),
+            (any::<i64>(), any::<i64>(), any::<i64>()),
+            any::<[u8; 32]>(),
+            outcome,
+            "[a-z_|]{0,12}|\\PC{0,8}",
+        )
+            .prop_map(
+                |(
+                    state,
+                    token,
+                    claim_id,
+                    (lease_end_ms, ttl_ms, created_ms),
+                    fp,
+                    outcome,
+                    action,
+                )| {
+                    let outcome = match (state, outcome) {
+                        (State::Is(Status::Completed), None) => {
+                            Some(StoredOutcome::Ok(b"null".to_vec()))
+                        }
+                        (_, outcome) => outcome,
+                    };
+                    Stored {
+                        state,
+                        token,
+                        claim_id,
+                        lease_end_ms,
+                        ttl_ms,
+                        created_ms,
+                        fingerprint: Fingerprint::from_bytes(fp),
+                        outcome,
+                        action,
+                    }
+                },
+            )
+    }
+
+    /// The length of a record's encoding up to its result.
+    fn head_len(stored: &Stored) -> usize {
+        let result = match &stored.outcome {
+            Some(StoredOutcome::Ok(bytes) | StoredOutcome::Err(bytes)) => bytes.len(),
+            None => 0,
+        };
+        stored.encode().len() - result
+    }
+
+    proptest! {
+        #[test]
+        fn every_record_reads_back_as_written(stored in stored()) {
+            prop_assert_eq!(Stored::decode(&stored.encode()), Ok(stored.clone()));
+            prop_assert_eq!(Stored::decode_owned(stored.encode()), Ok(stored));
+        }
+
+        /// A value cut anywhere before its result ends is refused; cut inside the result (the
+        /// value's tail, which has no length of its own) it reads as that shorter result.
+        #[test]
+        fn a_cut_record_is_refused_or_reads_as_a_shorter_result(
+            stored in stored(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let whole = stored.encode();
+            let cut = cut.index(whole.len());
+            let head = head_len(&stored);
+            match Stored::decode(&whole[..cut]) {
+                Err(problem) => prop_assert!(cut < head, "cut at {cut} of {head}: {problem}"),
+                Ok(read) => {
+                    prop_assert!(cut >= head, "cut at {cut} of {head} read as {read:?}");
+                    let mut shorter = stored.clone();
+                    if let Some(StoredOutcome::Ok(bytes) | StoredOutcome::Err(bytes)) =
+                        shorter.outcome.as_mut()
+                    {
+                        bytes.truncate(cut - head);
+                    }
+                    prop_assert_eq!(read, shorter);
+                }
+            }
+        }
+
+        /// One damaged byte anywhere: an answer either way, never a panic; and nothing the
+        /// record's readers derive from what was read (its end, whether it is gone) panics.
+        #[test]
+        fn a_damaged_record_never_panics(
+            stored in stored(),
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+            expiry in any::<i64>(),
+            now_ms in any::<i64>(),
+        ) {
+            let mut bytes = stored.encode();
+            let at = at.index(bytes.len());
+            bytes[at] = byte;
+            if let Ok(read) = Stored::decode(&bytes) {
+                let _ = (read.ends_at_ms(expiry), read.is_gone(now_ms, expiry));
+            }
+            let _ = Stored::from_layout_one(&bytes);
+            let _ = Stored::completed(&bytes, "ok", b"1");
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in any::<Vec<u8>>()) {
+            let _ = Stored::decode(&bytes);
+            let _ = Stored::from_layout_one(&bytes);
+            let _ = Stored::completed(&bytes, "err", b"");
+        }
+
+        /// What a record's readers derive from its fields (`ends_at_ms`, `is_gone`) is defined
+        /// for every value a record can hold, not only the ones idem writes.
+        #[test]
+        fn a_records_end_is_defined_for_every_field_value(
+            stored in stored(),
+            expiry in prop_oneof![Just(-2i64), Just(-1), any::<i64>()],
+            now_ms in any::<i64>(),
+        ) {
+            let _ = (stored.ends_at_ms(expiry), stored.is_gone(now_ms, expiry));
+        }
     }
 }

@@ -251,3 +251,76 @@ pub(super) fn heartbeat(
         ],
     )
 }
+
+/// Property tests of [`check`], the one place a SQLite record's columns are read: it accepts
+/// exactly the records idem writes, and answers anything else (a row written by hand, by
+/// another program, by a disk fault) with an error naming the key, never a panic. The
+/// column types themselves (a BLOB where TEXT belongs) are refused by rusqlite before
+/// `check`; `tests/runtime/properties.rs` writes such garbage into a real file.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn raw_row() -> impl Strategy<Value = RawRow> {
+        (
+            prop_oneof![
+                Just("in_progress".to_owned()),
+                Just("completed".to_owned()),
+                Just("needs_review".to_owned()),
+                "\\PC{0,12}",
+            ],
+            any::<i64>(),
+            prop_oneof![
+                any::<[u8; 32]>().prop_map(Vec::from),
+                prop::collection::vec(any::<u8>(), 0..40),
+            ],
+            prop_oneof![
+                Just(None),
+                Just(Some("ok".to_owned())),
+                Just(Some("err".to_owned())),
+                prop::option::of("\\PC{0,4}"),
+            ],
+            prop::option::of(any::<Vec<u8>>()),
+            any::<i64>(),
+            prop::option::of(any::<i64>()),
+            "\\PC{0,12}",
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn a_row_is_read_exactly_when_idem_could_have_written_it(
+            key in any::<[u8; 32]>().prop_map(Key::from_bytes),
+            raw in raw_row(),
+        ) {
+            let (status, token, fingerprint, outcome, result, created_at_ms, expires, action) =
+                raw.clone();
+            let parsed = Status::parse(&status);
+            let outcome_ok = match (outcome.as_deref(), &result) {
+                (None, _) => parsed != Some(Status::Completed),
+                (Some("ok" | "err"), Some(_)) => true,
+                _ => false,
+            };
+            let valid = parsed.is_some() && fingerprint.len() == 32 && outcome_ok && token >= 0;
+            match check(&key, raw) {
+                Ok(row) => {
+                    prop_assert!(valid);
+                    prop_assert_eq!(Some(row.found.status), parsed);
+                    prop_assert_eq!(i64::try_from(row.found.token).ok(), Some(token));
+                    prop_assert_eq!(&row.found.fingerprint.as_bytes()[..], &fingerprint[..]);
+                    prop_assert_eq!(row.found.expires_at_ms, expires);
+                    prop_assert_eq!(row.created_at_ms, created_at_ms);
+                    prop_assert_eq!(row.action, action);
+                    prop_assert_eq!(row.outcome.is_some(), outcome.is_some());
+                }
+                Err(error) => {
+                    prop_assert!(!valid, "a valid row refused: {}", error);
+                    prop_assert_eq!(error.key(), Some(&key));
+                    prop_assert!(error.to_string().contains(&key.to_string()), "{}", error);
+                }
+            }
+        }
+    }
+}
