@@ -18,6 +18,8 @@
 mod forward;
 mod inspect;
 mod memory;
+#[cfg(test)]
+mod model;
 mod open;
 #[cfg(feature = "postgres")]
 mod postgres;
