@@ -23,7 +23,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-pub use self::postgres::PostgresServer;
+pub use self::postgres::{PostgresServer, Shutdown};
 pub use self::redis::{Flavor, RedisServer};
 pub use self::redis_cluster::RedisCluster;
 

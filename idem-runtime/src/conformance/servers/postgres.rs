@@ -34,7 +34,20 @@ pub struct PostgresServer {
     folder: PathBuf,
     /// The name a standby gives its primary (`application_name`); `None` for a primary.
     standby_name: Option<String>,
+    /// The server's options (`pg_ctl start -o`), for a [`restart`](Self::restart).
+    server_options: String,
     _keeper: Keeper,
+}
+
+/// How [`PostgresServer::restart`] stops the server (`pg_ctl stop -m …`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// `fast`: open transactions are rolled back, clients disconnected, a checkpoint
+    /// written: an orderly restart, as an upgrade does.
+    Fast,
+    /// `immediate`: every process quits at once, no checkpoint: the next start replays the
+    /// WAL, as after a power cut (committed work is kept, `fsync` being on).
+    Immediate,
 }
 
 impl PostgresServer {
@@ -99,9 +112,13 @@ impl PostgresServer {
         let ready = folder.join("ready");
         let as_owner = as_owner.join(" ");
         // Up to 300 connections: each store of a test has a pool, and tests run in parallel.
+        let server_options = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {dir} -c max_connections=300 -c dynamic_shared_memory_type=mmap {options}",
+            dir = folder.display(),
+        );
         let script = format!(
             "{as_owner} '{pg_ctl}' -D '{data}' -l '{server_log}' -w -t 60 \
-               -o '-p {port} -c listen_addresses=127.0.0.1 -k {dir} -c max_connections=300 -c dynamic_shared_memory_type=mmap {options}' start \
+               -o '{server_options}' start \
                && touch '{ready}' || exit 1; \
              cat >/dev/null; \
              {as_owner} '{pg_ctl}' -D '{data}' -m immediate -w stop; rm -rf '{dir}'",
@@ -120,6 +137,7 @@ impl PostgresServer {
             port,
             folder,
             standby_name,
+            server_options,
             _keeper: keeper,
         })
     }
@@ -416,6 +434,40 @@ impl PostgresServer {
         // id could be another process's by then.
         let _ = std::fs::remove_file(&pid_file);
         Ok(())
+    }
+
+    /// Stops the server (`pg_ctl stop -m fast` or `immediate`) and starts it again on the same
+    /// port with the same settings; returns once it accepts connections again. Its clients'
+    /// connections are cut; what they had committed is kept.
+    ///
+    /// ```no_run
+    /// use idem_runtime::conformance::servers::{PostgresServer, Shutdown};
+    ///
+    /// let server = PostgresServer::primary().unwrap();
+    /// server.sql("CREATE TABLE kept (x int); INSERT INTO kept VALUES (1)").unwrap();
+    /// server.restart(Shutdown::Immediate).unwrap();
+    /// assert_eq!(server.sql("SELECT x FROM kept").unwrap().trim(), "1");
+    /// ```
+    pub fn restart(&self, shutdown: Shutdown) -> Result<(), String> {
+        let (_, pg_ctl) = binaries().ok_or("pg_ctl is not installed")?;
+        let data = self.folder.join("data");
+        let mode = match shutdown {
+            Shutdown::Fast => "fast",
+            Shutdown::Immediate => "immediate",
+        };
+        let mut stop = owner_command(&as_cluster_owner(), &pg_ctl);
+        stop.arg("-D")
+            .arg(&data)
+            .args(["-m", mode, "-w", "-t", "60", "stop"]);
+        run("pg_ctl stop", stop)?;
+        let mut start = owner_command(&as_cluster_owner(), &pg_ctl);
+        start
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(self.folder.join("server.log"))
+            .args(["-w", "-t", "60", "-o", &self.server_options, "start"]);
+        run("pg_ctl start", start)
     }
 
     /// Promotes this standby (`pg_ctl promote`) and clears the `synchronous_standby_names` it

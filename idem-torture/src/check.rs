@@ -1,0 +1,479 @@
+//! The history checker: reads what the agents saw (history), what happened in the world
+//! (ledger), what the driver did (faults) and what the store holds at the end (final), and
+//! reports, per invariant, how many times it was broken and the first counterexample.
+//!
+//! It knows nothing of the store or of the schedule: only the files. `idem-torture check
+//! DIR` runs it on the folder of an earlier run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::Path;
+
+use crate::history::{
+    read_lines, record_name, Action, CallId, Effect, Event, FaultLine, Final, LedgerLine, Op,
+    Outcome,
+};
+
+/// One invariant's verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// Its name, as printed.
+    pub name: &'static str,
+    /// What it holds.
+    pub rule: &'static str,
+    /// How many times it was broken.
+    pub violations: usize,
+    /// The first counterexample, in words.
+    pub first: Option<String>,
+    /// Breaks that the store's documented durability allows (a Redis without AOF restarted):
+    /// reported apart, not counted as violations.
+    pub allowed_by_durability: usize,
+}
+
+impl Verdict {
+    fn new(name: &'static str, rule: &'static str) -> Self {
+        Verdict {
+            name,
+            rule,
+            violations: 0,
+            first: None,
+            allowed_by_durability: 0,
+        }
+    }
+
+    fn broken(&mut self, example: impl FnOnce() -> String, allowed: bool) {
+        if allowed {
+            self.allowed_by_durability += 1;
+            return;
+        }
+        self.violations += 1;
+        if self.first.is_none() {
+            self.first = Some(example());
+        }
+    }
+}
+
+/// What a run did and what the checker found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Report {
+    /// One verdict per invariant.
+    pub verdicts: Vec<Verdict>,
+    /// Counts of what happened: calls, outcomes, dispositions, sagas' ends, faults, crashes.
+    pub tally: BTreeMap<String, u64>,
+}
+
+impl Report {
+    /// The violations, over every invariant.
+    pub fn violations(&self) -> usize {
+        self.verdicts.iter().map(|v| v.violations).sum()
+    }
+
+    /// The verdict of the invariant `name`.
+    pub fn verdict(&self, name: &str) -> Option<&Verdict> {
+        self.verdicts.iter().find(|v| v.name == name)
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "what happened:")?;
+        for (what, count) in &self.tally {
+            writeln!(f, "  {what:<40} {count:>8}")?;
+        }
+        writeln!(f, "invariants:")?;
+        for verdict in &self.verdicts {
+            let state = if verdict.violations == 0 {
+                "ok"
+            } else {
+                "VIOLATED"
+            };
+            writeln!(
+                f,
+                "  {:<34} {:<8} {:>5} violations  ({})",
+                verdict.name, state, verdict.violations, verdict.rule
+            )?;
+            if verdict.allowed_by_durability > 0 {
+                writeln!(
+                    f,
+                    "  {:<34} {:<8} {:>5} apart: lost by the store's documented durability",
+                    "", "", verdict.allowed_by_durability
+                )?;
+            }
+            if let Some(first) = &verdict.first {
+                writeln!(f, "      first: {first}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A call as the history has it: what it was and how it ended (`None`: its process died).
+#[derive(Debug, Clone)]
+struct Call {
+    op: Op,
+    end: Option<Outcome>,
+}
+
+/// Everything a run wrote, read from its folder.
+#[derive(Debug, Clone, Default)]
+pub struct Run {
+    calls: BTreeMap<CallId, Call>,
+    crashes: Vec<(CallId, String)>,
+    ledger: Vec<LedgerLine>,
+    faults: Vec<FaultLine>,
+    end: Final,
+}
+
+impl Run {
+    /// Reads the files of the run in `folder`.
+    pub fn read(folder: &Path) -> Result<Run, String> {
+        let mut run = Run::default();
+        let mut histories: Vec<_> = std::fs::read_dir(folder)
+            .map_err(|e| format!("{}: {e}", folder.display()))?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| {
+                path.file_name()
+                    .and_then(|name| name.to_str())
+                    .is_some_and(|name| name.starts_with("history-") && name.ends_with(".jsonl"))
+            })
+            .collect();
+        histories.sort();
+        for path in histories {
+            for event in read_lines::<Event>(&path)? {
+                run.add(event);
+            }
+        }
+        run.ledger = read_lines(&folder.join("ledger.jsonl"))?;
+        run.faults = read_lines(&folder.join("faults.jsonl"))?;
+        let end = folder.join("final.json");
+        let text = std::fs::read_to_string(&end).map_err(|e| format!("{}: {e}", end.display()))?;
+        run.end = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", end.display()))?;
+        Ok(run)
+    }
+
+    fn add(&mut self, event: Event) {
+        match event {
+            Event::Start { call, op, .. } => {
+                self.calls.insert(call, Call { op, end: None });
+            }
+            Event::End { call, outcome, .. } => {
+                if let Some(known) = self.calls.get_mut(&call) {
+                    known.end = Some(outcome);
+                }
+            }
+            Event::Crash { call, point } => self.crashes.push((call, point)),
+        }
+    }
+}
+
+/// The dispositions whose value the store acknowledged as recorded.
+fn acknowledged(disposition: Option<&str>) -> bool {
+    matches!(
+        disposition,
+        Some("executed" | "taken_over" | "replayed" | "waited" | "verified")
+    )
+}
+
+/// Checks every invariant on `run`.
+pub fn check(run: &Run) -> Report {
+    let mut report = Report::default();
+    tally(run, &mut report.tally);
+    // The world's effects, by action and key, each with the era of the store it was made in
+    // (how many data-losing restarts came before it in the ledger).
+    let mut effects: BTreeMap<(Action, u32), Vec<(&Effect, bool, u64)>> = BTreeMap::new();
+    let mut by_value: BTreeMap<u64, &Effect> = BTreeMap::new();
+    let mut era: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut undone: BTreeMap<(Action, u32), BTreeSet<u64>> = BTreeMap::new();
+    let mut eras = 0;
+    for line in &run.ledger {
+        match line {
+            LedgerLine::StoreLost { .. } => eras += 1,
+            LedgerLine::Effect {
+                effect,
+                resumed,
+                answered,
+                ..
+            } => {
+                effects
+                    .entry((effect.action, effect.key))
+                    .or_default()
+                    .push((effect, *resumed, *answered));
+                by_value.insert(effect.value, effect);
+                era.insert(effect.value, eras);
+            }
+            LedgerLine::Compensation { undone: effect, .. } => {
+                undone
+                    .entry((effect.action, effect.key))
+                    .or_default()
+                    .insert(effect.value);
+            }
+        }
+    }
+
+    let mut once = Verdict::new(
+        "at_most_once",
+        "a body's effect happens at most once per key, but for runs the history marks resumed; never twice for on_stale = review",
+    );
+    for ((action, key), made) in &effects {
+        let fresh = made.iter().filter(|(_, resumed, _)| !resumed).count();
+        let too_many = if *action == Action::Wire {
+            made.len() > 1
+        } else {
+            fresh > 1
+        };
+        // Runs in different eras of a store that lost its records: allowed by its docs.
+        let eras_of_runs: BTreeSet<_> = made
+            .iter()
+            .map(|(effect, _, _)| era.get(&effect.value))
+            .collect();
+        if too_many {
+            once.broken(
+                || {
+                    format!(
+                        "{} ran {} times ({} not resumed): values {:?}",
+                        record_name(*action, *key),
+                        made.len(),
+                        fresh,
+                        made.iter()
+                            .map(|(e, r, _)| (e.value, *r))
+                            .collect::<Vec<_>>()
+                    )
+                },
+                eras_of_runs.len() > 1,
+            );
+        }
+    }
+
+    let mut from_ledger = Verdict::new(
+        "values_from_the_ledger",
+        "every value a caller got is an effect the ledger has, for that action and key",
+    );
+    let mut crossed = Verdict::new(
+        "no_value_crossed_keys",
+        "no caller got the value of another key or action",
+    );
+    let mut agree = Verdict::new(
+        "one_result_per_key",
+        "every caller told a result was recorded got the same value for the key",
+    );
+    let mut acknowledged_values: BTreeMap<(Action, u32), (u64, CallId)> = BTreeMap::new();
+    for (id, call) in &run.calls {
+        let (Op::Tool { action, key }, Some(Outcome::Ok { value, disposition })) =
+            (&call.op, &call.end)
+        else {
+            continue;
+        };
+        let Some(value) = value else {
+            from_ledger.broken(|| format!("{id:?}: a tool answered no value"), false);
+            continue;
+        };
+        if value.action != *action || value.key != *key {
+            crossed.broken(
+                || {
+                    format!(
+                        "{id:?} called {} and got {}'s value {}",
+                        record_name(*action, *key),
+                        record_name(value.action, value.key),
+                        value.value
+                    )
+                },
+                false,
+            );
+        }
+        match by_value.get(&value.value) {
+            Some(made) if made.action == value.action && made.key == value.key => {}
+            Some(made) => crossed.broken(
+                || {
+                    format!(
+                        "{id:?} got value {} of {}, made for {}",
+                        value.value,
+                        record_name(value.action, value.key),
+                        record_name(made.action, made.key)
+                    )
+                },
+                false,
+            ),
+            None => from_ledger.broken(
+                || format!("{id:?} got value {} that no body made", value.value),
+                false,
+            ),
+        }
+        if acknowledged(disposition.as_deref()) {
+            match acknowledged_values.get(&(*action, *key)) {
+                None => {
+                    acknowledged_values.insert((*action, *key), (value.value, *id));
+                }
+                Some((first, first_id)) if *first != value.value => agree.broken(
+                    || {
+                        format!(
+                            "{}: {first_id:?} got {first}, {id:?} got {} ({})",
+                            record_name(*action, *key),
+                            value.value,
+                            disposition.as_deref().unwrap_or("?")
+                        )
+                    },
+                    era.get(first) != era.get(&value.value),
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+
+    let mut kept = Verdict::new(
+        "acknowledged_results_kept",
+        "the store still holds every result it acknowledged as recorded",
+    );
+    for ((action, key), (value, id)) in &acknowledged_values {
+        let name = record_name(*action, *key);
+        let held = run.end.records.get(&name).copied().flatten();
+        if held != Some(*value) {
+            // Made before the store's last loss of its records: allowed by its docs.
+            let before_a_loss = era.get(value).is_some_and(|made_in| *made_in < eras);
+            kept.broken(
+                || {
+                    format!(
+                        "{name}: {id:?} was told {value} was recorded; the store holds {held:?}"
+                    )
+                },
+                before_a_loss,
+            );
+        }
+    }
+
+    let mut ended = Verdict::new(
+        "sagas_ended",
+        "after recovery every saga is completed, compensated or needs attention",
+    );
+    let mut net = Verdict::new(
+        "compensations_match_effects",
+        "every compensation undid an effect that happened, in a saga that was undone",
+    );
+    let mut forgotten = Verdict::new(
+        "no_in_doubt_step_forgotten",
+        "a compensated saga undid every step whose effect happened; a completed one has every effect",
+    );
+    let orders: BTreeSet<u32> = run
+        .calls
+        .values()
+        .filter_map(|call| match call.op {
+            Op::Saga { order } => Some(order),
+            Op::Tool { .. } => None,
+        })
+        .collect();
+    for order in orders {
+        let status = run
+            .end
+            .sagas
+            .get(&order)
+            .map_or("none", |saga| saga.status.as_str());
+        if !matches!(
+            status,
+            "completed" | "compensated" | "needs_attention" | "none"
+        ) {
+            ended.broken(
+                || {
+                    format!(
+                        "order-{order} ended {status}: {:?}",
+                        run.end.sagas.get(&order)
+                    )
+                },
+                false,
+            );
+        }
+        for step in [Action::Reserve, Action::ChargeCard, Action::Notify] {
+            let answered: BTreeSet<u64> = effects
+                .get(&(step, order))
+                .map(|made| made.iter().map(|(_, _, answered)| *answered).collect())
+                .unwrap_or_default();
+            let undone_here = undone.get(&(step, order)).cloned().unwrap_or_default();
+            if let Some(stray) = undone_here.difference(&answered).next() {
+                net.broken(
+                    || {
+                        format!(
+                            "order-{order}: {} undid {stray}, an effect the service never answered",
+                            step.name()
+                        )
+                    },
+                    false,
+                );
+            }
+            match status {
+                "compensated" => {
+                    if let Some(left) = answered.difference(&undone_here).next() {
+                        forgotten.broken(
+                            || format!("order-{order} ended compensated, but {}'s effect {left} was never undone ({:?})", step.name(), run.end.sagas.get(&order)),
+                            false,
+                        );
+                    }
+                }
+                "completed" => {
+                    if answered.len() != 1 || !undone_here.is_empty() {
+                        forgotten.broken(
+                            || format!("order-{order} ended completed with {} effects {answered:?}, undone {undone_here:?}", step.name()),
+                            false,
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    let mut clean = Verdict::new(
+        "agents_exited_cleanly",
+        "no agent process failed other than by the faults injected (a panic is a bug)",
+    );
+    for fault in run.faults.iter().filter(|f| f.kind == "agent_failed") {
+        clean.broken(|| fault.detail.clone(), false);
+    }
+
+    report.verdicts = vec![
+        once,
+        from_ledger,
+        crossed,
+        agree,
+        kept,
+        ended,
+        net,
+        forgotten,
+        clean,
+    ];
+    report
+}
+
+fn tally(run: &Run, tally: &mut BTreeMap<String, u64>) {
+    let mut add = |what: String| *tally.entry(what).or_default() += 1;
+    for call in run.calls.values() {
+        let what = match call.op {
+            Op::Tool { action, .. } => action.name(),
+            Op::Saga { .. } => "order saga",
+        };
+        add(format!("calls: {what}"));
+        add(match &call.end {
+            None => "ended: killed before answering".to_owned(),
+            Some(Outcome::Ok { disposition, .. }) => {
+                format!("ended: ok, {}", disposition.as_deref().unwrap_or("saga"))
+            }
+            Some(Outcome::Err { kind, .. }) => format!("ended: error {kind}"),
+            Some(Outcome::TimedOut) => "ended: timed out by the caller".to_owned(),
+        });
+    }
+    for (_, point) in &run.crashes {
+        add(format!("fault: agent SIGKILLed itself {point}"));
+    }
+    for fault in &run.faults {
+        add(format!("fault: {}", fault.kind));
+    }
+    for line in &run.ledger {
+        add(match line {
+            LedgerLine::Effect { resumed: true, .. } => "ledger: effects (resumed runs)".into(),
+            LedgerLine::Effect { .. } => "ledger: effects".into(),
+            LedgerLine::Compensation { .. } => "ledger: compensations".into(),
+            LedgerLine::StoreLost { .. } => "ledger: the store lost its records".into(),
+        });
+    }
+    for saga in run.end.sagas.values() {
+        add(format!("sagas ended: {}", saga.status));
+    }
+}
