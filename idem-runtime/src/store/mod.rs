@@ -30,6 +30,7 @@ mod rules;
 mod saga_log;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+mod tls;
 mod waiters;
 
 use std::fmt;

@@ -21,6 +21,15 @@ use crate::Error;
 /// `postgres://…?schema=billing` the PostgreSQL store's schema (`public` by default); the
 /// other parameters go to the client as they are.
 ///
+/// TLS (feature `tls`): `rediss://` and `rediss+cluster://` connect to Redis with TLS;
+/// `rediss://…?tls_ca_cert=/path/ca.pem` trusts that CA (PEM) instead of the platform's
+/// roots, and `&tls_cert=/path/client.pem&tls_key=/path/client.key` presents a client
+/// certificate (the names of redis-cli's `--cacert`, `--cert` and `--key`, as Redis calls
+/// them in its configuration, `tls-ca-cert-file`, …). PostgreSQL takes libpq's `sslmode=require`
+/// or `verify-full`, `sslrootcert=/path/ca.pem`, `sslcert=` and `sslkey=` (see
+/// `PostgresStoreBuilder`'s TLS section). A TLS URL in a build without the feature is an
+/// error that says to enable it.
+///
 /// A scheme this build does not know, or knows but was built without, is an error that says
 /// which feature to enable.
 ///
@@ -83,11 +92,11 @@ async fn open_as(url: &str, opening: Opening) -> Result<Arc<dyn Store>, Error> {
             sqlite(path, opening).await
         }
         "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => {
-            let (url, prefix, accept_eviction) = match redis_options(url) {
+            let options = match redis_options(url) {
                 Ok(options) => options,
                 Err(why) => return refused(why),
             };
-            redis(&url, prefix, accept_eviction, opening).await
+            redis(options, opening).await
         }
         "postgres" | "postgresql" => {
             let (url, schema) = take_param(url, "schema");
@@ -125,17 +134,64 @@ async fn sqlite(path: &str, _: Opening) -> Result<Arc<dyn Store>, Error> {
     Err(without("sqlite", path))
 }
 
-/// A Redis URL without idem's own parameters, and those: the prefix, and whether a server
-/// that may evict keys is accepted.
-fn redis_options(url: &str) -> Result<(String, Option<String>, bool), String> {
+/// A Redis URL without idem's own parameters, and those.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+struct RedisOptions {
+    url: String,
+    prefix: Option<String>,
+    /// Whether a server that may evict keys is accepted.
+    accept_eviction: bool,
+    /// The files named by `tls_ca_cert`, `tls_cert` and `tls_key`.
+    tls_ca_cert: Option<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+}
+
+fn redis_options(url: &str) -> Result<RedisOptions, String> {
     let (url, prefix) = take_param(url, "prefix");
     let (url, accept) = take_param(&url, "accept_eviction");
+    let (url, tls_ca_cert) = take_param(&url, "tls_ca_cert");
+    let (url, tls_cert) = take_param(&url, "tls_cert");
+    let (url, tls_key) = take_param(&url, "tls_key");
     let accept_eviction = match accept.as_deref() {
         None | Some("false") => false,
         Some("true") => true,
         Some(other) => return Err(format!("accept_eviction is true or false, not {other:?}")),
     };
-    Ok((url, prefix, accept_eviction))
+    if tls_cert.is_some() != tls_key.is_some() {
+        return Err("a client certificate needs both tls_cert= and tls_key=".to_owned());
+    }
+    Ok(RedisOptions {
+        url,
+        prefix,
+        accept_eviction,
+        tls_ca_cert,
+        tls_cert,
+        tls_key,
+    })
+}
+
+#[cfg(feature = "redis")]
+impl RedisOptions {
+    /// The store's builder, with the prefix, the eviction choice and the TLS files read.
+    fn builder(self) -> Result<crate::store::RedisStoreBuilder, Error> {
+        use crate::store::tls::read_pem_file;
+        let mut builder =
+            crate::store::RedisStore::builder(self.url).accept_eviction(self.accept_eviction);
+        if let Some(prefix) = self.prefix {
+            builder = builder.prefix(prefix);
+        }
+        if let Some(path) = self.tls_ca_cert {
+            builder = builder.tls_root_certificate(read_pem_file("redis", "tls_ca_cert", &path)?);
+        }
+        if let (Some(cert), Some(key)) = (self.tls_cert, self.tls_key) {
+            builder = builder.tls_client_certificate(
+                read_pem_file("redis", "tls_cert", &cert)?,
+                read_pem_file("redis", "tls_key", &key)?,
+            );
+        }
+        Ok(builder)
+    }
 }
 
 /// Moves the keys of the Redis store at `url` (`redis://…` or `redis+cluster://…`, with its
@@ -160,13 +216,9 @@ pub async fn migrate_layout(url: &str) -> Result<Option<crate::store::Migrated>,
     ) {
         return Ok(None);
     }
-    let (url, prefix, accept_eviction) = redis_options(url)
+    let options = redis_options(url)
         .map_err(|why| Error::store("url", None, format!("cannot open {url:?}: {why}")))?;
-    let mut builder = crate::store::RedisStore::builder(url).accept_eviction(accept_eviction);
-    if let Some(prefix) = prefix {
-        builder = builder.prefix(prefix);
-    }
-    builder.migrate_layout().await.map(Some)
+    options.builder()?.migrate_layout().await.map(Some)
 }
 
 /// `url` without its query parameter `name`, and that parameter's value.
@@ -194,21 +246,15 @@ fn take_param(url: &str, name: &str) -> (String, Option<String>) {
 }
 
 #[cfg(feature = "redis")]
-async fn redis(
-    url: &str,
-    prefix: Option<String>,
-    accept_eviction: bool,
-    opening: Opening,
-) -> Result<Arc<dyn Store>, Error> {
-    let builder = crate::store::RedisStore::builder(url);
-    let builder = match prefix {
-        Some(prefix) => builder.prefix(prefix),
-        None => builder,
-    };
+async fn redis(options: RedisOptions, opening: Opening) -> Result<Arc<dyn Store>, Error> {
     // An operator's look claims nothing: it opens a server that may evict keys (with the
     // store's warning), rather than hide the records an operator came to see.
-    let accept_eviction = accept_eviction || opening == Opening::Existing;
-    let store = builder.accept_eviction(accept_eviction).connect().await?;
+    let accept_eviction = options.accept_eviction || opening == Opening::Existing;
+    let store = options
+        .builder()?
+        .accept_eviction(accept_eviction)
+        .connect()
+        .await?;
     if opening == Opening::Existing && !store.is_in_use().await? {
         return Err(Error::store(
             "redis",
@@ -224,8 +270,8 @@ async fn redis(
 }
 
 #[cfg(not(feature = "redis"))]
-async fn redis(url: &str, _: Option<String>, _: bool, _: Opening) -> Result<Arc<dyn Store>, Error> {
-    Err(without("redis", url))
+async fn redis(options: RedisOptions, _: Opening) -> Result<Arc<dyn Store>, Error> {
+    Err(without("redis", &options.url))
 }
 
 #[cfg(feature = "postgres")]

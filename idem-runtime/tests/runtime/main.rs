@@ -13,3 +13,4 @@ mod redis;
 mod redis_cluster;
 mod sqlite_leases;
 mod stores;
+mod tls;

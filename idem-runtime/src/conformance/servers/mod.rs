@@ -27,6 +27,52 @@ pub use self::postgres::{PostgresServer, Shutdown};
 pub use self::redis::{Flavor, RedisServer};
 pub use self::redis_cluster::RedisCluster;
 
+/// A server's TLS identity for a test, PEM: its certificate (for `127.0.0.1`), its private
+/// key, and the CA that signed the certificate (which a server that asks for client
+/// certificates also checks them with). The test makes them (with `rcgen`); the server
+/// reads them from files in its folder.
+///
+/// ```no_run
+/// use idem_runtime::conformance::servers::{RedisServer, ServerTls};
+///
+/// # fn made_by_the_test() -> ServerTls { unimplemented!() }
+/// let tls: ServerTls = made_by_the_test();
+/// if let Some(server) = RedisServer::own_tls(&tls, false) {
+///     assert!(server.url().starts_with("rediss://127.0.0.1:"));
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The CA's certificate.
+    pub ca_certificate: String,
+    /// The server's certificate, signed by the CA.
+    pub certificate: String,
+    /// The server's private key.
+    pub key: String,
+}
+
+impl ServerTls {
+    /// Writes the three into `folder` (`ca.pem`, `server.pem`, `server.key`, the key
+    /// readable by its owner only, as PostgreSQL demands) and returns their paths.
+    pub(crate) fn write_to(&self, folder: &Path) -> std::io::Result<[PathBuf; 3]> {
+        let files = [
+            (folder.join("ca.pem"), &self.ca_certificate),
+            (folder.join("server.pem"), &self.certificate),
+            (folder.join("server.key"), &self.key),
+        ];
+        for (path, text) in &files {
+            std::fs::write(path, text)?;
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&files[2].0, std::fs::Permissions::from_mode(0o600))?;
+        }
+        let [(ca, _), (certificate, _), (key, _)] = files;
+        Ok([ca, certificate, key])
+    }
+}
+
 /// A server process under its keeper. Dropping it does nothing: the keeper stops the server
 /// when the test process ends.
 #[derive(Debug)]

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::{find_binary, free_port, temp_folder, unavailable, wait_until, Keeper};
+use super::{find_binary, free_port, temp_folder, unavailable, wait_until, Keeper, ServerTls};
 
 /// How long a failover test waits for a condition (a standby streaming, a promoted node
 /// taking writes) before it fails.
@@ -72,7 +72,7 @@ impl PostgresServer {
                         .into(),
                 ),
                 Some((initdb, pg_ctl)) => {
-                    Some(PostgresServer::start(&initdb, &pg_ctl).unwrap_or_else(|e| {
+                    Some(PostgresServer::start(&initdb, &pg_ctl, None).unwrap_or_else(|e| {
                         panic!("PostgreSQL is installed but did not start: {e}")
                     }))
                 }
@@ -80,8 +80,45 @@ impl PostgresServer {
             .as_ref()
     }
 
-    fn start(initdb: &Path, pg_ctl: &Path) -> Result<PostgresServer, String> {
+    /// A server of the caller's own that takes TLS connections only: `ssl = on` with the
+    /// certificate and key of `tls`, and a `pg_hba.conf` whose TCP entries are all `hostssl`,
+    /// so that a client that does not use TLS is refused ("no pg_hba.conf entry … no
+    /// encryption"). Its [`url`](Self::url) names no `sslmode`: add one. `None` (after
+    /// printing why) when PostgreSQL is not installed, a panic under `CI=true`.
+    ///
+    /// ```no_run
+    /// use idem_runtime::conformance::servers::{PostgresServer, ServerTls};
+    ///
+    /// # fn made_by_the_test() -> ServerTls { unimplemented!() }
+    /// if let Some(server) = PostgresServer::own_tls(&made_by_the_test()) {
+    ///     let url = format!("{}?sslmode=verify-full&sslrootcert=/path/ca.pem", server.url());
+    /// #   let _ = url;
+    /// }
+    /// ```
+    pub fn own_tls(tls: &ServerTls) -> Option<PostgresServer> {
+        let Some((initdb, pg_ctl)) = binaries() else {
+            return unavailable(
+                "PostgreSQL's initdb and pg_ctl are not installed (apt-get install -y postgresql)"
+                    .into(),
+            );
+        };
+        Some(
+            PostgresServer::start(&initdb, &pg_ctl, Some(tls))
+                .unwrap_or_else(|e| panic!("PostgreSQL did not start with TLS: {e}")),
+        )
+    }
+
+    fn start(
+        initdb: &Path,
+        pg_ctl: &Path,
+        tls: Option<&ServerTls>,
+    ) -> Result<PostgresServer, String> {
         let folder = temp_folder("postgres").map_err(|e| e.to_string())?;
+        // Written before the folder is given to the server's user, so that they are its.
+        let files = tls
+            .map(|tls| tls.write_to(&folder))
+            .transpose()
+            .map_err(|e| e.to_string())?;
         let as_owner = owned_by_postgres(&folder)?;
         let mut command = owner_command(&as_owner, initdb);
         command.arg("-D").arg(folder.join("data")).args([
@@ -93,7 +130,24 @@ impl PostgresServer {
             "--no-sync",
         ]);
         run("initdb", command)?;
-        Self::run_in(folder, &as_owner, pg_ctl, "", None)
+        let options = match files {
+            None => String::new(),
+            Some([ca, certificate, key]) => {
+                // Overwriting keeps the file's owner (the server's user).
+                let hba = "local all all trust\n\
+                           hostssl all all 127.0.0.1/32 trust\n\
+                           hostssl all all ::1/128 trust\n";
+                std::fs::write(folder.join("data").join("pg_hba.conf"), hba)
+                    .map_err(|e| format!("pg_hba.conf: {e}"))?;
+                format!(
+                    "-c ssl=on -c ssl_cert_file={} -c ssl_key_file={} -c ssl_ca_file={}",
+                    certificate.display(),
+                    key.display(),
+                    ca.display()
+                )
+            }
+        };
+        Self::run_in(folder, &as_owner, pg_ctl, &options, None)
     }
 
     /// Starts the cluster in `folder`/data with `pg_ctl` under a keeper, which stops it (and
@@ -237,7 +291,7 @@ impl PostgresServer {
             );
         };
         Some(
-            PostgresServer::start(&initdb, &pg_ctl)
+            PostgresServer::start(&initdb, &pg_ctl, None)
                 .unwrap_or_else(|e| panic!("PostgreSQL is installed but did not start: {e}")),
         )
     }

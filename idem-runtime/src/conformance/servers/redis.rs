@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::{exchange, free_port, required_binary, temp_folder, wait_until, Keeper};
+use super::{exchange, free_port, required_binary, temp_folder, wait_until, Keeper, ServerTls};
 
 /// A `redis-server` of this test process, on a loopback port, with no persistence.
 ///
@@ -22,6 +22,8 @@ pub struct RedisServer {
     port: u16,
     folder: PathBuf,
     keeper: Keeper,
+    /// Whether it takes TLS connections only.
+    tls: bool,
 }
 
 /// Which server a test runs: Redis, or Valkey (the same protocol and flags).
@@ -116,7 +118,7 @@ impl RedisServer {
     /// ```
     pub fn own_of(flavor: Flavor, args: &[&str]) -> Option<RedisServer> {
         let binary = flavor.required()?;
-        let started = Self::launch(flavor, &binary, false, args);
+        let started = Self::launch(flavor, &binary, false, args, None);
         Some(
             started.unwrap_or_else(|e| {
                 panic!("{} is installed but did not start: {e}", flavor.binary())
@@ -172,9 +174,35 @@ impl RedisServer {
         )
     }
 
+    /// A `redis-server` of the caller's own that takes TLS connections only (no plaintext
+    /// port), with the certificate and key of `tls`; it asks clients for a certificate signed
+    /// by `tls`'s CA when `client_certificates` is true (`tls-auth-clients yes`). Its
+    /// [`url`](Self::url) is `rediss://127.0.0.1:PORT/`. `None` as for
+    /// [`shared`](Self::shared).
+    ///
+    /// ```no_run
+    /// use idem_runtime::conformance::servers::{RedisServer, ServerTls};
+    ///
+    /// # fn made_by_the_test() -> ServerTls { unimplemented!() }
+    /// if let Some(server) = RedisServer::own_tls(&made_by_the_test(), false) {
+    ///     assert!(server.url().starts_with("rediss://"));
+    /// }
+    /// ```
+    pub fn own_tls(tls: &ServerTls, client_certificates: bool) -> Option<RedisServer> {
+        let binary = Flavor::Redis.required()?;
+        let started = Self::launch(
+            Flavor::Redis,
+            &binary,
+            false,
+            &[],
+            Some((tls, client_certificates)),
+        );
+        Some(started.unwrap_or_else(|e| panic!("redis-server did not start with TLS: {e}")))
+    }
+
     fn start(durable: bool) -> Option<RedisServer> {
         let binary = Flavor::Redis.required()?;
-        let started = Self::launch(Flavor::Redis, &binary, durable, &[]);
+        let started = Self::launch(Flavor::Redis, &binary, durable, &[], None);
         Some(started.unwrap_or_else(|e| panic!("redis-server is installed but did not start: {e}")))
     }
 
@@ -183,9 +211,25 @@ impl RedisServer {
         binary: &std::path::Path,
         durable: bool,
         args: &[&str],
+        tls: Option<(&ServerTls, bool)>,
     ) -> Result<RedisServer, String> {
         let port = free_port().map_err(|e| e.to_string())?;
         let folder = temp_folder("redis").map_err(|e| e.to_string())?;
+        // With TLS the port takes TLS only (`--port 0`: no plaintext port at all).
+        let listen = match tls {
+            None => format!("--port {port}"),
+            Some((tls, client_certificates)) => {
+                let [ca, certificate, key] = tls.write_to(&folder).map_err(|e| e.to_string())?;
+                format!(
+                    "--port 0 --tls-port {port} --tls-cert-file '{}' --tls-key-file '{}' \
+                     --tls-ca-cert-file '{}' --tls-auth-clients {}",
+                    certificate.display(),
+                    key.display(),
+                    ca.display(),
+                    if client_certificates { "yes" } else { "no" }
+                )
+            }
+        };
         let log = folder.join("keeper.log");
         let persistence = if durable {
             "--appendonly yes --appendfsync always"
@@ -194,7 +238,7 @@ impl RedisServer {
         };
         let extra: String = args.iter().map(|arg| format!(" {}", quoted(arg))).collect();
         let script = format!(
-            "start() {{ '{binary}' --port {port} --bind 127.0.0.1 --save '' {persistence} \
+            "start() {{ '{binary}' {listen} --bind 127.0.0.1 --save '' {persistence} \
                --dir '{dir}'{extra} & pid=$!; }}\n\
              stop() {{ kill -CONT $pid; kill $pid; wait $pid; }}\n\
              crash() {{ kill -9 $pid; wait $pid; }}\n\
@@ -210,17 +254,23 @@ impl RedisServer {
             port,
             folder,
             keeper,
+            tls: tls.is_some(),
         };
         server.wait_for(true)?;
         Ok(server)
     }
 
-    /// Waits until the server answers (`up`) or refuses connections (`!up`).
+    /// Waits until the server answers (`up`) or refuses connections (`!up`). A TLS server
+    /// is up once its port takes connections: a connection made before its event loop runs
+    /// waits in the port's backlog.
     fn wait_for(&self, up: bool) -> Result<(), String> {
         let log = self.folder.join("keeper.log");
         wait_until(Duration::from_secs(10), &log, || {
-            let answers =
-                exchange(self.port, b"PING\r\n").is_some_and(|answer| answer.starts_with(b"+PONG"));
+            let answers = if self.tls {
+                std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            } else {
+                exchange(self.port, b"PING\r\n").is_some_and(|answer| answer.starts_with(b"+PONG"))
+            };
             answers == up
         })
     }
@@ -255,9 +305,11 @@ impl RedisServer {
         self.wait_for(true)
     }
 
-    /// `redis://127.0.0.1:PORT/`.
+    /// `redis://127.0.0.1:PORT/`, or `rediss://127.0.0.1:PORT/` for a server started with
+    /// [`own_tls`](Self::own_tls).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     /// The port it listens on.

@@ -45,7 +45,7 @@ use decode::{
     claim_answer, column, corrupt, count, inserted, listed_key, peek_answer, record, saga_log,
     Attempt, Peek,
 };
-use open::quote_ident;
+use open::{quote_ident, Direct};
 use statements::Statements;
 
 /// The version `schema.sql` sets up; a schema with a smaller one is upgraded by running
@@ -97,8 +97,11 @@ const CLAIM_ATTEMPTS: usize = 16;
 /// - **Operators' queries** (the `idem` command) are one statement each too. A key prefix is
 ///   a range of the primary key; listings otherwise scan, as no index serves them alone (one
 ///   on `created_at` would cost every claim a write, for a query an operator runs by hand).
-/// - **Connections**: a pool (deadpool-postgres) of 16 by default, without TLS; for TLS or
-///   other pool settings build the pool yourself and use [`PostgresStore::with_pool`].
+/// - **Connections**: a pool (deadpool-postgres) of 16 by default. TLS (feature `tls`, with
+///   rustls) when the URL says `sslmode=require` or `verify-full`, or a CA is given
+///   ([`tls_root_certificate`](PostgresStoreBuilder::tls_root_certificate)); see
+///   [TLS](PostgresStoreBuilder#tls). For other pool settings build the pool yourself and
+///   use [`PostgresStore::with_pool`].
 /// - **Failover**: give every server in one URL with `target_session_attrs=read-write`
 ///   (`postgresql://idem@db1,db2/agents?target_session_attrs=read-write`): each new
 ///   connection goes to the server that takes writes, so after a standby is promoted the
@@ -131,7 +134,7 @@ struct Inner {
     pool: Pool,
     /// How to open a connection of the store's own (for reading a record back), when the
     /// store made the pool from a URL.
-    direct: Option<tokio_postgres::Config>,
+    direct: Option<Direct>,
     /// As many as the pool's connections: the connections of its own a store opens at once to
     /// read records back, so that a fleet's writes failing over together do not open one
     /// each (and reach the server's `max_connections`).
@@ -159,12 +162,7 @@ impl fmt::Debug for PostgresStore {
 
 impl PostgresStore {
     /// A store on `pool` whose schema `schema` is in place.
-    fn on(
-        pool: Pool,
-        schema: String,
-        direct: Option<tokio_postgres::Config>,
-        waits: Waits,
-    ) -> Self {
+    fn on(pool: Pool, schema: String, direct: Option<Direct>, waits: Waits) -> Self {
         let read_backs = tokio::sync::Semaphore::new(pool.status().max_size.max(1));
         PostgresStore {
             inner: Arc::new(Inner {
@@ -324,14 +322,19 @@ fn boolean(key: &Key, rows: &[Row]) -> Result<bool, Error> {
 }
 
 /// A store error naming `key`, with what the driver said.
-fn failed(key: Option<&Key>, error: &dyn std::error::Error) -> Error {
+fn failed(key: Option<&Key>, error: &(dyn std::error::Error + 'static)) -> Error {
     Error::store("postgres", key, described(error))
 }
 
 /// An error and its causes, as one line. The driver's errors say little on their own
-/// (`db error`): what the server said is their source.
-fn described(error: &dyn std::error::Error) -> String {
+/// (`db error`): what the server said is their source. A certificate refused in a TLS
+/// handshake is said first, in words that tell what to do.
+fn described(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
+    #[cfg(feature = "tls")]
+    if let Some(said) = crate::store::tls::explained(error, open::GIVE_CA) {
+        text = format!("{said}: {text}");
+    }
     let mut cause = error.source();
     while let Some(error) = cause {
         let said = error.to_string();

@@ -3,8 +3,10 @@
 use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::config::SslMode;
 use tokio_postgres::NoTls;
 
+use crate::store::tls::{ClientIdentity, TlsSettings};
 use crate::Error;
 
 use super::{described, failed, PostgresStore, Waits, SCHEMA_VERSION};
@@ -67,6 +69,35 @@ const ANSWER_MARGIN: Duration = Duration::from_secs(5);
 /// # Ok(())
 /// # }
 /// ```
+///
+/// # TLS
+///
+/// With the `tls` feature, the store's connections use TLS (rustls) when the URL asks for it
+/// with libpq's parameters, or when the builder is given a CA
+/// ([`tls_root_certificate`](Self::tls_root_certificate)) or a client certificate
+/// ([`tls_client_certificate`](Self::tls_client_certificate)):
+///
+/// | parameter | what the store does |
+/// |---|---|
+/// | none, `sslmode=disable`, `sslmode=prefer` | no TLS (as without the feature), unless a CA or client certificate is given |
+/// | `sslmode=require`, `verify-ca`, `verify-full` | TLS or no connection; the server's certificate is checked for its CA **and** its host name in all three (stricter than libpq's `require`, which checks nothing) |
+/// | `sslrootcert=/path/ca.pem` | trusts that CA (PEM) instead of the platform's roots; `sslrootcert=system` the platform's roots |
+/// | `sslcert=/path/client.pem&sslkey=/path/client.key` | presents that client certificate (PEM) |
+///
+/// Without a CA given, the platform's trusted roots are used (libpq reads
+/// `~/.postgresql/root.crt` instead). A URL that asks for TLS in a build without the `tls`
+/// feature is an error that says to enable it; a server certificate that is not trusted is
+/// an error that says so.
+///
+/// ```no_run
+/// # async fn start() -> Result<(), idem_runtime::Error> {
+/// let store = idem_runtime::store::PostgresStore::connect(
+///     "postgres://idem@db.internal/agents?sslmode=verify-full&sslrootcert=/etc/idem/db-ca.pem",
+/// )
+/// .await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 #[must_use = "a builder does nothing until `connect` is called"]
 pub struct PostgresStoreBuilder {
@@ -74,6 +105,45 @@ pub struct PostgresStoreBuilder {
     schema: String,
     pool_size: usize,
     statement_timeout: Duration,
+    tls: TlsSettings,
+}
+
+/// How a user gives a PostgreSQL store the CA that signed its server's certificate.
+#[cfg(feature = "tls")]
+pub(super) const GIVE_CA: &str = "give the CA that signed it with \
+     `PostgresStoreBuilder::tls_root_certificate` or `sslrootcert=/path/ca.pem` in the URL";
+
+/// How the store's own connections are made: their configuration, and plain or TLS.
+#[derive(Clone)]
+pub(super) struct Direct {
+    config: tokio_postgres::Config,
+    connector: Connector,
+}
+
+#[derive(Clone)]
+enum Connector {
+    Plain,
+    #[cfg(feature = "tls")]
+    Tls(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+impl Direct {
+    /// A new connection, driven by a task of its own: aborting the task closes it.
+    pub(super) async fn connect(
+        &self,
+    ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+        match &self.connector {
+            Connector::Plain => {
+                let (client, connection) = self.config.connect(NoTls).await?;
+                Ok((client, tokio::spawn(async move { drop(connection.await) })))
+            }
+            #[cfg(feature = "tls")]
+            Connector::Tls(tls) => {
+                let (client, connection) = self.config.connect(tls.clone()).await?;
+                Ok((client, tokio::spawn(async move { drop(connection.await) })))
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -156,6 +226,59 @@ impl PostgresStoreBuilder {
         self
     }
 
+    /// Connects with TLS and trusts the CA certificate `pem` (one or more `-----BEGIN
+    /// CERTIFICATE-----` blocks) for the server's certificate, instead of the platform's
+    /// trusted roots; as `sslrootcert=` in the URL does (see [TLS](Self#tls)). The server's
+    /// certificate must be signed by it and be for the URL's host name, else
+    /// [`connect`](Self::connect) fails saying so. Needs the `tls` feature (an error names
+    /// it otherwise), and a URL: a pool given to [`PostgresStore::with_pool`] has its own
+    /// connector.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), idem_runtime::Error> {
+    /// let ca = std::fs::read("/etc/idem/db-ca.pem").expect("the CA's certificate");
+    /// let store = idem_runtime::store::PostgresStore::builder("postgres://idem@db.internal/agents")
+    ///     .tls_root_certificate(ca)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.root_certificates = Some(pem.into());
+        self
+    }
+
+    /// Connects with TLS and presents the client certificate `certificate_pem` (with its
+    /// chain, if any) and its private key `key_pem` (PEM: PKCS#8, PKCS#1 or SEC1), for a
+    /// server whose `pg_hba.conf` asks for one (`clientcert=verify-full`, or the `cert`
+    /// method); as `sslcert=` and `sslkey=` in the URL do. Needs the `tls` feature.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), idem_runtime::Error> {
+    /// let store = idem_runtime::store::PostgresStore::builder("postgres://idem@db.internal/agents")
+    ///     .tls_root_certificate(std::fs::read("/etc/idem/db-ca.pem").expect("CA"))
+    ///     .tls_client_certificate(
+    ///         std::fs::read("/etc/idem/idem.pem").expect("certificate"),
+    ///         std::fs::read("/etc/idem/idem.key").expect("key"),
+    ///     )
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn tls_client_certificate(
+        mut self,
+        certificate_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client = Some(ClientIdentity {
+            certificate_chain: certificate_pem.into(),
+            key: key_pem.into(),
+        });
+        self
+    }
+
     /// Opens the pool, creates or migrates the schema if needed, and returns the store.
     ///
     /// Fails with [`Error::Store`] if the URL is not a PostgreSQL connection string, the
@@ -234,7 +357,7 @@ impl PostgresStoreBuilder {
 
     /// The pool, the schema name checked, and the configuration of the pool's connections
     /// when the store makes the pool itself.
-    fn pool(self) -> Result<(Pool, String, Option<tokio_postgres::Config>), Error> {
+    fn pool(self) -> Result<(Pool, String, Option<Direct>), Error> {
         let schema = self.schema;
         if schema.is_empty() || schema.len() > 63 || schema.contains('\0') {
             return Err(Error::store(
@@ -244,14 +367,211 @@ impl PostgresStoreBuilder {
             ));
         }
         let (pool, direct) = match self.source {
+            Source::Pool(_) if self.tls.is_set() => {
+                return Err(Error::store(
+                    "postgres",
+                    None,
+                    "a TLS certificate was given for a pool made elsewhere: its connections \
+                     are made by its own connector; give that connector the certificate",
+                ))
+            }
             Source::Pool(pool) => (pool, None),
             Source::Url(url) => {
-                let config = pool_config(&url, self.statement_timeout)?;
-                (open_pool(config.clone(), self.pool_size)?, Some(config))
+                let direct = connections(&url, self.statement_timeout, &self.tls)?;
+                (open_pool(direct.clone(), self.pool_size)?, Some(direct))
             }
         };
         Ok((pool, schema, direct))
     }
+}
+
+/// How the store's connections to `url` are made: plain, or TLS when the URL's `sslmode`
+/// or `sslrootcert`, or the builder's `tls`, ask for it (see [TLS](PostgresStoreBuilder#tls)).
+fn connections(url: &str, statement_timeout: Duration, tls: &TlsSettings) -> Result<Direct, Error> {
+    let refused = |why: String| Error::store("postgres", None, why);
+    // tokio-postgres knows `sslmode` only as disable, prefer and require, and neither
+    // `sslrootcert` nor `sslcert`: the store takes them out and acts on them itself.
+    let (url, mode) = take_param(url, "sslmode");
+    let (url, root) = take_param(&url, "sslrootcert");
+    let (url, cert) = take_param(&url, "sslcert");
+    let (url, key) = take_param(&url, "sslkey");
+    let certificates_given = tls.is_set() || root.is_some() || cert.is_some() || key.is_some();
+    let mut config = pool_config(&url, statement_timeout)?;
+    let tls_wanted =
+        match mode.as_deref() {
+            Some("disable") if certificates_given => return Err(refused(
+                "sslmode=disable, and a TLS certificate was given: use sslmode=verify-full (or \
+                 give no certificate)"
+                    .to_owned(),
+            )),
+            Some("disable") => {
+                config.ssl_mode(SslMode::Disable);
+                false
+            }
+            Some("require" | "verify-ca" | "verify-full") => true,
+            None | Some("prefer") => certificates_given,
+            Some(other) => {
+                return Err(refused(format!(
+                "sslmode={other:?}: expected disable, prefer, require, verify-ca or verify-full"
+            )))
+            }
+        };
+    if !tls_wanted {
+        return Ok(Direct {
+            config,
+            connector: Connector::Plain,
+        });
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        let what = match mode {
+            Some(mode) => format!("sslmode={mode}"),
+            None => "a TLS certificate given".to_owned(),
+        };
+        Err(crate::store::tls::without_feature("postgres", &what))
+    }
+    #[cfg(feature = "tls")]
+    {
+        use crate::store::tls::{client_config, read_pem_file};
+        let mut settings = tls.clone();
+        match root.as_deref() {
+            // libpq 16's word for the platform's roots.
+            None | Some("system") => {}
+            Some(path) if settings.root_certificates.is_none() => {
+                settings.root_certificates = Some(read_pem_file("postgres", "sslrootcert", path)?);
+            }
+            Some(_) => {}
+        }
+        match (cert.as_deref(), key.as_deref()) {
+            (None, None) => {}
+            (Some(cert), Some(key)) if settings.client.is_none() => {
+                settings.client = Some(ClientIdentity {
+                    certificate_chain: read_pem_file("postgres", "sslcert", cert)?,
+                    key: read_pem_file("postgres", "sslkey", key)?,
+                });
+            }
+            (Some(_), Some(_)) => {}
+            _ => {
+                return Err(refused(
+                    "a client certificate needs both sslcert= and sslkey=".to_owned(),
+                ))
+            }
+        }
+        let client = client_config(&settings, "postgres", GIVE_CA)?;
+        // TLS or no connection: never a plaintext fallback once TLS was asked for.
+        config.ssl_mode(SslMode::Require);
+        Ok(Direct {
+            config,
+            connector: Connector::Tls(tokio_postgres_rustls::MakeRustlsConnect::new(client)),
+        })
+    }
+}
+
+/// `conninfo` (a `postgres://` URL, or `key=value` words) without its parameter `name`, and
+/// that parameter's value (percent-decoded in a URL, unquoted in words).
+fn take_param(conninfo: &str, name: &str) -> (String, Option<String>) {
+    if conninfo.starts_with("postgres://") || conninfo.starts_with("postgresql://") {
+        let Some((base, query)) = conninfo.split_once('?') else {
+            return (conninfo.to_owned(), None);
+        };
+        let mut value = None;
+        let rest: Vec<&str> = query
+            .split('&')
+            .filter(|pair| match pair.split_once('=') {
+                Some((key, found)) if key == name => {
+                    value = Some(percent_decoded(found));
+                    false
+                }
+                _ => true,
+            })
+            .collect();
+        let url = if rest.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", rest.join("&"))
+        };
+        return (url, value);
+    }
+    // `key = value` words; a value may be quoted ('…', with \' and \\ inside).
+    let mut kept = String::new();
+    let mut value = None;
+    let mut chars = conninfo.char_indices().peekable();
+    while let Some(&(start, _)) = chars.peek() {
+        if conninfo[start..].starts_with(char::is_whitespace) {
+            chars.next();
+            continue;
+        }
+        let mut key = String::new();
+        while let Some(&(_, c)) = chars.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        while chars.peek().is_some_and(|&(_, c)| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut found = String::new();
+        if chars.peek().is_some_and(|&(_, c)| c == '=') {
+            chars.next();
+            while chars.peek().is_some_and(|&(_, c)| c.is_whitespace()) {
+                chars.next();
+            }
+            if chars.peek().is_some_and(|&(_, c)| c == '\'') {
+                chars.next();
+                while let Some((_, c)) = chars.next() {
+                    match c {
+                        '\'' => break,
+                        '\\' => found.extend(chars.next().map(|(_, c)| c)),
+                        c => found.push(c),
+                    }
+                }
+            } else {
+                while let Some(&(_, c)) = chars.peek() {
+                    if c.is_whitespace() {
+                        break;
+                    }
+                    found.push(c);
+                    chars.next();
+                }
+            }
+        }
+        let end = chars.peek().map_or(conninfo.len(), |&(end, _)| end);
+        if key == name {
+            value = Some(found);
+        } else {
+            if !kept.is_empty() {
+                kept.push(' ');
+            }
+            kept.push_str(&conninfo[start..end]);
+        }
+    }
+    (kept, value)
+}
+
+/// `text` with its `%XX` escapes decoded (a malformed escape is kept as it is).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let escaped = (bytes[at] == b'%')
+            .then(|| text.get(at + 1..at + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                decoded.push(byte);
+                at += 3;
+            }
+            None => {
+                decoded.push(bytes[at]);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
 }
 
 /// The connections' configuration for `url`, with the store's defaults, and
@@ -278,15 +598,16 @@ fn pool_config(url: &str, statement_timeout: Duration) -> Result<tokio_postgres:
     Ok(config)
 }
 
-/// A pool of `size` connections made with `config`.
-fn open_pool(config: tokio_postgres::Config, size: usize) -> Result<Pool, Error> {
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+/// A pool of `size` connections made as `direct` says.
+fn open_pool(direct: Direct, size: usize) -> Result<Pool, Error> {
+    let settings = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match direct.connector {
+        Connector::Plain => Manager::from_config(direct.config, NoTls, settings),
+        #[cfg(feature = "tls")]
+        Connector::Tls(tls) => Manager::from_config(direct.config, tls, settings),
+    };
     Pool::builder(manager)
         .max_size(size)
         .runtime(Runtime::Tokio1)
@@ -416,6 +737,7 @@ impl PostgresStore {
             schema: "public".to_owned(),
             pool_size: DEFAULT_POOL_SIZE,
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+            tls: TlsSettings::default(),
         }
     }
 
@@ -438,6 +760,64 @@ impl PostgresStore {
             schema: "public".to_owned(),
             pool_size: DEFAULT_POOL_SIZE,
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+            tls: TlsSettings::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_parameters_are_taken_out_of_urls_and_words() {
+        assert_eq!(
+            take_param("postgres://u@h/db?sslmode=require&schema=s", "sslmode"),
+            (
+                "postgres://u@h/db?schema=s".to_owned(),
+                Some("require".to_owned())
+            )
+        );
+        assert_eq!(
+            take_param(
+                "postgresql://u@h/db?sslrootcert=%2Fetc%2Fca%20x.pem",
+                "sslrootcert"
+            ),
+            (
+                "postgresql://u@h/db".to_owned(),
+                Some("/etc/ca x.pem".to_owned())
+            )
+        );
+        assert_eq!(
+            take_param("host=h sslmode = verify-full user=u", "sslmode"),
+            ("host=h user=u".to_owned(), Some("verify-full".to_owned()))
+        );
+        assert_eq!(
+            take_param("host=h sslrootcert='/a b/c\\'d.pem' user=u", "sslrootcert"),
+            ("host=h user=u".to_owned(), Some("/a b/c'd.pem".to_owned()))
+        );
+        assert_eq!(
+            take_param("host=h user=u", "sslmode"),
+            ("host=h user=u".to_owned(), None)
+        );
+    }
+
+    #[test]
+    fn a_url_without_sslmode_stays_plain() {
+        let direct = connections(
+            "postgres://u@h/db",
+            DEFAULT_STATEMENT_TIMEOUT,
+            &TlsSettings::default(),
+        )
+        .expect("plain");
+        assert!(matches!(direct.connector, Connector::Plain));
+        assert_eq!(direct.config.get_ssl_mode(), SslMode::Prefer);
+        let disabled = connections(
+            "host=h user=u sslmode=disable",
+            DEFAULT_STATEMENT_TIMEOUT,
+            &TlsSettings::default(),
+        )
+        .expect("plain");
+        assert_eq!(disabled.config.get_ssl_mode(), SslMode::Disable);
     }
 }

@@ -36,7 +36,7 @@
 use std::time::{Duration, Instant};
 
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
 use super::decode::looked;
 use super::{described, PostgresStore};
@@ -247,12 +247,11 @@ impl PostgresStore {
         let statement = &self.inner.sql.peek;
         let late = || "no answer".to_owned();
         match &self.inner.direct {
-            Some(config) => {
+            Some(direct) => {
                 let read = async {
                     // Never closed: the store holds it.
                     let _turn = self.inner.read_backs.acquire().await.ok();
-                    let (client, connection) = config.connect(NoTls).await?;
-                    let driving = tokio::spawn(connection);
+                    let (client, driving) = direct.connect().await?;
                     let row = client.query_opt(statement, &[&hex]).await;
                     driving.abort();
                     row

@@ -10,6 +10,7 @@
 //! ```text
 //! redis://host:port/db                    one server (with its replicas)
 //! redis+cluster://h1:p1,h2:p2,…           a cluster, found from any of the nodes named
+//! rediss://… and rediss+cluster://…       the same over TLS (feature `tls`)
 //! ```
 
 use std::time::Duration;
@@ -20,7 +21,13 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use super::failed;
+use crate::store::tls::TlsSettings;
 use crate::Error;
+
+/// How a user gives a Redis store the CA that signed its server's certificate.
+#[cfg(feature = "tls")]
+const GIVE_CA: &str = "give the CA that signed it with `RedisStoreBuilder::tls_root_certificate` \
+     (or `?tls_ca_cert=/path/ca.pem` in a URL for `store::open`)";
 
 /// Where a store's keys live, as its URL names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +40,14 @@ pub(super) enum Target {
 }
 
 impl Target {
+    /// Whether the URL asks for TLS (`rediss://`, `rediss+cluster://`).
+    fn is_tls(&self) -> bool {
+        match self {
+            Target::Single(url) => url.starts_with("rediss:"),
+            Target::Cluster(nodes) => nodes.iter().any(|node| node.starts_with("rediss:")),
+        }
+    }
+
     /// The target a URL names: a cluster for `redis+cluster://` and `rediss+cluster://`, with
     /// the user and password, if any, given to every node.
     pub(super) fn of(url: &str) -> Result<Target, Error> {
@@ -72,6 +87,72 @@ impl Target {
         }
         Ok(Target::Cluster(nodes))
     }
+}
+
+/// The `redis` crate's certificates for `target`: `Some` when the builder was given a CA or a
+/// client certificate, which needs a TLS URL; `None` for a plain URL, and for a TLS URL to
+/// check with the platform's roots (the `redis` crate loads them itself). A TLS URL in a build
+/// without the `tls` feature is an error naming it.
+#[cfg(feature = "tls")]
+fn certificates(
+    target: &Target,
+    tls: &TlsSettings,
+) -> Result<Option<redis::TlsCertificates>, Error> {
+    if !target.is_tls() {
+        return plain(tls).map(|()| None);
+    }
+    // The `redis` crate builds its rustls configuration with the process's default provider;
+    // a program that compiles rustls's aws-lc-rs too (through another dependency) has none
+    // unless it installs one, and the crate would panic: ring, which idem compiles, is
+    // installed then. An error means a default is in place already, which is kept.
+    let _ = crate::store::tls::ring_provider().install_default();
+    if !tls.is_set() {
+        return Ok(None);
+    }
+    Ok(Some(redis::TlsCertificates {
+        client_tls: tls.client.as_ref().map(|identity| redis::ClientTlsConfig {
+            client_cert: identity.certificate_chain.clone(),
+            client_key: identity.key.clone(),
+        }),
+        root_cert: tls.root_certificates.clone(),
+    }))
+}
+
+#[cfg(not(feature = "tls"))]
+fn certificates(
+    target: &Target,
+    tls: &TlsSettings,
+) -> Result<Option<std::convert::Infallible>, Error> {
+    if target.is_tls() {
+        return Err(crate::store::tls::without_feature(
+            "redis",
+            "a rediss:// URL",
+        ));
+    }
+    plain(tls).map(|()| None)
+}
+
+/// A plain URL is fine unless the builder was given certificates: they would go unused.
+fn plain(tls: &TlsSettings) -> Result<(), Error> {
+    if tls.is_set() {
+        return Err(Error::store(
+            "redis",
+            None,
+            "a TLS certificate was given for a plain redis:// URL: connect with rediss:// (or \
+             rediss+cluster://) to use TLS",
+        ));
+    }
+    Ok(())
+}
+
+/// A failure to make the client or to connect: a certificate refused on either side is
+/// said in words that tell what to do.
+fn tls_failed(error: redis::RedisError) -> Error {
+    #[cfg(feature = "tls")]
+    if let Some(said) = crate::store::tls::explained(&error, GIVE_CA) {
+        return Error::store("redis", None, said);
+    }
+    failed(None)(error)
 }
 
 /// The `redis+cluster://` URL of the cluster that `nodes` (`host:port`, or
@@ -120,10 +201,21 @@ impl Connection {
     /// Connects to `target`. Operations time out after `response`; a dropped connection is
     /// re-made by the next call (one server), or by the cluster client as it finds where the
     /// slots went (a cluster).
-    pub(super) async fn open(target: &Target, response: Duration) -> Result<Connection, Error> {
+    /// `tls` is what the builder was told to trust and present; it needs a TLS URL.
+    pub(super) async fn open(
+        target: &Target,
+        response: Duration,
+        tls: &TlsSettings,
+    ) -> Result<Connection, Error> {
+        let certificates = certificates(target, tls)?;
         match target {
             Target::Single(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(failed(None))?;
+                let client = match certificates {
+                    #[cfg(feature = "tls")]
+                    Some(certificates) => redis::Client::build_with_tls(url.as_str(), certificates)
+                        .map_err(tls_failed)?,
+                    _ => redis::Client::open(url.as_str()).map_err(failed(None))?,
+                };
                 // A call that meets a dropped connection fails fast with a store error (the
                 // caller retries the call, not idem); the next one reconnects. The client's
                 // own reconnect backoff multiplies its delay by `factor` each time, from one
@@ -137,22 +229,27 @@ impl Connection {
                 let connection = client
                     .get_connection_manager_with_config(config)
                     .await
-                    .map_err(failed(None))?;
+                    .map_err(tls_failed)?;
                 Ok(Connection::Single(connection))
             }
             Target::Cluster(nodes) => {
                 // The client re-sends a command that met a moved slot or a lost node, with a
                 // backoff, until the slot's new master answers: a failover (3–5 s at
                 // `cluster-node-timeout 2000`) is waited out within the response timeout.
-                let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                let builder = redis::cluster::ClusterClientBuilder::new(nodes.clone())
                     .connection_timeout(Duration::from_secs(2))
                     .response_timeout(response)
                     .retries(6)
                     .min_retry_wait(50)
-                    .max_retry_wait(1000)
-                    .build()
-                    .map_err(failed(None))?;
-                let connection = client.get_async_connection().await.map_err(failed(None))?;
+                    .max_retry_wait(1000);
+                // The nodes found from the first ones are reached with the same certificates.
+                #[cfg(feature = "tls")]
+                let builder = match certificates {
+                    Some(certificates) => builder.certs(certificates),
+                    None => builder,
+                };
+                let client = builder.build().map_err(tls_failed)?;
+                let connection = client.get_async_connection().await.map_err(tls_failed)?;
                 Ok(Connection::Cluster(connection))
             }
         }

@@ -55,6 +55,7 @@ use async_trait::async_trait;
 use redis::Value;
 
 use crate::key::Key;
+use crate::store::tls::{ClientIdentity, TlsSettings};
 use crate::store::{
     millis, Claim, ClaimRequest, FencingToken, Ownership, Record, RecordCount, RecordQuery,
     SagaLog, SagaQuery, SagaWrite, StaleSaga, Status, Store, StoredOutcome,
@@ -238,6 +239,7 @@ pub struct RedisStoreBuilder {
     prefix: String,
     accept_eviction: bool,
     replicas: Option<Replicas>,
+    tls: TlsSettings,
 }
 
 impl RedisStoreBuilder {
@@ -337,6 +339,61 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Trusts the CA certificate `pem` (one or more `-----BEGIN CERTIFICATE-----` blocks) for
+    /// the server's TLS certificate, instead of the platform's trusted roots: for a server
+    /// whose certificate a private CA signed. Needs a `rediss://` (or `rediss+cluster://`)
+    /// URL and the `tls` feature; [`connect`](Self::connect) fails otherwise, and when the
+    /// server's certificate is not signed by this CA or not for the URL's host name.
+    /// `store::open` takes it as `?tls_ca_cert=/path/to/ca.pem`.
+    ///
+    /// Without it, a `rediss://` store trusts the platform's roots (the system's CA store,
+    /// read with `rustls-native-certs`).
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), idem_runtime::Error> {
+    /// let ca = std::fs::read("/etc/idem/redis-ca.pem").expect("the CA's certificate");
+    /// let store = idem_runtime::store::RedisStore::builder("rediss://redis.internal:6380/")
+    ///     .tls_root_certificate(ca)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.root_certificates = Some(pem.into());
+        self
+    }
+
+    /// Presents the client certificate `certificate_pem` (with its chain, if any) and its
+    /// private key `key_pem` to a server that asks for one (mutual TLS: Redis's
+    /// `tls-auth-clients yes`, its default). Needs a `rediss://` URL and the `tls` feature.
+    /// `store::open` takes it as `?tls_cert=/path/client.pem&tls_key=/path/client.key`.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), idem_runtime::Error> {
+    /// let store = idem_runtime::store::RedisStore::builder("rediss://redis.internal:6380/")
+    ///     .tls_root_certificate(std::fs::read("/etc/idem/ca.pem").expect("CA"))
+    ///     .tls_client_certificate(
+    ///         std::fs::read("/etc/idem/client.pem").expect("certificate"),
+    ///         std::fs::read("/etc/idem/client.key").expect("key"),
+    ///     )
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn tls_client_certificate(
+        mut self,
+        certificate_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client = Some(ClientIdentity {
+            certificate_chain: certificate_pem.into(),
+            key: key_pem.into(),
+        });
+        self
+    }
+
     /// Connects, checks that the server keeps idem's keys (its `maxmemory-policy`, see
     /// [`accept_eviction`](Self::accept_eviction)), and returns the store. Operations time
     /// out after 5 s (plus the replicas' timeout, if set); a dropped connection is re-made
@@ -386,7 +443,7 @@ impl RedisStoreBuilder {
         // A `WAIT` answers after its own timeout: the response timeout leaves room for it.
         let waited = self.replicas.map_or(Duration::ZERO, |r| r.timeout);
         let response = Duration::from_secs(5).saturating_add(waited);
-        let mut connection = Connection::open(&target, response).await?;
+        let mut connection = Connection::open(&target, response, &self.tls).await?;
         // Every master keeps its share of the keys: each must keep them.
         for master in connection.masters().await? {
             memory_policy(&connection, &master)
@@ -447,6 +504,7 @@ impl RedisStore {
             prefix: Self::DEFAULT_PREFIX.to_owned(),
             accept_eviction: false,
             replicas: None,
+            tls: TlsSettings::default(),
         }
     }
 
