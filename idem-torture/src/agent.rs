@@ -24,7 +24,7 @@ use crate::rng::Rng;
 /// How many accounts the tools share in each period of [`TOOL_PERIOD`]: few, so that agents
 /// meet on the same keys all the time, and new ones each period, so that calls keep running
 /// bodies (where the faults matter) rather than only replaying.
-pub const ACCOUNTS: u32 = 6;
+const ACCOUNTS: u32 = 6;
 /// How long the tools' accounts of one period are the current ones.
 const TOOL_PERIOD: Duration = Duration::from_millis(300);
 /// How many orders each period of [`ORDER_PERIOD`] has.

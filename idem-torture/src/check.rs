@@ -167,6 +167,10 @@ impl Run {
     }
 }
 
+/// An effect in the ledger: what was made, whether the run was resumed, what the service
+/// answered.
+type Made<'a> = (&'a Effect, bool, u64);
+
 /// The dispositions whose value the store acknowledged as recorded.
 fn acknowledged(disposition: Option<&str>) -> bool {
     matches!(
@@ -181,7 +185,7 @@ pub fn check(run: &Run) -> Report {
     tally(run, &mut report.tally);
     // The world's effects, by action and key, each with the era of the store it was made in
     // (how many data-losing restarts came before it in the ledger).
-    let mut effects: BTreeMap<(Action, u32), Vec<(&Effect, bool, u64)>> = BTreeMap::new();
+    let mut effects: BTreeMap<(Action, u32), Vec<Made<'_>>> = BTreeMap::new();
     let mut by_value: BTreeMap<u64, &Effect> = BTreeMap::new();
     let mut era: BTreeMap<u64, usize> = BTreeMap::new();
     let mut undone: BTreeMap<(Action, u32), BTreeSet<u64>> = BTreeMap::new();
@@ -407,13 +411,25 @@ pub fn check(run: &Run) -> Report {
                         );
                     }
                 }
-                "completed" => {
-                    if answered.len() != 1 || !undone_here.is_empty() {
+                "none" => {
+                    // No log at all, yet a step's effect happened after the store's last
+                    // loss of records (if any): the saga was forgotten.
+                    let after_last_loss = effects.get(&(step, order)).is_some_and(|made| {
+                        made.iter()
+                            .any(|(effect, _, _)| era.get(&effect.value) == Some(&eras))
+                    });
+                    if !answered.is_empty() {
                         forgotten.broken(
-                            || format!("order-{order} ended completed with {} effects {answered:?}, undone {undone_here:?}", step.name()),
-                            false,
+                            || format!("order-{order} has no saga log, but {}'s effect {answered:?} happened", step.name()),
+                            !after_last_loss,
                         );
                     }
+                }
+                "completed" if answered.len() != 1 || !undone_here.is_empty() => {
+                    forgotten.broken(
+                        || format!("order-{order} ended completed with {} effects {answered:?}, undone {undone_here:?}", step.name()),
+                        false,
+                    );
                 }
                 _ => {}
             }

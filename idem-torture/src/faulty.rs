@@ -93,8 +93,12 @@ impl Store for FaultyStore {
     }
 
     fn shared(&self) -> Option<Arc<dyn Store>> {
-        // A dropped call's claim is given back on the real store, outside any crash point.
-        self.inner.shared()
+        // The runtime makes a call's claim and writes through this handle: it must be this
+        // store, or the crash points around them (and the sabotage) would be bypassed. (A
+        // claim finished after its caller was dropped runs outside the call's task, where no
+        // crash point is armed.)
+        let inner = self.inner.shared()?;
+        Some(Arc::new(FaultyStore::new(inner, self.sabotage)))
     }
 
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {

@@ -19,13 +19,13 @@ impl Rng {
         let mut rng = Rng(seed);
         for &word in part {
             rng.0 ^= word.wrapping_mul(0xA24B_AED4_963E_E407);
-            rng.next();
+            rng.next_u64();
         }
         rng
     }
 
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -36,7 +36,7 @@ impl Rng {
     /// A number in `0..bound` (`bound` > 0).
     pub fn below(&mut self, bound: u64) -> u64 {
         // The modulo bias is below 2^-40 for the small bounds used here.
-        self.next() % bound.max(1)
+        self.next_u64() % bound.max(1)
     }
 
     /// A number in `low..=high`.
@@ -59,19 +59,19 @@ mod tests {
         let a: Vec<u64> = (0..5)
             .map({
                 let mut r = Rng::derive(7, &[1, 2]);
-                move |_| r.next()
+                move |_| r.next_u64()
             })
             .collect();
         let b: Vec<u64> = (0..5)
             .map({
                 let mut r = Rng::derive(7, &[1, 2]);
-                move |_| r.next()
+                move |_| r.next_u64()
             })
             .collect();
         let c: Vec<u64> = (0..5)
             .map({
                 let mut r = Rng::derive(7, &[1, 3]);
-                move |_| r.next()
+                move |_| r.next_u64()
             })
             .collect();
         assert_eq!(a, b);
