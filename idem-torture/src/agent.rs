@@ -434,7 +434,8 @@ pub async fn run(config: AgentConfig) -> Result<(), String> {
     Ok(())
 }
 
-async fn open_with_retries(url: &str) -> Result<Arc<dyn Store>, String> {
+/// Opens the store at `url`, trying again for up to 10 s (a server may be restarting).
+pub async fn open_with_retries(url: &str) -> Result<Arc<dyn Store>, String> {
     let mut last = String::new();
     for _ in 0..100 {
         match idem::store::open(url).await {

@@ -122,7 +122,7 @@ async fn drive(config: &RunConfig) -> Result<(), String> {
     let direct = backend.url(None);
     let through_proxy = backend.url(proxy.as_ref().map(Proxy::port));
     // The schema (or file) exists before the agents race to make it.
-    drop(open(&direct).await?);
+    drop(agent::open_with_retries(&direct).await?);
 
     let faults = schedule(config.seed, config.store, config.length, config.agents);
     let faketime = config.store.has_server().then(libfaketime).flatten();
@@ -302,7 +302,7 @@ async fn drive(config: &RunConfig) -> Result<(), String> {
         proxy.set_delay(Duration::ZERO);
     }
 
-    let store = open(&direct).await?;
+    let store = agent::open_with_retries(&direct).await?;
     let end = finish(&*store, &config.folder, config.agents).await?;
     let text = serde_json::to_string_pretty(&end).map_err(|e| e.to_string())?;
     std::fs::write(config.folder.join("final.json"), text).map_err(|e| e.to_string())
@@ -403,18 +403,6 @@ fn libfaketime() -> Option<PathBuf> {
     .iter()
     .map(|folder| PathBuf::from(folder).join("faketime/libfaketimeMT.so.1"))
     .find(|path| path.is_file())
-}
-
-async fn open(url: &str) -> Result<Arc<dyn Store>, String> {
-    let mut last = String::new();
-    for _ in 0..100 {
-        match idem::store::open(url).await {
-            Ok(store) => return Ok(store),
-            Err(e) => last = e.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(format!("the store at {url} did not open: {last}"))
 }
 
 /// The orders whose saga some agent started, from the histories.

@@ -221,8 +221,8 @@ pub async fn migrate_layout(url: &str) -> Result<Option<crate::store::Migrated>,
     options.builder()?.migrate_layout().await.map(Some)
 }
 
-/// `url` without its query parameter `name`, and that parameter's value.
-fn take_param(url: &str, name: &str) -> (String, Option<String>) {
+/// `url` without its query parameter `name`, and that parameter's value (as written).
+pub(super) fn take_param(url: &str, name: &str) -> (String, Option<String>) {
     let Some((base, query)) = url.split_once('?') else {
         return (url.to_owned(), None);
     };

@@ -38,6 +38,17 @@ pub(crate) struct ClientIdentity {
     pub(crate) key: Vec<u8>,
 }
 
+impl ClientIdentity {
+    /// A client certificate (with its chain) and its private key, both PEM, as the builders'
+    /// `tls_client_certificate` take them.
+    pub(crate) fn new(certificate_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+        ClientIdentity {
+            certificate_chain: certificate_pem.into(),
+            key: key_pem.into(),
+        }
+    }
+}
+
 // Never the key's bytes: a builder's `Debug` ends up in logs.
 impl fmt::Debug for TlsSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -272,10 +272,7 @@ impl PostgresStoreBuilder {
         certificate_pem: impl Into<Vec<u8>>,
         key_pem: impl Into<Vec<u8>>,
     ) -> Self {
-        self.tls.client = Some(ClientIdentity {
-            certificate_chain: certificate_pem.into(),
-            key: key_pem.into(),
-        });
+        self.tls.client = Some(ClientIdentity::new(certificate_pem, key_pem));
         self
     }
 
@@ -471,26 +468,8 @@ fn connections(url: &str, statement_timeout: Duration, tls: &TlsSettings) -> Res
 /// that parameter's value (percent-decoded in a URL, unquoted in words).
 fn take_param(conninfo: &str, name: &str) -> (String, Option<String>) {
     if conninfo.starts_with("postgres://") || conninfo.starts_with("postgresql://") {
-        let Some((base, query)) = conninfo.split_once('?') else {
-            return (conninfo.to_owned(), None);
-        };
-        let mut value = None;
-        let rest: Vec<&str> = query
-            .split('&')
-            .filter(|pair| match pair.split_once('=') {
-                Some((key, found)) if key == name => {
-                    value = Some(percent_decoded(found));
-                    false
-                }
-                _ => true,
-            })
-            .collect();
-        let url = if rest.is_empty() {
-            base.to_owned()
-        } else {
-            format!("{base}?{}", rest.join("&"))
-        };
-        return (url, value);
+        let (url, value) = super::super::open::take_param(conninfo, name);
+        return (url, value.as_deref().map(percent_decoded));
     }
     // `key = value` words; a value may be quoted ('…', with \' and \\ inside).
     let mut kept = String::new();

@@ -387,10 +387,7 @@ impl RedisStoreBuilder {
         certificate_pem: impl Into<Vec<u8>>,
         key_pem: impl Into<Vec<u8>>,
     ) -> Self {
-        self.tls.client = Some(ClientIdentity {
-            certificate_chain: certificate_pem.into(),
-            key: key_pem.into(),
-        });
+        self.tls.client = Some(ClientIdentity::new(certificate_pem, key_pem));
         self
     }
 
