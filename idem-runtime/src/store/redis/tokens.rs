@@ -37,8 +37,8 @@ pub(super) const FRESH_BLOCK_TTL: Duration = Duration::from_millis(1500);
 /// The tokens a store handle (and its clones) has reserved and not handed out yet.
 #[derive(Debug, Default)]
 pub(super) struct Tokens {
-    /// Whether the handle has marked its prefix's layout (`layout.rs`), which it does before
-    /// its first reservation.
+    /// Whether the handle has checked and marked its prefix's layout (`layout.rs`), which it
+    /// does before its first reservation (later ones only set the mark again).
     marked: std::sync::atomic::AtomicBool,
     /// The current block: held for a few instructions at a time.
     block: std::sync::Mutex<Option<Block>>,
@@ -100,7 +100,14 @@ impl RedisStore {
     /// master): a reservation a failover could lose would hand the same tokens out again.
     pub(super) async fn draw(&self, n: u64) -> Result<FencingToken, Error> {
         use std::sync::atomic::Ordering;
-        if !self.tokens.marked.load(Ordering::Acquire) {
+        if self.tokens.marked.load(Ordering::Acquire) {
+            // Marked before every reservation, not only the first: a server that lost its
+            // keys since (a restart without persistence, a failover to an empty replica)
+            // would otherwise get its counter back without a mark, and every agent started
+            // afterwards would take it for an older idem's layout and refuse to start. One
+            // round trip per block of tokens; the mark goes first, as `found_layout` expects.
+            self.set_layout_mark().await?;
+        } else {
             self.mark_layout().await?;
             self.tokens.marked.store(true, Ordering::Release);
         }
@@ -112,7 +119,7 @@ impl RedisStore {
         let last: i64 = self
             .acknowledged(None, Write::Command(&incrby), what, so, |_| true)
             .await?;
-        let last = FencingToken::try_from(last)
+        FencingToken::try_from(last)
             .ok()
             .filter(|last| *last >= n)
             .ok_or_else(|| {
@@ -121,15 +128,6 @@ impl RedisStore {
                     None,
                     format!("the token counter {counter} is {last}"),
                 )
-            })?;
-        if last == n {
-            // This reservation made the counter: the server lost its keys since this handle
-            // marked the prefix (a restart without persistence, a failover to an empty
-            // replica). Mark it again, or every agent started from now on would take a
-            // counter without a mark for an older idem's layout and refuse to start. No
-            // layout check first: a layout-1 store always has its counter.
-            self.set_layout_mark().await?;
-        }
-        Ok(last)
+            })
     }
 }
