@@ -34,7 +34,7 @@ const ORDER_PERIOD: Duration = Duration::from_millis(1000);
 /// The lease of every call and saga: short, so that a paused or killed owner's key is taken
 /// over within the run.
 pub const LEASE: Duration = Duration::from_millis(400);
-/// How long each agent process's calls run at once.
+/// How many calls each agent process makes at once.
 const WORKERS: u64 = 3;
 
 /// Where an agent's call can kill its process.
@@ -127,9 +127,17 @@ fn world() -> Arc<World> {
         .expect("the agent's world is set before any call")
 }
 
+/// A crash point armed for one call: it fires at the point's `skip + 1`-th occurrence in the
+/// call, so that a saga's later steps and log writes are reached too.
+#[derive(Debug)]
+pub struct Armed {
+    point: Point,
+    skip: std::cell::Cell<u32>,
+}
+
 tokio::task_local! {
     /// The crash point armed for the call running in this task, if any.
-    static ARMED: Option<Point>;
+    static ARMED: Option<Armed>;
     /// Whether the call's body blocks its thread past the lease (a stop-the-world pause:
     /// its heartbeats, which run in its task, stop too), then goes on.
     static STALLS: bool;
@@ -137,12 +145,21 @@ tokio::task_local! {
 
 /// Kills this process with SIGKILL if `point` is armed for the running call: a crash, with
 /// no unwinding, no flush, nothing sent to the store.
-pub fn crash_if_armed(point: Point, call: Option<CallId>) {
-    let armed = ARMED.try_with(|armed| *armed).ok().flatten();
-    if armed != Some(point) {
+pub fn crash_if_armed(point: Point) {
+    let fires = ARMED
+        .try_with(|armed| match armed {
+            Some(armed) if armed.point == point => {
+                let skip = armed.skip.get();
+                armed.skip.set(skip.saturating_sub(1));
+                skip == 0
+            }
+            _ => false,
+        })
+        .unwrap_or(false);
+    if !fires {
         return;
     }
-    if let Some(call) = call.or_else(current_call_id) {
+    if let Some(call) = current_call_id() {
         let _ = append(
             &world().history,
             &Event::Crash {
@@ -222,9 +239,13 @@ async fn charge(account: u32) -> Result<Effect, ToolError> {
     make_effect(Action::Charge, account).await
 }
 
-/// Asks the world (the ledger) for a charge of `account`, as a payment provider's lookup.
+/// Asks the world (the ledger) for a charge of `account`, as a payment provider's lookup. A
+/// ledger that cannot be read is an error (the call stays in doubt), never "not charged".
 async fn find_charge(account: &u32) -> Result<Option<Effect>, ToolError> {
-    Ok(first_effect(&world().folder, Action::Charge, *account))
+    first_effect(&world().folder, Action::Charge, *account).map_err(|message| ToolError::Idem {
+        kind: "Verify".into(),
+        message,
+    })
 }
 
 /// A wire transfer: never run twice; an interrupted one waits for an operator.
@@ -291,10 +312,11 @@ pub fn order_key(order: u32) -> idem::Key {
 /// step's idempotency key (its first effect is every later run's answer), as a payment API
 /// does; a tool's effect is its own.
 async fn make_effect(action: Action, key: u32) -> Result<Effect, ToolError> {
-    crash_if_armed(Point::BodyBeforeEffect, None);
+    crash_if_armed(Point::BodyBeforeEffect);
     let world = world();
     let call = idem::current_call();
     let resumed = call.as_ref().is_some_and(|call| call.resumed());
+    let token = call.as_ref().map_or(0, |call| call.fencing_token());
     let idem_key = idem::current_key()
         .map(|key| key.to_string())
         .unwrap_or_default();
@@ -314,12 +336,13 @@ async fn make_effect(action: Action, key: u32) -> Result<Effect, ToolError> {
             resumed,
             answered,
             idem_key,
+            token,
             agent: world.agent,
             incarnation: world.incarnation,
         },
     )
     .expect("the ledger takes the line");
-    crash_if_armed(Point::BodyAfterEffect, None);
+    crash_if_armed(Point::BodyAfterEffect);
     if STALLS.try_with(|stalls| *stalls).unwrap_or(false) {
         std::thread::sleep(LEASE * 3);
     }
@@ -333,7 +356,7 @@ async fn make_effect(action: Action, key: u32) -> Result<Effect, ToolError> {
 
 /// A compensation's effect: a ledger line naming what it undid.
 fn undo(effect: Effect) -> Result<(), ToolError> {
-    crash_if_armed(Point::InCompensation, None);
+    crash_if_armed(Point::InCompensation);
     let world = world();
     append(
         &world.folder.join("ledger.jsonl"),
@@ -364,14 +387,14 @@ fn service_answer(folder: &Path, idem_key: &str, proposed: u64) -> u64 {
 }
 
 /// The first effect the ledger has for `action` and `key`.
-pub fn first_effect(folder: &Path, action: Action, key: u32) -> Option<Effect> {
-    let lines: Vec<LedgerLine> = read_lines(&folder.join("ledger.jsonl")).ok()?;
-    lines.into_iter().find_map(|line| match line {
+pub fn first_effect(folder: &Path, action: Action, key: u32) -> Result<Option<Effect>, String> {
+    let lines: Vec<LedgerLine> = read_lines(&folder.join("ledger.jsonl"))?;
+    Ok(lines.into_iter().find_map(|line| match line {
         LedgerLine::Effect { effect, .. } if effect.action == action && effect.key == key => {
             Some(effect)
         }
         _ => None,
-    })
+    }))
 }
 
 // ---- The agent's loop ----------------------------------------------------------------------
@@ -480,9 +503,10 @@ async fn one_call(store: &dyn Store, rng: &mut Rng) {
         },
         _ => Op::Saga { order },
     };
-    let armed = rng
-        .percent(1)
-        .then(|| Point::ALL[rng.below(Point::ALL.len() as u64) as usize]);
+    let armed = rng.percent(1).then(|| Armed {
+        point: Point::ALL[rng.below(Point::ALL.len() as u64) as usize],
+        skip: std::cell::Cell::new(rng.below(3) as u32),
+    });
     let stalls = rng.percent(1);
     let give_up_after = rng
         .percent(5)
@@ -502,7 +526,6 @@ async fn one_call(store: &dyn Store, rng: &mut Rng) {
             STALLS.scope(
                 stalls,
                 ARMED.scope(armed, async {
-                    crash_if_armed(Point::BeforeClaim, Some(call));
                     match give_up_after {
                         Some(limit) => tokio::time::timeout(limit, made)
                             .await

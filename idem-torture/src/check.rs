@@ -10,8 +10,8 @@ use std::fmt;
 use std::path::Path;
 
 use crate::history::{
-    read_lines, record_name, Action, CallId, Effect, Event, FaultLine, Final, LedgerLine, Op,
-    Outcome,
+    history_files, read_lines, record_name, Action, CallId, Effect, Event, FaultLine, Final,
+    LedgerLine, Op, Outcome,
 };
 
 /// One invariant's verdict.
@@ -128,18 +128,7 @@ impl Run {
     /// Reads the files of the run in `folder`.
     pub fn read(folder: &Path) -> Result<Run, String> {
         let mut run = Run::default();
-        let mut histories: Vec<_> = std::fs::read_dir(folder)
-            .map_err(|e| format!("{}: {e}", folder.display()))?
-            .filter_map(Result::ok)
-            .map(|entry| entry.path())
-            .filter(|path| {
-                path.file_name()
-                    .and_then(|name| name.to_str())
-                    .is_some_and(|name| name.starts_with("history-") && name.ends_with(".jsonl"))
-            })
-            .collect();
-        histories.sort();
-        for path in histories {
+        for path in history_files(folder)? {
             for event in read_lines::<Event>(&path)? {
                 run.add(event);
             }
@@ -168,8 +157,12 @@ impl Run {
 }
 
 /// An effect in the ledger: what was made, whether the run was resumed, what the service
-/// answered.
-type Made<'a> = (&'a Effect, bool, u64);
+/// answered, the fencing token it ran under.
+type Made<'a> = (&'a Effect, bool, u64, u64);
+
+/// Per era of the store (`None`: during a restart that lost its records), the first value
+/// acknowledged, and to which call.
+type ByEra = BTreeMap<Option<usize>, (u64, CallId)>;
 
 /// The dispositions whose value the store acknowledged as recorded.
 fn acknowledged(disposition: Option<&str>) -> bool {
@@ -183,28 +176,37 @@ fn acknowledged(disposition: Option<&str>) -> bool {
 pub fn check(run: &Run) -> Report {
     let mut report = Report::default();
     tally(run, &mut report.tally);
-    // The world's effects, by action and key, each with the era of the store it was made in
-    // (how many data-losing restarts came before it in the ledger).
+    // The world's effects, by action and key, each with the era of the store it was made in:
+    // how many restarts of a store that loses its records (Redis without persistence) came
+    // before it in the ledger, or `None` when it was made while such a restart was under way
+    // (before the kill or after the start, nobody can tell). Only one era is the store's
+    // own: `eras`, the last.
     let mut effects: BTreeMap<(Action, u32), Vec<Made<'_>>> = BTreeMap::new();
     let mut by_value: BTreeMap<u64, &Effect> = BTreeMap::new();
-    let mut era: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut era: BTreeMap<u64, Option<usize>> = BTreeMap::new();
     let mut undone: BTreeMap<(Action, u32), BTreeSet<u64>> = BTreeMap::new();
     let mut eras = 0;
+    let mut restarting = false;
     for line in &run.ledger {
         match line {
-            LedgerLine::StoreLost { .. } => eras += 1,
+            LedgerLine::StoreLosing { .. } => restarting = true,
+            LedgerLine::StoreLost { .. } => {
+                eras += 1;
+                restarting = false;
+            }
             LedgerLine::Effect {
                 effect,
                 resumed,
                 answered,
+                token,
                 ..
             } => {
                 effects
                     .entry((effect.action, effect.key))
                     .or_default()
-                    .push((effect, *resumed, *answered));
+                    .push((effect, *resumed, *answered, *token));
                 by_value.insert(effect.value, effect);
-                era.insert(effect.value, eras);
+                era.insert(effect.value, (!restarting).then_some(eras));
             }
             LedgerLine::Compensation { undone: effect, .. } => {
                 undone
@@ -219,34 +221,46 @@ pub fn check(run: &Run) -> Report {
         "at_most_once",
         "a body's effect happens at most once per key, but for runs the history marks resumed; never twice for on_stale = review",
     );
+    let too_many = |action: Action, runs: &[&Made<'_>]| {
+        let fresh = runs.iter().filter(|(_, resumed, _, _)| !resumed).count();
+        let mut tokens: Vec<u64> = runs.iter().map(|(_, _, _, token)| *token).collect();
+        tokens.sort_unstable();
+        // Two effects under one fencing token: two owners of one claim.
+        let shared_token = tokens.windows(2).any(|pair| pair[0] == pair[1]);
+        shared_token
+            || if action == Action::Wire {
+                runs.len() > 1
+            } else {
+                fresh > 1
+            }
+    };
     for ((action, key), made) in &effects {
-        let fresh = made.iter().filter(|(_, resumed, _)| !resumed).count();
-        let too_many = if *action == Action::Wire {
-            made.len() > 1
-        } else {
-            fresh > 1
-        };
-        // Runs in different eras of a store that lost its records: allowed by its docs.
-        let eras_of_runs: BTreeSet<_> = made
-            .iter()
-            .map(|(effect, _, _)| era.get(&effect.value))
-            .collect();
-        if too_many {
-            once.broken(
-                || {
-                    format!(
-                        "{} ran {} times ({} not resumed): values {:?}",
-                        record_name(*action, *key),
-                        made.len(),
-                        fresh,
-                        made.iter()
-                            .map(|(e, r, _)| (e.value, *r))
-                            .collect::<Vec<_>>()
-                    )
-                },
-                eras_of_runs.len() > 1,
-            );
+        let all: Vec<&Made<'_>> = made.iter().collect();
+        if !too_many(*action, &all) {
+            continue;
         }
+        // Within one era of the store the rule holds whole; across eras of a store that lost
+        // its records (and for effects made during its restart) its docs allow a re-run.
+        let mut by_era: BTreeMap<usize, Vec<&Made<'_>>> = BTreeMap::new();
+        for run in made {
+            if let Some(Some(made_in)) = era.get(&run.0.value) {
+                by_era.entry(*made_in).or_default().push(run);
+            }
+        }
+        let within_an_era = by_era.values().any(|runs| too_many(*action, runs));
+        once.broken(
+            || {
+                format!(
+                    "{} ran {} times: (value, resumed, token) {:?}",
+                    record_name(*action, *key),
+                    made.len(),
+                    made.iter()
+                        .map(|(e, r, _, t)| (e.value, *r, *t))
+                        .collect::<Vec<_>>()
+                )
+            },
+            !within_an_era,
+        );
     }
 
     let mut from_ledger = Verdict::new(
@@ -261,7 +275,9 @@ pub fn check(run: &Run) -> Report {
         "one_result_per_key",
         "every caller told a result was recorded got the same value for the key",
     );
-    let mut acknowledged_values: BTreeMap<(Action, u32), (u64, CallId)> = BTreeMap::new();
+    // Per action and key, the first value acknowledged in each era (`None`: made during a
+    // restart of a store that loses its records).
+    let mut acknowledged_values: BTreeMap<(Action, u32), ByEra> = BTreeMap::new();
     for (id, call) in &run.calls {
         let (Op::Tool { action, key }, Some(Outcome::Ok { value, disposition })) =
             (&call.op, &call.end)
@@ -304,11 +320,17 @@ pub fn check(run: &Run) -> Report {
             ),
         }
         if acknowledged(disposition.as_deref()) {
-            match acknowledged_values.get(&(*action, *key)) {
-                None => {
-                    acknowledged_values.insert((*action, *key), (value.value, *id));
-                }
-                Some((first, first_id)) if *first != value.value => agree.broken(
+            let made_in = era.get(&value.value).copied().flatten();
+            let per_era = acknowledged_values.entry((*action, *key)).or_default();
+            let differs = per_era
+                .iter()
+                .find(|(_, (first, _))| *first != value.value)
+                .map(|(first_era, first)| (*first_era, *first));
+            if let Some((first_era, (first, first_id))) = differs {
+                // Within one era (both known) the results must agree; across eras, or for
+                // a value made during a restart, the store's docs allow a new result.
+                let allowed = made_in.is_none() || first_era.is_none() || first_era != made_in;
+                agree.broken(
                     || {
                         format!(
                             "{}: {first_id:?} got {first}, {id:?} got {} ({})",
@@ -317,10 +339,10 @@ pub fn check(run: &Run) -> Report {
                             disposition.as_deref().unwrap_or("?")
                         )
                     },
-                    era.get(first) != era.get(&value.value),
-                ),
-                Some(_) => {}
+                    allowed,
+                );
             }
+            per_era.entry(made_in).or_insert((value.value, *id));
         }
     }
 
@@ -328,12 +350,17 @@ pub fn check(run: &Run) -> Report {
         "acknowledged_results_kept",
         "the store still holds every result it acknowledged as recorded",
     );
-    for ((action, key), (value, id)) in &acknowledged_values {
+    for ((action, key), per_era) in &acknowledged_values {
         let name = record_name(*action, *key);
         let held = run.end.records.get(&name).copied().flatten();
+        // The store must hold the result acknowledged in its last era; one acknowledged
+        // before a loss of its records (or during a restart) may be gone, as its docs say.
+        let (made_in, (value, id)) = per_era
+            .get_key_value(&Some(eras))
+            .or_else(|| per_era.iter().next_back())
+            .expect("an entry has a value");
         if held != Some(*value) {
-            // Made before the store's last loss of its records: allowed by its docs.
-            let before_a_loss = era.get(value).is_some_and(|made_in| *made_in < eras);
+            let before_a_loss = *made_in != Some(eras);
             kept.broken(
                 || {
                     format!(
@@ -388,9 +415,16 @@ pub fn check(run: &Run) -> Report {
         for step in [Action::Reserve, Action::ChargeCard, Action::Notify] {
             let answered: BTreeSet<u64> = effects
                 .get(&(step, order))
-                .map(|made| made.iter().map(|(_, _, answered)| *answered).collect())
+                .map(|made| made.iter().map(|(_, _, answered, _)| *answered).collect())
                 .unwrap_or_default();
             let undone_here = undone.get(&(step, order)).cloned().unwrap_or_default();
+            // Every effect of the step made in the store's own (last) era: else its log may
+            // have been lost with the store's records, and a saga run again over it (the
+            // service answering with the first, maybe undone, effect) is what the docs allow.
+            let in_this_era = effects.get(&(step, order)).is_none_or(|made| {
+                made.iter()
+                    .all(|(effect, _, _, _)| era.get(&effect.value) == Some(&Some(eras)))
+            });
             if let Some(stray) = undone_here.difference(&answered).next() {
                 net.broken(
                     || {
@@ -407,28 +441,21 @@ pub fn check(run: &Run) -> Report {
                     if let Some(left) = answered.difference(&undone_here).next() {
                         forgotten.broken(
                             || format!("order-{order} ended compensated, but {}'s effect {left} was never undone ({:?})", step.name(), run.end.sagas.get(&order)),
-                            false,
+                            !in_this_era,
                         );
                     }
                 }
-                "none" => {
-                    // No log at all, yet a step's effect happened after the store's last
-                    // loss of records (if any): the saga was forgotten.
-                    let after_last_loss = effects.get(&(step, order)).is_some_and(|made| {
-                        made.iter()
-                            .any(|(effect, _, _)| era.get(&effect.value) == Some(&eras))
-                    });
-                    if !answered.is_empty() {
-                        forgotten.broken(
-                            || format!("order-{order} has no saga log, but {}'s effect {answered:?} happened", step.name()),
-                            !after_last_loss,
-                        );
-                    }
+                // No log at all, yet a step's effect happened: the saga was forgotten.
+                "none" if !answered.is_empty() => {
+                    forgotten.broken(
+                        || format!("order-{order} has no saga log, but {}'s effect {answered:?} happened", step.name()),
+                        !in_this_era,
+                    );
                 }
                 "completed" if answered.len() != 1 || !undone_here.is_empty() => {
                     forgotten.broken(
                         || format!("order-{order} ended completed with {} effects {answered:?}, undone {undone_here:?}", step.name()),
-                        false,
+                        !in_this_era,
                     );
                 }
                 _ => {}
@@ -487,9 +514,80 @@ fn tally(run: &Run, tally: &mut BTreeMap<String, u64>) {
             LedgerLine::Effect { .. } => "ledger: effects".into(),
             LedgerLine::Compensation { .. } => "ledger: compensations".into(),
             LedgerLine::StoreLost { .. } => "ledger: the store lost its records".into(),
+            LedgerLine::StoreLosing { .. } => "ledger: the store is restarting".into(),
         });
     }
     for saga in run.end.sagas.values() {
         add(format!("sagas ended: {}", saga.status));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::Effect;
+
+    fn effect(value: u64, resumed: bool, token: u64) -> LedgerLine {
+        LedgerLine::Effect {
+            effect: Effect {
+                action: Action::SendEmail,
+                key: 7,
+                value,
+            },
+            resumed,
+            answered: value,
+            idem_key: String::new(),
+            token,
+            agent: 0,
+            incarnation: 0,
+        }
+    }
+
+    fn once(ledger: Vec<LedgerLine>) -> Verdict {
+        let run = Run {
+            ledger,
+            ..Run::default()
+        };
+        check(&run)
+            .verdict("at_most_once")
+            .cloned()
+            .expect("the verdict")
+    }
+
+    #[test]
+    fn a_second_fresh_run_is_a_violation() {
+        let verdict = once(vec![effect(1, false, 10), effect(2, false, 11)]);
+        assert_eq!((verdict.violations, verdict.allowed_by_durability), (1, 0));
+        assert!(verdict.first.expect("an example").contains("send_email/7"));
+    }
+
+    #[test]
+    fn a_resumed_run_is_allowed_but_not_under_the_same_token() {
+        let resumed = once(vec![effect(1, false, 10), effect(2, true, 11)]);
+        assert_eq!(resumed.violations, 0);
+        let shared = once(vec![effect(1, false, 10), effect(2, true, 10)]);
+        assert_eq!(shared.violations, 1, "two owners of one claim");
+    }
+
+    #[test]
+    fn runs_across_a_loss_of_records_are_apart_but_a_double_run_within_an_era_is_not() {
+        let lost = |at_ms| LedgerLine::StoreLost { at_ms };
+        let across = once(vec![effect(1, false, 10), lost(5), effect(2, false, 1)]);
+        assert_eq!((across.violations, across.allowed_by_durability), (0, 1));
+        let within = once(vec![
+            effect(1, false, 10),
+            effect(2, false, 11),
+            lost(5),
+            effect(3, false, 1),
+        ]);
+        assert_eq!((within.violations, within.allowed_by_durability), (1, 0));
+        // Made while the store restarted: either era, so never held against it.
+        let during = once(vec![
+            effect(1, false, 10),
+            LedgerLine::StoreLosing { at_ms: 4 },
+            effect(2, false, 11),
+            lost(5),
+        ]);
+        assert_eq!((during.violations, during.allowed_by_durability), (0, 1));
     }
 }

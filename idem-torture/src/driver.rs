@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use idem::store::{SagaStatus, Status, Store, StoredOutcome};
@@ -98,6 +97,34 @@ struct Slot {
     incarnation: u32,
 }
 
+impl Slot {
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// The agents' slots. Dropped on any way out of the run (an error too), it resumes and kills
+/// every agent still running, so that none is left behind, stopped or not.
+struct Slots(Vec<Slot>);
+
+impl Slots {
+    fn stop_all(&mut self) {
+        for slot in &mut self.0 {
+            if let Some(mut child) = slot.child.take() {
+                signal(child.id(), libc::SIGCONT);
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
 /// Runs the agents under the schedule's faults, then checks the history.
 pub fn run(config: &RunConfig) -> Result<Report, String> {
     let _ = std::fs::remove_dir_all(&config.folder);
@@ -168,8 +195,8 @@ async fn drive(config: &RunConfig) -> Result<(), String> {
                     .to_string(),
             ])
             .args(["--run-age-ms", &started.elapsed().as_millis().to_string()]);
-        if config.sabotage == Some(Sabotage::SkipFencing) {
-            command.args(["--sabotage", "skip-fencing"]);
+        if let Some(sabotage) = config.sabotage {
+            command.args(["--sabotage", sabotage.name()]);
         }
         command
             .stdin(Stdio::null())
@@ -178,20 +205,21 @@ async fn drive(config: &RunConfig) -> Result<(), String> {
             .spawn()
             .map_err(|e| format!("start an agent: {e}"))
     };
-    let mut slots: Vec<Slot> = (0..config.agents)
-        .map(|agent| {
-            Ok(Slot {
-                child: Some(spawn(agent, 0)?),
-                incarnation: 0,
-            })
-        })
-        .collect::<Result<_, String>>()?;
+    let mut slots = Slots(Vec::new());
+    for agent in 0..config.agents {
+        slots.0.push(Slot {
+            child: Some(spawn(agent, 0)?),
+            incarnation: 0,
+        });
+    }
 
     let fault_log = config.folder.join("faults.jsonl");
     let mut pending = faults.into_iter().peekable();
+    // When to SIGCONT which paused process (its pid: a slot's process may have been killed
+    // and replaced meanwhile, and the new one must not be resumed by the old pause).
     let mut resumes: Vec<(Instant, u32)> = Vec::new();
     let mut undelay: Option<Instant> = None;
-    let note = |kind: &str, detail: String, loses_data: bool| {
+    let note = |kind: &str, detail: String| {
         let at_ms = started.elapsed().as_millis() as u64;
         if config.verbose {
             println!("[{:>6.1} s] {kind}: {detail}", at_ms as f64 / 1000.0);
@@ -202,14 +230,13 @@ async fn drive(config: &RunConfig) -> Result<(), String> {
                 at_ms,
                 kind: kind.to_owned(),
                 detail,
-                loses_data,
             },
         );
     };
     loop {
         let now = Instant::now();
         let mut running = 0;
-        for (agent, slot) in slots.iter_mut().enumerate() {
+        for (agent, slot) in slots.0.iter_mut().enumerate() {
             let agent = agent as u32;
             let Some(child) = slot.child.as_mut() else {
                 continue;
@@ -227,7 +254,6 @@ async fn drive(config: &RunConfig) -> Result<(), String> {
                         note(
                             "agent_failed",
                             format!("agent {agent}.{} {status}: {tail}", slot.incarnation),
-                            false,
                         );
                     }
                     slot.child = None;
@@ -240,12 +266,12 @@ async fn drive(config: &RunConfig) -> Result<(), String> {
                 Err(e) => return Err(format!("agent {agent}: {e}")),
             }
         }
-        resumes.retain(|(at, agent)| {
+        resumes.retain(|(at, pid)| {
             if *at > now {
                 return true;
             }
-            if let Some(child) = slots[*agent as usize].child.as_ref() {
-                signal(child.id(), "-CONT");
+            if slots.0.iter().any(|slot| slot.pid() == Some(*pid)) {
+                signal(*pid, libc::SIGCONT);
             }
             false
         });
@@ -255,45 +281,48 @@ async fn drive(config: &RunConfig) -> Result<(), String> {
             }
             undelay = None;
         }
-        while let Some((at, fault)) = pending.next_if(|(at, _)| started + *at <= now) {
-            let _ = at;
-            let loses_data = config.store == StoreKind::RedisVolatile
+        while let Some((_, fault)) = pending.next_if(|(at, _)| started + *at <= now) {
+            note(fault.kind(), fault.to_string());
+            // A restart that loses the store's records is written into the ledger, before the
+            // kill and once the server answers again, for the checker's eras.
+            let loses_records = config.store == StoreKind::RedisVolatile
                 && matches!(fault, Fault::RestartStore { .. });
-            note(fault.kind(), fault.to_string(), loses_data);
-            if loses_data {
-                let at_ms = started.elapsed().as_millis() as u64;
-                append(
-                    &config.folder.join("ledger.jsonl"),
-                    &LedgerLine::StoreLost { at_ms },
-                )
-                .map_err(|e| e.to_string())?;
+            let ledger = config.folder.join("ledger.jsonl");
+            let at_ms = || started.elapsed().as_millis() as u64;
+            if loses_records {
+                append(&ledger, &LedgerLine::StoreLosing { at_ms: at_ms() })
+                    .map_err(|e| e.to_string())?;
             }
-            inject(
+            let injected = inject(
                 fault,
                 &backend,
                 proxy.as_ref(),
-                &mut slots,
+                &mut slots.0,
                 &mut resumes,
                 &mut undelay,
-            )
-            .await?;
+            );
+            if let Err(problem) = injected {
+                // The run goes on: a fault that could not be made is reported, not fatal.
+                note("fault_failed", format!("{fault}: {problem}"));
+            }
+            if loses_records {
+                append(&ledger, &LedgerLine::StoreLost { at_ms: at_ms() })
+                    .map_err(|e| e.to_string())?;
+            }
         }
         if now >= end && running == 0 && resumes.is_empty() {
             break;
         }
         if now >= end + Duration::from_secs(60) {
-            for slot in &mut slots {
-                if let Some(child) = slot.child.as_mut() {
-                    let _ = child.kill();
-                    let _ = child.wait();
+            for slot in &slots.0 {
+                if slot.child.is_some() {
                     note(
                         "agent_failed",
                         "an agent still ran 60 s after the end".into(),
-                        false,
                     );
                 }
-                slot.child = None;
             }
+            slots.stop_all();
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -308,7 +337,9 @@ async fn drive(config: &RunConfig) -> Result<(), String> {
     std::fs::write(config.folder.join("final.json"), text).map_err(|e| e.to_string())
 }
 
-async fn inject(
+/// Makes `fault` happen. The server faults block (a restart waits for the server), on a
+/// runtime thread that lets the others go on meanwhile.
+fn inject(
     fault: Fault,
     backend: &Backend,
     proxy: Option<&Proxy>,
@@ -324,16 +355,16 @@ async fn inject(
             }
         }
         Fault::PauseAgent { agent, pause } => {
-            if let Some(child) = slots[agent as usize].child.as_ref() {
-                signal(child.id(), "-STOP");
-                resumes.push((Instant::now() + pause, agent));
+            if let Some(pid) = slots[agent as usize].pid() {
+                signal(pid, libc::SIGSTOP);
+                resumes.push((Instant::now() + pause, pid));
             }
         }
         Fault::RestartStore { immediate } => match backend {
-            Backend::Redis(server) => {
+            Backend::Redis(server) => tokio::task::block_in_place(|| {
                 server.crash()?;
-                server.restart()?;
-            }
+                server.restart()
+            })?,
             Backend::Postgres(server) => {
                 let shutdown = if immediate {
                     Shutdown::Immediate
@@ -346,10 +377,12 @@ async fn inject(
         },
         Fault::TerminateBackends => {
             if let Backend::Postgres(server) = backend {
-                server.sql(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-                     WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
-                )?;
+                tokio::task::block_in_place(|| {
+                    server.sql(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                         WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                    )
+                })?;
             }
         }
         Fault::HoldWriteLock { hold } => {
@@ -385,11 +418,15 @@ fn hold_write_lock(file: &Path, hold: Duration) {
     }
 }
 
-fn signal(pid: u32, which: &str) {
-    let _ = Command::new("kill")
-        .arg(which)
-        .arg(pid.to_string())
-        .status();
+/// Sends `signal` to the process `pid` (an agent of this driver, alive as far as it knows).
+fn signal(pid: u32, signal: libc::c_int) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill(2) has no memory effects; a process that exited meanwhile is ESRCH.
+    unsafe {
+        libc::kill(pid, signal);
+    }
 }
 
 /// libfaketime's multithreaded library (Debian's `faketime` package installs it here).

@@ -25,6 +25,15 @@ pub enum Sabotage {
     SkipFencing,
 }
 
+impl Sabotage {
+    /// The name `--sabotage` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Sabotage::SkipFencing => "skip-fencing",
+        }
+    }
+}
+
 impl std::str::FromStr for Sabotage {
     type Err = String;
 
@@ -102,10 +111,10 @@ impl Store for FaultyStore {
     }
 
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
-        crash_if_armed(Point::BeforeClaim, None);
+        crash_if_armed(Point::BeforeClaim);
         let claim = self.inner.claim(request).await;
         if matches!(claim, Ok(Claim::Acquired { .. })) {
-            crash_if_armed(Point::AfterClaim, None);
+            crash_if_armed(Point::AfterClaim);
         }
         claim
     }
@@ -117,12 +126,12 @@ impl Store for FaultyStore {
         outcome: StoredOutcome,
         ttl: Duration,
     ) -> Result<Ownership, Error> {
-        crash_if_armed(Point::BeforeRecord, None);
+        crash_if_armed(Point::BeforeRecord);
         let mut written = self.inner.complete(key, token, outcome.clone(), ttl).await;
         if self.sabotage == Some(Sabotage::SkipFencing) && matches!(written, Ok(Ownership::Lost)) {
             written = self.record_unfenced(key, outcome, ttl).await;
         }
-        crash_if_armed(Point::AfterRecord, None);
+        crash_if_armed(Point::AfterRecord);
         written
     }
 
@@ -165,9 +174,9 @@ impl SagaStore for FaultyStore {
         token: FencingToken,
         write: SagaWrite<'_>,
     ) -> Result<Ownership, Error> {
-        crash_if_armed(Point::BeforeRecord, None);
+        crash_if_armed(Point::BeforeRecord);
         let written = self.inner.write_saga(saga, id, token, write).await;
-        crash_if_armed(Point::AfterRecord, None);
+        crash_if_armed(Point::AfterRecord);
         written
     }
 

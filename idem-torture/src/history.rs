@@ -4,8 +4,9 @@
 //!   `start` line before it and an `end` line after it (a killed process leaves starts with
 //!   no end), and a `crash` line where it kills itself on purpose;
 //! - `ledger.jsonl`: the side effects, appended by the bodies as they happen (the "world" the
-//!   tools act on), each line one `write(2)` to a file opened with `O_APPEND`, so lines from
-//!   several processes never interleave and a SIGKILL loses none that was written;
+//!   tools act on), each line one `write_all` of a few hundred bytes to a file opened with
+//!   `O_APPEND` (one `write(2)` on a local file system), so lines from several processes do
+//!   not interleave and a SIGKILL loses none that was written;
 //! - `faults.jsonl`: each fault the driver injected, when;
 //! - `final.json`: what the store holds at the end, read by the driver after recovery.
 
@@ -177,15 +178,25 @@ pub enum LedgerLine {
         /// The idem key the body ran under (`idem::current_key`), for the driver's last look
         /// at the store.
         idem_key: String,
+        /// The fencing token of the claim the body ran under: two effects of one key under
+        /// one token are two owners of one claim.
+        token: u64,
         /// Who: agent slot and incarnation.
         agent: u32,
         /// The incarnation.
         incarnation: u32,
     },
     /// The driver restarted a store that loses its records on a restart (Redis without
-    /// persistence): effects before this line belong to an earlier era of the store, and a
-    /// break of an invariant across eras is what its documentation allows.
+    /// persistence), and it answers again: effects before this line belong to an earlier era
+    /// of the store, and a break of an invariant across eras is what its documentation
+    /// allows.
     StoreLost {
+        /// Milliseconds since the run started.
+        at_ms: u64,
+    },
+    /// The driver is about to restart such a store: effects from here to the next
+    /// `StoreLost` may belong to either era (made before the kill, or after the restart).
+    StoreLosing {
         /// Milliseconds since the run started.
         at_ms: u64,
     },
@@ -195,7 +206,7 @@ pub enum LedgerLine {
         undone: Effect,
         /// Who.
         agent: u32,
-        /// The incarnation, `u32::MAX` for the driver's own recovery.
+        /// The incarnation (the driver's own recovery is agent `--agents`, incarnation 0).
         incarnation: u32,
     },
 }
@@ -209,9 +220,6 @@ pub struct FaultLine {
     pub kind: String,
     /// More: which agent, how long.
     pub detail: String,
-    /// Whether it may lose acknowledged results by the store's documented durability (a
-    /// Redis without AOF restarted).
-    pub loses_data: bool,
 }
 
 /// What the store holds at the end, and the sagas' ends, as the driver read them.
@@ -237,7 +245,7 @@ pub fn record_name(action: Action, key: u32) -> String {
     format!("{}/{key}", action.name())
 }
 
-/// Appends `line` as one line to the file at `path` in one `write(2)`.
+/// Appends `line` as one line to the file at `path`, with one `write_all`.
 pub fn append<T: Serialize>(path: &Path, line: &T) -> std::io::Result<()> {
     let mut text = serde_json::to_vec(line).map_err(std::io::Error::other)?;
     text.push(b'\n');
@@ -246,6 +254,22 @@ pub fn append<T: Serialize>(path: &Path, line: &T) -> std::io::Result<()> {
         .append(true)
         .open(path)?;
     file.write_all(&text)
+}
+
+/// The history files in a run's `folder`, in name order.
+pub fn history_files(folder: &Path) -> Result<Vec<std::path::PathBuf>, String> {
+    let mut files: Vec<_> = std::fs::read_dir(folder)
+        .map_err(|e| format!("{}: {e}", folder.display()))?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("history-") && name.ends_with(".jsonl"))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 /// Reads every line of a JSON-lines file; a last line cut short (its writer was killed in
