@@ -86,7 +86,9 @@ pub use idem_runtime::{
     set_default_store_shared, Action, ActionSettings, BoxError, Call, CallContext, CanonicalError,
     Disposition, Error, Fingerprint, Key, OnConflict, OnStale, Outcome, ParseKeyError, SharedError,
 };
-pub use idem_runtime::{recover, Recover, RecoveryReport, Retry, Saga, StepCall, Steps};
+pub use idem_runtime::{
+    recover, Recover, RecoveryReport, Retry, Saga, StepCall, Steps, SECRET_PLACEHOLDER,
+};
 
 /// The names of the metrics idem records (feature `metrics`), and `describe()`.
 #[cfg(feature = "metrics")]

@@ -147,6 +147,13 @@ struct Cli {
     )]
     store: Option<String>,
 
+    /// Print recorded results and saga step arguments and outputs (`show`, `saga`, `sagas
+    /// --json`). By default each is shown as its size only: they may hold personal data, and
+    /// a terminal or a log of this command is not the place for it. Values an
+    /// EncryptedStore sealed are shown as their size and key id either way.
+    #[arg(long, global = true, display_order = 101)]
+    show_values: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -261,6 +268,8 @@ pub(crate) struct Ctx {
     pub(crate) label: String,
     /// The time ages and expiries are measured from.
     pub(crate) now: SystemTime,
+    /// `--show-values`: print stored values, not only their size.
+    pub(crate) show_values: bool,
 }
 
 impl Ctx {
@@ -318,7 +327,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         // The proxy opens its store as agents do (creating it), and has a default one.
         Command::McpProxy(args) => mcp_proxy::run(cli.store.as_deref(), args).await,
-        Command::Operate(command) => operate(cli.store.as_deref(), command).await,
+        Command::Operate(command) => operate(cli.store.as_deref(), command, cli.show_values).await,
         Command::Migrate(args) => {
             let mut out = io::stdout().lock();
             migrate::migrate(cli.store.as_deref(), &args, &mut out).await?;
@@ -329,7 +338,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 /// Runs an operator's command on the store at `url`, opened as it is.
-async fn operate(url: Option<&str>, command: Operate) -> Result<(), Failure> {
+async fn operate(url: Option<&str>, command: Operate, show_values: bool) -> Result<(), Failure> {
     let url = url.map(str::trim).unwrap_or_default();
     if url.is_empty() {
         return Err(Failure::usage(
@@ -337,7 +346,8 @@ async fn operate(url: Option<&str>, command: Operate) -> Result<(), Failure> {
              (sqlite://path/to/idem.db, redis://host:port/db, postgres://user@host/db)",
         ));
     }
-    let ctx = open(url).await?;
+    let mut ctx = open(url).await?;
+    ctx.show_values = show_values;
     let stdout = io::stdout();
     let mut out = stdout.lock();
     match command {
@@ -403,6 +413,7 @@ async fn open(url: &str) -> Result<Ctx, Failure> {
         label: format!("the {} store at {shown}", store.name()),
         store,
         now: SystemTime::now(),
+        show_values: false,
     })
 }
 

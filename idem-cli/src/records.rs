@@ -181,16 +181,20 @@ pub(crate) async fn show(ctx: &Ctx, args: &ShowArgs, out: &mut dyn Write) -> Res
             .map_or_else(|| "never".to_owned(), |at| time::stamp(at, now)),
     );
     line("meaning", meaning(&record, ctx));
-    match &record.outcome {
-        Some(StoredOutcome::Ok(bytes)) => {
-            text.push_str("result:\n");
-            text.push_str(&pretty(bytes));
+    let (label, bytes) = match &record.outcome {
+        Some(StoredOutcome::Ok(bytes)) => ("result:", bytes),
+        Some(StoredOutcome::Err(bytes)) => ("error (declared final with cache_err):", bytes),
+        None => ("", &Vec::new()),
+    };
+    if record.outcome.is_some() {
+        match hidden(ctx, bytes) {
+            Some(placeholder) => text.push_str(&format!("{label} {placeholder}\n")),
+            None => {
+                text.push_str(label);
+                text.push('\n');
+                text.push_str(&pretty(bytes));
+            }
         }
-        Some(StoredOutcome::Err(bytes)) => {
-            text.push_str("error (declared final with cache_err):\n");
-            text.push_str(&pretty(bytes));
-        }
-        None => {}
     }
     out.write_all(text.as_bytes())?;
     Ok(())
@@ -442,11 +446,31 @@ fn record_json(record: &Record, ctx: &Ctx, with_outcome: bool) -> Value {
     if with_outcome {
         value["outcome"] = match &record.outcome {
             None => Value::Null,
-            Some(StoredOutcome::Ok(bytes)) => json!({ "ok": json_value(bytes) }),
-            Some(StoredOutcome::Err(bytes)) => json!({ "err": json_value(bytes) }),
+            Some(StoredOutcome::Ok(bytes)) => json!({ "ok": shown_json(ctx, bytes) }),
+            Some(StoredOutcome::Err(bytes)) => json!({ "err": shown_json(ctx, bytes) }),
         };
     }
     value
+}
+
+/// What is printed in place of a stored value (a result, a step's arguments or output), or
+/// `None` to print it: without `--show-values`, its size only, since it may hold personal
+/// data; a value sealed by an `EncryptedStore` is shown as its size and key id either way
+/// (this command has no keys).
+pub(crate) fn hidden(ctx: &Ctx, bytes: &[u8]) -> Option<String> {
+    if let Some(key_id) = idem_runtime::store::sealed_key_id(bytes) {
+        return Some(format!(
+            "<{} bytes, encrypted under key {key_id}>",
+            bytes.len()
+        ));
+    }
+    (!ctx.show_values).then(|| format!("<{} bytes; --show-values prints it>", bytes.len()))
+}
+
+/// A stored value in JSON output: its JSON with `--show-values`, else the placeholder of
+/// [`hidden`] as a string.
+pub(crate) fn shown_json(ctx: &Ctx, bytes: &[u8]) -> Value {
+    hidden(ctx, bytes).map_or_else(|| json_value(bytes), Value::String)
 }
 
 /// Stored bytes as a JSON value: what they parse to, or, for bytes that are not JSON (a
@@ -499,5 +523,49 @@ mod tests {
         assert_eq!(pretty(b"\xffnot json"), "(not JSON) \u{fffd}not json\n");
         assert_eq!(json_value(b"[1,2]"), json!([1, 2]));
         assert_eq!(json_value(b"oops"), json!("oops"));
+    }
+
+    #[tokio::test]
+    async fn values_are_hidden_unless_asked_and_sealed_ones_always() {
+        use std::sync::Arc;
+        use std::time::SystemTime;
+
+        use idem_runtime::store::{EncryptedStore, EncryptionKey, Keyring, MemoryStore, Store};
+        use idem_runtime::{Action, Error};
+
+        let mut ctx = Ctx {
+            store: Arc::new(MemoryStore::new()),
+            label: "the memory store".into(),
+            now: SystemTime::now(),
+            show_values: false,
+        };
+        let value = br#"{"email":"ada@example.com"}"#;
+        assert_eq!(
+            hidden(&ctx, value).as_deref(),
+            Some("<27 bytes; --show-values prints it>")
+        );
+        ctx.show_values = true;
+        assert_eq!(hidden(&ctx, value), None);
+        assert_eq!(shown_json(&ctx, value), json!({"email": "ada@example.com"}));
+
+        // A value an EncryptedStore sealed, read without its keys: its size and key id.
+        let key = EncryptionKey::from_bytes([9; 32]);
+        let inner = MemoryStore::new();
+        let sealed_store = EncryptedStore::new(inner.clone(), Keyring::new(key.clone()));
+        static SEND: Action = Action::new("send");
+        SEND.call(&("ada",))
+            .unwrap()
+            .run::<_, Error, _>(&sealed_store, async { Ok(1) })
+            .await
+            .unwrap();
+        let record = inner.get(&SEND.key(&("ada",)).unwrap()).await.unwrap();
+        let Some(StoredOutcome::Ok(sealed)) = record.and_then(|r| r.outcome) else {
+            panic!("a recorded result");
+        };
+        let shown = hidden(&ctx, &sealed).expect("never printed");
+        assert!(
+            shown.contains(&format!("encrypted under key {}", key.id())),
+            "{shown}"
+        );
     }
 }

@@ -6,7 +6,7 @@ use clap::Args;
 use idem_runtime::store::{SagaLog, SagaQuery, SagaStatus, StepRecord};
 use serde_json::{json, Value};
 
-use crate::records::{json_value, parse_key_prefix, parse_limit};
+use crate::records::{hidden, json_value, parse_key_prefix, parse_limit, shown_json};
 use crate::table::{self, Table};
 use crate::time;
 use crate::{print_json, Ctx, Failure};
@@ -91,7 +91,7 @@ pub(crate) async fn list(ctx: &Ctx, args: &SagasArgs, out: &mut dyn Write) -> Re
     let more = logs.len() > args.limit;
     logs.truncate(args.limit);
     if args.json {
-        let listed = logs.iter().map(saga_json).collect();
+        let listed = logs.iter().map(|log| saga_json(log, ctx)).collect();
         return print_json(out, &Value::Array(listed));
     }
     let mut table = Table::new(&["id", "status", "steps", "updated", "error"]).right(&[2]);
@@ -122,7 +122,8 @@ pub(crate) async fn list(ctx: &Ctx, args: &SagasArgs, out: &mut dyn Write) -> Re
 pub(crate) async fn show(ctx: &Ctx, args: &SagaArgs, out: &mut dyn Write) -> Result<(), Failure> {
     let logs = find(ctx, &args.id).await?;
     if args.json {
-        return print_json(out, &Value::Array(logs.iter().map(saga_json).collect()));
+        let shown = logs.iter().map(|log| saga_json(log, ctx)).collect();
+        return print_json(out, &Value::Array(shown));
     }
     let mut text = String::new();
     for (n, log) in logs.iter().enumerate() {
@@ -245,7 +246,7 @@ fn describe(log: &SagaLog, ctx: &Ctx) -> String {
     }
     text.push_str(&format!("steps    {}\n", log.steps.len()));
     for step in &log.steps {
-        text.push_str(&describe_step(step));
+        text.push_str(&describe_step(step, ctx));
     }
     text
 }
@@ -266,7 +267,7 @@ fn hint(log: &SagaLog) -> Option<String> {
 }
 
 /// One step: a heading, then its arguments, output and error.
-fn describe_step(step: &StepRecord) -> String {
+fn describe_step(step: &StepRecord, ctx: &Ctx) -> String {
     let mut text = format!(
         "  {}. {}  {}{}\n",
         step.index,
@@ -282,9 +283,10 @@ fn describe_step(step: &StepRecord) -> String {
         text.push_str(&format!("       {label:<7} {}\n", table::one_line(value)));
     };
     field("key", &step.key.to_string());
-    field("args", &compact(&step.args));
+    let shown = |bytes: &[u8]| hidden(ctx, bytes).unwrap_or_else(|| compact(bytes));
+    field("args", &shown(&step.args));
     if let Some(output) = &step.output {
-        field("output", &compact(output));
+        field("output", &shown(output));
     }
     if let Some(error) = &step.error {
         field("error", error);
@@ -299,7 +301,7 @@ fn compact(bytes: &[u8]) -> String {
 }
 
 /// A saga as JSON (see the crate docs for its fields).
-fn saga_json(log: &SagaLog) -> Value {
+fn saga_json(log: &SagaLog, ctx: &Ctx) -> Value {
     let steps: Vec<Value> = log
         .steps
         .iter()
@@ -310,8 +312,8 @@ fn saga_json(log: &SagaLog) -> Value {
                 "key": step.key.to_string(),
                 "irreversible": step.irreversible,
                 "state": step.state.as_str(),
-                "args": json_value(&step.args),
-                "output": step.output.as_deref().map(json_value),
+                "args": shown_json(ctx, &step.args),
+                "output": step.output.as_deref().map(|output| shown_json(ctx, output)),
                 "error": step.error,
             })
         })

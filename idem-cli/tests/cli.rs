@@ -573,7 +573,21 @@ async fn records_are_listed_shown_and_counted(env: Env) {
             .json(),
         "send_quote",
     );
-    let shown = env.idem(&["show", &quote_key[..10]]);
+    // By default a stored value is shown as its size only: it may hold personal data.
+    let hidden = env.idem(&["show", &quote_key[..10]]).ok().to_owned();
+    assert!(
+        hidden.contains("result: <") && hidden.contains(" bytes; --show-values prints it>"),
+        "{hidden}"
+    );
+    assert!(!hidden.contains("message_id"), "{hidden}");
+    let hidden_json = env.idem(&["show", &quote_key[..10], "--json"]).json();
+    assert!(
+        hidden_json["outcome"]["ok"]
+            .as_str()
+            .is_some_and(|shown| shown.ends_with("bytes; --show-values prints it>")),
+        "{hidden_json}"
+    );
+    let shown = env.idem(&["show", &quote_key[..10], "--show-values"]);
     let text = shown.ok();
     assert!(
         text.contains(&format!("key          {quote_key}")),
@@ -585,7 +599,9 @@ async fn records_are_listed_shown_and_counted(env: Env) {
         text.contains("result:\n{\n  \"message_id\": \"<Q-"),
         "pretty JSON: {text}"
     );
-    let json = env.idem(&["show", &quote_key[..10], "--json"]).json();
+    let json = env
+        .idem(&["show", &quote_key[..10], "--json", "--show-values"])
+        .json();
     assert_eq!(json["key"], quote_key.as_str());
     assert_eq!(json["status"], "completed");
     let receipt: Receipt =
@@ -600,14 +616,16 @@ async fn records_are_listed_shown_and_counted(env: Env) {
 
     // show: a recorded error.
     let declined = key_of(&listing, "charge_card");
-    let text = env.idem(&["show", &declined[..12]]).stdout;
+    let text = env.idem(&["--show-values", "show", &declined[..12]]).stdout;
     assert!(text.contains("status       failed"), "{text}");
     assert!(
         text.contains("error (declared final with cache_err):"),
         "{text}"
     );
     assert!(text.contains("card of ada declined for 4200"), "{text}");
-    let json = env.idem(&["show", &declined, "--json"]).json();
+    let json = env
+        .idem(&["show", &declined, "--json", "--show-values"])
+        .json();
     assert_eq!(
         json["outcome"]["err"],
         serde_json::json!({ "Declined": "card of ada declined for 4200" })
@@ -893,7 +911,10 @@ async fn sagas_are_listed_shown_and_resolved(env: Env) {
     assert_eq!(all.as_array().map(Vec::len), Some(3));
 
     // One saga: its steps, their outputs, the compensation's error.
-    let text = env.idem(&["saga", "order-stuck"]).stdout;
+    let hidden = env.idem(&["saga", "order-stuck"]).stdout;
+    assert!(hidden.contains("args    <"), "{hidden}");
+    assert!(!hidden.contains("ch_stuck"), "{hidden}");
+    let text = env.idem(&["saga", "order-stuck", "--show-values"]).stdout;
     assert!(text.contains("saga     order-stuck"), "{text}");
     assert!(text.contains("status   needs_attention"), "{text}");
     assert!(text.contains("idem resolve"), "says what to do: {text}");
@@ -909,7 +930,9 @@ async fn sagas_are_listed_shown_and_resolved(env: Env) {
     assert!(text.contains("the payment provider is down"), "{text}");
     assert!(text.contains("2. ship_order  failed"), "{text}");
     assert!(text.contains("the warehouse is closed"), "{text}");
-    let json = env.idem(&["saga", "order-stuck", "--json"]).json();
+    let json = env
+        .idem(&["saga", "order-stuck", "--json", "--show-values"])
+        .json();
     let saga = &json[0];
     assert_eq!(saga["status"], "needs_attention");
     assert_eq!(saga["note"], Value::Null);
@@ -928,7 +951,9 @@ async fn sagas_are_listed_shown_and_resolved(env: Env) {
         .is_some_and(|e| e.contains("the payment provider is down")));
     assert_eq!(steps[2]["state"], "failed");
     assert_eq!(steps[2]["output"], Value::Null);
-    let ok = env.idem(&["saga", "order-ok", "--json"]).json();
+    let ok = env
+        .idem(&["saga", "order-ok", "--json", "--show-values"])
+        .json();
     assert_eq!(ok[0]["status"], "completed");
     assert_eq!(ok[0]["steps"][2]["output"], "shipment for ok");
 

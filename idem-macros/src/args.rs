@@ -28,6 +28,7 @@ const GRAMMAR: Grammar = Grammar {
         ("in_doubt", Form::Value),
         ("on_stale", Form::Value),
         ("verify", Form::Value),
+        ("max_value_bytes", Form::Value),
         ("store", Form::Value),
         ("crate", Form::Value),
     ],
@@ -70,6 +71,7 @@ pub(crate) struct Args {
     pub(crate) in_doubt: Option<Expr>,
     pub(crate) on_stale: Option<OnStale>,
     pub(crate) verify: Option<Path>,
+    pub(crate) max_value_bytes: Option<u64>,
     pub(crate) store: Option<Expr>,
     pub(crate) krate: Option<Path>,
 }
@@ -140,6 +142,7 @@ impl Args {
                     "`verify` names a function, as in `verify = find_charge`: it is called with the same arguments (by reference) before a call left in doubt runs again",
                 )?
             }
+            "max_value_bytes" => self.max_value_bytes = parse_byte_limit(input, errors)?,
             "store" => self.store = Some(input.parse()?),
             "crate" => self.krate = Some(input.call(Path::parse_mod_style)?),
             _ => errors.at(name, GRAMMAR.unknown(label)),
@@ -163,6 +166,32 @@ pub(crate) fn parse_function(
             Ok(None)
         }
     }
+}
+
+/// `max_value_bytes = 4_194_304`: a whole number of bytes, at least 1; `None` after
+/// reporting anything else.
+pub(crate) fn parse_byte_limit(
+    input: ParseStream<'_>,
+    errors: &mut Errors,
+) -> syn::Result<Option<u64>> {
+    // An expression, so that `-1` or `"1MiB"` is refused as a whole.
+    let limit: Expr = input.parse()?;
+    let bytes = match &limit {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(number),
+            ..
+        }) if number.suffix().is_empty() || number.suffix() == "usize" => {
+            number.base10_parse::<u64>().ok().filter(|bytes| *bytes > 0)
+        }
+        _ => None,
+    };
+    if bytes.is_none() {
+        errors.at(
+            &limit,
+            "`max_value_bytes` is a whole number of bytes, at least 1, as in `max_value_bytes = 4_194_304`",
+        );
+    }
+    Ok(bytes)
 }
 
 fn parse_list<T>(

@@ -40,6 +40,9 @@ pub(crate) fn idempotent(attr: TokenStream, item: TokenStream) -> TokenStream {
             return with_errors(item, &error);
         }
     };
+    // On an error the function is emitted as written, less the `#[secret]` that rustc does
+    // not know: one mistake, one error.
+    let item = crate::step_function::without_secret_attributes(&function);
     let args = match Args::parse(attr) {
         Ok(args) => args,
         Err(error) => return with_errors(item, &error),
@@ -343,6 +346,10 @@ fn action_builder(function: &Function, args: &Args, private: &TokenStream) -> To
         Some(OnStale::TakeOver) => builder.extend(quote!(.on_stale(#private::OnStale::TakeOver))),
         Some(OnStale::Review) => builder.extend(quote!(.on_stale(#private::OnStale::Review))),
         None => {}
+    }
+    if let Some(bytes) = args.max_value_bytes {
+        let bytes = proc_macro2::Literal::u64_unsuffixed(bytes);
+        builder.extend(quote!(.max_value_bytes(#bytes)));
     }
     builder
 }

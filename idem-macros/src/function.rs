@@ -40,8 +40,12 @@ pub(crate) struct Function {
 }
 
 impl Function {
-    pub(crate) fn read(item: ItemFn, args: &Args) -> Result<Function, syn::Error> {
+    pub(crate) fn read(mut item: ItemFn, args: &Args) -> Result<Function, syn::Error> {
         let mut errors = Errors::default();
+        // `#[secret]` changes nothing here: an `#[idempotent]` call stores hashes of its
+        // arguments, never the arguments. It is accepted (and taken off, as rustc does not
+        // know it) so that a function can move between `#[idempotent]` and `#[saga_step]`.
+        crate::step_function::take_secret_attributes(&mut item.sig, &mut errors);
         let found = shape(&item);
         if found.is_none() {
             errors.at(

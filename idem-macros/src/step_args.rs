@@ -5,7 +5,7 @@ use proc_macro2::{Span, TokenStream};
 use syn::parse::ParseStream;
 use syn::{Ident, LitStr, Path};
 
-use crate::args::{non_empty, parse_function, Form, Grammar};
+use crate::args::{non_empty, parse_byte_limit, parse_function, Form, Grammar};
 use crate::errors::Errors;
 
 /// Every option, in the order the documentation gives them.
@@ -15,6 +15,7 @@ const GRAMMAR: Grammar = Grammar {
         ("irreversible", Form::Word),
         ("verify", Form::Value),
         ("rerun_safe", Form::Word),
+        ("max_value_bytes", Form::Value),
         ("name", Form::Value),
         ("crate", Form::Value),
     ],
@@ -37,6 +38,8 @@ pub(crate) struct StepArgs {
     /// `rerun_safe`: an irreversible step whose service deduplicates by its key, so that
     /// recovery may run it again to learn its output.
     pub(crate) rerun_safe: Option<Ident>,
+    /// `max_value_bytes = N`: the largest arguments or output, serialized, it logs.
+    pub(crate) max_value_bytes: Option<u64>,
     pub(crate) name: Option<LitStr>,
     pub(crate) krate: Option<Path>,
 }
@@ -53,6 +56,7 @@ impl StepArgs {
         let mut krate = None;
         let mut verify = None;
         let mut rerun_safe = None;
+        let mut max_value_bytes = None;
         GRAMMAR.parse(tokens, &mut errors, |label, option, input, errors| {
             match label {
                 "compensate" => {
@@ -73,6 +77,7 @@ impl StepArgs {
                     )?
                 }
                 "rerun_safe" => rerun_safe = Some(option.clone()),
+                "max_value_bytes" => max_value_bytes = parse_byte_limit(input, errors)?,
                 "name" => name = Some(non_empty(label, input.parse()?, errors)),
                 "crate" => krate = Some(input.call(Path::parse_mod_style)?),
                 _ => errors.at(option, GRAMMAR.unknown(label)),
@@ -100,6 +105,7 @@ impl StepArgs {
             undo,
             verify,
             rerun_safe,
+            max_value_bytes,
             name,
             krate,
         })

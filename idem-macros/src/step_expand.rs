@@ -77,9 +77,27 @@ pub(crate) fn saga_step(attr: TokenStream, item: TokenStream) -> TokenStream {
             return with_errors(item, &error);
         }
     };
+    // On an error the function is emitted as written, less the `#[secret]` that rustc does
+    // not know: one mistake, one error.
+    let item = crate::step_function::without_secret_attributes(&function);
     // The options and the function are checked apart: a mistake in each is reported.
     match (StepArgs::parse(attr), Step::read(function)) {
-        (Ok(args), Ok(step)) => rewrite(&step, &args),
+        (Ok(args), Ok(step)) => match (&args.verify, step.secret()) {
+            // `verify` is called with the arguments read back from the log, which keeps
+            // only a placeholder for a secret one. The function is emitted without the
+            // `#[secret]` that rustc does not know, so that this is the one error.
+            (Some(verify), Some(secret)) => {
+                let error = syn::Error::new_spanned(
+                    verify,
+                    format!(
+                        "`verify` cannot be used on a step with a `#[secret]` argument (`{}`): recovery calls `verify` with the step's arguments read back from the saga log, which keeps only a placeholder for a secret one",
+                        secret.name
+                    ),
+                );
+                with_errors(step.item.to_token_stream(), &error)
+            }
+            _ => rewrite(&step, &args),
+        },
         (Err(mut error), Err(more)) => {
             error.combine(more);
             with_errors(item, &error)
@@ -216,6 +234,12 @@ impl<'a> Expansion<'a> {
     /// cannot fail to compile) and returns the `i`-th; its bounds are reported on each `Tj`,
     /// where `owned::<Tj>` has already reported them in `ArgOwned`'s words.
     fn arguments(&mut self) {
+        // A step with a `#[secret]` argument is never read back from the log (its `run`
+        // refuses, its compensation takes the output alone, `verify` is refused): its
+        // arguments need no `Deserialize`, and nothing here is generated.
+        if self.step.secret().is_some() {
+            return;
+        }
         let private = &self.private;
         let arguments = &self.step.arguments;
         let owned = internal("__idem_owned");
@@ -325,15 +349,34 @@ impl<'a> Expansion<'a> {
         let log = internal("__idem_log");
         let logged = internal("__idem_logged");
         let lifetime = Lifetime::new("'__idem", Span::mixed_site());
-        let params = type_params(step.arguments.len());
-        let values = step.arguments.iter().map(|argument| {
+        // A `#[secret]` argument is not passed to `log`: the log gets `Redacted` in its
+        // place, and the argument need not be `Serialize`.
+        let logged_arguments: Vec<_> = step
+            .arguments
+            .iter()
+            .filter(|argument| argument.secret.is_none())
+            .collect();
+        let params = type_params(logged_arguments.len());
+        let values = logged_arguments.iter().map(|argument| {
             let (first, last) = first_and_last(&argument.written);
             let name = &argument.name;
             let value = quote_spanned!(last=> (#name));
             quote_spanned!(first=> &#value)
         });
-        let names: Vec<_> = (0..step.arguments.len())
+        let names: Vec<_> = (0..logged_arguments.len())
             .map(|i| format_ident!("__idem_arg{}", i, span = Span::mixed_site()))
+            .collect();
+        let mut logged_names = names.iter();
+        let tuple: Vec<TokenStream> = step
+            .arguments
+            .iter()
+            .map(|argument| match argument.secret {
+                None => {
+                    let name = logged_names.next();
+                    quote!(#name)
+                }
+                Some(_) => quote!(&#private::Redacted),
+            })
             .collect();
         let step_call = {
             let at = located(step.output().span());
@@ -349,7 +392,7 @@ impl<'a> Expansion<'a> {
             fn #log<#lifetime, #(#params: ?::core::marker::Sized + #private::StepArgument),*>(
                 #(#names: &#lifetime #params,)*
             ) -> #private::StepArgs {
-                #private::step_args(&(#(#names,)*))
+                #private::step_args(&(#(#tuple,)*))
             }
         };
         let call = quote! {
@@ -392,15 +435,28 @@ impl<'a> Expansion<'a> {
             let arguments = quote_spanned!(last=> (#arguments));
             quote!(#into_result #arguments)
         };
+        let run_body = match step.secret() {
+            // The log keeps a placeholder for the secret: the step cannot be called from it.
+            Some(secret) => {
+                let argument = LitStr::new(&secret.name.unraw().to_string(), secret.name.span());
+                quote! {
+                    let _ = #bytes;
+                    ::core::result::Result::Err(#private::secret_not_logged(#name, #argument))
+                }
+            }
+            None => quote! {
+                #decode
+                #private::encode_output::<#ok_hole, #err_hole>(
+                    #into_result,
+                )
+            },
+        };
         let run_fn = quote! {
             fn #run(#bytes: #vec_u8) -> #private::StepFuture<::core::result::Result<#vec_u8, #private::StepFailure>> {
                 ::std::boxed::Box::pin(async move {
                     #check_output
                     #check_arguments
-                    #decode
-                    #private::encode_output::<#ok_hole, #err_hole>(
-                        #into_result,
-                    )
+                    #run_body
                 })
             }
         };
@@ -419,6 +475,14 @@ impl<'a> Expansion<'a> {
         });
         if args.rerun_safe.is_some() {
             def.extend(quote!(.rerun_safe()));
+        }
+        if let Some(bytes) = args.max_value_bytes {
+            let bytes = proc_macro2::Literal::u64_unsuffixed(bytes);
+            def.extend(quote!(.max_value_bytes(#bytes)));
+        }
+        if let Some(secret) = step.secret() {
+            let argument = LitStr::new(&secret.name.unraw().to_string(), secret.name.span());
+            def.extend(quote!(.secret(#argument)));
         }
         quote! {
             #readers
@@ -460,14 +524,26 @@ impl<'a> Expansion<'a> {
         let shown = respan(private, first);
         let callee = quote_spanned!(last=> (#path));
         let await_ = quote_spanned!(last=> .await);
-        let call = quote_spanned! {first=>
-            #shown::compensated(
-                #shown::Compensation::<#ok, (#(#argument_types,)*), _>::call(
-                    #callee,
-                    &mut #slot,
-                    (#(#passed,)*),
-                )#await_
-            )
+        let (call, decode) = if step.secret().is_some() {
+            // The log keeps no secret argument to pass: the output alone, by a trait whose
+            // error says so where a compensation wants the arguments too.
+            let call = quote_spanned! {first=>
+                #shown::compensated(
+                    #shown::CompensationFromOutput::<#ok, _>::call(#callee, &mut #slot)#await_
+                )
+            };
+            (call, quote!(let _ = #bytes;))
+        } else {
+            let call = quote_spanned! {first=>
+                #shown::compensated(
+                    #shown::Compensation::<#ok, (#(#argument_types,)*), _>::call(
+                        #callee,
+                        &mut #slot,
+                        (#(#passed,)*),
+                    )#await_
+                )
+            };
+            (call, decode)
         };
         quote! {
             fn #name(

@@ -18,6 +18,8 @@ pub(crate) struct StepArgument {
     pub(crate) ty: Type,
     /// `name: Type` as written, for errors about the argument.
     pub(crate) written: TokenStream,
+    /// `#[secret]`, where it was written: the log keeps a placeholder for the argument.
+    pub(crate) secret: Option<syn::Attribute>,
 }
 
 /// The step, read and checked.
@@ -27,12 +29,22 @@ pub(crate) struct Step {
 }
 
 impl Step {
-    pub(crate) fn read(item: ItemFn) -> Result<Step, syn::Error> {
+    pub(crate) fn read(mut item: ItemFn) -> Result<Step, syn::Error> {
         let mut errors = Errors::default();
         check_signature(&item.sig, &mut errors);
-        let arguments = arguments(&item.sig, &mut errors);
+        // `#[secret]` is idem's, not rustc's: taken off the argument before it is emitted.
+        let secrets = take_secret_attributes(&mut item.sig, &mut errors);
+        let mut arguments = arguments(&item.sig, &mut errors);
+        for (argument, secret) in arguments.iter_mut().zip(secrets) {
+            argument.secret = secret;
+        }
         check_output(&item.sig, &mut errors);
         errors.finish(Step { item, arguments })
+    }
+
+    /// The first `#[secret]` argument, if any.
+    pub(crate) fn secret(&self) -> Option<&StepArgument> {
+        self.arguments.iter().find(|a| a.secret.is_some())
     }
 
     /// The type the step's future returns.
@@ -112,6 +124,7 @@ fn arguments(sig: &Signature, errors: &mut Errors) -> Vec<StepArgument> {
                         name: pat.ident.clone(),
                         ty: (*typed.ty).clone(),
                         written: typed.to_token_stream(),
+                        secret: None,
                     });
                 }
                 other => errors.at(
@@ -121,6 +134,44 @@ fn arguments(sig: &Signature, errors: &mut Errors) -> Vec<StepArgument> {
             }
     }
     arguments
+}
+
+/// The function's tokens without `#[secret]` on its arguments: what is emitted beside an
+/// error.
+pub(crate) fn without_secret_attributes(function: &ItemFn) -> TokenStream {
+    let mut shown = function.clone();
+    take_secret_attributes(&mut shown.sig, &mut Errors::default());
+    shown.to_token_stream()
+}
+
+/// Takes `#[secret]` off each typed argument: one entry per typed argument (receivers are
+/// skipped, as `arguments` skips them), the attribute where it was written.
+pub(crate) fn take_secret_attributes(
+    sig: &mut Signature,
+    errors: &mut Errors,
+) -> Vec<Option<syn::Attribute>> {
+    let mut found = Vec::new();
+    for input in &mut sig.inputs {
+        let FnArg::Typed(typed) = input else {
+            continue;
+        };
+        let mut secret = None;
+        typed.attrs.retain(|attr| {
+            if !attr.path().is_ident("secret") {
+                return true;
+            }
+            if !matches!(attr.meta, syn::Meta::Path(_)) {
+                errors.at(
+                    attr,
+                    "`#[secret]` takes no arguments: write `#[secret]` alone",
+                );
+            }
+            secret.get_or_insert_with(|| attr.clone());
+            false
+        });
+        found.push(secret);
+    }
+    found
 }
 
 /// The return type: a `Result` whose `Ok` type does not borrow.

@@ -158,6 +158,34 @@ pub enum Error {
         /// What does not fit.
         problem: String,
     },
+    /// A value is larger than the action's limit (`max_value_bytes`, 1 MiB by default) and is
+    /// not stored: tool input comes from a model, and a 50 MB argument or result must not
+    /// reach the store.
+    ///
+    /// - The arguments of a saga step: refused before the step's intent is logged; its body
+    ///   did not run.
+    /// - A result (of an `#[idempotent]` call, or a saga step's output): the body **ran** and
+    ///   its effect happened, but its result cannot be recorded. The key is not freed for a
+    ///   blind re-run: it is left in doubt, as for any outcome idem cannot record, and the
+    ///   next call follows the action's `on_stale` (runs again, told it resumes an
+    ///   interrupted call, or waits for an operator's review).
+    ///
+    /// ```
+    /// let key = idem_runtime::Action::new("fetch_page").key(&("https://example.com",)).unwrap();
+    /// let error = idem_runtime::Error::TooLarge { key, what: "the result".into(), size: 3_000_000, limit: 1 << 20 };
+    /// assert!(!error.is_transient());
+    /// assert!(error.to_string().contains("3000000 bytes"));
+    /// ```
+    TooLarge {
+        /// The key of the call (or of the saga step) the value belongs to.
+        key: Key,
+        /// Which value: `the result`, `the arguments of saga step `charge``, …
+        what: String,
+        /// Its size, serialized, in bytes.
+        size: usize,
+        /// The limit it is over, in bytes.
+        limit: usize,
+    },
 }
 
 impl Error {
@@ -167,7 +195,8 @@ impl Error {
             Error::InProgress { key, .. }
             | Error::PayloadMismatch { key, .. }
             | Error::LostOwnership { key, .. }
-            | Error::NeedsReview { key, .. } => Some(key),
+            | Error::NeedsReview { key, .. }
+            | Error::TooLarge { key, .. } => Some(key),
             Error::Store { key, .. } | Error::Codec { key, .. } => key.as_ref(),
             Error::NoStore { .. }
             | Error::SagaRolledBack { .. }
@@ -275,6 +304,16 @@ impl fmt::Display for Error {
                 "saga `{saga}` needed attention and was settled by hand: {note}"
             ),
             Error::SagaLog { saga, problem } => write!(f, "saga `{saga}`: {problem}"),
+            Error::TooLarge {
+                key,
+                what,
+                size,
+                limit,
+            } => write!(
+                f,
+                "{what} for key {key} is {size} bytes, over the limit of {limit} bytes \
+                 (`max_value_bytes`); it is not stored"
+            ),
             Error::StepInDoubt {
                 saga,
                 step,

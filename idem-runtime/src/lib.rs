@@ -119,5 +119,7 @@ pub use call::{
 };
 pub use error::{BoxError, Error, SharedError};
 pub use key::{canonical_json, CanonicalError, Fingerprint, Key, ParseKeyError};
-pub use saga::{recover, Recover, RecoveryReport, Retry, Saga, StepCall, Steps};
+pub use saga::{
+    recover, Recover, RecoveryReport, Retry, Saga, StepCall, Steps, SECRET_PLACEHOLDER,
+};
 pub use store::{OnStale, Store};

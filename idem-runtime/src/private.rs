@@ -203,8 +203,8 @@ pub fn fail<R, T, E>(codec: &Codec<R, T, E>, action: &Action, error: Error) -> R
 // ---- `#[saga_step]` ----
 
 pub use crate::saga::step::{
-    ArgOwned, CompensateStep, Compensation, RunStep, StepDef, StepFailure, StepFuture,
-    StepRegistration, VerifyStep,
+    ArgOwned, CompensateStep, Compensation, CompensationFromOutput, RunStep, StepDef, StepFailure,
+    StepFuture, StepRegistration, VerifyStep,
 };
 pub use crate::saga::StepCall;
 pub use core::borrow::Borrow;
@@ -255,6 +255,23 @@ where
     F: Future<Output = R>,
 {
     StepCall::new(def, args.0, body)
+}
+
+/// What the saga log keeps in place of a `#[secret]` argument: the text `"<secret>"`, never
+/// the value, its length or a hash of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Redacted;
+
+impl Serialize for Redacted {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(crate::saga::SECRET_PLACEHOLDER)
+    }
+}
+
+/// What the registered `run` of a step with a `#[secret]` argument answers: the log does not
+/// keep that argument, so the step cannot be called again from it.
+pub fn secret_not_logged(step: &'static str, argument: &'static str) -> StepFailure {
+    StepFailure::Idem(crate::saga::step::secret_refusal(step, argument))
 }
 
 /// A step's arguments, read back from the log.

@@ -41,6 +41,7 @@ fn kind(error: &Error) -> &'static str {
         Error::SagaResolved { .. } => "saga_resolved",
         Error::ActionClash { .. } => "action_clash",
         Error::SagaLog { .. } => "saga_log",
+        Error::TooLarge { .. } => "too_large",
     }
 }
 
@@ -67,7 +68,7 @@ fn names(error: &Error, data: &mut Map<String, Value>) {
         | Error::SagaLog { saga, .. } => {
             data.insert("saga".into(), json!(saga));
         }
-        Error::Store { .. } | Error::Codec { .. } => {}
+        Error::Store { .. } | Error::Codec { .. } | Error::TooLarge { .. } => {}
     }
 }
 

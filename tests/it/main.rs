@@ -20,6 +20,7 @@ mod identity;
 mod in_doubt;
 mod processes;
 mod replay_cache;
+mod safe_at_rest;
 mod saga_crashes;
 mod saga_regressions;
 mod saga_world;

@@ -48,6 +48,9 @@ pub struct ActionSettings {
     pub on_conflict: OnConflict,
     /// What the next caller does with a key in doubt.
     pub on_stale: OnStale,
+    /// The largest result (serialized) that is recorded; a larger one is
+    /// [`Error::TooLarge`] and leaves the key in doubt.
+    pub max_value_bytes: usize,
 }
 
 /// One idempotent action: its name, namespace and version (which form every key) and the
@@ -76,6 +79,7 @@ pub struct Action {
     lease: Duration,
     on_conflict: OnConflict,
     on_stale: OnStale,
+    max_value_bytes: usize,
     /// The function it belongs to (`module::function`), for `#[idempotent]`'s actions: they
     /// take part in the check that two functions never share keys.
     origin: Option<&'static str>,
@@ -103,6 +107,11 @@ impl Action {
     pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
     /// The namespace of actions that name none.
     pub const DEFAULT_NAMESPACE: &'static str = "default";
+    /// The largest value recorded by default: 1 MiB (serialized). Every store takes far
+    /// more (Redis strings 512 MB, PostgreSQL `bytea` 1 GB, SQLite 1 GB blobs), but a result
+    /// or a saga step's arguments that large is almost always a model's runaway input or a
+    /// tool's runaway output, and would be copied on every replay.
+    pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
 
     /// An action with this name and the defaults: namespace `default`, version 1, ttl 24h,
     /// lease 10s, `on_conflict = wait(30s)`, `on_stale = takeover`.
@@ -115,6 +124,7 @@ impl Action {
             lease: Self::DEFAULT_LEASE,
             on_conflict: OnConflict::Wait(Self::DEFAULT_WAIT),
             on_stale: OnStale::TakeOver,
+            max_value_bytes: Self::DEFAULT_MAX_VALUE_BYTES,
             origin: None,
             method: false,
             prefixed: false,
@@ -179,6 +189,25 @@ impl Action {
     /// What the next caller does with a key whose owner died inside the body.
     pub const fn on_stale(mut self, on_stale: OnStale) -> Self {
         self.on_stale = on_stale;
+        self
+    }
+
+    /// The largest result, serialized, that a call records (default
+    /// [`Action::DEFAULT_MAX_VALUE_BYTES`], 1 MiB; `#[idempotent(max_value_bytes = …)]`).
+    /// The body of a call whose result is larger has run, so its key is not freed for a
+    /// blind re-run: the call returns [`Error::TooLarge`] and the key is left in doubt (the
+    /// next call follows `on_stale`). `usize::MAX` sets no limit.
+    ///
+    /// ```
+    /// use idem_runtime::Action;
+    ///
+    /// // Page contents can be large; keep up to 8 MiB of them.
+    /// static FETCH: Action = Action::new("fetch_page").max_value_bytes(8 << 20);
+    /// assert_eq!(FETCH.settings().max_value_bytes, 8 << 20);
+    /// assert_eq!(Action::new("send").settings().max_value_bytes, Action::DEFAULT_MAX_VALUE_BYTES);
+    /// ```
+    pub const fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
         self
     }
 
@@ -300,6 +329,7 @@ impl Action {
             lease: self.lease,
             on_conflict: self.on_conflict,
             on_stale: self.on_stale,
+            max_value_bytes: self.max_value_bytes,
         }
     }
 

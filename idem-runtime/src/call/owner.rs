@@ -67,6 +67,12 @@ impl Owner<'_> {
         };
         match (codec.into_result)(output) {
             Ok(value) => match (codec.encode)(&value) {
+                // The effect happened and cannot be recorded: as for any outcome idem cannot
+                // record, the key is left in doubt, never freed for a blind re-run.
+                Ok(bytes) if bytes.len() > self.action.settings().max_value_bytes => {
+                    self.in_doubt.store(true, Ordering::Release);
+                    Err(Failed::Idem(self.too_large("the result", bytes.len())))
+                }
                 Ok(bytes) => {
                     let again = || (codec.encode)(&value).ok().map(StoredOutcome::Ok);
                     match self.record(StoredOutcome::Ok(bytes), again).await? {
@@ -100,6 +106,14 @@ impl Owner<'_> {
                     return Err(Failed::Body(error, how));
                 };
                 match (errors.encode)(&error) {
+                    // A final error says the effect did not happen: freeing the key is safe,
+                    // as when it cannot be encoded.
+                    Ok(bytes) if bytes.len() > self.action.settings().max_value_bytes => {
+                        let too_large = self.too_large("the final error", bytes.len());
+                        tracing::warn!(target: "idem", key = %key, error = %too_large, "a final error is too large to record; the key is released instead");
+                        self.release().await;
+                        Err(Failed::Body(error, how))
+                    }
                     Ok(bytes) => {
                         let again = || (errors.encode)(&error).ok().map(StoredOutcome::Err);
                         let how = match self.record(StoredOutcome::Err(bytes), again).await? {
@@ -115,6 +129,15 @@ impl Owner<'_> {
                     }
                 }
             }
+        }
+    }
+
+    fn too_large(&self, what: &str, size: usize) -> Error {
+        Error::TooLarge {
+            key: self.key,
+            what: what.to_owned(),
+            size,
+            limit: self.action.settings().max_value_bytes,
         }
     }
 

@@ -59,6 +59,11 @@ pub(crate) async fn learn(
             .await
             .map_err(crate::saga::step::StepFailure::Idem)
     };
+    // An output over the step's limit is not logged: the step stays in doubt.
+    let within_limit = |output: Vec<u8>| match def.check_size(&step.key, "output", &output) {
+        Ok(()) => Learned::Happened(output),
+        Err(too_large) => Learned::Unknown(too_large.to_string()),
+    };
     if let Some(verify) = def.verifier() {
         let asked = retry
             .run(def.name(), 0, || async {
@@ -67,7 +72,7 @@ pub(crate) async fn learn(
             })
             .await;
         return match asked {
-            Ok(Some(output)) => Learned::Happened(output),
+            Ok(Some(output)) => within_limit(output),
             Ok(None) => Learned::DidNotHappen,
             Err(failure) => Learned::Unknown(format!("its `verify` failed: {failure}")),
         };
@@ -79,6 +84,11 @@ pub(crate) async fn learn(
                 .to_owned(),
         );
     }
+    if let Some(argument) = def.secret_argument() {
+        return Learned::Unknown(
+            crate::saga::step::secret_refusal(def.name(), argument).to_string(),
+        );
+    }
     let rerun = retry
         .run(def.name(), 0, || async {
             owned().await?;
@@ -86,7 +96,7 @@ pub(crate) async fn learn(
         })
         .await;
     match rerun {
-        Ok(output) => Learned::Happened(output),
+        Ok(output) => within_limit(output),
         Err(failure) => Learned::Unknown(format!(
             "running it again under its key failed, which does not say it did not happen: {failure}"
         )),

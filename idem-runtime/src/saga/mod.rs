@@ -29,6 +29,14 @@ use crate::store::{SagaStatus, Store};
 use crate::Error;
 
 pub use recover::{recover, Recover, RecoveryReport};
+
+/// What the saga log keeps in place of a `#[saga_step]` argument marked `#[secret]`: this
+/// JSON string, never the value (nor its length or a hash of it).
+///
+/// ```
+/// assert_eq!(idem_runtime::SECRET_PLACEHOLDER, "<secret>");
+/// ```
+pub const SECRET_PLACEHOLDER: &str = "<secret>";
 pub use retry::Retry;
 pub use step::StepCall;
 pub use steps::Steps;

@@ -54,6 +54,8 @@ pub struct StepDef {
     compensate: Option<CompensateStep>,
     verify: Option<VerifyStep>,
     rerun_safe: bool,
+    max_value_bytes: usize,
+    secret: Option<&'static str>,
 }
 
 impl StepDef {
@@ -65,7 +67,53 @@ impl StepDef {
             compensate,
             verify: None,
             rerun_safe: false,
+            max_value_bytes: crate::Action::DEFAULT_MAX_VALUE_BYTES,
+            secret: None,
         }
+    }
+
+    /// The same step, whose arguments and output (each serialized) may be up to `bytes`
+    /// long (`#[saga_step(max_value_bytes = …)]`; default
+    /// [`Action::DEFAULT_MAX_VALUE_BYTES`](crate::Action::DEFAULT_MAX_VALUE_BYTES), 1 MiB).
+    pub const fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
+        self
+    }
+
+    /// The same step, one of whose arguments (`name`, the first so marked) is `#[secret]`:
+    /// the log keeps a placeholder for it, so the step cannot be run again from the log.
+    pub const fn secret(mut self, name: &'static str) -> Self {
+        self.secret = Some(name);
+        self
+    }
+
+    /// The first `#[secret]` argument, if the step has one: its logged arguments are
+    /// redacted.
+    pub fn secret_argument(&self) -> Option<&'static str> {
+        self.secret
+    }
+
+    /// The largest arguments or output, serialized, the step logs.
+    pub fn value_limit(&self) -> usize {
+        self.max_value_bytes
+    }
+
+    /// `Err(TooLarge)` when `bytes` (the step's `what`) is over the step's limit.
+    pub(crate) fn check_size(
+        &self,
+        key: &crate::key::Key,
+        what: &str,
+        bytes: &[u8],
+    ) -> Result<(), Error> {
+        if bytes.len() <= self.max_value_bytes {
+            return Ok(());
+        }
+        Err(Error::TooLarge {
+            key: *key,
+            what: format!("the {what} of saga step `{}`", self.name),
+            size: bytes.len(),
+            limit: self.max_value_bytes,
+        })
     }
 
     /// The same step, whose doubt `verify` settles (`#[saga_step(verify = …)]`).
@@ -298,6 +346,54 @@ macro_rules! with_arguments {
             }
         }
     };
+}
+
+/// A function that can undo a step with a `#[secret]` argument: it takes the step's output
+/// alone (by value or by reference), since the saga log keeps no secret argument to give it.
+/// `M` tells the forms apart; it is inferred.
+#[diagnostic::on_unimplemented(
+    message = "this function cannot compensate a step with a `#[secret]` argument: it must take the step's output `{O}` alone",
+    label = "the saga log keeps no `#[secret]` argument, so the compensation gets the output `{O}` (by value or by reference) and nothing else",
+    note = "return what the undo needs in the step's output (a charge id, not the card), or fetch the secret inside the compensation (from your vault or configuration)"
+)]
+pub trait CompensationFromOutput<'a, O, M> {
+    /// The compensation's future.
+    type Future: Future;
+    /// Calls the compensation with the output in `output` (always `Some`).
+    fn call(self, output: &'a mut Option<O>) -> Self::Future;
+}
+
+impl<'a, F, Fut, O> CompensationFromOutput<'a, O, (Whole,)> for F
+where
+    F: FnOnce(O) -> Fut,
+    Fut: Future,
+{
+    type Future = Fut;
+    fn call(self, output: &'a mut Option<O>) -> Fut {
+        self(take(output))
+    }
+}
+
+impl<'a, F, Fut, O: 'a> CompensationFromOutput<'a, O, (Borrowed,)> for F
+where
+    F: FnOnce(&'a O) -> Fut,
+    Fut: Future,
+{
+    type Future = Fut;
+    fn call(self, output: &'a mut Option<O>) -> Fut {
+        self(borrow(output))
+    }
+}
+
+/// Why a step with a `#[secret]` argument is not run again from the log.
+pub(crate) fn secret_refusal(step: &str, argument: &str) -> Error {
+    Error::codec(
+        "the logged arguments of a saga step",
+        None,
+        format!(
+            "step `{step}` cannot be run again from the saga log: its argument `{argument}` is `#[secret]`, and the log keeps only a placeholder for it"
+        ),
+    )
 }
 
 with_arguments!(A1);

@@ -102,6 +102,11 @@ impl<'a> Steps<'a> {
         };
         the_registered_step(run, def).map_err(E::from)?;
         let args = args.map_err(|e| E::from(e.with_key(&run.key)))?;
+        // Refused before its intent is logged: nothing ran, and nothing reached the store.
+        if args.len() > def.value_limit() {
+            let key = run.step_key(index, name).map_err(E::from)?;
+            def.check_size(&key, "arguments", &args).map_err(E::from)?;
+        }
         let plan = match logged {
             None => Plan::First,
             Some(logged) => match Self::read_log(run, index, name, &args, logged)? {
@@ -119,7 +124,15 @@ impl<'a> Steps<'a> {
         }
         running.armed = true;
         let (result, happened) = run_body(run, def, &intent, in_doubt, body).await;
-        log_outcome(run, intent, in_doubt || happened, &result, &mut running).await?;
+        log_outcome(
+            run,
+            def,
+            intent,
+            in_doubt || happened,
+            &result,
+            &mut running,
+        )
+        .await?;
         result
     }
 
@@ -246,7 +259,14 @@ where
     };
     // From here on, an early return leaves the step in doubt for rollback.
     running.armed = true;
-    let (record, in_doubt) = match settle_forward(run, def, &logged).await {
+    let forward = match settle_forward(run, def, &logged).await {
+        Forward::Happened(output) => match def.check_size(&logged.key, "output", &output) {
+            Ok(()) => Forward::Happened(output),
+            Err(too_large) => Forward::Unknown(too_large.to_string()),
+        },
+        other => other,
+    };
+    let (record, in_doubt) = match forward {
         Forward::Happened(output) => {
             let value = decode::<T>(&logged, &output).map_err(E::from)?;
             let done = StepRecord {
@@ -274,6 +294,7 @@ where
 /// first run did not happen: the step is left for rollback, and no later step runs).
 async fn log_outcome<T, E>(
     run: &Run<'_>,
+    def: &'static StepDef,
     intent: StepRecord,
     in_doubt: bool,
     result: &Result<T, E>,
@@ -292,6 +313,10 @@ where
                     e,
                 ))
             })?;
+            // The step ran and its output cannot be logged: it stays in doubt (`running` is
+            // still armed), as for an output that does not encode.
+            def.check_size(&intent.key, "output", &output)
+                .map_err(E::from)?;
             let event = if in_doubt { "resumed" } else { "executed" };
             let done = StepRecord {
                 state: StepState::Done,
@@ -402,7 +427,9 @@ where
     let name = def.name();
     let context = run.context(name, intent.key, resumed);
     match in_call(context, body).await {
-        Err(error) if run.pivot().is_some() => {
+        // A step with a `#[secret]` argument cannot be called again from its logged
+        // arguments: its error is returned as it is, for the saga's code to retry.
+        Err(error) if run.pivot().is_some() && def.secret_argument().is_none() => {
             let again = run.context(name, intent.key, true);
             let retried = run
                 .policy

@@ -15,6 +15,8 @@
 //! longer the record's. Leases and TTLs are given as durations: the store adds them to its own
 //! clock, so the clocks of callers on other machines do not matter.
 
+#[cfg(feature = "encryption")]
+mod encrypted;
 mod forward;
 mod inspect;
 mod memory;
@@ -38,6 +40,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
+#[cfg(feature = "encryption")]
+pub use encrypted::{sealed_key_id, EncryptedStore, EncryptionKey, Keyring};
 pub use inspect::{Inspect, RecordCount, RecordKind, RecordQuery, RecordTally, SagaQuery};
 pub use memory::MemoryStore;
 #[cfg(feature = "redis")]

@@ -1,6 +1,7 @@
 //! The runtime's integration tests: one binary, so the crate is linked once.
 
 mod canonical_python;
+mod encrypted;
 mod key_vectors;
 mod layers;
 #[cfg(feature = "metrics")]

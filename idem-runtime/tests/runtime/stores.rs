@@ -1,7 +1,9 @@
 //! Every store passes the whole conformance suite.
 
 use idem_runtime::conformance_tests;
-use idem_runtime::store::{MemoryStore, ReplayCache, SqliteStore};
+use idem_runtime::store::{
+    EncryptedStore, EncryptionKey, Keyring, MemoryStore, ReplayCache, SqliteStore,
+};
 
 conformance_tests!(
     memory,
@@ -34,6 +36,32 @@ conformance_tests!(
     }
 );
 
+// Encryption at rest changes none of the protocol's answers either: the suite through
+// `EncryptedStore`, on memory, and on SQLite where a reopened handle is another process with
+// the same keys.
+conformance_tests!(memory_behind_encryption, async {
+    EncryptedStore::new(MemoryStore::new(), test_keyring())
+});
+
+conformance_tests!(
+    sqlite_behind_encryption,
+    async { EncryptedStore::new(sqlite_file().await, test_keyring()) },
+    reopen = |store: &EncryptedStore<SqliteStore>| {
+        let file = store.inner().path().to_path_buf();
+        async move {
+            let reopened = SqliteStore::open(file).await.expect("open the file again");
+            EncryptedStore::new(reopened, test_keyring())
+        }
+    }
+);
+
+/// The keys of the conformance runs through `EncryptedStore`: a current key and an older
+/// one, as in a rotation.
+pub(crate) fn test_keyring() -> Keyring {
+    Keyring::new(EncryptionKey::from_bytes([0x5a; 32]))
+        .with_previous(EncryptionKey::from_bytes([0xa5; 32]))
+}
+
 conformance_tests!(
     sqlite,
     sqlite_file(),
@@ -45,7 +73,7 @@ conformance_tests!(
 );
 
 /// A store on a file of its own for each test; the folder is removed when the process ends.
-async fn sqlite_file() -> SqliteStore {
+pub(crate) async fn sqlite_file() -> SqliteStore {
     let folder = std::env::temp_dir().join(format!("idem-conformance-{}", std::process::id()));
     std::fs::create_dir_all(&folder).expect("a temporary folder");
     let file = folder.join(format!("{}.db", unique()));
