@@ -73,7 +73,11 @@ fn redis_under_faults_keeps_every_invariant() {
     assert_clean(
         "redis",
         40,
-        &["fault: restart_store", "fault: cut_connections"],
+        &[
+            "fault: restart_store",
+            "fault: cut_connections",
+            "fault: clock_skew",
+        ],
     );
 }
 
@@ -101,7 +105,11 @@ fn postgres_under_faults_keeps_every_invariant() {
     assert_clean(
         "postgres",
         40,
-        &["fault: restart_store", "fault: terminate_backends"],
+        &[
+            "fault: restart_store",
+            "fault: terminate_backends",
+            "fault: clock_skew",
+        ],
     );
 }
 
