@@ -160,6 +160,26 @@ impl Run {
 /// answered, the fencing token it ran under.
 type Made<'a> = (&'a Effect, bool, u64, u64);
 
+/// The runs of one key in one era of the ledger, split where their claims were made in
+/// different eras of the store. An effect is placed in an era by when it was written; its
+/// claim may be older (an owner claimed before a restart that lost the records, and wrote its
+/// effect after it). For a store that lost its records (`lost`), a run whose fencing token is
+/// smaller than one before it has its claim from a counter that started again: a later era.
+/// (In a store that lost nothing, tokens are never reused, and nothing is split.)
+fn claimed_in_one_era<'r, 'm>(runs: &'r [&'r Made<'m>], lost: bool) -> Vec<Vec<&'r Made<'m>>> {
+    let mut eras: Vec<Vec<&Made<'m>>> = vec![Vec::new()];
+    let mut highest = 0;
+    for run in runs {
+        let token = run.3;
+        if lost && token < highest {
+            eras.push(Vec::new());
+        }
+        highest = highest.max(token);
+        eras.last_mut().expect("one era at least").push(run);
+    }
+    eras
+}
+
 /// Per era of the store (`None`: during a restart that lost its records), the first value
 /// acknowledged, and to which call.
 type ByEra = BTreeMap<Option<usize>, (u64, CallId)>;
@@ -247,7 +267,10 @@ pub fn check(run: &Run) -> Report {
                 by_era.entry(*made_in).or_default().push(run);
             }
         }
-        let within_an_era = by_era.values().any(|runs| too_many(*action, runs));
+        let within_an_era = by_era
+            .values()
+            .flat_map(|runs| claimed_in_one_era(runs, eras > 0))
+            .any(|runs| too_many(*action, &runs));
         once.broken(
             || {
                 format!(
@@ -581,6 +604,18 @@ mod tests {
             effect(3, false, 1),
         ]);
         assert_eq!((within.violations, within.allowed_by_durability), (1, 0));
+        // A claim from before the restart whose effect was written after it: its token is
+        // the old counter's, larger than the new one's, so the two runs are of two eras.
+        let straddling = once(vec![
+            effect(1, false, 30852),
+            lost(5),
+            effect(2, false, 30853),
+            effect(3, false, 13),
+        ]);
+        assert_eq!(
+            (straddling.violations, straddling.allowed_by_durability),
+            (0, 1)
+        );
         // Made while the store restarted: either era, so never held against it.
         let during = once(vec![
             effect(1, false, 10),
