@@ -367,4 +367,12 @@ async fn postgres_urls_with_tls_parameters_that_cannot_work_are_refused() {
         let said = store::open(&url).await.unwrap_err().to_string();
         assert!(said.contains(named), "{url}: {said}");
     }
+    // A CA in the URL and another given to the builder: neither is silently dropped.
+    let twice = PostgresStore::builder(&format!("{url}?sslmode=verify-full&sslrootcert=/ca.pem"))
+        .tls_root_certificate(b"-----BEGIN CERTIFICATE-----".to_vec())
+        .connect()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(twice.contains("give one of them"), "{twice}");
 }

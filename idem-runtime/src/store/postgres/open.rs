@@ -437,17 +437,29 @@ fn connections(url: &str, statement_timeout: Duration, tls: &TlsSettings) -> Res
             Some(path) if settings.root_certificates.is_none() => {
                 settings.root_certificates = Some(read_pem_file("postgres", "sslrootcert", path)?);
             }
-            Some(_) => {}
+            // Two CAs, one of which would be ignored without a word: which one is meant?
+            Some(_) => {
+                return Err(refused(
+                    "sslrootcert= in the URL and a CA given to the builder                      (tls_root_certificate): give one of them"
+                        .to_owned(),
+                ))
+            }
         }
         match (cert.as_deref(), key.as_deref()) {
             (None, None) => {}
             (Some(cert), Some(key)) if settings.client.is_none() => {
-                settings.client = Some(ClientIdentity {
-                    certificate_chain: read_pem_file("postgres", "sslcert", cert)?,
-                    key: read_pem_file("postgres", "sslkey", key)?,
-                });
+                settings.client = Some(ClientIdentity::new(
+                    read_pem_file("postgres", "sslcert", cert)?,
+                    read_pem_file("postgres", "sslkey", key)?,
+                ));
             }
-            (Some(_), Some(_)) => {}
+            (Some(_), Some(_)) => {
+                return Err(refused(
+                    "sslcert=/sslkey= in the URL and a client certificate given to the builder \
+                     (tls_client_certificate): give one of them"
+                        .to_owned(),
+                ))
+            }
             _ => {
                 return Err(refused(
                     "a client certificate needs both sslcert= and sslkey=".to_owned(),
