@@ -364,6 +364,43 @@ async fn synchronous_replication_records_a_result_across_a_failover() {
     );
 }
 
+/// A call held open in its body across an asynchronous failover whose standby had stopped
+/// receiving: its claim is not on the promoted server.
+struct HeldAcrossFailover {
+    /// The servers (kept: dropping them would stop them).
+    pair: Pair,
+    store: PostgresStore,
+    ledger: Arc<Ledger>,
+    /// The held call.
+    call: JoinHandle<Answered>,
+    /// Lets its body end.
+    finish: oneshot::Sender<()>,
+}
+
+/// Starts a primary and an asynchronous standby, stops replication once the schema is on the
+/// standby, holds a call of `order` open in its body, and fails over. `None` (skipped) where
+/// PostgreSQL is not installed.
+async fn held_across_a_lagging_failover(
+    action: &'static Action,
+    order: &'static str,
+) -> Option<HeldAcrossFailover> {
+    let pair = Pair::start(false).await?;
+    let store = pair.store().await;
+    // The schema is on the standby; from now on it receives nothing.
+    on(&pair.primary, PostgresServer::wait_replayed).await;
+    on(&pair.primary, PostgresServer::pause_replication).await;
+    let ledger = Arc::new(Ledger::default());
+    let (call, finish) = call_held_open(&store, action, order, &ledger).await;
+    pair.fail_over().await;
+    Some(HeldAcrossFailover {
+        pair,
+        store,
+        ledger,
+        call,
+        finish,
+    })
+}
+
 /// Asynchronous replication with a standby that lags: the claim of a running call was never
 /// sent to the standby, so the promotion loses it. When the body ends, the call does not
 /// answer with its value as if all were well: it fails with `LostOwnership`, naming the key
@@ -376,18 +413,17 @@ async fn synchronous_replication_records_a_result_across_a_failover() {
 )]
 async fn asynchronous_replication_loses_a_claim_and_the_call_says_so() {
     static SEND: Action = Action::new("failover_async_send");
-    let Some(pair) = Pair::start(false).await else {
+    let Some(HeldAcrossFailover {
+        pair: _pair,
+        store,
+        ledger,
+        call,
+        finish,
+    }) = held_across_a_lagging_failover(&SEND, "order-2").await
+    else {
         return;
     };
-    let store = pair.store().await;
-    // The schema is on the standby; from now on it receives nothing.
-    on(&pair.primary, PostgresServer::wait_replayed).await;
-    on(&pair.primary, PostgresServer::pause_replication).await;
-
-    let ledger = Arc::new(Ledger::default());
     let key = SEND.call(&("order-2",)).expect("key").key();
-    let (call, finish) = call_held_open(&store, &SEND, "order-2", &ledger).await;
-    pair.fail_over().await;
     let claim = store.get(&key).await.expect("get");
     assert_eq!(claim, None, "the promoted standby never had the claim");
 
@@ -433,16 +469,16 @@ async fn asynchronous_replication_loses_a_claim_and_the_call_says_so() {
 )]
 async fn a_token_of_the_old_timeline_owns_nothing_after_an_asynchronous_failover() {
     static SEND: Action = Action::new("failover_async_reclaimed");
-    let Some(pair) = Pair::start(false).await else {
+    let Some(HeldAcrossFailover {
+        pair: _pair,
+        store,
+        ledger,
+        call: first,
+        finish,
+    }) = held_across_a_lagging_failover(&SEND, "order-3").await
+    else {
         return;
     };
-    let store = pair.store().await;
-    on(&pair.primary, PostgresServer::wait_replayed).await;
-    on(&pair.primary, PostgresServer::pause_replication).await;
-
-    let ledger = Arc::new(Ledger::default());
-    let (first, finish) = call_held_open(&store, &SEND, "order-3", &ledger).await;
-    pair.fail_over().await;
 
     let second = call_once(&store, &SEND, "order-3", &ledger)
         .await

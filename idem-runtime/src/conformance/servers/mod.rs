@@ -35,8 +35,12 @@ pub use self::redis_cluster::RedisCluster;
 /// ```no_run
 /// use idem_runtime::conformance::servers::{RedisServer, ServerTls};
 ///
-/// # fn made_by_the_test() -> ServerTls { unimplemented!() }
-/// let tls: ServerTls = made_by_the_test();
+/// // PEM files the test made (with `rcgen`, say).
+/// let tls = ServerTls {
+///     ca_certificate: std::fs::read_to_string("ca.pem").expect("the CA"),
+///     certificate: std::fs::read_to_string("server.pem").expect("the certificate"),
+///     key: std::fs::read_to_string("server.key").expect("its key"),
+/// };
 /// if let Some(server) = RedisServer::own_tls(&tls, false) {
 ///     assert!(server.url().starts_with("rediss://127.0.0.1:"));
 /// }

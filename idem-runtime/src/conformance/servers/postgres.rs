@@ -89,8 +89,13 @@ impl PostgresServer {
     /// ```no_run
     /// use idem_runtime::conformance::servers::{PostgresServer, ServerTls};
     ///
-    /// # fn made_by_the_test() -> ServerTls { unimplemented!() }
-    /// if let Some(server) = PostgresServer::own_tls(&made_by_the_test()) {
+    /// // PEM files the test made (with `rcgen`, say).
+    /// let tls = ServerTls {
+    ///     ca_certificate: std::fs::read_to_string("ca.pem").expect("the CA"),
+    ///     certificate: std::fs::read_to_string("server.pem").expect("the certificate"),
+    ///     key: std::fs::read_to_string("server.key").expect("its key"),
+    /// };
+    /// if let Some(server) = PostgresServer::own_tls(&tls) {
     ///     let url = format!("{}?sslmode=verify-full&sslrootcert=/path/ca.pem", server.url());
     /// #   let _ = url;
     /// }

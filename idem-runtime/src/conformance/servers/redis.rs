@@ -183,8 +183,13 @@ impl RedisServer {
     /// ```no_run
     /// use idem_runtime::conformance::servers::{RedisServer, ServerTls};
     ///
-    /// # fn made_by_the_test() -> ServerTls { unimplemented!() }
-    /// if let Some(server) = RedisServer::own_tls(&made_by_the_test(), false) {
+    /// // PEM files the test made (with `rcgen`, say).
+    /// let tls = ServerTls {
+    ///     ca_certificate: std::fs::read_to_string("ca.pem").expect("the CA"),
+    ///     certificate: std::fs::read_to_string("server.pem").expect("the certificate"),
+    ///     key: std::fs::read_to_string("server.key").expect("its key"),
+    /// };
+    /// if let Some(server) = RedisServer::own_tls(&tls, false) {
     ///     assert!(server.url().starts_with("rediss://"));
     /// }
     /// ```
