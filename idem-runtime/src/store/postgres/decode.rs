@@ -14,6 +14,42 @@ use crate::Error;
 
 use super::{failed, to_wall};
 
+/// A `timestamptz` column as milliseconds since the Unix epoch, rounded down (`infinity` is
+/// `i64::MAX`, `-infinity` `i64::MIN`). Converted here rather than by the statements: the
+/// server's `extract(epoch …)` works in `numeric`, which cost a replay's `SELECT` about a
+/// fifth of its server time (BENCHMARKS.md); the wire form is already an integer, the
+/// microseconds since 2000-01-01.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct EpochMs(pub(super) i64);
+
+/// 2000-01-01T00:00:00Z, PostgreSQL's epoch, in milliseconds since the Unix epoch.
+const POSTGRES_EPOCH_MS: i64 = 946_684_800_000;
+
+impl EpochMs {
+    /// From PostgreSQL's wire value: microseconds since 2000-01-01, or a bound for an
+    /// infinite time.
+    fn from_postgres_micros(micros: i64) -> EpochMs {
+        EpochMs(match micros {
+            i64::MAX | i64::MIN => micros,
+            micros => micros.div_euclid(1000).saturating_add(POSTGRES_EPOCH_MS),
+        })
+    }
+}
+
+impl<'a> tokio_postgres::types::FromSql<'a> for EpochMs {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let bytes: [u8; 8] = raw
+            .try_into()
+            .map_err(|_| format!("a timestamptz of {} bytes, not 8", raw.len()))?;
+        Ok(EpochMs::from_postgres_micros(i64::from_be_bytes(bytes)))
+    }
+
+    tokio_postgres::types::accepts!(TIMESTAMPTZ);
+}
+
 /// Reads a column, naming the key when the row is not of the expected shape.
 pub(super) fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
     row: &'a Row,
@@ -78,8 +114,8 @@ pub(super) fn record(key: &Key, row: &Row) -> Result<Record, Error> {
     let fingerprint: Vec<u8> = column(row, 3, what, some_key)?;
     let outcome: Option<String> = column(row, 4, what, some_key)?;
     let result: Option<Vec<u8>> = column(row, 5, what, some_key)?;
-    let created_at_ms: i64 = column(row, 6, what, some_key)?;
-    let expires_at_ms: Option<i64> = column(row, 7, what, some_key)?;
+    let EpochMs(created_at_ms) = column(row, 6, what, some_key)?;
+    let expires_at_ms = column::<Option<EpochMs>>(row, 7, what, some_key)?.map(|ms| ms.0);
     let (found, outcome) = found(
         key,
         &status,
@@ -125,7 +161,7 @@ pub(super) fn saga_log(saga: &Key, rows: &[Row]) -> Result<SagaLog, Error> {
     let id: String = column(head, 0, what, key)?;
     let status: String = column(head, 1, what, key)?;
     let error: Option<String> = column(head, 2, what, key)?;
-    let updated_at_ms: i64 = column(head, 3, what, key)?;
+    let EpochMs(updated_at_ms) = column(head, 3, what, key)?;
     let note: Option<String> = column(head, 4, what, key)?;
     let status = SagaStatus::parse(&status)
         .ok_or_else(|| corrupt(what, key, format!("unknown status {status:?}")))?;
@@ -189,7 +225,7 @@ fn found_from(
     let fingerprint: Option<Vec<u8>> = column(row, first + 2, what, some)?;
     let outcome: Option<String> = column(row, first + 3, what, some)?;
     let result: Option<Vec<u8>> = column(row, first + 4, what, some)?;
-    let expires_at_ms: Option<i64> = column(row, first + 5, what, some)?;
+    let expires_at_ms = column::<Option<EpochMs>>(row, first + 5, what, some)?.map(|ms| ms.0);
     found(
         key,
         status,
@@ -233,7 +269,7 @@ fn peeked(
     };
     let status: String = column(row, 0, "a record", Some(key))?;
     let (found, outcome) = found_from(row, 0, &status, key)?;
-    let now_ms: i64 = column(row, 6, "a record", Some(key))?;
+    let EpochMs(now_ms) = column(row, 6, "a record", Some(key))?;
     Ok(Some((found, outcome, now_ms)))
 }
 
@@ -281,7 +317,7 @@ pub(super) fn claim_answer(row: &Row, request: &ClaimRequest<'_>) -> Result<Atte
         return Ok(Attempt::Raced);
     }
     let (found, outcome) = found_from(row, 3, &status, request.key)?;
-    let now_ms: i64 = column(row, 10, what, key)?;
+    let EpochMs(now_ms) = column(row, 10, what, key)?;
     Ok(Attempt::Done(found.report(outcome, now_ms)))
 }
 
@@ -368,5 +404,43 @@ mod properties {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod epoch_ms {
+    use tokio_postgres::types::{FromSql, Type};
+
+    use super::EpochMs;
+
+    fn read(micros: i64) -> i64 {
+        EpochMs::from_sql(&Type::TIMESTAMPTZ, &micros.to_be_bytes())
+            .expect("8 bytes")
+            .0
+    }
+
+    #[test]
+    fn a_timestamptz_is_read_as_unix_milliseconds_rounded_down() {
+        // 2000-01-01T00:00:00Z is PostgreSQL's 0.
+        assert_eq!(read(0), 946_684_800_000);
+        assert_eq!(read(1_999), 946_684_800_001);
+        // Before 2000, rounded down as `floor(extract(epoch …) * 1000)` did.
+        assert_eq!(read(-1), 946_684_799_999);
+        assert_eq!(read(-946_684_800_000_000), 0);
+        assert_eq!(read(-946_684_800_000_001), -1);
+    }
+
+    #[test]
+    fn infinite_times_are_the_bounds() {
+        assert_eq!(read(i64::MAX), i64::MAX);
+        assert_eq!(read(i64::MIN), i64::MIN);
+        // The largest finite value saturates rather than wrapping.
+        assert!(read(i64::MAX - 1) > 0);
+    }
+
+    #[test]
+    fn a_value_of_another_width_is_an_error_not_a_panic() {
+        assert!(EpochMs::from_sql(&Type::TIMESTAMPTZ, &[0; 4]).is_err());
+        assert!(EpochMs::from_sql(&Type::TIMESTAMPTZ, &[]).is_err());
     }
 }

@@ -5,17 +5,6 @@ fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// A `timestamptz` expression as milliseconds since the Unix epoch (`NULL` stays `NULL`,
-/// `infinity` is `i64::MAX` and `-infinity` `i64::MIN`).
-fn epoch_ms(expression: &str) -> String {
-    format!(
-        "CASE WHEN {expression} IS NULL THEN NULL \
-              WHEN isfinite({expression}) THEN floor(extract(epoch FROM {expression}) * 1000)::bigint \
-              WHEN {expression} > 'epoch' THEN 9223372036854775807 \
-              ELSE -9223372036854775808 END"
-    )
-}
-
 /// The statements, written once for the store's schema.
 pub(super) struct Statements {
     // The claim protocol.
@@ -119,20 +108,16 @@ fn kind(r: &str) -> String {
 fn record_columns(r: &str) -> String {
     format!(
         "{r}.action, {r}.status, {r}.token, {r}.fingerprint, {r}.outcome, {r}.result, \
-         {created}, {expires}",
-        created = epoch_ms(&format!("{r}.created_at")),
-        expires = epoch_ms(&format!("{r}.expires_at")),
+         {r}.created_at, {r}.expires_at"
     )
 }
 
 /// A saga log's columns (on `g`, its steps on `t`), one row per step, as
 /// [`saga_log`](super::decode::saga_log) reads them.
 fn saga_columns() -> String {
-    format!(
-        "g.id, g.status, g.error, {updated}, g.note,
-         t.idx, t.name, t.key, t.irreversible, t.args, t.state, t.output, t.error",
-        updated = epoch_ms("g.updated_at"),
-    )
+    "g.id, g.status, g.error, g.updated_at, g.note,
+     t.idx, t.name, t.key, t.irreversible, t.args, t.state, t.output, t.error"
+        .to_owned()
 }
 
 // The claim protocol.
@@ -144,10 +129,8 @@ fn saga_columns() -> String {
 /// a record to replace (an expired result, a dead owner) takes the full `claim`.
 fn peek(s: &str) -> String {
     format!(
-        "SELECT status, token, fingerprint, outcome, result, {expires_ms}, {now_ms}
+        "SELECT status, token, fingerprint, outcome, result, expires_at, clock_timestamp()
          FROM {s}.idem_records WHERE key = $1::text",
-        expires_ms = epoch_ms("expires_at"),
-        now_ms = epoch_ms("clock_timestamp()"),
     )
 }
 
@@ -189,11 +172,10 @@ fn insert(s: &str) -> String {
 /// saw it (see [`claim_answer`](super::decode::claim_answer)).
 fn claim(s: &str) -> String {
     let token = new_token(s);
-    let now_ms = epoch_ms("clock_timestamp()");
     format!(
     "WITH cur AS (
          SELECT status, token, fingerprint, outcome, result,
-                {expires_ms} AS expires_ms,
+                expires_at AS expires_ms,
                 coalesce({cur_claimable}, false) AS claimable
          FROM {s}.idem_records AS rec WHERE key = $1::text
      ),
@@ -225,11 +207,10 @@ fn claim(s: &str) -> String {
      )
      SELECT c.status, c.token, c.takeovers,
             f.status, f.token, f.fingerprint, f.outcome, f.result, f.expires_ms, f.claimable,
-            {now_ms}
+            clock_timestamp()
      FROM (VALUES (1)) AS one (x)
      LEFT JOIN claimed c ON true
      LEFT JOIN cur f ON true",
-    expires_ms = epoch_ms("expires_at"),
     cur_claimable = claimable("rec", "$3::bytea"),
     r_claimable = claimable("r", "excluded.fingerprint"),
     )
