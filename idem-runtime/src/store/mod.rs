@@ -17,6 +17,8 @@
 
 #[cfg(feature = "encryption")]
 mod encrypted;
+#[cfg(feature = "postgres")]
+mod first_look;
 mod forward;
 mod inspect;
 mod memory;
@@ -42,6 +44,8 @@ use async_trait::async_trait;
 
 #[cfg(feature = "encryption")]
 pub use encrypted::{sealed_key_id, EncryptedStore, EncryptionKey, Keyring};
+#[cfg(feature = "postgres")]
+pub use first_look::FirstStep;
 pub use inspect::{Inspect, RecordCount, RecordKind, RecordQuery, RecordTally, SagaQuery};
 pub use memory::MemoryStore;
 #[cfg(feature = "redis")]

@@ -1,8 +1,10 @@
 //! `PostgresStore`: records in PostgreSQL, for fleets of agents on many machines.
 //!
-//! Every operation on a record or a saga log is one SQL statement (a claim is one `INSERT …
-//! ON CONFLICT … DO UPDATE … WHERE`), timed by the server's clock (`clock_timestamp()`), run
-//! on a pooled connection (deadpool-postgres). The schema is `schema.sql`, next to this file;
+//! Every operation on a record or a saga log is one SQL statement, timed by the server's clock
+//! (`clock_timestamp()`), run on a pooled connection (deadpool-postgres). A claim is a plain
+//! `SELECT` (a replay ends there) and an `INSERT … ON CONFLICT DO NOTHING` (a new key ends
+//! there), the one its handle's recent claims say to try first (`store/first_look.rs`), and
+//! `INSERT … ON CONFLICT … DO UPDATE … WHERE` only for a record to replace. The schema is `schema.sql`, next to this file;
 //! the store creates or migrates it when it connects.
 //!
 //! ```text
@@ -30,6 +32,7 @@ use deadpool_postgres::{GenericClient, Pool};
 use tokio_postgres::Row;
 
 use crate::key::{Fingerprint, Key};
+use crate::store::first_look::{FirstLook, FirstStep};
 use crate::store::{
     millis, Claim, ClaimRequest, FencingToken, Ownership, Record, RecordCount, RecordKind,
     RecordQuery, SagaLog, SagaQuery, SagaStatus, SagaWrite, StaleSaga, Store, StoredOutcome,
@@ -147,6 +150,8 @@ struct Inner {
     sql: Statements,
     waiters: Waiters,
     recorded: AtomicU64,
+    /// Whether claims start with the `SELECT` or the `INSERT`.
+    first_look: FirstLook,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -162,7 +167,13 @@ impl fmt::Debug for PostgresStore {
 
 impl PostgresStore {
     /// A store on `pool` whose schema `schema` is in place.
-    fn on(pool: Pool, schema: String, direct: Option<Direct>, waits: Waits) -> Self {
+    fn on(
+        pool: Pool,
+        schema: String,
+        direct: Option<Direct>,
+        waits: Waits,
+        first_step: FirstStep,
+    ) -> Self {
         let read_backs = tokio::sync::Semaphore::new(pool.status().max_size.max(1));
         PostgresStore {
             inner: Arc::new(Inner {
@@ -175,6 +186,7 @@ impl PostgresStore {
                 schema,
                 waiters: Waiters::default(),
                 recorded: AtomicU64::new(0),
+                first_look: FirstLook::new(first_step),
             }),
         }
     }
@@ -394,12 +406,23 @@ impl Store for PostgresStore {
         let lease = duration_ms(request.lease);
         let ttl = duration_ms(request.ttl);
         let review = request.on_stale == OnStale::Review;
+        // A new key costs one INSERT when the claim writes first, a replay one SELECT when
+        // it reads first: the handle starts the way its recent claims went (`FirstLook`). A
+        // claim that started the wrong way takes the other step next.
+        let mut read_first = !self.inner.first_look.write_first();
         for _ in 0..CLAIM_ATTEMPTS {
-            // A plain read first: a replay (the common duplicate) costs one SELECT, and a
-            // fresh key one INSERT after it, instead of the full statement below.
-            let peeked = self.query(Some(key), &self.inner.sql.peek, &[&hex]).await?;
-            match peek_answer(peeked.first(), request)? {
-                Peek::Report(claim) => return Ok(claim),
+            let look = if read_first {
+                let peeked = self.query(Some(key), &self.inner.sql.peek, &[&hex]).await?;
+                peek_answer(peeked.first(), request)?
+            } else {
+                Peek::Insert
+            };
+            read_first = true;
+            match look {
+                Peek::Report(claim) => {
+                    self.inner.first_look.found_record();
+                    return Ok(claim);
+                }
                 Peek::Insert => {
                     let rows = self
                         .write(
@@ -413,15 +436,16 @@ impl Store for PostgresStore {
                         .await?;
                     match inserted(&rows, key)? {
                         Some(token) => {
+                            self.inner.first_look.found_none();
                             return Ok(Claim::Acquired {
                                 token,
                                 resumed: false,
-                            })
+                            });
                         }
-                        None => continue, // made since the look: look again
+                        None => continue, // a record is there: read it
                     }
                 }
-                Peek::Replace => {}
+                Peek::Replace => self.inner.first_look.found_record(),
             }
             let rows = self
                 .write(

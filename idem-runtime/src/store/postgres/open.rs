@@ -7,6 +7,7 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::NoTls;
 
 use crate::store::tls::{ClientIdentity, TlsSettings};
+use crate::store::FirstStep;
 use crate::Error;
 
 use super::{described, failed, PostgresStore, Waits, SCHEMA_VERSION};
@@ -106,6 +107,7 @@ pub struct PostgresStoreBuilder {
     pool_size: usize,
     statement_timeout: Duration,
     tls: TlsSettings,
+    first_step: FirstStep,
 }
 
 /// How a user gives a PostgreSQL store the CA that signed its server's certificate.
@@ -226,6 +228,28 @@ impl PostgresStoreBuilder {
         self
     }
 
+    /// Which step a claim starts with: reading the key's record (a replay then costs one
+    /// `SELECT`) or writing the claim (a new key then costs one `INSERT`). By default
+    /// ([`FirstStep::Adaptive`]) each store handle follows its recent claims; give
+    /// [`FirstStep::Read`] or [`FirstStep::Write`] for work known to be mostly duplicates or
+    /// mostly new calls. The guarantees are the same either way.
+    ///
+    /// ```no_run
+    /// use idem_runtime::store::{FirstStep, PostgresStore};
+    ///
+    /// # async fn start() -> Result<(), idem_runtime::Error> {
+    /// let store = PostgresStore::builder("postgres://idem@db.internal/agents")
+    ///     .first_step(FirstStep::Write)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn first_step(mut self, step: FirstStep) -> Self {
+        self.first_step = step;
+        self
+    }
+
     /// Connects with TLS and trusts the CA certificate `pem` (one or more `-----BEGIN
     /// CERTIFICATE-----` blocks) for the server's certificate, instead of the platform's
     /// trusted roots; as `sslrootcert=` in the URL does (see [TLS](Self#tls)). The server's
@@ -291,10 +315,10 @@ impl PostgresStoreBuilder {
     /// # }
     /// ```
     pub async fn connect(self) -> Result<PostgresStore, Error> {
-        let waits = self.waits();
+        let (waits, first_step) = (self.waits(), self.first_step);
         let (pool, schema, direct) = self.pool()?;
         migrate(&pool, &schema).await?;
-        Ok(PostgresStore::on(pool, schema, direct, waits))
+        Ok(PostgresStore::on(pool, schema, direct, waits, first_step))
     }
 
     /// How long the store waits for a statement's answer, and for the record of a write
@@ -322,7 +346,7 @@ impl PostgresStoreBuilder {
     /// # }
     /// ```
     pub async fn connect_existing(self) -> Result<PostgresStore, Error> {
-        let waits = self.waits();
+        let (waits, first_step) = (self.waits(), self.first_step);
         let (pool, schema, direct) = self.pool()?;
         let client = pool.get().await.map_err(|e| failed(None, &e))?;
         let found = version(&client, &schema).await.map_err(|e| {
@@ -334,7 +358,7 @@ impl PostgresStoreBuilder {
         })?;
         drop(client);
         match found {
-            Some(SCHEMA_VERSION) => Ok(PostgresStore::on(pool, schema, direct, waits)),
+            Some(SCHEMA_VERSION) => Ok(PostgresStore::on(pool, schema, direct, waits, first_step)),
             None => Err(Error::store(
                 "postgres",
                 None,
@@ -728,6 +752,7 @@ impl PostgresStore {
             schema: "public".to_owned(),
             pool_size: DEFAULT_POOL_SIZE,
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+            first_step: FirstStep::default(),
             tls: TlsSettings::default(),
         }
     }
@@ -751,6 +776,7 @@ impl PostgresStore {
             schema: "public".to_owned(),
             pool_size: DEFAULT_POOL_SIZE,
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+            first_step: FirstStep::default(),
             tls: TlsSettings::default(),
         }
     }

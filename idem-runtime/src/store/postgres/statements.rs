@@ -149,8 +149,9 @@ fn new_token(s: &str) -> String {
     )
 }
 
-/// The claim of a key that had no record at the first look: a new claim under a new token,
-/// or nothing when a record was made since (the claim then looks again).
+/// The claim of a key that had no record at the first look, or a claim's first step when
+/// its handle writes first (`FirstLook`): a new claim under a new token, or nothing when
+/// the key has a record (the claim then reads it).
 fn insert(s: &str) -> String {
     let token = new_token(s);
     format!(
