@@ -160,15 +160,32 @@ impl Hasher for KeyHasher {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-impl fmt::Display for Key {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Key {
+    /// The key's 64 lowercase hex digits, without the formatting machinery or an
+    /// allocation (stores build their own names from it on every call).
+    pub(crate) fn hex(&self) -> KeyHex {
         let mut out = [0u8; 64];
         for (i, byte) in self.0.iter().enumerate() {
             out[2 * i] = HEX[usize::from(byte >> 4)];
             out[2 * i + 1] = HEX[usize::from(byte & 0x0f)];
         }
-        // Only ASCII hex digits were written.
-        f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
+        KeyHex(out)
+    }
+}
+
+/// A key's hex digits ([`Key::hex`]).
+pub(crate) struct KeyHex([u8; 64]);
+
+impl KeyHex {
+    pub(crate) fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.hex().as_str())
     }
 }
 

@@ -1,15 +1,22 @@
 //! Whether a claim starts by reading the key's record or by writing its own.
 //!
-//! A store whose claim can take either way round (PostgreSQL: a `SELECT`, then an `INSERT` if
-//! there was no record; or the `INSERT` first, then the `SELECT` if there was one) pays one
-//! statement more for every claim that starts the wrong way. Which way is right depends on
-//! the work: a fleet making new calls finds no record, an agent's retries and its copies
-//! find one. Both ways are the same protocol (each step decides on what it reads or writes
-//! atomically, and a step that finds the other case goes on to the other step), so the
-//! choice is only about speed, and it follows the claims the store handle made last.
+//! A store whose claim can take either way round pays one step more for every claim that
+//! starts the wrong way:
+//!
+//! - PostgreSQL: a `SELECT`, then an `INSERT … ON CONFLICT DO NOTHING` if there was no
+//!   record; or the `INSERT` first, then the `SELECT` if there was one;
+//! - Redis: `GET`, then `SET … NX GET` if there was no record; or `SET … NX GET` alone, which
+//!   claims a free key and reads any other record, but sends the whole claim even for a
+//!   replay.
+//!
+//! Which way is right depends on the work: a fleet making new calls finds no record, an
+//! agent's retries and its copies find one. Both ways are the same protocol (each step
+//! decides on what it reads or writes atomically, and a step that finds the other case goes
+//! on to the other step), so the choice is only about speed, and it follows the claims the
+//! store handle made last.
 //!
 //! ```text
-//! each claim that found no record: +1, up to 15     insert first from 8 up
+//! each claim that found no record: +1, up to 15     write first from 8 up
 //! each claim that found one:       -1, down to 0    read first below 8
 //! ```
 //!
@@ -24,8 +31,8 @@ const MOST: u8 = 15;
 /// From here up, a claim writes first.
 const WRITE_FIRST_FROM: u8 = 8;
 
-/// Which step a claim starts with, on a store whose claim can start either way
-/// ([`PostgresStoreBuilder::first_step`](crate::store::PostgresStoreBuilder::first_step)).
+/// Which step a claim starts with, on a store whose claim can start either way: PostgreSQL
+/// and Redis (`PostgresStoreBuilder::first_step`, `RedisStoreBuilder::first_step`).
 ///
 /// Either way is the same protocol with the same guarantees; a claim that started the wrong
 /// way takes the other step next, so the choice costs at most one statement per claim.
@@ -49,11 +56,12 @@ pub enum FirstStep {
     /// them found no record, read first while most found one.
     #[default]
     Adaptive,
-    /// Always read the key's record first: a replay costs one read, a new key a read and a
-    /// write. For work where most calls are duplicates.
+    /// Always read the key's record first: a replay costs one read, a new key a read and
+    /// then the claim. For work where most calls are duplicates.
     Read,
-    /// Always write the claim first: a new key costs one write, a replay a write that
-    /// finds the record, and a read. For work where most calls are new.
+    /// Always write the claim first: a new key costs one write; a replay costs a write that
+    /// finds the record (PostgreSQL then reads it; Redis's `SET … NX GET` has read it
+    /// already, but sent the whole claim). For work where most calls are new.
     Write,
 }
 

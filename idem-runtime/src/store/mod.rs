@@ -17,7 +17,7 @@
 
 #[cfg(feature = "encryption")]
 mod encrypted;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "redis"))]
 mod first_look;
 mod forward;
 mod inspect;
@@ -44,7 +44,7 @@ use async_trait::async_trait;
 
 #[cfg(feature = "encryption")]
 pub use encrypted::{sealed_key_id, EncryptedStore, EncryptionKey, Keyring};
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "redis"))]
 pub use first_look::FirstStep;
 pub use inspect::{Inspect, RecordCount, RecordKind, RecordQuery, RecordTally, SagaQuery};
 pub use memory::MemoryStore;

@@ -2,7 +2,15 @@
 //! call) and for a record to report (a replay, a live owner, a key parked for review), and a
 //! script for a record the claim must change.
 //!
+//! A handle whose recent claims mostly found a record (replays, duplicates) reads first
+//! (`store/first_look.rs`): a replay is then `GET` with no claim to encode and send.
+//!
 //! ```text
+//! GET r; PTTL r                                        (one pipeline, when reading first)
+//!   nil                  → the native claim below
+//!   a record to report   → its answer, nothing written
+//!   a record to change   → the script below
+//!
 //! SET r <claim> NX GET PX <lease + ttl>; PTTL r        (one pipeline)
 //!   nil                  → acquired (the token came from the store's block)
 //!   this claim           → acquired (an earlier send made it: the same claim id)
@@ -108,27 +116,36 @@ impl RedisStore {
             };
             return Ok(Some((acquired, Some(claim))));
         };
-        // A tombstone, or a record whose times it keeps itself (a saga's claim, short TTLs):
-        // the script, which reads the server's clock, decides.
-        let State::Is(status) = found.state else {
-            return Ok(None);
-        };
-        if found.lease_end_ms > 0 || pttl < 0 {
-            return Ok(None);
+        Ok(reported(found, pttl, request).map(|claim| (claim, None)))
+    }
+
+    /// The claim's first step when its handle reads first: `GET` and `PTTL` of the record,
+    /// a plain read (the decision rests on the record as one command read it; the `PTTL`
+    /// after it only times it, as in the native claim).
+    pub(super) async fn claim_by_reading(
+        &self,
+        request: &ClaimRequest<'_>,
+    ) -> Result<Looked, Error> {
+        let key = request.key;
+        let record_key = self.record_key(key);
+        let mut connection = self.connection.clone();
+        let (value, pttl): (Value, i64) = redis::pipe()
+            .cmd("GET")
+            .arg(&record_key)
+            .cmd("PTTL")
+            .arg(&record_key)
+            .query_async(&mut connection)
+            .await
+            .map_err(failed(Some(key)))?;
+        if value == Value::Nil {
+            return Ok(Looked::NoRecord);
         }
-        // The record's times in its key's expiry, on a timeline whose now is 0: a record
-        // whose key exists has not run out (Redis deletes it when it does).
-        let now_ms = 0;
-        let rule = Found {
-            status,
-            token: found.token,
-            fingerprint: found.fingerprint,
-            expires_at_ms: found.ends_at_ms(pttl),
-            claim_ttl_ms: Some(found.ttl_ms),
-        };
-        Ok(match decide(&rule, request, now_ms) {
-            Verdict::Report => Some((rule.report(found.outcome, now_ms), None)),
-            Verdict::Write(_) => None,
+        let found = bytes(value)
+            .and_then(Stored::decode_owned)
+            .map_err(corrupt(key, "a record"))?;
+        Ok(match reported(found, pttl, request) {
+            Some(claim) => Looked::Answered(claim),
+            None => Looked::ToChange,
         })
     }
 
@@ -180,6 +197,44 @@ impl RedisStore {
             .arg(claim_id);
         let answer: Value = self.run(Some(key), &invocation).await?;
         claim_answer(answer).map_err(corrupt(key, "a record"))
+    }
+}
+
+/// What reading a key's record first found.
+pub(super) enum Looked {
+    /// The claim's answer, as read: a result, a live owner, a key parked for review.
+    Answered(Claim),
+    /// No record: the native claim makes one.
+    NoRecord,
+    /// A record the claim must change (a takeover, an expired result, a tombstone): the
+    /// script.
+    ToChange,
+}
+
+/// The answer of a claim that changes nothing, from a record `found` read with its key's
+/// `pttl`; `None` when the claim must change it, or when only the script can tell: a
+/// tombstone, or a record whose times it keeps itself (a saga's claim, short TTLs), which
+/// the script reads with the server's clock.
+fn reported(found: Stored, pttl: i64, request: &ClaimRequest<'_>) -> Option<Claim> {
+    let State::Is(status) = found.state else {
+        return None;
+    };
+    if found.lease_end_ms > 0 || pttl < 0 {
+        return None;
+    }
+    // The record's times in its key's expiry, on a timeline whose now is 0: a record whose
+    // key exists has not run out (Redis deletes it when it does).
+    let now_ms = 0;
+    let rule = Found {
+        status,
+        token: found.token,
+        fingerprint: found.fingerprint,
+        expires_at_ms: found.ends_at_ms(pttl),
+        claim_ttl_ms: Some(found.ttl_ms),
+    };
+    match decide(&rule, request, now_ms) {
+        Verdict::Report => Some(rule.report(found.outcome, now_ms)),
+        Verdict::Write(_) => None,
     }
 }
 

@@ -51,9 +51,7 @@ pub(super) const BUCKETS: u32 = 1 << (4 * BUCKET_DIGITS);
 
 /// The bucket of `key`: the first [`BUCKET_DIGITS`] of its hex.
 pub(super) fn bucket(key: &Key) -> String {
-    let mut hex = key.to_string();
-    hex.truncate(BUCKET_DIGITS);
-    hex
+    key.hex().as_str()[..BUCKET_DIGITS].to_owned()
 }
 
 /// Every bucket, in order.

@@ -75,6 +75,9 @@ mod scan;
 mod scripts;
 mod tokens;
 
+use crate::store::first_look::FirstLook;
+use crate::store::first_look::FirstStep;
+use claim::Looked;
 use claim_ids::ClaimIds;
 use connection::{Connection, Target};
 use decode::{corrupt, fields, record, saga_log, step_fields};
@@ -198,6 +201,9 @@ pub struct RedisStore {
     replicas: Option<Replicas>,
     tokens: std::sync::Arc<tokens::Tokens>,
     claim_ids: std::sync::Arc<ClaimIds>,
+    /// Whether claims start with `GET` or with `SET … NX GET` (`claim.rs`); shared by the
+    /// clones, as the claims it follows are made through them.
+    first_look: std::sync::Arc<FirstLook>,
     /// Whether the server takes `SET … IFEQ` (`in_place.rs`).
     set_ifeq: bool,
 }
@@ -240,6 +246,7 @@ pub struct RedisStoreBuilder {
     accept_eviction: bool,
     replicas: Option<Replicas>,
     tls: TlsSettings,
+    first_step: FirstStep,
 }
 
 impl RedisStoreBuilder {
@@ -257,6 +264,28 @@ impl RedisStoreBuilder {
     /// ```
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
+        self
+    }
+
+    /// Which step a claim starts with: reading the key's record (`GET`: a replay then sends
+    /// no claim) or writing the claim (`SET … NX GET`: a new key then costs one round trip,
+    /// not two). By default ([`FirstStep::Adaptive`]) each store handle follows its recent
+    /// claims; give [`FirstStep::Read`] or [`FirstStep::Write`] for work known to be mostly
+    /// duplicates or mostly new calls. The guarantees are the same either way.
+    ///
+    /// ```no_run
+    /// use idem_runtime::store::{FirstStep, RedisStore};
+    ///
+    /// # async fn start() -> Result<(), idem_runtime::Error> {
+    /// let store = RedisStore::builder("redis://127.0.0.1:6379/")
+    ///     .first_step(FirstStep::Write)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn first_step(mut self, step: FirstStep) -> Self {
+        self.first_step = step;
         self
     }
 
@@ -458,6 +487,7 @@ impl RedisStoreBuilder {
             replicas: self.replicas,
             tokens: std::sync::Arc::default(),
             claim_ids: std::sync::Arc::default(),
+            first_look: std::sync::Arc::new(FirstLook::new(self.first_step)),
         })
     }
 }
@@ -502,6 +532,7 @@ impl RedisStore {
             accept_eviction: false,
             replicas: None,
             tls: TlsSettings::default(),
+            first_step: FirstStep::default(),
         }
     }
 
@@ -567,7 +598,18 @@ impl RedisStore {
 
     /// `<prefix>{<bucket>}:<key><suffix>`: a name of `key`'s, in its bucket.
     fn hash_key(&self, key: &Key, suffix: &str) -> String {
-        format!("{}{{{}}}:{key}{suffix}", self.prefix, bucket(key))
+        // `<prefix>{<bucket>}:<key><suffix>`, built by hand: with `format!` this was a few
+        // percent of a replay's client time (BENCHMARKS.md).
+        let hex = key.hex();
+        let hex = hex.as_str();
+        let mut name = String::with_capacity(self.prefix.len() + hex.len() + suffix.len() + 8);
+        name.push_str(&self.prefix);
+        name.push('{');
+        name.push_str(&hex[..layout::BUCKET_DIGITS]);
+        name.push_str("}:");
+        name.push_str(hex);
+        name.push_str(suffix);
+        name
     }
 
     /// `<prefix>{<bucket>}:sagas`: the bucket's index of running sagas.
@@ -640,9 +682,32 @@ impl Store for RedisStore {
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
         let key = request.key;
         let claim_id = self.claim_ids.draw();
-        let (claim, written) = match self.claim_natively(request, claim_id).await? {
-            Some(found) => found,
-            None => (self.claim_by_script(request, claim_id).await?, None),
+        let read_first = !self.first_look.write_first();
+        let looked = if read_first {
+            self.claim_by_reading(request).await?
+        } else {
+            Looked::NoRecord
+        };
+        let (claim, written) = match looked {
+            Looked::Answered(claim) => {
+                self.first_look.found_record();
+                return Ok(claim);
+            }
+            Looked::ToChange => {
+                self.first_look.found_record();
+                (self.claim_by_script(request, claim_id).await?, None)
+            }
+            Looked::NoRecord => match self.claim_natively(request, claim_id).await? {
+                Some((claim, written)) => {
+                    if written.is_some() {
+                        self.first_look.found_none();
+                    } else {
+                        self.first_look.found_record();
+                    }
+                    (claim, written)
+                }
+                None => (self.claim_by_script(request, claim_id).await?, None),
+            },
         };
         if let Claim::Acquired { token, .. } = claim {
             self.claim_ids.remember(key, token, claim_id, written);

@@ -147,7 +147,9 @@ impl Stored {
         if let Some(StoredOutcome::Ok(result) | StoredOutcome::Err(result)) =
             stored.outcome.as_mut()
         {
-            *result = bytes.split_off(result_at);
+            // The head moved out of the way, in place: no second buffer for the result.
+            bytes.drain(..result_at);
+            *result = bytes;
         }
         Ok(stored)
     }
