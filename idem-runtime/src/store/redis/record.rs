@@ -115,26 +115,28 @@ impl Stored {
     /// `scripts/complete.lua` writes over such a claim for a TTL of at least `SHORTEST_MS`.
     /// `None` if `written` is not such a claim.
     pub(super) fn completed(written: &[u8], kind: &str, result: &[u8]) -> Option<Vec<u8>> {
-        let (claim, _) = Self::decode_head(written).ok()?;
-        if claim.state != State::Is(Status::InProgress)
-            || claim.lease_end_ms != 0
-            || claim.outcome.is_some()
-        {
+        // `p|<token>|<claim id>|0|<ttl>|<created>|<fingerprint>|-|<length>|<action>` becomes
+        // `c|<token>|<claim id>|0|<ttl>|<created>|<fingerprint>|<kind>|<length>|<action><result>`.
+        // `written` is the handle's own bytes, kept since it sent them (never read back from
+        // the server), so the fields are copied as they are, not decoded and written again
+        // (which was a tenth of a fresh call's client time); only the shape is checked.
+        let mut bars = written
+            .iter()
+            .enumerate()
+            .filter_map(|(at, &byte)| (byte == b'|').then_some(at));
+        let mut separator = [0usize; 8];
+        for slot in &mut separator {
+            *slot = bars.next()?;
+        }
+        let field = |n: usize| &written[separator[n - 1] + 1..separator[n]];
+        if separator[0] != 1 || written[0] != b'p' || field(3) != b"0" || field(7) != b"-" {
             return None;
         }
         let mut out = Vec::with_capacity(written.len() + kind.len() + result.len());
-        write_head(
-            &mut out,
-            'c',
-            claim.token,
-            claim.claim_id,
-            0,
-            claim.ttl_ms,
-            claim.created_ms,
-            &claim.fingerprint,
-            kind,
-            &claim.action,
-        );
+        out.push(b'c');
+        out.extend_from_slice(&written[1..=separator[6]]);
+        out.extend_from_slice(kind.as_bytes());
+        out.extend_from_slice(&written[separator[7]..]);
         out.extend_from_slice(result);
         Some(out)
     }
