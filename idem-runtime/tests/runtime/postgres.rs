@@ -51,18 +51,16 @@ conformance_tests!(
     }
 );
 
-/// A store on a new, empty schema whose claims always write first (`FirstStep::Write`): the
-/// suite above runs mostly on claims that read first (a new handle does, until eight claims
-/// in a row find no record), so the other way round runs the whole suite here.
-async fn store_writing_first() -> Option<PostgresStore> {
-    let server = PostgresServer::shared()?;
-    let store = PostgresStore::builder(server.url())
-        .schema(unique_schema("writing_first"))
+/// A store on `schema` whose claims always write first (`FirstStep::Write`): the suite above
+/// runs mostly on claims that read first (a new handle does, until eight claims in a row find
+/// no record), so the other way round runs the whole suite here.
+async fn writing_first(schema: String) -> PostgresStore {
+    PostgresStore::builder(PostgresServer::shared().expect("the server").url())
+        .schema(schema)
         .first_step(FirstStep::Write)
         .connect()
         .await
-        .expect("connect to the test server");
-    Some(store)
+        .expect("connect to the test server")
 }
 
 conformance_tests!(
@@ -71,19 +69,11 @@ conformance_tests!(
         ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
     )]
     postgres_writing_first,
-    available = store_writing_first(),
-    reopen = |store: &PostgresStore| {
-        let url = PostgresServer::shared().expect("the server").url();
-        let schema = store.schema().to_owned();
-        async move {
-            PostgresStore::builder(url)
-                .schema(schema)
-                .first_step(FirstStep::Write)
-                .connect()
-                .await
-                .expect("connect to the test server")
-        }
-    }
+    available = async {
+        PostgresServer::shared()?;
+        Some(writing_first(unique_schema("writing_first")).await)
+    },
+    reopen = |store: &PostgresStore| writing_first(store.schema().to_owned())
 );
 
 /// A pool built as a user who brings their own would build it (deadpool-postgres's config).

@@ -75,8 +75,7 @@ mod scan;
 mod scripts;
 mod tokens;
 
-use crate::store::first_look::FirstLook;
-use crate::store::first_look::FirstStep;
+use crate::store::first_look::{FirstLook, FirstStep};
 use claim::Looked;
 use claim_ids::ClaimIds;
 use connection::{Connection, Target};
@@ -598,8 +597,7 @@ impl RedisStore {
 
     /// `<prefix>{<bucket>}:<key><suffix>`: a name of `key`'s, in its bucket.
     fn hash_key(&self, key: &Key, suffix: &str) -> String {
-        // `<prefix>{<bucket>}:<key><suffix>`, built by hand: with `format!` this was a few
-        // percent of a replay's client time (BENCHMARKS.md).
+        // Built by hand: with `format!` this was a few percent of a replay's client time.
         let hex = key.hex();
         let hex = hex.as_str();
         let mut name = String::with_capacity(self.prefix.len() + hex.len() + suffix.len() + 8);
