@@ -114,6 +114,7 @@ impl Slots {
                 signal(child.id(), libc::SIGCONT);
                 let _ = child.kill();
                 let _ = child.wait();
+                forget_faketime_files(child.id());
             }
         }
     }
@@ -257,6 +258,7 @@ async fn drive(config: &RunConfig) -> Result<(), String> {
             match child.try_wait() {
                 Ok(None) => running += 1,
                 Ok(Some(status)) => {
+                    forget_faketime_files(child.id());
                     if !status.success() && status.signal() != Some(libc::SIGKILL) {
                         let log = config
                             .folder
@@ -439,6 +441,21 @@ fn signal(pid: u32, signal: libc::c_int) {
     // SAFETY: kill(2) has no memory effects; a process that exited meanwhile is ESRCH.
     unsafe {
         libc::kill(pid, signal);
+    }
+}
+
+/// Removes what libfaketime, preloaded into the agent `pid`, left in `/dev/shm`: it makes a
+/// shared memory segment and a semaphore named after the process, and removes them when the
+/// process exits, which a SIGKILLed agent never does. Left there, they pile up, and a later
+/// `faketime` wrapper that is given the same pid cannot start ("sem_open: File exists"),
+/// which failed `tests/it/clock_skew.rs` once in CI.
+fn forget_faketime_files(pid: u32) {
+    for name in [
+        format!("faketime_shm_{pid}"),
+        format!("sem.faketime_sem_{pid}"),
+    ] {
+        // Absent for every agent but the skewed one, and for one that exited by itself.
+        let _ = std::fs::remove_file(Path::new("/dev/shm").join(name));
     }
 }
 
