@@ -4,8 +4,8 @@
 //! (`clock_timestamp()`), run on a pooled connection (deadpool-postgres). A claim is a plain
 //! `SELECT` (a replay ends there) and an `INSERT … ON CONFLICT DO NOTHING` (a new key ends
 //! there), the one its handle's recent claims say to try first (`store/first_look.rs`), and
-//! `INSERT … ON CONFLICT … DO UPDATE … WHERE` only for a record to replace. The schema is `schema.sql`, next to this file;
-//! the store creates or migrates it when it connects.
+//! `INSERT … ON CONFLICT … DO UPDATE … WHERE` only for a record to replace. The schema is
+//! `schema.sql`, next to this file; the store creates or migrates it when it connects.
 //!
 //! ```text
 //! mod.rs         PostgresStore, its Store impl, and running a statement on a pooled connection

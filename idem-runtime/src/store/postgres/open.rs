@@ -464,7 +464,8 @@ fn connections(url: &str, statement_timeout: Duration, tls: &TlsSettings) -> Res
             // Two CAs, one of which would be ignored without a word: which one is meant?
             Some(_) => {
                 return Err(refused(
-                    "sslrootcert= in the URL and a CA given to the builder                      (tls_root_certificate): give one of them"
+                    "sslrootcert= in the URL and a CA given to the builder \
+                     (tls_root_certificate): give one of them"
                         .to_owned(),
                 ))
             }

@@ -51,7 +51,12 @@ pub(super) const BUCKETS: u32 = 1 << (4 * BUCKET_DIGITS);
 
 /// The bucket of `key`: the first [`BUCKET_DIGITS`] of its hex.
 pub(super) fn bucket(key: &Key) -> String {
-    key.hex().as_str()[..BUCKET_DIGITS].to_owned()
+    bucket_of(key.hex().as_str()).to_owned()
+}
+
+/// The bucket of a key given as its hex digits: the first [`BUCKET_DIGITS`] of them.
+pub(super) fn bucket_of(hex: &str) -> &str {
+    &hex[..BUCKET_DIGITS]
 }
 
 /// Every bucket, in order.

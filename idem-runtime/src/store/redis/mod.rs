@@ -603,7 +603,7 @@ impl RedisStore {
         let mut name = String::with_capacity(self.prefix.len() + hex.len() + suffix.len() + 8);
         name.push_str(&self.prefix);
         name.push('{');
-        name.push_str(&hex[..layout::BUCKET_DIGITS]);
+        name.push_str(layout::bucket_of(hex));
         name.push_str("}:");
         name.push_str(hex);
         name.push_str(suffix);
@@ -679,23 +679,26 @@ impl Store for RedisStore {
 
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
         let key = request.key;
-        let claim_id = self.claim_ids.draw();
-        let read_first = !self.first_look.write_first();
-        let looked = if read_first {
-            self.claim_by_reading(request).await?
-        } else {
+        let looked = if self.first_look.write_first() {
             Looked::NoRecord
+        } else {
+            self.claim_by_reading(request).await?
         };
-        let (claim, written) = match looked {
+        let to_change = match looked {
             Looked::Answered(claim) => {
                 self.first_look.found_record();
                 return Ok(claim);
             }
-            Looked::ToChange => {
-                self.first_look.found_record();
-                (self.claim_by_script(request, claim_id).await?, None)
-            }
-            Looked::NoRecord => match self.claim_natively(request, claim_id).await? {
+            Looked::ToChange => true,
+            Looked::NoRecord => false,
+        };
+        // Drawn only for a claim that may write: a replay read first has returned.
+        let claim_id = self.claim_ids.draw();
+        let (claim, written) = if to_change {
+            self.first_look.found_record();
+            (self.claim_by_script(request, claim_id).await?, None)
+        } else {
+            match self.claim_natively(request, claim_id).await? {
                 Some((claim, written)) => {
                     if written.is_some() {
                         self.first_look.found_none();
@@ -705,7 +708,7 @@ impl Store for RedisStore {
                     (claim, written)
                 }
                 None => (self.claim_by_script(request, claim_id).await?, None),
-            },
+            }
         };
         if let Claim::Acquired { token, .. } = claim {
             self.claim_ids.remember(key, token, claim_id, written);

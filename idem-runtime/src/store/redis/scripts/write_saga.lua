@@ -29,20 +29,18 @@ end
 local status
 if ARGV[5] == 'status' then
   status = ARGV[6]
-elseif fresh then
-  status = 'running'
-end
-if status then
-  head[#head + 1] = 'status'
-  head[#head + 1] = status
-end
-if ARGV[5] == 'status' then
   if ARGV[7] == '1' then
     head[#head + 1] = 'error'
     head[#head + 1] = ARGV[8]
   else
     redis.call('HDEL', KEYS[2], 'error')
   end
+elseif fresh then
+  status = 'running'
+end
+if status then
+  head[#head + 1] = 'status'
+  head[#head + 1] = status
 end
 redis.call('HSET', KEYS[2], unpack(head))
 if ARGV[5] ~= 'status' then
