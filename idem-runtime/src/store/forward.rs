@@ -3,6 +3,8 @@
 //! with defaults too (a default here would hide the store's own answer); the conformance
 //! suite runs once through `Arc<MemoryStore>` to hold that.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +18,13 @@ use crate::store::{
 use crate::store::{Inspect, SagaStore};
 use crate::Error;
 
+/// A boxed future of a store method, as `async_trait` makes them.
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
+
+// The pointers hand on the future of the store they point to, as it is: an `async fn` here
+// would box it a second time on every call (the default store is an `Arc<dyn Store>`, and a
+// store given as `&dyn Store` is reached through `&S`). The signatures are those
+// `async_trait` gives the trait's methods.
 macro_rules! forward_store {
     ($($pointer:ty),*) => {$(
         #[async_trait]
@@ -28,47 +37,103 @@ macro_rules! forward_store {
                 (**self).shared()
             }
 
-            async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
-                (**self).claim(request).await
+            fn claim<'s, 'r, 'k, 'async_trait>(
+                &'s self,
+                request: &'r ClaimRequest<'k>,
+            ) -> Boxed<'async_trait, Claim>
+            where
+                's: 'async_trait,
+                'r: 'async_trait,
+                'k: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).claim(request)
             }
 
-            async fn complete(
-                &self,
-                key: &Key,
+            fn complete<'s, 'k, 'async_trait>(
+                &'s self,
+                key: &'k Key,
                 token: FencingToken,
                 outcome: StoredOutcome,
                 ttl: Duration,
-            ) -> Result<Ownership, Error> {
-                (**self).complete(key, token, outcome, ttl).await
+            ) -> Boxed<'async_trait, Ownership>
+            where
+                's: 'async_trait,
+                'k: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).complete(key, token, outcome, ttl)
             }
 
-            async fn release(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
-                (**self).release(key, token).await
+            fn release<'s, 'k, 'async_trait>(
+                &'s self,
+                key: &'k Key,
+                token: FencingToken,
+            ) -> Boxed<'async_trait, Ownership>
+            where
+                's: 'async_trait,
+                'k: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).release(key, token)
             }
 
-            async fn heartbeat(
-                &self,
-                key: &Key,
+            fn heartbeat<'s, 'k, 'async_trait>(
+                &'s self,
+                key: &'k Key,
                 token: FencingToken,
                 lease: Duration,
-            ) -> Result<Ownership, Error> {
-                (**self).heartbeat(key, token, lease).await
+            ) -> Boxed<'async_trait, Ownership>
+            where
+                's: 'async_trait,
+                'k: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).heartbeat(key, token, lease)
             }
 
-            async fn leave_in_doubt(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
-                (**self).leave_in_doubt(key, token).await
+            fn leave_in_doubt<'s, 'k, 'async_trait>(
+                &'s self,
+                key: &'k Key,
+                token: FencingToken,
+            ) -> Boxed<'async_trait, Ownership>
+            where
+                's: 'async_trait,
+                'k: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).leave_in_doubt(key, token)
             }
 
-            async fn wait(&self, key: &Key, token: FencingToken, at_most: Duration) -> Result<(), Error> {
-                (**self).wait(key, token, at_most).await
+            fn wait<'s, 'k, 'async_trait>(
+                &'s self,
+                key: &'k Key,
+                token: FencingToken,
+                at_most: Duration,
+            ) -> Boxed<'async_trait, ()>
+            where
+                's: 'async_trait,
+                'k: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).wait(key, token, at_most)
             }
 
-            async fn get(&self, key: &Key) -> Result<Option<Record>, Error> {
-                (**self).get(key).await
+            fn get<'s, 'k, 'async_trait>(&'s self, key: &'k Key) -> Boxed<'async_trait, Option<Record>>
+            where
+                's: 'async_trait,
+                'k: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).get(key)
             }
 
-            async fn purge_expired(&self) -> Result<u64, Error> {
-                (**self).purge_expired().await
+            fn purge_expired<'s, 'async_trait>(&'s self) -> Boxed<'async_trait, u64>
+            where
+                's: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).purge_expired()
             }
         }
     )*};
