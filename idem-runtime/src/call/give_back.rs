@@ -50,10 +50,15 @@ impl Request {
 /// Claims `request` in `store`; if the caller is dropped before the answer, the claim is
 /// given back. Stores without an owned handle ([`Store::shared`]: the memory store, whose
 /// claim is one synchronous step) are claimed directly.
-pub(crate) async fn claim(store: &dyn Store, request: Request) -> Result<Claim, Error> {
+///
+/// `request` is borrowed, not moved in: the caller's future (part of the call's, which is
+/// boxed) would otherwise hold it twice, and a block over 1032 bytes is one glibc's thread
+/// cache does not keep.
+pub(crate) async fn claim(store: &dyn Store, request: &Request) -> Result<Claim, Error> {
     let Some(shared) = store.shared() else {
         return store.claim(&request.borrowed()).await;
     };
+    let request = *request;
     let claiming: Claiming = Box::pin(async move {
         let claim = shared.claim(&request.borrowed()).await;
         (shared, claim)

@@ -361,7 +361,7 @@ async fn claim<E>(call: Call<'_>, store: &dyn Store) -> Result<Claimed, Failed<E
     let mut deadline = None;
     let mut waited = false;
     loop {
-        match give_back::claim(store, request).await.map_err(idem)? {
+        match give_back::claim(store, &request).await.map_err(idem)? {
             Claim::Acquired { token, resumed } => return Ok(Claimed::Owner { token, resumed }),
             Claim::Completed {
                 fingerprint,
@@ -441,12 +441,14 @@ where
         in_doubt: AtomicBool::new(false),
     };
     // The heartbeat covers recording the outcome too: a store that is slow to take it (a
-    // busy file, retries) does not let the lease run out under a live owner.
-    let run_and_settle = async {
+    // busy file, retries) does not let the lease run out under a live owner. Boxed where it
+    // is made: passed by value, the body and the settling would be kept twice in this
+    // future (the heartbeat's argument, then the pinned value it polls).
+    let run_and_settle = Box::pin(async {
         let output = in_call(context, body).await;
         meter.body_ended(action.name());
         owner.settle(codec, output, how, &shared).await
-    };
+    });
     let lease = action.settings().lease;
     let settled = with_heartbeat(run_and_settle, store, &key, token, lease, &shared).await;
     // After the heartbeat has stopped, so that no beat in flight renews the lease again.

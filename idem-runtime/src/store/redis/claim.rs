@@ -107,7 +107,9 @@ impl RedisStore {
             // A `SET` that reached the server late may carry a token smaller than one handed
             // out for this key meanwhile (`tokens.rs`): it gets a new one first.
             if reserved.elapsed() >= FRESH_BLOCK_TTL {
-                let retokened = self.retoken(key, token, claim_id).await?;
+                // Boxed: rare, and a script's round trip would make every claim's future
+                // larger (see `RedisStore::claim`).
+                let retokened = Box::pin(self.retoken(key, token, claim_id)).await?;
                 return Ok(retokened.map(|claim| (claim, None)));
             }
             let acquired = Claim::Acquired {

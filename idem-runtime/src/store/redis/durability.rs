@@ -277,16 +277,32 @@ impl RedisStore {
         so: &str,
         wrote: impl FnOnce(&T) -> bool,
     ) -> Result<T, Error> {
-        let mut connection = self.connection.clone();
         let Some(replicas) = self.replicas else {
             return match write {
                 Write::Script(invocation) => self.run(key, invocation).await,
                 Write::Command(command) => command
-                    .query_async(&mut connection)
+                    .query_async(&mut self.connection.clone())
                     .await
                     .map_err(failed(key)),
             };
         };
+        // Boxed: only with replicas asked for; inline, its round trips would make every
+        // write's future larger (see `RedisStore::claim`).
+        Box::pin(self.replicated(replicas, key, write, what, so, wrote)).await
+    }
+
+    /// [`acknowledged`](Self::acknowledged) with replicas asked for: `write` and a `WAIT` in
+    /// one pipeline.
+    async fn replicated<T: redis::FromRedisValue>(
+        &self,
+        replicas: Replicas,
+        key: Option<&Key>,
+        write: Write<'_>,
+        what: &str,
+        so: &str,
+        wrote: impl FnOnce(&T) -> bool,
+    ) -> Result<T, Error> {
+        let mut connection = self.connection.clone();
         let mut pipe = redis::pipe();
         match write {
             Write::Script(invocation) => pipe.invoke_script(invocation),

@@ -642,6 +642,34 @@ impl RedisStore {
             .map_err(failed(key))
     }
 
+    /// `Store::complete` by `scripts/complete.lua`: for a claim the handle did not make
+    /// natively, or a TTL the record keeps itself.
+    async fn complete_by_script(
+        &self,
+        key: &Key,
+        token: FencingToken,
+        kind: &str,
+        bytes: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<Ownership, Error> {
+        let (head, steps) = self.saga_keys(key);
+        let mut invocation = COMPLETE.prepare_invoke();
+        invocation
+            .key(self.record_key(key))
+            .key(head)
+            .key(steps)
+            .arg(token)
+            .arg(kind)
+            .arg(bytes)
+            .arg(millis(ttl))
+            .arg(self.claim_ids.of(key, token));
+        let held: i64 = self
+            .run_acknowledged(key, &invocation, "the result", |held| *held == 1)
+            .await?;
+        self.claim_ids.forget(key, token);
+        Ok(ownership(held))
+    }
+
     /// What a purge does on Redis, which deletes expired records itself: it deletes the
     /// expiry index an older idem kept (`<prefix>expiry`), if it is still there, and has no
     /// record left to delete or count.
@@ -677,6 +705,12 @@ impl Store for RedisStore {
         Some(std::sync::Arc::new(self.clone()))
     }
 
+    // This future is boxed on every call (`async_trait`), and its size decides how: the
+    // allocator serves a small block from the thread's own cache (glibc: up to 1032 bytes), a
+    // larger one from an arena under a lock that the runtime's workers contend for (a tenth of
+    // a replay's client time at 64 callers, in `benches/stores.rs`). So the steps of a replay
+    // and of a fresh claim are awaited inline, and the rare ones (the script, the replicas'
+    // `WAIT`, a new block of tokens, a late claim's new token) are boxed apart.
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
         let key = request.key;
         let looked = if self.first_look.write_first() {
@@ -696,7 +730,10 @@ impl Store for RedisStore {
         let claim_id = self.claim_ids.draw();
         let (claim, written) = if to_change {
             self.first_look.found_record();
-            (self.claim_by_script(request, claim_id).await?, None)
+            (
+                Box::pin(self.claim_by_script(request, claim_id)).await?,
+                None,
+            )
         } else {
             match self.claim_natively(request, claim_id).await? {
                 Some((claim, written)) => {
@@ -707,12 +744,17 @@ impl Store for RedisStore {
                     }
                     (claim, written)
                 }
-                None => (self.claim_by_script(request, claim_id).await?, None),
+                None => (
+                    Box::pin(self.claim_by_script(request, claim_id)).await?,
+                    None,
+                ),
             }
         };
         if let Claim::Acquired { token, .. } = claim {
             self.claim_ids.remember(key, token, claim_id, written);
-            self.replicated_claim(key, token).await?;
+            if self.replicas.is_some() {
+                Box::pin(self.replicated_claim(key, token)).await?;
+            }
         }
         Ok(claim)
     }
@@ -735,22 +777,9 @@ impl Store for RedisStore {
             self.claim_ids.forget(key, token);
             return Ok(held);
         }
-        let (head, steps) = self.saga_keys(key);
-        let mut invocation = COMPLETE.prepare_invoke();
-        invocation
-            .key(self.record_key(key))
-            .key(head)
-            .key(steps)
-            .arg(token)
-            .arg(kind)
-            .arg(bytes)
-            .arg(millis(ttl))
-            .arg(self.claim_ids.of(key, token));
-        let held: i64 = self
-            .run_acknowledged(key, &invocation, "the result", |held| *held == 1)
-            .await?;
-        self.claim_ids.forget(key, token);
-        Ok(ownership(held))
+        // Boxed: the script is rare (a claim not made natively, a short TTL), and inline it
+        // would make every completion's future larger (see `claim`).
+        Box::pin(self.complete_by_script(key, token, kind, bytes, ttl)).await
     }
 
     async fn release(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {

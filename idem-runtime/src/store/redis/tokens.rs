@@ -61,6 +61,13 @@ impl Tokens {
         if let Some(taken) = self.take() {
             return Ok(taken);
         }
+        // Boxed: once per block, and the lock and the round trip would otherwise make every
+        // claim's future larger (see `RedisStore::claim`).
+        Box::pin(self.refill(store)).await
+    }
+
+    /// A token from a new block, unless another task reserved one meanwhile.
+    async fn refill(&self, store: &RedisStore) -> Result<(FencingToken, Instant), Error> {
         let _refilling = self.refill.lock().await;
         if let Some(taken) = self.take() {
             return Ok(taken); // another task reserved a block meanwhile
