@@ -101,8 +101,12 @@ async fn terminated_postgres_backends_fail_the_calls_they_serve_and_duplicate_no
         .sql("CREATE DATABASE fault_test")
         .expect("create the database");
     let url = format!("postgres://postgres@127.0.0.1:{}/fault_test", server.port());
+    // A call that finds no connection tries again for as long as the statement timeout
+    // (a failover in progress looks the same): 5 s rather than the default 30 s, so that
+    // the ten calls made during the fault take a minute, not five.
     let store = PostgresStore::builder(url)
         .pool_size(4)
+        .statement_timeout(Duration::from_secs(5))
         .connect()
         .await
         .expect("connect");
