@@ -27,7 +27,7 @@ use super::decode::{bytes, claim_answer, corrupt};
 use super::record::{hex, State, Stored};
 use super::scripts::{CLAIM, RETOKEN};
 use super::tokens::FRESH_BLOCK_TTL;
-use super::{failed, wall_now_ms, RedisStore};
+use super::{command, failed, wall_now_ms, RedisStore};
 use crate::key::Key;
 use crate::store::{
     decide, millis, Claim, ClaimRequest, FencingToken, Found, OnStale, Status, Verdict,
@@ -76,16 +76,18 @@ impl RedisStore {
         // returned, atomically with the claim; the `PTTL` read after it only times a lease or
         // a result (a record that changed in between is one whose owner is alive, or one the
         // script looks at again).
-        let (previous, pttl): (Value, i64) = redis::pipe()
-            .cmd("SET")
-            .arg(&record_key)
+        let mut set = command("SET", 6, record_key.len() + claim.len() + 32);
+        set.arg(&record_key)
             .arg(&claim)
             .arg("NX")
             .arg("GET")
             .arg("PX")
-            .arg(millis(request.lease).saturating_add(ttl_ms).max(1))
-            .cmd("PTTL")
-            .arg(&record_key)
+            .arg(millis(request.lease).saturating_add(ttl_ms).max(1));
+        let mut pttl = command("PTTL", 1, record_key.len());
+        pttl.arg(&record_key);
+        let (previous, pttl): (Value, i64) = redis::Pipeline::with_capacity(2)
+            .add_command(set)
+            .add_command(pttl)
             .query_async(&mut connection)
             .await
             .map_err(failed(Some(key)))?;
@@ -131,11 +133,13 @@ impl RedisStore {
         let key = request.key;
         let record_key = self.record_key(key);
         let mut connection = self.connection.clone();
-        let (value, pttl): (Value, i64) = redis::pipe()
-            .cmd("GET")
-            .arg(&record_key)
-            .cmd("PTTL")
-            .arg(&record_key)
+        let mut get = command("GET", 1, record_key.len());
+        get.arg(&record_key);
+        let mut pttl = command("PTTL", 1, record_key.len());
+        pttl.arg(&record_key);
+        let (value, pttl): (Value, i64) = redis::Pipeline::with_capacity(2)
+            .add_command(get)
+            .add_command(pttl)
             .query_async(&mut connection)
             .await
             .map_err(failed(Some(key)))?;

@@ -18,7 +18,7 @@ use super::durability::{Write, LOSABLE};
 use super::record::Stored;
 use super::scripts::COMPLETE_IN_PLACE;
 use super::tokens::FRESH_BLOCK_TTL;
-use super::RedisStore;
+use super::{command, RedisStore};
 use crate::key::Key;
 use crate::store::{millis, FencingToken, Ownership};
 
@@ -46,7 +46,11 @@ impl RedisStore {
         };
         let record = self.record_key(key);
         let recorded = if self.set_ifeq {
-            let mut set = redis::cmd("SET");
+            let mut set = command(
+                "SET",
+                6,
+                record.len() + completed.len() + written.len() + 32,
+            );
             set.arg(&record)
                 .arg(completed)
                 .arg("IFEQ")

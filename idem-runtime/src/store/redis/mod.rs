@@ -216,6 +216,15 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
+/// The command `name`, its buffers sized for `args` more arguments of `bytes` bytes in all: a
+/// command made by `redis::cmd` grows them one argument at a time, and those reallocations
+/// were a tenth of a replay's client time in a profile at 64 callers.
+fn command(name: &str, args: usize, bytes: usize) -> redis::Cmd {
+    let mut command = redis::Cmd::with_capacity(args + 1, name.len() + bytes);
+    command.arg(name);
+    command
+}
+
 fn failed(key: Option<&Key>) -> impl FnOnce(redis::RedisError) -> Error + '_ {
     move |error| Error::store("redis", key, error)
 }
