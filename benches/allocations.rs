@@ -21,10 +21,14 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+#[path = "common/call.rs"]
+mod call;
+
+use call::{BenchError, Receipt};
+
 use idem::idempotent;
 use idem::store::{MemoryStore, PostgresStore, RedisStore, SqliteStore, Store};
 use idem_runtime::conformance::servers::{PostgresServer, RedisServer};
-use serde::{Deserialize, Serialize};
 
 /// The allocator: the system's, counting while [`COUNTING`] is set.
 struct Counting;
@@ -69,22 +73,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Receipt {
-    message_id: String,
-    amount_cents: u64,
-}
-
-#[derive(Debug)]
-#[allow(dead_code)] // read through Debug only
-struct BenchError(idem::Error);
-
-impl From<idem::Error> for BenchError {
-    fn from(error: idem::Error) -> Self {
-        BenchError(error)
-    }
-}
 
 #[idempotent(skip = [store], store = store, name = "alloc_replay")]
 async fn replay_call(store: &dyn Store, n: u64) -> Result<Receipt, BenchError> {

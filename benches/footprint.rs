@@ -57,6 +57,8 @@
 //! tables states its assumptions with its numbers. `IDEM_FOOTPRINT_ONLY=redis` (or
 //! `postgresql`, `sqlite`) runs one store.
 
+#[path = "common/call.rs"]
+mod call;
 mod common;
 
 use std::collections::BTreeMap;
@@ -70,8 +72,8 @@ use idem::idempotent;
 use idem::store::{PostgresStore, RedisStore, SqliteStore, Store};
 use idem_runtime::conformance::servers::{PostgresServer, RedisServer};
 use redis::aio::ConnectionManager;
-use serde::{Deserialize, Serialize};
 
+use call::{BenchError, Receipt};
 use common::{info_commandstats, redis_cmd, Cpu};
 
 /// How many records each store gets unless `IDEM_FOOTPRINT_RECORDS` says.
@@ -95,22 +97,6 @@ const SHARD_MEMORY: f64 = 32.0 * GIB;
 const PG_CORES: f64 = 16.0;
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Receipt {
-    message_id: String,
-    amount_cents: u64,
-}
-
-#[derive(Debug)]
-#[allow(dead_code)] // read through Debug only
-struct ToolError(idem::Error);
-
-impl From<idem::Error> for ToolError {
-    fn from(error: idem::Error) -> Self {
-        ToolError(error)
-    }
-}
-
 /// The bodies that ran: a replay must not add one.
 static BODIES: AtomicU64 = AtomicU64::new(0);
 /// The keys of the first bodies of a load (for `MEMORY USAGE`).
@@ -123,7 +109,7 @@ async fn send_receipt(
     customer_id: &str,
     order_id: &str,
     amount_cents: u64,
-) -> Result<Receipt, ToolError> {
+) -> Result<Receipt, BenchError> {
     BODIES.fetch_add(1, Ordering::Relaxed);
     if let Some(key) = idem::current_key() {
         let mut sampled = SAMPLED.lock().expect("the sample");

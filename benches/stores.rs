@@ -51,6 +51,8 @@
 //! (or `1,16`), `IDEM_BENCH_ONLY=redis` (or `postgresql-replay`, …: the rows whose
 //! `<store>-<call>` contains it; round trips are counted only for a whole store).
 
+#[path = "common/call.rs"]
+mod call;
 mod common;
 
 use std::collections::BTreeMap;
@@ -66,8 +68,8 @@ use idem::idempotent;
 use idem::store::{PostgresStore, RedisStore, Store};
 use idem_runtime::conformance::servers::{PostgresServer, RedisServer};
 use redis::aio::ConnectionManager;
-use serde::{Deserialize, Serialize};
 
+use call::{BenchError, Receipt};
 use common::{info_commandstats, redis_cmd, Cpu};
 
 /// The concurrencies of the rows.
@@ -97,26 +99,10 @@ fn callers() -> Vec<usize> {
         .unwrap_or_else(|| CALLERS.to_vec())
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Receipt {
-    message_id: String,
-    amount_cents: u64,
-}
-
 fn receipt(n: u64) -> Receipt {
     Receipt {
         message_id: format!("msg-{n}"),
         amount_cents: 1999,
-    }
-}
-
-#[derive(Debug)]
-#[allow(dead_code)] // read through Debug only
-struct BenchError(idem::Error);
-
-impl From<idem::Error> for BenchError {
-    fn from(error: idem::Error) -> Self {
-        BenchError(error)
     }
 }
 
