@@ -218,7 +218,7 @@ impl std::fmt::Debug for RedisStore {
 
 /// The command `name`, its buffers sized for `args` more arguments of `bytes` bytes in all: a
 /// command made by `redis::cmd` grows them one argument at a time, and those reallocations
-/// were a tenth of a replay's client time in a profile at 64 callers.
+/// were 6.5 % of a replay's client samples in a profile at 64 callers (BENCHMARKS.md).
 fn command(name: &str, args: usize, bytes: usize) -> redis::Cmd {
     let mut command = redis::Cmd::with_capacity(args + 1, name.len() + bytes);
     command.arg(name);
@@ -716,10 +716,11 @@ impl Store for RedisStore {
 
     // This future is boxed on every call (`async_trait`), and its size decides how: the
     // allocator serves a small block from the thread's own cache (glibc: up to 1032 bytes), a
-    // larger one from an arena under a lock that the runtime's workers contend for (a tenth of
-    // a replay's client time at 64 callers, in `benches/stores.rs`). So the steps of a replay
-    // and of a fresh claim are awaited inline, and the rare ones (the script, the replicas'
-    // `WAIT`, a new block of tokens, a late claim's new token) are boxed apart.
+    // larger one from an arena under a lock that the runtime's workers contend for (allocating
+    // and freeing were a quarter of a replay's client samples at 64 callers, much of it
+    // waiting on those locks: BENCHMARKS.md). So the steps of a replay and of a fresh claim
+    // are awaited inline, and the rare ones (the script, the replicas' `WAIT`, a new block of
+    // tokens, a late claim's new token) are boxed apart.
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
         let key = request.key;
         let looked = if self.first_look.write_first() {
