@@ -368,7 +368,7 @@ async fn postgres_urls_with_tls_parameters_that_cannot_work_are_refused() {
         assert!(said.contains(named), "{url}: {said}");
     }
     // A CA in the URL and another given to the builder: neither is silently dropped.
-    let twice = PostgresStore::builder(&format!("{url}?sslmode=verify-full&sslrootcert=/ca.pem"))
+    let twice = PostgresStore::builder(format!("{url}?sslmode=verify-full&sslrootcert=/ca.pem"))
         .tls_root_certificate(b"-----BEGIN CERTIFICATE-----".to_vec())
         .connect()
         .await
