@@ -161,17 +161,54 @@ pub(crate) fn find_binary(name: &str, extra: &[PathBuf]) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// A loopback port nobody listens on now.
+/// How far above its port a Redis Cluster node listens for its peers (its bus port).
+const CLUSTER_BUS_OFFSET: u16 = 10_000;
+
+/// A loopback port for a new server: nobody listens on it or on its cluster bus port now
+/// ([`CLUSTER_BUS_OFFSET`] above, so that any Redis server can be a cluster node: Redis
+/// refuses one above 55,535), and neither was handed out before in this process.
+///
+/// Why the process remembers: the tests start many servers at once, and a port that is free
+/// when asked for is free again whenever its server stops. Without the memory, a cluster
+/// node's bus port could go to another test's server, or a killed server's ports to
+/// another test's server before it restarts: a node that cannot bind them exits, and one
+/// test's client could talk to another test's server.
 pub(crate) fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static HANDED_OUT: Mutex<std::collections::BTreeSet<u16>> =
+        Mutex::new(std::collections::BTreeSet::new());
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    for _ in 0..1_000 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let Some(bus) = port.checked_add(CLUSTER_BUS_OFFSET) else {
+            continue;
+        };
+        // Taken: the port itself, or it is the bus port of one handed out, or its bus port
+        // is one handed out.
+        let taken = handed_out.contains(&port)
+            || handed_out.contains(&bus)
+            || port
+                .checked_sub(CLUSTER_BUS_OFFSET)
+                .is_some_and(|below| handed_out.contains(&below));
+        if taken || TcpListener::bind(("127.0.0.1", bus)).is_err() {
+            continue;
+        }
+        handed_out.insert(port);
+        return Ok(port);
+    }
+    Err(std::io::Error::other(
+        "no loopback port with a free cluster bus port after 1,000 tries",
+    ))
 }
 
 /// A fresh folder for one server.
 pub(crate) fn temp_folder(kind: &str) -> std::io::Result<PathBuf> {
+    static FOLDERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let folder = std::env::temp_dir().join(format!(
         "idem-{kind}-{}-{}",
         std::process::id(),
-        free_port()?
+        FOLDERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let _ = std::fs::remove_dir_all(&folder);
     std::fs::create_dir_all(&folder)?;
@@ -203,4 +240,24 @@ pub(crate) fn exchange(port: u16, request: &[u8]) -> Option<Vec<u8>> {
     let mut answer = [0u8; 64];
     let read = stream.read(&mut answer).ok()?;
     Some(answer[..read].to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_port_is_handed_out_twice_or_as_anothers_cluster_bus() {
+        let ports: Vec<u16> = (0..300).map(|_| free_port().expect("a port")).collect();
+        let set: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(set.len(), ports.len(), "a port was handed out twice");
+        for port in &ports {
+            let bus = port.checked_add(CLUSTER_BUS_OFFSET);
+            assert!(bus.is_some(), "{port}: too high to be a cluster node");
+            assert!(
+                !set.contains(&bus.unwrap()),
+                "{port}'s bus port was handed out"
+            );
+        }
+    }
 }
