@@ -26,12 +26,16 @@ fn colour(system: System) -> RGBColor {
         IdempotentMemory | IdempotentRedis => RGBColor(255, 127, 14),
         AgentEffectsMemory | AgentEffectsSqlite | AgentEffectsPostgres => RGBColor(214, 39, 40),
         RawSqlite | RawRedis | RawRedisCluster | RawPostgres => RGBColor(60, 60, 60),
-        // Sagas: a colour per store, lighter for the raw log writes.
+        // Sagas: a colour per store, lighter for the raw log writes and
+        // darker for the 6-step saga.
         SagaSqlite => RGBColor(31, 119, 180),
+        LongSagaSqlite => RGBColor(15, 60, 110),
         RawLogSqlite => RGBColor(140, 190, 225),
         SagaRedis => RGBColor(148, 103, 189),
+        LongSagaRedis => RGBColor(85, 50, 120),
         RawLogRedis => RGBColor(200, 176, 220),
         SagaPostgres => RGBColor(140, 86, 75),
+        LongSagaPostgres => RGBColor(80, 45, 35),
         RawLogPostgres => RGBColor(205, 160, 150),
     }
 }

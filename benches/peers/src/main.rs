@@ -116,11 +116,10 @@ impl Servers {
         use System::*;
         match system {
             IdemRedis | IdemRedisReplayCache | IdempotentRedis | RawRedis | SagaRedis
-            | RawLogRedis => self.redis.as_ref().err().cloned(),
+            | LongSagaRedis | RawLogRedis => self.redis.as_ref().err().cloned(),
             IdemRedisCluster | RawRedisCluster => self.cluster.as_ref().err().cloned(),
-            IdemPostgres | AgentEffectsPostgres | RawPostgres | SagaPostgres | RawLogPostgres => {
-                self.postgres.as_ref().err().cloned()
-            }
+            IdemPostgres | AgentEffectsPostgres | RawPostgres | SagaPostgres | LongSagaPostgres
+            | RawLogPostgres => self.postgres.as_ref().err().cloned(),
             _ => None,
         }
     }

@@ -131,6 +131,13 @@ pub enum System {
     SagaRedis,
     /// The same saga on PostgreSQL.
     SagaPostgres,
+    /// A 6-step idem saga (the 3 steps, then the same 3 again), a new saga id each call, on
+    /// SQLite: beside the 3-step saga, what 3 steps cost without the saga's own writes.
+    LongSagaSqlite,
+    /// The same 6-step saga on Redis.
+    LongSagaRedis,
+    /// The same 6-step saga on PostgreSQL.
+    LongSagaPostgres,
     /// The raw writes of a 3-step saga's log on SQLite: 6 `INSERT OR REPLACE` (an intent and
     /// an outcome per step), each its own durable transaction.
     RawLogSqlite,
@@ -149,9 +156,8 @@ impl System {
             IdemRedis | IdemRedisReplayCache | IdempotentRedis | RawRedis => Family::Redis,
             IdemRedisCluster | RawRedisCluster => Family::RedisCluster,
             IdemPostgres | AgentEffectsPostgres | RawPostgres => Family::Postgres,
-            SagaSqlite | SagaRedis | SagaPostgres | RawLogSqlite | RawLogRedis | RawLogPostgres => {
-                Family::Sagas
-            }
+            SagaSqlite | SagaRedis | SagaPostgres | LongSagaSqlite | LongSagaRedis
+            | LongSagaPostgres | RawLogSqlite | RawLogRedis | RawLogPostgres => Family::Sagas,
         }
     }
 
@@ -179,6 +185,9 @@ impl System {
             SagaSqlite => "idem saga, SQLite",
             SagaRedis => "idem saga, Redis",
             SagaPostgres => "idem saga, PostgreSQL",
+            LongSagaSqlite => "idem 6-step saga, SQLite",
+            LongSagaRedis => "idem 6-step saga, Redis",
+            LongSagaPostgres => "idem 6-step saga, PostgreSQL",
             RawLogSqlite => "raw log, SQLite",
             RawLogRedis => "raw log, Redis",
             RawLogPostgres => "raw log, PostgreSQL",
@@ -206,6 +215,7 @@ impl System {
             (RawPostgres, Mode::Replay) => "SELECT",
             (AgentEffectsPostgres, _) => "pool 16, database clock",
             (SagaSqlite | SagaRedis | SagaPostgres, _) => "3 steps, new saga id each call",
+            (LongSagaSqlite | LongSagaRedis | LongSagaPostgres, _) => "the 3 steps twice",
             (RawLogSqlite, _) => "6 INSERT OR REPLACE",
             (RawLogRedis, _) => "6 HSET",
             (RawLogPostgres, _) => "6 upserts",
@@ -219,9 +229,8 @@ impl System {
         match self {
             Plain => &[Mode::Fresh],
             IdemRedisReplayCache => &[Mode::Replay],
-            SagaSqlite | SagaRedis | SagaPostgres | RawLogSqlite | RawLogRedis | RawLogPostgres => {
-                &[Mode::Fresh]
-            }
+            SagaSqlite | SagaRedis | SagaPostgres | LongSagaSqlite | LongSagaRedis
+            | LongSagaPostgres | RawLogSqlite | RawLogRedis | RawLogPostgres => &[Mode::Fresh],
             _ => &[Mode::Fresh, Mode::Replay],
         }
     }
@@ -253,10 +262,13 @@ impl System {
             AgentEffectsPostgres,
             RawPostgres,
             SagaSqlite,
+            LongSagaSqlite,
             RawLogSqlite,
             SagaRedis,
+            LongSagaRedis,
             RawLogRedis,
             SagaPostgres,
+            LongSagaPostgres,
             RawLogPostgres,
         ]
     }

@@ -110,7 +110,7 @@ impl PgEnv {
     /// Empties the tables of `system` (idem's also hold its sagas' logs).
     pub async fn empty(&self, system: System) -> Result<(), String> {
         let tables = match system {
-            System::IdemPostgres | System::SagaPostgres => {
+            System::IdemPostgres | System::SagaPostgres | System::LongSagaPostgres => {
                 "idem.idem_records, idem.idem_sagas, idem.idem_saga_steps"
             }
             System::AgentEffectsPostgres => "ae.effects, ae.effect_events, ae.late_observations",

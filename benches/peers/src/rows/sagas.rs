@@ -5,7 +5,8 @@
 //! own round trip (and, on SQLite and PostgreSQL, its own durable transaction).
 //!
 //! The saga does more than its log: its own claim, its status and its recorded outcome. So
-//! the saga's time per step against two raw writes is an upper bound of what a step costs.
+//! a 6-step saga (the same 3 steps twice) runs beside the 3-step one: the difference of
+//! their times is what 3 steps cost alone, set against the raw log of 3 steps (its 6 writes).
 //!
 //! - SQLite: raw `INSERT OR REPLACE INTO steps …` (WAL, `synchronous = FULL`), each store on
 //!   a new file every round;
@@ -34,7 +35,7 @@ use crate::measure::{Call, Timing};
 
 /// Executions of the steps' bodies (the raw rows count theirs here too).
 static STEP_BODIES: AtomicU64 = AtomicU64::new(0);
-/// Steps per saga.
+/// Steps of the 3-step saga, and of the raw log; the long saga has twice as many.
 const STEPS: u64 = 3;
 
 #[saga_step(compensate = release_seat)]
@@ -66,17 +67,35 @@ async fn send_ticket(order: &str) -> Result<String, PeerError> {
     Ok(format!("ticket sent for {order}"))
 }
 
-/// A caller running idem sagas on a store.
+/// A caller running idem sagas on a store: of the 3 steps, or (`long`) of the 3 steps twice.
 struct SagaCall {
     store: Arc<dyn Store>,
+    long: bool,
+}
+
+impl SagaCall {
+    /// Step bodies per saga.
+    fn steps(&self) -> u64 {
+        if self.long {
+            2 * STEPS
+        } else {
+            STEPS
+        }
+    }
 }
 
 impl Call for SagaCall {
     async fn call(&self, n: u64) -> Result<(), String> {
         let order = format!("order-{n}");
+        let long = self.long;
         let ticket = Saga::new(order.clone())
             .store(&*self.store)
             .run(|s| async move {
+                if long {
+                    s.step(reserve_seat(&order, 8)).await?;
+                    s.step(charge_card(&order, AMOUNT)).await?;
+                    s.step(send_ticket(&order)).await?;
+                }
                 s.step(reserve_seat(&order, 7)).await?;
                 s.step(charge_card(&order, AMOUNT)).await?;
                 s.step(send_ticket(&order)).await
@@ -213,18 +232,37 @@ pub struct SagaEnv<'a> {
     pub postgres: Option<&'a PgEnv>,
 }
 
-/// One round of `call`: fresh sagas, each of `STEPS` step bodies, counted from `since`.
-async fn saga_round<C: Call>(call: C, since: u64, callers: usize, timing: Timing) -> RoundResult {
+/// One round of `call`: fresh sagas, each of `steps` step bodies, counted from `since`.
+async fn saga_round<C: Call>(
+    call: C,
+    steps: u64,
+    since: u64,
+    callers: usize,
+    timing: Timing,
+) -> RoundResult {
     counted(
         Arc::new(call),
         &STEP_BODIES,
         since,
         Mode::Fresh,
-        STEPS,
+        steps,
         callers,
         timing,
     )
     .await
+}
+
+/// One round of idem sagas on `store`.
+async fn idem_round(
+    store: Arc<dyn Store>,
+    long: bool,
+    since: u64,
+    callers: usize,
+    timing: Timing,
+) -> RoundResult {
+    let call = SagaCall { store, long };
+    let steps = call.steps();
+    saga_round(call, steps, since, callers, timing).await
 }
 
 /// One round of a saga row.
@@ -235,54 +273,49 @@ pub async fn round(
     timing: Timing,
 ) -> Result<RoundResult, String> {
     let since = STEP_BODIES.load(Ordering::SeqCst);
+    let long = matches!(
+        system,
+        System::LongSagaSqlite | System::LongSagaRedis | System::LongSagaPostgres
+    );
     let result = match system {
-        System::SagaSqlite | System::RawLogSqlite => {
+        System::SagaSqlite | System::LongSagaSqlite | System::RawLogSqlite => {
             let path = round_file(env.folder, &format!("{system:?}").to_lowercase());
-            let result = if system == System::SagaSqlite {
-                let store = SqliteStore::open(&path)
-                    .await
-                    .map_err(|e| format!("idem SqliteStore: {e}"))?;
-                let call = SagaCall {
-                    store: Arc::new(store),
-                };
-                saga_round(call, since, callers, timing).await
-            } else {
+            let result = if system == System::RawLogSqlite {
                 let writer = durable_connection(&path)?;
                 writer
                     .execute_batch(SQLITE_STEPS)
                     .map_err(|e| e.to_string())?;
                 let raw = RawLog::Sqlite(Arc::new(Mutex::new(writer)));
-                saga_round(raw, since, callers, timing).await
+                saga_round(raw, STEPS, since, callers, timing).await
+            } else {
+                let store = SqliteStore::open(&path)
+                    .await
+                    .map_err(|e| format!("idem SqliteStore: {e}"))?;
+                idem_round(Arc::new(store), long, since, callers, timing).await
             };
             remove_file(&path);
             result
         }
-        System::SagaRedis | System::RawLogRedis => {
+        System::SagaRedis | System::LongSagaRedis | System::RawLogRedis => {
             let redis = env.redis.ok_or("no Redis")?;
             redis.reset().await?;
-            let mut result = if system == System::SagaRedis {
-                let call = SagaCall {
-                    store: redis.idem_store(),
-                };
-                saga_round(call, since, callers, timing).await
-            } else {
+            let mut result = if system == System::RawLogRedis {
                 let raw = RawLog::Redis(redis.raw_connection());
-                saga_round(raw, since, callers, timing).await
+                saga_round(raw, STEPS, since, callers, timing).await
+            } else {
+                idem_round(redis.idem_store(), long, since, callers, timing).await
             };
             result.extra = Some(redis.server_note(result.measured.calls).await?);
             result
         }
-        System::SagaPostgres | System::RawLogPostgres => {
+        System::SagaPostgres | System::LongSagaPostgres | System::RawLogPostgres => {
             let postgres = env.postgres.ok_or("no PostgreSQL")?;
             postgres.empty(system).await?;
-            if system == System::SagaPostgres {
-                let call = SagaCall {
-                    store: postgres.idem_store(),
-                };
-                saga_round(call, since, callers, timing).await
-            } else {
+            if system == System::RawLogPostgres {
                 let raw = RawLog::Postgres(postgres.pool().clone());
-                saga_round(raw, since, callers, timing).await
+                saga_round(raw, STEPS, since, callers, timing).await
+            } else {
+                idem_round(postgres.idem_store(), long, since, callers, timing).await
             }
         }
         other => return Err(format!("{other:?} is not a saga row")),
