@@ -44,35 +44,14 @@ fn fleet_agent() {
         .unwrap();
     let ledger = PathBuf::from(var("IDEM_LEDGER"));
     let seed: usize = var("IDEM_SEED").parse().unwrap();
+    // Bounded, as `processes::child` is: a child that hangs fails, so its parent cannot hang.
     let results = runtime.block_on(async {
-        let store = idem::store::open(&var("IDEM_STORE"))
-            .await
-            .expect("open the store");
-        say("READY");
-        let go = PathBuf::from(var("IDEM_GO"));
-        while !go.exists() {
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        }
-        let tasks: Vec<_> = (0..TASKS)
-            .map(|task| {
-                let (store, ledger) = (Arc::clone(&store), ledger.clone());
-                tokio::spawn(async move {
-                    let mut got = Vec::new();
-                    for i in 0..CALLS / TASKS {
-                        // Every process walks the keys in its own order, so they overlap.
-                        let order = (i * 7 + task * 131 + seed * 17) % KEYS;
-                        let result = ship_order(&store, &ledger, order).await;
-                        got.push((order, result.expect("every call is answered")));
-                    }
-                    got
-                })
-            })
-            .collect();
-        let mut all = Vec::new();
-        for task in tasks {
-            all.extend(task.await.expect("a task"));
-        }
-        all
+        tokio::time::timeout(
+            std::time::Duration::from_secs(120),
+            fleet_calls(&ledger, seed),
+        )
+        .await
+        .expect("the child finishes in time")
     });
     let lines: Vec<String> = results
         .iter()
@@ -80,6 +59,39 @@ fn fleet_agent() {
         .collect();
     std::fs::write(var("IDEM_RESULTS"), lines.join("\n")).expect("write the results");
     say("DONE");
+}
+
+/// The child's calls: opens the store at `IDEM_STORE`, waits for the start signal, makes its
+/// calls from four tasks; each call's order and result.
+async fn fleet_calls(ledger: &Path, seed: usize) -> Vec<(usize, String)> {
+    let store = idem::store::open(&var("IDEM_STORE"))
+        .await
+        .expect("open the store");
+    say("READY");
+    let go = PathBuf::from(var("IDEM_GO"));
+    while !go.exists() {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let (store, ledger) = (Arc::clone(&store), ledger.to_path_buf());
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                for i in 0..CALLS / TASKS {
+                    // Every process walks the keys in its own order, so they overlap.
+                    let order = (i * 7 + task * 131 + seed * 17) % KEYS;
+                    let result = ship_order(&store, &ledger, order).await;
+                    got.push((order, result.expect("every call is answered")));
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("a task"));
+    }
+    all
 }
 
 /// Runs the fleet on the store at `url`; `name` names the folder.

@@ -13,7 +13,10 @@ use idem::{current_call, idempotent, observe};
 use crate::child::{append, ledger_lines, say, temp_folder, var, ChildProcess};
 use crate::support::{Receipt, ToolError};
 
-#[idempotent(skip = [store, ledger, hang], store = store, lease = "300ms")]
+// The lease: long beside the body's 200 ms, so that a stall of a loaded machine does not
+// let the racing process take over a live owner; the killed owner's key is taken over once it
+// ran out.
+#[idempotent(skip = [store, ledger, hang], store = store, lease = "2s")]
 async fn ship_order(
     store: &SqliteStore,
     ledger: &Path,

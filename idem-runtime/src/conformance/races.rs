@@ -121,7 +121,9 @@ pub async fn races_across_two_handles(first: &dyn Store, second: &dyn Store) {
 /// A body that runs for several leases keeps its key: heartbeats renew the lease, so a
 /// duplicate that comes after the first lease would have run out still finds it in progress.
 pub async fn heartbeats_keep_a_long_body_owned(store: &dyn Store) {
-    const LEASE: Duration = Duration::from_millis(600);
+    // Long enough that a loaded machine's stalls (a slow fsync, a starved runtime) do not
+    // miss every beat of a lease: a beat goes every third of it.
+    const LEASE: Duration = Duration::from_millis(1_500);
     static REPORT: Action = Action::new("long_report")
         .lease(LEASE)
         .on_conflict(OnConflict::Fail);

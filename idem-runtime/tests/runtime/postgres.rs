@@ -701,9 +701,11 @@ async fn a_stuck_statement_fails_its_call_after_the_statement_timeout() {
         return;
     };
     let schema = unique_schema("stuck");
+    // Also the bound of `connect`'s schema statements and of the calls after the lock:
+    // room for a loaded machine.
     let store = PostgresStore::builder(server.url())
         .schema(&schema)
-        .statement_timeout(Duration::from_millis(300))
+        .statement_timeout(Duration::from_secs(2))
         .connect()
         .await
         .expect("connect");

@@ -247,8 +247,8 @@ impl RedisServer {
                --dir '{dir}'{extra} & pid=$!; }}\n\
              stop() {{ kill -CONT $pid; kill $pid; wait $pid; }}\n\
              crash() {{ kill -9 $pid; wait $pid; }}\n\
-             pause() {{ kill -STOP $pid; }}\n\
-             resume() {{ kill -CONT $pid; }}\n\
+             pause() {{ kill -STOP $pid; : > '{dir}/paused'; }}\n\
+             resume() {{ kill -CONT $pid; rm -f '{dir}/paused'; }}\n\
              clean() {{ rm -rf '{dir}'; }}",
             binary = binary.display(),
             dir = folder.display(),
@@ -294,14 +294,25 @@ impl RedisServer {
     }
 
     /// Stops the server's process (`SIGSTOP`): it holds its connections and answers nothing,
-    /// as a server stuck in a long pause, until [`resume`](Self::resume).
+    /// as a server stuck in a long pause, until [`resume`](Self::resume). Returns once the
+    /// signal is sent (the keeper marks it with a file): the keeper runs the command when it
+    /// is scheduled, which on a loaded machine can be after the test's next calls.
     pub fn pause(&self) -> Result<(), String> {
-        self.keeper.send("pause").map_err(|e| e.to_string())
+        self.keeper.send("pause").map_err(|e| e.to_string())?;
+        self.wait_for_mark(true)
     }
 
-    /// Lets a paused server go on (`SIGCONT`).
+    /// Lets a paused server go on (`SIGCONT`), and returns once the signal is sent.
     pub fn resume(&self) -> Result<(), String> {
-        self.keeper.send("resume").map_err(|e| e.to_string())
+        self.keeper.send("resume").map_err(|e| e.to_string())?;
+        self.wait_for_mark(false)
+    }
+
+    /// Waits until the keeper's mark of a paused server is there (`paused`) or gone.
+    fn wait_for_mark(&self, paused: bool) -> Result<(), String> {
+        let mark = self.folder.join("paused");
+        let log = self.folder.join("keeper.log");
+        wait_until(Duration::from_secs(10), &log, || mark.exists() == paused)
     }
 
     /// Starts the server again on the same port, and returns once it answers.
