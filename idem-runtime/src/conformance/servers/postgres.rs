@@ -236,6 +236,8 @@ impl PostgresServer {
     pub fn sql(&self, statement: &str) -> Result<String, String> {
         let psql = beside_pg_ctl("psql").ok_or("psql is not installed")?;
         let output = Command::new(psql)
+            // A server that takes the connection but never answers fails the test, not hangs it.
+            .env("PGCONNECT_TIMEOUT", "10")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(["-U", "postgres", "-d", "postgres", "-X", "-q", "-t", "-A"])
             .args(["-v", "ON_ERROR_STOP=1", "-c", statement])

@@ -78,9 +78,8 @@ impl RedisCluster {
                 .map(|node| format!("127.0.0.1:{}", node.port())),
         );
         create.args(["--cluster-replicas", "1", "--cluster-yes"]);
-        let created = create
-            .output()
-            .unwrap_or_else(|e| panic!("redis-cli did not run: {e}"));
+        let created = output_within(create, FORMING)
+            .unwrap_or_else(|e| panic!("redis-cli --cluster create: {e}"));
         assert!(
             created.status.success(),
             "redis-cli --cluster create failed: {}{}",
@@ -176,6 +175,35 @@ impl RedisCluster {
                 .is_some_and(|info| info.lines().any(|l| l.trim() == "role:master"))
         })
     }
+}
+
+/// Runs `command` to its end, or kills it after `within`: `redis-cli --cluster create` waits
+/// for every node to join, and a node that never does would hang the suite. Its output is a
+/// few kilobytes, which the pipes hold until it ends.
+fn output_within(
+    mut command: std::process::Command,
+    within: Duration,
+) -> Result<std::process::Output, String> {
+    use std::process::Stdio;
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("did not run: {e}"))?;
+    let started = std::time::Instant::now();
+    while child.try_wait().map_err(|e| e.to_string())?.is_none() {
+        if started.elapsed() > within {
+            let _ = child.kill();
+            let output = child.wait_with_output().map_err(|e| e.to_string())?;
+            return Err(format!(
+                "still running after {within:?}, killed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    child.wait_with_output().map_err(|e| e.to_string())
 }
 
 /// The port of the master in a line of `CLUSTER NODES` if it serves `slot`:
