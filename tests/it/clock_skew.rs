@@ -46,7 +46,8 @@ fn skewed_client() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(async {
+    // Bounded, as the other children are: a child that hangs fails, so its parent cannot hang.
+    let run = async {
         let store = idem::store::open(&var("IDEM_STORE")).await.expect("open");
         say(&format!("CLOCK {}", now_ms()));
         let (key, fingerprint) = (key(), Fingerprint::from(key()));
@@ -56,7 +57,10 @@ fn skewed_client() {
             .expect("claim");
         assert!(matches!(claim, Claim::Acquired { .. }), "{claim:?}");
         say("CLAIMED");
-    });
+    };
+    runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(60), run).await })
+        .expect("the child finishes in time");
 }
 
 /// Runs the skewed child on `url` with its clock moved by `offset` (`-10m`, `+10m`), then
@@ -79,8 +83,9 @@ async fn lease_is_kept_by_the_server(url: &str, offset: &str) {
         "the child's clock is {offset} off ({skew} ms)"
     );
     child.expect("CLAIMED");
-    child.finish();
 
+    // At once, inside the child's lease: before the child's exit, which a loaded machine can
+    // make slow.
     let key = key();
     let fingerprint = Fingerprint::from(key);
     match store
@@ -96,6 +101,7 @@ async fn lease_is_kept_by_the_server(url: &str, offset: &str) {
         ),
         other => panic!("{offset}: the skewed client's claim is live, not {other:?}"),
     }
+    child.finish();
     // Once it runs out, another caller takes over: on time, whatever the client's clock said.
     let deadline = tokio::time::Instant::now() + LEASE * 5;
     loop {

@@ -147,16 +147,24 @@ impl RedisCluster {
         self.nodes.iter().find(|node| node.port() == port)
     }
 
-    /// The node that replicates `master` now, if one does.
+    /// The node that replicates `master` now, if one does: asked again for up to 10 s, since a
+    /// node on a loaded machine may not answer in time, or not have linked yet.
     pub fn replica_of(&self, master: &RedisServer) -> Option<&RedisServer> {
-        self.nodes.iter().find(|node| {
+        let replicates = |node: &&RedisServer| {
             info(node.port(), "replication").is_some_and(|info| {
                 info.lines().any(|l| l.trim() == "role:slave")
                     && info
                         .lines()
                         .any(|l| l.trim() == format!("master_port:{}", master.port()))
             })
-        })
+        };
+        let mut found = None;
+        let log = master.folder().join("keeper.log");
+        let _ = wait_until(Duration::from_secs(10), &log, || {
+            found = self.nodes.iter().find(replicates);
+            found.is_some()
+        });
+        found
     }
 
     /// Asks `replica` to take its master's place (`CLUSTER FAILOVER`, the manual failover
