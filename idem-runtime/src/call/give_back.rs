@@ -56,11 +56,11 @@ impl Request {
 /// cache does not keep.
 pub(crate) async fn claim(store: &dyn Store, request: &Request) -> Result<Claim, Error> {
     let Some(shared) = store.shared() else {
-        return store.claim(&request.borrowed()).await;
+        return store.claim_without_expiry(&request.borrowed()).await;
     };
     let request = *request;
     let claiming: Claiming = Box::pin(async move {
-        let claim = shared.claim(&request.borrowed()).await;
+        let claim = shared.claim_without_expiry(&request.borrowed()).await;
         (shared, claim)
     });
     GiveBackIfDropped {

@@ -53,6 +53,58 @@ pub async fn claim_complete_replay(store: &dyn Store) {
     }
 }
 
+/// A call's claim ([`Store::claim_without_expiry`]) answers as [`Store::claim`] does: it
+/// acquires a free key, reports a live owner with its lease, and a result with its outcome;
+/// only a result's `expires_in` may be left out, and when it is said, it is what is left of
+/// the TTL. Also on a handle that reads records first (a new handle; Redis then reads a
+/// result with one `GET`), after replays.
+pub async fn claim_without_expiry_answers_as_claim(store: &dyn Store) {
+    let k = key(18);
+    let fingerprint = Fingerprint::from(k);
+    let request = request(&k, &fingerprint, LONG, OnStale::TakeOver);
+    let token = match store.claim_without_expiry(&request).await.expect("claim") {
+        Claim::Acquired {
+            token,
+            resumed: false,
+        } => token,
+        other => panic!("a fresh key is acquired, not {other:?}"),
+    };
+    match store.claim_without_expiry(&request).await.expect("claim") {
+        Claim::InProgress {
+            token: owner,
+            lease_remaining,
+            fingerprint: owners,
+        } => {
+            assert_eq!((owner, owners), (token, fingerprint));
+            assert!(
+                lease_remaining <= LONG && !lease_remaining.is_zero(),
+                "{lease_remaining:?}"
+            );
+        }
+        other => panic!("the owner is reported, not {other:?}"),
+    }
+    assert_eq!(
+        complete_ok(store, &k, token, b"\"receipt\"").await,
+        Ownership::Held
+    );
+    for _ in 0..10 {
+        match store.claim_without_expiry(&request).await.expect("claim") {
+            Claim::Completed {
+                fingerprint: of,
+                outcome,
+                expires_in,
+            } => {
+                assert_eq!(of, fingerprint);
+                assert_eq!(outcome, StoredOutcome::Ok(b"\"receipt\"".to_vec()));
+                if let Some(left) = expires_in {
+                    assert!(left <= LONG && !left.is_zero(), "{left:?} of {LONG:?}");
+                }
+            }
+            other => panic!("expected the recorded result, got {other:?}"),
+        }
+    }
+}
+
 /// While a lease is live, a second claim reports the owner and its remaining lease.
 pub async fn second_claim_sees_in_progress(store: &dyn Store) {
     let k = key(2);

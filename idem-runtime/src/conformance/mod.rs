@@ -37,8 +37,9 @@ pub use claim::{
     a_body_learns_that_its_lease_was_lost, a_claim_left_in_doubt_follows_on_stale_at_once,
     a_dead_claim_is_purged_after_its_lease_and_ttl, a_shared_handle_is_the_same_store,
     body_error_releases_the_key, cached_errors_are_replayed, claim_complete_replay,
-    expired_lease_is_taken_over, fencing_refuses_a_stale_owner, get_shows_the_record,
-    heartbeat_extends_the_lease, interrupted_call_waits_for_review, payload_mismatch_is_refused,
+    claim_without_expiry_answers_as_claim, expired_lease_is_taken_over,
+    fencing_refuses_a_stale_owner, get_shows_the_record, heartbeat_extends_the_lease,
+    interrupted_call_waits_for_review, payload_mismatch_is_refused,
     purge_removes_only_expired_results, release_frees_the_key, second_claim_sees_in_progress,
     stale_lease_parks_for_review, stale_lease_with_other_payload_is_not_taken_over,
     tokens_grow_across_release_and_expiry, ttl_expiry_frees_the_key,
@@ -125,6 +126,7 @@ macro_rules! conformance_tests {
     (@all $mode:ident [$(#[$attr:meta])*] $make_store:expr) => {
         $crate::conformance_tests!(@each $mode [$(#[$attr])*] $make_store;
             claim_complete_replay,
+            claim_without_expiry_answers_as_claim,
             second_claim_sees_in_progress,
             payload_mismatch_is_refused,
             release_frees_the_key,

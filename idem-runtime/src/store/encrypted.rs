@@ -499,6 +499,22 @@ impl<S: Store> EncryptedStore<S> {
         })
     }
 
+    /// A claim's answer as the caller reads it: a recorded result opened.
+    fn open_claim(&self, key: &Key, claim: Claim) -> Result<Claim, Error> {
+        match claim {
+            Claim::Completed {
+                fingerprint,
+                outcome,
+                expires_in,
+            } => Ok(Claim::Completed {
+                fingerprint,
+                outcome: self.open_outcome(key, outcome)?,
+                expires_in,
+            }),
+            other => Ok(other),
+        }
+    }
+
     fn open_record(&self, mut record: Record) -> Result<Record, Error> {
         if let Some(outcome) = record.outcome.take() {
             record.outcome = Some(self.open_outcome(&record.key, outcome)?);
@@ -589,18 +605,13 @@ impl<S: Store> Store for EncryptedStore<S> {
     }
 
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
-        match self.store.claim(request).await? {
-            Claim::Completed {
-                fingerprint,
-                outcome,
-                expires_in,
-            } => Ok(Claim::Completed {
-                fingerprint,
-                outcome: self.open_outcome(request.key, outcome)?,
-                expires_in,
-            }),
-            other => Ok(other),
-        }
+        let claim = self.store.claim(request).await?;
+        self.open_claim(request.key, claim)
+    }
+
+    async fn claim_without_expiry(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
+        let claim = self.store.claim_without_expiry(request).await?;
+        self.open_claim(request.key, claim)
     }
 
     async fn complete(

@@ -50,6 +50,19 @@ macro_rules! forward_store {
                 (**self).claim(request)
             }
 
+            fn claim_without_expiry<'s, 'r, 'k, 'async_trait>(
+                &'s self,
+                request: &'r ClaimRequest<'k>,
+            ) -> Boxed<'async_trait, Claim>
+            where
+                's: 'async_trait,
+                'r: 'async_trait,
+                'k: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).claim_without_expiry(request)
+            }
+
             fn complete<'s, 'k, 'async_trait>(
                 &'s self,
                 key: &'k Key,

@@ -322,6 +322,48 @@ pub trait Store: SagaStore + Inspect + Send + Sync + fmt::Debug {
     /// report what is there.
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error>;
 
+    /// [`claim`](Store::claim) for a caller that keeps no results: the same claim, but a
+    /// [`Claim::Completed`] may leave `expires_in` as `None` where saying it costs the store
+    /// more (on Redis a replay is then one `GET`, not `GET` and `PTTL`). The calls of
+    /// `#[idempotent]` claim so; a [`ReplayCache`], which keeps results no longer than
+    /// `expires_in`, claims with `claim`.
+    ///
+    /// The default is [`claim`](Store::claim): a store that always says, or a wrapper that
+    /// keeps results, needs nothing more. A wrapper that hands claims on to another store
+    /// should hand this one on as well, or its inner store always says.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use std::time::Duration;
+    /// use idem_runtime::store::{Claim, ClaimRequest, MemoryStore, OnStale, Store, StoredOutcome};
+    /// use idem_runtime::{Action, Fingerprint};
+    ///
+    /// let store = MemoryStore::new();
+    /// let key = Action::new("send_email").key(&("ada@example.com",))?;
+    /// let fingerprint = Fingerprint::from(key);
+    /// let request = ClaimRequest {
+    ///     key: &key,
+    ///     fingerprint: &fingerprint,
+    ///     action: "send_email",
+    ///     lease: Duration::from_secs(30),
+    ///     ttl: Duration::from_secs(3600),
+    ///     on_stale: OnStale::TakeOver,
+    /// };
+    /// let Claim::Acquired { token, .. } = store.claim_without_expiry(&request).await? else {
+    ///     panic!("a fresh key is acquired");
+    /// };
+    /// store.complete(&key, token, StoredOutcome::Ok(b"1".to_vec()), request.ttl).await?;
+    /// assert!(matches!(
+    ///     store.claim_without_expiry(&request).await?,
+    ///     Claim::Completed { .. }
+    /// ));
+    /// # Ok::<(), idem_runtime::Error>(())
+    /// # }).unwrap();
+    /// ```
+    async fn claim_without_expiry(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
+        self.claim(request).await
+    }
+
     /// Record the result and keep it for `ttl`, if `token` still owns the key: the record is
     /// in progress under `token`, or parked for review under it (the owner was slow, not
     /// dead, and what it records settles the review). A record already completed under

@@ -3,13 +3,17 @@
 //! script for a record the claim must change.
 //!
 //! A handle whose recent claims mostly found a record (replays, duplicates) reads first
-//! (`store/first_look.rs`): a replay is then `GET` with no claim to encode and send.
+//! (`store/first_look.rs`): a replay is then `GET` with no claim to encode and send. A
+//! call's claim (`Store::claim_without_expiry`) reads a result without its expiry; a
+//! `ReplayCache`'s (`Store::claim`) reads both.
 //!
 //! ```text
-//! GET r; PTTL r                                        (one pipeline, when reading first)
+//! GET r (a call's) | GET r; PTTL r (one pipeline)      (when reading first)
 //!   nil                  → the native claim below
-//!   a record to report   → its answer, nothing written
-//!   a record to change   → the script below
+//!   a live result        → its answer, nothing written
+//!   another record       → timed by PTTL r (a call's: one more round trip), then
+//!     to report          → its answer, nothing written
+//!     to change          → the script below
 //!
 //! SET r <claim> NX GET PX <lease + ttl>; PTTL r        (one pipeline)
 //!   nil                  → acquired (the token came from the store's block)
@@ -120,36 +124,60 @@ impl RedisStore {
             };
             return Ok(Some((acquired, Some(claim))));
         };
-        Ok(reported(found, pttl, request).map(|claim| (claim, None)))
+        Ok(reported(found, Expiry::Read(pttl), request).map(|claim| (claim, None)))
     }
 
     /// The claim's first step when its handle reads first: `GET` and `PTTL` of the record,
     /// a plain read (the decision rests on the record as one command read it; the `PTTL`
-    /// after it only times it, as in the native claim).
+    /// after it only times it, as in the native claim). Without `expiry` asked for (a call's
+    /// claim, not a `ReplayCache`'s), `GET` alone: a result is reported without the time it
+    /// has left, and only a record whose answer needs its key's expiry (a lease to time) is
+    /// timed by a `PTTL` after it.
     pub(super) async fn claim_by_reading(
         &self,
         request: &ClaimRequest<'_>,
+        expiry: bool,
     ) -> Result<Looked, Error> {
         let key = request.key;
         let record_key = self.record_key(key);
         let mut connection = self.connection.clone();
         let mut get = command("GET", 1, record_key.len());
         get.arg(&record_key);
-        let mut pttl = command("PTTL", 1, record_key.len());
-        pttl.arg(&record_key);
-        let (value, pttl): (Value, i64) = redis::Pipeline::with_capacity(2)
-            .add_command(get)
-            .add_command(pttl)
-            .query_async(&mut connection)
-            .await
-            .map_err(failed(Some(key)))?;
+        let pttl = || {
+            let mut pttl = command("PTTL", 1, record_key.len());
+            pttl.arg(&record_key);
+            pttl
+        };
+        let (value, read_pttl): (Value, Option<i64>) = if expiry {
+            redis::Pipeline::with_capacity(2)
+                .add_command(get)
+                .add_command(pttl())
+                .query_async(&mut connection)
+                .await
+                .map(|(value, pttl)| (value, Some(pttl)))
+        } else {
+            get.query_async(&mut connection)
+                .await
+                .map(|value| (value, None))
+        }
+        .map_err(failed(Some(key)))?;
         if value == Value::Nil {
             return Ok(Looked::NoRecord);
         }
         let found = bytes(value)
             .and_then(Stored::decode_owned)
             .map_err(corrupt(key, "a record"))?;
-        Ok(match reported(found, pttl, request) {
+        let expiry = match read_pttl {
+            Some(pttl) => Expiry::Read(pttl),
+            None if found.is_live_result() => Expiry::Unread,
+            None => Expiry::Read(
+                pttl()
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(failed(Some(key)))?,
+            ),
+        };
+        Ok(match reported(found, expiry, request) {
             Some(claim) => Looked::Answered(claim),
             None => Looked::ToChange,
         })
@@ -217,25 +245,39 @@ pub(super) enum Looked {
     ToChange,
 }
 
+/// A record's key's expiry as a claim read it.
+enum Expiry {
+    /// `PTTL`'s answer: ms left, -1 none, -2 no key.
+    Read(i64),
+    /// Not read: a live result's (see [`Stored::is_live_result`]), reported without the time
+    /// it has left.
+    Unread,
+}
+
 /// The answer of a claim that changes nothing, from a record `found` read with its key's
-/// `pttl`; `None` when the claim must change it, or when only the script can tell: a
+/// `expiry`; `None` when the claim must change it, or when only the script can tell: a
 /// tombstone, or a record whose times it keeps itself (a saga's claim, short TTLs), which
 /// the script reads with the server's clock.
-fn reported(found: Stored, pttl: i64, request: &ClaimRequest<'_>) -> Option<Claim> {
+fn reported(found: Stored, expiry: Expiry, request: &ClaimRequest<'_>) -> Option<Claim> {
     let State::Is(status) = found.state else {
         return None;
     };
-    if found.lease_end_ms > 0 || pttl < 0 {
+    if found.lease_end_ms > 0 {
         return None;
     }
     // The record's times in its key's expiry, on a timeline whose now is 0: a record whose
     // key exists has not run out (Redis deletes it when it does).
     let now_ms = 0;
+    let expires_at_ms = match expiry {
+        Expiry::Read(pttl) if pttl < 0 => return None,
+        Expiry::Read(pttl) => found.ends_at_ms(pttl),
+        Expiry::Unread => None,
+    };
     let rule = Found {
         status,
         token: found.token,
         fingerprint: found.fingerprint,
-        expires_at_ms: found.ends_at_ms(pttl),
+        expires_at_ms,
         claim_ttl_ms: Some(found.ttl_ms),
     };
     match decide(&rule, request, now_ms) {
@@ -253,6 +295,68 @@ mod tests {
     use crate::key::Fingerprint;
     use crate::store::Store;
     use crate::Action;
+
+    /// A call's replay on a handle that reads first is one `GET`: its answer leaves the
+    /// result's expiry out, which a `ReplayCache`'s claim (`claim`, `GET` and `PTTL`) reads;
+    /// a record in progress is timed all the same (its lease from `PTTL`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        idem_no_redis,
+        ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+    )]
+    async fn a_calls_replay_reads_no_expiry_and_a_caches_does() {
+        let Some(server) = RedisServer::shared() else {
+            return;
+        };
+        let store = RedisStore::connect(&server.url())
+            .await
+            .expect("connect")
+            .with_prefix("unread-expiry:");
+        let key = Action::new("unread").key(&(1,)).expect("a key");
+        let fingerprint = Fingerprint::from(key);
+        let request = ClaimRequest {
+            key: &key,
+            fingerprint: &fingerprint,
+            action: "unread",
+            lease: Duration::from_secs(10),
+            ttl: Duration::from_secs(3600),
+            on_stale: OnStale::TakeOver,
+        };
+        let Claim::Acquired { token, .. } = store.claim(&request).await.expect("claim") else {
+            panic!("a fresh key is acquired");
+        };
+        match store.claim_without_expiry(&request).await.expect("claim") {
+            Claim::InProgress {
+                lease_remaining, ..
+            } => assert!(
+                lease_remaining > Duration::ZERO && lease_remaining <= request.lease,
+                "{lease_remaining:?}"
+            ),
+            other => panic!("the owner, timed: {other:?}"),
+        }
+        let ok = crate::store::StoredOutcome::Ok(b"1".to_vec());
+        store
+            .complete(&key, token, ok, request.ttl)
+            .await
+            .expect("complete");
+        assert!(!store.first_look.write_first(), "a new handle reads first");
+        let call = store.claim_without_expiry(&request).await.expect("claim");
+        assert!(
+            matches!(
+                call,
+                Claim::Completed {
+                    expires_in: None,
+                    ..
+                }
+            ),
+            "{call:?}"
+        );
+        let cache = store.claim(&request).await.expect("claim");
+        assert!(
+            matches!(cache, Claim::Completed { expires_in: Some(left), .. } if left <= request.ttl),
+            "{cache:?}"
+        );
+    }
 
     /// A claim whose `SET` reached the server late (the process stalled after taking its
     /// token) runs under a token drawn from the counter since, larger than any handed out

@@ -3,7 +3,8 @@
 //! A claim is one round trip of native commands, `SET <record> <claim> NX GET PX <lease +
 //! TTL>` and `PTTL` (`claim.rs`): it makes a claim where there is no record, and
 //! otherwise reads the record as it is (a replay, a live owner, a key parked for review) with
-//! no script on either path. The result of such a claim, its record unchanged since, is one
+//! no script on either path. A handle whose claims lately found records reads first: a
+//! call's replay is then one `GET`. The result of such a claim, its record unchanged since, is one
 //! compare-and-set of the whole record (`SET … IFEQ` on Valkey, a three-line script on Redis
 //! 7: `in_place.rs`). Every other write, and a claim that must change a record (a dead
 //! owner taken over or parked, a released key claimed again), is one Lua script, run
@@ -624,6 +625,60 @@ impl RedisStore {
         format!("{}{{{bucket}}}:sagas", self.prefix)
     }
 
+    /// The claim of [`Store::claim`], reading a result's expiry if `expiry` (see
+    /// [`Store::claim_without_expiry`]).
+    async fn claim_reading_expiry(
+        &self,
+        request: &ClaimRequest<'_>,
+        expiry: bool,
+    ) -> Result<Claim, Error> {
+        let key = request.key;
+        let looked = if self.first_look.write_first() {
+            Looked::NoRecord
+        } else {
+            self.claim_by_reading(request, expiry).await?
+        };
+        let to_change = match looked {
+            Looked::Answered(claim) => {
+                self.first_look.found_record();
+                return Ok(claim);
+            }
+            Looked::ToChange => true,
+            Looked::NoRecord => false,
+        };
+        // Drawn only for a claim that may write: a replay read first has returned.
+        let claim_id = self.claim_ids.draw();
+        let (claim, written) = if to_change {
+            self.first_look.found_record();
+            (
+                Box::pin(self.claim_by_script(request, claim_id)).await?,
+                None,
+            )
+        } else {
+            match self.claim_natively(request, claim_id).await? {
+                Some((claim, written)) => {
+                    if written.is_some() {
+                        self.first_look.found_none();
+                    } else {
+                        self.first_look.found_record();
+                    }
+                    (claim, written)
+                }
+                None => (
+                    Box::pin(self.claim_by_script(request, claim_id)).await?,
+                    None,
+                ),
+            }
+        };
+        if let Claim::Acquired { token, .. } = claim {
+            self.claim_ids.remember(key, token, claim_id, written);
+            if self.replicas.is_some() {
+                Box::pin(self.replicated_claim(key, token)).await?;
+            }
+        }
+        Ok(claim)
+    }
+
     fn record_key(&self, key: &Key) -> String {
         self.hash_key(key, RECORDS.suffix)
     }
@@ -722,51 +777,12 @@ impl Store for RedisStore {
     // are awaited inline, and the rare ones (the script, the replicas' `WAIT`, a new block of
     // tokens, a late claim's new token) are boxed apart.
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
-        let key = request.key;
-        let looked = if self.first_look.write_first() {
-            Looked::NoRecord
-        } else {
-            self.claim_by_reading(request).await?
-        };
-        let to_change = match looked {
-            Looked::Answered(claim) => {
-                self.first_look.found_record();
-                return Ok(claim);
-            }
-            Looked::ToChange => true,
-            Looked::NoRecord => false,
-        };
-        // Drawn only for a claim that may write: a replay read first has returned.
-        let claim_id = self.claim_ids.draw();
-        let (claim, written) = if to_change {
-            self.first_look.found_record();
-            (
-                Box::pin(self.claim_by_script(request, claim_id)).await?,
-                None,
-            )
-        } else {
-            match self.claim_natively(request, claim_id).await? {
-                Some((claim, written)) => {
-                    if written.is_some() {
-                        self.first_look.found_none();
-                    } else {
-                        self.first_look.found_record();
-                    }
-                    (claim, written)
-                }
-                None => (
-                    Box::pin(self.claim_by_script(request, claim_id)).await?,
-                    None,
-                ),
-            }
-        };
-        if let Claim::Acquired { token, .. } = claim {
-            self.claim_ids.remember(key, token, claim_id, written);
-            if self.replicas.is_some() {
-                Box::pin(self.replicated_claim(key, token)).await?;
-            }
-        }
-        Ok(claim)
+        self.claim_reading_expiry(request, true).await
+    }
+
+    /// A replay read first is one `GET` here: its result's expiry is not read.
+    async fn claim_without_expiry(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
+        self.claim_reading_expiry(request, false).await
     }
 
     async fn complete(
