@@ -360,8 +360,22 @@ pub trait Store: SagaStore + Inspect + Send + Sync + fmt::Debug {
     /// # Ok::<(), idem_runtime::Error>(())
     /// # }).unwrap();
     /// ```
-    async fn claim_without_expiry(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
-        self.claim(request).await
+    // Not `async`: the default hands on `claim`'s own future, which an `async fn` here would
+    // box a second time on every call (see `forward.rs`). The signature is the one
+    // `async_trait` gives an `async fn claim_without_expiry` in an implementation.
+    fn claim_without_expiry<'s, 'r, 'k, 'async_trait>(
+        &'s self,
+        request: &'r ClaimRequest<'k>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Claim, Error>> + Send + 'async_trait>,
+    >
+    where
+        's: 'async_trait,
+        'r: 'async_trait,
+        'k: 'async_trait,
+        Self: 'async_trait,
+    {
+        self.claim(request)
     }
 
     /// Record the result and keep it for `ttl`, if `token` still owns the key: the record is
