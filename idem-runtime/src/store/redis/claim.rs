@@ -87,11 +87,9 @@ impl RedisStore {
             .arg("GET")
             .arg("PX")
             .arg(millis(request.lease).saturating_add(ttl_ms).max(1));
-        let mut pttl = command("PTTL", 1, record_key.len());
-        pttl.arg(&record_key);
         let (previous, pttl): (Value, i64) = redis::Pipeline::with_capacity(2)
             .add_command(set)
-            .add_command(pttl)
+            .add_command(of_key("PTTL", &record_key))
             .query_async(&mut connection)
             .await
             .map_err(failed(Some(key)))?;
@@ -114,7 +112,7 @@ impl RedisStore {
             // out for this key meanwhile (`tokens.rs`): it gets a new one first.
             if reserved.elapsed() >= FRESH_BLOCK_TTL {
                 // Boxed: rare, and a script's round trip would make every claim's future
-                // larger (see `RedisStore::claim`).
+                // larger (see `RedisStore::claim_reading_expiry`).
                 let retokened = Box::pin(self.retoken(key, token, claim_id)).await?;
                 return Ok(retokened.map(|claim| (claim, None)));
             }
@@ -141,17 +139,11 @@ impl RedisStore {
         let key = request.key;
         let record_key = self.record_key(key);
         let mut connection = self.connection.clone();
-        let mut get = command("GET", 1, record_key.len());
-        get.arg(&record_key);
-        let pttl = || {
-            let mut pttl = command("PTTL", 1, record_key.len());
-            pttl.arg(&record_key);
-            pttl
-        };
+        let get = of_key("GET", &record_key);
         let (value, read_pttl): (Value, Option<i64>) = if expiry {
             redis::Pipeline::with_capacity(2)
                 .add_command(get)
-                .add_command(pttl())
+                .add_command(of_key("PTTL", &record_key))
                 .query_async(&mut connection)
                 .await
                 .map(|(value, pttl)| (value, Some(pttl)))
@@ -171,7 +163,7 @@ impl RedisStore {
             Some(pttl) => Expiry::Read(pttl),
             None if found.is_live_result() => Expiry::Unread,
             None => Expiry::Read(
-                pttl()
+                of_key("PTTL", &record_key)
                     .query_async(&mut connection)
                     .await
                     .map_err(failed(Some(key)))?,
@@ -245,6 +237,13 @@ pub(super) enum Looked {
     ToChange,
 }
 
+/// The command `name` (`GET`, `PTTL`) of the one key `record_key`.
+fn of_key(name: &str, record_key: &str) -> redis::Cmd {
+    let mut command = command(name, 1, record_key.len());
+    command.arg(record_key);
+    command
+}
+
 /// A record's key's expiry as a claim read it.
 enum Expiry {
     /// `PTTL`'s answer: ms left, -1 none, -2 no key.
@@ -296,6 +295,24 @@ mod tests {
     use crate::store::Store;
     use crate::Action;
 
+    /// A claim of `key` by `action` with `lease`, keeping its result an hour, taking over a
+    /// dead owner.
+    fn request<'a>(
+        key: &'a Key,
+        fingerprint: &'a Fingerprint,
+        action: &'static str,
+        lease: Duration,
+    ) -> ClaimRequest<'a> {
+        ClaimRequest {
+            key,
+            fingerprint,
+            action,
+            lease,
+            ttl: Duration::from_secs(3600),
+            on_stale: OnStale::TakeOver,
+        }
+    }
+
     /// A call's replay on a handle that reads first is one `GET`: its answer leaves the
     /// result's expiry out, which a `ReplayCache`'s claim (`claim`, `GET` and `PTTL`) reads;
     /// a record in progress is timed all the same (its lease from `PTTL`).
@@ -314,14 +331,7 @@ mod tests {
             .with_prefix("unread-expiry:");
         let key = Action::new("unread").key(&(1,)).expect("a key");
         let fingerprint = Fingerprint::from(key);
-        let request = ClaimRequest {
-            key: &key,
-            fingerprint: &fingerprint,
-            action: "unread",
-            lease: Duration::from_secs(10),
-            ttl: Duration::from_secs(3600),
-            on_stale: OnStale::TakeOver,
-        };
+        let request = request(&key, &fingerprint, "unread", Duration::from_secs(10));
         let Claim::Acquired { token, .. } = store.claim(&request).await.expect("claim") else {
             panic!("a fresh key is acquired");
         };
@@ -335,10 +345,8 @@ mod tests {
             other => panic!("the owner, timed: {other:?}"),
         }
         let ok = crate::store::StoredOutcome::Ok(b"1".to_vec());
-        store
-            .complete(&key, token, ok, request.ttl)
-            .await
-            .expect("complete");
+        let recorded = store.complete(&key, token, ok, request.ttl).await;
+        assert_eq!(recorded.expect("complete"), crate::store::Ownership::Held);
         assert!(!store.first_look.write_first(), "a new handle reads first");
         let call = store.claim_without_expiry(&request).await.expect("claim");
         assert!(
@@ -379,14 +387,7 @@ mod tests {
             async move {
                 let key = Action::new("late").key(&(n,)).expect("a key");
                 let fingerprint = Fingerprint::from(key);
-                let request = ClaimRequest {
-                    key: &key,
-                    fingerprint: &fingerprint,
-                    action: "late",
-                    lease: Duration::from_secs(10),
-                    ttl: Duration::from_secs(3600),
-                    on_stale: OnStale::TakeOver,
-                };
+                let request = request(&key, &fingerprint, "late", Duration::from_secs(10));
                 let claim = store
                     .claim_with_token(&request, token, reserved, claim_id)
                     .await
@@ -450,13 +451,13 @@ mod tests {
             .with_prefix("resent-claims:");
         let key = Action::new("resent").key(&(1,)).expect("a key");
         let fingerprint = Fingerprint::from(key);
-        let request = |lease_ms| ClaimRequest {
-            key: &key,
-            fingerprint: &fingerprint,
-            action: "resent",
-            lease: Duration::from_millis(lease_ms),
-            ttl: Duration::from_secs(3600),
-            on_stale: OnStale::TakeOver,
+        let request = |lease_ms| {
+            request(
+                &key,
+                &fingerprint,
+                "resent",
+                Duration::from_millis(lease_ms),
+            )
         };
         let first = store
             .claim_by_script(&request(150), 11)
@@ -529,14 +530,7 @@ mod tests {
             .with_prefix("claim-ids:");
         let key = Action::new("ids").key(&(1,)).expect("a key");
         let fingerprint = Fingerprint::from(key);
-        let request = ClaimRequest {
-            key: &key,
-            fingerprint: &fingerprint,
-            action: "ids",
-            lease: Duration::from_secs(60),
-            ttl: Duration::from_secs(3600),
-            on_stale: OnStale::TakeOver,
-        };
+        let request = request(&key, &fingerprint, "ids", Duration::from_secs(60));
         let Claim::Acquired { token, .. } = store.claim(&request).await.expect("claim") else {
             panic!("a fresh key is acquired");
         };

@@ -287,7 +287,7 @@ impl RedisStore {
             };
         };
         // Boxed: only with replicas asked for; inline, its round trips would make every
-        // write's future larger (see `RedisStore::claim`).
+        // write's future larger (see `RedisStore::claim_reading_expiry`).
         Box::pin(self.replicated(replicas, key, write, what, so, wrote)).await
     }
 

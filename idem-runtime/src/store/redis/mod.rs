@@ -4,9 +4,9 @@
 //! TTL>` and `PTTL` (`claim.rs`): it makes a claim where there is no record, and
 //! otherwise reads the record as it is (a replay, a live owner, a key parked for review) with
 //! no script on either path. A handle whose claims lately found records reads first: a
-//! call's replay is then one `GET`. The result of such a claim, its record unchanged since, is one
-//! compare-and-set of the whole record (`SET … IFEQ` on Valkey, a three-line script on Redis
-//! 7: `in_place.rs`). Every other write, and a claim that must change a record (a dead
+//! call's replay is then one `GET`. The result of such a claim, its record unchanged since,
+//! is one compare-and-set of the whole record (`SET … IFEQ` on Valkey, a three-line script
+//! on Redis 7: `in_place.rs`). Every other write, and a claim that must change a record (a dead
 //! owner taken over or parked, a released key claimed again), is one Lua script, run
 //! atomically by the server, that checks the fencing token and reads the server's clock
 //! (`TIME`): the clocks of the callers never matter. A claim's lease is in its key's expiry
@@ -627,6 +627,14 @@ impl RedisStore {
 
     /// The claim of [`Store::claim`], reading a result's expiry if `expiry` (see
     /// [`Store::claim_without_expiry`]).
+    //
+    // Its future is part of the claim's, boxed on every call (`async_trait`), and that size
+    // decides how: the allocator serves a small block from the thread's own cache (glibc: up
+    // to 1032 bytes), a larger one from an arena under a lock that the runtime's workers
+    // contend for (allocating and freeing were a quarter of a replay's client samples at 64
+    // callers, much of it waiting on those locks: BENCHMARKS.md). So the steps of a replay
+    // and of a fresh claim are awaited inline, and the rare ones (the script, the replicas'
+    // `WAIT`, a new block of tokens, a late claim's new token) are boxed apart.
     async fn claim_reading_expiry(
         &self,
         request: &ClaimRequest<'_>,
@@ -769,13 +777,6 @@ impl Store for RedisStore {
         Some(std::sync::Arc::new(self.clone()))
     }
 
-    // This future is boxed on every call (`async_trait`), and its size decides how: the
-    // allocator serves a small block from the thread's own cache (glibc: up to 1032 bytes), a
-    // larger one from an arena under a lock that the runtime's workers contend for (allocating
-    // and freeing were a quarter of a replay's client samples at 64 callers, much of it
-    // waiting on those locks: BENCHMARKS.md). So the steps of a replay and of a fresh claim
-    // are awaited inline, and the rare ones (the script, the replicas' `WAIT`, a new block of
-    // tokens, a late claim's new token) are boxed apart.
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, Error> {
         self.claim_reading_expiry(request, true).await
     }
@@ -804,7 +805,7 @@ impl Store for RedisStore {
             return Ok(held);
         }
         // Boxed: the script is rare (a claim not made natively, a short TTL), and inline it
-        // would make every completion's future larger (see `claim`).
+        // would make every completion's future larger (see `claim_reading_expiry`).
         Box::pin(self.complete_by_script(key, token, kind, bytes, ttl)).await
     }
 

@@ -62,7 +62,7 @@ impl Tokens {
             return Ok(taken);
         }
         // Boxed: once per block, and the lock and the round trip would otherwise make every
-        // claim's future larger (see `RedisStore::claim`).
+        // claim's future larger (see `RedisStore::claim_reading_expiry`).
         Box::pin(self.refill(store)).await
     }
 
