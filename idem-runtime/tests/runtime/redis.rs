@@ -539,6 +539,76 @@ async fn a_parked_sagas_claim_completed_takes_its_saga_log_with_it() {
     }
 }
 
+/// A saga's log write reads its record's lead (status, token, claim id) without decoding
+/// the record; a record that is not one of idem's is still an error there, never taken for
+/// a claim that another owner holds (`Ownership::Lost` would stop the saga quietly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn a_saga_write_over_a_corrupt_record_is_an_error() {
+    use std::time::Duration;
+
+    use idem_runtime::store::{
+        Claim, ClaimRequest, OnStale, Ownership, SagaStatus, SagaStore, SagaWrite, Store,
+    };
+    use idem_runtime::{Action, Fingerprint};
+
+    let Some(store) = fresh().await else {
+        return;
+    };
+    let key = Action::new("corrupt_saga").key(&(1,)).expect("key");
+    let fingerprint = Fingerprint::from(key);
+    let Claim::Acquired { token, .. } = store
+        .claim(&ClaimRequest {
+            key: &key,
+            fingerprint: &fingerprint,
+            action: "corrupt_saga",
+            lease: Duration::from_secs(60),
+            ttl: Duration::from_secs(3600),
+            on_stale: OnStale::TakeOver,
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("a free key is acquired");
+    };
+    let running = || SagaWrite::Status {
+        status: SagaStatus::Running,
+        error: None,
+    };
+    assert_eq!(
+        store
+            .write_saga(&key, "saga-1", token, running())
+            .await
+            .unwrap(),
+        Ownership::Held
+    );
+
+    let server = RedisServer::shared().expect("the server");
+    let client = ::redis::Client::open(server.url()).expect("a client");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a connection");
+    // The store's layout: `<prefix>{<bucket>}:<key>:r`.
+    let hex = key.to_string();
+    ::redis::cmd("SET")
+        .arg(format!("{}{{{}}}:{hex}:r", store.prefix(), &hex[..3]))
+        .arg("not a record")
+        .query_async::<()>(&mut connection)
+        .await
+        .expect("SET");
+    let written = store.write_saga(&key, "saga-1", token, running()).await;
+    assert!(
+        written
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("corrupt")),
+        "{written:?}"
+    );
+}
+
 /// A store written by an older idem (Redis layout 1: a record named `<prefix>{<key>}:r`, one
 /// index of running sagas, no claim id) is refused by `connect`, with what to do, never
 /// misread as empty; `migrate_layout` moves it, after which its result replays and its

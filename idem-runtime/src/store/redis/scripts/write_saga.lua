@@ -10,10 +10,14 @@
 --                                      or 'step', <index>, <field>, <value>, …
 --
 -- Returns 1 (held) or 0 (lost).
-local r = decode(redis.call('GET', KEYS[1]))
-if not owns(r, ARGV[1], ARGV[4]) or r.st ~= 'p' then return 0 end
+local value = redis.call('GET', KEYS[1])
+if not holds_in_progress(value, ARGV[1], ARGV[4]) then
+  decode(value) -- a corrupt record is an error, not a lost claim
+  return 0
+end
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl ~= -1 then
+  local r = decode(value)
   if r.le == 0 then r.le = now + math.max(pttl, 0) - r.tl end
   redis.call('SET', KEYS[1], encode(r))
 end
@@ -53,10 +57,11 @@ if ARGV[5] ~= 'status' then
   end
   if #fields > 0 then redis.call('HSET', KEYS[3], unpack(fields)) end
 end
-if not status then status = redis.call('HGET', KEYS[2], 'status') end
+-- The index follows the status: the write that sets a status puts the saga in it or takes
+-- it out; a step's write leaves both as they are.
 if status == 'running' or status == 'compensating' then
   redis.call('ZADD', KEYS[4], 0, ARGV[3])
-else
+elseif status then
   redis.call('ZREM', KEYS[4], ARGV[3])
 end
 return 1
