@@ -71,7 +71,7 @@ const AGENT_A: Patience = Patience {
 /// The impatient one: 200 ms, then one retry after a pause, with a longer timeout.
 const AGENT_B: Patience = Patience {
     agent: "agent B",
-    timeouts: &[Duration::from_millis(200), Duration::from_secs(1)],
+    timeouts: &[Duration::from_millis(200), Duration::from_secs(5)],
     backoff: Duration::from_millis(500),
 };
 
@@ -354,6 +354,10 @@ async fn charge_order_unverified(
 /// One agent's tool call: wait for an answer, stop waiting after the timeout, pause, retry.
 /// The tool server runs each call as a task of its own, which finishes even when the agent
 /// stopped waiting. `None` if no attempt was answered in time.
+///
+/// An attempt's deadline is set before the call is sent, and it comes first: an answer that
+/// arrives after it is not taken, even when a busy machine gets to both at the same moment.
+/// So an attempt whose answer takes longer than its timeout is always given up.
 async fn agent<F, Fut>(
     patience: &Patience,
     amount_cents: u64,
@@ -371,9 +375,15 @@ where
             tokio::time::sleep(patience.backoff).await;
         }
         let asked = format!("charge {} for order {ORDER}", money(amount_cents));
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut call = tokio::spawn(idem::observe(tool()));
-        match tokio::time::timeout(timeout, &mut call).await {
-            Ok(Ok((Ok(charge), how))) => {
+        let answered_in_time = tokio::select! {
+            biased;
+            () = tokio::time::sleep_until(deadline) => None,
+            answer = &mut call => Some(answer),
+        };
+        match answered_in_time {
+            Some(Ok((Ok(charge), how))) => {
                 println!(
                     "  [{label}] attempt {attempt}, {asked}: ok, {}{}",
                     charge.id,
@@ -382,14 +392,16 @@ where
                 answer = Some(Ok(charge));
                 break;
             }
-            Ok(Ok((Err(error), _))) => {
+            Some(Ok((Err(error), _))) => {
                 // An answer, not a timeout: asking again would get the same one.
                 println!("  [{label}] attempt {attempt}, {asked}: failed: {error}");
                 answer = Some(Err(error));
                 break;
             }
-            Ok(Err(crash)) => println!("  [{label}] attempt {attempt}: the tool crashed: {crash}"),
-            Err(_) => {
+            Some(Err(crash)) => {
+                println!("  [{label}] attempt {attempt}: the tool crashed: {crash}")
+            }
+            None => {
                 let next = if attempt < patience.timeouts.len() {
                     format!(", retrying in {} ms", patience.backoff.as_millis())
                 } else {

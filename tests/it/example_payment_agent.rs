@@ -14,6 +14,15 @@ fn payment_agent_charges_once_for_two_agents_a_retry_and_a_changed_amount() {
         stdout.contains("), same charge id for both agents: true, changed amount refused: true"),
         "unexpected summary:\n{stdout}"
     );
+    // Agent B gives up on its first attempt in both runs (the provider answers after its
+    // timeout), so its retry is a new charge without idem and a replay with it.
+    assert_eq!(
+        stdout
+            .matches("[agent B] attempt 1, charge $49.99 for order 7: no answer after 200 ms")
+            .count(),
+        2,
+        "agent B's first attempt must time out in both runs:\n{stdout}"
+    );
     assert!(
         stdout.contains("was first called with different arguments"),
         "the changed amount must be refused with idem's payload-mismatch error:\n{stdout}"
