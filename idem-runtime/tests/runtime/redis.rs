@@ -438,38 +438,30 @@ async fn with_a_replica_a_result_is_on_the_replica_when_the_call_returns() {
     assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
-/// A saga's claim whose owner lost its lease is parked for review (its lease end cleared);
-/// when that owner records its outcome after all, the saga's log takes the record's TTL with
-/// it, instead of outliving it for ever.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    idem_no_redis,
-    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
-)]
-async fn a_parked_sagas_claim_completed_takes_its_saga_log_with_it() {
-    use std::time::{Duration, Instant};
-
+/// A running saga's claim of `action`'s key for `(1,)`, on `store`: claimed with `lease`
+/// (taken over when stale) and its log's status written. Its key and token.
+async fn a_running_saga(
+    store: &RedisStore,
+    action: &'static str,
+    lease: std::time::Duration,
+) -> (idem_runtime::Key, idem_runtime::store::FencingToken) {
     use idem_runtime::store::{
         Claim, ClaimRequest, OnStale, Ownership, SagaStatus, SagaStore, SagaWrite, Store,
-        StoredOutcome,
     };
     use idem_runtime::{Action, Fingerprint};
 
-    let Some(store) = fresh().await else {
-        return;
-    };
-    let key = Action::new("parked_saga").key(&(1,)).expect("key");
-    let fingerprint = Fingerprint::from(key);
-    let request = |lease_ms: u64, on_stale: OnStale| ClaimRequest {
-        key: &key,
-        fingerprint: &fingerprint,
-        action: "parked_saga",
-        lease: Duration::from_millis(lease_ms),
-        ttl: Duration::from_secs(3600),
-        on_stale,
-    };
-    let Claim::Acquired { token, .. } =
-        store.claim(&request(200, OnStale::TakeOver)).await.unwrap()
+    let key = Action::new(action).key(&(1,)).expect("key");
+    let Claim::Acquired { token, .. } = store
+        .claim(&ClaimRequest {
+            key: &key,
+            fingerprint: &Fingerprint::from(key),
+            action,
+            lease,
+            ttl: std::time::Duration::from_secs(3600),
+            on_stale: OnStale::TakeOver,
+        })
+        .await
+        .unwrap()
     else {
         panic!("a free key is acquired");
     };
@@ -484,14 +476,61 @@ async fn a_parked_sagas_claim_completed_takes_its_saga_log_with_it() {
             .unwrap(),
         Ownership::Held
     );
+    (key, token)
+}
+
+/// A connection of its own to the shared server, for what a test reads or writes by hand,
+/// and the name of `key`'s `suffix` key in the store's layout:
+/// `<prefix>{<bucket>}:<key><suffix>`.
+async fn by_hand(
+    store: &RedisStore,
+    key: &idem_runtime::Key,
+    suffix: &str,
+) -> (::redis::aio::MultiplexedConnection, String) {
+    let server = RedisServer::shared().expect("the server");
+    let client = ::redis::Client::open(server.url()).expect("a client");
+    let connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a connection");
+    let hex = key.to_string();
+    (
+        connection,
+        format!("{}{{{}}}:{hex}{suffix}", store.prefix(), &hex[..3]),
+    )
+}
+
+/// A saga's claim whose owner lost its lease is parked for review (its lease end cleared);
+/// when that owner records its outcome after all, the saga's log takes the record's TTL with
+/// it, instead of outliving it for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn a_parked_sagas_claim_completed_takes_its_saga_log_with_it() {
+    use std::time::{Duration, Instant};
+
+    use idem_runtime::store::{Claim, ClaimRequest, OnStale, Ownership, Store, StoredOutcome};
+    use idem_runtime::Fingerprint;
+
+    let Some(store) = fresh().await else {
+        return;
+    };
+    let (key, token) = a_running_saga(&store, "parked_saga", Duration::from_millis(200)).await;
     // Once the lease has run out, the next caller parks the key for review.
+    let fingerprint = Fingerprint::from(key);
+    let review = ClaimRequest {
+        key: &key,
+        fingerprint: &fingerprint,
+        action: "parked_saga",
+        lease: Duration::from_secs(60),
+        ttl: Duration::from_secs(3600),
+        on_stale: OnStale::Review,
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match store
-            .claim(&request(60_000, OnStale::Review))
-            .await
-            .unwrap()
-        {
+        match store.claim(&review).await.unwrap() {
             Claim::NeedsReview { .. } => break,
             Claim::InProgress { .. } => {}
             other => panic!("the key is held, then parked: {other:?}"),
@@ -510,16 +549,8 @@ async fn a_parked_sagas_claim_completed_takes_its_saga_log_with_it() {
         .unwrap();
     assert_eq!(recorded, Ownership::Held);
 
-    let server = RedisServer::shared().expect("the server");
-    let client = ::redis::Client::open(server.url()).expect("a client");
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("a connection");
     for suffix in [":s", ":steps"] {
-        // The store's layout: `<prefix>{<bucket>}:<key><suffix>`.
-        let hex = key.to_string();
-        let name = format!("{}{{{}}}:{hex}{suffix}", store.prefix(), &hex[..3]);
+        let (mut connection, name) = by_hand(&store, &key, suffix).await;
         let exists: i64 = ::redis::cmd("EXISTS")
             .arg(&name)
             .query_async(&mut connection)
@@ -550,57 +581,24 @@ async fn a_parked_sagas_claim_completed_takes_its_saga_log_with_it() {
 async fn a_saga_write_over_a_corrupt_record_is_an_error() {
     use std::time::Duration;
 
-    use idem_runtime::store::{
-        Claim, ClaimRequest, OnStale, Ownership, SagaStatus, SagaStore, SagaWrite, Store,
-    };
-    use idem_runtime::{Action, Fingerprint};
+    use idem_runtime::store::{SagaStatus, SagaStore, SagaWrite};
 
     let Some(store) = fresh().await else {
         return;
     };
-    let key = Action::new("corrupt_saga").key(&(1,)).expect("key");
-    let fingerprint = Fingerprint::from(key);
-    let Claim::Acquired { token, .. } = store
-        .claim(&ClaimRequest {
-            key: &key,
-            fingerprint: &fingerprint,
-            action: "corrupt_saga",
-            lease: Duration::from_secs(60),
-            ttl: Duration::from_secs(3600),
-            on_stale: OnStale::TakeOver,
-        })
-        .await
-        .unwrap()
-    else {
-        panic!("a free key is acquired");
-    };
-    let running = || SagaWrite::Status {
-        status: SagaStatus::Running,
-        error: None,
-    };
-    assert_eq!(
-        store
-            .write_saga(&key, "saga-1", token, running())
-            .await
-            .unwrap(),
-        Ownership::Held
-    );
-
-    let server = RedisServer::shared().expect("the server");
-    let client = ::redis::Client::open(server.url()).expect("a client");
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("a connection");
-    // The store's layout: `<prefix>{<bucket>}:<key>:r`.
-    let hex = key.to_string();
+    let (key, token) = a_running_saga(&store, "corrupt_saga", Duration::from_secs(60)).await;
+    let (mut connection, record) = by_hand(&store, &key, ":r").await;
     ::redis::cmd("SET")
-        .arg(format!("{}{{{}}}:{hex}:r", store.prefix(), &hex[..3]))
+        .arg(record)
         .arg("not a record")
         .query_async::<()>(&mut connection)
         .await
         .expect("SET");
-    let written = store.write_saga(&key, "saga-1", token, running()).await;
+    let running = SagaWrite::Status {
+        status: SagaStatus::Running,
+        error: None,
+    };
+    let written = store.write_saga(&key, "saga-1", token, running).await;
     assert!(
         written
             .as_ref()
