@@ -2,7 +2,7 @@
 //! CA and a server certificate for 127.0.0.1 made here (`rcgen`): the whole conformance
 //! suite over TLS on each, the URL forms of `store::open`, and the refusals: a server whose
 //! certificate the client does not trust, a plain connection to a server that takes TLS only,
-//! a Redis server that wants a client certificate and gets none.
+//! a server that wants a client certificate and gets none (Redis and PostgreSQL).
 //!
 //! The servers take TLS only (Redis with no plaintext port, PostgreSQL with `hostssl` lines
 //! alone in `pg_hba.conf`): a store that works with them works over TLS.
@@ -249,7 +249,7 @@ async fn redis_presents_a_client_certificate_to_a_server_that_asks() {
 fn postgres_server() -> Option<&'static PostgresServer> {
     static SERVER: OnceLock<Option<PostgresServer>> = OnceLock::new();
     SERVER
-        .get_or_init(|| PostgresServer::own_tls(&certificates().server))
+        .get_or_init(|| PostgresServer::own_tls(&certificates().server, false))
         .as_ref()
 }
 
@@ -305,6 +305,54 @@ async fn postgres_sslmode_require_encrypts_every_connection() {
     let (count, all_tls) = seen.trim().split_once('|').expect("two columns");
     assert!(count.parse::<u32>().expect("a count") > 0, "{seen}");
     assert_eq!(all_tls, "t", "{seen}");
+}
+
+// Multi-threaded: the race's callers run in parallel.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(idem_no_postgres, ignore = "PostgreSQL is not installed")]
+async fn postgres_presents_a_client_certificate_to_a_server_that_asks() {
+    let certificates = certificates();
+    let Some(server) = PostgresServer::own_tls(&certificates.server, true) else {
+        return;
+    };
+    let url = format!("{}?sslmode=verify-full", server.url());
+    let without = PostgresStore::builder(&url)
+        .tls_root_certificate(certificates.server.ca_certificate.clone())
+        .connect()
+        .await
+        .unwrap_err();
+    // The server's own words.
+    assert!(
+        without
+            .to_string()
+            .contains("requires a valid client certificate"),
+        "{without}"
+    );
+
+    let with = PostgresStore::builder(&url)
+        .schema(format!("client_cert_{}", unique()))
+        .tls_root_certificate(certificates.server.ca_certificate.clone())
+        .tls_client_certificate(
+            certificates.client_certificate.clone(),
+            certificates.client_key.clone(),
+        )
+        .connect()
+        .await
+        .expect("connect with a client certificate");
+    idem_runtime::conformance::claim_complete_replay(&with).await;
+
+    let folder = &certificates.folder;
+    let url = format!(
+        "{url}&sslrootcert={}&sslcert={}&sslkey={}&schema=client_cert_{}",
+        certificates.ca_file(),
+        folder.join("client.pem").display(),
+        folder.join("client.key").display(),
+        unique()
+    );
+    let opened = store::open(&url)
+        .await
+        .expect("open with a client certificate");
+    idem_runtime::conformance::race_of_64_claims_has_one_winner(&*opened).await;
 }
 
 #[tokio::test]

@@ -83,8 +83,12 @@ impl PostgresServer {
     /// A server of the caller's own that takes TLS connections only: `ssl = on` with the
     /// certificate and key of `tls`, and a `pg_hba.conf` whose TCP entries are all `hostssl`,
     /// so that a client that does not use TLS is refused ("no pg_hba.conf entry … no
-    /// encryption"). Its [`url`](Self::url) names no `sslmode`: add one. `None` (after
-    /// printing why) when PostgreSQL is not installed, a panic under `CI=true`.
+    /// encryption"). With `client_certificates`, those entries also ask for a client
+    /// certificate signed by `tls`'s CA (`clientcert=verify-ca`), as [`RedisServer::own_tls`]
+    /// does. Its [`url`](Self::url) names no `sslmode`: add one. `None` (after printing why)
+    /// when PostgreSQL is not installed, a panic under `CI=true`.
+    ///
+    /// [`RedisServer::own_tls`]: super::RedisServer::own_tls
     ///
     /// ```no_run
     /// use idem_runtime::conformance::servers::{PostgresServer, ServerTls};
@@ -95,12 +99,12 @@ impl PostgresServer {
     ///     certificate: std::fs::read_to_string("server.pem").expect("the certificate"),
     ///     key: std::fs::read_to_string("server.key").expect("its key"),
     /// };
-    /// if let Some(server) = PostgresServer::own_tls(&tls) {
+    /// if let Some(server) = PostgresServer::own_tls(&tls, false) {
     ///     let url = format!("{}?sslmode=verify-full&sslrootcert=/path/ca.pem", server.url());
     /// #   let _ = url;
     /// }
     /// ```
-    pub fn own_tls(tls: &ServerTls) -> Option<PostgresServer> {
+    pub fn own_tls(tls: &ServerTls, client_certificates: bool) -> Option<PostgresServer> {
         let Some((initdb, pg_ctl)) = binaries() else {
             return unavailable(
                 "PostgreSQL's initdb and pg_ctl are not installed (apt-get install -y postgresql)"
@@ -108,7 +112,7 @@ impl PostgresServer {
             );
         };
         Some(
-            PostgresServer::start(&initdb, &pg_ctl, Some(tls))
+            PostgresServer::start(&initdb, &pg_ctl, Some((tls, client_certificates)))
                 .unwrap_or_else(|e| panic!("PostgreSQL did not start with TLS: {e}")),
         )
     }
@@ -116,12 +120,15 @@ impl PostgresServer {
     fn start(
         initdb: &Path,
         pg_ctl: &Path,
-        tls: Option<&ServerTls>,
+        tls: Option<(&ServerTls, bool)>,
     ) -> Result<PostgresServer, String> {
         let folder = temp_folder("postgres").map_err(|e| e.to_string())?;
         // Written before the folder is given to the server's user, so that they are its.
         let files = tls
-            .map(|tls| tls.write_to(&folder))
+            .map(|(tls, client_certificates)| {
+                tls.write_to(&folder)
+                    .map(|files| (files, client_certificates))
+            })
             .transpose()
             .map_err(|e| e.to_string())?;
         let as_owner = owned_by_postgres(&folder)?;
@@ -137,11 +144,18 @@ impl PostgresServer {
         run("initdb", command)?;
         let options = match files {
             None => String::new(),
-            Some([ca, certificate, key]) => {
+            Some(([ca, certificate, key], client_certificates)) => {
+                let asks = if client_certificates {
+                    " clientcert=verify-ca"
+                } else {
+                    ""
+                };
+                let hba = format!(
+                    "local all all trust\n\
+                     hostssl all all 127.0.0.1/32 trust{asks}\n\
+                     hostssl all all ::1/128 trust{asks}\n"
+                );
                 // Overwriting keeps the file's owner (the server's user).
-                let hba = "local all all trust\n\
-                           hostssl all all 127.0.0.1/32 trust\n\
-                           hostssl all all ::1/128 trust\n";
                 std::fs::write(folder.join("data").join("pg_hba.conf"), hba)
                     .map_err(|e| format!("pg_hba.conf: {e}"))?;
                 format!(
