@@ -175,35 +175,72 @@ fn certificates(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<'sta
 /// What a TLS failure somewhere in `error`'s causes means to a user, when it is about
 /// certificates: the server's refused (not signed by a trusted CA, for another name,
 /// expired), or the client's missing or refused. `give_ca` says how to give this store a CA.
+///
+/// The failure is found as rustls's error among the causes, or, where a client kept only
+/// its text (the `redis` crate's cluster client says "Failed to create initial connections"
+/// with its nodes' errors as words), as the words rustls writes for it.
 #[cfg(feature = "tls")]
 pub(crate) fn explained(
     error: &(dyn std::error::Error + 'static),
     give_ca: &str,
 ) -> Option<String> {
+    match tls_error(error) {
+        Some(tls) => said(tls, &tls.to_string(), give_ca),
+        None => {
+            let text = error.to_string();
+            let tls = REFUSALS
+                .iter()
+                .find(|refusal| text.contains(&refusal.to_string()))?;
+            said(tls, &text, give_ca)
+        }
+    }
+}
+
+/// The failures [`explained`] knows, as their text is looked for in an error that kept only
+/// its words.
+#[cfg(feature = "tls")]
+const REFUSALS: [rustls::Error; 10] = {
+    use rustls::{AlertDescription as Alert, CertificateError as Certificate, Error};
+    [
+        Error::InvalidCertificate(Certificate::UnknownIssuer),
+        Error::InvalidCertificate(Certificate::BadSignature),
+        Error::InvalidCertificate(Certificate::NotValidForName),
+        Error::InvalidCertificate(Certificate::Expired),
+        Error::AlertReceived(Alert::CertificateRequired),
+        Error::AlertReceived(Alert::HandshakeFailure),
+        Error::AlertReceived(Alert::BadCertificate),
+        Error::AlertReceived(Alert::UnknownCA),
+        Error::AlertReceived(Alert::UnsupportedCertificate),
+        Error::AlertReceived(Alert::CertificateUnknown),
+    ]
+};
+
+/// What `tls` means to a user, `shown` being the failure as it was given.
+#[cfg(feature = "tls")]
+fn said(tls: &rustls::Error, shown: &str, give_ca: &str) -> Option<String> {
     use rustls::{AlertDescription, CertificateError};
 
-    let tls = tls_error(error)?;
     let said = match tls {
         rustls::Error::InvalidCertificate(why) => match why {
             CertificateError::UnknownIssuer | CertificateError::BadSignature => format!(
                 "the server's TLS certificate is not trusted: no trusted CA signed it \
-                 ({tls}); {give_ca}"
+                 ({shown}); {give_ca}"
             ),
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
                 format!(
                     "the server's TLS certificate is not for the host name connected to \
-                     ({tls}); connect with a name the certificate holds"
+                     ({shown}); connect with a name the certificate holds"
                 )
             }
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-                format!("the server's TLS certificate has expired ({tls})")
+                format!("the server's TLS certificate has expired ({shown})")
             }
-            _ => format!("the server's TLS certificate was refused ({tls})"),
+            _ => format!("the server's TLS certificate was refused ({shown})"),
         },
         rustls::Error::AlertReceived(
             AlertDescription::CertificateRequired | AlertDescription::HandshakeFailure,
         ) => format!(
-            "the server refused the TLS connection ({tls}): it may require a client \
+            "the server refused the TLS connection ({shown}): it may require a client \
              certificate, or one it trusts"
         ),
         rustls::Error::AlertReceived(
@@ -211,7 +248,7 @@ pub(crate) fn explained(
             | AlertDescription::UnknownCA
             | AlertDescription::UnsupportedCertificate
             | AlertDescription::CertificateUnknown,
-        ) => format!("the server refused the client certificate ({tls})"),
+        ) => format!("the server refused the client certificate ({shown})"),
         _ => return None,
     };
     Some(said)
@@ -257,6 +294,30 @@ pub(crate) fn read_pem_file(
 #[cfg(all(test, feature = "tls", feature = "postgres"))]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn a_refusal_kept_only_as_text_is_explained_as_the_typed_one_is() {
+        let give_ca = "give the CA";
+        let typed = std::io::Error::other(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ));
+        // The `redis` crate's cluster client: its nodes' errors as words.
+        let text = std::io::Error::other(
+            "Failed to create initial connections - IoError: invalid peer certificate: \
+             UnknownIssuer",
+        );
+        for error in [typed, text] {
+            let said = explained(&error, give_ca).expect("explained");
+            assert!(
+                said.starts_with("the server's TLS certificate is not trusted")
+                    && said.ends_with(give_ca),
+                "{said}"
+            );
+        }
+        let other = std::io::Error::other("connection refused");
+        assert_eq!(explained(&other, give_ca), None);
+    }
 
     #[test]
     fn a_ca_that_is_not_pem_is_an_error_that_says_so() {
