@@ -1,6 +1,6 @@
-//! TLS to Redis and PostgreSQL (feature `tls`), on servers the tests start themselves with a
-//! CA and a server certificate for 127.0.0.1 made here (`rcgen`): the whole conformance
-//! suite over TLS on each, the URL forms of `store::open`, and the refusals: a server whose
+//! TLS to Redis, Redis Cluster and PostgreSQL (feature `tls`), on servers the tests start
+//! themselves with a CA and a server certificate for 127.0.0.1 made here (`rcgen`): the whole
+//! conformance suite over TLS on each, the URL forms of `store::open`, and the refusals: a server whose
 //! certificate the client does not trust, a plain connection to a server that takes TLS only,
 //! a server that wants a client certificate and gets none (Redis and PostgreSQL).
 //!
@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use idem_runtime::conformance::servers::{PostgresServer, RedisServer, ServerTls};
+use idem_runtime::conformance::servers::{PostgresServer, RedisCluster, RedisServer, ServerTls};
 use idem_runtime::conformance_tests;
 use idem_runtime::store::{self, PostgresStore, RedisStore};
 
@@ -241,6 +241,68 @@ async fn redis_presents_a_client_certificate_to_a_server_that_asks() {
         .await
         .expect("open with a client certificate");
     idem_runtime::conformance::race_of_64_claims_has_one_winner(&*opened).await;
+}
+
+// ---- Redis Cluster ----
+
+/// The Redis Cluster of this process whose clients connect over TLS (its nodes' bus and
+/// replication too).
+fn redis_cluster() -> Option<&'static RedisCluster> {
+    static CLUSTER: OnceLock<Option<RedisCluster>> = OnceLock::new();
+    CLUSTER
+        .get_or_init(|| RedisCluster::own_tls(&certificates().server))
+        .as_ref()
+}
+
+async fn fresh_redis_cluster() -> Option<RedisStore> {
+    let cluster = redis_cluster()?;
+    Some(redis_store(&cluster.url(), format!("tlsc{}:", unique())).await)
+}
+
+conformance_tests!(
+    #[cfg_attr(
+        idem_no_redis,
+        ignore = "redis-server or redis-cli is not installed, or IDEM_TEST_SERVERS leaves it out"
+    )]
+    redis_cluster_over_tls,
+    available = fresh_redis_cluster(),
+    reopen = |store: &RedisStore| {
+        let (url, prefix) = (
+            redis_cluster().expect("the cluster").url(),
+            store.prefix().to_owned(),
+        );
+        async move { redis_store(&url, prefix).await }
+    }
+);
+
+// Multi-threaded: the race's callers run in parallel.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(idem_no_redis, ignore = "redis-server or redis-cli is not installed")]
+async fn a_redis_cluster_over_tls_opens_from_a_url_and_refuses_an_untrusted_certificate() {
+    let Some(cluster) = redis_cluster() else {
+        return;
+    };
+    let url = format!(
+        "{}?tls_ca_cert={}&prefix=openc{}:",
+        cluster.url(),
+        certificates().ca_file(),
+        unique()
+    );
+    let store = store::open(&url).await.expect("open the cluster over TLS");
+    idem_runtime::conformance::race_of_64_claims_has_one_winner(&*store).await;
+
+    let untrusted = RedisStore::builder(cluster.url())
+        .tls_root_certificate(Made::ca("another CA").ca_certificate)
+        .connect()
+        .await
+        .unwrap_err();
+    // In the words the single server's refusal has, though the cluster client keeps only
+    // the text of its nodes' errors.
+    let said = untrusted.to_string();
+    assert!(
+        said.contains("TLS certificate is not trusted") && said.contains("tls_root_certificate"),
+        "{said}"
+    );
 }
 
 // ---- PostgreSQL ----

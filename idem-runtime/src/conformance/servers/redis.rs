@@ -24,6 +24,20 @@ pub struct RedisServer {
     keeper: Keeper,
     /// Whether it takes TLS connections only.
     tls: bool,
+    /// Its TLS port beside its plaintext one (a node of a cluster over TLS).
+    tls_port: Option<u16>,
+}
+
+/// How a server takes connections.
+#[derive(Clone, Copy)]
+pub(super) enum Listen<'a> {
+    /// On a plaintext port.
+    Plain,
+    /// Over TLS only (no plaintext port); asking clients for certificates or not.
+    Tls(&'a ServerTls, bool),
+    /// On a plaintext port for the tests' own commands, and on a TLS port for clients, with
+    /// the cluster bus and replication over TLS: a node of a cluster over TLS.
+    PlainAndTls(&'a ServerTls),
 }
 
 /// Which server a test runs: Redis, or Valkey (the same protocol and flags).
@@ -117,8 +131,17 @@ impl RedisServer {
     /// # let _ = valkey;
     /// ```
     pub fn own_of(flavor: Flavor, args: &[&str]) -> Option<RedisServer> {
+        Self::own_listening(flavor, args, Listen::Plain)
+    }
+
+    /// [`own_of`](Self::own_of), taking connections as `listen` says.
+    pub(super) fn own_listening(
+        flavor: Flavor,
+        args: &[&str],
+        listen: Listen<'_>,
+    ) -> Option<RedisServer> {
         let binary = flavor.required()?;
-        let started = Self::launch(flavor, &binary, false, args, None);
+        let started = Self::launch(flavor, &binary, false, args, listen);
         Some(
             started.unwrap_or_else(|e| {
                 panic!("{} is installed but did not start: {e}", flavor.binary())
@@ -200,14 +223,14 @@ impl RedisServer {
             &binary,
             false,
             &[],
-            Some((tls, client_certificates)),
+            Listen::Tls(tls, client_certificates),
         );
         Some(started.unwrap_or_else(|e| panic!("redis-server did not start with TLS: {e}")))
     }
 
     fn start(durable: bool) -> Option<RedisServer> {
         let binary = Flavor::Redis.required()?;
-        let started = Self::launch(Flavor::Redis, &binary, durable, &[], None);
+        let started = Self::launch(Flavor::Redis, &binary, durable, &[], Listen::Plain);
         Some(started.unwrap_or_else(|e| panic!("redis-server is installed but did not start: {e}")))
     }
 
@@ -216,22 +239,43 @@ impl RedisServer {
         binary: &std::path::Path,
         durable: bool,
         args: &[&str],
-        tls: Option<(&ServerTls, bool)>,
+        listen: Listen<'_>,
     ) -> Result<RedisServer, String> {
         let port = free_port().map_err(|e| e.to_string())?;
         let folder = temp_folder("redis").map_err(|e| e.to_string())?;
-        // With TLS the port takes TLS only (`--port 0`: no plaintext port at all).
-        let listen = match tls {
-            None => format!("--port {port}"),
-            Some((tls, client_certificates)) => {
-                let [ca, certificate, key] = tls.write_to(&folder).map_err(|e| e.to_string())?;
+        let tls_files = |tls: &ServerTls, client_certificates: bool| {
+            let [ca, certificate, key] = tls.write_to(&folder).map_err(|e| e.to_string())?;
+            Ok::<_, String>(format!(
+                "--tls-cert-file '{}' --tls-key-file '{}' --tls-ca-cert-file '{}' \
+                 --tls-auth-clients {}",
+                certificate.display(),
+                key.display(),
+                ca.display(),
+                if client_certificates { "yes" } else { "no" }
+            ))
+        };
+        let tls_only = matches!(listen, Listen::Tls(..));
+        let (listen, tls_port) = match listen {
+            Listen::Plain => (format!("--port {port}"), None),
+            // TLS only: `--port 0`, no plaintext port at all.
+            Listen::Tls(tls, client_certificates) => (
                 format!(
-                    "--port 0 --tls-port {port} --tls-cert-file '{}' --tls-key-file '{}' \
-                     --tls-ca-cert-file '{}' --tls-auth-clients {}",
-                    certificate.display(),
-                    key.display(),
-                    ca.display(),
-                    if client_certificates { "yes" } else { "no" }
+                    "--port 0 --tls-port {port} {}",
+                    tls_files(tls, client_certificates)?
+                ),
+                None,
+            ),
+            // Redis answers a cluster's topology with the TLS ports to a client over TLS, and
+            // with the plaintext ones to a plaintext client (`CLUSTER SLOTS`).
+            Listen::PlainAndTls(tls) => {
+                let tls_port = free_port().map_err(|e| e.to_string())?;
+                (
+                    format!(
+                        "--port {port} --tls-port {tls_port} {} --tls-cluster yes \
+                         --tls-replication yes",
+                        tls_files(tls, false)?
+                    ),
+                    Some(tls_port),
                 )
             }
         };
@@ -259,7 +303,8 @@ impl RedisServer {
             port,
             folder,
             keeper,
-            tls: tls.is_some(),
+            tls: tls_only,
+            tls_port,
         };
         server.wait_for(true)?;
         Ok(server)
@@ -331,6 +376,12 @@ impl RedisServer {
     /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Its TLS port, when it has one beside its plaintext [`port`](Self::port) (a node of
+    /// [`RedisCluster::own_tls`](super::RedisCluster::own_tls)).
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
     }
 
     /// The folder it runs in.

@@ -4,8 +4,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::redis::{ask, info, Flavor};
-use super::{exchange, required_binary, wait_until, RedisServer};
+use super::redis::{ask, info, Flavor, Listen};
+use super::{exchange, required_binary, wait_until, RedisServer, ServerTls};
 
 /// Six servers of one flavor in cluster mode, three masters and three replicas, at
 /// `cluster-node-timeout 2000` (a master that dies is replaced by its replica in 3–5 s).
@@ -22,6 +22,8 @@ use super::{exchange, required_binary, wait_until, RedisServer};
 pub struct RedisCluster {
     flavor: Flavor,
     nodes: Vec<RedisServer>,
+    /// Whether its clients connect over TLS (`own_tls`).
+    tls: bool,
 }
 
 /// How long a cluster may take to form, or to replace a master.
@@ -55,6 +57,35 @@ impl RedisCluster {
     /// }
     /// ```
     pub fn own(flavor: Flavor) -> Option<RedisCluster> {
+        Self::form(flavor, None)
+    }
+
+    /// A cluster of Redis servers of the caller's own whose clients connect over TLS, with
+    /// the certificate and key of `tls` (no client certificate asked for); its nodes talk to
+    /// each other (the cluster bus, replication) over TLS too. Its [`url`](Self::url) is
+    /// `rediss+cluster://…` naming the nodes' TLS ports. Each node also keeps a plaintext
+    /// port on loopback, for this harness's own commands (`redis-cli --cluster create`, the
+    /// health checks): Redis answers a client over TLS with the nodes' TLS ports. `None` as
+    /// for [`shared`](Self::shared).
+    ///
+    /// ```no_run
+    /// use idem_runtime::conformance::servers::{RedisCluster, ServerTls};
+    ///
+    /// // PEM files the test made (with `rcgen`, say).
+    /// let tls = ServerTls {
+    ///     ca_certificate: std::fs::read_to_string("ca.pem").expect("the CA"),
+    ///     certificate: std::fs::read_to_string("server.pem").expect("the certificate"),
+    ///     key: std::fs::read_to_string("server.key").expect("its key"),
+    /// };
+    /// if let Some(cluster) = RedisCluster::own_tls(&tls) {
+    ///     assert!(cluster.url().starts_with("rediss+cluster://"));
+    /// }
+    /// ```
+    pub fn own_tls(tls: &ServerTls) -> Option<RedisCluster> {
+        Self::form(Flavor::Redis, Some(tls))
+    }
+
+    fn form(flavor: Flavor, tls: Option<&ServerTls>) -> Option<RedisCluster> {
         let cli = required_binary("redis-cli", &[], "apt-get install -y redis-tools")?;
         let node_args = [
             "--cluster-enabled",
@@ -65,10 +96,15 @@ impl RedisCluster {
             "2000",
         ];
         let mut nodes = Vec::new();
+        let listen = tls.map_or(Listen::Plain, Listen::PlainAndTls);
         for _ in 0..6 {
-            nodes.push(RedisServer::own_of(flavor, &node_args)?);
+            nodes.push(RedisServer::own_listening(flavor, &node_args, listen)?);
         }
-        let cluster = RedisCluster { flavor, nodes };
+        let cluster = RedisCluster {
+            flavor,
+            nodes,
+            tls: tls.is_some(),
+        };
         let mut create = std::process::Command::new(cli);
         create.args(["--cluster", "create"]);
         create.args(
@@ -116,14 +152,19 @@ impl RedisCluster {
         })
     }
 
-    /// `redis+cluster://127.0.0.1:P1,…` naming every node.
+    /// `redis+cluster://127.0.0.1:P1,…` naming every node (`rediss+cluster://` and their
+    /// TLS ports for [`own_tls`](Self::own_tls)).
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self
             .nodes
             .iter()
-            .map(|node| format!("127.0.0.1:{}", node.port()))
+            .map(|node| {
+                let port = if self.tls { node.tls_port() } else { None };
+                format!("127.0.0.1:{}", port.unwrap_or(node.port()))
+            })
             .collect();
-        format!("redis+cluster://{}", hosts.join(","))
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}+cluster://{}", hosts.join(","))
     }
 
     /// The flavor of its servers.
