@@ -588,23 +588,35 @@ async fn a_saga_write_over_a_corrupt_record_is_an_error() {
     };
     let (key, token) = a_running_saga(&store, "corrupt_saga", Duration::from_secs(60)).await;
     let (mut connection, record) = by_hand(&store, &key, ":r").await;
-    ::redis::cmd("SET")
-        .arg(record)
-        .arg("not a record")
-        .query_async::<()>(&mut connection)
+    // The record's lead: `p|<token>|<claim id>|`.
+    let held: String = ::redis::cmd("GET")
+        .arg(&record)
+        .query_async(&mut connection)
         .await
-        .expect("SET");
-    let running = SagaWrite::Status {
-        status: SagaStatus::Running,
-        error: None,
-    };
-    let written = store.write_saga(&key, "saga-1", token, running).await;
-    assert!(
-        written
-            .as_ref()
-            .is_err_and(|e| e.to_string().contains("corrupt")),
-        "{written:?}"
-    );
+        .expect("GET");
+    let lead: String = held.split_inclusive('|').take(3).collect();
+    assert!(lead.starts_with(&format!("p|{token}|")), "{held}");
+    // Not a record at all, and one that leads as the owner's record does but whose rest is
+    // not a record's: the second passes the lead's check, and must still be an error.
+    for corrupt in ["not a record".to_owned(), format!("{lead}junk")] {
+        ::redis::cmd("SET")
+            .arg(&record)
+            .arg(&corrupt)
+            .query_async::<()>(&mut connection)
+            .await
+            .expect("SET");
+        let running = SagaWrite::Status {
+            status: SagaStatus::Running,
+            error: None,
+        };
+        let written = store.write_saga(&key, "saga-1", token, running).await;
+        assert!(
+            written
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("corrupt")),
+            "{corrupt}: {written:?}"
+        );
+    }
 }
 
 /// A store written by an older idem (Redis layout 1: a record named `<prefix>{<key>}:r`, one

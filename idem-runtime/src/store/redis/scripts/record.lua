@@ -2,10 +2,13 @@
 -- front of the scripts that touch a record by `scripts.rs`.
 --
 --   <status>|<token>|<claim id>|<lease end>|<ttl>|<created>|<fingerprint>|<outcome>|<action length>|<action><result>
+-- The fields before the action, each ended by '|': `decode` captures them, `holds_in_progress`
+-- only checks that they are there (the same pattern without its captures, which cost).
+local FIELDS = '^(%a)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|(%x+)|([%-%a]+)|(%d+)|()'
+local SHAPE = '^%a|%d+|%d+|%d+|%d+|%d+|%x+|[%-%a]+|%d+|'
 local function decode(value)
   if not value then return nil end
-  local st, tk, id, le, tl, ca, fp, oc, alen, at = string.match(value,
-    '^(%a)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|(%x+)|([%-%a]+)|(%d+)|()')
+  local st, tk, id, le, tl, ca, fp, oc, alen, at = string.match(value, FIELDS)
   if not st then error({err = 'corrupt idem record'}) end
   alen = tonumber(alen)
   return {st = st, tk = tk, id = id, le = tonumber(le), tl = tonumber(tl), ca = ca, fp = fp, oc = oc,
@@ -28,13 +31,16 @@ local function owns(r, token, id)
   return r and r.tk == token and (id == '' or r.id == id)
 end
 -- `owns(decode(value), token, id) and st == 'p'`, read from the encoded record without
--- decoding it: its status, token and claim id lead it (`encode`), each ended by '|'. For
+-- decoding it: its status, token and claim id lead it (`encode`), each ended by '|'; a
+-- record with that lead but not the record's shape is an error, as `decode` makes it. For
 -- the writes that change nothing in the record: decoding costs the server more than the
 -- commands of a saga log's write together (BENCHMARKS.md).
 local function holds_in_progress(value, token, id)
   local lead = 'p|' .. token .. '|'
   if id ~= '' then lead = lead .. id .. '|' end
-  return value ~= nil and value ~= false and string.sub(value, 1, #lead) == lead
+  if not value or string.sub(value, 1, #lead) ~= lead then return false end
+  if not string.find(value, SHAPE) then error({err = 'corrupt idem record'}) end
+  return true
 end
 -- Leaves a tombstone of a record's token: the next claim draws a new token from the counter
 -- (larger than this one), as a fresh claim right after the record went could not.

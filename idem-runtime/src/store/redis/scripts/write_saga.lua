@@ -22,7 +22,7 @@ if pttl ~= -1 then
   redis.call('SET', KEYS[1], encode(r))
 end
 -- Each hash is written with one HSET of all its fields: every `redis.call` costs the server
--- about 2 us, more than the field it writes (BENCHMARKS.md).
+-- 0.3-0.6 us over its command's own time, more than a field it writes (BENCHMARKS.md).
 local fresh = redis.call('EXISTS', KEYS[2]) == 0
 local head = {'updated', now}
 if fresh then
@@ -58,7 +58,8 @@ if ARGV[5] ~= 'status' then
   if #fields > 0 then redis.call('HSET', KEYS[3], unpack(fields)) end
 end
 -- The index follows the status: the write that sets a status puts the saga in it or takes
--- it out; a step's write leaves both as they are.
+-- it out; a step's write leaves both as they are (an index lost out of band, to a server
+-- that evicts keys or a hand's DEL, is made whole by the saga's next status write).
 if status == 'running' or status == 'compensating' then
   redis.call('ZADD', KEYS[4], 0, ARGV[3])
 elseif status then
