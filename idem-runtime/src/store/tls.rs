@@ -178,34 +178,46 @@ fn certificates(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<'sta
 ///
 /// The failure is found as rustls's error among the causes, or, where a client kept only
 /// its text (the `redis` crate's cluster client says "Failed to create initial connections"
-/// with its nodes' errors as words), as the words rustls writes for it.
+/// with its nodes' errors as words), as the words rustls writes for it: the refusals of
+/// [`REFUSALS`] by name, any other refused certificate by rustls's words for one (whose
+/// details, such as the names a certificate holds, are then in the text shown).
 #[cfg(feature = "tls")]
 pub(crate) fn explained(
     error: &(dyn std::error::Error + 'static),
     give_ca: &str,
 ) -> Option<String> {
-    match tls_error(error) {
-        Some(tls) => said(tls, &tls.to_string(), give_ca),
-        None => {
-            let text = error.to_string();
-            let tls = REFUSALS
-                .iter()
-                .find(|refusal| text.contains(&refusal.to_string()))?;
-            said(tls, &text, give_ca)
-        }
+    if let Some(tls) = tls_error(error) {
+        return said(tls, &tls.to_string(), give_ca);
     }
+    let text = error.to_string();
+    let known = REFUSALS
+        .iter()
+        .find(|refusal| names(&text, &refusal.to_string()));
+    // rustls's words for a refused certificate, before its reason: "invalid peer certificate".
+    let refused = OTHER_CERTIFICATE.to_string();
+    let (refused, _) = refused.split_once(':')?;
+    let tls = known.or_else(|| text.contains(refused).then_some(&OTHER_CERTIFICATE))?;
+    said(tls, &text, give_ca)
 }
 
-/// The failures [`explained`] knows, as their text is looked for in an error that kept only
-/// its words.
+/// Whether `text` has `words`, not as the start of longer words (an alert `BadCertificate`
+/// is not `BadCertificateStatusResponse`).
 #[cfg(feature = "tls")]
-const REFUSALS: [rustls::Error; 10] = {
+fn names(text: &str, words: &str) -> bool {
+    text.match_indices(words).any(|(at, _)| {
+        !text[at + words.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_')
+    })
+}
+
+/// The refusals [`explained`] knows by name in an error that kept only its text: those
+/// whose words are the same each time (rustls writes a certificate for another name, or
+/// expired, with its details).
+#[cfg(feature = "tls")]
+const REFUSALS: [rustls::Error; 8] = {
     use rustls::{AlertDescription as Alert, CertificateError as Certificate, Error};
     [
         Error::InvalidCertificate(Certificate::UnknownIssuer),
         Error::InvalidCertificate(Certificate::BadSignature),
-        Error::InvalidCertificate(Certificate::NotValidForName),
-        Error::InvalidCertificate(Certificate::Expired),
         Error::AlertReceived(Alert::CertificateRequired),
         Error::AlertReceived(Alert::HandshakeFailure),
         Error::AlertReceived(Alert::BadCertificate),
@@ -215,12 +227,17 @@ const REFUSALS: [rustls::Error; 10] = {
     ]
 };
 
+/// A certificate refused for a reason [`REFUSALS`] does not name, as [`said`] words it.
+#[cfg(feature = "tls")]
+const OTHER_CERTIFICATE: rustls::Error =
+    rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding);
+
 /// What `tls` means to a user, `shown` being the failure as it was given.
 #[cfg(feature = "tls")]
 fn said(tls: &rustls::Error, shown: &str, give_ca: &str) -> Option<String> {
     use rustls::{AlertDescription, CertificateError};
 
-    let said = match tls {
+    let words = match tls {
         rustls::Error::InvalidCertificate(why) => match why {
             CertificateError::UnknownIssuer | CertificateError::BadSignature => format!(
                 "the server's TLS certificate is not trusted: no trusted CA signed it \
@@ -251,7 +268,7 @@ fn said(tls: &rustls::Error, shown: &str, give_ca: &str) -> Option<String> {
         ) => format!("the server refused the client certificate ({shown})"),
         _ => return None,
     };
-    Some(said)
+    Some(words)
 }
 
 /// The rustls error among `error` and its causes. (An `io::Error` wrapping one hides it from
@@ -317,6 +334,24 @@ mod tests {
         }
         let other = std::io::Error::other("connection refused");
         assert_eq!(explained(&other, give_ca), None);
+        // Another alert whose name starts with a known one's is not taken for it.
+        let status = std::io::Error::other(format!(
+            "Failed to create initial connections - IoError: {}",
+            rustls::Error::AlertReceived(rustls::AlertDescription::BadCertificateStatusResponse)
+        ));
+        assert_eq!(explained(&status, give_ca), None);
+        // A certificate refused with details rustls writes itself (here, for another name).
+        let named = std::io::Error::other(
+            "Failed to create initial connections - IoError: invalid peer certificate: \
+             certificate not valid for name \"db.internal\"; certificate is only valid for \
+             DnsName(\"localhost\")",
+        );
+        let said = explained(&named, give_ca).expect("explained");
+        assert!(
+            said.starts_with("the server's TLS certificate was refused")
+                && said.contains("db.internal"),
+            "{said}"
+        );
     }
 
     #[test]
