@@ -115,6 +115,12 @@ async fn redis_store(url: &str, prefix: String) -> RedisStore {
         .expect("connect to redis over TLS")
 }
 
+/// Another handle on `store`'s keys: a new connection (or cluster client) to `url`.
+fn again(url: String, store: &RedisStore) -> impl std::future::Future<Output = RedisStore> {
+    let prefix = store.prefix().to_owned();
+    async move { redis_store(&url, prefix).await }
+}
+
 async fn fresh_redis() -> Option<RedisStore> {
     let server = redis_server()?;
     Some(redis_store(&server.url(), format!("tls{}:", unique())).await)
@@ -127,13 +133,7 @@ conformance_tests!(
     )]
     redis_over_tls,
     available = fresh_redis(),
-    reopen = |store: &RedisStore| {
-        let (url, prefix) = (
-            redis_server().expect("the server").url(),
-            store.prefix().to_owned(),
-        );
-        async move { redis_store(&url, prefix).await }
-    }
+    reopen = |store: &RedisStore| again(redis_server().expect("the server").url(), store)
 );
 
 #[tokio::test]
@@ -266,13 +266,7 @@ conformance_tests!(
     )]
     redis_cluster_over_tls,
     available = fresh_redis_cluster(),
-    reopen = |store: &RedisStore| {
-        let (url, prefix) = (
-            redis_cluster().expect("the cluster").url(),
-            store.prefix().to_owned(),
-        );
-        async move { redis_store(&url, prefix).await }
-    }
+    reopen = |store: &RedisStore| again(redis_cluster().expect("the cluster").url(), store)
 );
 
 // Multi-threaded: the race's callers run in parallel.
