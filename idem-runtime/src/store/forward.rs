@@ -3,23 +3,18 @@
 //! with defaults too (a default here would hide the store's own answer); the conformance
 //! suite runs once through `Arc<MemoryStore>` to hold that.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::key::Key;
+use crate::store::{Boxed, Inspect, SagaStore};
 use crate::store::{
     Claim, ClaimRequest, FencingToken, Ownership, Record, RecordCount, RecordQuery, SagaLog,
     SagaQuery, SagaWrite, StaleSaga, Store, StoredOutcome,
 };
-use crate::store::{Inspect, SagaStore};
 use crate::Error;
-
-/// A boxed future of a store method, as `async_trait` makes them.
-type Boxed<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
 
 // The pointers hand on the future of the store they point to, as it is: an `async fn` here
 // would box it a second time on every call (the default store is an `Arc<dyn Store>`, and a

@@ -258,6 +258,11 @@ pub struct Record {
     pub expires_at: Option<SystemTime>,
 }
 
+/// A boxed future of a store method, as `async_trait` makes them: the type of the methods
+/// that hand on another's future as it is (`claim_without_expiry`'s default, `forward.rs`).
+pub(crate) type Boxed<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, Error>> + Send + 'a>>;
+
 /// Where idem keeps its records: one trait for every backend, with the atomic [`claim`] at its
 /// heart. Stores are cheap handles (`Clone`), shared by every task that calls through them.
 ///
@@ -366,9 +371,7 @@ pub trait Store: SagaStore + Inspect + Send + Sync + fmt::Debug {
     fn claim_without_expiry<'s, 'r, 'k, 'async_trait>(
         &'s self,
         request: &'r ClaimRequest<'k>,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Claim, Error>> + Send + 'async_trait>,
-    >
+    ) -> Boxed<'async_trait, Claim>
     where
         's: 'async_trait,
         'r: 'async_trait,

@@ -217,15 +217,7 @@ impl RedisServer {
     /// }
     /// ```
     pub fn own_tls(tls: &ServerTls, client_certificates: bool) -> Option<RedisServer> {
-        let binary = Flavor::Redis.required()?;
-        let started = Self::launch(
-            Flavor::Redis,
-            &binary,
-            false,
-            &[],
-            Listen::Tls(tls, client_certificates),
-        );
-        Some(started.unwrap_or_else(|e| panic!("redis-server did not start with TLS: {e}")))
+        Self::own_listening(Flavor::Redis, &[], Listen::Tls(tls, client_certificates))
     }
 
     fn start(durable: bool) -> Option<RedisServer> {
