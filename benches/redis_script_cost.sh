@@ -13,9 +13,12 @@
 #   return 1 (a step's arguments) ... with the keys and arguments of a step's write
 #   prelude and record.lua        ... defining the clock and the record's functions
 #   ... and decoding the record   ... with the record read and decoded (`decode`)
-#   write_saga.lua                the whole write, as in the working tree (or at REV)
+#   write_saga.lua                the whole write through the script, as in the working tree
+#                                 (or at REV): since layout 3 only an owner's first step write
 #   HSET of a step's fields       a raw write of the same fields, no fence
-#   RPUSHX of a step's entry      the same as one list entry, no fence
+#   RPUSHX of a step's entry      the same as `RedisStore::write_saga` appends it to the
+#                                 owner's list: a step's write since layout 3, fenced by the
+#                                 list's being there (`step_log.rs`)
 #
 # Figures move by a third between runs on a shared VM: read the rows against each other.
 
@@ -39,10 +42,13 @@ key=2b7c9f0d2b7c9f0d2b7c9f0d2b7c9f0d2b7c9f0d2b7c9f0d2b7c9f0d2b7c9f0d
 # log's head: the state of every step write after the saga's first.
 cli SET record "p|5|1|99|60000|1700000000000|abcd|-|4|saga" >/dev/null
 cli HSET head id order-17 status running >/dev/null
-cli RPUSH log seed >/dev/null
+cli RPUSH log:5:1 + >/dev/null
 step=(name charge_card key "$key" irreversible 0 args '["order-17",1999]' state done
   output '{"message_id":"ch-order-17","amount_cents":1999}')
-write_args=(4 record head steps index 5 order-17 "$key" 1 step 1 "${step[@]}")
+# The script's arguments since layout 3 (the owners' lists' prefix after the claim id), and
+# before it (for a REV from before).
+write_args=(4 record head steps index 5 order-17 "$key" 1 log: step 1 "${step[@]}")
+old_write_args=(4 record head steps index 5 order-17 "$key" 1 step 1 "${step[@]}")
 
 # Runs `redis-benchmark` on the command and prints the server's µs per call of `stat`.
 measure() {
@@ -75,14 +81,19 @@ return 1"
   script "... and decoding the record" "$with_record
 local r = decode(redis.call('GET', KEYS[1])) return 1"
   if [ -n "$rev" ]; then
+    at_rev=("${write_args[@]}")
+    if ! git show "$rev:$scripts/write_saga.lua" | grep -q "lists' prefix"; then
+      at_rev=("${old_write_args[@]}")
+    fi
     script "write_saga.lua at $rev" \
-      "$(git show "$rev:$scripts/prelude.lua" "$rev:$scripts/record.lua" "$rev:$scripts/write_saga.lua")"
+      "$(git show "$rev:$scripts/prelude.lua" "$rev:$scripts/record.lua" "$rev:$scripts/write_saga.lua")" \
+      "${at_rev[@]}"
   fi
   script "write_saga.lua" "$with_record
 $(cat "$scripts/write_saga.lua")"
   steps=()
   for ((i = 0; i < ${#step[@]}; i += 2)); do steps+=("1:${step[i]}" "${step[i + 1]}"); done
   measure "HSET of a step's fields" hset HSET steps "${steps[@]}"
-  measure "RPUSHX of a step's entry" rpushx RPUSHX log "$(IFS='|'; echo "${step[*]}")"
-  cli LTRIM log 0 0 >/dev/null
+  measure "RPUSHX of a step's entry" rpushx RPUSHX log:5:1 "1:$((${#step[@]} / 2)):1700000000000" "${step[@]}"
+  cli LTRIM log:5:1 0 0 >/dev/null
 done

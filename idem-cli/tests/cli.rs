@@ -1580,7 +1580,7 @@ async fn migrate_moves_an_older_redis_layout() {
     let moved = run_idem(&["--store", &url, "migrate"], &[], "");
     assert!(
         moved.ok().ends_with(
-            "moved from layout 1 to 2: 1 records, 0 saga logs, 0 running sagas indexed\n"
+            "moved from layout 1 to 3: 1 records, 0 saga logs, 0 running sagas indexed\n"
         ),
         "{moved:#?}"
     );
@@ -1590,7 +1590,7 @@ async fn migrate_moves_an_older_redis_layout() {
     assert!(
         again
             .ok()
-            .ends_with("is in the current layout (2): nothing moved\n"),
+            .ends_with("is in the current layout (3): nothing moved\n"),
         "{again:#?}"
     );
 

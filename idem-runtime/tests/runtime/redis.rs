@@ -440,7 +440,7 @@ async fn with_a_replica_a_result_is_on_the_replica_when_the_call_returns() {
 
 /// A running saga's claim of `action`'s key for `(1,)`, on `store`: claimed with `lease`
 /// (taken over when stale) and its log's status written. Its key and token.
-async fn a_running_saga(
+pub(crate) async fn a_running_saga(
     store: &RedisStore,
     action: &'static str,
     lease: std::time::Duration,
@@ -568,6 +568,236 @@ async fn a_parked_sagas_claim_completed_takes_its_saga_log_with_it() {
             assert!(ttl > 0, "{name} expires with the record, PTTL {ttl}");
         }
     }
+}
+
+/// A saga step's write by its owner is one `RPUSHX` to the owner's own list; a takeover moves
+/// that list onto the saga's closed log in the same script, so the old owner's next write
+/// finds no list and is refused (`Lost`), the log reads the same before and after, and the
+/// result closes the new owner's list the same way, after the first owner's writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn an_owners_step_writes_are_its_own_list_until_taken_over() {
+    use std::time::{Duration, Instant};
+
+    use idem_runtime::store::{
+        Claim, ClaimRequest, OnStale, Ownership, SagaStore, SagaWrite, StepRecord, StepState,
+        Store, StoredOutcome,
+    };
+    use idem_runtime::{Action, Fingerprint};
+
+    let Some(store) = fresh().await else {
+        return;
+    };
+    let (key, old) = a_running_saga(&store, "owner_list", Duration::from_millis(200)).await;
+    let (raw, pattern) = by_hand(&store, &key, ":log*").await;
+    let (_, steps) = by_hand(&store, &key, ":steps").await;
+    let (_, closed) = by_hand(&store, &key, ":log").await;
+    let lists = || {
+        let pattern = pattern.clone();
+        let mut raw = raw.clone();
+        async move {
+            let mut found: Vec<String> = ::redis::cmd("KEYS")
+                .arg(&pattern)
+                .query_async(&mut raw)
+                .await
+                .expect("KEYS");
+            found.sort();
+            found
+        }
+    };
+    let mut step = StepRecord {
+        index: 0,
+        name: "charge".into(),
+        key: Action::new("charge").key(&(1,)).expect("a key"),
+        irreversible: false,
+        args: b"[1999]".to_vec(),
+        state: StepState::Started,
+        output: None,
+        error: None,
+    };
+    let write = |token, step: StepRecord| {
+        let store = store.clone();
+        async move {
+            store
+                .write_saga(&key, "saga-1", token, SagaWrite::Step(&step))
+                .await
+                .expect("write")
+        }
+    };
+    assert_eq!(write(old, step.clone()).await, Ownership::Held);
+    let owned = lists().await;
+    assert_eq!(owned.len(), 1, "the owner's list: {owned:?}");
+    assert!(owned[0].contains(&format!(":log:{old}:")), "{owned:?}");
+    let in_hash: i64 = ::redis::cmd("EXISTS")
+        .arg(&steps)
+        .query_async(&mut raw.clone())
+        .await
+        .expect("EXISTS");
+    assert_eq!(in_hash, 0, "the step went to the list, not the hash");
+    let before = store.read_saga(&key).await.expect("read").expect("a log");
+    assert_eq!(before.steps, vec![step.clone()]);
+
+    // The lease runs out; the next caller takes the saga over.
+    let fingerprint = Fingerprint::from(key);
+    let request = ClaimRequest {
+        key: &key,
+        fingerprint: &fingerprint,
+        action: "owner_list",
+        lease: Duration::from_secs(60),
+        ttl: Duration::from_secs(3600),
+        on_stale: OnStale::TakeOver,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let new = loop {
+        match store.claim(&request).await.expect("claim") {
+            Claim::Acquired { token, resumed } => {
+                assert!(resumed, "a takeover");
+                break token;
+            }
+            Claim::InProgress { .. } => {}
+            other => panic!("the key is held, then taken over: {other:?}"),
+        }
+        assert!(Instant::now() < deadline, "the lease never ran out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        lists().await,
+        std::slice::from_ref(&closed),
+        "the takeover closed the list"
+    );
+    let after = store.read_saga(&key).await.expect("read").expect("a log");
+    assert_eq!(after.steps, before.steps);
+    assert!(after.updated_at >= before.updated_at);
+
+    // The old owner's next write finds no list: refused, and nothing of it lands.
+    step.state = StepState::Done;
+    step.output = Some(b"{\"charge\":\"ch_1\"}".to_vec());
+    assert_eq!(write(old, step.clone()).await, Ownership::Lost);
+    assert_eq!(
+        lists().await,
+        std::slice::from_ref(&closed),
+        "nothing of the old owner's"
+    );
+    let unchanged = store.read_saga(&key).await.expect("read").expect("a log");
+    assert_eq!(unchanged.steps, before.steps);
+
+    // The new owner's writes go to its own list, and its result folds it.
+    assert_eq!(write(new, step.clone()).await, Ownership::Held);
+    let owned = lists().await;
+    assert!(
+        owned.len() == 2 && owned[0] == closed && owned[1].contains(&format!(":log:{new}:")),
+        "{owned:?}"
+    );
+    let held = store
+        .complete(
+            &key,
+            new,
+            StoredOutcome::Ok(b"1".to_vec()),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("complete");
+    assert_eq!(held, Ownership::Held);
+    assert_eq!(
+        lists().await,
+        std::slice::from_ref(&closed),
+        "the result closed the list"
+    );
+    let entries: i64 = ::redis::cmd("LLEN")
+        .arg(&closed)
+        .query_async(&mut raw.clone())
+        .await
+        .expect("LLEN");
+    // The first owner's mark and intent (5 fields), the second's write (6 fields).
+    assert_eq!(
+        entries,
+        1 + (1 + 2 * 5) + (1 + 2 * 6),
+        "both owners' writes, in order"
+    );
+    let done = store.read_saga(&key).await.expect("read").expect("a log");
+    assert_eq!(done.steps, vec![step]);
+}
+
+/// An owner writing steps as fast as it can while a second caller takes its saga over: the
+/// fold and the change of owner are one atomic step, so every write the old owner was told
+/// `Held` is in the log afterwards, and none it was told `Lost` (nor any after) is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn a_takeover_during_step_writes_keeps_exactly_the_held_ones() {
+    use std::time::Duration;
+
+    use idem_runtime::store::{
+        Claim, ClaimRequest, OnStale, Ownership, SagaStore, SagaWrite, StepRecord, StepState, Store,
+    };
+    use idem_runtime::{Action, Fingerprint};
+
+    let Some(store) = fresh().await else {
+        return;
+    };
+    let (key, old) = a_running_saga(&store, "raced_list", Duration::from_millis(150)).await;
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            for index in 0u32.. {
+                let step = StepRecord {
+                    index,
+                    name: format!("step-{index}"),
+                    key: Action::new("raced_step").key(&(index,)).expect("a key"),
+                    irreversible: false,
+                    args: b"[]".to_vec(),
+                    state: StepState::Started,
+                    output: None,
+                    error: None,
+                };
+                let written = store
+                    .write_saga(&key, "saga-1", old, SagaWrite::Step(&step))
+                    .await
+                    .expect("write");
+                if written == Ownership::Lost {
+                    return held;
+                }
+                held.push(index);
+            }
+            unreachable!("the writer loses its claim")
+        })
+    };
+    let fingerprint = Fingerprint::from(key);
+    let request = ClaimRequest {
+        key: &key,
+        fingerprint: &fingerprint,
+        action: "raced_list",
+        lease: Duration::from_secs(60),
+        ttl: Duration::from_secs(3600),
+        on_stale: OnStale::TakeOver,
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match store.claim(&request).await.expect("claim") {
+            Claim::Acquired { .. } => break,
+            Claim::InProgress { .. } => {}
+            other => panic!("the key is held, then taken over: {other:?}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease never ran out"
+        );
+        tokio::task::yield_now().await;
+    }
+    let held = tokio::time::timeout(Duration::from_secs(30), writer)
+        .await
+        .expect("the writer stops")
+        .expect("the writer");
+    assert!(!held.is_empty(), "the owner wrote before it was taken over");
+    let log = store.read_saga(&key).await.expect("read").expect("a log");
+    let logged: Vec<u32> = log.steps.iter().map(|step| step.index).collect();
+    assert_eq!(logged, held, "exactly the writes told Held");
 }
 
 /// A saga's log write reads its record's lead (status, token, claim id) without decoding
@@ -736,7 +966,7 @@ async fn an_older_layout_is_refused_until_migrated() {
         (1, 2, 1, 1)
     );
     let again = builder.clone().migrate_layout().await.expect("again");
-    assert_eq!((again.from_layout, again.records), (2, 0));
+    assert_eq!((again.from_layout, again.records), (3, 0));
     let leftover: Vec<String> = ::redis::cmd("KEYS")
         .arg(format!(
             "{prefix}{{????????????????????????????????????????????????????????????????}}*"
@@ -762,7 +992,7 @@ async fn an_older_layout_is_refused_until_migrated() {
     assert!((1..=600_000).contains(&result_ttl), "{result_ttl}");
     assert_eq!(saga_ttl, -1, "a saga's claim never expires");
 
-    let store = builder.connect().await.expect("layout 2 now");
+    let store = builder.connect().await.expect("layout 3 now");
     let claim = store.claim(&request).await.expect("claim");
     assert!(
         matches!(
@@ -783,7 +1013,7 @@ async fn an_older_layout_is_refused_until_migrated() {
 
     ::redis::cmd("SET")
         .arg(format!("{prefix}layout"))
-        .arg("3")
+        .arg("4")
         .query_async::<()>(&mut raw)
         .await
         .expect("SET");
@@ -793,6 +1023,86 @@ async fn an_older_layout_is_refused_until_migrated() {
         .await
         .expect_err("a newer layout");
     assert!(newer.to_string().contains("newer idem"), "{newer}");
+}
+
+/// A store of layout 2 (this layout's keys, a saga's steps written into `:steps` by a script)
+/// is refused until migrated: an agent of layout 2 taking a saga over would neither read nor
+/// fold its owner's list of step writes. The migration only marks it, and its running saga's
+/// steps read as they were; an agent of layout 2 still running then refuses its next block
+/// of tokens (the mark it sets before each is no longer its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn a_layout_two_store_is_refused_until_marked() {
+    use idem_runtime::store::SagaStore;
+    use idem_runtime::Action;
+
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let prefix = format!("two{}:", unique());
+    let client = ::redis::Client::open(server.url()).expect("a client");
+    let mut raw = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a connection");
+    let saga = Action::new("two").key(&(1,)).expect("a key");
+    let hex = saga.to_string();
+    let name = |suffix: &str| format!("{prefix}{{{}}}:{hex}{suffix}", &hex[..3]);
+    let step = [
+        ("0:name", "charge"),
+        ("0:key", &hex),
+        ("0:irreversible", "0"),
+        ("0:args", "[1]"),
+        ("0:state", "done"),
+        ("0:output", "{}"),
+    ];
+    ::redis::pipe()
+        .cmd("SET")
+        .arg(format!("{prefix}layout"))
+        .arg("2")
+        .ignore()
+        .cmd("INCRBY")
+        .arg(format!("{prefix}tokens"))
+        .arg(5)
+        .ignore()
+        .cmd("HSET")
+        .arg(name(":s"))
+        .arg(&[("id", "saga-2"), ("status", "running"), ("updated", "1")])
+        .ignore()
+        .cmd("HSET")
+        .arg(name(":steps"))
+        .arg(&step)
+        .ignore()
+        .query_async::<()>(&mut raw)
+        .await
+        .expect("write layout 2");
+
+    let builder = RedisStore::builder(server.url()).prefix(&prefix);
+    let refused = builder.clone().connect().await.expect_err("layout 2");
+    assert!(
+        refused.to_string().contains("layout 2") && refused.to_string().contains("migrate"),
+        "{refused}"
+    );
+    let marked = builder.clone().migrate_layout().await.expect("migrate");
+    assert_eq!(
+        (marked.from_layout, marked.records, marked.saga_logs),
+        (2, 0, 0)
+    );
+    let layout: String = ::redis::cmd("GET")
+        .arg(format!("{prefix}layout"))
+        .query_async(&mut raw)
+        .await
+        .expect("GET");
+    assert_eq!(layout, "3");
+    let store = builder.connect().await.expect("layout 3 now");
+    let log = store.read_saga(&saga).await.expect("read").expect("a log");
+    assert_eq!(
+        (log.steps.len(), log.steps[0].output.as_deref()),
+        (1, Some(&b"{}"[..]))
+    );
 }
 
 /// What the docs' table says of one Redis server without its append-only file: a restart

@@ -677,3 +677,185 @@ async fn the_buckets_spread_evenly_over_the_masters() {
         );
     }
 }
+
+/// The cluster's id of `node` (`CLUSTER MYID`).
+async fn id_of(node: &RedisServer) -> String {
+    let client = redis::Client::open(node.url()).expect("a url");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to a node");
+    redis::cmd("CLUSTER")
+        .arg("MYID")
+        .query_async(&mut connection)
+        .await
+        .expect("CLUSTER MYID")
+}
+
+/// `command` sent to `node` alone.
+async fn on_node<T: redis::FromRedisValue>(node: &RedisServer, command: &redis::Cmd) -> T {
+    let client = redis::Client::open(node.url()).expect("a url");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to a node");
+    command
+        .query_async(&mut connection)
+        .await
+        .unwrap_or_else(|e| panic!("a command on {}: {e}", node.port()))
+}
+
+/// A saga's slot moving to another master while its owner is dead, its record and log head
+/// moved and its owner's list of step writes not yet: a takeover in that window does not go
+/// ahead without closing the list (every script names the list among its `KEYS`, so the
+/// cluster answers `TRYAGAIN` rather than run it with the list missing), and the owner's
+/// writes still land; once the slot has moved, the takeover closes the list, the old owner's
+/// next write is refused, and the log holds every write the old owner was told `Held`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server or redis-cli is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn a_takeover_while_its_slot_moves_waits_for_the_owners_list() {
+    use std::time::Duration;
+
+    use idem_runtime::store::{
+        Claim, ClaimRequest, OnStale, Ownership, SagaStore, SagaWrite, StepRecord, StepState,
+    };
+    use idem_runtime::{Action, Fingerprint};
+
+    bounded(async {
+        let Some(cluster) = RedisCluster::own(Flavor::Redis) else {
+            return;
+        };
+        let store = connect(&cluster.url(), "moving:").await;
+        let (key, old) =
+            super::redis::a_running_saga(&store, "moving_saga", Duration::from_millis(300)).await;
+        let step = |index: u32| StepRecord {
+            index,
+            name: format!("step-{index}"),
+            key: Action::new("moving_step").key(&(index,)).expect("a key"),
+            irreversible: false,
+            args: b"[]".to_vec(),
+            state: StepState::Started,
+            output: None,
+            error: None,
+        };
+        let write = |token, index| {
+            let store = store.clone();
+            async move {
+                store
+                    .write_saga(&key, "saga-1", token, SagaWrite::Step(&step(index)))
+                    .await
+                    .expect("a step write")
+            }
+        };
+        assert_eq!(write(old, 0).await, Ownership::Held);
+
+        // The owner is dead: its lease ran out, on the server's clock.
+        while store.stale_sagas(10).await.expect("stale sagas").is_empty() {
+            tokio::task::yield_now().await;
+        }
+
+        // The slot starts moving: the record and the log's head go first.
+        let hex = key.to_string();
+        let bucket = &hex[..3];
+        let name = |suffix: &str| format!("moving:{{{bucket}}}:{hex}{suffix}");
+        let slot = slot_of(&cluster.nodes()[0], &format!("{{{bucket}}}")).await;
+        let source = cluster.master_of_slot(slot).expect("the slot's master");
+        let target = (0..16384u16)
+            .step_by(997)
+            .filter_map(|other| cluster.master_of_slot(other))
+            .find(|master| master.port() != source.port())
+            .expect("another master");
+        let (source_id, target_id) = (id_of(source).await, id_of(target).await);
+        let mut importing = redis::cmd("CLUSTER");
+        importing
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("IMPORTING")
+            .arg(&source_id);
+        let () = on_node(target, &importing).await;
+        let mut migrating = redis::cmd("CLUSTER");
+        migrating
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("MIGRATING")
+            .arg(&target_id);
+        let () = on_node(source, &migrating).await;
+        let migrate = |names: Vec<String>| {
+            let mut migrate = redis::cmd("MIGRATE");
+            migrate
+                .arg("127.0.0.1")
+                .arg(target.port())
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(names);
+            migrate
+        };
+        let _: String = on_node(source, &migrate(vec![name(":r"), name(":s")])).await;
+
+        // A takeover now would have to close a list it cannot reach: it does not happen.
+        let fingerprint = Fingerprint::from(key);
+        let request = ClaimRequest {
+            key: &key,
+            fingerprint: &fingerprint,
+            action: "moving_saga",
+            lease: Duration::from_secs(60),
+            ttl: Duration::from_secs(3600),
+            on_stale: OnStale::TakeOver,
+        };
+        let early = store.claim(&request).await;
+        assert!(
+            !matches!(early, Ok(Claim::Acquired { .. })),
+            "no takeover while the owner's list is elsewhere: {early:?}"
+        );
+        // The dead owner's list is still where it was, and still its own.
+        assert_eq!(write(old, 1).await, Ownership::Held);
+
+        // The rest moves (the owner's list, the bucket's index of running sagas); the slot is
+        // the target's.
+        let rest: Vec<String> = on_node(
+            source,
+            redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(1000),
+        )
+        .await;
+        assert!(
+            rest.iter().any(|found| found.starts_with(&name(":log:"))),
+            "the owner's list is on the source: {rest:?}"
+        );
+        let _: String = on_node(source, &migrate(rest)).await;
+        for node in [source, target] {
+            let mut owned = redis::cmd("CLUSTER");
+            owned.arg("SETSLOT").arg(slot).arg("NODE").arg(&target_id);
+            let () = on_node(node, &owned).await;
+        }
+
+        let new = loop {
+            match store.claim(&request).await {
+                Ok(Claim::Acquired { token, resumed }) => {
+                    assert!(resumed, "a takeover");
+                    break token;
+                }
+                // The cluster client learns the slot's new master on a redirection.
+                Err(_) | Ok(Claim::InProgress { .. }) => tokio::task::yield_now().await,
+                Ok(other) => panic!("the dead owner's saga is taken over: {other:?}"),
+            }
+        };
+        assert!(new > old);
+        assert_eq!(
+            write(old, 2).await,
+            Ownership::Lost,
+            "the old owner is refused"
+        );
+        let log = store.read_saga(&key).await.expect("read").expect("a log");
+        let logged: Vec<u32> = log.steps.iter().map(|step| step.index).collect();
+        assert_eq!(logged, [0, 1], "every write the old owner was told Held");
+    })
+    .await;
+}

@@ -27,11 +27,11 @@ use std::time::Instant;
 
 use redis::Value;
 
-use super::decode::{bytes, claim_answer, corrupt};
+use super::decode::{bytes, claim_answer, corrupt, Answer};
 use super::record::{hex, State, Stored};
 use super::scripts::{CLAIM, RETOKEN};
 use super::tokens::FRESH_BLOCK_TTL;
-use super::{command, failed, wall_now_ms, RedisStore};
+use super::{command, failed, owner_kept_changing, wall_now_ms, RedisStore, OWNER_CHANGES};
 use crate::key::Key;
 use crate::store::{
     decide, millis, Claim, ClaimRequest, FencingToken, Found, OnStale, Status, Verdict,
@@ -200,6 +200,10 @@ impl RedisStore {
 
     /// The claim by `scripts/claim.lua`, under a token drawn from the counter: larger than
     /// any the key had, as a takeover's must be.
+    ///
+    /// A claim that takes a saga's record from its owner closes that owner's list of step
+    /// writes (`step_log.rs`), which the script must be given: it is given none at first, and
+    /// answers with the owner when it needs one; the claim is then sent again naming it.
     pub(super) async fn claim_by_script(
         &self,
         request: &ClaimRequest<'_>,
@@ -207,22 +211,34 @@ impl RedisStore {
     ) -> Result<Claim, Error> {
         let key = request.key;
         let token = self.draw(1).await?;
-        let mut invocation = CLAIM.prepare_invoke();
-        invocation
-            .key(self.record_key(key))
-            .key(self.saga_keys(key).0)
-            .arg(hex(request.fingerprint.as_bytes()))
-            .arg(request.action)
-            .arg(millis(request.lease))
-            .arg(match request.on_stale {
-                OnStale::TakeOver => "takeover",
-                OnStale::Review => "review",
-            })
-            .arg(millis(request.ttl))
-            .arg(token)
-            .arg(claim_id);
-        let answer: Value = self.run(Some(key), &invocation).await?;
-        claim_answer(answer).map_err(corrupt(key, "a record"))
+        let fingerprint = hex(request.fingerprint.as_bytes());
+        let mut owner = (0, "0".to_owned());
+        for _ in 0..OWNER_CHANGES {
+            let mut invocation = CLAIM.prepare_invoke();
+            invocation
+                .key(self.record_key(key))
+                .key(self.saga_keys(key).0)
+                .key(self.closed_log(key))
+                .key(self.owner_log(key, owner.0, &owner.1))
+                .arg(&fingerprint)
+                .arg(request.action)
+                .arg(millis(request.lease))
+                .arg(match request.on_stale {
+                    OnStale::TakeOver => "takeover",
+                    OnStale::Review => "review",
+                })
+                .arg(millis(request.ttl))
+                .arg(token)
+                .arg(claim_id)
+                .arg(owner.0)
+                .arg(&owner.1);
+            let answer: Value = self.run(Some(key), &invocation).await?;
+            match claim_answer(answer).map_err(corrupt(key, "a record"))? {
+                Answer::Done(claim) => return Ok(claim),
+                Answer::Owner(token, claim_id) => owner = (token, claim_id),
+            }
+        }
+        Err(owner_kept_changing(key))
     }
 }
 

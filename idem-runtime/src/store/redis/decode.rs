@@ -6,8 +6,10 @@
 //! c|7|0|…|ok|10|send_email{"id":"m-1"} + PEXPIRETIME      → Record
 //! [in_progress, <fingerprint>, 7, 1500]                  → Claim::InProgress
 //! {0:name: charge, 0:state: done, …, 1:name: …}          → [StepRecord]
+//!   + [1:2:<ms>, state, done, output, {…}]               (an owner's step writes, over it)
 //! ```
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::Value;
@@ -80,8 +82,23 @@ fn token(n: i64) -> Result<FencingToken, String> {
     FencingToken::try_from(n).map_err(|_| format!("negative token {n}"))
 }
 
-/// The answer of [`CLAIM`](super::scripts::CLAIM) (`scripts/claim.lua`).
-pub(super) fn claim_answer(value: Value) -> Result<Claim, String> {
+/// The answer of a script that is given the list of step writes of the owner it expects
+/// (`step_log.rs`).
+#[derive(Debug)]
+pub(super) enum Answer<T> {
+    /// The script's answer.
+    Done(T),
+    /// The record's owner (its token and claim id) was not the one expected: the script
+    /// changed nothing, and is sent again naming this owner's list.
+    Owner(FencingToken, String),
+}
+
+/// The fields of a saga log's hashes as read: its head, its steps (layout 2's), and the
+/// entries of its lists of step writes in order.
+pub(super) type LogRead = (Vec<(String, Vec<u8>)>, Vec<(String, Vec<u8>)>, Vec<Vec<u8>>);
+
+/// The answer of [`READ_SAGA`](super::scripts::READ_SAGA) (`scripts/read_saga.lua`).
+pub(super) fn read_answer(value: Value) -> Result<Answer<LogRead>, String> {
     let Value::Array(items) = value else {
         return Err(format!("an array, not {value:?}"));
     };
@@ -89,6 +106,35 @@ pub(super) fn claim_answer(value: Value) -> Result<Claim, String> {
     let mut next = || items.next().ok_or_else(|| "a short answer".to_owned());
     let kind = text(&next()?)?;
     Ok(match kind.as_str() {
+        "owner" => Answer::Owner(token(number(&next()?)?)?, text(&next()?)?),
+        "log" => {
+            let (head, steps) = (fields(next()?)?, fields(next()?)?);
+            let mut entries = list(next()?)?;
+            entries.extend(list(next()?)?);
+            Answer::Done((head, steps, entries))
+        }
+        other => return Err(format!("unknown answer {other:?}")),
+    })
+}
+
+/// The entries of a Redis list as bytes.
+fn list(value: Value) -> Result<Vec<Vec<u8>>, String> {
+    match value {
+        Value::Array(items) => items.into_iter().map(bytes).collect(),
+        other => Err(format!("a list, not {other:?}")),
+    }
+}
+
+/// The answer of [`CLAIM`](super::scripts::CLAIM) (`scripts/claim.lua`).
+pub(super) fn claim_answer(value: Value) -> Result<Answer<Claim>, String> {
+    let Value::Array(items) = value else {
+        return Err(format!("an array, not {value:?}"));
+    };
+    let mut items = items.into_iter();
+    let mut next = || items.next().ok_or_else(|| "a short answer".to_owned());
+    let kind = text(&next()?)?;
+    Ok(Answer::Done(match kind.as_str() {
+        "owner" => return Ok(Answer::Owner(token(number(&next()?)?)?, text(&next()?)?)),
         "acquired" => Claim::Acquired {
             token: token(number(&next()?)?)?,
             resumed: number(&next()?)? == 1,
@@ -115,7 +161,7 @@ pub(super) fn claim_answer(value: Value) -> Result<Claim, String> {
             fingerprint: fingerprint(next()?)?,
         },
         other => return Err(format!("unknown answer {other:?}")),
-    })
+    }))
 }
 
 fn wall(ms: i64) -> SystemTime {
@@ -171,11 +217,14 @@ pub(super) fn named(names: &[&str], value: Value) -> Result<Vec<(String, Vec<u8>
         .collect()
 }
 
-/// The log of a saga from its head and steps (empty: read without its steps).
+/// The log of a saga from its head, its steps hash (layout 2's) and its lists of step writes
+/// (`step_log.rs`: the closed log, then the owner's), applied over the hash in order (both
+/// empty: read without its steps).
 pub(super) fn saga_log(
     key: &Key,
     head: Vec<(String, Vec<u8>)>,
     step_fields: Vec<(String, Vec<u8>)>,
+    entries: Vec<Vec<u8>>,
 ) -> Result<Option<SagaLog>, String> {
     if head.is_empty() {
         return Ok(None);
@@ -193,14 +242,16 @@ pub(super) fn saga_log(
             _ => {}
         }
     }
+    let mut by_index = by_index(step_fields)?;
+    let written = apply(&mut by_index, entries)?;
     Ok(Some(
         SagaLog::new(
             *key,
             id.ok_or("no id")?,
             status.ok_or("unknown status")?,
             error,
-            steps(step_fields)?,
-            wall(updated),
+            steps(by_index)?,
+            wall(updated.max(written)),
         )
         .with_note(note),
     ))
@@ -224,9 +275,12 @@ pub(super) fn step_fields(step: &StepRecord) -> Vec<(&'static str, Vec<u8>)> {
     fields
 }
 
-fn steps(hash: Vec<(String, Vec<u8>)>) -> Result<Vec<StepRecord>, String> {
-    use std::collections::BTreeMap;
-    let mut by_index: BTreeMap<u32, BTreeMap<String, Vec<u8>>> = BTreeMap::new();
+/// A saga's step fields, by step index and field name.
+type ByIndex = BTreeMap<u32, BTreeMap<String, Vec<u8>>>;
+
+/// The steps hash's fields (`<index>:<field>`) by step.
+fn by_index(hash: Vec<(String, Vec<u8>)>) -> Result<ByIndex, String> {
+    let mut by_index = ByIndex::new();
     for (name, value) in hash {
         let (index, field) = name
             .split_once(':')
@@ -237,6 +291,44 @@ fn steps(hash: Vec<(String, Vec<u8>)>) -> Result<Vec<StepRecord>, String> {
             .or_default()
             .insert(field.to_owned(), value);
     }
+    Ok(by_index)
+}
+
+/// Applies the groups of a saga's lists of step writes (`step_log.rs`) in order, each
+/// replacing its step's fields; the latest writer's time, 0 for none.
+fn apply(by_index: &mut ByIndex, entries: Vec<Vec<u8>>) -> Result<i64, String> {
+    let mut latest = 0;
+    let mut entries = entries.into_iter();
+    while let Some(entry) = entries.next() {
+        if entry == b"+" {
+            continue;
+        }
+        let group = String::from_utf8(entry).map_err(|e| e.to_string())?;
+        let parsed = match group.split(':').collect::<Vec<_>>()[..] {
+            [index, pairs, ms] => index
+                .parse::<u32>()
+                .ok()
+                .zip(pairs.parse::<usize>().ok())
+                .zip(ms.parse::<i64>().ok()),
+            _ => None,
+        };
+        let ((index, pairs), ms) = parsed.ok_or_else(|| format!("step log entry {group:?}"))?;
+        let fields = by_index.entry(index).or_default();
+        fields.remove("output");
+        fields.remove("error");
+        for _ in 0..pairs {
+            let (Some(name), Some(value)) = (entries.next(), entries.next()) else {
+                return Err(format!("step log entry {group:?} is cut short"));
+            };
+            let name = String::from_utf8(name).map_err(|e| e.to_string())?;
+            fields.insert(name, value);
+        }
+        latest = latest.max(ms);
+    }
+    Ok(latest)
+}
+
+fn steps(by_index: ByIndex) -> Result<Vec<StepRecord>, String> {
     by_index
         .into_iter()
         .map(|(index, mut fields)| {
@@ -346,6 +438,19 @@ mod properties {
         prop::collection::vec((name, bytes), 0..12)
     }
 
+    /// What an owner's list of step writes may hold: groups, pairs, '+' and anything else.
+    fn step_log_entries() -> impl Strategy<Value = Vec<Vec<u8>>> {
+        let entry = prop_oneof![
+            Just(b"+".to_vec()),
+            (0u32..3, 0usize..3, 0i64..9)
+                .prop_map(|(i, n, ms)| format!("{i}:{n}:{ms}").into_bytes()),
+            prop_oneof![Just("name"), Just("state"), Just("output"), Just("args")]
+                .prop_map(|name| name.as_bytes().to_vec()),
+            prop::collection::vec(any::<u8>(), 0..8),
+        ];
+        prop::collection::vec(entry, 0..12)
+    }
+
     fn step() -> impl Strategy<Value = StepRecord> {
         (
             0u32..1000,
@@ -429,8 +534,9 @@ mod properties {
             key in any::<[u8; 32]>().prop_map(Key::from_bytes),
             head in saga_fields(),
             steps in saga_fields(),
+            entries in step_log_entries(),
         ) {
-            let _ = saga_log(&key, head, steps);
+            let _ = saga_log(&key, head, steps, entries);
         }
 
         /// The fields a step is written as read back as that step.
@@ -456,8 +562,60 @@ mod properties {
                 ("status".to_owned(), b"running".to_vec()),
                 ("updated".to_owned(), b"1".to_vec()),
             ];
-            let log = saga_log(&key, head, fields);
+            let log = saga_log(&key, head, fields, Vec::new());
             prop_assert_eq!(log.map(|log| log.map(|log| log.steps)), Ok(Some(steps)));
+        }
+
+        /// An owner's step writes (`step_log.rs`) read back over the steps hash: each
+        /// replaces its step as the hash had it (an older write of it), the latest time wins.
+        #[test]
+        fn an_owners_step_writes_read_back_over_the_hash(
+            key in any::<[u8; 32]>().prop_map(Key::from_bytes),
+            steps in prop::collection::btree_map(0u32..1000, (step(), step(), any::<bool>()), 0..4),
+        ) {
+            let (mut hash, mut entries, mut expected) = (Vec::new(), Vec::new(), Vec::new());
+            for (index, (older, newer, in_hash)) in steps {
+                let (older, newer) = (StepRecord { index, ..older }, StepRecord { index, ..newer });
+                if in_hash {
+                    hash.extend(step_fields(&older).into_iter()
+                        .map(|(name, value)| (format!("{index}:{name}"), value)));
+                }
+                let fields = step_fields(&newer);
+                entries.push(b"+".to_vec());
+                entries.push(format!("{index}:{}:{}", fields.len(), 7 + index).into_bytes());
+                entries.extend(fields.into_iter()
+                    .flat_map(|(name, value)| [name.as_bytes().to_vec(), value]));
+                expected.push(newer);
+            }
+            let head = vec![
+                ("id".to_owned(), b"order-42".to_vec()),
+                ("status".to_owned(), b"running".to_vec()),
+                ("updated".to_owned(), b"5".to_vec()),
+            ];
+            let latest = expected.iter().map(|step| 7 + step.index).max().unwrap_or(5);
+            let log = saga_log(&key, head, hash, entries).map_err(TestCaseError::fail)?
+                .ok_or_else(|| TestCaseError::fail("no log"))?;
+            prop_assert_eq!(log.steps, expected);
+            prop_assert_eq!(log.updated_at, wall(i64::from(latest)));
+        }
+
+        /// A list cut short, or an entry that is not a group, is an error, never a panic.
+        #[test]
+        fn a_step_write_cut_short_is_an_error(
+            key in any::<[u8; 32]>().prop_map(Key::from_bytes),
+            step in step(),
+            cut in 1usize..20,
+        ) {
+            let fields = step_fields(&step);
+            let mut entries = vec![format!("{}:{}:1", step.index, fields.len()).into_bytes()];
+            entries.extend(fields.into_iter()
+                .flat_map(|(name, value)| [name.as_bytes().to_vec(), value]));
+            entries.truncate(entries.len().saturating_sub(cut).max(1));
+            let head = vec![
+                ("id".to_owned(), b"order-42".to_vec()),
+                ("status".to_owned(), b"running".to_vec()),
+            ];
+            prop_assert!(saga_log(&key, head, Vec::new(), entries).is_err());
         }
     }
 }

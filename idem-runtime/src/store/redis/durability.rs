@@ -192,8 +192,10 @@ fn evicted_by(policy: &str) -> &'static str {
     } else {
         // `allkeys-*`, and any policy this idem does not know, may take any key.
         "may evict any key: an evicted claim lets a second caller run the side effect again, \
-         an evicted result is never replayed (a retry runs the side effect again), and an \
-         evicted token counter hands out fencing tokens again"
+         an evicted result is never replayed (a retry runs the side effect again), an \
+         evicted token counter hands out fencing tokens again, and a saga whose claim is \
+         evicted while its owner's list of step writes is not keeps taking that owner's \
+         writes after another caller claimed it"
     }
 }
 

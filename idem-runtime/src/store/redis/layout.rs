@@ -10,10 +10,12 @@
 //! ```text
 //! <prefix>{9f3}:9f3a…(64 hex):r       string: the record (see `record.rs`)
 //! <prefix>{9f3}:9f3a…:s               hash: a saga's log head (id, status, error, updated, note)
-//! <prefix>{9f3}:9f3a…:steps           hash: a saga's steps, fields "<index>:<field>"
+//! <prefix>{9f3}:9f3a…:steps           hash: a saga's steps as layout 2 wrote them
+//! <prefix>{9f3}:9f3a…:log              list: the step writes of a saga's owners before
+//! <prefix>{9f3}:9f3a…:log:<token>:<id> list: the step writes of a saga's owner in progress
 //! <prefix>{9f3}:sagas                 sorted set: the bucket's sagas running or being undone
 //! <prefix>tokens                      counter: the fencing tokens (touched by no script)
-//! <prefix>layout                      "2": the layout of the keys under the prefix
+//! <prefix>layout                      "3": the layout of the keys under the prefix
 //! ```
 //!
 //! The token counter is one key for the whole store: a handle reserves a block of tokens
@@ -27,10 +29,14 @@
 //!
 //! **Layouts.** Layout 1 (idem before the bucket) named a record `<prefix>{<key>}:r`, kept the
 //! running sagas in one index `<prefix>sagas`, and had no claim id in its records; it never
-//! wrote `<prefix>layout`. [`connect`](super::RedisStoreBuilder::connect) reads the layout
-//! and refuses a store written by another one, saying what to do, rather than misread it:
-//! [`migrate_layout`](super::RedisStoreBuilder::migrate_layout) (`idem migrate` on the
-//! command line) rewrites a layout-1 store into this one.
+//! wrote `<prefix>layout`. Layout 2 wrote a saga step's every write into the steps hash by a
+//! script; this layout reads that hash as it was, but an idem of layout 2 taking a saga over
+//! would not close the owner's list (`step_log.rs`), whose next writes would then still land,
+//! and would not read the lists: the two must not run on one store. [`connect`](super::RedisStoreBuilder::connect)
+//! reads the layout and refuses a store written by another one, saying what to do, rather
+//! than misread it: [`migrate_layout`](super::RedisStoreBuilder::migrate_layout) (`idem
+//! migrate` on the command line) rewrites a layout-1 store into this one, and marks a
+//! layout-2 store as this one (nothing in it moves).
 
 use redis::Value;
 
@@ -41,7 +47,10 @@ use crate::key::Key;
 use crate::Error;
 
 /// The layout this idem writes, as `<prefix>layout` holds it.
-pub(super) const LAYOUT: &str = "2";
+pub(super) const LAYOUT: &str = "3";
+
+/// [`LAYOUT`] as a number, as [`Migrated::from_layout`] says it.
+const LAYOUT_NUMBER: u32 = 3;
 
 /// How many hex digits of a key name its bucket.
 pub(super) const BUCKET_DIGITS: usize = 3;
@@ -69,7 +78,8 @@ pub(super) fn all_buckets() -> impl Iterator<Item = String> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Migrated {
-    /// The layout the store had: 1, or 2 when it was already current (nothing moved).
+    /// The layout the store had: 1 (its keys moved), 2 (marked as current, nothing moved),
+    /// or 3 when it was already current.
     pub from_layout: u32,
     /// Records moved.
     pub records: u64,
@@ -86,6 +96,8 @@ enum Found {
     Current,
     /// Layout 1: a token counter and no layout key.
     One,
+    /// Layout 2: the same keys, a saga step's writes all in the steps hash.
+    Two,
     /// A layout this idem does not know (a newer idem wrote it).
     Other(String),
 }
@@ -110,6 +122,7 @@ impl RedisStore {
         let found = |layout: Option<String>| match layout.as_deref() {
             None => None,
             Some(LAYOUT) => Some(Found::Current),
+            Some("2") => Some(Found::Two),
             Some(other) => Some(Found::Other(other.to_owned())),
         };
         // Separate commands, not a pipeline: on a cluster the keys are in different slots.
@@ -138,7 +151,7 @@ impl RedisStore {
         self.set_layout_mark().await
     }
 
-    /// `SET <prefix>layout 2 NX GET`: marks the prefix unless a mark is there; an error if
+    /// `SET <prefix>layout <LAYOUT> NX GET`: marks the prefix unless a mark is there; an error if
     /// that mark is another layout's.
     pub(super) async fn set_layout_mark(&self) -> Result<(), Error> {
         let mut connection = self.connection.clone();
@@ -156,7 +169,7 @@ impl RedisStore {
             Some(other) => {
                 let problem = format!(
                     "the keys under the prefix {:?} were marked as Redis layout {other:?} since \
-                     this store connected: a newer idem writes there; upgrade idem",
+                     this store connected: another idem writes there (a newer one: upgrade this one)",
                     self.prefix()
                 );
                 Err(Error::store("redis", None, problem))
@@ -176,6 +189,13 @@ impl RedisStore {
                  RedisStore::builder(url).migrate_layout()), then start them again",
                 self.prefix()
             ),
+            Found::Two => format!(
+                "the keys under the prefix {:?} were written by an older idem (Redis layout 2, \
+                 before a saga step's write became one command): stop the agents that use it \
+                 and run `idem --store <url> migrate` once (or \
+                 RedisStore::builder(url).migrate_layout()), then start them again",
+                self.prefix()
+            ),
             Found::Other(layout) => format!(
                 "the keys under the prefix {:?} are in Redis layout {layout:?}, which this idem \
                  does not know (it reads layout {LAYOUT}): a newer idem wrote them; upgrade idem",
@@ -190,9 +210,16 @@ impl RedisStore {
         match self.found_layout().await? {
             Found::Current => {
                 return Ok(Migrated {
-                    from_layout: 2,
+                    from_layout: LAYOUT_NUMBER,
                     ..Migrated::default()
                 })
+            }
+            Found::Two => {
+                self.write_layout_mark().await?;
+                return Ok(Migrated {
+                    from_layout: 2,
+                    ..Migrated::default()
+                });
             }
             Found::Other(layout) => {
                 let problem = format!(
@@ -219,14 +246,19 @@ impl RedisStore {
         migrated.running_sagas = self.move_saga_index().await?;
         // The expiry index of an older idem goes, as a purge deletes it.
         self.purge().await?;
+        self.write_layout_mark().await?;
+        Ok(migrated)
+    }
+
+    /// `SET <prefix>layout <LAYOUT>`, whatever was there: the end of a migration.
+    async fn write_layout_mark(&self) -> Result<(), Error> {
         let mut connection = self.connection.clone();
         redis::cmd("SET")
             .arg(self.layout_key())
             .arg(LAYOUT)
             .query_async::<()>(&mut connection)
             .await
-            .map_err(failed(None))?;
-        Ok(migrated)
+            .map_err(failed(None))
     }
 
     /// The layout-1 names on `master` ending in `suffix` (`<prefix>{<64 hex>}<suffix>`), with

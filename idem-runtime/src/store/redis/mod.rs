@@ -6,7 +6,9 @@
 //! no script on either path. A handle whose claims lately found records reads first: a
 //! call's replay is then one `GET`. The result of such a claim, its record unchanged since,
 //! is one compare-and-set of the whole record (`SET … IFEQ` on Valkey, a three-line script
-//! on Redis 7: `in_place.rs`). Every other write, and a claim that must change a record (a dead
+//! on Redis 7: `in_place.rs`). A saga step's write by its owner is one native `RPUSHX` to a
+//! list of that owner's, which exists only while it holds the record (`write_saga`). Every
+//! other write, and a claim that must change a record (a dead
 //! owner taken over or parked, a released key claimed again), is one Lua script, run
 //! atomically by the server, that checks the fencing token and reads the server's clock
 //! (`TIME`): the clocks of the callers never matter. A claim's lease is in its key's expiry
@@ -21,7 +23,10 @@
 //! <prefix>{9f3}:9f3a…:r   string: the record (status, token, claim id, lease end, TTL,
 //!                         created, fingerprint, outcome kind, action, result; `record.rs`)
 //! <prefix>{9f3}:9f3a…:s   hash: a saga's log head (id, status, error, updated, note)
-//! <prefix>{9f3}:9f3a…:steps  hash: a saga's steps, fields "<index>:<field>"
+//! <prefix>{9f3}:9f3a…:steps  hash: a saga's steps as layout 2 wrote them ("<index>:<field>")
+//! <prefix>{9f3}:9f3a…:log:<token>:<claim id>  list: the step writes of the saga's owner in
+//!                         progress, moved onto `:log` when the record leaves it
+//! <prefix>{9f3}:9f3a…:log list: the step writes of the saga's owners before
 //! <prefix>{9f3}:sagas     sorted set: the bucket's sagas running or being undone (recovery)
 //! <prefix>tokens          counter: the fencing tokens (reserved in blocks, by no script)
 //! <prefix>layout          the layout of the keys under the prefix
@@ -74,18 +79,19 @@ mod layout;
 mod record;
 mod scan;
 mod scripts;
+mod step_log;
 mod tokens;
 
 use crate::store::first_look::{FirstLook, FirstStep};
 use claim::Looked;
 use claim_ids::ClaimIds;
 use connection::{Connection, Target};
-use decode::{corrupt, fields, record, saga_log, step_fields};
+use decode::{corrupt, read_answer, record, saga_log, step_fields, Answer};
 use durability::{memory_policy, Replicas};
 use layout::bucket;
 pub use layout::Migrated;
 use record::{State, Stored};
-use scripts::{COMPLETE, FORGET, HEARTBEAT, RELEASE, RESOLVE, WRITE_SAGA};
+use scripts::{COMPLETE, FORGET, HEARTBEAT, READ_SAGA, RELEASE, RESOLVE, WRITE_SAGA};
 
 /// The hashes of one kind the store keeps per key (`<prefix>{<bucket>}:<key><suffix>`), as the
 /// operators' listings walk them: the fields they read of each first (all but the bulky
@@ -110,6 +116,26 @@ const SAGA_LOGS: Hashes = Hashes {
     what: "a saga log",
 };
 
+/// The suffix that starts the name of a saga owner's list of step writes
+/// ([`RedisStore::log_prefix`]).
+const LOGS: &str = ":log:";
+
+/// The suffix of a saga's closed log ([`RedisStore::closed_log`]).
+const CLOSED_LOG: &str = ":log";
+
+/// How many times a claim or a read of a saga's log is sent again naming the owner the record
+/// has (`step_log.rs`): once is the rule, more when owners change meanwhile.
+const OWNER_CHANGES: usize = 8;
+
+/// The error of a claim or a read that met a new owner each of [`OWNER_CHANGES`] times.
+fn owner_kept_changing(key: &Key) -> Error {
+    Error::store(
+        "redis",
+        Some(key),
+        format!("the owner of the record changed {OWNER_CHANGES} times while it was read"),
+    )
+}
+
 /// The store on a Redis server or a Redis Cluster (Valkey too): atomic Lua scripts with
 /// fencing tokens and claim ids, leases and TTLs on the server's clock, completed records
 /// expired natively. Cheap to clone (one multiplexed connection that reconnects by itself, or
@@ -133,10 +159,13 @@ const SAGA_LOGS: Hashes = Hashes {
 /// # Layouts
 ///
 /// The store's keys sit in 4,096 buckets, each a hash tag, so that every script touches one
-/// cluster slot; the layout is kept in `<prefix>layout` (now `2`). A store written by an
-/// idem from before (layout 1, which wrote no layout key) or by a newer one is refused by
+/// cluster slot; the layout is kept in `<prefix>layout` (now `3`: a saga step's write is one
+/// `RPUSHX` to its owner's own list). A store written by an idem from before (layout 1,
+/// which wrote no layout key; layout 2, which wrote saga steps through a script and would
+/// not fence this idem's) or by a newer one is refused by
 /// [`connect`](RedisStoreBuilder::connect) with an error saying what to do, never read as
-/// empty: [`RedisStoreBuilder::migrate_layout`] (`idem migrate`) moves a layout-1 store.
+/// empty: [`RedisStoreBuilder::migrate_layout`] (`idem migrate`) moves a layout-1 store and
+/// marks a layout-2 one.
 ///
 /// # Durability
 ///
@@ -698,6 +727,18 @@ impl RedisStore {
         )
     }
 
+    /// `<prefix>{<bucket>}:<key>:log:`, the start of the name of each owner's list of saga
+    /// step writes (`<token>:<claim id>` ends it: [`RedisStore::owner_log`]).
+    fn log_prefix(&self, key: &Key) -> String {
+        self.hash_key(key, LOGS)
+    }
+
+    /// `<prefix>{<bucket>}:<key>:log`: a saga's closed log, the step writes of its owners
+    /// before the one in progress (`close_log` in `scripts/record.lua`).
+    fn closed_log(&self, key: &Key) -> String {
+        self.hash_key(key, CLOSED_LOG)
+    }
+
     fn global(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
@@ -725,21 +766,37 @@ impl RedisStore {
         ttl: Duration,
     ) -> Result<Ownership, Error> {
         let (head, steps) = self.saga_keys(key);
+        let claim_id = self.claim_id_of(key, token).await?;
         let mut invocation = COMPLETE.prepare_invoke();
         invocation
             .key(self.record_key(key))
             .key(head)
             .key(steps)
+            .key(self.closed_log(key))
+            .key(self.owner_log(key, token, &claim_id))
             .arg(token)
             .arg(kind)
             .arg(bytes)
             .arg(millis(ttl))
-            .arg(self.claim_ids.of(key, token));
+            .arg(claim_id);
         let held: i64 = self
             .run_acknowledged(key, &invocation, "the result", |held| *held == 1)
             .await?;
         self.claim_ids.forget(key, token);
         Ok(ownership(held))
+    }
+
+    /// `Store::release` by `scripts/release.lua`: 1 if the token held the claim.
+    async fn release_by_script(&self, key: &Key, token: FencingToken) -> Result<i64, Error> {
+        let claim_id = self.claim_id_of(key, token).await?;
+        let mut invocation = RELEASE.prepare_invoke();
+        invocation
+            .key(self.record_key(key))
+            .key(self.closed_log(key))
+            .key(self.owner_log(key, token, &claim_id))
+            .arg(token)
+            .arg(claim_id);
+        self.run(Some(key), &invocation).await
     }
 
     /// What a purge does on Redis, which deletes expired records itself: it deletes the
@@ -810,13 +867,9 @@ impl Store for RedisStore {
     }
 
     async fn release(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
-        let mut invocation = RELEASE.prepare_invoke();
-        invocation
-            .key(self.record_key(key))
-            .arg(token)
-            .arg(self.claim_ids.of(key, token));
-        // Not tried again by the caller, whatever the answer: done with the claim.
-        let held = self.run(Some(key), &invocation).await;
+        // Not tried again by the caller, whatever the answer: done with the claim. Boxed: an
+        // error's path, which would make the future of every call that may release larger.
+        let held = Box::pin(self.release_by_script(key, token)).await;
         self.claim_ids.forget(key, token);
         Ok(ownership(held?))
     }
@@ -877,17 +930,22 @@ impl SagaStore for RedisStore {
         token: FencingToken,
         write: SagaWrite<'_>,
     ) -> Result<Ownership, Error> {
-        let (head, steps) = self.saga_keys(saga);
+        let claim_id = self.claim_id_of(saga, token).await?;
+        if let SagaWrite::Step(step) = write {
+            if let Some(held) = self.append_step(saga, token, &claim_id, step).await? {
+                return Ok(held);
+            }
+        }
         let mut invocation = WRITE_SAGA.prepare_invoke();
         invocation
             .key(self.record_key(saga))
-            .key(head)
-            .key(steps)
+            .key(self.saga_keys(saga).0)
             .key(self.saga_index(&bucket(saga)))
+            .key(self.owner_log(saga, token, &claim_id))
             .arg(token)
             .arg(id)
             .arg(saga.to_string())
-            .arg(self.claim_ids.of(saga, token));
+            .arg(claim_id);
         match write {
             SagaWrite::Status { status, error } => {
                 invocation
@@ -909,20 +967,32 @@ impl SagaStore for RedisStore {
         Ok(ownership(held))
     }
 
+    /// One read by `scripts/read_saga.lua`: the head, the steps, the closed log and the
+    /// owner's list of step writes. The owner is known only once the record is read: the
+    /// script answers with it when it is not the one named, and is sent again naming it.
     async fn read_saga(&self, saga: &Key) -> Result<Option<SagaLog>, Error> {
-        let (head, steps_key) = self.saga_keys(saga);
-        let mut connection = self.connection.clone();
-        let (head, steps_hash): (Value, Value) = redis::pipe()
-            .cmd("HGETALL")
-            .arg(head)
-            .cmd("HGETALL")
-            .arg(steps_key)
-            .query_async(&mut connection)
-            .await
-            .map_err(failed(Some(saga)))?;
-        fields(head)
-            .and_then(|head| saga_log(saga, head, fields(steps_hash)?))
-            .map_err(corrupt(saga, SAGA_LOGS.what))
+        let (head, steps) = self.saga_keys(saga);
+        let mut owner = (0, "0".to_owned());
+        for _ in 0..OWNER_CHANGES {
+            let mut invocation = READ_SAGA.prepare_invoke();
+            invocation
+                .key(self.record_key(saga))
+                .key(&head)
+                .key(&steps)
+                .key(self.closed_log(saga))
+                .key(self.owner_log(saga, owner.0, &owner.1))
+                .arg(owner.0)
+                .arg(&owner.1);
+            let answer: Value = self.run(Some(saga), &invocation).await?;
+            match read_answer(answer).map_err(corrupt(saga, SAGA_LOGS.what))? {
+                Answer::Owner(token, claim_id) => owner = (token, claim_id),
+                Answer::Done((head, steps, entries)) => {
+                    return saga_log(saga, head, steps, entries)
+                        .map_err(corrupt(saga, SAGA_LOGS.what));
+                }
+            }
+        }
+        Err(owner_kept_changing(saga))
     }
 
     /// The sagas whose owner died, from the index of running sagas of every bucket: one
@@ -1039,7 +1109,10 @@ impl Inspect for RedisStore {
 
     /// The saga logs that `query` selects, most recently written first, with their steps.
     /// As `list_records` does, this walks every saga log of the store with `SCAN` (reading
-    /// their heads), then reads the `limit` newest with their steps in one more round trip.
+    /// their heads), then reads the `limit` newest whole, as `read_saga` does, 64 at a time.
+    /// The newest are chosen by their heads' time, which a step's write does not move (it
+    /// goes to its owner's list, `step_log.rs`): by their last status write, so a saga long
+    /// running and still writing steps may be left out of a short listing.
     async fn list_sagas(&self, query: &SagaQuery) -> Result<Vec<SagaLog>, Error> {
         self.scan_sagas(query).await
     }

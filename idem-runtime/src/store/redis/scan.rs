@@ -9,6 +9,7 @@
 //!                                             at once; on a cluster the reads go per bucket)
 //! SCAN 0 MATCH idem:{???}:????…?:s          → saga logs: HMGET of their heads the same way,
 //! …                                           then the `limit` newest in full
+//!                                             (`read_saga`, with their owners' step writes)
 //! ```
 
 use std::collections::HashSet;
@@ -16,15 +17,20 @@ use std::collections::HashSet;
 use redis::Value;
 
 use super::connection::Master;
-use super::decode::{bytes, corrupt, fields, named, record, saga_log, text};
+use super::decode::{bytes, corrupt, named, record, saga_log, text};
 use super::layout::{bucket, BUCKET_DIGITS};
 use super::{failed, wall_now_ms, Hashes, RedisStore, RECORDS, SAGA_LOGS};
 use crate::key::Key;
-use crate::store::{Record, RecordCount, RecordKind, RecordQuery, RecordTally, SagaLog, SagaQuery};
+use crate::store::{
+    Record, RecordCount, RecordKind, RecordQuery, RecordTally, SagaLog, SagaQuery, SagaStore,
+};
 use crate::Error;
 
 /// How many keys the operators' listings ask `SCAN` for at a time (a hint to the server).
 const SCAN_COUNT: usize = 1000;
+
+/// How many saga logs a listing reads whole at once (one script each, sent together).
+const READS_AT_ONCE: usize = 64;
 
 /// The length of a key in hex, as it sits in the names of the store's hashes.
 const KEY_HEX_LEN: usize = 64;
@@ -229,8 +235,9 @@ impl RedisStore {
         Ok(tally.into_counts())
     }
 
-    /// The saga logs that `query` selects, newest first: a scan of their heads, then one
-    /// pipeline that reads the `limit` newest with their steps.
+    /// The saga logs that `query` selects, newest first: a scan of their heads, then the
+    /// `limit` newest by their heads' time (a saga's last status write: a step's write does
+    /// not touch the head) read whole, with their steps.
     pub(super) async fn scan_sagas(&self, query: &SagaQuery) -> Result<Vec<SagaLog>, Error> {
         if query.limit == 0 {
             return Ok(Vec::new());
@@ -249,30 +256,23 @@ impl RedisStore {
             |key, mut answers| {
                 let reply = answers.pop().unwrap_or(Value::Nil);
                 let head = named(SAGA_LOGS.head, reply).map_err(corrupt(&key, SAGA_LOGS.what))?;
-                let log =
-                    saga_log(&key, head, Vec::new()).map_err(corrupt(&key, SAGA_LOGS.what))?;
+                let log = saga_log(&key, head, Vec::new(), Vec::new())
+                    .map_err(corrupt(&key, SAGA_LOGS.what))?;
                 newest.extend(log.filter(|log| query.matches(log)));
                 Ok(())
             },
         )
         .await?;
+        // Each chosen log read whole as `read_saga` reads it (with its owner's step writes),
+        // a few at a time.
         let chosen: Vec<Key> = newest.into_vec().iter().map(|log| log.key).collect();
-        let read = |pipe: &mut redis::Pipeline, key: &Key| {
-            let (head, steps) = self.saga_keys(key);
-            pipe.cmd("HGETALL").arg(head).cmd("HGETALL").arg(steps);
-        };
-        let replies = self.read_keys(&chosen, 2, &read).await?;
         let mut logs = Vec::with_capacity(chosen.len());
-        for (key, replies) in chosen.iter().zip(replies) {
-            // `read_keys` checked that there are two answers a key.
-            let mut replies = replies.into_iter();
-            let mut next = || replies.next().unwrap_or(Value::Nil);
-            let (head, steps_hash) = (next(), next());
-            let found = fields(head)
-                .and_then(|head| saga_log(key, head, fields(steps_hash)?))
-                .map_err(corrupt(key, SAGA_LOGS.what))?;
+        for keys in chosen.chunks(READS_AT_ONCE) {
+            let found =
+                futures_util::future::try_join_all(keys.iter().map(|key| self.read_saga(key)))
+                    .await?;
             // A log that went or changed since its head was read is left out.
-            logs.extend(found.filter(|log| query.matches(log)));
+            logs.extend(found.into_iter().flatten().filter(|log| query.matches(log)));
         }
         logs.sort_by(newest_saga_first);
         Ok(logs)

@@ -1,5 +1,7 @@
-//! The store's Lua scripts, one file each in `scripts/`: every write of the store is one of
-//! them, run atomically by the server. Each file says at its top what its `KEYS` and `ARGV`
+//! The store's Lua scripts, one file each in `scripts/`: every write that must read a record
+//! before it changes anything (the rest are native commands: a claim of a key with no record,
+//! a result over an unchanged claim, a saga step's write by its owner), run atomically by the
+//! server. Each file says at its top what its `KEYS` and `ARGV`
 //! are and what it returns.
 //!
 //! The scripts that read the clock start with `scripts/prelude.lua`, which sets `now` (the
@@ -53,6 +55,7 @@ const RETOKEN_LUA: &str = with_record!("retoken.lua");
 const HEARTBEAT_LUA: &str = with_clock!("heartbeat.lua", record);
 const RESOLVE_LUA: &str = with_clock!("resolve.lua");
 const WRITE_SAGA_LUA: &str = with_clock!("write_saga.lua", record);
+const READ_SAGA_LUA: &str = with_record!("read_saga.lua");
 
 /// The claim rule of `store::rules`, in the server (`scripts/claim.lua`).
 pub(super) static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
@@ -80,12 +83,16 @@ pub(super) static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| Script::new(HEA
 /// Settles a saga that needs attention by hand (`scripts/resolve.lua`).
 pub(super) static RESOLVE: LazyLock<Script> = LazyLock::new(|| Script::new(RESOLVE_LUA));
 
-/// One write to a saga's log, if the token still owns its record (`scripts/write_saga.lua`).
+/// One write to a saga's log, if the token still owns its record (`scripts/write_saga.lua`):
+/// a status, or a step's write that found no list of its owner's (`step_log.rs`).
 pub(super) static WRITE_SAGA: LazyLock<Script> = LazyLock::new(|| Script::new(WRITE_SAGA_LUA));
+
+/// A saga's log with its owner's step writes, in one read (`scripts/read_saga.lua`).
+pub(super) static READ_SAGA: LazyLock<Script> = LazyLock::new(|| Script::new(READ_SAGA_LUA));
 
 /// Every script: its name, its source and the `Script` the store runs.
 #[cfg(test)]
-fn all() -> [(&'static str, &'static str, &'static Script); 9] {
+fn all() -> [(&'static str, &'static str, &'static Script); 10] {
     [
         ("claim", CLAIM_LUA, &CLAIM),
         ("complete", COMPLETE_LUA, &COMPLETE),
@@ -100,6 +107,7 @@ fn all() -> [(&'static str, &'static str, &'static Script); 9] {
         ("heartbeat", HEARTBEAT_LUA, &HEARTBEAT),
         ("resolve", RESOLVE_LUA, &RESOLVE),
         ("write_saga", WRITE_SAGA_LUA, &WRITE_SAGA),
+        ("read_saga", READ_SAGA_LUA, &READ_SAGA),
     ]
 }
 

@@ -6,14 +6,20 @@
 --
 -- KEYS[1] the record            ARGV[1] the fingerprint (64 hex digits)
 -- KEYS[2] the saga log head     ARGV[2] the action
---                               ARGV[3] the lease, ms
+-- KEYS[3] the saga's closed log ARGV[3] the lease, ms
+-- KEYS[4] the list of step writes of the owner ARGV[8] and ARGV[9] name
 --                               ARGV[4] 'takeover' or 'review' (a stale claim's fate)
 --                               ARGV[5] the action's TTL, ms
 --                               ARGV[6] the new token (drawn from the counter)
 --                               ARGV[7] the claim id (random, the claimer's)
+--                               ARGV[8], ARGV[9] the token and claim id of the owner whose
+--                                 list KEYS[4] is (0 and 0 at first)
 --
 -- A claim made here keeps its lease end in the record, and its key expires at the lease end
--- plus the action's TTL (at least SHORTEST_MS), unless the key has a saga log. Returns
+-- plus the action's TTL (at least SHORTEST_MS), unless the key has a saga log. A record taken
+-- from an owner in progress (a takeover, a parking for review, a dead claim claimed afresh)
+-- has that owner's list of step writes closed first (`close_log` in record.lua); if KEYS[4]
+-- is not that list, the answer is {'owner', token, claim id} (`other_owner`). Returns
 -- {'acquired', token, resumed}, {'completed', fingerprint, kind, bytes, ms left of its TTL},
 -- {'in_progress', fingerprint, token, lease_remaining_ms} or {'review', fingerprint}.
 local lease, ttl = tonumber(ARGV[3]), tonumber(ARGV[5])
@@ -27,6 +33,7 @@ local function ends(rec)
   return now + pttl
 end
 local function acquire(resumed)
+  if r and r.st == 'p' then close_log(KEYS[3], KEYS[4]) end
   local rec = r
   if not resumed then
     rec = {st = 'p', ca = string.format('%d', now), fp = ARGV[1], oc = '-', action = ARGV[2],
@@ -59,7 +66,10 @@ if ex > now then return {'in_progress', r.fp, tonumber(r.tk), ex - now} end
 -- A dead claim past its TTL (not a saga's, which never expires) is as good as gone.
 if pttl >= 0 and ex + r.tl <= now then return acquire(false) end
 if r.fp ~= ARGV[1] then return {'in_progress', r.fp, tonumber(r.tk), 0} end
+-- The record changes hands below: its owner's list is closed with it.
+if other_owner(r, pttl, ARGV[8], ARGV[9]) then return {'owner', tonumber(r.tk), r.id} end
 if ARGV[4] == 'takeover' then return acquire(true) end
+close_log(KEYS[3], KEYS[4])
 r.st, r.le = 'r', 0
 redis.call('SET', KEYS[1], encode(r))
 return {'review', r.fp}

@@ -42,6 +42,39 @@ local function holds_in_progress(value, token, id)
   if not string.find(value, SHAPE) then error({err = 'corrupt idem record'}) end
   return true
 end
+-- A saga owner's own list of step writes (`step_log.rs` names it, `<key>:log:<token>:<claim
+-- id>`, and passes it in `KEYS`): a step's write by the owner that holds the record in
+-- progress is one native `RPUSHX` to it, which writes only to a list that exists. The list
+-- is made by the owner's first write through write_saga.lua, which checks the claim, and
+-- every script that takes the record from that owner in progress closes it (`close_log`):
+-- from then on, that owner's `RPUSHX` finds no list and writes nothing. Only a record that
+-- lasts (no expiry: a saga's claim) can have one, as only write_saga.lua makes one, after it
+-- made the record last.
+--
+-- Moves the owner's list `list` onto the end of the saga's closed log `closed` (`<key>:log`,
+-- the step writes of the owners before), where readers find it in the same order: a `RENAME`
+-- when there is none yet (the saga's first owner), else its entries appended. The entries
+-- are not read here: a reader applies them (`decode.rs`).
+local function close_log(closed, list)
+  if redis.call('EXISTS', list) == 0 then return end
+  if redis.call('EXISTS', closed) == 0 then
+    redis.call('RENAME', list, closed)
+    return
+  end
+  local entries = redis.call('LRANGE', list, 0, -1)
+  -- In slices: `unpack` is bounded by Lua's stack (about 8,000 values), a long saga is not.
+  for s = 1, #entries, 1000 do
+    redis.call('RPUSH', closed, unpack(entries, s, math.min(s + 999, #entries)))
+  end
+  redis.call('DEL', list)
+end
+-- Whether the owner of record `r` (read with expiry `pttl`) may have a list of step writes
+-- that is not the one named by `token` and `id`: then a script that must close that list, or
+-- read it, answers {'owner', <token>, <claim id>} instead, and the store runs it again with
+-- that owner's list in its `KEYS` (a cluster moves and routes only declared keys).
+local function other_owner(r, pttl, token, id)
+  return r.st == 'p' and pttl == -1 and (r.tk ~= token or r.id ~= id)
+end
 -- Leaves a tombstone of a record's token: the next claim draws a new token from the counter
 -- (larger than this one), as a fresh claim right after the record went could not.
 local function tombstone(key, r)
