@@ -69,6 +69,14 @@ impl ClaimIds {
         self.held().get(&(*key, token))?.written.clone()
     }
 
+    /// Forgets the record the claim of `key` under `token` wrote: it changed (a saga's first
+    /// write makes it last), and its result goes to the script without a comparison first.
+    pub(super) fn changed(&self, key: &Key, token: FencingToken) {
+        if let Some(held) = self.held().get_mut(&(*key, token)) {
+            held.written = None;
+        }
+    }
+
     /// Forgets the claim of `key` under `token` (done with: completed, released, lost).
     pub(super) fn forget(&self, key: &Key, token: FencingToken) {
         self.held().remove(&(*key, token));
@@ -97,6 +105,9 @@ mod tests {
         assert_eq!(ids.of(&key, 7), a.to_string());
         assert_eq!(ids.written(&key, 7), Some(b"p|7".to_vec()));
         assert_eq!(ids.of(&key, 8), "");
+        ids.changed(&key, 7);
+        assert_eq!(ids.written(&key, 7), None, "the record it wrote is gone");
+        assert_eq!(ids.of(&key, 7), a.to_string(), "its id is kept");
         ids.forget(&key, 7);
         assert_eq!(ids.of(&key, 7), "");
     }

@@ -961,6 +961,9 @@ impl SagaStore for RedisStore {
                 }
             }
         }
+        // The script makes a saga's record last on its first write: the record the native
+        // claim wrote is no longer there to compare the result with (`in_place.rs`).
+        self.claim_ids.changed(saga, token);
         let held = self
             .run_acknowledged(saga, &invocation, "the saga log entry", |held| *held == 1)
             .await?;
