@@ -479,6 +479,23 @@ pub(crate) async fn a_running_saga(
     (key, token)
 }
 
+/// The intent of step `index` of a test's saga (`step-<index>`, no arguments), before its
+/// side effect.
+pub(crate) fn a_started_step(index: u32) -> idem_runtime::store::StepRecord {
+    idem_runtime::store::StepRecord {
+        index,
+        name: format!("step-{index}"),
+        key: idem_runtime::Action::new("a_step")
+            .key(&(index,))
+            .expect("a key"),
+        irreversible: false,
+        args: b"[]".to_vec(),
+        state: idem_runtime::store::StepState::Started,
+        output: None,
+        error: None,
+    }
+}
+
 /// A connection of its own to the shared server, for what a test reads or writes by hand,
 /// and the name of `key`'s `suffix` key in the store's layout:
 /// `<prefix>{<bucket>}:<key><suffix>`.
@@ -733,9 +750,9 @@ async fn a_takeover_during_step_writes_keeps_exactly_the_held_ones() {
     use std::time::Duration;
 
     use idem_runtime::store::{
-        Claim, ClaimRequest, OnStale, Ownership, SagaStore, SagaWrite, StepRecord, StepState, Store,
+        Claim, ClaimRequest, OnStale, Ownership, SagaStore, SagaWrite, Store,
     };
-    use idem_runtime::{Action, Fingerprint};
+    use idem_runtime::Fingerprint;
 
     let Some(store) = fresh().await else {
         return;
@@ -746,16 +763,7 @@ async fn a_takeover_during_step_writes_keeps_exactly_the_held_ones() {
         tokio::spawn(async move {
             let mut held = Vec::new();
             for index in 0u32.. {
-                let step = StepRecord {
-                    index,
-                    name: format!("step-{index}"),
-                    key: Action::new("raced_step").key(&(index,)).expect("a key"),
-                    irreversible: false,
-                    args: b"[]".to_vec(),
-                    state: StepState::Started,
-                    output: None,
-                    error: None,
-                };
+                let step = a_started_step(index);
                 let written = store
                     .write_saga(&key, "saga-1", old, SagaWrite::Step(&step))
                     .await

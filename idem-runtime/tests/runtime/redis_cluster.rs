@@ -191,17 +191,7 @@ impl Ledger {
 
 /// The slot of a key name, as the cluster computes it (`CLUSTER KEYSLOT`).
 async fn slot_of(node: &RedisServer, name: &str) -> u16 {
-    let client = redis::Client::open(node.url()).expect("a url");
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to a node");
-    redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(name)
-        .query_async(&mut connection)
-        .await
-        .expect("CLUSTER KEYSLOT")
+    on_node(node, redis::cmd("CLUSTER").arg("KEYSLOT").arg(name)).await
 }
 
 /// The first `count` arguments whose keys (under `action`) live on the master `port` now.
@@ -680,16 +670,7 @@ async fn the_buckets_spread_evenly_over_the_masters() {
 
 /// The cluster's id of `node` (`CLUSTER MYID`).
 async fn id_of(node: &RedisServer) -> String {
-    let client = redis::Client::open(node.url()).expect("a url");
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to a node");
-    redis::cmd("CLUSTER")
-        .arg("MYID")
-        .query_async(&mut connection)
-        .await
-        .expect("CLUSTER MYID")
+    on_node(node, redis::cmd("CLUSTER").arg("MYID")).await
 }
 
 /// `command` sent to `node` alone.
@@ -719,10 +700,8 @@ async fn on_node<T: redis::FromRedisValue>(node: &RedisServer, command: &redis::
 async fn a_takeover_while_its_slot_moves_waits_for_the_owners_list() {
     use std::time::Duration;
 
-    use idem_runtime::store::{
-        Claim, ClaimRequest, OnStale, Ownership, SagaStore, SagaWrite, StepRecord, StepState,
-    };
-    use idem_runtime::{Action, Fingerprint};
+    use idem_runtime::store::{Claim, ClaimRequest, OnStale, Ownership, SagaStore, SagaWrite};
+    use idem_runtime::Fingerprint;
 
     bounded(async {
         let Some(cluster) = RedisCluster::own(Flavor::Redis) else {
@@ -731,21 +710,12 @@ async fn a_takeover_while_its_slot_moves_waits_for_the_owners_list() {
         let store = connect(&cluster.url(), "moving:").await;
         let (key, old) =
             super::redis::a_running_saga(&store, "moving_saga", Duration::from_millis(300)).await;
-        let step = |index: u32| StepRecord {
-            index,
-            name: format!("step-{index}"),
-            key: Action::new("moving_step").key(&(index,)).expect("a key"),
-            irreversible: false,
-            args: b"[]".to_vec(),
-            state: StepState::Started,
-            output: None,
-            error: None,
-        };
         let write = |token, index| {
             let store = store.clone();
             async move {
+                let step = super::redis::a_started_step(index);
                 store
-                    .write_saga(&key, "saga-1", token, SagaWrite::Step(&step(index)))
+                    .write_saga(&key, "saga-1", token, SagaWrite::Step(&step))
                     .await
                     .expect("a step write")
             }

@@ -99,12 +99,8 @@ pub(super) type LogRead = (Vec<(String, Vec<u8>)>, Vec<(String, Vec<u8>)>, Vec<V
 
 /// The answer of [`READ_SAGA`](super::scripts::READ_SAGA) (`scripts/read_saga.lua`).
 pub(super) fn read_answer(value: Value) -> Result<Answer<LogRead>, String> {
-    let Value::Array(items) = value else {
-        return Err(format!("an array, not {value:?}"));
-    };
-    let mut items = items.into_iter();
+    let (kind, mut items) = kind_and_rest(value)?;
     let mut next = || items.next().ok_or_else(|| "a short answer".to_owned());
-    let kind = text(&next()?)?;
     Ok(match kind.as_str() {
         "owner" => Answer::Owner(token(number(&next()?)?)?, text(&next()?)?),
         "log" => {
@@ -117,6 +113,16 @@ pub(super) fn read_answer(value: Value) -> Result<Answer<LogRead>, String> {
     })
 }
 
+/// A script's answer `{kind, …}`: its kind and the rest.
+fn kind_and_rest(value: Value) -> Result<(String, std::vec::IntoIter<Value>), String> {
+    let Value::Array(items) = value else {
+        return Err(format!("an array, not {value:?}"));
+    };
+    let mut items = items.into_iter();
+    let kind = text(&items.next().ok_or("an empty answer")?)?;
+    Ok((kind, items))
+}
+
 /// The entries of a Redis list as bytes.
 fn list(value: Value) -> Result<Vec<Vec<u8>>, String> {
     match value {
@@ -127,12 +133,8 @@ fn list(value: Value) -> Result<Vec<Vec<u8>>, String> {
 
 /// The answer of [`CLAIM`](super::scripts::CLAIM) (`scripts/claim.lua`).
 pub(super) fn claim_answer(value: Value) -> Result<Answer<Claim>, String> {
-    let Value::Array(items) = value else {
-        return Err(format!("an array, not {value:?}"));
-    };
-    let mut items = items.into_iter();
+    let (kind, mut items) = kind_and_rest(value)?;
     let mut next = || items.next().ok_or_else(|| "a short answer".to_owned());
-    let kind = text(&next()?)?;
     Ok(Answer::Done(match kind.as_str() {
         "owner" => return Ok(Answer::Owner(token(number(&next()?)?)?, text(&next()?)?)),
         "acquired" => Claim::Acquired {
