@@ -7,13 +7,12 @@
 -- KEYS[1] the record            ARGV[1] the fingerprint (64 hex digits)
 -- KEYS[2] the saga log head     ARGV[2] the action
 -- KEYS[3] the saga's closed log ARGV[3] the lease, ms
--- KEYS[4] the list of step writes of the owner ARGV[8] and ARGV[9] name
---                               ARGV[4] 'takeover' or 'review' (a stale claim's fate)
---                               ARGV[5] the action's TTL, ms
+-- KEYS[4] the list of step      ARGV[4] 'takeover' or 'review' (a stale claim's fate)
+--         writes of the owner   ARGV[5] the action's TTL, ms
 --                               ARGV[6] the new token (drawn from the counter)
 --                               ARGV[7] the claim id (random, the claimer's)
---                               ARGV[8], ARGV[9] the token and claim id of the owner whose
---                                 list KEYS[4] is (0 and 0 at first)
+--                               ARGV[8], ARGV[9] the token and claim id of the owner
+--                                 KEYS[4] is the list of (0 and 0 at first)
 --
 -- A claim made here keeps its lease end in the record, and its key expires at the lease end
 -- plus the action's TTL (at least SHORTEST_MS), unless the key has a saga log. A record taken

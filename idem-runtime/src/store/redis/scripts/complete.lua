@@ -10,7 +10,8 @@
 --                               ARGV[5] the claim id (read from the record for an
 --                                 operator's write: KEYS[5] is named by it)
 --
--- The owner's list of step writes, if any, is closed first (`close_log` in record.lua). Redis expires the record, and the saga log with it, when its TTL runs out (a TTL shorter
+-- The owner's list of step writes, if any, is closed first (`close_log` in record.lua).
+-- Redis expires the record, and the saga log with it, when its TTL runs out (a TTL shorter
 -- than SHORTEST_MS is kept in the record, whose key lives SHORTEST_MS). Returns 1 (held) or
 -- 0 (lost).
 local r = decode(redis.call('GET', KEYS[1]))

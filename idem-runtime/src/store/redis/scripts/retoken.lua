@@ -2,7 +2,7 @@
 -- when its answer came back later than a block of tokens may be used (see `claim.rs`), if
 -- the record still holds the old token and is in progress. The body has not run yet, so no
 -- one downstream has seen the old token, and the old token has no list of step writes to
--- close (see `log_of` in record.lua): the claim's answer has not reached its owner.
+-- close (see `close_log` in record.lua): the claim's answer has not reached its owner.
 --
 -- KEYS[1] the record            ARGV[1] the old token
 --                               ARGV[2] the new token

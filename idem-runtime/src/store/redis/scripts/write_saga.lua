@@ -21,7 +21,9 @@ if not holds_in_progress(value, ARGV[1], ARGV[4]) then
   decode(value) -- a corrupt record is an error, not a lost claim
   return 0
 end
-if ARGV[5] == 'step' and (#ARGV - 6) % 2 ~= 0 then error({err = 'a step write with an odd field'}) end
+if ARGV[5] == 'step' and (#ARGV - 6) % 2 ~= 0 then
+  error({err = 'a step write with a field and no value'})
+end
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl ~= -1 then
   local r = decode(value)
