@@ -687,11 +687,12 @@ async fn on_node<T: redis::FromRedisValue>(node: &RedisServer, command: &redis::
 }
 
 /// A saga's slot moving to another master while its owner is dead, its record and log head
-/// moved and its owner's list of step writes not yet: a takeover in that window does not go
-/// ahead without closing the list (every script names the list among its `KEYS`, so the
-/// cluster answers `TRYAGAIN` rather than run it with the list missing), and the owner's
-/// writes still land; once the slot has moved, the takeover closes the list, the old owner's
-/// next write is refused, and the log holds every write the old owner was told `Held`.
+/// moved and its owner's list of step writes not yet: a takeover, a read or the owner's result
+/// in that window does not go ahead without the list (every script names the list among its
+/// `KEYS`, so the cluster answers `TRYAGAIN` rather than run it with the list missing), and
+/// the owner's writes still land; once the slot has moved, the takeover closes the list, the
+/// old owner's next write is refused, and the log holds every write the old owner was told
+/// `Held`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     idem_no_redis,
@@ -700,7 +701,9 @@ async fn on_node<T: redis::FromRedisValue>(node: &RedisServer, command: &redis::
 async fn a_takeover_while_its_slot_moves_waits_for_the_owners_list() {
     use std::time::Duration;
 
-    use idem_runtime::store::{Claim, ClaimRequest, OnStale, Ownership, SagaStore, SagaWrite};
+    use idem_runtime::store::{
+        Claim, ClaimRequest, OnStale, Ownership, SagaStore, SagaWrite, StoredOutcome,
+    };
     use idem_runtime::Fingerprint;
 
     bounded(async {
@@ -781,6 +784,27 @@ async fn a_takeover_while_its_slot_moves_waits_for_the_owners_list() {
         assert!(
             !matches!(early, Ok(Claim::Acquired { .. })),
             "no takeover while the owner's list is elsewhere: {early:?}"
+        );
+        // Nor does a read that would miss the owner's writes, nor the owner's own result
+        // (which would have to close its list): each is refused, or sees all.
+        let read = store.read_saga(&key).await;
+        assert!(
+            read.as_ref().map_or(true, |log| log
+                .as_ref()
+                .is_some_and(|log| log.steps.len() == 1)),
+            "a read in the window sees the owner's write or fails: {read:?}"
+        );
+        let result = store
+            .complete(
+                &key,
+                old,
+                StoredOutcome::Ok(b"1".to_vec()),
+                Duration::from_secs(60),
+            )
+            .await;
+        assert!(
+            result.is_err(),
+            "no result while the owner's list is elsewhere: {result:?}"
         );
         // The dead owner's list is still where it was, and still its own.
         assert_eq!(write(old, 1).await, Ownership::Held);
