@@ -528,7 +528,9 @@ async fn by_hand(
 async fn a_parked_sagas_claim_completed_takes_its_saga_log_with_it() {
     use std::time::{Duration, Instant};
 
-    use idem_runtime::store::{Claim, ClaimRequest, OnStale, Ownership, Store, StoredOutcome};
+    use idem_runtime::store::{
+        Claim, ClaimRequest, OnStale, Ownership, SagaStore, SagaWrite, Store, StoredOutcome,
+    };
     use idem_runtime::Fingerprint;
 
     let Some(store) = fresh().await else {
@@ -555,6 +557,17 @@ async fn a_parked_sagas_claim_completed_takes_its_saga_log_with_it() {
         assert!(Instant::now() < deadline, "the lease never ran out");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Parking closed the owner's list of step writes: its next step's write is refused.
+    let step = a_started_step(0);
+    let written = store
+        .write_saga(&key, "saga-1", token, SagaWrite::Step(&step))
+        .await
+        .unwrap();
+    assert_eq!(
+        written,
+        Ownership::Lost,
+        "a parked saga's owner writes no step"
+    );
     let recorded = store
         .complete(
             &key,
@@ -566,24 +579,21 @@ async fn a_parked_sagas_claim_completed_takes_its_saga_log_with_it() {
         .unwrap();
     assert_eq!(recorded, Ownership::Held);
 
-    for suffix in [":s", ":steps"] {
+    // The log's head and its closed log (the owner's list, closed by the parking).
+    for suffix in [":s", ":log"] {
         let (mut connection, name) = by_hand(&store, &key, suffix).await;
         let exists: i64 = ::redis::cmd("EXISTS")
             .arg(&name)
             .query_async(&mut connection)
             .await
             .unwrap();
-        if suffix == ":s" {
-            assert_eq!(exists, 1, "the saga's log head is there");
-        }
-        if exists == 1 {
-            let ttl: i64 = ::redis::cmd("PTTL")
-                .arg(&name)
-                .query_async(&mut connection)
-                .await
-                .unwrap();
-            assert!(ttl > 0, "{name} expires with the record, PTTL {ttl}");
-        }
+        assert_eq!(exists, 1, "{name} is there");
+        let ttl: i64 = ::redis::cmd("PTTL")
+            .arg(&name)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{name} expires with the record, PTTL {ttl}");
     }
 }
 
@@ -806,6 +816,47 @@ async fn a_takeover_during_step_writes_keeps_exactly_the_held_ones() {
     let log = store.read_saga(&key).await.expect("read").expect("a log");
     let logged: Vec<u32> = log.steps.iter().map(|step| step.index).collect();
     assert_eq!(logged, held, "exactly the writes told Held");
+}
+
+/// A released saga claim's owner writes no more steps: the release closed its list of step
+/// writes, so its next `RPUSHX` finds none and the script says the claim is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn a_released_sagas_owner_writes_no_step() {
+    use std::time::Duration;
+
+    use idem_runtime::store::{Ownership, SagaStore, SagaWrite, Store};
+
+    let Some(store) = fresh().await else {
+        return;
+    };
+    let (key, token) = a_running_saga(&store, "released_saga", Duration::from_secs(60)).await;
+    let write = |index| {
+        let store = store.clone();
+        async move {
+            let step = a_started_step(index);
+            store
+                .write_saga(&key, "saga-1", token, SagaWrite::Step(&step))
+                .await
+                .expect("a step write")
+        }
+    };
+    assert_eq!(write(0).await, Ownership::Held);
+    assert_eq!(
+        store.release(&key, token).await.expect("release"),
+        Ownership::Held
+    );
+    assert_eq!(write(1).await, Ownership::Lost, "released: no more steps");
+    let log = store.read_saga(&key).await.expect("read").expect("a log");
+    let logged: Vec<u32> = log.steps.iter().map(|step| step.index).collect();
+    assert_eq!(
+        logged,
+        [0],
+        "the step written before the release, not the one after"
+    );
 }
 
 /// A saga's log write reads its record's lead (status, token, claim id) without decoding
@@ -1035,9 +1086,8 @@ async fn an_older_layout_is_refused_until_migrated() {
 
 /// A store of layout 2 (this layout's keys, a saga's steps written into `:steps` by a script)
 /// is refused until migrated: an agent of layout 2 taking a saga over would neither read nor
-/// fold its owner's list of step writes. The migration only marks it, and its running saga's
-/// steps read as they were; an agent of layout 2 still running then refuses its next block
-/// of tokens (the mark it sets before each is no longer its own).
+/// close its owner's list of step writes. The migration only marks it, and its running saga's
+/// steps read as they were.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     idem_no_redis,

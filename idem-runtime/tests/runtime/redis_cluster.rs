@@ -742,6 +742,33 @@ async fn a_takeover_while_its_slot_moves_waits_for_the_owners_list() {
             .find(|master| master.port() != source.port())
             .expect("another master");
         let (source_id, target_id) = (id_of(source).await, id_of(target).await);
+        // Every key the scripts name, but the owner's list, is made to exist and moves first:
+        // a layout-2 steps hash (with a field of step 0's), a closed log, the list a claim or
+        // a read names before it knows the owner (token 0, claim id 0). So a script that did
+        // not name the owner's list would find all its keys on the target and run there; one
+        // that names it is refused until it moves.
+        let mut made = redis::pipe();
+        made.cmd("HSET")
+            .arg(name(":steps"))
+            .arg("0:name")
+            .arg("step-0")
+            .ignore()
+            .cmd("RPUSH")
+            .arg(name(":log"))
+            .arg("+")
+            .ignore()
+            .cmd("RPUSH")
+            .arg(name(":log:0:0"))
+            .arg("+")
+            .ignore();
+        let client = redis::Client::open(source.url()).expect("a url");
+        let mut connection = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the source");
+        made.query_async::<()>(&mut connection)
+            .await
+            .expect("the other keys");
         let mut importing = redis::cmd("CLUSTER");
         importing
             .arg("SETSLOT")
@@ -768,9 +795,12 @@ async fn a_takeover_while_its_slot_moves_waits_for_the_owners_list() {
                 .arg(names);
             migrate
         };
-        let _: String = on_node(source, &migrate(vec![name(":r"), name(":s")])).await;
+        let moved_first = [":r", ":s", ":steps", ":log", ":log:0:0"];
+        let _: String = on_node(source, &migrate(moved_first.map(name).to_vec())).await;
 
-        // A takeover now would have to close a list it cannot reach: it does not happen.
+        // A takeover now would have to close a list it cannot reach: it does not happen (its
+        // first send runs on the target and answers with the owner; the second, naming the
+        // owner's list, is refused).
         let fingerprint = Fingerprint::from(key);
         let request = ClaimRequest {
             key: &key,
@@ -780,7 +810,17 @@ async fn a_takeover_while_its_slot_moves_waits_for_the_owners_list() {
             ttl: Duration::from_secs(3600),
             on_stale: OnStale::TakeOver,
         };
-        let early = store.claim(&request).await;
+        // Read first, without the result's expiry: single-key reads, which follow the
+        // cluster's redirections, so that the claim reaches its script (the cluster client
+        // does not follow an `ASK` inside a pipeline: the native claim's `SET` + `PTTL` is
+        // refused whole while its slot moves, before any script runs).
+        let reader = RedisStore::builder(cluster.url())
+            .prefix("moving:")
+            .first_step(idem_runtime::store::FirstStep::Read)
+            .connect()
+            .await
+            .expect("a second handle");
+        let early = reader.claim_without_expiry(&request).await;
         assert!(
             !matches!(early, Ok(Claim::Acquired { .. })),
             "no takeover while the owner's list is elsewhere: {early:?}"

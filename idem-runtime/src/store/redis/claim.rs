@@ -188,6 +188,8 @@ impl RedisStore {
         let mut invocation = RETOKEN.prepare_invoke();
         invocation
             .key(self.record_key(key))
+            .key(self.closed_log(key))
+            .key(self.owner_log(key, late, &claim_id.to_string()))
             .arg(late)
             .arg(token)
             .arg(claim_id);
