@@ -711,7 +711,7 @@ async fn an_owners_step_writes_are_its_own_list_until_taken_over() {
     let unchanged = store.read_saga(&key).await.expect("read").expect("a log");
     assert_eq!(unchanged.steps, before.steps);
 
-    // The new owner's writes go to its own list, and its result folds it.
+    // The new owner's writes go to its own list, and its result closes it.
     assert_eq!(write(new, step.clone()).await, Ownership::Held);
     let owned = lists().await;
     assert!(
@@ -749,7 +749,7 @@ async fn an_owners_step_writes_are_its_own_list_until_taken_over() {
 }
 
 /// An owner writing steps as fast as it can while a second caller takes its saga over: the
-/// fold and the change of owner are one atomic step, so every write the old owner was told
+/// close and the change of owner are one atomic step, so every write the old owner was told
 /// `Held` is in the log afterwards, and none it was told `Lost` (nor any after) is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
