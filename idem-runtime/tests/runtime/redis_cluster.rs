@@ -699,6 +699,20 @@ async fn on_node<T: redis::FromRedisValue>(node: &RedisServer, command: &redis::
     ignore = "redis-server or redis-cli is not installed, or IDEM_TEST_SERVERS leaves it out"
 )]
 async fn a_takeover_while_its_slot_moves_waits_for_the_owners_list() {
+    a_takeover_while_its_slot_moves_on(Flavor::Redis).await;
+}
+
+/// The same on Valkey, whose clusters move slots by the same commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_valkey,
+    ignore = "valkey-server or redis-cli is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn a_takeover_while_its_slot_moves_waits_for_the_owners_list_on_valkey() {
+    a_takeover_while_its_slot_moves_on(Flavor::Valkey).await;
+}
+
+async fn a_takeover_while_its_slot_moves_on(flavor: Flavor) {
     use std::time::Duration;
 
     use idem_runtime::store::{
@@ -707,7 +721,7 @@ async fn a_takeover_while_its_slot_moves_waits_for_the_owners_list() {
     use idem_runtime::Fingerprint;
 
     bounded(async {
-        let Some(cluster) = RedisCluster::own(Flavor::Redis) else {
+        let Some(cluster) = RedisCluster::own(flavor) else {
             return;
         };
         let store = connect(&cluster.url(), "moving:").await;
