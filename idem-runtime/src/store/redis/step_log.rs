@@ -2,7 +2,7 @@
 //!
 //! The fence a step's write needs (nothing is written once the owner lost the saga's claim,
 //! and the owner learns so before its next step runs) took a script that read the record:
-//! 15-23 µs of the server's time per write, where the write itself is about 1 µs
+//! 14-23 µs of the server's time per write, where the write itself is about 1 µs
 //! (BENCHMARKS.md). Here each owner appends its step writes to a list of its own,
 //! `<key>:log:<token>:<claim id>`, with `RPUSHX`, which writes only to a list that exists and
 //! answers 0 otherwise. The owner's first write makes the list, through the script, which
@@ -27,8 +27,7 @@
 //! `+` marks a list a status write made. The writer's clock is read for the log's `updated`
 //! only, which decides no claim.
 
-use super::decode::corrupt;
-use super::decode::step_fields;
+use super::decode::{corrupt, step_fields};
 use super::durability::{Write, LOSABLE};
 use super::record::Stored;
 use super::{command, failed, wall_now_ms, RedisStore};
