@@ -45,9 +45,9 @@ cli HSET head id order-17 status running >/dev/null
 cli RPUSH log:5:1 + >/dev/null
 step=(name charge_card key "$key" irreversible 0 args '["order-17",1999]' state done
   output '{"message_id":"ch-order-17","amount_cents":1999}')
-# The script's arguments since layout 3 (the owners' lists' prefix after the claim id), and
-# before it (for a REV from before).
-write_args=(4 record head steps index 5 order-17 "$key" 1 log: step 1 "${step[@]}")
+# The script's keys and arguments since layout 3 (the owner's list of step writes the last
+# key, no steps hash), and before it (for a REV from before).
+write_args=(4 record head index log:5:1 5 order-17 "$key" 1 step 1 "${step[@]}")
 old_write_args=(4 record head steps index 5 order-17 "$key" 1 step 1 "${step[@]}")
 
 # Runs `redis-benchmark` on the command and prints the server's µs per call of `stat`.
@@ -72,6 +72,14 @@ script() {
 }
 
 with_record="$(cat "$scripts/prelude.lua" "$scripts/record.lua")"
+# The script must take these keys and arguments as a held step write (1), or its row would
+# time an error or a refusal.
+written=$(cli EVAL "$with_record
+$(cat "$scripts/write_saga.lua")" "${write_args[@]}")
+if [ "$written" != 1 ]; then
+  echo "write_saga.lua answered '$written' to the bench's step write, not 1" >&2
+  exit 1
+fi
 for round in $(seq "$rounds"); do
   echo "round $round"
   script "return 1 (no arguments)" "return 1" 0
@@ -82,7 +90,7 @@ return 1"
 local r = decode(redis.call('GET', KEYS[1])) return 1"
   if [ -n "$rev" ]; then
     at_rev=("${write_args[@]}")
-    if ! git show "$rev:$scripts/write_saga.lua" | grep -q "lists' prefix"; then
+    if ! git show "$rev:$scripts/write_saga.lua" | grep -q "the owner's list of"; then
       at_rev=("${old_write_args[@]}")
     fi
     script "write_saga.lua at $rev" \

@@ -1,6 +1,6 @@
-//! What a saga step costs: store round trips and time per step, on the memory and SQLite
-//! stores, next to the raw writes its log needs (an intent and an output per step) made
-//! directly, in the same run.
+//! What a saga step costs: store round trips and time per step, on the memory, SQLite and
+//! Redis stores, next to the raw writes its log needs (an intent and an output per step) made
+//! directly, in the same run; and, on Redis, the server's commands per saga.
 //!
 //! ```text
 //! cargo bench --bench saga
@@ -15,8 +15,13 @@
 //!   then output) — what an in-process log is at the least;
 //! - SQLite: two `INSERT OR REPLACE INTO idem_saga_steps …` statements through `rusqlite`,
 //!   each its own durable transaction (WAL, `synchronous = FULL`, as the store runs), on a
-//!   connection of its own to a file of its own.
+//!   connection of its own to a file of its own;
+//! - Redis (a `redis-server` the bench starts, as the tests do; the row is left out, saying
+//!   so, when there is none): two `HSET`s of the step's record under the saga's hash, on a
+//!   connection of its own.
 
+#[allow(dead_code)]
+mod common;
 #[path = "../tests/it/faulty_store.rs"]
 #[allow(dead_code)]
 mod faulty_store;
@@ -27,9 +32,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::{info_commandstats, redis_cmd};
 use faulty_store::FaultyStore;
 use idem::store::{MemoryStore, SqliteStore, Store};
 use idem::{saga_step, Saga};
+use idem_runtime::conformance::servers::RedisServer;
+use idem_runtime::store::RedisStore;
+use redis::aio::ConnectionManager;
 
 #[derive(Debug)]
 struct BenchError(idem::Error);
@@ -188,6 +197,55 @@ fn raw_sqlite(path: &std::path::Path, steps: u32) -> Duration {
     median(samples)
 }
 
+/// Two `HSET`s per step (intent, then output) of the step's record under its saga's hash.
+async fn raw_redis(connection: &ConnectionManager, steps: u32) -> Duration {
+    let mut samples = Vec::new();
+    for round in 0..ROUNDS {
+        let saga = format!("raw-saga-{round}");
+        let started = Instant::now();
+        for step in 0..steps {
+            let field = step.to_string();
+            let intent = r#"{"name":"reserve","args":["order-7",3],"state":"started"}"#;
+            let output =
+                r#"{"name":"reserve","args":["order-7",3],"state":"done","output":"order-7/3"}"#;
+            for record in [intent, output] {
+                let _: i64 = redis_cmd(connection, &["HSET", &saga, &field, record]).await;
+            }
+        }
+        samples.push(started.elapsed() / steps);
+    }
+    median(samples)
+}
+
+/// The Redis row: time and store writes per step, the raw writes' time, and the server's
+/// commands per saga of 2 steps (from `INFO commandstats`: how many of each, scripts
+/// included); `None` when no `redis-server` can be started.
+async fn redis_row() -> Option<(Duration, f64, Duration, String)> {
+    let server = RedisServer::shared()?;
+    let store = RedisStore::connect(&server.url())
+        .await
+        .expect("connect")
+        .with_prefix(format!("bench-saga-{}:", std::process::id()));
+    let store = FaultyStore::wrapping(store);
+    let (per, writes) = per_step(&store, 100, "redis").await;
+    let client = redis::Client::open(server.url()).expect("a url");
+    let raw = ConnectionManager::new(client).await.expect("connect");
+    let raw_per = raw_redis(&raw, 500).await;
+    let _: () = redis_cmd(&raw, &["CONFIG", "RESETSTAT"]).await;
+    let sagas = 100;
+    for n in 0..sagas {
+        saga_of(&store, format!("counted-{n}"), 2).await;
+    }
+    let counts = info_commandstats(&raw).await;
+    let per_saga = counts
+        .iter()
+        .filter(|(name, _)| !name.starts_with("config") && !name.starts_with("info"))
+        .map(|(name, (calls, _))| format!("{name} {:.1}", *calls as f64 / f64::from(sagas)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some((per, writes, raw_per, per_saga))
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -212,6 +270,7 @@ fn main() {
     });
     let raw_sqlite = raw_sqlite(&folder.join("raw.db"), 200);
     let _ = std::fs::remove_dir_all(&folder);
+    let redis = runtime.block_on(redis_row());
 
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
     println!();
@@ -225,4 +284,15 @@ fn main() {
         "| sqlite | {sqlite_writes:.2} | {sqlite:.2?} | {raw_sqlite:.2?} | {:.2}x |",
         ratio(sqlite, raw_sqlite)
     );
+    match redis {
+        Some((redis, redis_writes, raw_redis, per_saga)) => {
+            println!(
+                "| redis | {redis_writes:.2} | {redis:.2?} | {raw_redis:.2?} | {:.2}x |",
+                ratio(redis, raw_redis)
+            );
+            println!();
+            println!("Redis server commands per 2-step saga (scripts counted whole, and again by what they run): {per_saga}");
+        }
+        None => println!("| redis | — | — | — | no redis-server here: left out |"),
+    }
 }

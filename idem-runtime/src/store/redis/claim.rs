@@ -27,11 +27,11 @@ use std::time::Instant;
 
 use redis::Value;
 
-use super::decode::{bytes, claim_answer, corrupt, Answer};
+use super::decode::{bytes, claim_answer, corrupt};
 use super::record::{hex, State, Stored};
 use super::scripts::{CLAIM, RETOKEN};
 use super::tokens::FRESH_BLOCK_TTL;
-use super::{command, failed, owner_kept_changing, wall_now_ms, RedisStore, OWNER_CHANGES};
+use super::{command, failed, wall_now_ms, RedisStore};
 use crate::key::Key;
 use crate::store::{
     decide, millis, Claim, ClaimRequest, FencingToken, Found, OnStale, Status, Verdict,
@@ -214,14 +214,11 @@ impl RedisStore {
         let key = request.key;
         let token = self.draw(1).await?;
         let fingerprint = hex(request.fingerprint.as_bytes());
-        let mut owner = (0, "0".to_owned());
-        for _ in 0..OWNER_CHANGES {
-            let mut invocation = CLAIM.prepare_invoke();
+        let fill = |invocation: &mut redis::ScriptInvocation<'_>| {
             invocation
                 .key(self.record_key(key))
                 .key(self.saga_keys(key).0)
                 .key(self.closed_log(key))
-                .key(self.owner_log(key, owner.0, &owner.1))
                 .arg(&fingerprint)
                 .arg(request.action)
                 .arg(millis(request.lease))
@@ -231,16 +228,10 @@ impl RedisStore {
                 })
                 .arg(millis(request.ttl))
                 .arg(token)
-                .arg(claim_id)
-                .arg(owner.0)
-                .arg(&owner.1);
-            let answer: Value = self.run(Some(key), &invocation).await?;
-            match claim_answer(answer).map_err(corrupt(key, "a record"))? {
-                Answer::Done(claim) => return Ok(claim),
-                Answer::Owner(token, claim_id) => owner = (token, claim_id),
-            }
-        }
-        Err(owner_kept_changing(key))
+                .arg(claim_id);
+        };
+        self.run_naming_the_owner(key, &CLAIM, fill, claim_answer, "a record")
+            .await
     }
 }
 

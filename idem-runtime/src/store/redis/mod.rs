@@ -116,25 +116,12 @@ const SAGA_LOGS: Hashes = Hashes {
     what: "a saga log",
 };
 
-/// The suffix that starts the name of a saga owner's list of step writes
-/// ([`RedisStore::log_prefix`]).
-const LOGS: &str = ":log:";
-
 /// The suffix of a saga's closed log ([`RedisStore::closed_log`]).
 const CLOSED_LOG: &str = ":log";
 
 /// How many times a claim or a read of a saga's log is sent again naming the owner the record
 /// has (`step_log.rs`): once is the rule, more when owners change meanwhile.
 const OWNER_CHANGES: usize = 8;
-
-/// The error of a claim or a read that met a new owner each of [`OWNER_CHANGES`] times.
-fn owner_kept_changing(key: &Key) -> Error {
-    Error::store(
-        "redis",
-        Some(key),
-        format!("the owner of the record changed {OWNER_CHANGES} times while it was read"),
-    )
-}
 
 /// The store on a Redis server or a Redis Cluster (Valkey too): atomic Lua scripts with
 /// fencing tokens and claim ids, leases and TTLs on the server's clock, completed records
@@ -727,12 +714,6 @@ impl RedisStore {
         )
     }
 
-    /// `<prefix>{<bucket>}:<key>:log:`, the start of the name of each owner's list of saga
-    /// step writes (`<token>:<claim id>` ends it: [`RedisStore::owner_log`]).
-    fn log_prefix(&self, key: &Key) -> String {
-        self.hash_key(key, LOGS)
-    }
-
     /// `<prefix>{<bucket>}:<key>:log`: a saga's closed log, the step writes of its owners
     /// before the one in progress (`close_log` in `scripts/record.lua`).
     fn closed_log(&self, key: &Key) -> String {
@@ -753,6 +734,40 @@ impl RedisStore {
             .invoke_async(&mut connection)
             .await
             .map_err(failed(key))
+    }
+
+    /// Runs `script` on `key`'s keys and arguments as `fill` gives them, then the list of step
+    /// writes of the owner it expects as its last key and that owner's token and claim id as
+    /// its last arguments: none at first; when the script answers with the record's owner
+    /// (`step_log.rs`), it is sent again naming that one. `decode` reads its answer, `what`
+    /// names it in an error.
+    async fn run_naming_the_owner<T>(
+        &self,
+        key: &Key,
+        script: &redis::Script,
+        fill: impl Fn(&mut redis::ScriptInvocation<'_>),
+        decode: impl Fn(Value) -> Result<Answer<T>, String>,
+        what: &'static str,
+    ) -> Result<T, Error> {
+        let mut owner = (0, "0".to_owned());
+        for _ in 0..OWNER_CHANGES {
+            let mut invocation = script.prepare_invoke();
+            fill(&mut invocation);
+            invocation
+                .key(self.owner_log(key, owner.0, &owner.1))
+                .arg(owner.0)
+                .arg(&owner.1);
+            let answer: Value = self.run(Some(key), &invocation).await?;
+            match decode(answer).map_err(corrupt(key, what))? {
+                Answer::Done(done) => return Ok(done),
+                Answer::Owner(token, claim_id) => owner = (token, claim_id),
+            }
+        }
+        Err(Error::store(
+            "redis",
+            Some(key),
+            format!("the owner of the record changed {OWNER_CHANGES} times while it was read"),
+        ))
     }
 
     /// `Store::complete` by `scripts/complete.lua`: for a claim the handle did not make
@@ -975,27 +990,17 @@ impl SagaStore for RedisStore {
     /// script answers with it when it is not the one named, and is sent again naming it.
     async fn read_saga(&self, saga: &Key) -> Result<Option<SagaLog>, Error> {
         let (head, steps) = self.saga_keys(saga);
-        let mut owner = (0, "0".to_owned());
-        for _ in 0..OWNER_CHANGES {
-            let mut invocation = READ_SAGA.prepare_invoke();
+        let fill = |invocation: &mut redis::ScriptInvocation<'_>| {
             invocation
                 .key(self.record_key(saga))
                 .key(&head)
                 .key(&steps)
-                .key(self.closed_log(saga))
-                .key(self.owner_log(saga, owner.0, &owner.1))
-                .arg(owner.0)
-                .arg(&owner.1);
-            let answer: Value = self.run(Some(saga), &invocation).await?;
-            match read_answer(answer).map_err(corrupt(saga, SAGA_LOGS.what))? {
-                Answer::Owner(token, claim_id) => owner = (token, claim_id),
-                Answer::Done((head, steps, entries)) => {
-                    return saga_log(saga, head, steps, entries)
-                        .map_err(corrupt(saga, SAGA_LOGS.what));
-                }
-            }
-        }
-        Err(owner_kept_changing(saga))
+                .key(self.closed_log(saga));
+        };
+        let (head, steps, entries) = self
+            .run_naming_the_owner(saga, &READ_SAGA, fill, read_answer, SAGA_LOGS.what)
+            .await?;
+        saga_log(saga, head, steps, entries).map_err(corrupt(saga, SAGA_LOGS.what))
     }
 
     /// The sagas whose owner died, from the index of running sagas of every bucket: one

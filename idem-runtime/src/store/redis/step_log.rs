@@ -39,9 +39,7 @@ impl RedisStore {
     /// `<prefix>{<bucket>}:<key>:log:<token>:<claim id>`: the list of step writes of the
     /// owner of `key`'s claim under `token` and `claim_id`.
     pub(super) fn owner_log(&self, key: &Key, token: FencingToken, claim_id: &str) -> String {
-        let mut list = self.log_prefix(key);
-        list.push_str(&format!("{token}:{claim_id}"));
-        list
+        self.hash_key(key, &format!(":log:{token}:{claim_id}"))
     }
 
     /// The claim id of the owner of `key`'s claim under `token`, as the owner's writes check it
