@@ -5,14 +5,15 @@
 --   psql "$URL" -X -q -f benches/saga_step_wal.sql
 --
 -- on a scratch database (it makes and drops the schema `saga_step_wal`). The writes are the
--- store's step write (`saga_step` in `idem-runtime/src/store/postgres/statements.rs`) and two
--- variants that leave a part out, to say what each part costs:
+-- store's step write (`saga_step` in `idem-runtime/src/store/postgres/statements.rs`), the one
+-- it replaced, and a variant that leaves a part out, to say what each part costs:
 --
---   idem      the claim's check under FOR SHARE (the fence), the saga head's `updated_at`,
---             the step's row;
---   no_head   the same without the head's update;
---   no_lock   the check without FOR SHARE, and without the head (not a fence: a measure);
---   raw       the step's row alone (`INSERT … ON CONFLICT DO UPDATE`).
+--   idem       the store's write since schema version 4: the claim's check under FOR SHARE
+--              (the fence), the saga's head made if it has none (here it has: nothing is
+--              written), the step's row with its own time;
+--   version_3  the write of schema version 3, which also wrote the head's `updated_at`;
+--   no_lock    the check without FOR SHARE, and without the head (not a fence: a measure);
+--   raw        the step's row alone (`INSERT … ON CONFLICT DO UPDATE`).
 --
 -- Each write is static SQL in a procedure that commits after each one (PostgreSQL 11 or
 -- later), so its plan is made once, as a prepared statement's is. WAL: the difference of
@@ -54,6 +55,25 @@ BEGIN
           WHERE key = the_saga AND token = 7 AND status = 'in_progress'
           FOR SHARE
         ), head AS (
+          INSERT INTO idem_sagas (key, id, status, error, updated_at)
+          SELECT key, 'order', 'running', NULL, clock_timestamp() FROM held
+          ON CONFLICT (key) DO NOTHING
+        )
+        INSERT INTO idem_saga_steps AS t
+          (saga, idx, name, key, irreversible, args, state, output, error, updated_at)
+        SELECT key, 0, 'reserve_seat', the_saga, false, '\x5b5d'::bytea, the_state, the_output,
+               NULL, clock_timestamp()
+        FROM held
+        ON CONFLICT (saga, idx) DO UPDATE SET
+          name = excluded.name, key = excluded.key, irreversible = excluded.irreversible,
+          args = excluded.args, state = excluded.state, output = excluded.output,
+          error = excluded.error, updated_at = excluded.updated_at;
+      ELSIF kind = 'version_3' THEN
+        WITH held AS (
+          SELECT key FROM idem_records
+          WHERE key = the_saga AND token = 7 AND status = 'in_progress'
+          FOR SHARE
+        ), head AS (
           INSERT INTO idem_sagas AS g (key, id, status, error, updated_at)
           SELECT key, 'order', 'running', NULL, clock_timestamp() FROM held
           ON CONFLICT (key) DO UPDATE SET updated_at = excluded.updated_at
@@ -63,20 +83,6 @@ BEGIN
           (saga, idx, name, key, irreversible, args, state, output, error)
         SELECT key, 0, 'reserve_seat', the_saga, false, '\x5b5d'::bytea, the_state, the_output, NULL
         FROM head
-        ON CONFLICT (saga, idx) DO UPDATE SET
-          name = excluded.name, key = excluded.key, irreversible = excluded.irreversible,
-          args = excluded.args, state = excluded.state, output = excluded.output,
-          error = excluded.error;
-      ELSIF kind = 'no_head' THEN
-        WITH held AS (
-          SELECT key FROM idem_records
-          WHERE key = the_saga AND token = 7 AND status = 'in_progress'
-          FOR SHARE
-        )
-        INSERT INTO idem_saga_steps AS t
-          (saga, idx, name, key, irreversible, args, state, output, error)
-        SELECT key, 0, 'reserve_seat', the_saga, false, '\x5b5d'::bytea, the_state, the_output, NULL
-        FROM held
         ON CONFLICT (saga, idx) DO UPDATE SET
           name = excluded.name, key = excluded.key, irreversible = excluded.irreversible,
           args = excluded.args, state = excluded.state, output = excluded.output,
@@ -113,11 +119,11 @@ END $$;
 -- whole pages); twice, alternating, the second round after the first.
 TRUNCATE idem_saga_steps, raw_steps; CHECKPOINT; CALL write_steps('raw');
 TRUNCATE idem_saga_steps, raw_steps; CHECKPOINT; CALL write_steps('idem');
-TRUNCATE idem_saga_steps, raw_steps; CHECKPOINT; CALL write_steps('no_head');
+TRUNCATE idem_saga_steps, raw_steps; CHECKPOINT; CALL write_steps('version_3');
 TRUNCATE idem_saga_steps, raw_steps; CHECKPOINT; CALL write_steps('no_lock');
 TRUNCATE idem_saga_steps, raw_steps; CHECKPOINT; CALL write_steps('raw');
 TRUNCATE idem_saga_steps, raw_steps; CHECKPOINT; CALL write_steps('idem');
-TRUNCATE idem_saga_steps, raw_steps; CHECKPOINT; CALL write_steps('no_head');
+TRUNCATE idem_saga_steps, raw_steps; CHECKPOINT; CALL write_steps('version_3');
 TRUNCATE idem_saga_steps, raw_steps; CHECKPOINT; CALL write_steps('no_lock');
 
 SELECT what, string_agg(us_per_write::text, ' / ') AS "µs per write (two rounds)",

@@ -23,7 +23,7 @@
 //! | `unlock KEY [--yes] [--force]` | releases a stuck IN_PROGRESS or NEEDS_REVIEW record, so the next call runs its body; asks first unless `--yes`; refuses a live lease, or the claim of a running saga (`idem::recover`'s job), unless `--force` |
 //! | `forget KEY [--yes]` | deletes a recorded result (or a recorded final error) before its TTL runs out, so the next call runs its body again; asks first unless `--yes`; refuses anything but a completed record, and a saga's outcome |
 //! | `settle KEY --result JSON [--ttl SECONDS] [--yes] [--force]` | records the result of a call left in doubt (its owner died, its error was ambiguous, or it waits for review), once you know its effect happened: every later call replays it; the same refusals as `unlock` |
-//! | `sagas [--status S] [--limit N] [--json]` | lists saga logs, most recently written first |
+//! | `sagas [--status S] [--limit N] [--json]` | lists saga logs, the latest status change first |
 //! | `saga ID [--json]` | one saga: status, error, note, and each step's state, arguments, output and error |
 //! | `resolve ID --note TEXT [--key PREFIX]` | marks a NEEDS_ATTENTION saga as settled by hand, keeping the note |
 //! | `purge [--expired] [--dry-run]` | deletes the expired records, 1000 at a time (a progress bar on a terminal when there are more), and prints the count |
@@ -202,7 +202,7 @@ enum Operate {
     /// Record the result of a call left in doubt, once you know its effect happened
     #[command(long_about = settle::SETTLE_HELP)]
     Settle(settle::SettleArgs),
-    /// List saga logs, most recently written first
+    /// List saga logs, the latest status change first
     Sagas(sagas::SagasArgs),
     /// Show one saga: its status, error, note, and each step's state, output and error
     Saga(sagas::SagaArgs),

@@ -19,7 +19,7 @@ pub(crate) struct SagasArgs {
     #[arg(long, value_name = "STATUS", value_parser = parse_status)]
     status: Option<SagaStatus>,
 
-    /// At most this many sagas, most recently written first
+    /// At most this many sagas, the latest status change first
     #[arg(long, value_name = "N", default_value_t = SagaQuery::DEFAULT_LIMIT, value_parser = parse_limit)]
     limit: usize,
 

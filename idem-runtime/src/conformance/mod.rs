@@ -56,8 +56,8 @@ pub use races::{
     races_across_two_handles,
 };
 pub use saga_log::{
-    purge_removes_finished_saga_logs, saga_log_is_fenced, saga_log_round_trip,
-    stale_sagas_are_the_dead_owners,
+    a_step_write_dates_the_log_but_not_its_listing, purge_removes_finished_saga_logs,
+    saga_log_is_fenced, saga_log_round_trip, stale_sagas_are_the_dead_owners,
 };
 
 use std::time::Duration;
@@ -150,6 +150,7 @@ macro_rules! conformance_tests {
             saga_log_round_trip,
             saga_log_is_fenced,
             stale_sagas_are_the_dead_owners,
+            a_step_write_dates_the_log_but_not_its_listing,
             purge_removes_finished_saga_logs,
             list_records_filters_and_orders,
             record_counts_by_action_and_kind,

@@ -24,7 +24,7 @@ struct Filled {
 }
 
 /// A pause that puts a later timestamp on the next record, whatever the clock's resolution.
-async fn tick() {
+pub(super) async fn tick() {
     tokio::time::sleep(Duration::from_millis(15)).await;
 }
 
@@ -344,7 +344,8 @@ fn ids(logs: &[crate::store::SagaLog]) -> Vec<&str> {
     logs.iter().map(|log| log.id.as_str()).collect()
 }
 
-/// Sagas are listed most recently written first, filtered by status and id, up to the limit.
+/// Sagas are listed by their latest status change first, filtered by status and id, up to the
+/// limit.
 pub async fn list_sagas_filters_by_status_and_id(store: &dyn Store) {
     saga_in(store, "order-1", SagaStatus::Running, false).await;
     tick().await;

@@ -3,9 +3,12 @@
 use std::time::Duration;
 
 use crate::call::Action;
+use crate::conformance::operator::tick;
 use crate::conformance::{claim_token, past, still_stored, LONG, SHORT};
 use crate::key::Key;
-use crate::store::{Ownership, SagaStatus, SagaWrite, StepRecord, StepState, Store, StoredOutcome};
+use crate::store::{
+    Ownership, SagaQuery, SagaStatus, SagaWrite, StepRecord, StepState, Store, StoredOutcome,
+};
 
 static SAGAS: Action = Action::new("conformance_saga");
 
@@ -35,6 +38,51 @@ async fn write(store: &dyn Store, key: &Key, token: u64, write: SagaWrite<'_>) -
 
 fn status(status: SagaStatus, error: Option<&str>) -> SagaWrite<'_> {
     SagaWrite::Status { status, error }
+}
+
+/// A step's write dates the log (its `updated_at`) but does not move it in listings, which
+/// order sagas by their last status write: a store may keep steps apart from the log's head.
+pub async fn a_step_write_dates_the_log_but_not_its_listing(store: &dyn Store) {
+    let (first, second) = (saga(30), saga(31));
+    let first_token = claim_token(store, &first, LONG).await;
+    let second_token = claim_token(store, &second, LONG).await;
+    let running = status(SagaStatus::Running, None);
+    for (key, id, token) in [
+        (&first, "order-30", first_token),
+        (&second, "order-31", second_token),
+    ] {
+        let written = store.write_saga(key, id, token, running).await;
+        assert_eq!(written.expect("write_saga"), Ownership::Held);
+        tick().await;
+    }
+    let started = step(0, StepState::Started);
+    let written = store
+        .write_saga(&first, "order-30", first_token, SagaWrite::Step(&started))
+        .await;
+    assert_eq!(written.expect("a step write"), Ownership::Held);
+
+    let read = |key| async move {
+        store
+            .read_saga(&key)
+            .await
+            .expect("read_saga")
+            .expect("a log")
+    };
+    let (first_log, second_log) = (read(first).await, read(second).await);
+    assert_eq!(first_log.steps, std::slice::from_ref(&started));
+    assert!(
+        first_log.updated_at > second_log.updated_at,
+        "the step's write dates the log: {:?} after {:?}",
+        first_log.updated_at,
+        second_log.updated_at
+    );
+    let listed = store
+        .list_sagas(&SagaQuery::new().status(SagaStatus::Running))
+        .await
+        .expect("list_sagas");
+    let ids: Vec<&str> = listed.iter().map(|log| log.id.as_str()).collect();
+    assert_eq!(ids, ["order-31", "order-30"], "by the last status write");
+    assert_eq!(listed[1], first_log, "listed as read, with its step");
 }
 
 /// The log of a saga is written only by the holder of its claim, and reads back as written:

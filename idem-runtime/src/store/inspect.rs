@@ -208,7 +208,7 @@ impl RecordQuery {
 }
 
 /// Which saga logs [`Inspect::list_sagas`](crate::store::Inspect::list_sagas) returns: those of a
-/// status, of an id, most recently written first, at most `limit`.
+/// status, of an id, the latest status change first, at most `limit`.
 ///
 /// ```
 /// use idem_runtime::store::{SagaQuery, SagaStatus};
@@ -444,8 +444,10 @@ pub trait Inspect: Send + Sync {
         Err(unsupported::<Self>("purge_expired_batch"))
     }
 
-    /// The saga logs that `query` selects, most recently written first, with their steps
-    /// (see the example on [`Inspect::resolve_saga`]).
+    /// The saga logs that `query` selects, with their steps, the latest status change first
+    /// (ties by id): the order of their last status writes (or resolutions), which a step's
+    /// write does not move, so that a store may keep steps apart from the log's head (see the
+    /// example on [`Inspect::resolve_saga`]).
     async fn list_sagas(&self, query: &SagaQuery) -> Result<Vec<SagaLog>, Error> {
         let _ = query;
         Err(unsupported::<Self>("list_sagas"))

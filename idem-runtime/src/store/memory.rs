@@ -87,7 +87,11 @@ struct SagaEntry {
     status: SagaStatus,
     error: Option<String>,
     steps: Vec<crate::store::StepRecord>,
+    /// When the log was last written.
     updated_ms: i64,
+    /// When its status was last written (or the log made): the order of listings, as on the
+    /// stores that keep a step's write apart from the log's head.
+    status_ms: i64,
     /// An operator's note, once settled by hand.
     note: Option<String>,
 }
@@ -466,11 +470,13 @@ impl SagaStore for MemoryStore {
             error: None,
             steps: Vec::new(),
             updated_ms: now,
+            status_ms: now,
             note: None,
         });
         log.updated_ms = now;
         match write {
             SagaWrite::Status { status, error } => {
+                log.status_ms = now;
                 log.status = status;
                 log.error = error.map(str::to_owned);
             }
@@ -552,19 +558,15 @@ impl Inspect for MemoryStore {
     async fn list_sagas(&self, query: &SagaQuery) -> Result<Vec<SagaLog>, Error> {
         let inner = &self.inner;
         let state = inner.state();
-        let mut found: Vec<SagaLog> = state
+        let mut found: Vec<(i64, SagaLog)> = state
             .sagas
             .iter()
-            .map(|(key, log)| inner.saga_log(key, log))
-            .filter(|log| query.matches(log))
+            .map(|(key, log)| (log.status_ms, inner.saga_log(key, log)))
+            .filter(|(_, log)| query.matches(log))
             .collect();
-        found.sort_by(|a, b| {
-            b.updated_at
-                .cmp(&a.updated_at)
-                .then_with(|| a.id.cmp(&b.id))
-        });
+        found.sort_by(|(a_ms, a), (b_ms, b)| b_ms.cmp(a_ms).then_with(|| a.id.cmp(&b.id)));
         found.truncate(query.limit);
-        Ok(found)
+        Ok(found.into_iter().map(|(_, log)| log).collect())
     }
 
     async fn forget_result(&self, key: &Key, token: FencingToken) -> Result<Ownership, Error> {
@@ -589,6 +591,7 @@ impl Inspect for MemoryStore {
                 log.status = SagaStatus::Resolved;
                 log.note = Some(note.to_owned());
                 log.updated_ms = now;
+                log.status_ms = now;
                 Ok(true)
             }
             _ => Ok(false),

@@ -191,7 +191,9 @@ pub struct SagaLog {
     pub error: Option<String>,
     /// Its steps, in order.
     pub steps: Vec<StepRecord>,
-    /// When the log was last written.
+    /// When the log was last written: its last status write or step write, whichever came
+    /// later (listings order by the last status write alone, see
+    /// [`Inspect::list_sagas`](crate::store::Inspect::list_sagas)).
     pub updated_at: SystemTime,
     /// The operator's note, once the saga was settled by hand ([`SagaStatus::Resolved`]).
     pub note: Option<String>,

@@ -12,7 +12,8 @@ use std::time::Duration;
 use idem_runtime::conformance::servers::PostgresServer;
 use idem_runtime::conformance_tests;
 use idem_runtime::store::{
-    Claim, ClaimRequest, FirstStep, Ownership, PostgresStore, Status, Store, StoredOutcome,
+    Claim, ClaimRequest, FirstStep, Ownership, PostgresStore, SagaWrite, Status, Store,
+    StoredOutcome,
 };
 use idem_runtime::{Action, Error, Fingerprint, Key, OnStale};
 
@@ -156,7 +157,7 @@ async fn the_schema_file_loads_into_a_fresh_schema() {
         .batch_execute(&load)
         .await
         .expect("schema.sql runs again");
-    assert_eq!(schema_version(&admin, &schema).await, 3);
+    assert_eq!(schema_version(&admin, &schema).await, 4);
 
     let store = PostgresStore::builder(server.url())
         .schema(&schema)
@@ -235,7 +236,7 @@ async fn a_second_connect_migrates_nothing_and_keeps_the_records() {
     let url = format!("postgres://{role}@127.0.0.1:{}/postgres", server.port());
     let second = connect(&url, &schema).await;
     let after = admin.query_one(&version_row, &[]).await.expect("version");
-    assert_eq!(before.get::<_, i64>(0), 3, "the current schema version");
+    assert_eq!(before.get::<_, i64>(0), 4, "the current schema version");
     for column in [1, 2] {
         assert_eq!(
             before.get::<_, String>(column),
@@ -415,7 +416,7 @@ async fn a_version_2_schema_gets_the_claims_ttl() {
     set_schema_version(&admin, &schema, 2).await;
 
     let store = connect(&server.url(), &schema).await;
-    assert_eq!(schema_version(&admin, &schema).await, 3, "migrated");
+    assert_eq!(schema_version(&admin, &schema).await, 4, "migrated");
     let key = Action::new("send").key(&("ada",)).expect("key");
     let fingerprint = Fingerprint::from(key);
     let short = Duration::from_millis(100);
@@ -434,6 +435,71 @@ async fn a_version_2_schema_gets_the_claims_ttl() {
     let old = Key::from_bytes([0xaa; 32]);
     let kept = store.get(&old).await.expect("get").expect("the old claim");
     assert_eq!(kept.status, Status::InProgress);
+}
+
+/// A version-3 schema (a step's write moved the head's time; steps have none) is migrated in
+/// place: its logs are kept and dated by their heads, and a step written after the migration
+/// keeps its own time, dates the log, and leaves the head as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn a_version_3_schema_gets_each_steps_time() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    let schema = unique_schema("version_3");
+    drop(connect(&server.url(), &schema).await);
+    let admin = raw_client(&server.url()).await;
+    let saga = Key::from_bytes([0xbb; 32]);
+    admin
+        .batch_execute(&format!(
+            "ALTER TABLE {schema}.idem_saga_steps DROP COLUMN updated_at;
+             INSERT INTO {schema}.idem_sagas (key, id, status, updated_at)
+             VALUES ('{saga}', 'order-11', 'running', to_timestamp(1));
+             INSERT INTO {schema}.idem_saga_steps
+               (saga, idx, name, key, irreversible, args, state, output)
+             VALUES ('{saga}', 0, 'reserve_seat', repeat('c', 64), false, '\\x5b5d', 'done',
+                     '\\x31');"
+        ))
+        .await
+        .expect("a version-3 schema with a saga log");
+    set_schema_version(&admin, &schema, 3).await;
+    let head_time = format!("SELECT updated_at::text FROM {schema}.idem_sagas");
+    let head = admin.query_one(&head_time, &[]).await.expect("the head");
+
+    let store = connect(&server.url(), &schema).await;
+    assert_eq!(schema_version(&admin, &schema).await, 4, "migrated");
+    let log = store.read_saga(&saga).await.expect("read").expect("kept");
+    assert_eq!(log.steps.len(), 1);
+    let epoch_plus_one = std::time::UNIX_EPOCH + Duration::from_secs(1);
+    assert_eq!(log.updated_at, epoch_plus_one, "dated by its head");
+
+    let fingerprint = Fingerprint::from(saga);
+    let Claim::Acquired { token, .. } = store.claim(&request(&saga, &fingerprint)).await.unwrap()
+    else {
+        panic!("a free key is acquired");
+    };
+    let mut step = log.steps[0].clone();
+    step.index = 1;
+    let written = store
+        .write_saga(&saga, "order-11", token, SagaWrite::Step(&step))
+        .await;
+    assert_eq!(written.expect("write_saga"), Ownership::Held);
+    let after = admin.query_one(&head_time, &[]).await.expect("the head");
+    assert_eq!(
+        head.get::<_, String>(0),
+        after.get::<_, String>(0),
+        "a step's write leaves the head alone"
+    );
+    let log = store.read_saga(&saga).await.expect("read").expect("kept");
+    assert_eq!(log.steps.len(), 2);
+    assert!(
+        log.updated_at > epoch_plus_one + Duration::from_secs(1_000_000),
+        "dated by the new step: {:?}",
+        log.updated_at
+    );
 }
 
 /// A schema made by a newer idem is refused, not written to.

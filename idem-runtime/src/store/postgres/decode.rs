@@ -149,10 +149,13 @@ pub(super) fn listed_key(row: &Row, index: usize, what: &'static str) -> Result<
 /// (one row, without a step).
 ///
 /// ```text
-/// id       | status          | error | updated | note | idx  | name   | … | error
-/// order-42 | needs_attention | "…"   | 1718…   | NULL | 0    | charge | … | NULL
-/// order-42 | needs_attention | "…"   | 1718…   | NULL | 1    | ship   | … | "…"
+/// id       | status          | error | updated | note | idx  | name   | … | error | updated
+/// order-42 | needs_attention | "…"   | 1718…   | NULL | 0    | charge | … | NULL  | 1718…
+/// order-42 | needs_attention | "…"   | 1718…   | NULL | 1    | ship   | … | "…"   | NULL
 /// ```
+///
+/// The log was last written at the latest of its head's time (its last status write) and its
+/// steps' (a step written before schema version 4 has none).
 pub(super) fn saga_log(saga: &Key, rows: &[Row]) -> Result<SagaLog, Error> {
     let (what, key) = ("a saga log", Some(saga));
     let head = rows
@@ -161,7 +164,7 @@ pub(super) fn saga_log(saga: &Key, rows: &[Row]) -> Result<SagaLog, Error> {
     let id: String = column(head, 0, what, key)?;
     let status: String = column(head, 1, what, key)?;
     let error: Option<String> = column(head, 2, what, key)?;
-    let EpochMs(updated_at_ms) = column(head, 3, what, key)?;
+    let EpochMs(mut updated_at_ms) = column(head, 3, what, key)?;
     let note: Option<String> = column(head, 4, what, key)?;
     let status = SagaStatus::parse(&status)
         .ok_or_else(|| corrupt(what, key, format!("unknown status {status:?}")))?;
@@ -191,6 +194,9 @@ pub(super) fn saga_log(saga: &Key, rows: &[Row]) -> Result<SagaLog, Error> {
             output: column(row, 11, what, key)?,
             error: column(row, 12, what, key)?,
         });
+        if let Some(EpochMs(step_ms)) = column(row, 13, what, key)? {
+            updated_at_ms = updated_at_ms.max(step_ms);
+        }
     }
     Ok(SagaLog::new(*saga, id, status, error, steps, to_wall(updated_at_ms)).with_note(note))
 }

@@ -52,9 +52,9 @@ use open::{quote_ident, Direct};
 use statements::Statements;
 
 /// The version `schema.sql` sets up; a schema with a smaller one is upgraded by running
-/// the file again (2 added `idem_sagas.note`, 3 `idem_records.ttl_ms`), a schema with a
-/// larger one is refused.
-const SCHEMA_VERSION: i64 = 3;
+/// the file again (2 added `idem_sagas.note`, 3 `idem_records.ttl_ms`, 4
+/// `idem_saga_steps.updated_at`), a schema with a larger one is refused.
+const SCHEMA_VERSION: i64 = 4;
 
 /// After how many recorded results expired ones are purged (in the background).
 const PURGE_EVERY: u64 = 1024;
@@ -729,10 +729,10 @@ impl Inspect for PostgresStore {
             .await?;
         // The rows of one saga are together (the statement orders by saga, then step).
         fn saga_of(row: &Row) -> Option<&str> {
-            row.try_get(13).ok()
+            row.try_get(14).ok()
         }
         rows.chunk_by(|a, b| saga_of(a) == saga_of(b))
-            .map(|rows| saga_log(&listed_key(&rows[0], 13, "a saga log")?, rows))
+            .map(|rows| saga_log(&listed_key(&rows[0], 14, "a saga log")?, rows))
             .collect()
     }
 

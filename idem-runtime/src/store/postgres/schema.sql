@@ -1,9 +1,9 @@
--- The schema of idem's PostgresStore, version 3.
+-- The schema of idem's PostgresStore, version 4.
 --
 -- PostgresStore creates this schema itself when it connects: in one transaction, under
 -- pg_advisory_xact_lock (so that processes connecting at once do not race), it runs this file
 -- with `search_path` set to the store's schema (`public` unless the store is given another),
--- unless `idem_meta` already says version 3. A store that finds the schema in place changes
+-- unless `idem_meta` already says version 4. A store that finds the schema in place changes
 -- nothing, so it needs no CREATE privilege.
 --
 -- The same file upgrades a schema of an older version in place, keeping its rows: what a
@@ -80,6 +80,8 @@ CREATE TABLE IF NOT EXISTS idem_saga_steps (
     state         text    NOT NULL,  -- started | done | failed | compensated | compensation_failed
     output        bytea,             -- JSON, once done
     error         text,
+    updated_at    timestamptz,       -- when the step was last written; NULL in steps written
+                                     -- before version 4, whose writes moved the head's time
     PRIMARY KEY (saga, idx)
 );
 
@@ -100,8 +102,12 @@ ALTER TABLE idem_sagas ADD COLUMN IF NOT EXISTS note text;
 -- Version 3: the action's TTL on each claim, so that claims whose owner died are purged.
 ALTER TABLE idem_records ADD COLUMN IF NOT EXISTS ttl_ms bigint;
 
+-- Version 4: a step's write leaves the saga's head alone and keeps its own time (a log was
+-- last written at the latest of its head's and its steps' times).
+ALTER TABLE idem_saga_steps ADD COLUMN IF NOT EXISTS updated_at timestamptz;
+
 -- Last, once everything above is in place. The version only goes up: run on a schema of a
 -- newer idem, this leaves its version alone (and a store of this idem refuses that schema).
-INSERT INTO idem_meta (name, value) VALUES ('schema_version', 3)
+INSERT INTO idem_meta (name, value) VALUES ('schema_version', 4)
 ON CONFLICT (name) DO UPDATE SET value = excluded.value, migrated_at = excluded.migrated_at
 WHERE idem_meta.value < excluded.value;

@@ -116,7 +116,7 @@ fn record_columns(r: &str) -> String {
 /// [`saga_log`](super::decode::saga_log) reads them.
 fn saga_columns() -> String {
     "g.id, g.status, g.error, g.updated_at, g.note,
-     t.idx, t.name, t.key, t.irreversible, t.args, t.state, t.output, t.error"
+     t.idx, t.name, t.key, t.irreversible, t.args, t.state, t.output, t.error, t.updated_at"
         .to_owned()
 }
 
@@ -320,8 +320,11 @@ fn saga_status(s: &str) -> String {
     )
 }
 
-/// Writes a step of a saga log (and its head, if it has none yet), fenced as
-/// [`saga_status`] is.
+/// Writes a step of a saga log, with its own time, fenced as [`saga_status`] is. The head
+/// is made if the log has none yet, and otherwise left alone (`DO NOTHING` finds the row and
+/// writes nothing): a step's write is the fence and the step's row, as the raw write of a
+/// step's log is the row alone (the head's time, written by each step before schema
+/// version 4, was most of the difference in WAL: `benches/saga_step_wal.sql`).
 fn saga_step(s: &str) -> String {
     format!(
         "WITH held AS (
@@ -330,20 +333,19 @@ fn saga_step(s: &str) -> String {
              FOR SHARE
          ),
          head AS (
-             INSERT INTO {s}.idem_sagas AS g (key, id, status, error, updated_at)
+             INSERT INTO {s}.idem_sagas (key, id, status, error, updated_at)
              SELECT key, $3::text, 'running', NULL, clock_timestamp() FROM held
-             ON CONFLICT (key) DO UPDATE SET updated_at = excluded.updated_at
-             RETURNING g.key
+             ON CONFLICT (key) DO NOTHING
          )
          INSERT INTO {s}.idem_saga_steps AS t
-             (saga, idx, name, key, irreversible, args, state, output, error)
+             (saga, idx, name, key, irreversible, args, state, output, error, updated_at)
          SELECT key, $4::bigint, $5::text, $6::text, $7::boolean, $8::bytea, $9::text,
-                $10::bytea, $11::text
-         FROM head
+                $10::bytea, $11::text, clock_timestamp()
+         FROM held
          ON CONFLICT (saga, idx) DO UPDATE SET
              name = excluded.name, key = excluded.key, irreversible = excluded.irreversible,
              args = excluded.args, state = excluded.state, output = excluded.output,
-             error = excluded.error
+             error = excluded.error, updated_at = excluded.updated_at
          RETURNING 1"
     )
 }

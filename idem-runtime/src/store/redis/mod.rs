@@ -1115,12 +1115,11 @@ impl Inspect for RedisStore {
         self.purge().await
     }
 
-    /// The saga logs that `query` selects, most recently written first, with their steps.
+    /// The saga logs that `query` selects, the latest status change first, with their steps.
     /// As `list_records` does, this walks every saga log of the store with `SCAN` (reading
-    /// their heads), then reads the `limit` newest whole, as `read_saga` does, 64 at a time.
-    /// The newest are chosen by their heads' time, which a step's write does not move (it
-    /// goes to its owner's list, `step_log.rs`): by their last status write, so a saga long
-    /// running and still writing steps may be left out of a short listing.
+    /// their heads, whose time is the last status write: a step's write goes to its owner's
+    /// list, `step_log.rs`), then reads the `limit` newest whole, as `read_saga` does, 64 at
+    /// a time.
     async fn list_sagas(&self, query: &SagaQuery) -> Result<Vec<SagaLog>, Error> {
         self.scan_sagas(query).await
     }

@@ -235,9 +235,9 @@ impl RedisStore {
         Ok(tally.into_counts())
     }
 
-    /// The saga logs that `query` selects, newest first: a scan of their heads, then the
-    /// `limit` newest by their heads' time (a saga's last status write: a step's write does
-    /// not touch the head) read whole, with their steps.
+    /// The saga logs that `query` selects, the latest status change first: a scan of their
+    /// heads, then the `limit` newest by their heads' time (a saga's last status write: a
+    /// step's write does not touch the head) read whole, with their steps, in that order.
     pub(super) async fn scan_sagas(&self, query: &SagaQuery) -> Result<Vec<SagaLog>, Error> {
         if query.limit == 0 {
             return Ok(Vec::new());
@@ -264,7 +264,8 @@ impl RedisStore {
         )
         .await?;
         // Each chosen log read whole as `read_saga` reads it (with its owner's step writes),
-        // a few at a time.
+        // a few at a time, kept in the order chosen (a log's `updated_at` counts its steps'
+        // writes too, which do not order a listing).
         let chosen: Vec<Key> = newest.into_vec().iter().map(|log| log.key).collect();
         let mut logs = Vec::with_capacity(chosen.len());
         for keys in chosen.chunks(READS_AT_ONCE) {
@@ -274,7 +275,6 @@ impl RedisStore {
             // A log that went or changed since its head was read is left out.
             logs.extend(found.into_iter().flatten().filter(|log| query.matches(log)));
         }
-        logs.sort_by(newest_saga_first);
         Ok(logs)
     }
 }
@@ -318,8 +318,8 @@ fn newest_record_first(a: &Record, b: &Record) -> std::cmp::Ordering {
         .then_with(|| a.key.cmp(&b.key))
 }
 
-/// The order of [`list_sagas`](crate::store::Inspect::list_sagas): most recently written first,
-/// then by id (and key).
+/// The order of [`list_sagas`](crate::store::Inspect::list_sagas) on logs read from their
+/// heads alone (whose time is the last status write): newest first, then by id (and key).
 fn newest_saga_first(a: &SagaLog, b: &SagaLog) -> std::cmp::Ordering {
     b.updated_at
         .cmp(&a.updated_at)

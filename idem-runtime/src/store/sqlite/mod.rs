@@ -4,7 +4,8 @@
 //! `user_version`). Files of older versions are upgraded in place when a store opens them, by
 //! the files of `migrations/` (`v2.sql` added the saga logs, `v3.sql` the operator's note on a
 //! saga settled by hand, `v4.sql` the action's TTL on each claim, so that a claim whose owner
-//! died is purged once it ran out).
+//! died is purged once it ran out, `v5.sql` each step's own time, so that a step's write
+//! leaves the saga's head alone).
 //!
 //! ```text
 //! mod.rs         SqliteStore, its connections, and its Store impl (each method hands one
@@ -54,7 +55,7 @@ use saga_log::{read_saga, stale_sagas, write_saga, OwnedSagaWrite};
 use writer::Writer;
 
 /// The schema this version writes; a file with a larger `user_version` is refused.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// How long a statement waits for another process's write lock. Every transaction here is a
 /// few statements long, so a lock held this long means something is stuck.

@@ -14,10 +14,11 @@ pub(super) const SCHEMA: &str = include_str!("schema.sql");
 
 /// The upgrades of older files, by the version each one leads to, oldest first: one for each
 /// version after the first, up to [`SCHEMA_VERSION`].
-pub(super) const MIGRATIONS: [(i64, &str); 3] = [
+pub(super) const MIGRATIONS: [(i64, &str); 4] = [
     (2, include_str!("migrations/v2.sql")),
     (3, include_str!("migrations/v3.sql")),
     (4, include_str!("migrations/v4.sql")),
+    (5, include_str!("migrations/v5.sql")),
 ];
 
 /// Opens the store's two connections to `path`: creating or upgrading the schema once, or
@@ -127,8 +128,9 @@ pub(super) fn initialize(connection: &mut Connection) -> rusqlite::Result<Option
 /// (version 0) has none to run: [`SCHEMA`] makes it whole.
 ///
 /// ```text
-/// version 0 (new)  ─ SCHEMA ─────────────────────────────────▶ 4
-/// version 1        ─ v2.sql ─▶ 2 ─ v3.sql ─▶ 3 ─ v4.sql ─▶ 4 (then SCHEMA: nothing to do)
+/// version 0 (new)  ─ SCHEMA ───────────────────────────────────────────────▶ 5
+/// version 1        ─ v2.sql ─▶ 2 ─ v3.sql ─▶ 3 ─ v4.sql ─▶ 4 ─ v5.sql ─▶ 5 (then SCHEMA:
+///                                                                       nothing to do)
 /// ```
 pub(super) fn upgrade(connection: &Connection, version: i64) -> rusqlite::Result<()> {
     if version == 0 {

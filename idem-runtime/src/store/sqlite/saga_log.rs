@@ -33,31 +33,37 @@ pub(super) fn write_saga(
         return Ok(Ownership::Lost);
     }
     let hex = saga.to_string();
-    let (status, error) = match write {
-        OwnedSagaWrite::Status { status, error } => (Some(status.as_str()), error.as_deref()),
-        OwnedSagaWrite::Step(_) => (None, None),
-    };
-    transaction
-        .prepare_cached(statements::WRITE_SAGA)
-        .map_err(db)?
-        .execute(params![hex, id, status, error, now])
-        .map_err(db)?;
-    if let OwnedSagaWrite::Step(step) = write {
-        transaction
-            .prepare_cached(statements::WRITE_STEP)
-            .map_err(db)?
-            .execute(params![
-                hex,
-                step.index,
-                step.name,
-                step.key.to_string(),
-                step.irreversible,
-                step.args,
-                step.state.as_str(),
-                step.output,
-                step.error,
-            ])
-            .map_err(db)?;
+    match write {
+        OwnedSagaWrite::Status { status, error } => {
+            transaction
+                .prepare_cached(statements::WRITE_SAGA_STATUS)
+                .map_err(db)?
+                .execute(params![hex, id, status.as_str(), error, now])
+                .map_err(db)?;
+        }
+        OwnedSagaWrite::Step(step) => {
+            transaction
+                .prepare_cached(statements::MAKE_SAGA)
+                .map_err(db)?
+                .execute(params![hex, id, now])
+                .map_err(db)?;
+            transaction
+                .prepare_cached(statements::WRITE_STEP)
+                .map_err(db)?
+                .execute(params![
+                    hex,
+                    step.index,
+                    step.name,
+                    step.key.to_string(),
+                    step.irreversible,
+                    step.args,
+                    step.state.as_str(),
+                    step.output,
+                    step.error,
+                    now,
+                ])
+                .map_err(db)?;
+        }
     }
     Ok(Ownership::Held)
 }
@@ -100,7 +106,7 @@ pub(super) fn saga_log(
             format!("corrupt saga log: {what}"),
         )
     };
-    let (id, status, error, updated_at_ms, note) = head;
+    let (id, status, error, mut updated_at_ms, note) = head;
     let status =
         SagaStatus::parse(&status).ok_or_else(|| corrupt(format!("unknown status {status:?}")))?;
     let mut statement = connection
@@ -117,13 +123,19 @@ pub(super) fn saga_log(
                 row.get::<_, String>(5)?,
                 row.get::<_, Option<Vec<u8>>>(6)?,
                 row.get::<_, Option<String>>(7)?,
+                row.get::<_, Option<i64>>(8)?,
             ))
         })
         .map_err(db)?;
     let mut steps = Vec::new();
     for row in rows {
-        let (index, name, key, irreversible, args, state, output, error) =
+        let (index, name, key, irreversible, args, state, output, error, step_ms) =
             row.map_err(|e| Error::codec("a saga log", Some(saga), e))?;
+        // The log was last written at the latest of its head's time (its last status write)
+        // and its steps' (a step written before schema version 5 has none).
+        if let Some(step_ms) = step_ms {
+            updated_at_ms = updated_at_ms.max(step_ms);
+        }
         steps.push(StepRecord {
             index: u32::try_from(index).map_err(|_| corrupt(format!("step index {index}")))?,
             key: key

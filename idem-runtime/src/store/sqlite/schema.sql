@@ -1,7 +1,7 @@
--- The schema of idem's SqliteStore, version 4 (the file's `user_version`).
+-- The schema of idem's SqliteStore, version 5 (the file's `user_version`).
 --
 -- A new file gets this whole; a file of an older version is upgraded by the files of
--- `migrations/` instead, from its version up (`v2.sql`, `v3.sql`, `v4.sql`), and the store then
+-- `migrations/` instead, from its version up (`v2.sql` … `v5.sql`), and the store then
 -- runs this again, which changes nothing: every statement here can be run again.
 --
 -- Keys and fingerprints are SHA-256 digests: no argument of any call is stored in a key.
@@ -49,5 +49,7 @@ CREATE TABLE IF NOT EXISTS idem_saga_steps (
     state         TEXT    NOT NULL,     -- started | done | failed | compensated | compensation_failed
     output        BLOB,                 -- JSON, once done
     error         TEXT,
+    updated_at_ms INTEGER,              -- version 5: when the step was last written (see
+                                        -- v5.sql); NULL in steps written before
     PRIMARY KEY (saga, idx)
 ) WITHOUT ROWID;

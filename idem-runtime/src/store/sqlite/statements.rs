@@ -106,19 +106,23 @@ pub(super) const COUNT_EXPIRED: &str =
 
 // Saga logs.
 
-/// A saga log's head: written (`?3` a status, or NULL for a step's write, which only touches
-/// the time).
-pub(super) const WRITE_SAGA: &str = "INSERT INTO idem_sagas (key, id, status, error, updated_at_ms)
-     VALUES (?1, ?2, coalesce(?3, 'running'), ?4, ?5)
-     ON CONFLICT (key) DO UPDATE SET
-       status = coalesce(?3, status),
-       error = CASE WHEN ?3 IS NULL THEN error ELSE ?4 END,
-       updated_at_ms = ?5";
+/// A saga log's status (`?3`) and error (`?4`), written at `?5`.
+pub(super) const WRITE_SAGA_STATUS: &str =
+    "INSERT INTO idem_sagas (key, id, status, error, updated_at_ms)
+     VALUES (?1, ?2, ?3, ?4, ?5)
+     ON CONFLICT (key) DO UPDATE SET status = ?3, error = ?4, updated_at_ms = ?5";
 
-/// A step of a saga log.
+/// A saga log's head, made running at `?3` for a step's write if the log has none yet, and
+/// otherwise left alone: a step keeps its own time, so its write changes one row, as the raw
+/// write of a step's log does.
+pub(super) const MAKE_SAGA: &str = "INSERT INTO idem_sagas (key, id, status, error, updated_at_ms)
+     VALUES (?1, ?2, 'running', NULL, ?3)
+     ON CONFLICT (key) DO NOTHING";
+
+/// A step of a saga log, written at `?10`.
 pub(super) const WRITE_STEP: &str = "INSERT OR REPLACE INTO idem_saga_steps
-       (saga, idx, name, key, irreversible, args, state, output, error)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+       (saga, idx, name, key, irreversible, args, state, output, error, updated_at_ms)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 
 /// A saga log's head.
 pub(super) const READ_SAGA: &str = concat!(
@@ -129,7 +133,7 @@ pub(super) const READ_SAGA: &str = concat!(
 
 /// A saga log's steps, in order.
 pub(super) const READ_STEPS: &str =
-    "SELECT idx, name, key, irreversible, args, state, output, error
+    "SELECT idx, name, key, irreversible, args, state, output, error, updated_at_ms
      FROM idem_saga_steps WHERE saga = ?1 ORDER BY idx";
 
 /// At most `?2` sagas running or compensating whose claim's lease ran out at `?1`.

@@ -260,6 +260,7 @@ async fn a_version_3_file_is_upgraded_in_place() {
         .expect("open")
         .execute_batch(
             "ALTER TABLE idem_records DROP COLUMN ttl_ms;
+             ALTER TABLE idem_saga_steps DROP COLUMN updated_at_ms;
              PRAGMA user_version = 3;",
         )
         .expect("a version-3 file");
@@ -295,6 +296,81 @@ async fn a_version_3_file_is_upgraded_in_place() {
     assert_eq!(store.get(&dying).await.expect("get"), None);
     let kept = store.get(&old).await.expect("get").expect("the old claim");
     assert_eq!(kept.status, Status::InProgress);
+}
+
+/// A file made by version 4 (a step's write moved the head's time; steps have none) opens
+/// and keeps its log, dated by its head; a step written after the upgrade keeps its own
+/// time, dates the log, and leaves the head as it was.
+#[tokio::test]
+async fn a_version_4_file_is_upgraded_in_place() {
+    let path = temp_file("version-4.db");
+    let (saga, first_step) = (Key::from_bytes([11; 32]), Key::from_bytes([12; 32]));
+    {
+        let connection = Connection::open(&path).expect("open");
+        made_by_version(&connection, 4);
+        connection
+            .execute(
+                "INSERT INTO idem_sagas (key, id, status, error, updated_at_ms)
+                 VALUES (?1, 'order-11', 'running', NULL, 1000)",
+                [saga.to_string()],
+            )
+            .expect("a saga log");
+        connection
+            .execute(
+                "INSERT INTO idem_saga_steps
+                   (saga, idx, name, key, irreversible, args, state, output, error)
+                 VALUES (?1, 0, 'reserve_seat', ?2, 0, x'5b5d', 'done', x'31', NULL)",
+                [saga.to_string(), first_step.to_string()],
+            )
+            .expect("a step");
+    }
+    let head_ms = || {
+        Connection::open(&path)
+            .expect("open")
+            .query_row(
+                "SELECT updated_at_ms FROM idem_sagas WHERE key = ?1",
+                [saga.to_string()],
+                |row| row.get::<_, i64>(0),
+            )
+            .expect("the head")
+    };
+
+    let store = SqliteStore::open(&path)
+        .await
+        .expect("open a version-4 file");
+    assert_eq!(user_version(&path), SCHEMA_VERSION);
+    let log = store.read_saga(&saga).await.expect("read").expect("kept");
+    assert_eq!(log.steps.len(), 1);
+    assert_eq!(
+        log.updated_at,
+        std::time::UNIX_EPOCH + Duration::from_secs(1),
+        "dated by its head"
+    );
+
+    let owned = request(&saga);
+    let claimed = store
+        .writing(None, None, move |connection, now| {
+            claim(connection, now, &owned)
+        })
+        .await
+        .expect("claim");
+    let Claim::Acquired { token, .. } = claimed else {
+        panic!("a free key is acquired: {claimed:?}");
+    };
+    let mut step = log.steps[0].clone();
+    step.index = 1;
+    let written = store
+        .write_saga(&saga, "order-11", token, SagaWrite::Step(&step))
+        .await;
+    assert_eq!(written.expect("write_saga"), Ownership::Held);
+    assert_eq!(head_ms(), 1000, "a step's write leaves the head alone");
+    let log = store.read_saga(&saga).await.expect("read").expect("kept");
+    assert_eq!(log.steps.len(), 2);
+    assert!(
+        log.updated_at > std::time::UNIX_EPOCH + Duration::from_secs(1_000_000),
+        "dated by the new step: {:?}",
+        log.updated_at
+    );
 }
 
 /// A file a newer idem upgraded is refused, and its version is never lowered.
