@@ -27,7 +27,7 @@ fn colour(system: System) -> RGBColor {
         AgentEffectsMemory | AgentEffectsSqlite | AgentEffectsPostgres => RGBColor(214, 39, 40),
         RawSqlite | RawRedis | RawRedisCluster | RawPostgres => RGBColor(60, 60, 60),
         // Sagas: a colour per store, lighter for the raw log writes and
-        // darker for the 6-step saga.
+        // darker for the 12-step saga.
         SagaSqlite => RGBColor(31, 119, 180),
         LongSagaSqlite => RGBColor(15, 60, 110),
         RawLogSqlite => RGBColor(140, 190, 225),

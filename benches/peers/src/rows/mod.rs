@@ -131,12 +131,12 @@ pub enum System {
     SagaRedis,
     /// The same saga on PostgreSQL.
     SagaPostgres,
-    /// A 6-step idem saga (the 3 steps, then the same 3 again), a new saga id each call, on
-    /// SQLite: beside the 3-step saga, what 3 steps cost without the saga's own writes.
+    /// A 12-step idem saga (the 3 steps, 4 times), a new saga id each call, on SQLite:
+    /// beside the 3-step saga, what 9 steps cost without the saga's own writes.
     LongSagaSqlite,
-    /// The same 6-step saga on Redis.
+    /// The same 12-step saga on Redis.
     LongSagaRedis,
-    /// The same 6-step saga on PostgreSQL.
+    /// The same 12-step saga on PostgreSQL.
     LongSagaPostgres,
     /// The raw writes of a 3-step saga's log on SQLite: 6 `INSERT OR REPLACE` (an intent and
     /// an outcome per step), each its own durable transaction.
@@ -185,9 +185,9 @@ impl System {
             SagaSqlite => "idem saga, SQLite",
             SagaRedis => "idem saga, Redis",
             SagaPostgres => "idem saga, PostgreSQL",
-            LongSagaSqlite => "idem 6-step saga, SQLite",
-            LongSagaRedis => "idem 6-step saga, Redis",
-            LongSagaPostgres => "idem 6-step saga, PostgreSQL",
+            LongSagaSqlite => "idem 12-step saga, SQLite",
+            LongSagaRedis => "idem 12-step saga, Redis",
+            LongSagaPostgres => "idem 12-step saga, PostgreSQL",
             RawLogSqlite => "raw log, SQLite",
             RawLogRedis => "raw log, Redis",
             RawLogPostgres => "raw log, PostgreSQL",
@@ -215,7 +215,7 @@ impl System {
             (RawPostgres, Mode::Replay) => "SELECT",
             (AgentEffectsPostgres, _) => "pool 16, database clock",
             (SagaSqlite | SagaRedis | SagaPostgres, _) => "3 steps, new saga id each call",
-            (LongSagaSqlite | LongSagaRedis | LongSagaPostgres, _) => "the 3 steps twice",
+            (LongSagaSqlite | LongSagaRedis | LongSagaPostgres, _) => "the 3 steps 4 times",
             (RawLogSqlite, _) => "6 INSERT OR REPLACE",
             (RawLogRedis, _) => "6 HSET",
             (RawLogPostgres, _) => "6 upserts",
