@@ -111,7 +111,7 @@ pub(crate) async fn list(ctx: &Ctx, args: &SagasArgs, out: &mut dyn Write) -> Re
     out.write_all(table.render().as_bytes())?;
     if more {
         crate::note!(
-            "(the {} most recent shown; --limit N shows more)",
+            "(the {} latest by status change shown; --limit N shows more)",
             logs.len()
         );
     }

@@ -42,22 +42,27 @@ fn status(status: SagaStatus, error: Option<&str>) -> SagaWrite<'_> {
 
 /// A step's write dates the log (its `updated_at`) but does not move it in listings, which
 /// order sagas by their last status write: a store may keep steps apart from the log's head.
+/// The step here is the first write of an owner that took the saga over, which writes no
+/// status before its steps (as a resumed saga does).
 pub async fn a_step_write_dates_the_log_but_not_its_listing(store: &dyn Store) {
     let (first, second) = (saga(30), saga(31));
-    let first_token = claim_token(store, &first, LONG).await;
-    let second_token = claim_token(store, &second, LONG).await;
+    let first_owner = claim_token(store, &first, SHORT).await;
+    let second_owner = claim_token(store, &second, LONG).await;
     let running = status(SagaStatus::Running, None);
     for (key, id, token) in [
-        (&first, "order-30", first_token),
-        (&second, "order-31", second_token),
+        (&first, "order-30", first_owner),
+        (&second, "order-31", second_owner),
     ] {
         let written = store.write_saga(key, id, token, running).await;
         assert_eq!(written.expect("write_saga"), Ownership::Held);
         tick().await;
     }
+    past(SHORT).await;
+    let taken_over = claim_token(store, &first, LONG).await;
+    assert!(taken_over > first_owner, "the first saga is taken over");
     let started = step(0, StepState::Started);
     let written = store
-        .write_saga(&first, "order-30", first_token, SagaWrite::Step(&started))
+        .write_saga(&first, "order-30", taken_over, SagaWrite::Step(&started))
         .await;
     assert_eq!(written.expect("a step write"), Ownership::Held);
 

@@ -446,7 +446,9 @@ pub trait Inspect: Send + Sync {
 
     /// The saga logs that `query` selects, with their steps, the latest status change first
     /// (ties by id): the order of their last status writes (or resolutions), which a step's
-    /// write does not move, so that a store may keep steps apart from the log's head (see the
+    /// write does not move, so that a store may keep steps apart from the log's head. A saga
+    /// running long while it writes steps can so be left out of a short listing, and the
+    /// order can differ from [`SagaLog::updated_at`]'s, which counts step writes too (see the
     /// example on [`Inspect::resolve_saga`]).
     async fn list_sagas(&self, query: &SagaQuery) -> Result<Vec<SagaLog>, Error> {
         let _ = query;

@@ -80,8 +80,9 @@ CREATE TABLE IF NOT EXISTS idem_saga_steps (
     state         text    NOT NULL,  -- started | done | failed | compensated | compensation_failed
     output        bytea,             -- JSON, once done
     error         text,
-    updated_at    timestamptz,       -- when the step was last written; NULL in steps written
-                                     -- before version 4, whose writes moved the head's time
+    updated_at    timestamptz,       -- when the step was last written; NULL (or older) in steps
+                                     -- written before version 4, or by an older idem still
+                                     -- running, whose writes move the head's time
     PRIMARY KEY (saga, idx)
 );
 

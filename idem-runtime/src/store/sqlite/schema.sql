@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS idem_saga_steps (
     output        BLOB,                 -- JSON, once done
     error         TEXT,
     updated_at_ms INTEGER,              -- version 5: when the step was last written (see
-                                        -- v5.sql); NULL in steps written before
+                                        -- v5.sql); NULL in steps written before, or by an
+                                        -- older idem still running
     PRIMARY KEY (saga, idx)
 ) WITHOUT ROWID;

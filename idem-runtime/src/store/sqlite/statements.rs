@@ -162,8 +162,8 @@ pub(super) fn list_records(filter: &str) -> String {
 pub(super) const RECORD_COUNTS: &str = "SELECT action, status, outcome, count(*) FROM idem_records
      GROUP BY action, status, outcome";
 
-/// Saga log heads (and their key, last) that match `filter`, the latest first; the limit is
-/// the last parameter.
+/// Saga log heads (and their key, last) that match `filter`, the latest status write first
+/// (a step's write leaves the head alone); the limit is the last parameter.
 pub(super) fn list_sagas(filter: &str) -> String {
     format!(
         concat!(

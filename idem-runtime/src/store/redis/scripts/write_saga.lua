@@ -34,7 +34,7 @@ local list = KEYS[4]
 -- Each hash is written with one HSET of all its fields: every `redis.call` costs the server
 -- 0.3-0.6 us over its command's own time, more than a field it writes (BENCHMARKS.md).
 local fresh = redis.call('EXISTS', KEYS[2]) == 0
-local head = {'updated', now}
+local head = {}
 if fresh then
   head[#head + 1] = 'id'
   head[#head + 1] = ARGV[2]
@@ -53,11 +53,15 @@ if ARGV[5] == 'status' then
 elseif fresh then
   status = 'running'
 end
+-- The head's time is its last status write (the order of listings): a step's write, here
+-- an owner's first, dates only its own entry.
 if status then
   head[#head + 1] = 'status'
   head[#head + 1] = status
+  head[#head + 1] = 'updated'
+  head[#head + 1] = now
 end
-redis.call('HSET', KEYS[2], unpack(head))
+if #head > 0 then redis.call('HSET', KEYS[2], unpack(head)) end
 if ARGV[5] ~= 'status' then
   local group = {ARGV[6] .. ':' .. ((#ARGV - 6) / 2) .. ':' .. now}
   for i = 7, #ARGV do group[#group + 1] = ARGV[i] end
