@@ -99,6 +99,33 @@ fn temp_file(name: &str) -> PathBuf {
     file
 }
 
+/// Makes `path` a file of `version` holding one saga log as that version wrote it: the saga's
+/// key and the SQL values of its head's id, status, error and `updated_at_ms`; its step 0's
+/// key and the SQL values of its name, irreversible, args, state, output and error.
+fn file_with_a_saga(path: &Path, version: i64, saga: (&Key, &str), step: (&Key, &str)) {
+    let ((saga, head), (step_key, step)) = (saga, step);
+    let connection = Connection::open(path).expect("open");
+    made_by_version(&connection, version);
+    connection
+        .execute(
+            &format!(
+                "INSERT INTO idem_sagas (key, id, status, error, updated_at_ms) VALUES (?1, {head})"
+            ),
+            [saga.to_string()],
+        )
+        .expect("a saga log");
+    connection
+        .execute(
+            &format!(
+                "INSERT INTO idem_saga_steps
+                   (saga, key, idx, name, irreversible, args, state, output, error)
+                 VALUES (?1, ?2, 0, {step})"
+            ),
+            [saga.to_string(), step_key.to_string()],
+        )
+        .expect("a step");
+}
+
 /// Writes a row by hand, as another program (or a disk fault) might have.
 fn write_row(path: &Path, key: &Key, status: &str, fingerprint: &[u8], expires_at_ms: Option<i64>) {
     let connection = Connection::open(path).expect("open");
@@ -197,25 +224,15 @@ async fn a_version_1_file_is_upgraded_in_place() {
 async fn a_version_2_file_is_upgraded_in_place() {
     let path = temp_file("version-2.db");
     let (stuck, key) = (Key::from_bytes([7; 32]), Key::from_bytes([8; 32]));
-    {
-        let connection = Connection::open(&path).expect("open");
-        made_by_version(&connection, 2);
-        connection
-            .execute(
-                "INSERT INTO idem_sagas (key, id, status, error, updated_at_ms)
-                 VALUES (?1, 'order-7', 'needs_attention', 'refund failed', 1)",
-                [stuck.to_string()],
-            )
-            .expect("a saga log");
-        connection
-            .execute(
-                "INSERT INTO idem_saga_steps
-                   (saga, idx, name, key, irreversible, args, state, output, error)
-                 VALUES (?1, 0, 'charge_payment', ?2, 0, x'5b5d', 'compensation_failed', NULL, 'down')",
-                [stuck.to_string(), key.to_string()],
-            )
-            .expect("a step");
-    }
+    file_with_a_saga(
+        &path,
+        2,
+        (&stuck, "'order-7', 'needs_attention', 'refund failed', 1"),
+        (
+            &key,
+            "'charge_payment', 0, x'5b5d', 'compensation_failed', NULL, 'down'",
+        ),
+    );
 
     let store = SqliteStore::open(&path)
         .await
@@ -305,25 +322,15 @@ async fn a_version_3_file_is_upgraded_in_place() {
 async fn a_version_4_file_is_upgraded_in_place() {
     let path = temp_file("version-4.db");
     let (saga, first_step) = (Key::from_bytes([11; 32]), Key::from_bytes([12; 32]));
-    {
-        let connection = Connection::open(&path).expect("open");
-        made_by_version(&connection, 4);
-        connection
-            .execute(
-                "INSERT INTO idem_sagas (key, id, status, error, updated_at_ms)
-                 VALUES (?1, 'order-11', 'running', NULL, 1000)",
-                [saga.to_string()],
-            )
-            .expect("a saga log");
-        connection
-            .execute(
-                "INSERT INTO idem_saga_steps
-                   (saga, idx, name, key, irreversible, args, state, output, error)
-                 VALUES (?1, 0, 'reserve_seat', ?2, 0, x'5b5d', 'done', x'31', NULL)",
-                [saga.to_string(), first_step.to_string()],
-            )
-            .expect("a step");
-    }
+    file_with_a_saga(
+        &path,
+        4,
+        (&saga, "'order-11', 'running', NULL, 1000"),
+        (
+            &first_step,
+            "'reserve_seat', 0, x'5b5d', 'done', x'31', NULL",
+        ),
+    );
     let head_ms = || {
         Connection::open(&path)
             .expect("open")
