@@ -599,6 +599,8 @@ fn saga_columns(
         sql_value(text_of(&["started", "done", "failed"])).boxed(),
         sql_value(Just(Sql::Null)).boxed(),
         sql_value(Just(Sql::Null)).boxed(),
+        // The step's own time (schema 5): NULL in steps an older version wrote.
+        sql_value((0i64..1 << 40).prop_map(Sql::Integer)).boxed(),
     ];
     (head, step)
 }
@@ -723,8 +725,9 @@ fn a_damaged_sqlite_saga_log_is_an_error_naming_its_key() {
         values.extend(step.iter().cloned());
         // A step the schema refuses leaves a log with no steps, which is still read.
         let _ = file.raw.execute(
-            "INSERT INTO idem_saga_steps (saga, idx, name, key, irreversible, args, state, output, error)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO idem_saga_steps
+               (saga, idx, name, key, irreversible, args, state, output, error, updated_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             rusqlite::params_from_iter(values),
         );
         let read = file.runtime.block_on(file.store.read_saga(&key));
