@@ -662,20 +662,9 @@ async fn migrate(pool: &Pool, schema: &str) -> Result<(), Error> {
         Some(SCHEMA_VERSION) => {}
         older => {
             let quoted = quote_ident(schema);
-            // An upgrade runs beside agents of the older idem, whose statements lock the
-            // claims' table before the saga tables; the file's `ALTER TABLE`s lock those
-            // tables in its own order, which could deadlock with them. All three at once,
-            // first, in the agents' order: the upgrade waits for their writes, then runs.
-            let lock = match older {
-                Some(_) => format!(
-                    "LOCK TABLE {quoted}.idem_records, {quoted}.idem_sagas, \
-                     {quoted}.idem_saga_steps IN ACCESS EXCLUSIVE MODE;"
-                ),
-                None => String::new(),
-            };
             transaction
                 .batch_execute(&format!(
-                    "CREATE SCHEMA IF NOT EXISTS {quoted}; SET LOCAL search_path TO {quoted};\n{lock}\n{SCHEMA_SQL}"
+                    "CREATE SCHEMA IF NOT EXISTS {quoted}; SET LOCAL search_path TO {quoted};\n{SCHEMA_SQL}"
                 ))
                 .await
                 .map_err(cannot)?;

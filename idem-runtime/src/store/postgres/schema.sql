@@ -8,11 +8,11 @@
 --
 -- The same file upgrades a schema of an older version in place, keeping its rows: what a
 -- version added is added by an `ALTER TABLE … ADD COLUMN IF NOT EXISTS` (see "Upgrades" at
--- the end), and the version row is raised last. Before it runs the file on an older schema,
--- the store locks idem_records, idem_sagas and idem_saga_steps (ACCESS EXCLUSIVE, in that
--- order, the order agents' statements take them): the upgrade waits for the writes of agents
--- of the older idem still running, instead of deadlocking with them. Teams that migrate by
--- hand while agents run do the same first.
+-- the end), and the version row is raised last. An upgrade run while agents of the older
+-- idem write can deadlock with one of their statements (the file's statements and theirs
+-- lock the tables in different orders); PostgreSQL then aborts one of the two after
+-- `deadlock_timeout`: that agent's call fails with a store error, or the upgrade fails and
+-- the next connect runs it again. Upgrading with the older agents stopped avoids it.
 --
 -- Teams that migrate themselves run this same file, in the schema the store will be given:
 --
