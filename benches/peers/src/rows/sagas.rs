@@ -73,34 +73,22 @@ async fn send_ticket(order: &str) -> Result<String, PeerError> {
     Ok(format!("ticket sent for {order}"))
 }
 
-/// A caller running idem sagas on a store: of the 3 steps, or (`long`) of the 3 steps
-/// [`LONG_SAGA_REPEATS`] times.
+/// A caller running idem sagas on a store: of the 3 steps, `repeats` times (1, or
+/// [`LONG_SAGA_REPEATS`] for the long saga).
 struct SagaCall {
     store: Arc<dyn Store>,
-    long: bool,
-}
-
-impl SagaCall {
-    /// Step bodies per saga.
-    fn steps(&self) -> u64 {
-        if self.long {
-            LONG_SAGA_REPEATS * STEPS
-        } else {
-            STEPS
-        }
-    }
+    repeats: u64,
 }
 
 impl Call for SagaCall {
     async fn call(&self, n: u64) -> Result<(), String> {
         let order = format!("order-{n}");
-        let long = self.long;
+        let repeats = self.repeats;
         let ticket = Saga::new(order.clone())
             .store(&*self.store)
             .run(|s| async move {
-                let earlier = if long { LONG_SAGA_REPEATS - 1 } else { 0 };
-                for seat in 0..earlier {
-                    s.step(reserve_seat(&order, 8 + seat as u32)).await?;
+                for seat in 1..repeats {
+                    s.step(reserve_seat(&order, 7 + seat as u32)).await?;
                     s.step(charge_card(&order, AMOUNT)).await?;
                     s.step(send_ticket(&order)).await?;
                 }
@@ -268,9 +256,9 @@ async fn idem_round(
     callers: usize,
     timing: Timing,
 ) -> RoundResult {
-    let call = SagaCall { store, long };
-    let steps = call.steps();
-    saga_round(call, steps, since, callers, timing).await
+    let repeats = if long { LONG_SAGA_REPEATS } else { 1 };
+    let call = SagaCall { store, repeats };
+    saga_round(call, repeats * STEPS, since, callers, timing).await
 }
 
 /// One round of a saga row.
