@@ -502,6 +502,145 @@ async fn a_version_3_schema_gets_each_steps_time() {
     );
 }
 
+/// A schema made by the previous version, as agents of the older idem find it when one of
+/// this version connects and upgrades it; and a session to look at the server as an operator.
+async fn a_previous_version_schema(
+    server: &PostgresServer,
+    prefix: &str,
+) -> (String, tokio_postgres::Client) {
+    let schema = unique_schema(prefix);
+    drop(connect(&server.url(), &schema).await);
+    let admin = raw_client(&server.url()).await;
+    set_schema_version(&admin, &schema, 3).await;
+    (schema, admin)
+}
+
+/// A session standing in for an agent of the older idem midway through a statement that
+/// writes `table`: it holds what such a statement holds on it (`ROW EXCLUSIVE`) and goes on
+/// to other tables in the same transaction, as the agents' statements do.
+async fn an_older_agent_writing(url: &str, schema: &str, table: &str) -> tokio_postgres::Client {
+    let agent = raw_client(url).await;
+    agent
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE \"{schema}\".{table} IN ROW EXCLUSIVE MODE"
+        ))
+        .await
+        .expect("the agent's lock");
+    agent
+}
+
+/// Returns once a session waits for a lock on `table` of `schema` (as `pg_locks` shows).
+async fn until_a_session_waits_for(admin: &tokio_postgres::Client, schema: &str, table: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = to_regclass($1)",
+                &[&format!("\"{schema}\".{table}")],
+            )
+            .await
+            .expect("pg_locks")
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no session waited for {table}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// An upgrade that meets an older agent's statement in a lock cycle gives way to it: the
+/// agent's statement is not the deadlock's victim, and the upgrade finishes once it is done.
+/// Here the agent began waiting first (for `idem_sagas`, which the upgrade had changed) and
+/// the upgrade then waits for `idem_saga_steps`, which the agent holds: PostgreSQL's deadlock
+/// check runs first in the session that waited first, and cancels it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn an_upgrade_in_a_lock_cycle_gives_way_to_an_older_agent() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    let (schema, admin) = a_previous_version_schema(server, "upgrade_gives_way").await;
+    // A reader of the records table stops the upgrade after it has changed `idem_sagas`.
+    let reader = raw_client(&server.url()).await;
+    reader
+        .batch_execute(&format!(
+            "BEGIN; SELECT count(*) FROM \"{schema}\".idem_records"
+        ))
+        .await
+        .expect("the reader");
+    let agent = an_older_agent_writing(&server.url(), &schema, "idem_saga_steps").await;
+    let upgrade = tokio::spawn(
+        PostgresStore::builder(server.url())
+            .schema(&schema)
+            .connect(),
+    );
+    until_a_session_waits_for(&admin, &schema, "idem_records").await;
+    let sagas = format!("SELECT count(*) FROM \"{schema}\".idem_sagas");
+    let agents_read =
+        tokio::spawn(async move { agent.batch_execute(&sagas).await.map(|()| agent) });
+    until_a_session_waits_for(&admin, &schema, "idem_sagas").await;
+    reader
+        .batch_execute("COMMIT")
+        .await
+        .expect("the reader ends");
+
+    let agent = agents_read
+        .await
+        .expect("the agent's task")
+        .expect("the agent's statement is not cancelled");
+    agent
+        .batch_execute("COMMIT")
+        .await
+        .expect("the agent commits");
+    upgrade
+        .await
+        .expect("the upgrade's task")
+        .expect("the upgrade finishes");
+    assert_eq!(schema_version(&admin, &schema).await, 4, "migrated");
+}
+
+/// The other way round: the upgrade waits first (for `idem_saga_steps`, held by an older
+/// agent) and the agent then waits for a table the upgrade has changed. The upgrade gives way
+/// and tries again, instead of failing the connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn an_upgrade_in_a_lock_cycle_tries_again() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    let (schema, admin) = a_previous_version_schema(server, "upgrade_tries_again").await;
+    let agent = an_older_agent_writing(&server.url(), &schema, "idem_saga_steps").await;
+    let upgrade = tokio::spawn(
+        PostgresStore::builder(server.url())
+            .schema(&schema)
+            .connect(),
+    );
+    until_a_session_waits_for(&admin, &schema, "idem_saga_steps").await;
+    agent
+        .batch_execute(&format!("SELECT count(*) FROM \"{schema}\".idem_sagas"))
+        .await
+        .expect("the agent's statement is not cancelled");
+    agent
+        .batch_execute("COMMIT")
+        .await
+        .expect("the agent commits");
+    upgrade
+        .await
+        .expect("the upgrade's task")
+        .expect("the upgrade finishes");
+    assert_eq!(schema_version(&admin, &schema).await, 4, "migrated");
+}
+
 /// A schema made by a newer idem is refused, not written to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(

@@ -95,7 +95,10 @@ const CLAIM_ATTEMPTS: usize = 16;
 ///   [`schema`](PostgresStoreBuilder::schema) says otherwise). Connecting creates them, or
 ///   migrates them from an older version, in one transaction under
 ///   `pg_advisory_xact_lock`, so processes that start together do not race; a schema that is
-///   in place is left alone (the store then needs no CREATE privilege). The SQL is shipped
+///   in place is left alone (the store then needs no CREATE privilege). An upgrade gives way
+///   to the statements of agents of the older idem that are still writing (a lock cycle
+///   between the two cancels the upgrade, not their call) and is run again after a pause,
+///   for about half a minute before `connect` fails. The SQL is shipped
 ///   as `src/store/postgres/schema.sql` in the crate for teams that migrate themselves.
 /// - **Operators' queries** (the `idem` command) are one statement each too. A key prefix is
 ///   a range of the primary key; listings otherwise scan, as no index serves them alone (one

@@ -8,11 +8,14 @@
 --
 -- The same file upgrades a schema of an older version in place, keeping its rows: what a
 -- version added is added by an `ALTER TABLE … ADD COLUMN IF NOT EXISTS` (see "Upgrades" at
--- the end), and the version row is raised last. An upgrade run while agents of the older
--- idem write can deadlock with one of their statements (the file's statements and theirs
--- lock the tables in different orders); PostgreSQL then aborts one of the two after
--- `deadlock_timeout`: that agent's call fails with a store error, or the upgrade fails and
--- the next connect runs it again. Upgrading with the older agents stopped avoids it.
+-- the end), and the version row is raised last. Agents of the older idem can go on writing
+-- meanwhile: their statements wait for the upgrade's table locks. They lock the tables in
+-- other orders than this file does, so the two can meet in a lock cycle; the store gives
+-- way then (its statements here wait for a lock at most a tenth of the server's
+-- `deadlock_timeout`, so the upgrade is cancelled before PostgreSQL's deadlock check would
+-- cancel the agent's statement) and runs the upgrade again after a pause. Run by hand beside such agents, this file has no such
+-- timeout: set `lock_timeout` likewise (`-c "SET LOCAL lock_timeout = '100ms'"` before
+-- `-f`, and run again until it succeeds), or stop the older agents first.
 --
 -- Teams that migrate themselves run this same file, in the schema the store will be given:
 --
