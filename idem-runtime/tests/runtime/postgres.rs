@@ -556,7 +556,10 @@ async fn until_a_session_waits_for(admin: &tokio_postgres::Client, schema: &str,
 /// agent's statement is not the deadlock's victim, and the upgrade finishes once it is done.
 /// Here the agent began waiting first (for `idem_sagas`, which the upgrade had changed) and
 /// the upgrade then waits for `idem_saga_steps`, which the agent holds: PostgreSQL's deadlock
-/// check runs first in the session that waited first, and cancels it.
+/// check runs first in the session that waited first, and cancelled the agent's statement
+/// before the upgrade gave way. (The steps below take longer than the upgrade's short lock
+/// wait at times; it then gives way to the reader before the cycle forms, and the agent's
+/// statement must go through all the same.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     idem_no_postgres,
@@ -638,6 +641,66 @@ async fn an_upgrade_in_a_lock_cycle_tries_again() {
         .await
         .expect("the upgrade's task")
         .expect("the upgrade finishes");
+    assert_eq!(schema_version(&admin, &schema).await, 4, "migrated");
+}
+
+/// An autovacuum of a table the upgrade needs does not hold it up: PostgreSQL cancels an
+/// autovacuum that a session has waited `deadlock_timeout` for, and after giving way once the
+/// upgrade waits that long. (A server of the test's own, whose autovacuum wakes every second
+/// and vacuums the records table slowly.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn an_upgrade_is_not_held_up_by_an_autovacuum() {
+    let Some(server) = PostgresServer::primary() else {
+        return;
+    };
+    for statement in [
+        "ALTER SYSTEM SET autovacuum_naptime = 1",
+        "SELECT pg_reload_conf()",
+    ] {
+        server.sql(statement).expect("a quick autovacuum");
+    }
+    let (schema, admin) = a_previous_version_schema(&server, "upgrade_autovacuum").await;
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO {schema}.idem_records
+               (key, action, status, token, fingerprint, created_at, expires_at)
+             SELECT md5(i::text) || md5(i::text), 'old', 'completed', i,
+                    decode(repeat('00', 32), 'hex'), now(), now()
+             FROM generate_series(1, 50000) i;
+             DELETE FROM {schema}.idem_records;
+             ALTER TABLE {schema}.idem_records SET (autovacuum_vacuum_threshold = 0,
+               autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_cost_delay = 100,
+               autovacuum_vacuum_cost_limit = 1);"
+        ))
+        .await
+        .expect("dead rows for a slow autovacuum");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let vacuuming = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' \
+         AND query LIKE '%{schema}.idem_records%'"
+    );
+    while admin
+        .query_one(&vacuuming, &[])
+        .await
+        .expect("pg_stat_activity")
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no autovacuum started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let store = tokio::time::timeout(Duration::from_secs(60), connect(&server.url(), &schema))
+        .await
+        .expect("the upgrade is not held up for the autovacuum's whole run");
+    drop(store);
     assert_eq!(schema_version(&admin, &schema).await, 4, "migrated");
 }
 

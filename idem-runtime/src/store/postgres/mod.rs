@@ -9,13 +9,15 @@
 //!
 //! ```text
 //! mod.rs         PostgresStore, its Store impl, and running a statement on a pooled connection
-//! open.rs        connecting: the builder, the pool, the schema created or migrated (schema.sql)
+//! open.rs        connecting: the builder, the pool
+//! migrate.rs     the schema created or upgraded (schema.sql), or its version checked
 //! statements.rs  every statement, written once per store for its schema, by concern
 //! decode.rs      rows as records, saga logs and claims, every field checked
 //! readback.rs    a write whose answer was lost: the record read back, and what it says
 //! ```
 
 mod decode;
+mod migrate;
 mod open;
 mod readback;
 mod statements;
@@ -97,8 +99,11 @@ const CLAIM_ATTEMPTS: usize = 16;
 ///   `pg_advisory_xact_lock`, so processes that start together do not race; a schema that is
 ///   in place is left alone (the store then needs no CREATE privilege). An upgrade gives way
 ///   to the statements of agents of the older idem that are still writing (a lock cycle
-///   between the two cancels the upgrade, not their call) and is run again after a pause,
-///   for about half a minute before `connect` fails. The SQL is shipped
+///   between the two cancels the upgrade, not their call) and is run again after a pause;
+///   `connect` fails, naming the sessions in the way, when any session (a long transaction,
+///   a dump) holds a table the upgrade needs for about half a minute. An autovacuum in the
+///   way is cancelled, as PostgreSQL cancels it for any statement that waits for it. The
+///   SQL is shipped
 ///   as `src/store/postgres/schema.sql` in the crate for teams that migrate themselves.
 /// - **Operators' queries** (the `idem` command) are one statement each too. A key prefix is
 ///   a range of the primary key; listings otherwise scan, as no index serves them alone (one

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::NoTls;
 
@@ -10,10 +10,8 @@ use crate::store::tls::{ClientIdentity, TlsSettings};
 use crate::store::FirstStep;
 use crate::Error;
 
+use super::migrate::{migrate, newer_schema, version};
 use super::{described, failed, PostgresStore, Waits, SCHEMA_VERSION};
-
-/// The schema, as a file that teams who run their own migrations can apply themselves.
-pub(super) const SCHEMA_SQL: &str = include_str!("schema.sql");
 
 /// Connections in the pool unless told otherwise: enough for a busy process, few enough that
 /// a fleet of processes stays well under the server's `max_connections` (100 by default).
@@ -632,161 +630,6 @@ fn open_pool(direct: Direct, size: usize) -> Result<Pool, Error> {
         .recycle_timeout(Some(CONNECT_TIMEOUT))
         .build()
         .map_err(|e| failed(None, &e))
-}
-
-/// Creates the schema, or migrates it to this version, unless it is in place: in one
-/// transaction that first takes an advisory lock named after the schema, so that processes
-/// connecting at once take turns (`CREATE … IF NOT EXISTS` alone still races in PostgreSQL).
-///
-/// An upgrade can meet agents of the older idem still writing, whose statements lock the
-/// tables in other orders than the upgrade's: a lock cycle. The upgrade gives way (see
-/// [`UPGRADE_LOCK_TIMEOUT`]) and is tried again after a pause, up to [`UPGRADE_ATTEMPTS`]
-/// times.
-async fn migrate(pool: &Pool, schema: &str) -> Result<(), Error> {
-    let cannot = |e: &tokio_postgres::Error| {
-        Error::store(
-            "postgres",
-            None,
-            format!("cannot set up the schema {schema:?}: {}", described(e)),
-        )
-    };
-    let mut client = pool.get().await.map_err(|e| failed(None, &e))?;
-    if version(&client, schema).await.map_err(|e| cannot(&e))? == Some(SCHEMA_VERSION) {
-        return Ok(());
-    }
-    let mut attempt = 1;
-    let found = loop {
-        match migrate_once(&mut client, schema).await {
-            Ok(found) => break found,
-            Err(e) if gave_way(&e) && attempt < UPGRADE_ATTEMPTS => {
-                tracing::info!(
-                    target: "idem",
-                    schema,
-                    attempt,
-                    "the PostgreSQL schema's upgrade gave way to other sessions' locks; \
-                     trying again"
-                );
-                tokio::time::sleep(UPGRADE_PAUSE * attempt).await;
-                attempt += 1;
-            }
-            Err(e) if gave_way(&e) => {
-                return Err(Error::store(
-                    "postgres",
-                    None,
-                    format!(
-                        "cannot set up the schema {schema:?}: other sessions held its tables \
-                         through {UPGRADE_ATTEMPTS} tries (agents of an older idem writing, or \
-                         a long transaction); the last try: {}",
-                        described(&e)
-                    ),
-                ))
-            }
-            Err(e) => return Err(cannot(&e)),
-        }
-    };
-    match found {
-        Some(found) if found > SCHEMA_VERSION => Err(newer_schema(schema, found)),
-        Some(SCHEMA_VERSION) => Ok(()),
-        older => {
-            tracing::info!(
-                target: "idem",
-                schema,
-                from = older.unwrap_or(0),
-                to = SCHEMA_VERSION,
-                "created or migrated the PostgreSQL schema"
-            );
-            Ok(())
-        }
-    }
-}
-
-/// How long an upgrade's statement waits for a table lock before it gives way: a tenth of
-/// the server's `deadlock_timeout`. PostgreSQL looks for a lock cycle only in a session that
-/// has waited `deadlock_timeout`, and cancels that session. When the upgrade and an agent's
-/// statement wait for each other, whichever waited first is looked from first. If it is the
-/// agent, the upgrade began its wait later by at most its own work and its other lock waits
-/// (the file takes about six table locks, each wait shorter than this timeout), so its wait
-/// ends, and the upgrade is cancelled, well before the agent's deadlock check: no agent's
-/// call fails for it.
-const UPGRADE_LOCK_TIMEOUT: &str = "SELECT set_config('lock_timeout', \
-     greatest(1, setting::bigint / 10)::text, true) FROM pg_settings \
-     WHERE name = 'deadlock_timeout'";
-
-/// How many times an upgrade that gave way is run; each run waits a little longer before it
-/// starts ([`UPGRADE_PAUSE`] times the runs so far): about half a minute in all.
-const UPGRADE_ATTEMPTS: u32 = 30;
-
-const UPGRADE_PAUSE: Duration = Duration::from_millis(60);
-
-/// One run of [`migrate`]'s transaction: the version found under the advisory lock, and the
-/// schema created or upgraded when it was older (or missing).
-async fn migrate_once(
-    client: &mut deadpool_postgres::Client,
-    schema: &str,
-) -> Result<Option<i64>, tokio_postgres::Error> {
-    let transaction = client.transaction().await?;
-    transaction
-        .execute(
-            "SELECT pg_advisory_xact_lock(hashtext('idem'), hashtext($1::text))",
-            &[&schema],
-        )
-        .await?;
-    let found = version(&transaction, schema).await?;
-    if found.is_none_or(|found| found < SCHEMA_VERSION) {
-        let quoted = quote_ident(schema);
-        transaction.execute(UPGRADE_LOCK_TIMEOUT, &[]).await?;
-        transaction
-            .batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {quoted}; SET LOCAL search_path TO {quoted};\n{SCHEMA_SQL}"
-            ))
-            .await?;
-        transaction.commit().await?;
-    }
-    Ok(found)
-}
-
-/// Whether the upgrade gave way to another session's lock (its lock timeout, or PostgreSQL
-/// chose it as a deadlock's victim); its transaction was rolled back.
-fn gave_way(error: &tokio_postgres::Error) -> bool {
-    use tokio_postgres::error::SqlState;
-    matches!(
-        error.code(),
-        Some(&SqlState::LOCK_NOT_AVAILABLE | &SqlState::T_R_DEADLOCK_DETECTED)
-    )
-}
-
-/// Why a schema of a newer idem is refused: this version would not know what that one writes.
-fn newer_schema(schema: &str, found: i64) -> Error {
-    Error::store(
-        "postgres",
-        None,
-        format!(
-            "the schema {schema:?} has version {found}, made by a newer idem; \
-             this one knows {SCHEMA_VERSION}"
-        ),
-    )
-}
-
-/// The version recorded in the schema, `None` when it has no idem tables yet.
-async fn version(
-    client: &impl GenericClient,
-    schema: &str,
-) -> Result<Option<i64>, tokio_postgres::Error> {
-    let meta = format!("{}.idem_meta", quote_ident(schema));
-    let exists: bool = client
-        .query_one("SELECT to_regclass($1::text) IS NOT NULL", &[&meta])
-        .await?
-        .try_get(0)?;
-    if !exists {
-        return Ok(None);
-    }
-    let row = client
-        .query_opt(
-            &format!("SELECT value::bigint FROM {meta} WHERE name = 'schema_version'"),
-            &[],
-        )
-        .await?;
-    row.map(|row| row.try_get(0)).transpose()
 }
 
 /// `name` as a quoted SQL identifier.

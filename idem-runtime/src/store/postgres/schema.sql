@@ -11,11 +11,13 @@
 -- the end), and the version row is raised last. Agents of the older idem can go on writing
 -- meanwhile: their statements wait for the upgrade's table locks. They lock the tables in
 -- other orders than this file does, so the two can meet in a lock cycle; the store gives
--- way then (its statements here wait for a lock at most a tenth of the server's
--- `deadlock_timeout`, so the upgrade is cancelled before PostgreSQL's deadlock check would
--- cancel the agent's statement) and runs the upgrade again after a pause. Run by hand beside such agents, this file has no such
--- timeout: set `lock_timeout` likewise (`-c "SET LOCAL lock_timeout = '100ms'"` before
--- `-f`, and run again until it succeeds), or stop the older agents first.
+-- way then (its statements here wait for a lock at most a tenth of `deadlock_timeout`, and
+-- at most 50 ms, so the upgrade is cancelled before PostgreSQL's deadlock check would cancel
+-- the agent's statement) and runs the upgrade again after a pause; after giving way to an
+-- autovacuum it waits instead, so that PostgreSQL cancels the autovacuum. Run by hand beside
+-- such agents, this file has no such timeout: set one likewise, with
+-- `-c "SET LOCAL lock_timeout = '50ms'"` before `-f`, and run it again until it succeeds,
+-- or stop the older agents first.
 --
 -- Teams that migrate themselves run this same file, in the schema the store will be given:
 --

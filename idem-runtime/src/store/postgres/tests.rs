@@ -2,7 +2,7 @@
 
 use tokio_postgres::NoTls;
 
-use super::open::SCHEMA_SQL;
+use super::migrate::SCHEMA_SQL;
 use super::{PostgresStore, SCHEMA_VERSION};
 use crate::conformance::servers::PostgresServer;
 use crate::key::Key;
