@@ -4,8 +4,11 @@
 //! An upgrade can meet agents of the older idem still writing. Their statements lock the
 //! tables in other orders than `schema.sql` does (and in no one order among themselves), so
 //! the two can wait for each other, and PostgreSQL then cancels one of them: the upgrade
-//! makes sure it is the one, by waiting for a lock only briefly
-//! ([`UPGRADE_LOCK_TIMEOUT`]), and runs again after a pause.
+//! makes sure it is the one, by waiting for the locks that agents could be in a cycle with
+//! only briefly ([`UPGRADE_LOCK_TIMEOUT`]), and runs again after a pause. It can also meet
+//! an autovacuum, which PostgreSQL cancels only for a session that has waited for it
+//! `deadlock_timeout`: the upgrade first waits that long for a lock that only vacuums and
+//! schema changes take ([`VACUUMS_FIRST`]), one no agent's statement waits for or holds.
 
 use std::time::Duration;
 
@@ -37,6 +40,17 @@ const UPGRADE_LOCK_TIMEOUT: &str = "SELECT set_config('lock_timeout', \
      least(50, greatest(1, setting::bigint / 10))::text, true) FROM pg_settings \
      WHERE name = 'deadlock_timeout'";
 
+/// Before its changes, an upgrade takes the tables in `SHARE UPDATE EXCLUSIVE` mode, which
+/// conflicts with vacuums (autovacuum's included), `ANALYZE` and schema changes, and with no
+/// lock an agent's statement takes: waiting for it queues no agent behind it and closes no
+/// cycle with one. It waits up to `deadlock_timeout` and half a second, so that PostgreSQL
+/// cancels an autovacuum in the way (it does so for a session that has waited
+/// `deadlock_timeout` for one), and the autovacuum cannot come back before the upgrade
+/// commits. An autovacuum to prevent wraparound is never cancelled: the run gives way, as
+/// to any lock held too long. (On tables that already exist: a new schema has none.)
+const VACUUMS_FIRST: &str = "SELECT set_config('lock_timeout', \
+     (setting::bigint + 500)::text, true) FROM pg_settings WHERE name = 'deadlock_timeout'";
+
 /// How many times an upgrade that gave way is run; each run waits a little longer before it
 /// starts ([`UPGRADE_PAUSE`] times the runs so far): about half a minute in all.
 const UPGRADE_ATTEMPTS: u32 = 30;
@@ -46,12 +60,8 @@ const UPGRADE_PAUSE: Duration = Duration::from_millis(60);
 /// Creates the schema, or migrates it to this version, unless it is in place: in one
 /// transaction that first takes an advisory lock named after the schema, so that processes
 /// connecting at once take turns (`CREATE … IF NOT EXISTS` alone still races in PostgreSQL).
-///
 /// A run that gave way to other sessions' locks is run again after a pause, up to
-/// [`UPGRADE_ATTEMPTS`] times. When an autovacuum was among those sessions, the next run
-/// waits as the connection's statements do (up to its statement timeout): PostgreSQL cancels
-/// an autovacuum that a waiting session is stuck behind, but only once that session has
-/// waited `deadlock_timeout`, which a run that gives way never does.
+/// [`UPGRADE_ATTEMPTS`] times.
 pub(super) async fn migrate(pool: &Pool, schema: &str) -> Result<(), Error> {
     let cannot = |e: &tokio_postgres::Error| {
         Error::store(
@@ -65,14 +75,13 @@ pub(super) async fn migrate(pool: &Pool, schema: &str) -> Result<(), Error> {
         return Ok(());
     }
     let mut attempt = 1;
-    let mut patient = false;
     let found = loop {
-        let error = match migrate_once(&mut client, schema, patient).await {
+        let error = match migrate_once(&mut client, schema).await {
             Ok(found) => break found,
             Err(e) if gave_way(&e) => e,
             Err(e) => return Err(cannot(&e)),
         };
-        let holders = lock_holders(&client, schema).await.unwrap_or_default();
+        let held_by = described_holders(lock_holders(&client, schema).await);
         if attempt == UPGRADE_ATTEMPTS {
             return Err(Error::store(
                 "postgres",
@@ -80,18 +89,17 @@ pub(super) async fn migrate(pool: &Pool, schema: &str) -> Result<(), Error> {
                 format!(
                     "cannot set up the schema {schema:?}: other sessions held its tables \
                      through {UPGRADE_ATTEMPTS} tries (agents of an older idem writing, a long \
-                     transaction, a dump); held by {}; the last try: {}",
-                    described_holders(&holders),
+                     transaction, a dump, an autovacuum to prevent wraparound); {held_by}; the \
+                     last try: {}",
                     described(&error)
                 ),
             ));
         }
-        patient = holders.iter().any(Holder::is_autovacuum);
         tracing::info!(
             target: "idem",
             schema,
             attempt,
-            held_by = %described_holders(&holders),
+            held_by,
             "the PostgreSQL schema's upgrade gave way to other sessions' locks; trying again"
         );
         tokio::time::sleep(UPGRADE_PAUSE * attempt).await;
@@ -114,12 +122,10 @@ pub(super) async fn migrate(pool: &Pool, schema: &str) -> Result<(), Error> {
 }
 
 /// One run of [`migrate`]'s transaction: the version found under the advisory lock, and the
-/// schema created or upgraded when it was older (or missing). Unless `patient`, its lock
-/// waits end after [`UPGRADE_LOCK_TIMEOUT`].
+/// schema created or upgraded when it was older (or missing).
 async fn migrate_once(
     client: &mut deadpool_postgres::Client,
     schema: &str,
-    patient: bool,
 ) -> Result<Option<i64>, tokio_postgres::Error> {
     let transaction = client.transaction().await?;
     transaction
@@ -130,10 +136,21 @@ async fn migrate_once(
         .await?;
     let found = version(&transaction, schema).await?;
     if found.is_none_or(|found| found < SCHEMA_VERSION) {
-        if !patient {
-            transaction.execute(UPGRADE_LOCK_TIMEOUT, &[]).await?;
-        }
         let quoted = quote_ident(schema);
+        if found.is_some() {
+            let tables: Vec<String> = TABLES
+                .iter()
+                .map(|table| format!("{quoted}.{table}"))
+                .collect();
+            transaction.execute(VACUUMS_FIRST, &[]).await?;
+            transaction
+                .batch_execute(&format!(
+                    "LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE",
+                    tables.join(", ")
+                ))
+                .await?;
+        }
+        transaction.execute(UPGRADE_LOCK_TIMEOUT, &[]).await?;
         transaction
             .batch_execute(&format!(
                 "CREATE SCHEMA IF NOT EXISTS {quoted}; SET LOCAL search_path TO {quoted};\n{SCHEMA_SQL}"
@@ -153,23 +170,21 @@ fn gave_way(error: &tokio_postgres::Error) -> bool {
     )
 }
 
-/// A session holding a lock on one of the schema's tables, as `pg_stat_activity` shows it
-/// (a role that may not see other roles' sessions in full sees no application or state).
-#[derive(Debug, Default)]
+/// A session holding locks on the schema's tables, as `pg_stat_activity` shows it: a role
+/// that may not see other roles' sessions in full (without `pg_read_all_stats`) sees no
+/// backend type, application or state, and no user for an autovacuum.
+#[derive(Debug)]
 struct Holder {
     pid: i32,
+    user: Option<String>,
     backend_type: Option<String>,
     application: Option<String>,
     state: Option<String>,
+    modes: Vec<String>,
 }
 
-impl Holder {
-    fn is_autovacuum(&self) -> bool {
-        self.backend_type.as_deref() == Some("autovacuum worker")
-    }
-}
-
-/// The other sessions that hold a lock on the schema's tables now.
+/// The other sessions that hold locks on the schema's tables now (in this database: a table
+/// of another database can have the same oid).
 async fn lock_holders(
     client: &impl GenericClient,
     schema: &str,
@@ -180,10 +195,13 @@ async fn lock_holders(
         .collect();
     let rows = client
         .query(
-            "SELECT DISTINCT a.pid, a.backend_type, a.application_name, a.state \
+            "SELECT a.pid, a.usename::text, a.backend_type, a.application_name, a.state, \
+                    array_agg(DISTINCT l.mode ORDER BY l.mode) \
              FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
              WHERE l.granted AND l.pid <> pg_backend_pid() \
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
                AND l.relation = ANY (SELECT to_regclass(t) FROM unnest($1::text[]) t) \
+             GROUP BY a.pid, a.usename, a.backend_type, a.application_name, a.state \
              ORDER BY a.pid",
             &[&tables],
         )
@@ -192,25 +210,37 @@ async fn lock_holders(
         .map(|row| {
             Ok(Holder {
                 pid: row.try_get(0)?,
-                backend_type: row.try_get(1)?,
-                application: row.try_get(2)?,
-                state: row.try_get(3)?,
+                user: row.try_get(1)?,
+                backend_type: row.try_get(2)?,
+                application: row.try_get(3)?,
+                state: row.try_get(4)?,
+                modes: row.try_get(5)?,
             })
         })
         .collect()
 }
 
-/// "pid 412 (autovacuum worker), pid 977 (client backend, application \"psql\", idle in
-/// transaction)", or "no session any more" when they were gone by the time they were looked
-/// for.
-fn described_holders(holders: &[Holder]) -> String {
-    if holders.is_empty() {
-        return "no session any more".to_owned();
-    }
+/// "held by pid 412 (autovacuum worker, active; ShareUpdateExclusiveLock), pid 977 (user
+/// app, client backend, application \"psql\", idle in transaction; AccessShareLock)", or
+/// why no session is named.
+fn described_holders(holders: Result<Vec<Holder>, tokio_postgres::Error>) -> String {
+    let holders = match holders {
+        Ok(holders) if holders.is_empty() => {
+            return "no session holds them now (those in the way have ended)".to_owned()
+        }
+        Ok(holders) => holders,
+        Err(e) => {
+            return format!(
+                "the sessions in the way could not be read: {}",
+                described(&e)
+            )
+        }
+    };
     let described: Vec<String> = holders
         .iter()
         .map(|holder| {
-            let mut what: Vec<String> = holder.backend_type.iter().cloned().collect();
+            let mut what: Vec<String> = holder.user.iter().map(|u| format!("user {u}")).collect();
+            what.extend(holder.backend_type.iter().cloned());
             what.extend(
                 holder
                     .application
@@ -219,10 +249,18 @@ fn described_holders(holders: &[Holder]) -> String {
                     .map(|name| format!("application {name:?}")),
             );
             what.extend(holder.state.iter().cloned());
-            format!("pid {} ({})", holder.pid, what.join(", "))
+            format!(
+                "pid {} ({})",
+                holder.pid,
+                [what.join(", "), holder.modes.join(", ")]
+                    .into_iter()
+                    .filter(|part| !part.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
         })
         .collect();
-    described.join(", ")
+    format!("held by {}", described.join(", "))
 }
 
 /// Why a schema of a newer idem is refused: this version would not know what that one writes.

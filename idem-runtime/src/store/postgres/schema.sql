@@ -10,14 +10,21 @@
 -- version added is added by an `ALTER TABLE … ADD COLUMN IF NOT EXISTS` (see "Upgrades" at
 -- the end), and the version row is raised last. Agents of the older idem can go on writing
 -- meanwhile: their statements wait for the upgrade's table locks. They lock the tables in
--- other orders than this file does, so the two can meet in a lock cycle; the store gives
--- way then (its statements here wait for a lock at most a tenth of `deadlock_timeout`, and
--- at most 50 ms, so the upgrade is cancelled before PostgreSQL's deadlock check would cancel
--- the agent's statement) and runs the upgrade again after a pause; after giving way to an
--- autovacuum it waits instead, so that PostgreSQL cancels the autovacuum. Run by hand beside
--- such agents, this file has no such timeout: set one likewise, with
--- `-c "SET LOCAL lock_timeout = '50ms'"` before `-f`, and run it again until it succeeds,
--- or stop the older agents first.
+-- other orders than this file does, so the two can meet in a lock cycle. The store makes
+-- sure PostgreSQL then cancels the upgrade, not the agent's statement: before this file it
+-- takes the three tables in SHARE UPDATE EXCLUSIVE mode (no agent's statement takes or waits
+-- for it; only vacuums and schema changes do), waiting up to `deadlock_timeout` and half a
+-- second, so that an autovacuum in the way is cancelled; then its statements here wait for a
+-- lock at most a tenth of `deadlock_timeout` (at most 50 ms), less than the deadlock check
+-- that would cancel an agent; a run that gave way is run again after a pause. To upgrade by
+-- hand beside such agents, do the same for an existing schema:
+--
+--   psql "$DATABASE_URL" -v ON_ERROR_STOP=1 --single-transaction \
+--     -c 'SET LOCAL search_path TO idem' \
+--     -c 'LOCK TABLE idem_records, idem_sagas, idem_saga_steps IN SHARE UPDATE EXCLUSIVE MODE' \
+--     -c "SET LOCAL lock_timeout = '50ms'" -f schema.sql
+--
+-- and run it again until it succeeds; or stop the older agents first.
 --
 -- Teams that migrate themselves run this same file, in the schema the store will be given:
 --
