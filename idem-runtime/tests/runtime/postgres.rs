@@ -552,6 +552,25 @@ async fn until_a_session_waits_for(admin: &tokio_postgres::Client, schema: &str,
     }
 }
 
+/// The end of a lock cycle's test: the agent's transaction commits, the upgrade (which gave
+/// way meanwhile) finishes, and the schema has this version.
+async fn the_agent_commits_and_the_upgrade_finishes(
+    agent: tokio_postgres::Client,
+    upgrade: tokio::task::JoinHandle<Result<PostgresStore, Error>>,
+    admin: &tokio_postgres::Client,
+    schema: &str,
+) {
+    agent
+        .batch_execute("COMMIT")
+        .await
+        .expect("the agent commits");
+    upgrade
+        .await
+        .expect("the upgrade's task")
+        .expect("the upgrade finishes");
+    assert_eq!(schema_version(admin, schema).await, 4, "migrated");
+}
+
 /// An upgrade that meets an older agent's statement in a lock cycle gives way to it: the
 /// agent's statement is not the deadlock's victim, and the upgrade finishes once it is done.
 /// Here the agent began waiting first (for `idem_sagas`, which the upgrade had changed) and
@@ -598,15 +617,7 @@ async fn an_upgrade_in_a_lock_cycle_gives_way_to_an_older_agent() {
         .await
         .expect("the agent's task")
         .expect("the agent's statement is not cancelled");
-    agent
-        .batch_execute("COMMIT")
-        .await
-        .expect("the agent commits");
-    upgrade
-        .await
-        .expect("the upgrade's task")
-        .expect("the upgrade finishes");
-    assert_eq!(schema_version(&admin, &schema).await, 4, "migrated");
+    the_agent_commits_and_the_upgrade_finishes(agent, upgrade, &admin, &schema).await;
 }
 
 /// The other way round: the upgrade waits first (for `idem_saga_steps`, held by an older
@@ -633,10 +644,53 @@ async fn an_upgrade_in_a_lock_cycle_tries_again() {
         .batch_execute(&format!("SELECT count(*) FROM \"{schema}\".idem_sagas"))
         .await
         .expect("the agent's statement is not cancelled");
+    the_agent_commits_and_the_upgrade_finishes(agent, upgrade, &admin, &schema).await;
+}
+
+/// While the upgrade waits for a vacuum of a table (here a session holding the lock a vacuum
+/// holds), agents of the older idem write and read that table without waiting: the upgrade
+/// waits in a lock mode no agent's statement conflicts with, so none queues behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn agents_write_while_the_upgrade_waits_for_a_vacuum() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    let (schema, admin) = a_previous_version_schema(server, "upgrade_behind_vacuum").await;
+    let vacuum = raw_client(&server.url()).await;
+    vacuum
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE \"{schema}\".idem_records IN SHARE UPDATE EXCLUSIVE MODE"
+        ))
+        .await
+        .expect("a vacuum's lock");
+    let upgrade = tokio::spawn(
+        PostgresStore::builder(server.url())
+            .schema(&schema)
+            .connect(),
+    );
+    until_a_session_waits_for(&admin, &schema, "idem_records").await;
+    let agent = raw_client(&server.url()).await;
     agent
+        .batch_execute(&format!(
+            "SET lock_timeout = '200ms';
+             INSERT INTO \"{schema}\".idem_records
+               (key, action, status, token, fingerprint, created_at, expires_at)
+             VALUES (repeat('d', 64), 'old', 'in_progress', 1, decode(repeat('00', 32), 'hex'),
+                     now(), now() + interval '1 hour');
+             SELECT 1 FROM \"{schema}\".idem_records WHERE key = repeat('d', 64) FOR SHARE;
+             UPDATE \"{schema}\".idem_records SET status = 'completed'
+             WHERE key = repeat('d', 64);"
+        ))
+        .await
+        .expect("an agent's statements wait for no lock");
+    vacuum
         .batch_execute("COMMIT")
         .await
-        .expect("the agent commits");
+        .expect("the vacuum ends");
     upgrade
         .await
         .expect("the upgrade's task")
@@ -646,8 +700,9 @@ async fn an_upgrade_in_a_lock_cycle_tries_again() {
 
 /// An autovacuum of a table the upgrade needs does not hold it up: the upgrade waits for
 /// it long enough that PostgreSQL cancels it, also when the store's role may not see what
-/// other sessions are. (A server of the test's own, whose autovacuum wakes every second and
-/// vacuums the records table slowly; the store connects as a role that is not a superuser.)
+/// other sessions are, and when its statement timeout is shorter than that wait. (A server
+/// of the test's own, whose autovacuum wakes every second and vacuums the records table
+/// slowly; the store connects as a role that is not a superuser.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     idem_no_postgres,
@@ -659,6 +714,7 @@ async fn an_upgrade_is_not_held_up_by_an_autovacuum() {
     };
     for statement in [
         "ALTER SYSTEM SET autovacuum_naptime = 1",
+        "ALTER SYSTEM SET lc_messages = 'C'",
         "SELECT pg_reload_conf()",
         "CREATE ROLE agents LOGIN",
         "GRANT CREATE ON DATABASE postgres TO agents",
@@ -706,10 +762,15 @@ async fn an_upgrade_is_not_held_up_by_an_autovacuum() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let store = tokio::time::timeout(Duration::from_secs(60), connect(&url, &schema))
+    // Shorter than `deadlock_timeout` (1 s), after which PostgreSQL cancels the autovacuum.
+    let upgrade = PostgresStore::builder(&url)
+        .schema(&schema)
+        .statement_timeout(Duration::from_millis(800))
+        .connect();
+    let store = tokio::time::timeout(Duration::from_secs(60), upgrade)
         .await
         .expect("the upgrade is not held up for the autovacuum's whole run");
-    drop(store);
+    drop(store.expect("the upgrade finishes"));
     assert_eq!(schema_version(&admin, &schema).await, 4, "migrated");
     let log = std::fs::read_to_string(server.folder().join("server.log")).expect("the log");
     assert!(

@@ -7,8 +7,9 @@
 //! makes sure it is the one, by waiting for the locks that agents could be in a cycle with
 //! only briefly ([`UPGRADE_LOCK_TIMEOUT`]), and runs again after a pause. It can also meet
 //! an autovacuum, which PostgreSQL cancels only for a session that has waited for it
-//! `deadlock_timeout`: the upgrade first waits that long for a lock that only vacuums and
-//! schema changes take ([`VACUUMS_FIRST`]), one no agent's statement waits for or holds.
+//! `deadlock_timeout`: the upgrade first waits that long for a lock that vacuums, `ANALYZE`,
+//! `CREATE INDEX CONCURRENTLY` and schema changes take ([`VACUUMS_FIRST`]), and no agent's
+//! statement waits for or holds.
 
 use std::time::Duration;
 
@@ -32,27 +33,37 @@ const TABLES: [&str; 3] = ["idem_records", "idem_sagas", "idem_saga_steps"];
 /// upgrade and an agent's statement wait for each other, whichever waited first is looked
 /// from first. If it is the agent, the upgrade began its wait later by at most its own work
 /// and its other lock waits (the file takes six table locks, each wait shorter than this
-/// timeout), so its wait ends, and the upgrade is cancelled, well before the agent's
-/// deadlock check: no agent's call fails for it, as long as the agents' `deadlock_timeout`
-/// (which a role or database can set apart from the upgrading session's) is at least half
-/// a second, six of these waits and the work between them (PostgreSQL's default is 1 s).
+/// timeout; the longer wait of [`VACUUMS_FIRST`] comes before any lock an agent can wait
+/// for), so its wait ends, and the upgrade is cancelled, well before the agent's deadlock
+/// check: no agent's call fails for it, as long as the agents' `deadlock_timeout` (which a
+/// role or database can set apart from the upgrading session's) is at least half a second,
+/// six of these waits and the work between them (PostgreSQL's default is 1 s). An exception
+/// this does not cover: an operator's schema change (`CREATE INDEX`, `ALTER TABLE`) started
+/// while the upgrade waits for a vacuum queues behind it, and agents' writes queue behind
+/// that for as long.
 const UPGRADE_LOCK_TIMEOUT: &str = "SELECT set_config('lock_timeout', \
      least(50, greatest(1, setting::bigint / 10))::text, true) FROM pg_settings \
      WHERE name = 'deadlock_timeout'";
 
 /// Before its changes, an upgrade takes the tables in `SHARE UPDATE EXCLUSIVE` mode, which
-/// conflicts with vacuums (autovacuum's included), `ANALYZE` and schema changes, and with no
-/// lock an agent's statement takes: waiting for it queues no agent behind it and closes no
-/// cycle with one. It waits up to `deadlock_timeout` and half a second, so that PostgreSQL
-/// cancels an autovacuum in the way (it does so for a session that has waited
-/// `deadlock_timeout` for one), and the autovacuum cannot come back before the upgrade
-/// commits. An autovacuum to prevent wraparound is never cancelled: the run gives way, as
-/// to any lock held too long. (On tables that already exist: a new schema has none.)
-const VACUUMS_FIRST: &str = "SELECT set_config('lock_timeout', \
-     (setting::bigint + 500)::text, true) FROM pg_settings WHERE name = 'deadlock_timeout'";
+/// conflicts with vacuums (autovacuum's included), `ANALYZE`, `CREATE INDEX CONCURRENTLY`
+/// and schema changes, and with no lock an agent's statement takes: waiting for it queues no
+/// agent behind it and closes no cycle with one. It waits up to `deadlock_timeout` and half
+/// a second per table, so that PostgreSQL cancels an autovacuum in the way (it does so for a
+/// session that has waited `deadlock_timeout` for one), and the autovacuum cannot come back
+/// before the upgrade commits (it skips a locked table). An autovacuum to prevent
+/// wraparound, or an operator's `VACUUM`, is never cancelled: the run gives way, as to any
+/// lock held too long. The statement timeout is lifted for this wait (the lock timeout
+/// bounds it), as a shorter one would end it before the autovacuum is cancelled; this
+/// query gives back the one to restore. (On tables that already exist: a new schema has
+/// none.)
+const VACUUMS_FIRST: &str = "SELECT current_setting('statement_timeout'), \
+     set_config('lock_timeout', (setting::bigint + 500)::text, true) FROM pg_settings \
+     WHERE name = 'deadlock_timeout'";
 
 /// How many times an upgrade that gave way is run; each run waits a little longer before it
-/// starts ([`UPGRADE_PAUSE`] times the runs so far): about half a minute in all.
+/// starts ([`UPGRADE_PAUSE`] times the runs so far: 26 s of pauses in all), and a run waits
+/// up to `deadlock_timeout` and half a second for each table a vacuum holds.
 const UPGRADE_ATTEMPTS: u32 = 30;
 
 const UPGRADE_PAUSE: Duration = Duration::from_millis(60);
@@ -89,8 +100,8 @@ pub(super) async fn migrate(pool: &Pool, schema: &str) -> Result<(), Error> {
                 format!(
                     "cannot set up the schema {schema:?}: other sessions held its tables \
                      through {UPGRADE_ATTEMPTS} tries (agents of an older idem writing, a long \
-                     transaction, a dump, an autovacuum to prevent wraparound); {held_by}; the \
-                     last try: {}",
+                     transaction, a dump, an autovacuum to prevent wraparound, an operator's \
+                     VACUUM, ANALYZE or CREATE INDEX CONCURRENTLY); {held_by}; the last try: {}",
                     described(&error)
                 ),
             ));
@@ -142,12 +153,24 @@ async fn migrate_once(
                 .iter()
                 .map(|table| format!("{quoted}.{table}"))
                 .collect();
-            transaction.execute(VACUUMS_FIRST, &[]).await?;
+            let statement_timeout: String = transaction
+                .query_one(VACUUMS_FIRST, &[])
+                .await?
+                .try_get(0)?;
+            transaction
+                .batch_execute("SET LOCAL statement_timeout = 0")
+                .await?;
             transaction
                 .batch_execute(&format!(
                     "LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE",
                     tables.join(", ")
                 ))
+                .await?;
+            transaction
+                .execute(
+                    "SELECT set_config('statement_timeout', $1, true)",
+                    &[&statement_timeout],
+                )
                 .await?;
         }
         transaction.execute(UPGRADE_LOCK_TIMEOUT, &[]).await?;
@@ -172,10 +195,12 @@ fn gave_way(error: &tokio_postgres::Error) -> bool {
 
 /// A session holding locks on the schema's tables, as `pg_stat_activity` shows it: a role
 /// that may not see other roles' sessions in full (without `pg_read_all_stats`) sees no
-/// backend type, application or state, and no user for an autovacuum.
+/// backend type or state, and an autovacuum has no user; whether it is vacuuming
+/// (`pg_stat_progress_vacuum`) every role sees.
 #[derive(Debug)]
 struct Holder {
     pid: i32,
+    vacuuming: bool,
     user: Option<String>,
     backend_type: Option<String>,
     application: Option<String>,
@@ -195,7 +220,9 @@ async fn lock_holders(
         .collect();
     let rows = client
         .query(
-            "SELECT a.pid, a.usename::text, a.backend_type, a.application_name, a.state, \
+            "SELECT a.pid, \
+                    EXISTS (SELECT 1 FROM pg_stat_progress_vacuum v WHERE v.pid = a.pid), \
+                    a.usename::text, a.backend_type, a.application_name, a.state, \
                     array_agg(DISTINCT l.mode ORDER BY l.mode) \
              FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
              WHERE l.granted AND l.pid <> pg_backend_pid() \
@@ -210,19 +237,20 @@ async fn lock_holders(
         .map(|row| {
             Ok(Holder {
                 pid: row.try_get(0)?,
-                user: row.try_get(1)?,
-                backend_type: row.try_get(2)?,
-                application: row.try_get(3)?,
-                state: row.try_get(4)?,
-                modes: row.try_get(5)?,
+                vacuuming: row.try_get(1)?,
+                user: row.try_get(2)?,
+                backend_type: row.try_get(3)?,
+                application: row.try_get(4)?,
+                state: row.try_get(5)?,
+                modes: row.try_get(6)?,
             })
         })
         .collect()
 }
 
-/// "held by pid 412 (autovacuum worker, active; ShareUpdateExclusiveLock), pid 977 (user
-/// app, client backend, application \"psql\", idle in transaction; AccessShareLock)", or
-/// why no session is named.
+/// "held by pid 412 (vacuuming, autovacuum worker, active; ShareUpdateExclusiveLock), pid 977
+/// (user app, client backend, application \"psql\", idle in transaction; AccessShareLock)",
+/// or why no session is named.
 fn described_holders(holders: Result<Vec<Holder>, tokio_postgres::Error>) -> String {
     let holders = match holders {
         Ok(holders) if holders.is_empty() => {
@@ -239,7 +267,12 @@ fn described_holders(holders: Result<Vec<Holder>, tokio_postgres::Error>) -> Str
     let described: Vec<String> = holders
         .iter()
         .map(|holder| {
-            let mut what: Vec<String> = holder.user.iter().map(|u| format!("user {u}")).collect();
+            let mut what: Vec<String> = holder
+                .vacuuming
+                .then(|| "vacuuming".to_owned())
+                .into_iter()
+                .chain(holder.user.iter().map(|user| format!("user {user}")))
+                .collect();
             what.extend(holder.backend_type.iter().cloned());
             what.extend(
                 holder
