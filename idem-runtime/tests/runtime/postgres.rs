@@ -576,7 +576,7 @@ async fn the_agent_commits_and_the_upgrade_finishes(
 /// Here the agent began waiting first (for `idem_sagas`, which the upgrade had changed) and
 /// the upgrade then waits for `idem_saga_steps`, which the agent holds: PostgreSQL's deadlock
 /// check runs first in the session that waited first, and cancelled the agent's statement
-/// before the upgrade gave way. (The steps below take longer than the upgrade's short lock
+/// before the upgrade gave way (before `8171f51`). (The steps below take longer than the upgrade's short lock
 /// wait at times; it then gives way to the reader before the cycle forms, and the agent's
 /// statement must go through all the same.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -673,6 +673,16 @@ async fn agents_write_while_the_upgrade_waits_for_a_vacuum() {
             .connect(),
     );
     until_a_session_waits_for(&admin, &schema, "idem_records").await;
+    // The upgrade's wait, to show that the agent's statements ran during this same wait.
+    let waiting_since = format!(
+        "SELECT waitstart::text FROM pg_locks
+         WHERE NOT granted AND relation = '\"{schema}\".idem_records'::regclass"
+    );
+    let before: String = admin
+        .query_one(&waiting_since, &[])
+        .await
+        .expect("the upgrade's wait")
+        .get(0);
     let agent = raw_client(&server.url()).await;
     agent
         .batch_execute(&format!(
@@ -687,6 +697,15 @@ async fn agents_write_while_the_upgrade_waits_for_a_vacuum() {
         ))
         .await
         .expect("an agent's statements wait for no lock");
+    let after = admin
+        .query_opt(&waiting_since, &[])
+        .await
+        .expect("pg_locks");
+    assert_eq!(
+        after.map(|row| row.get::<_, String>(0)),
+        Some(before),
+        "the agent's statements ran while the upgrade waited"
+    );
     vacuum
         .batch_execute("COMMIT")
         .await
@@ -762,19 +781,28 @@ async fn an_upgrade_is_not_held_up_by_an_autovacuum() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    // Shorter than `deadlock_timeout` (1 s), after which PostgreSQL cancels the autovacuum.
-    let upgrade = PostgresStore::builder(&url)
-        .schema(&schema)
-        .statement_timeout(Duration::from_millis(800))
-        .connect();
-    let store = tokio::time::timeout(Duration::from_secs(60), upgrade)
-        .await
-        .expect("the upgrade is not held up for the autovacuum's whole run");
-    drop(store.expect("the upgrade finishes"));
+    // Two stores at once, one upgrading, the other waiting for it; with a statement timeout
+    // shorter than `deadlock_timeout` (1 s), after which PostgreSQL cancels the autovacuum.
+    let upgrade = || {
+        PostgresStore::builder(&url)
+            .schema(&schema)
+            .statement_timeout(Duration::from_millis(800))
+            .connect()
+    };
+    let both = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(upgrade(), upgrade())
+    })
+    .await
+    .expect("the upgrade is not held up for the autovacuum's whole run");
+    both.0.expect("a store connects");
+    both.1.expect("the other store connects");
     assert_eq!(schema_version(&admin, &schema).await, 4, "migrated");
     let log = std::fs::read_to_string(server.folder().join("server.log")).expect("the log");
     assert!(
-        log.contains("canceling autovacuum task"),
+        log.contains("canceling autovacuum task")
+            && log.contains(&format!(
+                "automatic vacuum of table \"postgres.{schema}.idem_records\""
+            )),
         "the autovacuum was cancelled:\n{log}"
     );
 }

@@ -4,12 +4,17 @@
 //! An upgrade can meet agents of the older idem still writing. Their statements lock the
 //! tables in other orders than `schema.sql` does (and in no one order among themselves), so
 //! the two can wait for each other, and PostgreSQL then cancels one of them: the upgrade
-//! makes sure it is the one, by waiting for the locks that agents could be in a cycle with
-//! only briefly ([`UPGRADE_LOCK_TIMEOUT`]), and runs again after a pause. It can also meet
-//! an autovacuum, which PostgreSQL cancels only for a session that has waited for it
-//! `deadlock_timeout`: the upgrade first waits that long for a lock that vacuums, `ANALYZE`,
-//! `CREATE INDEX CONCURRENTLY` and schema changes take ([`VACUUMS_FIRST`]), and no agent's
-//! statement waits for or holds.
+//! makes sure it is the one by waiting for the locks an agent could be in a cycle with only
+//! briefly ([`SHORT_WAITS`]), and runs again after a pause. It can also meet an autovacuum,
+//! which PostgreSQL cancels only for a session that has waited `deadlock_timeout` for it:
+//! the upgrade first waits a little longer than that ([`VACUUM_WAIT`]) for a lock that
+//! vacuums, `ANALYZE`, `CREATE INDEX CONCURRENTLY` and schema changes take, and that no
+//! agent's statement takes or waits for.
+//!
+//! A run's waits, in order: another store's upgrade (the advisory lock), a vacuum (the
+//! tables in `SHARE UPDATE EXCLUSIVE` mode), then the file's six table locks. The statement
+//! timeout is lifted for the first two, whose lock timeouts bound them and which a short
+//! statement timeout would end too soon, and is back for the file.
 
 use std::time::Duration;
 
@@ -27,53 +32,72 @@ pub(super) const SCHEMA_SQL: &str = include_str!("schema.sql");
 /// The tables `schema.sql` changes when it upgrades, whose locks it waits for.
 const TABLES: [&str; 3] = ["idem_records", "idem_sagas", "idem_saga_steps"];
 
-/// How long an upgrade's statement waits for a table lock before it gives way: a tenth of
-/// the session's `deadlock_timeout`, at most 50 ms. PostgreSQL looks for a lock cycle only
-/// in a session that has waited `deadlock_timeout`, and cancels that session. When the
-/// upgrade and an agent's statement wait for each other, whichever waited first is looked
-/// from first. If it is the agent, the upgrade began its wait later by at most its own work
-/// and its other lock waits (the file takes six table locks, each wait shorter than this
-/// timeout; the longer wait of [`VACUUMS_FIRST`] comes before any lock an agent can wait
-/// for), so its wait ends, and the upgrade is cancelled, well before the agent's deadlock
-/// check: no agent's call fails for it, as long as the agents' `deadlock_timeout` (which a
-/// role or database can set apart from the upgrading session's) is at least half a second,
-/// six of these waits and the work between them (PostgreSQL's default is 1 s). An exception
-/// this does not cover: an operator's schema change (`CREATE INDEX`, `ALTER TABLE`) started
-/// while the upgrade waits for a vacuum queues behind it, and agents' writes queue behind
-/// that for as long.
-const UPGRADE_LOCK_TIMEOUT: &str = "SELECT set_config('lock_timeout', \
-     least(50, greatest(1, setting::bigint / 10))::text, true) FROM pg_settings \
-     WHERE name = 'deadlock_timeout'";
+/// The sessions that hold the tables and that PostgreSQL does not cancel for an upgrade:
+/// named in the error of an upgrade that gave way too often, and in the docs.
+const NEVER_CANCELLED: &str = "a long transaction, a dump, an operator's VACUUM, ANALYZE or \
+     CREATE INDEX CONCURRENTLY, an autovacuum to prevent wraparound";
 
-/// Before its changes, an upgrade takes the tables in `SHARE UPDATE EXCLUSIVE` mode, which
+/// The query that starts a run: it lifts the statement timeout (and answers the one to put
+/// back), and bounds the wait for another store's upgrade by a lock timeout longer than
+/// that upgrade's own waits (three of [`VACUUM_WAIT`]'s, and two seconds for its file).
+const START_OF_RUN: &str = "SELECT current_setting('statement_timeout'), \
+     set_config('statement_timeout', '0', true), \
+     set_config('lock_timeout', (3 * (setting::bigint + 500) + 2000)::text, true) \
+     FROM pg_settings WHERE name = 'deadlock_timeout'";
+
+/// The query that bounds the wait for the tables in `SHARE UPDATE EXCLUSIVE` mode, which
 /// conflicts with vacuums (autovacuum's included), `ANALYZE`, `CREATE INDEX CONCURRENTLY`
 /// and schema changes, and with no lock an agent's statement takes: waiting for it queues no
-/// agent behind it and closes no cycle with one. It waits up to `deadlock_timeout` and half
-/// a second per table, so that PostgreSQL cancels an autovacuum in the way (it does so for a
-/// session that has waited `deadlock_timeout` for one), and the autovacuum cannot come back
-/// before the upgrade commits (it skips a locked table). An autovacuum to prevent
-/// wraparound, or an operator's `VACUUM`, is never cancelled: the run gives way, as to any
-/// lock held too long. The statement timeout is lifted for this wait (the lock timeout
-/// bounds it), as a shorter one would end it before the autovacuum is cancelled; this
-/// query gives back the one to restore. (On tables that already exist: a new schema has
-/// none.)
-const VACUUMS_FIRST: &str = "SELECT current_setting('statement_timeout'), \
-     set_config('lock_timeout', (setting::bigint + 500)::text, true) FROM pg_settings \
-     WHERE name = 'deadlock_timeout'";
+/// agent and closes no cycle with one. Up to `deadlock_timeout` and half a second per
+/// table, so that PostgreSQL cancels an autovacuum in the way (it does so for a session
+/// that has waited `deadlock_timeout` for one); the autovacuum cannot come back before the
+/// upgrade commits (it skips a locked table). [`NEVER_CANCELLED`] sessions make the run give
+/// way, as any lock held too long. (Only on tables that exist: a new schema has none.)
+const VACUUM_WAIT: &str = "SELECT set_config('lock_timeout', (setting::bigint + 500)::text, \
+     true) FROM pg_settings WHERE name = 'deadlock_timeout'";
 
-/// How many times an upgrade that gave way is run; each run waits a little longer before it
-/// starts ([`UPGRADE_PAUSE`] times the runs so far: 26 s of pauses in all), and a run waits
-/// up to `deadlock_timeout` and half a second for each table a vacuum holds.
-const UPGRADE_ATTEMPTS: u32 = 30;
+/// The query that puts the statement timeout `$1` back and bounds each of the file's lock
+/// waits by a tenth of the session's `deadlock_timeout`, at most 50 ms. PostgreSQL looks for
+/// a lock cycle only in a session that has waited `deadlock_timeout`, and cancels that
+/// session. When the upgrade and an agent's statement wait for each other, whichever waited
+/// first is looked from first. If it is the agent, the upgrade began its wait later by at
+/// most its own work and its other waits for the file's locks (six, each no longer than
+/// this; the longer waits come before any lock an agent can wait for), so its wait ends, and
+/// the upgrade is cancelled, well before the agent's deadlock check: no agent's call fails
+/// for it, as long as the `deadlock_timeout` the agents' sessions run with is at least half
+/// a second (PostgreSQL's default is 1 s). An exception this does not cover: an operator's
+/// schema change (`CREATE INDEX`, `ALTER TABLE`) started while the upgrade waits for a
+/// vacuum queues behind it, and agents' writes queue behind that for as long.
+const SHORT_WAITS: &str = "SELECT set_config('statement_timeout', $1, true), \
+     set_config('lock_timeout', least(50, greatest(1, setting::bigint / 10))::text, true) \
+     FROM pg_settings WHERE name = 'deadlock_timeout'";
 
-const UPGRADE_PAUSE: Duration = Duration::from_millis(60);
+/// How often a run that gave way is tried again, and after what pause.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Retries {
+    /// Runs in all.
+    pub(super) runs: u32,
+    /// The pause before run `n + 1` is `n` times this.
+    pub(super) pause: Duration,
+}
+
+impl Retries {
+    /// 30 runs, 60 ms × the runs so far between them: 26 s of pauses in all, plus the runs'
+    /// own waits (up to `deadlock_timeout` and half a second for each table a vacuum holds).
+    pub(super) const CONNECT: Retries = Retries {
+        runs: 30,
+        pause: Duration::from_millis(60),
+    };
+}
+
+/// How many sessions holding the tables an error names; the rest are counted.
+const HOLDERS_NAMED: usize = 10;
 
 /// Creates the schema, or migrates it to this version, unless it is in place: in one
 /// transaction that first takes an advisory lock named after the schema, so that processes
 /// connecting at once take turns (`CREATE … IF NOT EXISTS` alone still races in PostgreSQL).
-/// A run that gave way to other sessions' locks is run again after a pause, up to
-/// [`UPGRADE_ATTEMPTS`] times.
-pub(super) async fn migrate(pool: &Pool, schema: &str) -> Result<(), Error> {
+/// A run that gave way to other sessions' locks is run again after a pause ([`Retries`]).
+pub(super) async fn migrate(pool: &Pool, schema: &str, retries: Retries) -> Result<(), Error> {
     let cannot = |e: &tokio_postgres::Error| {
         Error::store(
             "postgres",
@@ -85,36 +109,41 @@ pub(super) async fn migrate(pool: &Pool, schema: &str) -> Result<(), Error> {
     if version(&client, schema).await.map_err(|e| cannot(&e))? == Some(SCHEMA_VERSION) {
         return Ok(());
     }
-    let mut attempt = 1;
+    let mut run = 1;
     let found = loop {
-        let error = match migrate_once(&mut client, schema).await {
+        let gave_way = match migrate_once(&mut client, schema).await {
             Ok(found) => break found,
-            Err(e) if gave_way(&e) => e,
-            Err(e) => return Err(cannot(&e)),
+            Err(failed) if gave_way(&failed.error) => failed,
+            Err(failed) => return Err(cannot(&failed.error)),
         };
         let held_by = described_holders(lock_holders(&client, schema).await);
-        if attempt == UPGRADE_ATTEMPTS {
+        let error = described(&gave_way.error);
+        if run >= retries.runs {
             return Err(Error::store(
                 "postgres",
                 None,
                 format!(
-                    "cannot set up the schema {schema:?}: other sessions held its tables \
-                     through {UPGRADE_ATTEMPTS} tries (agents of an older idem writing, a long \
-                     transaction, a dump, an autovacuum to prevent wraparound, an operator's \
-                     VACUUM, ANALYZE or CREATE INDEX CONCURRENTLY); {held_by}; the last try: {}",
-                    described(&error)
+                    "cannot set up the schema {schema:?} (version {SCHEMA_VERSION}): its tables \
+                     stayed locked for {run} runs; the last gave way waiting for {}: {error}; \
+                     {held_by}. PostgreSQL cancels none of {NEVER_CANCELLED}: connect again \
+                     once they end (docs/postgres.md, \"Upgrading idem while agents of the \
+                     older version run\")",
+                    gave_way.waiting_for
                 ),
             ));
         }
         tracing::info!(
             target: "idem",
             schema,
-            attempt,
+            run,
+            runs = retries.runs,
+            waiting_for = gave_way.waiting_for,
+            error,
             held_by,
-            "the PostgreSQL schema's upgrade gave way to other sessions' locks; trying again"
+            "the PostgreSQL schema's upgrade gave way to other sessions' locks; running it again"
         );
-        tokio::time::sleep(UPGRADE_PAUSE * attempt).await;
-        attempt += 1;
+        tokio::time::sleep(retries.pause * run).await;
+        run += 1;
     };
     match found {
         Some(found) if found > SCHEMA_VERSION => Err(newer_schema(schema, found)),
@@ -132,60 +161,82 @@ pub(super) async fn migrate(pool: &Pool, schema: &str) -> Result<(), Error> {
     }
 }
 
+/// A run that failed, and what it was waiting for when it did.
+struct RunFailed {
+    waiting_for: &'static str,
+    error: tokio_postgres::Error,
+}
+
 /// One run of [`migrate`]'s transaction: the version found under the advisory lock, and the
 /// schema created or upgraded when it was older (or missing).
 async fn migrate_once(
     client: &mut deadpool_postgres::Client,
     schema: &str,
-) -> Result<Option<i64>, tokio_postgres::Error> {
-    let transaction = client.transaction().await?;
+) -> Result<Option<i64>, RunFailed> {
+    let at = |waiting_for| move |error| RunFailed { waiting_for, error };
+    let transaction = client
+        .transaction()
+        .await
+        .map_err(at("another store's upgrade"))?;
+    let statement_timeout: String = transaction
+        .query_one(START_OF_RUN, &[])
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(at("another store's upgrade"))?;
     transaction
         .execute(
             "SELECT pg_advisory_xact_lock(hashtext('idem'), hashtext($1::text))",
             &[&schema],
         )
-        .await?;
-    let found = version(&transaction, schema).await?;
-    if found.is_none_or(|found| found < SCHEMA_VERSION) {
-        let quoted = quote_ident(schema);
-        if found.is_some() {
-            let tables: Vec<String> = TABLES
-                .iter()
-                .map(|table| format!("{quoted}.{table}"))
-                .collect();
-            let statement_timeout: String = transaction
-                .query_one(VACUUMS_FIRST, &[])
-                .await?
-                .try_get(0)?;
-            transaction
-                .batch_execute("SET LOCAL statement_timeout = 0")
-                .await?;
-            transaction
-                .batch_execute(&format!(
-                    "LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE",
-                    tables.join(", ")
-                ))
-                .await?;
-            transaction
-                .execute(
-                    "SELECT set_config('statement_timeout', $1, true)",
-                    &[&statement_timeout],
-                )
-                .await?;
-        }
-        transaction.execute(UPGRADE_LOCK_TIMEOUT, &[]).await?;
+        .await
+        .map_err(at("another store's upgrade"))?;
+    let found = version(&transaction, schema)
+        .await
+        .map_err(at("another store's upgrade"))?;
+    if found.is_some_and(|found| found >= SCHEMA_VERSION) {
+        return Ok(found);
+    }
+    let quoted = quote_ident(schema);
+    if found.is_some() {
+        let waiting_for = "a vacuum, ANALYZE or schema change of its tables";
+        transaction
+            .execute(VACUUM_WAIT, &[])
+            .await
+            .map_err(at(waiting_for))?;
         transaction
             .batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {quoted}; SET LOCAL search_path TO {quoted};\n{SCHEMA_SQL}"
+                "LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE",
+                qualified_tables(schema).join(", ")
             ))
-            .await?;
-        transaction.commit().await?;
+            .await
+            .map_err(at(waiting_for))?;
     }
+    let waiting_for = "a lock on its tables";
+    transaction
+        .execute(SHORT_WAITS, &[&statement_timeout])
+        .await
+        .map_err(at(waiting_for))?;
+    transaction
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {quoted}; SET LOCAL search_path TO {quoted};\n{SCHEMA_SQL}"
+        ))
+        .await
+        .map_err(at(waiting_for))?;
+    transaction.commit().await.map_err(at(waiting_for))?;
     Ok(found)
 }
 
-/// Whether the upgrade gave way to another session's lock (its lock timeout, or PostgreSQL
-/// chose it as a deadlock's victim); its transaction was rolled back.
+/// The schema's tables, each qualified with the quoted schema name.
+fn qualified_tables(schema: &str) -> Vec<String> {
+    let quoted = quote_ident(schema);
+    TABLES
+        .iter()
+        .map(|table| format!("{quoted}.{table}"))
+        .collect()
+}
+
+/// Whether a run gave way to another session's lock (its lock timeout, or PostgreSQL chose
+/// it as a deadlock's victim); its transaction was rolled back.
 fn gave_way(error: &tokio_postgres::Error) -> bool {
     matches!(
         error.code(),
@@ -214,10 +265,7 @@ async fn lock_holders(
     client: &impl GenericClient,
     schema: &str,
 ) -> Result<Vec<Holder>, tokio_postgres::Error> {
-    let tables: Vec<String> = TABLES
-        .iter()
-        .map(|table| format!("{}.{table}", quote_ident(schema)))
-        .collect();
+    let tables = qualified_tables(schema);
     let rows = client
         .query(
             "SELECT a.pid, \
@@ -250,7 +298,7 @@ async fn lock_holders(
 
 /// "held by pid 412 (vacuuming, autovacuum worker, active; ShareUpdateExclusiveLock), pid 977
 /// (user app, client backend, application \"psql\", idle in transaction; AccessShareLock)",
-/// or why no session is named.
+/// the first [`HOLDERS_NAMED`] of them, or why no session is named.
 fn described_holders(holders: Result<Vec<Holder>, tokio_postgres::Error>) -> String {
     let holders = match holders {
         Ok(holders) if holders.is_empty() => {
@@ -264,36 +312,46 @@ fn described_holders(holders: Result<Vec<Holder>, tokio_postgres::Error>) -> Str
             )
         }
     };
-    let described: Vec<String> = holders
+    let mut described: Vec<String> = holders
         .iter()
-        .map(|holder| {
-            let mut what: Vec<String> = holder
-                .vacuuming
-                .then(|| "vacuuming".to_owned())
-                .into_iter()
-                .chain(holder.user.iter().map(|user| format!("user {user}")))
-                .collect();
-            what.extend(holder.backend_type.iter().cloned());
-            what.extend(
-                holder
-                    .application
-                    .as_deref()
+        .take(HOLDERS_NAMED)
+        .map(Holder::described)
+        .collect();
+    if holders.len() > HOLDERS_NAMED {
+        described.push(format!("{} more", holders.len() - HOLDERS_NAMED));
+    }
+    format!("held by {}", described.join(", "))
+}
+
+impl Holder {
+    /// "pid 977 (user app, client backend, application \"psql\", idle in transaction;
+    /// AccessShareLock)": what the role may see of it.
+    fn described(&self) -> String {
+        let mut what: Vec<String> = self
+            .vacuuming
+            .then(|| "vacuuming".to_owned())
+            .into_iter()
+            .chain(self.user.iter().map(|user| format!("user {user}")))
+            .chain(self.backend_type.iter().cloned())
+            .chain(
+                self.application
+                    .iter()
                     .filter(|name| !name.is_empty())
                     .map(|name| format!("application {name:?}")),
-            );
-            what.extend(holder.state.iter().cloned());
-            format!(
-                "pid {} ({})",
-                holder.pid,
-                [what.join(", "), holder.modes.join(", ")]
-                    .into_iter()
-                    .filter(|part| !part.is_empty())
-                    .collect::<Vec<_>>()
-                    .join("; ")
             )
-        })
-        .collect();
-    format!("held by {}", described.join(", "))
+            .chain(self.state.iter().cloned())
+            .collect();
+        what.retain(|part| !part.is_empty());
+        let parts: Vec<String> = [what.join(", "), self.modes.join(", ")]
+            .into_iter()
+            .filter(|part| !part.is_empty())
+            .collect();
+        if parts.is_empty() {
+            format!("pid {}", self.pid)
+        } else {
+            format!("pid {} ({})", self.pid, parts.join("; "))
+        }
+    }
 }
 
 /// Why a schema of a newer idem is refused: this version would not know what that one writes.
@@ -328,4 +386,64 @@ pub(super) async fn version(
         )
         .await?;
     row.map(|row| row.try_get(0)).transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Holder;
+
+    fn holder(pid: i32, modes: &[&str]) -> Holder {
+        Holder {
+            pid,
+            vacuuming: false,
+            user: None,
+            backend_type: None,
+            application: Some(String::new()),
+            state: None,
+            modes: modes.iter().map(|mode| (*mode).to_owned()).collect(),
+        }
+    }
+
+    /// A holder is described by what the role may see of it, and nothing it may not: no
+    /// empty parentheses, no empty application name.
+    #[test]
+    fn a_holder_is_described_by_what_can_be_seen() {
+        assert_eq!(holder(7, &[]).described(), "pid 7");
+        assert_eq!(
+            holder(7, &["ShareUpdateExclusiveLock"]).described(),
+            "pid 7 (ShareUpdateExclusiveLock)"
+        );
+        let seen = Holder {
+            vacuuming: true,
+            user: Some("app".into()),
+            backend_type: Some("client backend".into()),
+            application: Some("psql".into()),
+            state: Some("idle in transaction".into()),
+            ..holder(977, &["AccessShareLock", "RowExclusiveLock"])
+        };
+        assert_eq!(
+            seen.described(),
+            "pid 977 (vacuuming, user app, client backend, application \"psql\", \
+             idle in transaction; AccessShareLock, RowExclusiveLock)"
+        );
+    }
+
+    /// An error names the first ten holders and counts the rest: a busy fleet's agents do
+    /// not make it endless.
+    #[test]
+    fn many_holders_are_counted_past_the_tenth() {
+        let holders = (1..=13)
+            .map(|pid| holder(pid, &["RowExclusiveLock"]))
+            .collect();
+        let described = super::described_holders(Ok(holders));
+        assert!(described.starts_with("held by pid 1 (RowExclusiveLock), pid 2"));
+        assert!(
+            described.ends_with("pid 10 (RowExclusiveLock), 3 more"),
+            "{described}"
+        );
+        assert_eq!(
+            super::described_holders(Ok(Vec::new())),
+            "no session holds them now (those in the way have ended)"
+        );
+    }
 }

@@ -101,13 +101,16 @@ const CLAIM_ATTEMPTS: usize = 16;
 ///   tables' owner). An upgrade gives way to the statements of agents of the older idem that
 ///   are still writing: it waits for a lock they could be in a cycle with at most a tenth of
 ///   `deadlock_timeout` (50 ms at most), so that PostgreSQL cancels the upgrade, not their
-///   call, as long as their `deadlock_timeout` is at least half a second (the default is
-///   1 s); it waits first, up to `deadlock_timeout` and half a second per table, for a lock
-///   that vacuums, `ANALYZE` and schema changes take and agents never do, so that an
-///   autovacuum in the way is cancelled. A run that gave way runs again after a pause;
-///   `connect` fails after 30 runs (26 s of pauses, and the runs' waits), naming the sessions
-///   in the way (a long transaction, a dump, an operator's `VACUUM`, an autovacuum to
-///   prevent wraparound, which PostgreSQL never cancels). The SQL is shipped as
+///   call, as long as their sessions' `deadlock_timeout` is at least half a second (the
+///   default is 1 s), and no operator changes the tables' schema meanwhile; it waits first,
+///   up to `deadlock_timeout` and half a second per table, for a lock that vacuums, `ANALYZE`
+///   and schema changes take and agents never do, so that an autovacuum in the way is
+///   cancelled. A run that gave way runs again after a pause; `connect` fails after 30 runs
+///   (26 s of pauses and the runs' waits: about 70 s behind an operator's `VACUUM` of one
+///   table), naming the sessions in the way: PostgreSQL cancels none of a long transaction,
+///   a dump, an operator's `VACUUM`, `ANALYZE` or `CREATE INDEX CONCURRENTLY`, an autovacuum
+///   to prevent wraparound. See "Upgrading idem while agents of the older version run" in
+///   `docs/postgres.md`. The SQL is shipped as
 ///   `src/store/postgres/schema.sql` in the crate for teams that migrate themselves.
 /// - **Operators' queries** (the `idem` command) are one statement each too. A key prefix is
 ///   a range of the primary key; listings otherwise scan, as no index serves them alone (one

@@ -10,7 +10,7 @@ use crate::store::tls::{ClientIdentity, TlsSettings};
 use crate::store::FirstStep;
 use crate::Error;
 
-use super::migrate::{migrate, newer_schema, version};
+use super::migrate::{migrate, newer_schema, version, Retries};
 use super::{described, failed, PostgresStore, Waits, SCHEMA_VERSION};
 
 /// Connections in the pool unless told otherwise: enough for a busy process, few enough that
@@ -188,7 +188,9 @@ impl PostgresStoreBuilder {
     }
 
     /// How long one of the store's statements may run (30 s unless set): the server cancels
-    /// it after that (`statement_timeout`, set on the store's own connections), and the
+    /// it after that (`statement_timeout`, set on the store's own connections; a schema
+    /// upgrade's waits for other sessions' locks are bounded by lock timeouts instead, see
+    /// [`PostgresStore`]'s "Schema"), and the
     /// store gives up waiting for its answer 5 s later in any case, closing the connection
     /// (a commit waiting for a synchronous standby that is gone is not covered by the
     /// server's timeout).
@@ -315,7 +317,7 @@ impl PostgresStoreBuilder {
     pub async fn connect(self) -> Result<PostgresStore, Error> {
         let (waits, first_step) = (self.waits(), self.first_step);
         let (pool, schema, direct) = self.pool()?;
-        migrate(&pool, &schema).await?;
+        migrate(&pool, &schema, Retries::CONNECT).await?;
         Ok(PostgresStore::on(pool, schema, direct, waits, first_step))
     }
 

@@ -14,18 +14,23 @@
 -- sure PostgreSQL then cancels the upgrade, not the agent's statement: before this file it
 -- takes the three tables in SHARE UPDATE EXCLUSIVE mode (no agent's statement takes or waits
 -- for it; vacuums, ANALYZE and schema changes do), waiting up to `deadlock_timeout` and half
--- a second, so that an autovacuum in the way is cancelled; then its statements here wait for
--- a lock at most a tenth of `deadlock_timeout` (at most 50 ms), less than the deadlock check
--- that would cancel an agent; a run that gave way is run again after a pause. To upgrade an
--- existing schema by hand beside such agents, as the tables' owner, do the same:
+-- a second per table, so that an autovacuum in the way is cancelled; then its statements
+-- here wait for a lock at most a tenth of `deadlock_timeout` (at most 50 ms), less than the
+-- deadlock check that would cancel an agent, as long as the agents' sessions run with a
+-- `deadlock_timeout` of at least half a second and no operator changes the tables' schema
+-- meanwhile; a run that gave way is run again after a pause. To upgrade an existing schema
+-- by hand beside such agents, as the tables' owner, do the same (the 1500ms and 50ms below
+-- are for the default `deadlock_timeout` of 1 s):
 --
 --   psql "$DATABASE_URL" -v ON_ERROR_STOP=1 --single-transaction \
---     -c 'SET LOCAL search_path TO idem' -c "SET LOCAL lock_timeout = '1500ms'" \
+--     -c 'SET LOCAL search_path TO idem' -c 'SET LOCAL statement_timeout = 0' \
+--     -c "SET LOCAL lock_timeout = '1500ms'" \
 --     -c 'LOCK TABLE idem_records, idem_sagas, idem_saga_steps IN SHARE UPDATE EXCLUSIVE MODE' \
 --     -c "SET LOCAL lock_timeout = '50ms'" -f schema.sql
 --
--- and run it again until it succeeds (an autovacuum to prevent wraparound, or a VACUUM an
--- operator runs, is not cancelled: wait for it to end); or stop the older agents first.
+-- and run it again until it succeeds (PostgreSQL cancels none of a long transaction, a dump,
+-- an operator's VACUUM, ANALYZE or CREATE INDEX CONCURRENTLY, an autovacuum to prevent
+-- wraparound: wait for them to end); or stop the older agents first.
 --
 -- Teams that migrate themselves run this same file, in the schema the store will be given:
 --

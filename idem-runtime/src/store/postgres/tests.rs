@@ -105,3 +105,73 @@ async fn the_schema_file_runs_again_and_never_lowers_the_version() {
     admin.batch_execute(&run_again).await.expect("run again");
     assert_eq!(version_of(&admin, schema).await, 99);
 }
+
+/// An upgrade that keeps giving way fails once its runs are spent, with an error that says
+/// what it waited for and names the session in the way (here an operator's reader holding
+/// the steps table in an open transaction, which PostgreSQL never cancels for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn an_upgrade_that_keeps_giving_way_names_who_holds_the_tables() {
+    use super::migrate::{migrate, Retries};
+
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    let schema = "gives_up";
+    drop(
+        PostgresStore::builder(server.url())
+            .schema(schema)
+            .connect()
+            .await
+            .expect("connect"),
+    );
+    let admin = admin(&server.url()).await;
+    admin
+        .batch_execute(&format!(
+            "UPDATE {schema}.idem_meta SET value = 3 WHERE name = 'schema_version'"
+        ))
+        .await
+        .expect("an older version");
+    let reader = self::admin(&server.url()).await;
+    reader
+        .batch_execute(&format!(
+            "SET application_name = 'report'; BEGIN;
+             LOCK TABLE {schema}.idem_saga_steps IN ACCESS SHARE MODE"
+        ))
+        .await
+        .expect("a reader in a long transaction");
+    let mut config = deadpool_postgres::Config::new();
+    config.url = Some(server.url());
+    let pool = config
+        .create_pool(Some(deadpool_postgres::Runtime::Tokio1), NoTls)
+        .expect("a pool");
+    let twice = Retries {
+        runs: 2,
+        pause: std::time::Duration::ZERO,
+    };
+
+    let error = migrate(&pool, schema, twice)
+        .await
+        .expect_err("the upgrade cannot take the steps table")
+        .to_string();
+    for said in [
+        "stayed locked for 2 runs",
+        "waiting for a lock on its tables",
+        "lock timeout",
+        "application \"report\"",
+        "AccessShareLock",
+        "docs/postgres.md",
+    ] {
+        assert!(error.contains(said), "{said:?} is not in: {error}");
+    }
+    assert_eq!(version_of(&admin, schema).await, 3, "nothing was changed");
+    reader
+        .batch_execute("ROLLBACK")
+        .await
+        .expect("the reader ends");
+    migrate(&pool, schema, twice).await.expect("the upgrade");
+    assert_eq!(version_of(&admin, schema).await, SCHEMA_VERSION);
+}
