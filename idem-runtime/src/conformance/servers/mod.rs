@@ -77,8 +77,10 @@ impl ServerTls {
     }
 }
 
-/// A server process under its keeper. Dropping it does nothing: the keeper stops the server
-/// when the test process ends.
+/// A server process under its keeper, which stops the server (and removes its files) once
+/// the pipe from this process closes: when the `Keeper` is dropped (a server of a test's
+/// own, at the test's end), or when the test process ends (a shared server's, never
+/// dropped).
 #[derive(Debug)]
 pub struct Keeper {
     child: Child,
