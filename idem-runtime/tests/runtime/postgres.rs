@@ -552,6 +552,11 @@ async fn until_a_session_waits_for(admin: &tokio_postgres::Client, schema: &str,
     }
 }
 
+/// A store connecting to `schema`, which upgrades it, in a task of its own.
+fn upgrading(url: &str, schema: &str) -> tokio::task::JoinHandle<Result<PostgresStore, Error>> {
+    tokio::spawn(PostgresStore::builder(url).schema(schema).connect())
+}
+
 /// The end of a lock cycle's test: the agent's transaction commits, the upgrade (which gave
 /// way meanwhile) finishes, and the schema has this version.
 async fn the_agent_commits_and_the_upgrade_finishes(
@@ -598,11 +603,7 @@ async fn an_upgrade_in_a_lock_cycle_gives_way_to_an_older_agent() {
         .await
         .expect("the reader");
     let agent = an_older_agent_writing(&server.url(), &schema, "idem_saga_steps").await;
-    let upgrade = tokio::spawn(
-        PostgresStore::builder(server.url())
-            .schema(&schema)
-            .connect(),
-    );
+    let upgrade = upgrading(&server.url(), &schema);
     until_a_session_waits_for(&admin, &schema, "idem_records").await;
     let sagas = format!("SELECT count(*) FROM \"{schema}\".idem_sagas");
     let agents_read =
@@ -634,11 +635,7 @@ async fn an_upgrade_in_a_lock_cycle_tries_again() {
     };
     let (schema, admin) = a_previous_version_schema(server, "upgrade_tries_again").await;
     let agent = an_older_agent_writing(&server.url(), &schema, "idem_saga_steps").await;
-    let upgrade = tokio::spawn(
-        PostgresStore::builder(server.url())
-            .schema(&schema)
-            .connect(),
-    );
+    let upgrade = upgrading(&server.url(), &schema);
     until_a_session_waits_for(&admin, &schema, "idem_saga_steps").await;
     agent
         .batch_execute(&format!("SELECT count(*) FROM \"{schema}\".idem_sagas"))
@@ -667,11 +664,7 @@ async fn agents_write_while_the_upgrade_waits_for_a_vacuum() {
         ))
         .await
         .expect("a vacuum's lock");
-    let upgrade = tokio::spawn(
-        PostgresStore::builder(server.url())
-            .schema(&schema)
-            .connect(),
-    );
+    let upgrade = upgrading(&server.url(), &schema);
     until_a_session_waits_for(&admin, &schema, "idem_records").await;
     // The upgrade's wait, to show that the agent's statements ran during this same wait.
     let waiting_since = format!(
