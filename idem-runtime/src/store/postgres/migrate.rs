@@ -37,12 +37,13 @@ const TABLES: [&str; 3] = ["idem_records", "idem_sagas", "idem_saga_steps"];
 const NEVER_CANCELLED: &str = "a long transaction, a dump, an operator's VACUUM, ANALYZE or \
      CREATE INDEX CONCURRENTLY, an autovacuum to prevent wraparound";
 
-/// The query that starts a run: it lifts the statement timeout (and answers the one to put
-/// back), and bounds the wait for another store's upgrade by a lock timeout longer than
-/// that upgrade's own waits (three of [`VACUUM_WAIT`]'s, and two seconds for its file).
-const START_OF_RUN: &str = "SELECT current_setting('statement_timeout'), \
-     set_config('statement_timeout', '0', true), \
-     set_config('lock_timeout', (3 * (setting::bigint + 500) + 2000)::text, true) \
+/// The query that starts a run, once the statement timeout to put back has been read: it
+/// lifts the statement timeout, and bounds the wait for another store's upgrade by a lock
+/// timeout longer than that upgrade's own waits (three of [`VACUUM_WAIT`]'s, and two seconds
+/// for its file). (Lock timeouts are capped at PostgreSQL's largest, about 24 days.)
+const START_OF_RUN: &str = "SELECT set_config('statement_timeout', '0', true), \
+     set_config('lock_timeout', \
+       least(3 * (setting::bigint + 500) + 2000, 2147483647)::text, true) \
      FROM pg_settings WHERE name = 'deadlock_timeout'";
 
 /// The query that bounds the wait for the tables in `SHARE UPDATE EXCLUSIVE` mode, which
@@ -53,8 +54,9 @@ const START_OF_RUN: &str = "SELECT current_setting('statement_timeout'), \
 /// that has waited `deadlock_timeout` for one); the autovacuum cannot come back before the
 /// upgrade commits (it skips a locked table). [`NEVER_CANCELLED`] sessions make the run give
 /// way, as any lock held too long. (Only on tables that exist: a new schema has none.)
-const VACUUM_WAIT: &str = "SELECT set_config('lock_timeout', (setting::bigint + 500)::text, \
-     true) FROM pg_settings WHERE name = 'deadlock_timeout'";
+const VACUUM_WAIT: &str = "SELECT set_config('lock_timeout', \
+     least(setting::bigint + 500, 2147483647)::text, true) \
+     FROM pg_settings WHERE name = 'deadlock_timeout'";
 
 /// The query that puts the statement timeout `$1` back and bounds each of the file's lock
 /// waits by a tenth of the session's `deadlock_timeout`, at most 50 ms. PostgreSQL looks for
@@ -179,9 +181,13 @@ async fn migrate_once(
         .await
         .map_err(at("another store's upgrade"))?;
     let statement_timeout: String = transaction
-        .query_one(START_OF_RUN, &[])
+        .query_one("SELECT current_setting('statement_timeout')", &[])
         .await
         .and_then(|row| row.try_get(0))
+        .map_err(at("another store's upgrade"))?;
+    transaction
+        .query_one(START_OF_RUN, &[])
+        .await
         .map_err(at("another store's upgrade"))?;
     transaction
         .execute(
@@ -200,7 +206,7 @@ async fn migrate_once(
     if found.is_some() {
         let waiting_for = "a vacuum, ANALYZE or schema change of its tables";
         transaction
-            .execute(VACUUM_WAIT, &[])
+            .query_one(VACUUM_WAIT, &[])
             .await
             .map_err(at(waiting_for))?;
         transaction
@@ -213,7 +219,7 @@ async fn migrate_once(
     }
     let waiting_for = "a lock on its tables";
     transaction
-        .execute(SHORT_WAITS, &[&statement_timeout])
+        .query_one(SHORT_WAITS, &[&statement_timeout])
         .await
         .map_err(at(waiting_for))?;
     transaction

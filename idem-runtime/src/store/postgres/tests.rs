@@ -108,7 +108,8 @@ async fn the_schema_file_runs_again_and_never_lowers_the_version() {
 
 /// An upgrade that keeps giving way fails once its runs are spent, with an error that says
 /// what it waited for and names the session in the way (here an operator's reader holding
-/// the steps table in an open transaction, which PostgreSQL never cancels for it).
+/// the steps table in an open transaction, which PostgreSQL never cancels for it). The
+/// connection's own timeouts are as they were after each run, failed or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     idem_no_postgres,
@@ -143,11 +144,30 @@ async fn an_upgrade_that_keeps_giving_way_names_who_holds_the_tables() {
         ))
         .await
         .expect("a reader in a long transaction");
+    // One connection, whose settings are looked at after each upgrade.
     let mut config = deadpool_postgres::Config::new();
-    config.url = Some(server.url());
+    config.url = Some(format!(
+        "{}?options=-c%20statement_timeout%3D800",
+        server.url()
+    ));
+    config.pool = Some(deadpool_postgres::PoolConfig::new(1));
     let pool = config
         .create_pool(Some(deadpool_postgres::Runtime::Tokio1), NoTls)
         .expect("a pool");
+    let timeouts = || async {
+        let connection = pool.get().await.expect("the connection");
+        let mut shown = Vec::new();
+        for name in ["statement_timeout", "lock_timeout"] {
+            let row = connection
+                .query_one(&format!("SHOW {name}"), &[])
+                .await
+                .expect("SHOW");
+            shown.push(row.get::<_, String>(0));
+        }
+        shown
+    };
+    let as_set = ["800ms", "0"];
+    assert_eq!(timeouts().await, as_set);
     let twice = Retries {
         runs: 2,
         pause: std::time::Duration::ZERO,
@@ -168,10 +188,12 @@ async fn an_upgrade_that_keeps_giving_way_names_who_holds_the_tables() {
         assert!(error.contains(said), "{said:?} is not in: {error}");
     }
     assert_eq!(version_of(&admin, schema).await, 3, "nothing was changed");
+    assert_eq!(timeouts().await, as_set, "after runs that gave way");
     reader
         .batch_execute("ROLLBACK")
         .await
         .expect("the reader ends");
     migrate(&pool, schema, twice).await.expect("the upgrade");
     assert_eq!(version_of(&admin, schema).await, SCHEMA_VERSION);
+    assert_eq!(timeouts().await, as_set, "after the upgrade");
 }
