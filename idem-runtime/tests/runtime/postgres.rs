@@ -800,6 +800,35 @@ async fn an_upgrade_is_not_held_up_by_an_autovacuum() {
     );
 }
 
+/// A schema of an older version with a table dropped by hand gets it back from the upgrade
+/// (`schema.sql` makes every missing table), as before the upgrade waited for vacuums.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_postgres,
+    ignore = "PostgreSQL is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn an_upgrade_makes_a_table_dropped_by_hand_again() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    let (schema, admin) = a_previous_version_schema(server, "upgrade_dropped").await;
+    admin
+        .batch_execute(&format!("DROP TABLE \"{schema}\".idem_saga_steps"))
+        .await
+        .expect("a table dropped by hand");
+
+    drop(connect(&server.url(), &schema).await);
+    assert_eq!(schema_version(&admin, &schema).await, 4, "migrated");
+    let steps = admin
+        .query_one(
+            "SELECT to_regclass($1::text) IS NOT NULL",
+            &[&format!("\"{schema}\".idem_saga_steps")],
+        )
+        .await
+        .expect("to_regclass");
+    assert!(steps.get::<_, bool>(0), "the steps table is there again");
+}
+
 /// A schema made by a newer idem is refused, not written to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(

@@ -53,7 +53,8 @@ const START_OF_RUN: &str = "SELECT set_config('statement_timeout', '0', true), \
 /// table, so that PostgreSQL cancels an autovacuum in the way (it does so for a session
 /// that has waited `deadlock_timeout` for one); the autovacuum cannot come back before the
 /// upgrade commits (it skips a locked table). [`NEVER_CANCELLED`] sessions make the run give
-/// way, as any lock held too long. (Only on tables that exist: a new schema has none.)
+/// way, as any lock held too long. (Only on tables that exist: a new schema has none, and a
+/// table dropped by hand is made again by the file.)
 const VACUUM_WAIT: &str = "SELECT set_config('lock_timeout', \
      least(setting::bigint + 500, 2147483647)::text, true) \
      FROM pg_settings WHERE name = 'deadlock_timeout'";
@@ -205,17 +206,29 @@ async fn migrate_once(
     let quoted = quote_ident(schema);
     if found.is_some() {
         let waiting_for = "a vacuum, ANALYZE or schema change of its tables";
-        transaction
-            .query_one(VACUUM_WAIT, &[])
+        // The tables in place: one dropped by hand is made again by the file.
+        let existing: Vec<String> = transaction
+            .query_one(
+                "SELECT coalesce(array_agg(t), '{}') FROM unnest($1::text[]) t \
+                 WHERE to_regclass(t) IS NOT NULL",
+                &[&qualified_tables(schema)],
+            )
             .await
+            .and_then(|row| row.try_get(0))
             .map_err(at(waiting_for))?;
-        transaction
-            .batch_execute(&format!(
-                "LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE",
-                qualified_tables(schema).join(", ")
-            ))
-            .await
-            .map_err(at(waiting_for))?;
+        if !existing.is_empty() {
+            transaction
+                .query_one(VACUUM_WAIT, &[])
+                .await
+                .map_err(at(waiting_for))?;
+            transaction
+                .batch_execute(&format!(
+                    "LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE",
+                    existing.join(", ")
+                ))
+                .await
+                .map_err(at(waiting_for))?;
+        }
     }
     let waiting_for = "a lock on its tables";
     transaction
