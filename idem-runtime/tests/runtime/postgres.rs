@@ -529,27 +529,30 @@ async fn an_older_agent_writing(url: &str, schema: &str, table: &str) -> tokio_p
     agent
 }
 
-/// Returns once a session waits for a lock on `table` of `schema` (as `pg_locks` shows).
-async fn until_a_session_waits_for(admin: &tokio_postgres::Client, schema: &str, table: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let waiting: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = to_regclass($1)",
-                &[&format!("\"{schema}\".{table}")],
-            )
-            .await
-            .expect("pg_locks")
-            .get(0);
-        if waiting > 0 {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no session waited for {table}"
-        );
+/// Returns once `count` (a query of one count, on the server's views) counts something;
+/// fails the test after `within`, saying `what` never came.
+async fn until_counted(admin: &tokio_postgres::Client, count: &str, within: Duration, what: &str) {
+    let deadline = std::time::Instant::now() + within;
+    while admin
+        .query_one(count, &[])
+        .await
+        .expect("the count")
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "{what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Returns once a session waits for a lock on `table` of `schema` (as `pg_locks` shows).
+async fn until_a_session_waits_for(admin: &tokio_postgres::Client, schema: &str, table: &str) {
+    let waiting = format!(
+        "SELECT count(*) FROM pg_locks
+         WHERE NOT granted AND relation = to_regclass('\"{schema}\".{table}')"
+    );
+    let what = format!("no session waited for {table}");
+    until_counted(admin, &waiting, Duration::from_secs(30), &what).await;
 }
 
 /// A store connecting to `schema`, which upgrades it, in a task of its own.
@@ -557,8 +560,21 @@ fn upgrading(url: &str, schema: &str) -> tokio::task::JoinHandle<Result<Postgres
     tokio::spawn(PostgresStore::builder(url).schema(schema).connect())
 }
 
-/// The end of a lock cycle's test: the agent's transaction commits, the upgrade (which gave
-/// way meanwhile) finishes, and the schema has this version.
+/// The end of an upgrade's test: the upgrade (which gave way meanwhile) finishes, and the
+/// schema has this version.
+async fn the_upgrade_finishes(
+    upgrade: tokio::task::JoinHandle<Result<PostgresStore, Error>>,
+    admin: &tokio_postgres::Client,
+    schema: &str,
+) {
+    upgrade
+        .await
+        .expect("the upgrade's task")
+        .expect("the upgrade finishes");
+    assert_eq!(schema_version(admin, schema).await, 4, "migrated");
+}
+
+/// The end of a lock cycle's test: the agent's transaction commits, and the upgrade finishes.
 async fn the_agent_commits_and_the_upgrade_finishes(
     agent: tokio_postgres::Client,
     upgrade: tokio::task::JoinHandle<Result<PostgresStore, Error>>,
@@ -569,11 +585,7 @@ async fn the_agent_commits_and_the_upgrade_finishes(
         .batch_execute("COMMIT")
         .await
         .expect("the agent commits");
-    upgrade
-        .await
-        .expect("the upgrade's task")
-        .expect("the upgrade finishes");
-    assert_eq!(schema_version(admin, schema).await, 4, "migrated");
+    the_upgrade_finishes(upgrade, admin, schema).await;
 }
 
 /// An upgrade that meets an older agent's statement in a lock cycle gives way to it: the
@@ -581,9 +593,9 @@ async fn the_agent_commits_and_the_upgrade_finishes(
 /// Here the agent began waiting first (for `idem_sagas`, which the upgrade had changed) and
 /// the upgrade then waits for `idem_saga_steps`, which the agent holds: PostgreSQL's deadlock
 /// check runs first in the session that waited first, and cancelled the agent's statement
-/// before the upgrade gave way (before `8171f51`). (The steps below take longer than the upgrade's short lock
-/// wait at times; it then gives way to the reader before the cycle forms, and the agent's
-/// statement must go through all the same.)
+/// before the upgrade gave way (before `8171f51`). (The steps below take longer than the
+/// upgrade's short lock wait at times; it then gives way to the reader before the cycle
+/// forms, and the agent's statement must go through all the same.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     idem_no_postgres,
@@ -703,11 +715,7 @@ async fn agents_write_while_the_upgrade_waits_for_a_vacuum() {
         .batch_execute("COMMIT")
         .await
         .expect("the vacuum ends");
-    upgrade
-        .await
-        .expect("the upgrade's task")
-        .expect("the upgrade finishes");
-    assert_eq!(schema_version(&admin, &schema).await, 4, "migrated");
+    the_upgrade_finishes(upgrade, &admin, &schema).await;
 }
 
 /// An autovacuum of a table the upgrade needs does not hold it up: the upgrade waits for
@@ -759,20 +767,13 @@ async fn an_upgrade_is_not_held_up_by_an_autovacuum() {
          WHERE a.backend_type = 'autovacuum worker' AND l.granted
            AND l.relation = '{schema}.idem_records'::regclass"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while admin
-        .query_one(&vacuuming, &[])
-        .await
-        .expect("pg_locks")
-        .get::<_, i64>(0)
-        == 0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no autovacuum started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_counted(
+        &admin,
+        &vacuuming,
+        Duration::from_secs(120),
+        "no autovacuum started",
+    )
+    .await;
 
     // Two stores at once, one upgrading, the other waiting for it; with a statement timeout
     // shorter than `deadlock_timeout` (1 s), after which PostgreSQL cancels the autovacuum.

@@ -177,29 +177,27 @@ async fn migrate_once(
     schema: &str,
 ) -> Result<Option<i64>, RunFailed> {
     let at = |waiting_for| move |error| RunFailed { waiting_for, error };
-    let transaction = client
-        .transaction()
-        .await
-        .map_err(at("another store's upgrade"))?;
+    let waiting_for = "another store's upgrade";
+    let transaction = client.transaction().await.map_err(at(waiting_for))?;
     let statement_timeout: String = transaction
         .query_one("SELECT current_setting('statement_timeout')", &[])
         .await
         .and_then(|row| row.try_get(0))
-        .map_err(at("another store's upgrade"))?;
+        .map_err(at(waiting_for))?;
     transaction
         .query_one(START_OF_RUN, &[])
         .await
-        .map_err(at("another store's upgrade"))?;
+        .map_err(at(waiting_for))?;
     transaction
         .execute(
             "SELECT pg_advisory_xact_lock(hashtext('idem'), hashtext($1::text))",
             &[&schema],
         )
         .await
-        .map_err(at("another store's upgrade"))?;
+        .map_err(at(waiting_for))?;
     let found = version(&transaction, schema)
         .await
-        .map_err(at("another store's upgrade"))?;
+        .map_err(at(waiting_for))?;
     if found.is_some_and(|found| found >= SCHEMA_VERSION) {
         return Ok(found);
     }
