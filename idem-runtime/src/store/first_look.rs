@@ -81,6 +81,11 @@ impl FirstLook {
         }
     }
 
+    /// A chooser following the same step, with no claims seen yet (for other keys).
+    pub(crate) fn anew(&self) -> Self {
+        FirstLook::new(self.step)
+    }
+
     /// Whether the next claim should write first.
     pub(crate) fn write_first(&self) -> bool {
         match self.step {

@@ -50,7 +50,7 @@ impl RedisStore {
         if request.ttl < FRESH_BLOCK_TTL {
             return Ok(None);
         }
-        let (token, reserved) = self.tokens.next(self).await?;
+        let (token, reserved) = self.inner.tokens.next(self).await?;
         self.claim_with_token(request, token, reserved, claim_id)
             .await
     }
@@ -75,7 +75,7 @@ impl RedisStore {
             request.action,
         );
         let record_key = self.record_key(key);
-        let mut connection = self.connection.clone();
+        let mut connection = self.inner.connection.clone();
         // One pipeline, not a transaction: the decision rests on the record `SET … GET`
         // returned, atomically with the claim; the `PTTL` read after it only times a lease or
         // a result (a record that changed in between is one whose owner is alive, or one the
@@ -138,7 +138,7 @@ impl RedisStore {
     ) -> Result<Looked, Error> {
         let key = request.key;
         let record_key = self.record_key(key);
-        let mut connection = self.connection.clone();
+        let mut connection = self.inner.connection.clone();
         let get = of_key("GET", &record_key);
         let (value, read_pttl): (Value, Option<i64>) = if expiry {
             redis::Pipeline::with_capacity(2)
@@ -356,7 +356,10 @@ mod tests {
         let ok = crate::store::StoredOutcome::Ok(b"1".to_vec());
         let recorded = store.complete(&key, token, ok, request.ttl).await;
         assert_eq!(recorded.expect("complete"), crate::store::Ownership::Held);
-        assert!(!store.first_look.write_first(), "a new handle reads first");
+        assert!(
+            !store.inner.first_look.write_first(),
+            "a new handle reads first"
+        );
         let call = store.claim_without_expiry(&request).await.expect("claim");
         assert!(
             matches!(
@@ -543,7 +546,12 @@ mod tests {
         let Claim::Acquired { token, .. } = store.claim(&request).await.expect("claim") else {
             panic!("a fresh key is acquired");
         };
-        let own: u64 = store.claim_ids.of(&key, token).parse().expect("an id");
+        let own: u64 = store
+            .inner
+            .claim_ids
+            .of(&key, token)
+            .parse()
+            .expect("an id");
         let running = || SagaWrite::Status {
             status: SagaStatus::Running,
             error: None,
@@ -551,7 +559,8 @@ mod tests {
         let ok = || StoredOutcome::Ok(b"1".to_vec());
         let ttl = Duration::from_secs(60);
 
-        let stranger = |store: &RedisStore| store.claim_ids.remember(&key, token, own + 1, None);
+        let stranger =
+            |store: &RedisStore| store.inner.claim_ids.remember(&key, token, own + 1, None);
         stranger(&store);
         let lease = Duration::from_secs(60);
         assert_eq!(
@@ -565,7 +574,7 @@ mod tests {
         let completed = store.complete(&key, token, ok(), ttl).await.unwrap();
         assert_eq!(completed, Ownership::Lost);
 
-        store.claim_ids.remember(&key, token, own, None);
+        store.inner.claim_ids.remember(&key, token, own, None);
         assert_eq!(
             store.heartbeat(&key, token, lease).await.unwrap(),
             Ownership::Held

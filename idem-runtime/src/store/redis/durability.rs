@@ -279,11 +279,11 @@ impl RedisStore {
         so: &str,
         wrote: impl FnOnce(&T) -> bool,
     ) -> Result<T, Error> {
-        let Some(replicas) = self.replicas else {
+        let Some(replicas) = self.inner.replicas else {
             return match write {
                 Write::Script(invocation) => self.run(key, invocation).await,
                 Write::Command(command) => command
-                    .query_async(&mut self.connection.clone())
+                    .query_async(&mut self.inner.connection.clone())
                     .await
                     .map_err(failed(key)),
             };
@@ -304,7 +304,7 @@ impl RedisStore {
         so: &str,
         wrote: impl FnOnce(&T) -> bool,
     ) -> Result<T, Error> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.inner.connection.clone();
         let mut pipe = redis::pipe();
         match write {
             Write::Script(invocation) => pipe.invoke_script(invocation),
@@ -337,10 +337,10 @@ impl RedisStore {
     /// from too few. The `WAIT` follows a read of the key's record in one pipeline, which a
     /// cluster sends to that key's master: a `WAIT` alone would go to every master.
     async fn wait_for_replicas(&self, key: &Key, what: &str, so: &str) -> Result<(), Error> {
-        let Some(replicas) = self.replicas else {
+        let Some(replicas) = self.inner.replicas else {
             return Ok(());
         };
-        let mut connection = self.connection.clone();
+        let mut connection = self.inner.connection.clone();
         let (acknowledged,): (redis::Value,) = redis::pipe()
             .cmd("PTTL")
             .arg(self.record_key(key))

@@ -38,14 +38,14 @@ impl RedisStore {
         if ttl < FRESH_BLOCK_TTL {
             return Ok(None);
         }
-        let Some(written) = self.claim_ids.written(key, token) else {
+        let Some(written) = self.inner.claim_ids.written(key, token) else {
             return Ok(None);
         };
         let Some(completed) = Stored::completed(&written, kind, result) else {
             return Ok(None);
         };
         let record = self.record_key(key);
-        let recorded = if self.set_ifeq {
+        let recorded = if self.inner.set_ifeq {
             let mut set = command(
                 "SET",
                 6,
@@ -113,7 +113,7 @@ mod tests {
             .await
             .expect("connect")
             .with_prefix("in-place:");
-        assert_eq!(store.set_ifeq, ifeq, "SET … IFEQ known to the server");
+        assert_eq!(store.inner.set_ifeq, ifeq, "SET … IFEQ known to the server");
         let action = Action::new("in_place");
         let action = &action;
         let claim = |n: u32| {

@@ -112,7 +112,7 @@ impl RedisStore {
     /// layout's.
     async fn found_layout(&self) -> Result<Found, Error> {
         let read_layout = || async {
-            let mut connection = self.connection.clone();
+            let mut connection = self.inner.connection.clone();
             redis::cmd("GET")
                 .arg(self.layout_key())
                 .query_async::<Option<String>>(&mut connection)
@@ -154,7 +154,7 @@ impl RedisStore {
     /// `SET <prefix>layout <LAYOUT> NX GET`: marks the prefix unless a mark is there; an error if
     /// that mark is another layout's.
     pub(super) async fn set_layout_mark(&self) -> Result<(), Error> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.inner.connection.clone();
         // `NX … GET`: a mark made meanwhile is kept, and read back.
         let marked: Option<String> = redis::cmd("SET")
             .arg(self.layout_key())
@@ -235,7 +235,7 @@ impl RedisStore {
             from_layout: 1,
             ..Migrated::default()
         };
-        for master in self.connection.masters().await? {
+        for master in self.inner.connection.masters().await? {
             for name in self.old_names(&master, ":r").await? {
                 migrated.records += u64::from(self.move_record(&name).await?);
             }
@@ -252,7 +252,7 @@ impl RedisStore {
 
     /// `SET <prefix>layout <LAYOUT>`, whatever was there: the end of a migration.
     async fn write_layout_mark(&self) -> Result<(), Error> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.inner.connection.clone();
         redis::cmd("SET")
             .arg(self.layout_key())
             .arg(LAYOUT)
@@ -266,7 +266,7 @@ impl RedisStore {
     async fn old_names(&self, master: &Master, suffix: &str) -> Result<Vec<(Key, Vec<u8>)>, Error> {
         let pattern = format!(
             "{}{{{}}}{suffix}",
-            super::scan::escaped(&self.prefix),
+            super::scan::escaped(&self.inner.prefix),
             "?".repeat(64)
         );
         let mut names = Vec::new();
@@ -275,7 +275,7 @@ impl RedisStore {
             let (next, found) = self.next_page(master, cursor, &pattern).await?;
             for name in found {
                 let key = name
-                    .strip_prefix(self.prefix.as_bytes())
+                    .strip_prefix(self.inner.prefix.as_bytes())
                     .and_then(|rest| rest.strip_prefix(b"{"))
                     .and_then(|rest| rest.strip_suffix(suffix.as_bytes()))
                     .and_then(|rest| rest.strip_suffix(b"}"))
@@ -295,7 +295,7 @@ impl RedisStore {
     /// Moves one layout-1 record to its bucket, with a claim id of 0 (no owner of a layout-1
     /// claim runs any more) and its expiry; `false` if it went meanwhile.
     async fn move_record(&self, (key, old): &(Key, Vec<u8>)) -> Result<bool, Error> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.inner.connection.clone();
         let (value, pttl): (Option<Vec<u8>>, i64) = redis::pipe()
             .cmd("GET")
             .arg(old)
@@ -328,11 +328,11 @@ impl RedisStore {
 
     /// Moves one layout-1 saga log (its head and its steps) to its bucket, with its expiry.
     async fn move_saga_log(&self, (key, old_head): &(Key, Vec<u8>)) -> Result<bool, Error> {
-        let old_steps = format!("{}{{{key}}}:steps", self.prefix);
+        let old_steps = format!("{}{{{key}}}:steps", self.inner.prefix);
         let (head, steps) = self.saga_keys(key);
         let mut moved = false;
         for (old, new) in [(old_head.clone(), head), (old_steps.into_bytes(), steps)] {
-            let mut connection = self.connection.clone();
+            let mut connection = self.inner.connection.clone();
             type Fields = Vec<(Vec<u8>, Vec<u8>)>;
             let (fields, pttl): (Fields, i64) = redis::pipe()
                 .cmd("HGETALL")
@@ -366,7 +366,7 @@ impl RedisStore {
 
     /// Moves the members of layout 1's `<prefix>sagas` into their buckets' indexes.
     async fn move_saga_index(&self) -> Result<u64, Error> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.inner.connection.clone();
         let old = self.global("sagas");
         let members: Vec<String> = redis::cmd("ZRANGE")
             .arg(&old)

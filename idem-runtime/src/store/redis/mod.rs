@@ -211,15 +211,22 @@ const OWNER_CHANGES: usize = 8;
 /// `docs/redis.md` in the repository has the same with a configuration to copy.
 #[derive(Clone)]
 pub struct RedisStore {
+    /// Everything, behind one reference count: a call's claim is made through a clone (see
+    /// `Store::shared`), and with a count per field every call took and gave back six counts
+    /// that all callers' threads share (2 % of the peers benchmark's samples in a Redis run
+    /// at 64 callers; one count, 0.9 %).
+    inner: std::sync::Arc<Inner>,
+}
+
+struct Inner {
     connection: Connection,
-    /// Shared by the clones (a call's claim is made through one, see `Store::shared`).
-    prefix: std::sync::Arc<str>,
+    prefix: String,
     replicas: Option<Replicas>,
-    tokens: std::sync::Arc<tokens::Tokens>,
-    claim_ids: std::sync::Arc<ClaimIds>,
-    /// Whether claims start with `GET` or with `SET … NX GET` (`claim.rs`); shared by the
-    /// clones, as the claims it follows are made through them.
-    first_look: std::sync::Arc<FirstLook>,
+    tokens: tokens::Tokens,
+    claim_ids: ClaimIds,
+    /// Whether claims start with `GET` or with `SET … NX GET` (`claim.rs`), from the claims
+    /// made through every clone.
+    first_look: FirstLook,
     /// Whether the server takes `SET … IFEQ` (`in_place.rs`).
     set_ifeq: bool,
 }
@@ -227,8 +234,8 @@ pub struct RedisStore {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("prefix", &self.prefix)
-            .field("cluster", &self.connection.is_cluster())
+            .field("prefix", &self.inner.prefix)
+            .field("cluster", &self.inner.connection.is_cluster())
             .finish_non_exhaustive()
     }
 }
@@ -506,13 +513,15 @@ impl RedisStoreBuilder {
         }
         let set_ifeq = in_place::knows_set_ifeq(&connection, &self.prefix).await;
         Ok(RedisStore {
-            set_ifeq,
-            connection,
-            prefix: self.prefix.into(),
-            replicas: self.replicas,
-            tokens: std::sync::Arc::default(),
-            claim_ids: std::sync::Arc::default(),
-            first_look: std::sync::Arc::new(FirstLook::new(self.first_step)),
+            inner: std::sync::Arc::new(Inner {
+                set_ifeq,
+                connection,
+                prefix: self.prefix,
+                replicas: self.replicas,
+                tokens: tokens::Tokens::default(),
+                claim_ids: ClaimIds::default(),
+                first_look: FirstLook::new(self.first_step),
+            }),
         })
     }
 }
@@ -583,19 +592,27 @@ impl RedisStore {
     /// server, each under its own prefix). The keys under it are not checked for their layout
     /// as [`connect`](RedisStoreBuilder::connect) checks those of the builder's prefix: give
     /// the prefix to the builder ([`RedisStoreBuilder::prefix`]) where the keys may be old.
-    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into().into();
-        // Tokens come from the new prefix's counter: a block of another's could be smaller
-        // than tokens its keys had. Its claims are remembered apart: two prefixes can hand
-        // out the same token for the same key.
-        self.tokens = std::sync::Arc::default();
-        self.claim_ids = std::sync::Arc::default();
-        self
+    pub fn with_prefix(self, prefix: impl Into<String>) -> Self {
+        let inner = &self.inner;
+        RedisStore {
+            inner: std::sync::Arc::new(Inner {
+                connection: inner.connection.clone(),
+                prefix: prefix.into(),
+                replicas: inner.replicas,
+                // Tokens come from the new prefix's counter: a block of another's could be
+                // smaller than tokens its keys had. Its claims are remembered apart: two
+                // prefixes can hand out the same token for the same key.
+                tokens: tokens::Tokens::default(),
+                claim_ids: ClaimIds::default(),
+                first_look: inner.first_look.anew(),
+                set_ifeq: inner.set_ifeq,
+            }),
+        }
     }
 
     /// The prefix of every key the store writes.
     pub fn prefix(&self) -> &str {
-        &self.prefix
+        &self.inner.prefix
     }
 
     /// Whether an agent has used the store: its fencing-token counter, which the first claim
@@ -613,7 +630,7 @@ impl RedisStore {
     /// # }
     /// ```
     pub async fn is_in_use(&self) -> Result<bool, Error> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.inner.connection.clone();
         redis::cmd("EXISTS")
             .arg(self.global("tokens"))
             .query_async(&mut connection)
@@ -626,8 +643,9 @@ impl RedisStore {
         // Built by hand: with `format!` this was a few percent of a replay's client time.
         let hex = key.hex();
         let hex = hex.as_str();
-        let mut name = String::with_capacity(self.prefix.len() + hex.len() + suffix.len() + 8);
-        name.push_str(&self.prefix);
+        let mut name =
+            String::with_capacity(self.inner.prefix.len() + hex.len() + suffix.len() + 8);
+        name.push_str(&self.inner.prefix);
         name.push('{');
         name.push_str(layout::bucket_of(hex));
         name.push_str("}:");
@@ -638,7 +656,7 @@ impl RedisStore {
 
     /// `<prefix>{<bucket>}:sagas`: the bucket's index of running sagas.
     fn saga_index(&self, bucket: &str) -> String {
-        format!("{}{{{bucket}}}:sagas", self.prefix)
+        format!("{}{{{bucket}}}:sagas", self.inner.prefix)
     }
 
     /// The claim of [`Store::claim`], reading a result's expiry if `expiry` (see
@@ -657,23 +675,23 @@ impl RedisStore {
         expiry: bool,
     ) -> Result<Claim, Error> {
         let key = request.key;
-        let looked = if self.first_look.write_first() {
+        let looked = if self.inner.first_look.write_first() {
             Looked::NoRecord
         } else {
             self.claim_by_reading(request, expiry).await?
         };
         let to_change = match looked {
             Looked::Answered(claim) => {
-                self.first_look.found_record();
+                self.inner.first_look.found_record();
                 return Ok(claim);
             }
             Looked::ToChange => true,
             Looked::NoRecord => false,
         };
         // Drawn only for a claim that may write: a replay read first has returned.
-        let claim_id = self.claim_ids.draw();
+        let claim_id = self.inner.claim_ids.draw();
         let (claim, written) = if to_change {
-            self.first_look.found_record();
+            self.inner.first_look.found_record();
             (
                 Box::pin(self.claim_by_script(request, claim_id)).await?,
                 None,
@@ -682,9 +700,9 @@ impl RedisStore {
             match self.claim_natively(request, claim_id).await? {
                 Some((claim, written)) => {
                     if written.is_some() {
-                        self.first_look.found_none();
+                        self.inner.first_look.found_none();
                     } else {
-                        self.first_look.found_record();
+                        self.inner.first_look.found_record();
                     }
                     (claim, written)
                 }
@@ -695,8 +713,8 @@ impl RedisStore {
             }
         };
         if let Claim::Acquired { token, .. } = claim {
-            self.claim_ids.remember(key, token, claim_id, written);
-            if self.replicas.is_some() {
+            self.inner.claim_ids.remember(key, token, claim_id, written);
+            if self.inner.replicas.is_some() {
                 Box::pin(self.replicated_claim(key, token)).await?;
             }
         }
@@ -721,7 +739,7 @@ impl RedisStore {
     }
 
     fn global(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
+        format!("{}{name}", self.inner.prefix)
     }
 
     async fn run<T: redis::FromRedisValue>(
@@ -729,7 +747,7 @@ impl RedisStore {
         key: Option<&Key>,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, Error> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.inner.connection.clone();
         invocation
             .invoke_async(&mut connection)
             .await
@@ -797,7 +815,7 @@ impl RedisStore {
         let held: i64 = self
             .run_acknowledged(key, &invocation, "the result", |held| *held == 1)
             .await?;
-        self.claim_ids.forget(key, token);
+        self.inner.claim_ids.forget(key, token);
         Ok(ownership(held))
     }
 
@@ -818,7 +836,7 @@ impl RedisStore {
     /// expiry index an older idem kept (`<prefix>expiry`), if it is still there, and has no
     /// record left to delete or count.
     async fn purge(&self) -> Result<u64, Error> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.inner.connection.clone();
         redis::cmd("UNLINK")
             .arg(self.global("expiry"))
             .query_async::<i64>(&mut connection)
@@ -873,7 +891,7 @@ impl Store for RedisStore {
             .complete_in_place(key, token, kind, &bytes, ttl)
             .await?
         {
-            self.claim_ids.forget(key, token);
+            self.inner.claim_ids.forget(key, token);
             return Ok(held);
         }
         // Boxed: the script is rare (a claim not made natively, a short TTL), and inline it
@@ -885,7 +903,7 @@ impl Store for RedisStore {
         // Not tried again by the caller, whatever the answer: done with the claim. Boxed: an
         // error's path, which would make the future of every call that may release larger.
         let held = Box::pin(self.release_by_script(key, token)).await;
-        self.claim_ids.forget(key, token);
+        self.inner.claim_ids.forget(key, token);
         Ok(ownership(held?))
     }
 
@@ -893,7 +911,7 @@ impl Store for RedisStore {
         let held = self.heartbeat(key, token, Duration::ZERO).await;
         // The owner writes no more, whatever the answer: whoever settles the key claims it
         // afresh.
-        self.claim_ids.forget(key, token);
+        self.inner.claim_ids.forget(key, token);
         held
     }
 
@@ -908,7 +926,7 @@ impl Store for RedisStore {
             .key(self.record_key(key))
             .arg(token)
             .arg(millis(lease))
-            .arg(self.claim_ids.of(key, token));
+            .arg(self.inner.claim_ids.of(key, token));
         let held = self
             .run_acknowledged(key, &invocation, "the extended lease", |held| *held == 1)
             .await?;
@@ -916,7 +934,7 @@ impl Store for RedisStore {
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Record>, Error> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.inner.connection.clone();
         let record_key = self.record_key(key);
         let (value, expiry, (seconds, micros)): (Value, Value, (i64, i64)) = redis::pipe()
             .cmd("GET")
@@ -978,7 +996,7 @@ impl SagaStore for RedisStore {
         }
         // The script makes a saga's record last on its first write: the record the native
         // claim wrote is no longer there to compare the result with (`in_place.rs`).
-        self.claim_ids.changed(saga, token);
+        self.inner.claim_ids.changed(saga, token);
         let held = self
             .run_acknowledged(saga, &invocation, "the saga log entry", |held| *held == 1)
             .await?;
@@ -1009,7 +1027,7 @@ impl SagaStore for RedisStore {
     /// found, with the clock of the saga's own master.
     async fn stale_sagas(&self, limit: usize) -> Result<Vec<StaleSaga>, Error> {
         let indexes = futures_util::future::try_join_all(layout::all_buckets().map(|bucket| {
-            let mut connection = self.connection.clone();
+            let mut connection = self.inner.connection.clone();
             let index = self.saga_index(&bucket);
             async move {
                 redis::cmd("ZRANGE")
@@ -1043,7 +1061,7 @@ impl RedisStore {
     async fn stale_saga(&self, key: &Key) -> Result<Option<StaleSaga>, Error> {
         let (head, _) = self.saga_keys(key);
         let record_key = self.record_key(key);
-        let mut connection = self.connection.clone();
+        let mut connection = self.inner.connection.clone();
         let (value, expiry, id, (seconds, micros)): (
             Option<Vec<u8>>,
             i64,

@@ -44,7 +44,7 @@ impl RedisStore {
         let bucket = hex.get(..BUCKET_DIGITS).unwrap_or(hex);
         format!(
             "{}{{{bucket}{}}}:{hex}{}{}",
-            escaped(&self.prefix),
+            escaped(&self.inner.prefix),
             wild(bucket.len(), BUCKET_DIGITS),
             wild(hex.len(), KEY_HEX_LEN),
             hashes.suffix
@@ -54,7 +54,7 @@ impl RedisStore {
     /// The key in the name of one of the `hashes`, if the name is one of theirs.
     fn key_in(&self, name: &[u8], hashes: &Hashes) -> Option<Key> {
         let rest = name
-            .strip_prefix(self.prefix.as_bytes())?
+            .strip_prefix(self.inner.prefix.as_bytes())?
             .strip_prefix(b"{")?
             .strip_suffix(hashes.suffix.as_bytes())?;
         let hex = rest.get(BUCKET_DIGITS..)?.strip_prefix(b"}:")?;
@@ -68,7 +68,7 @@ impl RedisStore {
         if answers == 0 {
             return Ok(Vec::new());
         }
-        let mut connection = self.connection.clone();
+        let mut connection = self.inner.connection.clone();
         let replies: Vec<Value> = pipe
             .query_async(&mut connection)
             .await
@@ -89,7 +89,7 @@ impl RedisStore {
         per_key: usize,
         read: &impl Fn(&mut redis::Pipeline, &Key),
     ) -> Result<Vec<Vec<Value>>, Error> {
-        let groups: Vec<Vec<usize>> = if self.connection.is_cluster() {
+        let groups: Vec<Vec<usize>> = if self.inner.connection.is_cluster() {
             let mut by_bucket: std::collections::BTreeMap<String, Vec<usize>> =
                 std::collections::BTreeMap::new();
             for (at, key) in keys.iter().enumerate() {
@@ -141,7 +141,7 @@ impl RedisStore {
             .arg("COUNT")
             .arg(SCAN_COUNT)
             .clone();
-        let page = self.connection.on(master, &command).await?;
+        let page = self.inner.connection.on(master, &command).await?;
         scan_page(page)
             .map_err(|problem| Error::store("redis", None, format!("SCAN answered {problem}")))
     }
@@ -159,7 +159,7 @@ impl RedisStore {
     ) -> Result<(), Error> {
         // SCAN may hand out a key twice (when the server resizes its table meanwhile).
         let mut seen = HashSet::new();
-        for master in self.connection.masters().await? {
+        for master in self.inner.connection.masters().await? {
             let mut cursor = Some(0u64);
             let mut page: Vec<Key> = Vec::new();
             while cursor.is_some() || !page.is_empty() {

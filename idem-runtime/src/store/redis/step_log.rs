@@ -51,11 +51,11 @@ impl RedisStore {
         key: &Key,
         token: FencingToken,
     ) -> Result<String, Error> {
-        let known = self.claim_ids.of(key, token);
+        let known = self.inner.claim_ids.of(key, token);
         if !known.is_empty() {
             return Ok(known);
         }
-        let mut connection = self.connection.clone();
+        let mut connection = self.inner.connection.clone();
         let value: Option<Vec<u8>> = redis::cmd("GET")
             .arg(self.record_key(key))
             .query_async(&mut connection)

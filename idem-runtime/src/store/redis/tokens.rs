@@ -107,7 +107,7 @@ impl RedisStore {
     /// master): a reservation a failover could lose would hand the same tokens out again.
     pub(super) async fn draw(&self, n: u64) -> Result<FencingToken, Error> {
         use std::sync::atomic::Ordering;
-        if self.tokens.marked.load(Ordering::Acquire) {
+        if self.inner.tokens.marked.load(Ordering::Acquire) {
             // Marked before every reservation, not only the first: a server that lost its
             // keys since (a restart without persistence, a failover to an empty replica)
             // would otherwise get its counter back without a mark, and every agent started
@@ -116,7 +116,7 @@ impl RedisStore {
             self.set_layout_mark().await?;
         } else {
             self.mark_layout().await?;
-            self.tokens.marked.store(true, Ordering::Release);
+            self.inner.tokens.marked.store(true, Ordering::Release);
         }
         let counter = self.global("tokens");
         let mut incrby = redis::cmd("INCRBY");
