@@ -1,6 +1,7 @@
-//! A claim on Redis: one round trip of native commands for a key with no record (a fresh
-//! call) and for a record to report (a replay, a live owner, a key parked for review), and a
-//! script for a record the claim must change.
+//! A claim on Redis: one native command for a key with no record (a fresh call) and for a
+//! result to replay; a second, `PTTL`, for another record to report (a live owner's lease, a
+//! key parked for review, timed by its key's expiry), in the same pipeline when a result's
+//! expiry is asked for too; and a script for a record the claim must change.
 //!
 //! A handle whose recent claims mostly found a record (replays, duplicates) reads first
 //! (`store/first_look.rs`): a replay is then `GET` with no claim to encode and send. A
@@ -15,11 +16,13 @@
 //!     to report          → its answer, nothing written
 //!     to change          → the script below
 //!
-//! SET r <claim> NX GET PX <lease + ttl>; PTTL r        (one pipeline)
+//! SET r <claim> NX GET PX <lease + ttl> (a call's)
+//!   | the same; PTTL r (one pipeline)
 //!   nil                  → acquired (the token came from the store's block)
 //!   this claim           → acquired (an earlier send made it: the same claim id)
-//!   a record to report   → store::rules says Report: its answer, nothing written
-//!   a record to change   → INCR the counter, then scripts/claim.lua (takeover, review,
+//!   another record       → timed as above, then
+//!     to report          → store::rules says Report: its answer, nothing written
+//!     to change          → INCR the counter, then scripts/claim.lua (takeover, review,
 //!                          an expired result or a tombstone claimed afresh)
 //! ```
 
@@ -42,16 +45,19 @@ impl RedisStore {
     /// The claim as one native round trip, with the record as this claim wrote it if it made
     /// one; `None` when the record must be changed by the script (or the action's TTL is too
     /// short for a token from a block).
+    /// `expiry`: whether a result found is reported with the time it has left (a
+    /// `ReplayCache`'s claim), as in [`claim_by_reading`](Self::claim_by_reading).
     pub(super) async fn claim_natively(
         &self,
         request: &ClaimRequest<'_>,
         claim_id: u64,
+        expiry: bool,
     ) -> Result<Option<(Claim, Option<Vec<u8>>)>, Error> {
         if request.ttl < FRESH_BLOCK_TTL {
             return Ok(None);
         }
         let (token, reserved) = self.inner.tokens.next(self).await?;
-        self.claim_with_token(request, token, reserved, claim_id)
+        self.claim_with_token(request, token, reserved, claim_id, expiry)
             .await
     }
 
@@ -63,6 +69,7 @@ impl RedisStore {
         token: FencingToken,
         reserved: Instant,
         claim_id: u64,
+        expiry: bool,
     ) -> Result<Option<(Claim, Option<Vec<u8>>)>, Error> {
         let key = request.key;
         let ttl_ms = millis(request.ttl);
@@ -75,11 +82,6 @@ impl RedisStore {
             request.action,
         );
         let record_key = self.record_key(key);
-        let mut connection = self.inner.connection.clone();
-        // One pipeline, not a transaction: the decision rests on the record `SET … GET`
-        // returned, atomically with the claim; the `PTTL` read after it only times a lease or
-        // a result (a record that changed in between is one whose owner is alive, or one the
-        // script looks at again).
         let mut set = command("SET", 6, record_key.len() + claim.len() + 32);
         set.arg(&record_key)
             .arg(&claim)
@@ -87,12 +89,7 @@ impl RedisStore {
             .arg("GET")
             .arg("PX")
             .arg(millis(request.lease).saturating_add(ttl_ms).max(1));
-        let (previous, pttl): (Value, i64) = redis::Pipeline::with_capacity(2)
-            .add_command(set)
-            .add_command(of_key("PTTL", &record_key))
-            .query_async(&mut connection)
-            .await
-            .map_err(failed(Some(key)))?;
+        let (previous, read_pttl) = self.with_expiry(key, set, &record_key, expiry).await?;
         // Made: no record was there; or the record is this very claim, made by an earlier
         // send of this `SET` whose answer was lost (its claim id is this claim's: a token
         // alone could be another's, handed out again after a failover).
@@ -122,7 +119,8 @@ impl RedisStore {
             };
             return Ok(Some((acquired, Some(claim))));
         };
-        Ok(reported(found, Expiry::Read(pttl), request).map(|claim| (claim, None)))
+        let expiry = self.expiry_of(key, &record_key, &found, read_pttl).await?;
+        Ok(reported(found, expiry, request).map(|claim| (claim, None)))
     }
 
     /// The claim's first step when its handle reads first: `GET` and `PTTL` of the record,
@@ -138,40 +136,70 @@ impl RedisStore {
     ) -> Result<Looked, Error> {
         let key = request.key;
         let record_key = self.record_key(key);
-        let mut connection = self.inner.connection.clone();
         let get = of_key("GET", &record_key);
-        let (value, read_pttl): (Value, Option<i64>) = if expiry {
-            redis::Pipeline::with_capacity(2)
-                .add_command(get)
-                .add_command(of_key("PTTL", &record_key))
-                .query_async(&mut connection)
-                .await
-                .map(|(value, pttl)| (value, Some(pttl)))
-        } else {
-            get.query_async(&mut connection)
-                .await
-                .map(|value| (value, None))
-        }
-        .map_err(failed(Some(key)))?;
+        let (value, read_pttl) = self.with_expiry(key, get, &record_key, expiry).await?;
         if value == Value::Nil {
             return Ok(Looked::NoRecord);
         }
         let found = bytes(value)
             .and_then(Stored::decode_owned)
             .map_err(corrupt(key, "a record"))?;
-        let expiry = match read_pttl {
-            Some(pttl) => Expiry::Read(pttl),
-            None if found.is_live_result() => Expiry::Unread,
-            None => Expiry::Read(
-                of_key("PTTL", &record_key)
-                    .query_async(&mut connection)
-                    .await
-                    .map_err(failed(Some(key)))?,
-            ),
-        };
+        let expiry = self.expiry_of(key, &record_key, &found, read_pttl).await?;
         Ok(match reported(found, expiry, request) {
             Some(claim) => Looked::Answered(claim),
             None => Looked::ToChange,
+        })
+    }
+
+    /// The claim's first command (`GET`, or the native `SET … GET`) and what it answered,
+    /// with the `PTTL` of `record_key` after it in one pipeline when `expiry` is asked for.
+    /// A pipeline, not a transaction: the decision rests on the record the first command
+    /// read; the `PTTL` only times a lease or a result (a record that changed in between is
+    /// one whose owner is alive, or one the script looks at again).
+    async fn with_expiry(
+        &self,
+        key: &Key,
+        first: redis::Cmd,
+        record_key: &str,
+        expiry: bool,
+    ) -> Result<(Value, Option<i64>), Error> {
+        let mut connection = self.inner.connection.clone();
+        if expiry {
+            redis::Pipeline::with_capacity(2)
+                .add_command(first)
+                .add_command(of_key("PTTL", record_key))
+                .query_async(&mut connection)
+                .await
+                .map(|(value, pttl)| (value, Some(pttl)))
+        } else {
+            first
+                .query_async(&mut connection)
+                .await
+                .map(|value| (value, None))
+        }
+        .map_err(failed(Some(key)))
+    }
+
+    /// The expiry of the key of `found`, a record the claim's first command read: as
+    /// `read` with it; unread for a live result (reported without the time it has left);
+    /// else read now, in a round trip of its own, for a lease to time (a call's claim that
+    /// found another's: rare on a handle that writes first, see `store/first_look.rs`).
+    async fn expiry_of(
+        &self,
+        key: &Key,
+        record_key: &str,
+        found: &Stored,
+        read: Option<i64>,
+    ) -> Result<Expiry, Error> {
+        Ok(match read {
+            Some(pttl) => Expiry::Read(pttl),
+            None if found.is_live_result() => Expiry::Unread,
+            None => Expiry::Read(
+                of_key("PTTL", record_key)
+                    .query_async(&mut self.inner.connection.clone())
+                    .await
+                    .map_err(failed(Some(key)))?,
+            ),
         })
     }
 
@@ -301,6 +329,7 @@ mod tests {
     use super::*;
     use crate::conformance::servers::RedisServer;
     use crate::key::Fingerprint;
+    use crate::store::first_look::FirstStep;
     use crate::store::Store;
     use crate::Action;
 
@@ -322,9 +351,10 @@ mod tests {
         }
     }
 
-    /// A call's replay on a handle that reads first is one `GET`: its answer leaves the
-    /// result's expiry out, which a `ReplayCache`'s claim (`claim`, `GET` and `PTTL`) reads;
-    /// a record in progress is timed all the same (its lease from `PTTL`).
+    /// A call's replay is one command, `GET` on a handle that reads first and the native
+    /// `SET … GET` on one that writes first: its answer leaves the result's expiry out,
+    /// which a `ReplayCache`'s claim (`claim`: the same command and `PTTL`) reads; a record
+    /// in progress is timed all the same (its lease from `PTTL`).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[cfg_attr(
         idem_no_redis,
@@ -334,10 +364,18 @@ mod tests {
         let Some(server) = RedisServer::shared() else {
             return;
         };
-        let store = RedisStore::connect(&server.url())
-            .await
-            .expect("connect")
-            .with_prefix("unread-expiry:");
+        for step in [FirstStep::Read, FirstStep::Write] {
+            let store = RedisStore::builder(server.url())
+                .prefix(format!("unread-expiry-{step:?}:"))
+                .first_step(step)
+                .connect()
+                .await
+                .expect("connect");
+            replays_read_no_expiry_but_a_caches(&store, step).await;
+        }
+    }
+
+    async fn replays_read_no_expiry_but_a_caches(store: &RedisStore, step: FirstStep) {
         let key = Action::new("unread").key(&(1,)).expect("a key");
         let fingerprint = Fingerprint::from(key);
         let request = request(&key, &fingerprint, "unread", Duration::from_secs(10));
@@ -349,16 +387,17 @@ mod tests {
                 lease_remaining, ..
             } => assert!(
                 lease_remaining > Duration::ZERO && lease_remaining <= request.lease,
-                "{lease_remaining:?}"
+                "{step:?}: {lease_remaining:?}"
             ),
-            other => panic!("the owner, timed: {other:?}"),
+            other => panic!("{step:?}: the owner, timed: {other:?}"),
         }
         let ok = crate::store::StoredOutcome::Ok(b"1".to_vec());
         let recorded = store.complete(&key, token, ok, request.ttl).await;
         assert_eq!(recorded.expect("complete"), crate::store::Ownership::Held);
-        assert!(
-            !store.inner.first_look.write_first(),
-            "a new handle reads first"
+        assert_eq!(
+            store.inner.first_look.write_first(),
+            step == FirstStep::Write,
+            "the handle's first step"
         );
         let call = store.claim_without_expiry(&request).await.expect("claim");
         assert!(
@@ -369,12 +408,12 @@ mod tests {
                     ..
                 }
             ),
-            "{call:?}"
+            "{step:?}: {call:?}"
         );
         let cache = store.claim(&request).await.expect("claim");
         assert!(
             matches!(cache, Claim::Completed { expires_in: Some(left), .. } if left <= request.ttl),
-            "{cache:?}"
+            "{step:?}: {cache:?}"
         );
     }
 
@@ -401,7 +440,7 @@ mod tests {
                 let fingerprint = Fingerprint::from(key);
                 let request = request(&key, &fingerprint, "late", Duration::from_secs(10));
                 let claim = store
-                    .claim_with_token(&request, token, reserved, claim_id)
+                    .claim_with_token(&request, token, reserved, claim_id, false)
                     .await
                     .map(|claim| claim.map(|(claim, _)| claim));
                 let record = store.get(&key).await.expect("get").expect("the claim");

@@ -697,7 +697,7 @@ impl RedisStore {
                 None,
             )
         } else {
-            match self.claim_natively(request, claim_id).await? {
+            match self.claim_natively(request, claim_id, expiry).await? {
                 Some((claim, written)) => {
                     if written.is_some() {
                         self.inner.first_look.found_none();
