@@ -42,9 +42,9 @@ use crate::store::{
 use crate::Error;
 
 impl RedisStore {
-    /// The claim as one native round trip, with the record as this claim wrote it if it made
-    /// one; `None` when the record must be changed by the script (or the action's TTL is too
-    /// short for a token from a block).
+    /// The claim as one native command (and a `PTTL` for a record found that must be timed),
+    /// with the record as this claim wrote it if it made one; `None` when the record must be
+    /// changed by the script (or the action's TTL is too short for a token from a block).
     /// `expiry`: whether a result found is reported with the time it has left (a
     /// `ReplayCache`'s claim), as in [`claim_by_reading`](Self::claim_by_reading).
     pub(super) async fn claim_natively(
@@ -152,10 +152,8 @@ impl RedisStore {
     }
 
     /// The claim's first command (`GET`, or the native `SET … GET`) and what it answered,
-    /// with the `PTTL` of `record_key` after it in one pipeline when `expiry` is asked for.
-    /// A pipeline, not a transaction: the decision rests on the record the first command
-    /// read; the `PTTL` only times a lease or a result (a record that changed in between is
-    /// one whose owner is alive, or one the script looks at again).
+    /// with the `PTTL` of `record_key` after it in one pipeline when `expiry` is asked for
+    /// (a pipeline, not a transaction: see [`expiry_of`](Self::expiry_of)).
     async fn with_expiry(
         &self,
         key: &Key,
@@ -181,9 +179,17 @@ impl RedisStore {
     }
 
     /// The expiry of the key of `found`, a record the claim's first command read: as
-    /// `read` with it; unread for a live result (reported without the time it has left);
-    /// else read now, in a round trip of its own, for a lease to time (a call's claim that
-    /// found another's: rare on a handle that writes first, see `store/first_look.rs`).
+    /// `read` with it; unread for a live result (reported without the time it has left)
+    /// and for a record only the script decides on; else read now, in a round trip of its
+    /// own, for a lease to time (a call's claim that found another's: rare on a handle that
+    /// writes first, see `store/first_look.rs`).
+    ///
+    /// The decision rests on the record as the first command read it; the `PTTL`, read
+    /// after it, only times it. A record that changed in between is one whose owner is alive
+    /// (a heartbeat, a takeover, a result: the answer is "in progress" a moment late, and
+    /// the caller waits or asks again), or one the script looks at again (a key gone or
+    /// without expiry, `PTTL` -2 or -1; a key released meanwhile, whose tombstone's short
+    /// expiry ends the lease as read).
     async fn expiry_of(
         &self,
         key: &Key,
@@ -193,7 +199,7 @@ impl RedisStore {
     ) -> Result<Expiry, Error> {
         Ok(match read {
             Some(pttl) => Expiry::Read(pttl),
-            None if found.is_live_result() => Expiry::Unread,
+            None if found.is_live_result() || reportable_status(found).is_none() => Expiry::Unread,
             None => Expiry::Read(
                 of_key("PTTL", record_key)
                     .query_async(&mut self.inner.connection.clone())
@@ -291,16 +297,10 @@ enum Expiry {
 }
 
 /// The answer of a claim that changes nothing, from a record `found` read with its key's
-/// `expiry`; `None` when the claim must change it, or when only the script can tell: a
-/// tombstone, or a record whose times it keeps itself (a saga's claim, short TTLs), which
-/// the script reads with the server's clock.
+/// `expiry`; `None` when the claim must change it, or when only the script can tell
+/// ([`reportable_status`]).
 fn reported(found: Stored, expiry: Expiry, request: &ClaimRequest<'_>) -> Option<Claim> {
-    let State::Is(status) = found.state else {
-        return None;
-    };
-    if found.lease_end_ms > 0 {
-        return None;
-    }
+    let status = reportable_status(&found)?;
     // The record's times in its key's expiry, on a timeline whose now is 0: a record whose
     // key exists has not run out (Redis deletes it when it does).
     let now_ms = 0;
@@ -319,6 +319,16 @@ fn reported(found: Stored, expiry: Expiry, request: &ClaimRequest<'_>) -> Option
     match decide(&rule, request, now_ms) {
         Verdict::Report => Some(rule.report(found.outcome, now_ms)),
         Verdict::Write(_) => None,
+    }
+}
+
+/// The status of a record `found` that a claim may report from what it read; `None` for a
+/// tombstone, or a record whose times it keeps itself (a saga's claim, short TTLs), on which
+/// only the script decides, with the server's clock.
+fn reportable_status(found: &Stored) -> Option<Status> {
+    match found.state {
+        State::Is(status) if found.lease_end_ms == 0 => Some(status),
+        _ => None,
     }
 }
 
@@ -351,17 +361,20 @@ mod tests {
         }
     }
 
-    /// A call's replay is one command, `GET` on a handle that reads first and the native
-    /// `SET … GET` on one that writes first: its answer leaves the result's expiry out,
-    /// which a `ReplayCache`'s claim (`claim`: the same command and `PTTL`) reads; a record
-    /// in progress is timed all the same (its lease from `PTTL`).
+    /// A call's claim is one command, `GET` on a handle that reads first and the native
+    /// `SET … GET` on one that writes first: a fresh key's, and a replay's, whose answer
+    /// leaves the result's expiry out, which a `ReplayCache`'s claim (`claim`: the same
+    /// command and `PTTL`) reads. A record in progress is timed all the same (its lease from
+    /// a `PTTL` after the command), and a released key's tombstone, which the script claims
+    /// afresh, is not. The `PTTL`s are counted by the server (a server of the test's own;
+    /// `INFO commandstats` counts those a script runs too).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[cfg_attr(
         idem_no_redis,
         ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
     )]
-    async fn a_calls_replay_reads_no_expiry_and_a_caches_does() {
-        let Some(server) = RedisServer::shared() else {
+    async fn a_call_reads_an_expiry_only_to_time_a_lease_and_a_cache_always_does() {
+        let Some(server) = RedisServer::own() else {
             return;
         };
         for step in [FirstStep::Read, FirstStep::Write] {
@@ -371,17 +384,51 @@ mod tests {
                 .connect()
                 .await
                 .expect("connect");
-            replays_read_no_expiry_but_a_caches(&store, step).await;
+            expiries_read(&store, step, &server).await;
         }
     }
 
-    async fn replays_read_no_expiry_but_a_caches(store: &RedisStore, step: FirstStep) {
+    /// How many `PTTL`s `server` has run.
+    async fn pttls(server: &RedisServer) -> u64 {
+        let client = redis::Client::open(server.url()).expect("a client");
+        let mut connection = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut connection)
+            .await
+            .expect("INFO commandstats");
+        info.lines()
+            .find_map(|line| line.strip_prefix("cmdstat_pttl:calls="))
+            .map_or(0, |rest| {
+                let calls = rest.split(',').next().unwrap_or_default();
+                calls.parse().expect("a count of calls")
+            })
+    }
+
+    /// How many `PTTL`s `server` has run since it had run `counted`, which it updates.
+    async fn pttls_since(server: &RedisServer, counted: &mut u64) -> u64 {
+        let now = pttls(server).await;
+        now - std::mem::replace(counted, now)
+    }
+
+    async fn expiries_read(store: &RedisStore, step: FirstStep, server: &RedisServer) {
         let key = Action::new("unread").key(&(1,)).expect("a key");
         let fingerprint = Fingerprint::from(key);
         let request = request(&key, &fingerprint, "unread", Duration::from_secs(10));
-        let Claim::Acquired { token, .. } = store.claim(&request).await.expect("claim") else {
-            panic!("a fresh key is acquired");
+        let mut counted = pttls(server).await;
+
+        let fresh = store.claim_without_expiry(&request).await.expect("claim");
+        let Claim::Acquired { token, .. } = fresh else {
+            panic!("{step:?}: a fresh key is acquired: {fresh:?}");
         };
+        assert_eq!(
+            pttls_since(server, &mut counted).await,
+            0,
+            "{step:?}: a fresh claim's PTTLs"
+        );
         match store.claim_without_expiry(&request).await.expect("claim") {
             Claim::InProgress {
                 lease_remaining, ..
@@ -391,6 +438,11 @@ mod tests {
             ),
             other => panic!("{step:?}: the owner, timed: {other:?}"),
         }
+        assert_eq!(
+            pttls_since(server, &mut counted).await,
+            1,
+            "{step:?}: a live owner's PTTLs"
+        );
         let ok = crate::store::StoredOutcome::Ok(b"1".to_vec());
         let recorded = store.complete(&key, token, ok, request.ttl).await;
         assert_eq!(recorded.expect("complete"), crate::store::Ownership::Held);
@@ -399,6 +451,8 @@ mod tests {
             step == FirstStep::Write,
             "the handle's first step"
         );
+        let _ = pttls_since(server, &mut counted).await;
+
         let call = store.claim_without_expiry(&request).await.expect("claim");
         assert!(
             matches!(
@@ -410,11 +464,39 @@ mod tests {
             ),
             "{step:?}: {call:?}"
         );
+        assert_eq!(
+            pttls_since(server, &mut counted).await,
+            0,
+            "{step:?}: a call's replay's PTTLs"
+        );
         let cache = store.claim(&request).await.expect("claim");
         assert!(
             matches!(cache, Claim::Completed { expires_in: Some(left), .. } if left <= request.ttl),
             "{step:?}: {cache:?}"
         );
+        assert_eq!(
+            pttls_since(server, &mut counted).await,
+            1,
+            "{step:?}: a cache's replay's PTTLs"
+        );
+
+        let key = Action::new("unread").key(&(2,)).expect("a key");
+        let fingerprint = Fingerprint::from(key);
+        let other = self::request(&key, &fingerprint, "unread", Duration::from_secs(10));
+        let Claim::Acquired { token, .. } = store.claim(&other).await.expect("claim") else {
+            panic!("{step:?}: a fresh key is acquired");
+        };
+        let released = store.release(&key, token).await.expect("release");
+        assert_eq!(released, crate::store::Ownership::Held);
+        let _ = pttls_since(server, &mut counted).await;
+        let again = store.claim_without_expiry(&other).await.expect("claim");
+        assert!(
+            matches!(again, Claim::Acquired { token: new, .. } if new > token),
+            "{step:?}: a released key is claimed afresh: {again:?}"
+        );
+        // One, the script's own (`claim.lua` reads the key's expiry): none before it.
+        let pttls = pttls_since(server, &mut counted).await;
+        assert_eq!(pttls, 1, "{step:?}: a tombstone's PTTLs");
     }
 
     /// A claim whose `SET` reached the server late (the process stalled after taking its
