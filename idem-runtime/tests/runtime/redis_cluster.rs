@@ -686,6 +686,204 @@ async fn on_node<T: redis::FromRedisValue>(node: &RedisServer, command: &redis::
         .unwrap_or_else(|e| panic!("a command on {}: {e}", node.port()))
 }
 
+/// A slot moving from its master to another, by hand, as `redis-cli --cluster reshard`
+/// moves it: the target imports it, the source migrates it, keys move by `MIGRATE`, then both
+/// give the slot to the target.
+struct MovingSlot<'a> {
+    slot: u16,
+    source: &'a RedisServer,
+    target: &'a RedisServer,
+    target_id: String,
+}
+
+impl<'a> MovingSlot<'a> {
+    /// Starts moving `slot` of `cluster` to another master; no key moves yet.
+    async fn start(cluster: &'a RedisCluster, slot: u16) -> MovingSlot<'a> {
+        let source = cluster.master_of_slot(slot).expect("the slot's master");
+        let target = (0..16384u16)
+            .step_by(997)
+            .filter_map(|other| cluster.master_of_slot(other))
+            .find(|master| master.port() != source.port())
+            .expect("another master");
+        let (source_id, target_id) = (id_of(source).await, id_of(target).await);
+        let mut importing = redis::cmd("CLUSTER");
+        importing
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("IMPORTING")
+            .arg(&source_id);
+        let () = on_node(target, &importing).await;
+        let mut migrating = redis::cmd("CLUSTER");
+        migrating
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("MIGRATING")
+            .arg(&target_id);
+        let () = on_node(source, &migrating).await;
+        MovingSlot {
+            slot,
+            source,
+            target,
+            target_id,
+        }
+    }
+
+    /// Moves the keys `names` of the slot from the source to the target.
+    async fn migrate(&self, names: Vec<String>) {
+        let mut migrate = redis::cmd("MIGRATE");
+        migrate
+            .arg("127.0.0.1")
+            .arg(self.target.port())
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(names);
+        let _: String = on_node(self.source, &migrate).await;
+    }
+
+    /// The keys of the slot still on the source.
+    async fn left(&self) -> Vec<String> {
+        on_node(
+            self.source,
+            redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(self.slot)
+                .arg(1000),
+        )
+        .await
+    }
+
+    /// How many keys of the slot the target holds.
+    async fn keys_on_target(&self) -> u64 {
+        let mut count = redis::cmd("CLUSTER");
+        count.arg("COUNTKEYSINSLOT").arg(self.slot);
+        on_node(self.target, &count).await
+    }
+
+    /// Moves the keys left and gives the slot to the target.
+    async fn finish(&self) {
+        let left = self.left().await;
+        if !left.is_empty() {
+            self.migrate(left).await;
+        }
+        for node in [self.source, self.target] {
+            let mut owned = redis::cmd("CLUSTER");
+            owned
+                .arg("SETSLOT")
+                .arg(self.slot)
+                .arg("NODE")
+                .arg(&self.target_id);
+            let () = on_node(node, &owned).await;
+        }
+    }
+}
+
+/// Calls whose keys' slot is moving to another master run once and are replayed, on a handle
+/// that reads first and on one that writes first: a call's claim is one command, and its
+/// result one command or a one-key script, each of which follows the cluster's redirection to
+/// wherever its key is (a fresh key is made on the target; a result made before the move is
+/// read on the source, then on the target once moved).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_redis,
+    ignore = "redis-server or redis-cli is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn calls_while_their_slot_moves_run_once() {
+    calls_while_their_slot_moves_run_once_on(Flavor::Redis).await;
+}
+
+/// The same on Valkey, whose results are recorded by `SET … IFEQ`, not a script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    idem_no_valkey,
+    ignore = "valkey-server or redis-cli is not installed, or IDEM_TEST_SERVERS leaves it out"
+)]
+async fn calls_while_their_slot_moves_run_once_on_valkey() {
+    calls_while_their_slot_moves_run_once_on(Flavor::Valkey).await;
+}
+
+async fn calls_while_their_slot_moves_run_once_on(flavor: Flavor) {
+    use idem_runtime::store::FirstStep;
+
+    bounded(async {
+        let Some(cluster) = RedisCluster::own(flavor) else {
+            return;
+        };
+        let action = idem_runtime::Action::new("moving_call");
+        let mut handles = Vec::new();
+        for step in [FirstStep::Read, FirstStep::Write] {
+            let store = RedisStore::builder(cluster.url())
+                .prefix(format!("moving-{step:?}:"))
+                .first_step(step)
+                .connect()
+                .await
+                .expect("connect");
+            handles.push((step, store, Ledger::default()));
+        }
+        // The prefix is outside a key's hash tag: the handles' keys of one argument are in
+        // one slot. Each handle makes a result before the move.
+        let key = action.key(&(1u64,)).expect("a key").to_string();
+        let slot = slot_of(&cluster.nodes()[0], &format!("{{{}}}", &key[..3])).await;
+        // An argument whose key is in the same bucket (and so the same slot), for calls
+        // made while the slot moves.
+        let fresh_n = (2u64..)
+            .find(|n| action.key(&(*n,)).expect("a key").to_string()[..3] == key[..3])
+            .expect("an argument in the bucket");
+        let mut before = Vec::new();
+        for (_, store, ledger) in &handles {
+            before.push(
+                counted_call(store, &action, 1, ledger)
+                    .await
+                    .expect("a call"),
+            );
+        }
+
+        let moving = MovingSlot::start(&cluster, slot).await;
+        for ((step, store, ledger), made) in handles.iter().zip(&before) {
+            let replay = counted_call(store, &action, 1, ledger).await;
+            assert_eq!(
+                replay.expect("a replay"),
+                *made,
+                "{step:?}: from the source"
+            );
+        }
+        // Some of the slot's keys move: the first handle's result is on the target now.
+        let first_result = format!("moving-Read:{{{}}}:{key}:r", &key[..3]);
+        let left = moving.left().await;
+        assert!(left.contains(&first_result), "{first_result} in {left:?}");
+        moving.migrate(vec![first_result]).await;
+        for ((step, store, ledger), made) in handles.iter().zip(&before) {
+            let replay = counted_call(store, &action, 1, ledger).await;
+            assert_eq!(
+                replay.expect("a replay"),
+                *made,
+                "{step:?}: while the slot moves"
+            );
+            // A fresh key while the slot moves: made on the target, run once, replayed.
+            let fresh = counted_call(store, &action, fresh_n, ledger).await;
+            let fresh = fresh.unwrap_or_else(|e| panic!("{step:?}: a fresh call: {e}"));
+            let again = counted_call(store, &action, fresh_n, ledger).await;
+            assert_eq!(again.expect("its replay"), fresh, "{step:?}: replayed");
+        }
+
+        let on_target = moving.keys_on_target().await;
+        assert_eq!(on_target, 3, "the moved result and the 2 fresh ones");
+        moving.finish().await;
+        for ((step, store, ledger), made) in handles.iter().zip(&before) {
+            let replay = counted_call(store, &action, 1, ledger).await;
+            assert_eq!(replay.expect("a replay"), *made, "{step:?}: after the move");
+            assert_eq!(ledger.twice(), [], "{step:?}: no body ran twice");
+            assert_eq!(
+                (ledger.ran(1), ledger.ran(fresh_n)),
+                (1, 1),
+                "{step:?}: each ran"
+            );
+        }
+    })
+    .await;
+}
+
 /// A saga's slot moving to another master while its owner is dead, its record and log head
 /// moved and its owner's list of step writes not yet: a takeover, a read or the owner's result
 /// in that window does not go ahead without the list (every script names the list among its
@@ -716,7 +914,7 @@ async fn a_takeover_while_its_slot_moves_on(flavor: Flavor) {
     use std::time::Duration;
 
     use idem_runtime::store::{
-        Claim, ClaimRequest, OnStale, Ownership, SagaStore, SagaWrite, StoredOutcome,
+        Claim, ClaimRequest, FirstStep, OnStale, Ownership, SagaStore, SagaWrite, StoredOutcome,
     };
     use idem_runtime::Fingerprint;
 
@@ -750,12 +948,6 @@ async fn a_takeover_while_its_slot_moves_on(flavor: Flavor) {
         let name = |suffix: &str| format!("moving:{{{bucket}}}:{hex}{suffix}");
         let slot = slot_of(&cluster.nodes()[0], &format!("{{{bucket}}}")).await;
         let source = cluster.master_of_slot(slot).expect("the slot's master");
-        let target = (0..16384u16)
-            .step_by(997)
-            .filter_map(|other| cluster.master_of_slot(other))
-            .find(|master| master.port() != source.port())
-            .expect("another master");
-        let (source_id, target_id) = (id_of(source).await, id_of(target).await);
         // Every key the scripts name, but the owner's list, is made to exist and moves first:
         // a layout-2 steps hash (with a field of step 0's), a closed log, the list a claim or
         // a read names before it knows the owner (token 0, claim id 0). So a script that did
@@ -783,34 +975,9 @@ async fn a_takeover_while_its_slot_moves_on(flavor: Flavor) {
         made.query_async::<()>(&mut connection)
             .await
             .expect("the other keys");
-        let mut importing = redis::cmd("CLUSTER");
-        importing
-            .arg("SETSLOT")
-            .arg(slot)
-            .arg("IMPORTING")
-            .arg(&source_id);
-        let () = on_node(target, &importing).await;
-        let mut migrating = redis::cmd("CLUSTER");
-        migrating
-            .arg("SETSLOT")
-            .arg(slot)
-            .arg("MIGRATING")
-            .arg(&target_id);
-        let () = on_node(source, &migrating).await;
-        let migrate = |names: Vec<String>| {
-            let mut migrate = redis::cmd("MIGRATE");
-            migrate
-                .arg("127.0.0.1")
-                .arg(target.port())
-                .arg("")
-                .arg(0)
-                .arg(5000)
-                .arg("KEYS")
-                .arg(names);
-            migrate
-        };
+        let moving = MovingSlot::start(&cluster, slot).await;
         let moved_first = [":r", ":s", ":steps", ":log", ":log:0:0"];
-        let _: String = on_node(source, &migrate(moved_first.map(name).to_vec())).await;
+        moving.migrate(moved_first.map(name).to_vec()).await;
 
         // A takeover now would have to close a list it cannot reach: it does not happen (its
         // first send runs on the target and answers with the owner; the second, naming the
@@ -824,21 +991,22 @@ async fn a_takeover_while_its_slot_moves_on(flavor: Flavor) {
             ttl: Duration::from_secs(3600),
             on_stale: OnStale::TakeOver,
         };
-        // Read first, without the result's expiry: single-key reads, which follow the
-        // cluster's redirections, so that the claim reaches its script (the cluster client
-        // does not follow an `ASK` inside a pipeline: the native claim's `SET` + `PTTL` is
-        // refused whole while its slot moves, before any script runs).
-        let reader = RedisStore::builder(cluster.url())
-            .prefix("moving:")
-            .first_step(idem_runtime::store::FirstStep::Read)
-            .connect()
-            .await
-            .expect("a second handle");
-        let early = reader.claim_without_expiry(&request).await;
-        assert!(
-            !matches!(early, Ok(Claim::Acquired { .. })),
-            "no takeover while the owner's list is elsewhere: {early:?}"
-        );
+        // A call's claim, reading first or writing first: one command either way (`GET`,
+        // `SET … NX GET`), which follows the cluster's redirections, so that the claim
+        // reaches its script.
+        for step in [FirstStep::Read, FirstStep::Write] {
+            let caller = RedisStore::builder(cluster.url())
+                .prefix("moving:")
+                .first_step(step)
+                .connect()
+                .await
+                .expect("a second handle");
+            let early = caller.claim_without_expiry(&request).await;
+            assert!(
+                !matches!(early, Ok(Claim::Acquired { .. })),
+                "{step:?}: no takeover while the owner's list is elsewhere: {early:?}"
+            );
+        }
         // Nor does a read that would miss the owner's writes, nor the owner's own result
         // (which would have to close its list): each is refused, or sees all.
         let read = store.read_saga(&key).await;
@@ -865,24 +1033,12 @@ async fn a_takeover_while_its_slot_moves_on(flavor: Flavor) {
 
         // The rest moves (the owner's list, the bucket's index of running sagas); the slot is
         // the target's.
-        let rest: Vec<String> = on_node(
-            source,
-            redis::cmd("CLUSTER")
-                .arg("GETKEYSINSLOT")
-                .arg(slot)
-                .arg(1000),
-        )
-        .await;
+        let rest = moving.left().await;
         assert!(
             rest.iter().any(|found| found.starts_with(&name(":log:"))),
             "the owner's list is on the source: {rest:?}"
         );
-        let _: String = on_node(source, &migrate(rest)).await;
-        for node in [source, target] {
-            let mut owned = redis::cmd("CLUSTER");
-            owned.arg("SETSLOT").arg(slot).arg("NODE").arg(&target_id);
-            let () = on_node(node, &owned).await;
-        }
+        moving.finish().await;
 
         let new = loop {
             match store.claim(&request).await {
