@@ -329,7 +329,7 @@ pub trait Store: SagaStore + Inspect + Send + Sync + fmt::Debug {
 
     /// [`claim`](Store::claim) for a caller that keeps no results: the same claim, but a
     /// [`Claim::Completed`] may leave `expires_in` as `None` where saying it costs the store
-    /// more (on Redis a replay is then one `GET`, not `GET` and `PTTL`). The calls of
+    /// more (on Redis a replay is then one command, not two with a `PTTL`). The calls of
     /// `#[idempotent]` claim so; a [`ReplayCache`], which keeps results no longer than
     /// `expires_in`, claims with `claim`.
     ///

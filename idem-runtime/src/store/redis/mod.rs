@@ -1,8 +1,8 @@
 //! `RedisStore`: records on a Redis server, for agents on many machines.
 //!
-//! A claim is one round trip of native commands, `SET <record> <claim> NX GET PX <lease +
-//! TTL>` and `PTTL` (`claim.rs`): it makes a claim where there is no record, and
-//! otherwise reads the record as it is (a replay, a live owner, a key parked for review) with
+//! A claim is one native command, `SET <record> <claim> NX GET PX <lease + TTL>`
+//! (`claim.rs`): it makes a claim where there is no record, and otherwise reads the record as
+//! it is (a replay; a live owner or a key parked for review, timed by a `PTTL` after it) with
 //! no script on either path. A handle whose claims lately found records reads first: a
 //! call's replay is then one `GET`. The result of such a claim, its record unchanged since,
 //! is one compare-and-set of the whole record (`SET … IFEQ` on Valkey, a three-line script
@@ -592,6 +592,8 @@ impl RedisStore {
     /// server, each under its own prefix). The keys under it are not checked for their layout
     /// as [`connect`](RedisStoreBuilder::connect) checks those of the builder's prefix: give
     /// the prefix to the builder ([`RedisStoreBuilder::prefix`]) where the keys may be old.
+    /// The new handle shares the connection, and keeps apart what belongs to a prefix: its
+    /// block of fencing tokens, the claims it made, the record of its recent claims.
     pub fn with_prefix(self, prefix: impl Into<String>) -> Self {
         let inner = &self.inner;
         RedisStore {
