@@ -179,10 +179,11 @@ impl RedisStore {
     }
 
     /// The expiry of the key of `found`, a record the claim's first command read: as
-    /// `read` with it; unread for a live result (reported without the time it has left)
-    /// and for a record only the script decides on; else read now, in a round trip of its
-    /// own, for a lease to time (a call's claim that found another's: rare on a handle that
-    /// writes first, see `store/first_look.rs`).
+    /// `read` with it; else read now, in a round trip of its own, for a live owner's lease
+    /// to time (a call's claim that found another's: rare on a handle that writes first, see
+    /// `store/first_look.rs`), and left unread for any other record (a result is reported
+    /// without the time it has left, a key parked for review has no expiry, and a record
+    /// only the script decides on needs none).
     ///
     /// The decision rests on the record as the first command read it; the `PTTL`, read
     /// after it, only times it. A record that changed in between is one whose owner is alive
@@ -199,7 +200,7 @@ impl RedisStore {
     ) -> Result<Expiry, Error> {
         Ok(match read {
             Some(pttl) => Expiry::Read(pttl),
-            None if found.is_live_result() || reportable_status(found).is_none() => Expiry::Unread,
+            None if reportable_status(found) != Some(Status::InProgress) => Expiry::Unread,
             None => Expiry::Read(
                 of_key("PTTL", record_key)
                     .query_async(&mut self.inner.connection.clone())
@@ -291,8 +292,8 @@ fn of_key(name: &str, record_key: &str) -> redis::Cmd {
 enum Expiry {
     /// `PTTL`'s answer: ms left, -1 none, -2 no key.
     Read(i64),
-    /// Not read: a live result's (see [`Stored::is_live_result`]), reported without the time
-    /// it has left.
+    /// Not read: the record's answer needs no time (a result reported without the time it
+    /// has left, a key parked for review).
     Unread,
 }
 
@@ -305,6 +306,8 @@ fn reported(found: Stored, expiry: Expiry, request: &ClaimRequest<'_>) -> Option
     // key exists has not run out (Redis deletes it when it does).
     let now_ms = 0;
     let expires_at_ms = match expiry {
+        // A key parked for review waits for an operator: its key has no expiry.
+        _ if status == Status::NeedsReview => None,
         Expiry::Read(pttl) if pttl < 0 => return None,
         Expiry::Read(pttl) => found.ends_at_ms(pttl),
         Expiry::Unread => None,
@@ -323,8 +326,10 @@ fn reported(found: Stored, expiry: Expiry, request: &ClaimRequest<'_>) -> Option
 }
 
 /// The status of a record `found` that a claim may report from what it read; `None` for a
-/// tombstone, or a record whose times it keeps itself (a saga's claim, short TTLs), on which
-/// only the script decides, with the server's clock.
+/// tombstone, or a record whose times it keeps itself (a saga's claim, and TTLs shorter than
+/// a key lives: `lease_end_ms`), on which only the script decides, with the server's clock.
+/// Every other record's times are in its key's expiry, and a key that still exists has not
+/// run out.
 fn reportable_status(found: &Stored) -> Option<Status> {
     match found.state {
         State::Is(status) if found.lease_end_ms == 0 => Some(status),
@@ -337,7 +342,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::conformance::servers::RedisServer;
+    use crate::conformance::servers::{Flavor, RedisServer};
     use crate::key::Fingerprint;
     use crate::store::first_look::FirstStep;
     use crate::store::Store;
@@ -365,16 +370,17 @@ mod tests {
     /// `SET … GET` on one that writes first: a fresh key's, and a replay's, whose answer
     /// leaves the result's expiry out, which a `ReplayCache`'s claim (`claim`: the same
     /// command and `PTTL`) reads. A record in progress is timed all the same (its lease from
-    /// a `PTTL` after the command), and a released key's tombstone, which the script claims
-    /// afresh, is not. The `PTTL`s are counted by the server (a server of the test's own;
-    /// `INFO commandstats` counts those a script runs too).
+    /// a `PTTL` after the command); a released key's tombstone and an owner whose lease the
+    /// record keeps (a TTL shorter than a key lives), which the script decides on, are not;
+    /// nor is a key parked for review, reported as read. The `PTTL`s are counted by the
+    /// server (a server of the test's own; `INFO commandstats` counts a script's too).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[cfg_attr(
         idem_no_redis,
         ignore = "redis-server is not installed, or IDEM_TEST_SERVERS leaves it out"
     )]
     async fn a_call_reads_an_expiry_only_to_time_a_lease_and_a_cache_always_does() {
-        let Some(server) = RedisServer::own() else {
+        let Some(server) = RedisServer::own_of(Flavor::Redis, &[]) else {
             return;
         };
         for step in [FirstStep::Read, FirstStep::Write] {
@@ -486,9 +492,10 @@ mod tests {
         let Claim::Acquired { token, .. } = store.claim(&other).await.expect("claim") else {
             panic!("{step:?}: a fresh key is acquired");
         };
+        // Counted before the release (which reads no expiry): the tombstone lasts 1.5 s.
+        let _ = pttls_since(server, &mut counted).await;
         let released = store.release(&key, token).await.expect("release");
         assert_eq!(released, crate::store::Ownership::Held);
-        let _ = pttls_since(server, &mut counted).await;
         let again = store.claim_without_expiry(&other).await.expect("claim");
         assert!(
             matches!(again, Claim::Acquired { token: new, .. } if new > token),
@@ -497,6 +504,59 @@ mod tests {
         // One, the script's own (`claim.lua` reads the key's expiry): none before it.
         let pttls = pttls_since(server, &mut counted).await;
         assert_eq!(pttls, 1, "{step:?}: a tombstone's PTTLs");
+
+        // An owner whose TTL is shorter than a key lives: claimed by the script, its lease
+        // kept in its record.
+        let key = Action::new("unread").key(&(3,)).expect("a key");
+        let fingerprint = Fingerprint::from(key);
+        let mut short = self::request(&key, &fingerprint, "unread", Duration::from_secs(10));
+        short.ttl = Duration::from_secs(1);
+        let made = store.claim_without_expiry(&short).await.expect("claim");
+        assert!(matches!(made, Claim::Acquired { .. }), "{step:?}: {made:?}");
+        let _ = pttls_since(server, &mut counted).await;
+        let owner = store.claim_without_expiry(&short).await.expect("claim");
+        assert!(
+            matches!(owner, Claim::InProgress { .. }),
+            "{step:?}: {owner:?}"
+        );
+        let pttls = pttls_since(server, &mut counted).await;
+        assert_eq!(
+            pttls, 1,
+            "{step:?}: a short TTL's owner's PTTLs, the script's"
+        );
+
+        // A key parked for review: its dead owner found by a claim that asks for review.
+        let key = Action::new("unread").key(&(4,)).expect("a key");
+        let fingerprint = Fingerprint::from(key);
+        let mut parked = self::request(&key, &fingerprint, "unread", Duration::from_millis(1));
+        parked.on_stale = OnStale::Review;
+        let made = store.claim_without_expiry(&parked).await.expect("claim");
+        assert!(matches!(made, Claim::Acquired { .. }), "{step:?}: {made:?}");
+        // Polled until the 1 ms lease has run out on the server's clock.
+        while !matches!(
+            store.claim_without_expiry(&parked).await.expect("claim"),
+            Claim::NeedsReview { .. }
+        ) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let _ = pttls_since(server, &mut counted).await;
+        let review = store.claim_without_expiry(&parked).await.expect("claim");
+        assert!(
+            matches!(review, Claim::NeedsReview { .. }),
+            "{step:?}: {review:?}"
+        );
+        let pttls = pttls_since(server, &mut counted).await;
+        assert_eq!(pttls, 0, "{step:?}: a parked key's PTTLs");
+        let cache = store.claim(&parked).await.expect("claim");
+        assert!(
+            matches!(cache, Claim::NeedsReview { .. }),
+            "{step:?}: {cache:?}"
+        );
+        let pttls = pttls_since(server, &mut counted).await;
+        assert_eq!(
+            pttls, 1,
+            "{step:?}: a parked key's PTTLs for a cache, none a script's"
+        );
     }
 
     /// A claim whose `SET` reached the server late (the process stalled after taking its

@@ -269,15 +269,6 @@ impl Stored {
         }
     }
 
-    /// Whether the record is a result whose key's expiry alone says when it goes: a replay
-    /// may report it as read, without its key's `PTTL`. Every result is written with one
-    /// (`SET … PX`: `complete.lua`, the in-place completion), and a key that still exists
-    /// has not run out; a result with a TTL shorter than a key lives keeps its end in the
-    /// record (`lease_end_ms`), which only the script reads against the server's clock.
-    pub(super) fn is_live_result(&self) -> bool {
-        self.state == State::Is(Status::Completed) && self.lease_end_ms == 0
-    }
-
     /// Whether the record is as good as gone at `now_ms` (the server's milliseconds): a
     /// tombstone, a result whose TTL ran out, or a claim (not a saga's: those never expire)
     /// whose lease and the action's TTL after it ran out. A record is kept a moment longer
