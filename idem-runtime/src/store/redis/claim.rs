@@ -1,7 +1,7 @@
-//! A claim on Redis: one native command for a key with no record (a fresh call) and for a
-//! result to replay; a second, `PTTL`, for another record to report (a live owner's lease, a
-//! key parked for review, timed by its key's expiry), in the same pipeline when a result's
-//! expiry is asked for too; and a script for a record the claim must change.
+//! A claim on Redis: one native command for a key with no record (a fresh call), for a
+//! result to replay and for a key parked for review; a second, `PTTL`, for a live owner
+//! (its lease is timed by its key's expiry), in the same pipeline when a result's expiry is
+//! asked for too; and a script for a record the claim must change.
 //!
 //! A handle whose recent claims mostly found a record (replays, duplicates) reads first
 //! (`store/first_look.rs`): a replay is then `GET` with no claim to encode and send. A
@@ -12,17 +12,19 @@
 //! GET r (a call's) | GET r; PTTL r (one pipeline)      (when reading first)
 //!   nil                  → the native claim below
 //!   a live result        → its answer, nothing written
-//!   another record       → timed by PTTL r (a call's: one more round trip), then
-//!     to report          → its answer, nothing written
-//!     to change          → the script below
+//!   a key parked         → its answer, nothing written
+//!   an owner             → timed by PTTL r (a call's: one more round trip), then
+//!     alive              → its answer, nothing written
+//!     dead               → the script below
+//!   anything else        → the script below (a tombstone, a saga's claim, a TTL
+//!                          shorter than a key lives)
 //!
 //! SET r <claim> NX GET PX <lease + ttl> (a call's)
 //!   | the same; PTTL r (one pipeline)
 //!   nil                  → acquired (the token came from the store's block)
 //!   this claim           → acquired (an earlier send made it: the same claim id)
-//!   another record       → timed as above, then
-//!     to report          → store::rules says Report: its answer, nothing written
-//!     to change          → INCR the counter, then scripts/claim.lua (takeover, review,
+//!   another record       → as above (store::rules decides), the script being
+//!                          INCR the counter, then scripts/claim.lua (takeover, review,
 //!                          an expired result or a tombstone claimed afresh)
 //! ```
 

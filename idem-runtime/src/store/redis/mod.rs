@@ -2,7 +2,7 @@
 //!
 //! A claim is one native command, `SET <record> <claim> NX GET PX <lease + TTL>`
 //! (`claim.rs`): it makes a claim where there is no record, and otherwise reads the record as
-//! it is (a replay; a live owner or a key parked for review, timed by a `PTTL` after it) with
+//! it is (a replay, a key parked for review; a live owner, timed by a `PTTL` after it) with
 //! no script on either path. A handle whose claims lately found records reads first: a
 //! call's replay is then one `GET`. The result of such a claim, its record unchanged since,
 //! is one compare-and-set of the whole record (`SET … IFEQ` on Valkey, a three-line script
