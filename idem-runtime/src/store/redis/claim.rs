@@ -534,13 +534,18 @@ mod tests {
         parked.on_stale = OnStale::Review;
         let made = store.claim_without_expiry(&parked).await.expect("claim");
         assert!(matches!(made, Claim::Acquired { .. }), "{step:?}: {made:?}");
-        // Polled until the 1 ms lease has run out on the server's clock.
-        while !matches!(
-            store.claim_without_expiry(&parked).await.expect("claim"),
-            Claim::NeedsReview { .. }
-        ) {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        // Polled until the 1 ms lease has run out on the server's clock, and the key parked.
+        let parking = async {
+            while !matches!(
+                store.claim_without_expiry(&parked).await.expect("claim"),
+                Claim::NeedsReview { .. }
+            ) {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), parking)
+            .await
+            .unwrap_or_else(|_| panic!("{step:?}: the key parked for review within 10 s"));
         let _ = pttls_since(server, &mut counted).await;
         let review = store.claim_without_expiry(&parked).await.expect("claim");
         assert!(

@@ -35,7 +35,7 @@
 //! Redis deletes a record itself (native expiry) when the purge would: a completed record,
 //! with its saga log, at the end of its TTL; a claim at the end of its lease plus the action's
 //! TTL (`PEXPIREAT`, moved by each heartbeat), unless it has a saga log (then it never
-//! expires: recovery needs it) or is parked for review (`PERSIST`). So the purge has nothing
+//! expires: recovery needs it) or is parked for review (written with no expiry). So the purge has nothing
 //! left to delete, and `count_expired` nothing to count. (An older idem kept an expiry index,
 //! `<prefix>expiry`, to count them: 31 % of a record's memory and two commands per call. The
 //! purge deletes it.)
