@@ -19,7 +19,7 @@
 //! Bytes per record:
 //!
 //! - Redis (`RedisServer::shared()`, prefix `idem:`): `MEMORY USAGE … SAMPLES 0` of the record
-//!   strings `idem:{<key>}:r`, averaged over up to 10,000 of them (the keys come from
+//!   strings `idem:{<bucket>}:<key>:r`, averaged over up to 10,000 of them (the keys come from
 //!   `idem::current_key()` in the body); the token counter `idem:tokens` (one key for all
 //!   records); and the growth of `INFO memory`'s `used_memory` over the load, per
 //!   record, which also holds what `MEMORY USAGE` leaves out (the keyspace's and the expiry
@@ -96,6 +96,13 @@ const SHARD_MEMORY: f64 = 32.0 * GIB;
 /// The cores of one PostgreSQL instance.
 const PG_CORES: f64 = 16.0;
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// The name of `key`'s record under `prefix` since Redis layout 2,
+/// `<prefix>{<bucket>}:<key>:r`, the bucket being the key's first 3 hex digits
+/// (`store/redis/layout.rs`).
+fn record_key(prefix: &str, key: &str) -> String {
+    format!("{prefix}{{{}}}:{key}:r", &key[..3])
+}
 
 /// The bodies that ran: a replay must not add one.
 static BODIES: AtomicU64 = AtomicU64::new(0);
@@ -298,7 +305,7 @@ async fn redis(server: &RedisServer, records: u64, notes: &mut Vec<String>) -> R
     for chunk in sampled.chunks(1000) {
         let mut pipe = redis::pipe();
         for key in chunk {
-            let hash = format!("{prefix}{{{key}}}:r");
+            let hash = record_key(&prefix, key);
             pipe.cmd("MEMORY")
                 .arg("USAGE")
                 .arg(&hash)
@@ -328,7 +335,7 @@ async fn redis(server: &RedisServer, records: u64, notes: &mut Vec<String>) -> R
         Some(sampled.len() as u64),
         "the sampled records are completed: {states:?}"
     );
-    let first = format!("{prefix}{{{}}}:r", sampled[0]);
+    let first = record_key(&prefix, &sampled[0]);
     let tokens = format!("{prefix}tokens");
     let usage = |key: String| {
         let admin = admin.clone();
@@ -793,7 +800,7 @@ fn main() {
     if let Some(r) = &redis {
         let sum = r.record_hash + r.tokens;
         println!(
-            "| Redis | record `idem:{{key}}:r` (`MEMORY USAGE`, {}, mean of {}) | {:.0} |",
+            "| Redis | record `idem:{{bucket}}:key:r` (`MEMORY USAGE`, {}, mean of {}) | {:.0} |",
             r.hash_encoding,
             count(SAMPLE.min(records as usize) as f64),
             r.record_hash
