@@ -396,47 +396,57 @@ mod tests {
         }
     }
 
-    /// How many `PTTL`s `server` has run.
-    async fn pttls(server: &RedisServer) -> u64 {
-        let client = redis::Client::open(server.url()).expect("a client");
-        let mut connection = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect");
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(&mut connection)
-            .await
-            .expect("INFO commandstats");
-        info.lines()
-            .find_map(|line| line.strip_prefix("cmdstat_pttl:calls="))
-            .map_or(0, |rest| {
-                let calls = rest.split(',').next().unwrap_or_default();
-                calls.parse().expect("a count of calls")
-            })
+    /// The `PTTL`s a server runs (`INFO commandstats`, which counts a script's too), counted
+    /// through one connection of the test's.
+    struct Pttls {
+        connection: redis::aio::MultiplexedConnection,
+        counted: u64,
     }
 
-    /// How many `PTTL`s `server` has run since it had run `counted`, which it updates.
-    async fn pttls_since(server: &RedisServer, counted: &mut u64) -> u64 {
-        let now = pttls(server).await;
-        now - std::mem::replace(counted, now)
+    impl Pttls {
+        async fn of(server: &RedisServer) -> Pttls {
+            let client = redis::Client::open(server.url()).expect("a client");
+            let connection = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect");
+            let mut pttls = Pttls {
+                connection,
+                counted: 0,
+            };
+            pttls.since().await;
+            pttls
+        }
+
+        /// How many `PTTL`s the server has run since the last count.
+        async fn since(&mut self) -> u64 {
+            let info: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query_async(&mut self.connection)
+                .await
+                .expect("INFO commandstats");
+            let now = info
+                .lines()
+                .find_map(|line| line.strip_prefix("cmdstat_pttl:calls="))
+                .map_or(0, |rest| {
+                    let calls = rest.split(',').next().unwrap_or_default();
+                    calls.parse().expect("a count of calls")
+                });
+            now - std::mem::replace(&mut self.counted, now)
+        }
     }
 
     async fn expiries_read(store: &RedisStore, step: FirstStep, server: &RedisServer) {
         let key = Action::new("unread").key(&(1,)).expect("a key");
         let fingerprint = Fingerprint::from(key);
         let request = request(&key, &fingerprint, "unread", Duration::from_secs(10));
-        let mut counted = pttls(server).await;
+        let mut pttls = Pttls::of(server).await;
 
         let fresh = store.claim_without_expiry(&request).await.expect("claim");
         let Claim::Acquired { token, .. } = fresh else {
             panic!("{step:?}: a fresh key is acquired: {fresh:?}");
         };
-        assert_eq!(
-            pttls_since(server, &mut counted).await,
-            0,
-            "{step:?}: a fresh claim's PTTLs"
-        );
+        assert_eq!(pttls.since().await, 0, "{step:?}: a fresh claim's PTTLs");
         match store.claim_without_expiry(&request).await.expect("claim") {
             Claim::InProgress {
                 lease_remaining, ..
@@ -446,11 +456,7 @@ mod tests {
             ),
             other => panic!("{step:?}: the owner, timed: {other:?}"),
         }
-        assert_eq!(
-            pttls_since(server, &mut counted).await,
-            1,
-            "{step:?}: a live owner's PTTLs"
-        );
+        assert_eq!(pttls.since().await, 1, "{step:?}: a live owner's PTTLs");
         let ok = crate::store::StoredOutcome::Ok(b"1".to_vec());
         let recorded = store.complete(&key, token, ok, request.ttl).await;
         assert_eq!(recorded.expect("complete"), crate::store::Ownership::Held);
@@ -459,7 +465,7 @@ mod tests {
             step == FirstStep::Write,
             "the handle's first step"
         );
-        let _ = pttls_since(server, &mut counted).await;
+        pttls.since().await;
 
         let call = store.claim_without_expiry(&request).await.expect("claim");
         assert!(
@@ -472,21 +478,13 @@ mod tests {
             ),
             "{step:?}: {call:?}"
         );
-        assert_eq!(
-            pttls_since(server, &mut counted).await,
-            0,
-            "{step:?}: a call's replay's PTTLs"
-        );
+        assert_eq!(pttls.since().await, 0, "{step:?}: a call's replay's PTTLs");
         let cache = store.claim(&request).await.expect("claim");
         assert!(
             matches!(cache, Claim::Completed { expires_in: Some(left), .. } if left <= request.ttl),
             "{step:?}: {cache:?}"
         );
-        assert_eq!(
-            pttls_since(server, &mut counted).await,
-            1,
-            "{step:?}: a cache's replay's PTTLs"
-        );
+        assert_eq!(pttls.since().await, 1, "{step:?}: a cache's replay's PTTLs");
 
         let key = Action::new("unread").key(&(2,)).expect("a key");
         let fingerprint = Fingerprint::from(key);
@@ -495,7 +493,7 @@ mod tests {
             panic!("{step:?}: a fresh key is acquired");
         };
         // Counted before the release (which reads no expiry): the tombstone lasts 1.5 s.
-        let _ = pttls_since(server, &mut counted).await;
+        pttls.since().await;
         let released = store.release(&key, token).await.expect("release");
         assert_eq!(released, crate::store::Ownership::Held);
         let again = store.claim_without_expiry(&other).await.expect("claim");
@@ -504,8 +502,7 @@ mod tests {
             "{step:?}: a released key is claimed afresh: {again:?}"
         );
         // One, the script's own (`claim.lua` reads the key's expiry): none before it.
-        let pttls = pttls_since(server, &mut counted).await;
-        assert_eq!(pttls, 1, "{step:?}: a tombstone's PTTLs");
+        assert_eq!(pttls.since().await, 1, "{step:?}: a tombstone's PTTLs");
 
         // An owner whose TTL is shorter than a key lives: claimed by the script, its lease
         // kept in its record.
@@ -515,15 +512,15 @@ mod tests {
         short.ttl = Duration::from_secs(1);
         let made = store.claim_without_expiry(&short).await.expect("claim");
         assert!(matches!(made, Claim::Acquired { .. }), "{step:?}: {made:?}");
-        let _ = pttls_since(server, &mut counted).await;
+        pttls.since().await;
         let owner = store.claim_without_expiry(&short).await.expect("claim");
         assert!(
             matches!(owner, Claim::InProgress { .. }),
             "{step:?}: {owner:?}"
         );
-        let pttls = pttls_since(server, &mut counted).await;
         assert_eq!(
-            pttls, 1,
+            pttls.since().await,
+            1,
             "{step:?}: a short TTL's owner's PTTLs, the script's"
         );
 
@@ -546,22 +543,21 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), parking)
             .await
             .unwrap_or_else(|_| panic!("{step:?}: the key parked for review within 10 s"));
-        let _ = pttls_since(server, &mut counted).await;
+        pttls.since().await;
         let review = store.claim_without_expiry(&parked).await.expect("claim");
         assert!(
             matches!(review, Claim::NeedsReview { .. }),
             "{step:?}: {review:?}"
         );
-        let pttls = pttls_since(server, &mut counted).await;
-        assert_eq!(pttls, 0, "{step:?}: a parked key's PTTLs");
+        assert_eq!(pttls.since().await, 0, "{step:?}: a parked key's PTTLs");
         let cache = store.claim(&parked).await.expect("claim");
         assert!(
             matches!(cache, Claim::NeedsReview { .. }),
             "{step:?}: {cache:?}"
         );
-        let pttls = pttls_since(server, &mut counted).await;
         assert_eq!(
-            pttls, 1,
+            pttls.since().await,
+            1,
             "{step:?}: a parked key's PTTLs for a cache, none a script's"
         );
     }

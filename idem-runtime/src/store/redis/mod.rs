@@ -512,17 +512,13 @@ impl RedisStoreBuilder {
             replicas.supported(&mut connection).await?;
         }
         let set_ifeq = in_place::knows_set_ifeq(&connection, &self.prefix).await;
-        Ok(RedisStore {
-            inner: std::sync::Arc::new(Inner {
-                set_ifeq,
-                connection,
-                prefix: self.prefix,
-                replicas: self.replicas,
-                tokens: tokens::Tokens::default(),
-                claim_ids: ClaimIds::default(),
-                first_look: FirstLook::new(self.first_step),
-            }),
-        })
+        Ok(RedisStore::under_prefix(
+            connection,
+            self.prefix,
+            self.replicas,
+            FirstLook::new(self.first_step),
+            set_ifeq,
+        ))
     }
 }
 
@@ -596,18 +592,35 @@ impl RedisStore {
     /// block of fencing tokens, the claims it made, the record of its recent claims.
     pub fn with_prefix(self, prefix: impl Into<String>) -> Self {
         let inner = &self.inner;
+        RedisStore::under_prefix(
+            inner.connection.clone(),
+            prefix.into(),
+            inner.replicas,
+            inner.first_look.anew(),
+            inner.set_ifeq,
+        )
+    }
+
+    /// A handle on `connection` writing under `prefix`, with what belongs to a prefix of its
+    /// own: tokens from the prefix's counter (a block of another's could be smaller than
+    /// tokens its keys had), and the claims it made remembered apart (two prefixes can hand
+    /// out the same token for the same key).
+    fn under_prefix(
+        connection: Connection,
+        prefix: String,
+        replicas: Option<Replicas>,
+        first_look: FirstLook,
+        set_ifeq: bool,
+    ) -> RedisStore {
         RedisStore {
             inner: std::sync::Arc::new(Inner {
-                connection: inner.connection.clone(),
-                prefix: prefix.into(),
-                replicas: inner.replicas,
-                // Tokens come from the new prefix's counter: a block of another's could be
-                // smaller than tokens its keys had. Its claims are remembered apart: two
-                // prefixes can hand out the same token for the same key.
+                connection,
+                prefix,
+                replicas,
                 tokens: tokens::Tokens::default(),
                 claim_ids: ClaimIds::default(),
-                first_look: inner.first_look.anew(),
-                set_ifeq: inner.set_ifeq,
+                first_look,
+                set_ifeq,
             }),
         }
     }
